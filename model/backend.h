@@ -1,0 +1,143 @@
+/* The op interface that the forward pass, the KV cache and the offload tier are written against.
+ * A backend owns device memory, streams, events and kernels; everything else holds opaque device
+ * pointers. Two implementations: model/cpu (portable, f32) and model/cuda (bf16, cuBLAS).
+ * Not here: which blocks a sequence owns (kvcache/), which tensors a model has (model/llama). */
+#ifndef KVSERVE_BACKEND_H
+#define KVSERVE_BACKEND_H
+
+#include "model/common.h"
+
+typedef struct backend backend;
+typedef struct backend_event backend_event;
+
+/* Work queues. Copies on LOAD and STORE overlap work on COMPUTE (CUDA streams; the CPU backend
+ * runs everything at once in call order and its events are always complete). */
+typedef enum backend_stream {
+    BACKEND_STREAM_COMPUTE,
+    BACKEND_STREAM_LOAD,
+    BACKEND_STREAM_STORE,
+    BACKEND_NUM_STREAMS
+} backend_stream;
+
+/* Shape of the paged KV pool. One block holds every layer of block_size tokens, contiguous:
+ *   block = [layer][k|v][kv_head][token in block][head_dim]
+ * so a block moves between device and host as ONE copy of block_bytes. */
+typedef struct backend_kv_layout {
+    int n_layers;
+    int n_kv_heads;
+    int head_dim;
+    int block_size; /* tokens per block */
+    kv_dtype dtype; /* the backend's kv_dtype */
+    size_t block_bytes;
+} backend_kv_layout;
+
+/* Fills block_bytes from the other fields. */
+void backend_kv_layout_finish(backend_kv_layout *l);
+/* Byte offset of (layer, k=0|v=1, head, token slot) inside one block. */
+size_t backend_kv_offset(const backend_kv_layout *l, int layer, int kv, int head, int slot);
+
+/* One forward step over a batch of sequences, in host memory. Sequence s owns the new tokens
+ * [seq_start[s], seq_start[s+1]) at consecutive positions ending at seq_len[s] - 1; its earlier
+ * positions are already in the KV pool. Token at position p of sequence s lives in block
+ * block_table[s * max_blocks + p / block_size], slot p % block_size. */
+typedef struct backend_batch {
+    int n_tokens;               /* new tokens in this step, all sequences */
+    int n_seqs;
+    const int32_t *tokens;      /* [n_tokens] token ids */
+    const int32_t *positions;   /* [n_tokens] absolute position of each token */
+    const int32_t *seq_start;   /* [n_seqs + 1] first token of each sequence; last = n_tokens */
+    const int32_t *seq_len;     /* [n_seqs] context length after this step */
+    const int32_t *block_table; /* [n_seqs * max_blocks] block ids */
+    int max_blocks;             /* row stride of block_table */
+    int n_out;                  /* rows of logits wanted */
+    const int32_t *out_rows;    /* [n_out] token indices (into tokens) whose logits are returned */
+} backend_batch;
+
+/* The operations. Device tensors are row-major in the backend's act_dtype unless said otherwise;
+ * weights are in its weight_dtype. Every op is queued on the COMPUTE stream. */
+typedef struct backend_ops {
+    void (*destroy)(backend *be);
+
+    /* --- memory --- */
+    void *(*dev_alloc)(backend *be, size_t bytes);  /* aborts on failure; NULL never returned */
+    void (*dev_free)(backend *be, void *p);
+    size_t (*dev_free_bytes)(backend *be);          /* device memory still free */
+    void *(*host_alloc)(backend *be, size_t bytes); /* pinned when the device can DMA; NULL if none */
+    void (*host_free)(backend *be, void *p);
+    /* Synchronous copies (set-up, tests). */
+    void (*to_dev)(backend *be, void *dst, const void *src, size_t bytes);
+    void (*to_host)(backend *be, void *dst, const void *src, size_t bytes);
+    /* Converts n weight elements from src (host, src_dtype) into a new device tensor of
+     * weight_dtype. */
+    void *(*weight_upload)(backend *be, const void *src, kv_dtype src_dtype, size_t n);
+    /* Same for an activation-dtype tensor (tests). */
+    void *(*act_upload_f32)(backend *be, const float *src, size_t n);
+    /* n activation elements (device, act_dtype) to host f32; waits for COMPUTE. */
+    void (*act_download_f32)(backend *be, float *dst, const void *src, size_t n);
+
+    /* --- asynchronous copies and events --- */
+    /* n copies of sizes[i] bytes from srcs[i] to dsts[i] (host<->device, either way), queued on
+     * the stream in order. The caller coalesces adjacent runs before calling. */
+    void (*copy_async)(backend *be, backend_stream s, int n, void *const *dsts,
+                       const void *const *srcs, const size_t *sizes);
+    backend_event *(*event_record)(backend *be, backend_stream s);
+    bool (*event_done)(backend *be, backend_event *ev); /* polls; never blocks */
+    void (*event_wait)(backend *be, backend_stream s, backend_event *ev); /* s waits on ev */
+    void (*event_sync)(backend *be, backend_event *ev);                   /* host waits */
+    void (*event_free)(backend *be, backend_event *ev);
+    /* Seconds between two completed events (timing). */
+    double (*event_elapsed)(backend *be, backend_event *start, backend_event *end);
+    void (*sync)(backend *be); /* waits for every stream */
+
+    /* --- forward-pass ops --- */
+    /* Uploads the batch metadata used by embed, rope, kv_write, attention and gather_rows. Valid
+     * until the next step_begin; the host arrays may be reused as soon as it returns. */
+    void (*step_begin)(backend *be, const backend_batch *batch);
+    /* out[t, :] = table[batch.tokens[t], :], table is [vocab, dim] weight. */
+    void (*embed)(backend *be, void *out, const void *table, int dim);
+    /* out[i, :] = x[i, :] / rms(x[i, :]) * w; n rows of dim. out may equal x. */
+    void (*rmsnorm)(backend *be, void *out, const void *x, const void *w, int n, int dim,
+                    float eps);
+    /* x += delta, then out = rmsnorm(x) * w (residual add fused with the next norm). */
+    void (*add_rmsnorm)(backend *be, void *out, void *x, const void *delta, const void *w, int n,
+                        int dim, float eps);
+    /* x += delta over n elements. */
+    void (*add)(backend *be, void *x, const void *delta, size_t n);
+    /* out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m] when not NULL); fp32 accumulation. */
+    void (*matmul)(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
+                   int k, int m);
+    /* Rotary embedding in place at batch.positions, rotate-half (Hugging Face) pairing (i, i+d/2).
+     * x rows have row_stride elements; the n_heads heads start at x[t * row_stride].
+     * inv_freq is a device f32 array [head_dim / 2] (llama3 scaling already applied). */
+    void (*rope)(backend *be, void *x, int row_stride, int n_heads, int head_dim,
+                 const float *inv_freq);
+    /* out[i, j] = silu(gu[i, j]) * gu[i, ff + j] for n rows of gu = [gate | up] (2 * ff wide). */
+    void (*swiglu)(backend *be, void *out, const void *gu, int n, int ff);
+    /* Writes k and v rows of every batch token into the pool at its (block, slot), layer. */
+    void (*kv_write)(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
+                     const void *v, int row_stride);
+    /* Causal attention: the query of token t (n_heads heads of head_dim at q + t * q_stride) attends
+     * to positions [0, positions[t]] of its sequence, read from the pool. out is [n_tokens,
+     * n_heads * head_dim]. GQA: head h reads kv head h / (n_heads / n_kv_heads). */
+    void (*attention)(backend *be, void *out, const void *q, int q_stride, const void *pool,
+                      const backend_kv_layout *l, int layer, int n_heads, float scale);
+    /* out[r, :] = x[batch.out_rows[r], :], r < n_out. */
+    void (*gather_rows)(backend *be, void *out, const void *x, int dim);
+} backend_ops;
+
+struct backend {
+    const backend_ops *ops;
+    const char *name;    /* "cpu", "cuda" */
+    kv_dtype act_dtype;  /* activations */
+    kv_dtype weight_dtype;
+    kv_dtype kv_dtype;   /* KV pool elements */
+    void *impl;          /* the implementation's own state */
+};
+
+/* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built). */
+backend *backend_create(const char *name, int n_threads, kv_error *err);
+void backend_destroy(backend *be);
+/* True when this build has the CUDA backend and a device is present. */
+bool backend_cuda_available(void);
+
+#endif

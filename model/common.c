@@ -1,0 +1,146 @@
+/* Shared basics: dtype names, error formatting, checked allocation, half-float conversion. */
+#include "model/common.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+size_t kv_dtype_size(kv_dtype dt) {
+    switch (dt) {
+    case KV_DTYPE_F32: return 4;
+    case KV_DTYPE_F16: return 2;
+    case KV_DTYPE_BF16: return 2;
+    }
+    KV_CHECK(!"unknown dtype");
+}
+
+const char *kv_dtype_name(kv_dtype dt) {
+    switch (dt) {
+    case KV_DTYPE_F32: return "F32";
+    case KV_DTYPE_F16: return "F16";
+    case KV_DTYPE_BF16: return "BF16";
+    }
+    return "?";
+}
+
+bool kv_dtype_parse(const char *s, kv_dtype *out) {
+    static const struct {
+        const char *name;
+        kv_dtype dt;
+    } names[] = {{"F32", KV_DTYPE_F32},   {"float32", KV_DTYPE_F32}, {"F16", KV_DTYPE_F16},
+                 {"float16", KV_DTYPE_F16}, {"BF16", KV_DTYPE_BF16}, {"bfloat16", KV_DTYPE_BF16}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcasecmp(s, names[i].name) == 0) {
+            *out = names[i].dt;
+            return true;
+        }
+    }
+    return false;
+}
+
+int kv_error_set(kv_error *err, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+void kv_die(const char *file, int line, const char *what) {
+    fprintf(stderr, "kvserve: fatal: %s:%d: %s\n", file, line, what);
+    fflush(stderr);
+    abort();
+}
+
+void *kv_malloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    KV_CHECK(p != NULL);
+    return p;
+}
+
+void *kv_calloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    KV_CHECK(p != NULL);
+    return p;
+}
+
+void *kv_realloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    KV_CHECK(q != NULL);
+    return q;
+}
+
+char *kv_strdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *d = kv_malloc(n);
+    memcpy(d, s, n);
+    return d;
+}
+
+float kv_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: renormalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ff;
+            u = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t kv_f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000;
+    uint32_t absu = u & 0x7fffffffu;
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00); /* NaN */
+    if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* overflow to inf */
+    if (absu < 0x38800000u) {                                  /* subnormal or zero */
+        float af;
+        memcpy(&af, &absu, 4);
+        /* 2^-24 is the f16 subnormal step; rint rounds to nearest even */
+        uint32_t m = (uint32_t)__builtin_rintf(af * 16777216.0f);
+        return (uint16_t)(sign | m);
+    }
+    uint32_t r = absu + 0xfffu + ((absu >> 13) & 1u) - ((127 - 15) << 23);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
+    const uint16_t *h = src;
+    switch (dtype) {
+    case KV_DTYPE_F32: memcpy(dst, src, n * 4); break;
+    case KV_DTYPE_F16:
+        for (size_t i = 0; i < n; i++) dst[i] = kv_f16_to_f32(h[i]);
+        break;
+    case KV_DTYPE_BF16:
+        for (size_t i = 0; i < n; i++) dst[i] = kv_bf16_to_f32(h[i]);
+        break;
+    }
+}
+
+double kv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}

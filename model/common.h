@@ -1,0 +1,65 @@
+/* Shared basics for every module: dtypes, the two error tiers, half-float conversion.
+ * Owns no state. Outside input errors travel as kv_error (a message for the user);
+ * broken invariants abort through KV_CHECK with the statement, file and line. */
+#ifndef KVSERVE_COMMON_H
+#define KVSERVE_COMMON_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+typedef enum kv_dtype { KV_DTYPE_F32, KV_DTYPE_F16, KV_DTYPE_BF16 } kv_dtype;
+
+size_t kv_dtype_size(kv_dtype dt);
+const char *kv_dtype_name(kv_dtype dt);
+/* "F32"/"float32", "F16"/"float16", "BF16"/"bfloat16" (either case); false when unknown. */
+bool kv_dtype_parse(const char *s, kv_dtype *out);
+
+/* An error caused by input from outside (files, HTTP, flags): a message meant for the user. */
+typedef struct kv_error {
+    char msg[512];
+} kv_error;
+
+/* Formats the message into err (which may be NULL) and returns -1, so that callers can write
+ * `return kv_error_set(err, "...")`. */
+int kv_error_set(kv_error *err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Invariant failures: never for outside input. */
+_Noreturn void kv_die(const char *file, int line, const char *what);
+#define KV_CHECK(cond)                                                                             \
+    do {                                                                                           \
+        if (!(cond)) kv_die(__FILE__, __LINE__, #cond);                                            \
+    } while (0)
+
+/* malloc/calloc/realloc that abort on exhaustion (only for sizes the program chose). */
+void *kv_malloc(size_t n);
+void *kv_calloc(size_t n, size_t size);
+void *kv_realloc(void *p, size_t n);
+char *kv_strdup(const char *s);
+
+static inline float kv_bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t kv_f32_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest even */
+    return (uint16_t)(u >> 16);
+}
+
+float kv_f16_to_f32(uint16_t h);
+uint16_t kv_f32_to_f16(float f);
+
+/* Converts n elements of src (dtype) to f32. */
+void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n);
+
+/* Monotonic clock in seconds. */
+double kv_now(void);
+
+#endif

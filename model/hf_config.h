@@ -1,0 +1,56 @@
+/* config.json (+ generation_config.json) of a Hugging Face Llama-family model directory, parsed
+ * into one struct. Understands both dialects: Hub files (rope_theta, rope_scaling, torch_dtype) and
+ * files saved by transformers >= 5 (rope_parameters, dtype, layer_types). Owns no memory. */
+#ifndef KVSERVE_HF_CONFIG_H
+#define KVSERVE_HF_CONFIG_H
+
+#include "model/common.h"
+
+#define HF_CONFIG_MAX_EOS 8
+
+typedef enum hf_arch {
+    HF_ARCH_LLAMA,   /* LlamaForCausalLM */
+    HF_ARCH_MISTRAL, /* MistralForCausalLM */
+    HF_ARCH_QWEN2    /* Qwen2ForCausalLM */
+} hf_arch;
+
+typedef enum hf_rope_type { HF_ROPE_DEFAULT, HF_ROPE_LLAMA3 } hf_rope_type;
+
+typedef struct hf_config {
+    hf_arch arch;
+    char arch_name[64];
+    char model_type[32];
+    int hidden_size;
+    int n_layers;
+    int n_heads;
+    int n_kv_heads;
+    int head_dim; /* explicit head_dim, else hidden_size / n_heads */
+    int intermediate_size;
+    int vocab_size;
+    int max_position_embeddings;
+    double rope_theta;
+    hf_rope_type rope_type;
+    double rope_factor; /* llama3 scaling */
+    double rope_low_freq_factor;
+    double rope_high_freq_factor;
+    int rope_original_max_position; /* original_max_position_embeddings */
+    double rms_norm_eps;
+    bool tie_word_embeddings;
+    bool attention_bias; /* q/k/v projections have bias (Qwen2 always) */
+    int bos_token_id;    /* -1 when absent */
+    int eos_token_ids[HF_CONFIG_MAX_EOS];
+    int n_eos;
+    kv_dtype dtype; /* torch_dtype / dtype; F32 when absent */
+} hf_config;
+
+/* Parses config.json text. Unsupported architecture, rope type or field value is an error that
+ * names it. */
+int hf_config_parse(hf_config *cfg, const char *json, size_t len, kv_error *err);
+
+/* Reads dir/config.json, then dir/generation_config.json when present (its eos/bos win). */
+int hf_config_load(hf_config *cfg, const char *dir, kv_error *err);
+
+/* Fills inv_freq[head_dim / 2] for RoPE, llama3 scaling applied. */
+void hf_config_rope_inv_freq(const hf_config *cfg, float *inv_freq);
+
+#endif

@@ -1,0 +1,51 @@
+/* The Llama-family model (Llama 2/3.x, Mistral, Qwen2): weights on a backend and the forward pass
+ * as a list of backend op calls. Owns its weights and scratch space; the KV pool belongs to the
+ * caller (kvcache/), which passes it with every step. */
+#ifndef KVSERVE_LLAMA_H
+#define KVSERVE_LLAMA_H
+
+#include "model/backend.h"
+#include "model/hf_config.h"
+
+typedef struct llama_layer {
+    void *attn_norm; /* [dim] */
+    void *wqkv;      /* [(n_heads + 2 * n_kv_heads) * head_dim, dim]: q, k, v stacked */
+    void *bqkv;      /* [(n_heads + 2 * n_kv_heads) * head_dim] or NULL */
+    void *wo;        /* [dim, n_heads * head_dim] */
+    void *ffn_norm;  /* [dim] */
+    void *wgu;       /* [2 * ff, dim]: gate, up stacked */
+    void *wdown;     /* [dim, ff] */
+} llama_layer;
+
+typedef struct llama_model {
+    hf_config cfg;
+    backend *be;
+    void *embed;      /* [vocab, dim] */
+    llama_layer *layers;
+    void *final_norm; /* [dim] */
+    void *lm_head;    /* [vocab, dim]; == embed when tied */
+    float *inv_freq;  /* device [head_dim / 2] */
+    size_t weight_bytes;
+    /* scratch, sized for max_tokens rows per step */
+    int max_tokens;
+    void *x, *h, *qkv, *att, *o, *gu, *ff, *out_x, *logits;
+} llama_model;
+
+typedef enum llama_load_format { LLAMA_LOAD_SAFETENSORS, LLAMA_LOAD_DUMMY } llama_load_format;
+
+/* Loads dir (config.json + safetensors, or config.json alone with LLAMA_LOAD_DUMMY: random
+ * weights from a fixed seed) onto be. max_tokens bounds the tokens of one forward step.
+ * progress, when not NULL, is called with (bytes done, bytes total). */
+int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format format,
+               int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
+               void *progress_ctx, kv_error *err);
+void llama_free(llama_model *m);
+
+backend_kv_layout llama_kv_layout(const llama_model *m, int block_size);
+
+/* One forward step: writes the batch's K/V into pool and returns logits (f32, host) of the
+ * batch.out_rows rows in logits[n_out * vocab]. batch.n_tokens <= max_tokens. */
+void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
+                   const backend_kv_layout *layout, float *logits);
+
+#endif

@@ -1,0 +1,67 @@
+/* Unit tests for model/common: half-float conversions and dtype names. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+
+#include "model/common.h"
+
+START_TEST(bf16_round_trip_is_exact_for_representable_values) {
+    /* every bf16 bit pattern that is not NaN converts to f32 and back unchanged */
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = kv_bf16_to_f32((uint16_t)h);
+        if (isnan(f)) continue;
+        ck_assert_uint_eq(kv_f32_to_bf16(f), h);
+    }
+}
+END_TEST
+
+START_TEST(bf16_rounds_to_nearest_even) {
+    /* 1 + 2^-8 lies halfway between bf16 1.0 and 1.0078125: ties go to the even mantissa (1.0) */
+    ck_assert_uint_eq(kv_f32_to_bf16(1.0f + 1.0f / 256), 0x3f80);
+    /* 1 + 3 * 2^-8 lies halfway between 1.0078125 (odd) and 1.015625 (even) */
+    ck_assert_uint_eq(kv_f32_to_bf16(1.0f + 3.0f / 256), 0x3f82);
+}
+END_TEST
+
+START_TEST(f16_round_trip_is_exact_for_representable_values) {
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = kv_f16_to_f32((uint16_t)h);
+        if (isnan(f)) continue;
+        ck_assert_uint_eq(kv_f32_to_f16(f), h);
+    }
+}
+END_TEST
+
+START_TEST(f16_known_values) {
+    ck_assert_float_eq(kv_f16_to_f32(0x3c00), 1.0f);
+    ck_assert_float_eq(kv_f16_to_f32(0xc000), -2.0f);
+    ck_assert_float_eq(kv_f16_to_f32(0x7bff), 65504.0f);
+    ck_assert_float_eq(kv_f16_to_f32(0x0001), ldexpf(1.0f, -24));
+    ck_assert_uint_eq(kv_f32_to_f16(1e6f), 0x7c00);
+}
+END_TEST
+
+START_TEST(dtype_names_parse) {
+    kv_dtype dt;
+    ck_assert(kv_dtype_parse("bfloat16", &dt) && dt == KV_DTYPE_BF16);
+    ck_assert(kv_dtype_parse("F16", &dt) && dt == KV_DTYPE_F16);
+    ck_assert(kv_dtype_parse("float32", &dt) && dt == KV_DTYPE_F32);
+    ck_assert(!kv_dtype_parse("int8", &dt));
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("common");
+    TCase *tc = tcase_create("core");
+    tcase_add_test(tc, bf16_round_trip_is_exact_for_representable_values);
+    tcase_add_test(tc, bf16_rounds_to_nearest_even);
+    tcase_add_test(tc, f16_round_trip_is_exact_for_representable_values);
+    tcase_add_test(tc, f16_known_values);
+    tcase_add_test(tc, dtype_names_parse);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
