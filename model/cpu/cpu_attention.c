@@ -1,0 +1,109 @@
+/* CPU paged attention: writes the step's K/V rows into the block pool and computes causal
+ * attention of every new token over its sequence's blocks, one (token, head) per work item. */
+#include <math.h>
+
+#include "model/cpu/cpu_impl.h"
+
+static cpu_backend *cpu_of(backend *be) {
+    return be->impl;
+}
+
+/* Element pointer of (block, layer, k|v, head, slot) in an f32 pool. */
+static float *pool_at(const void *pool, const backend_kv_layout *l, int32_t block, int layer,
+                      int kv, int head, int slot) {
+    return (float *)((char *)pool + (size_t)block * l->block_bytes +
+                     backend_kv_offset(l, layer, kv, head, slot));
+}
+
+/* Block holding position p of the sequence s. */
+static int32_t block_of(const cpu_backend *c, const backend_kv_layout *l, int s, int p) {
+    KV_CHECK(p / l->block_size < c->max_blocks);
+    int32_t b = c->block_table[(size_t)s * (size_t)c->max_blocks + (size_t)(p / l->block_size)];
+    KV_CHECK(b >= 0);
+    return b;
+}
+
+void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
+                     const void *k, const void *v, int row_stride) {
+    cpu_backend *c = cpu_of(be);
+    KV_CHECK(l->dtype == KV_DTYPE_F32 && layer >= 0 && layer < l->n_layers);
+    size_t row_bytes = (size_t)l->head_dim * sizeof(float);
+    for (int t = 0; t < c->n_tokens; t++) {
+        int p = c->positions[t];
+        int32_t b = block_of(c, l, c->tok_seq[t], p);
+        for (int h = 0; h < l->n_kv_heads; h++) {
+            size_t src = (size_t)t * (size_t)row_stride + (size_t)h * (size_t)l->head_dim;
+            memcpy(pool_at(pool, l, b, layer, 0, h, p % l->block_size), (const float *)k + src,
+                   row_bytes);
+            memcpy(pool_at(pool, l, b, layer, 1, h, p % l->block_size), (const float *)v + src,
+                   row_bytes);
+        }
+    }
+}
+
+typedef struct attention_job {
+    cpu_backend *c;
+    float *out;
+    const float *q;
+    int q_stride;
+    const void *pool;
+    const backend_kv_layout *l;
+    int layer, n_heads;
+    float scale;
+} attention_job;
+
+/* Items are t * n_heads + h. Two passes over the context: scores and their max, then
+ * probabilities exp(s - max) summed with the V rows; f32 throughout, stable for any scale. */
+static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
+    attention_job *j = ctx;
+    const cpu_backend *c = j->c;
+    const backend_kv_layout *l = j->l;
+    int hd = l->head_dim, bs = l->block_size, group = j->n_heads / l->n_kv_heads;
+    float *sc = j->c->scores + (size_t)thread * c->scores_stride;
+    for (int64_t item = i0; item < i1; item++) {
+        int t = (int)(item / j->n_heads), h = (int)(item % j->n_heads), kvh = h / group;
+        int s = c->tok_seq[t], n_ctx = c->positions[t] + 1;
+        const float *q = j->q + (size_t)t * (size_t)j->q_stride + (size_t)h * (size_t)hd;
+        float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)hd;
+
+        float mx = -INFINITY;
+        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+            const float *kb = pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 0, kvh, 0);
+            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+            for (int i = 0; i < n_in; i++) {
+                sc[p0 + i] = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->scale;
+                if (sc[p0 + i] > mx) mx = sc[p0 + i];
+            }
+        }
+        float sum = 0;
+        for (int p = 0; p < n_ctx; p++) {
+            sc[p] = expf(sc[p] - mx);
+            sum += sc[p];
+        }
+        for (int d = 0; d < hd; d++) o[d] = 0;
+        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+            const float *vb = pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 1, kvh, 0);
+            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+            for (int i = 0; i < n_in; i++) {
+                const float *v = vb + (size_t)i * (size_t)hd;
+                float pr = sc[p0 + i];
+                for (int d = 0; d < hd; d++) o[d] += pr * v[d];
+            }
+        }
+        float inv = 1.0f / sum;
+        for (int d = 0; d < hd; d++) o[d] *= inv;
+    }
+}
+
+void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
+                      const backend_kv_layout *l, int layer, int n_heads, float scale) {
+    cpu_backend *c = cpu_of(be);
+    KV_CHECK(l->dtype == KV_DTYPE_F32 && layer >= 0 && layer < l->n_layers);
+    KV_CHECK(n_heads % l->n_kv_heads == 0);
+    attention_job j = {.c = c, .out = out, .q = q, .q_stride = q_stride, .pool = pool, .l = l,
+                       .layer = layer, .n_heads = n_heads, .scale = scale};
+    /* work ~ context × head_dim per item; keep small steps on one thread */
+    int64_t n_items = (int64_t)c->n_tokens * n_heads;
+    double work = (double)n_items * (double)c->scores_stride * l->head_dim;
+    cpu_pool_for(c->pool, n_items, work < 65536.0 ? n_items : 1, attention_items, &j);
+}
