@@ -12,6 +12,7 @@ typedef struct llama_layer {
     void *wqkv;      /* [(n_heads + 2 * n_kv_heads) * head_dim, dim]: q, k, v stacked */
     void *bqkv;      /* [(n_heads + 2 * n_kv_heads) * head_dim] or NULL */
     void *wo;        /* [dim, n_heads * head_dim] */
+    void *bo;        /* [dim] or NULL (Llama with attention_bias) */
     void *ffn_norm;  /* [dim] */
     void *wgu;       /* [2 * ff, dim]: gate, up stacked */
     void *wdown;     /* [dim, ff] */
@@ -26,11 +27,21 @@ typedef struct llama_model {
     void *lm_head;    /* [vocab, dim]; == embed when tied */
     float *inv_freq;  /* device [head_dim / 2] */
     size_t weight_bytes;
-    /* scratch, sized for max_tokens rows per step */
+    /* scratch, activation dtype, sized for max_tokens rows per step */
     int max_tokens;
-    void *x, *h, *qkv, *att, *o, *gu, *ff, *out_x, *logits;
+    void *x;      /* [max_tokens, dim] residual stream */
+    void *h;      /* [max_tokens, dim] normed x */
+    void *qkv;    /* [max_tokens, (n_heads + 2 * n_kv_heads) * head_dim] */
+    void *att;    /* [max_tokens, n_heads * head_dim] attention output */
+    void *o;      /* [max_tokens, dim] attention / MLP output before the residual add */
+    void *gu;     /* [max_tokens, 2 * ff] gate | up */
+    void *ff;     /* [max_tokens, ff] */
+    void *out_x;  /* [max_tokens, dim] rows whose logits are wanted */
+    void *logits; /* [min(max_tokens, 256), vocab] */
 } llama_model;
 
+/* LLAMA_LOAD_SAFETENSORS also ties lm_head to the embedding when the checkpoint has no
+ * lm_head.weight. q/k/v biases are loaded when config.json asks for them (attention_bias, Qwen2). */
 typedef enum llama_load_format { LLAMA_LOAD_SAFETENSORS, LLAMA_LOAD_DUMMY } llama_load_format;
 
 /* Loads dir (config.json + safetensors, or config.json alone with LLAMA_LOAD_DUMMY: random

@@ -1,0 +1,381 @@
+/* The Llama-family model: loads weights (safetensors, or random ones for benchmarks) onto a
+ * backend, stacking q/k/v and gate/up so each is one matmul, and runs the forward pass as a list
+ * of backend ops. The KV pool and the block tables belong to the caller. */
+#include "model/llama.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/safetensors.h"
+
+/* Rows of logits computed per matmul: bounds the logits scratch (rows × vocab). */
+#define LLAMA_LOGIT_ROWS 256
+/* Elements generated per host chunk by the dummy loader. */
+#define LLAMA_DUMMY_CHUNK ((size_t)1 << 22)
+/* Standard deviation of dummy weights (the usual initializer_range). */
+#define LLAMA_DUMMY_STD 0.02
+
+/* --- loading --- */
+
+typedef enum weight_init { WEIGHT_RANDOM, WEIGHT_ONES } weight_init;
+
+typedef struct loader {
+    llama_model *m;
+    const char *dir;
+    llama_load_format format;
+    safetensors_model st;
+    void *staging; /* host bytes for stacking, staging_cap bytes */
+    size_t staging_cap;
+    size_t done, total; /* device bytes uploaded / to upload */
+    void (*progress)(size_t done, size_t total, void *ctx);
+    void *progress_ctx;
+    /* dummy weights: 65536 samples of N(0, std) in the weight dtype, indexed by random bits */
+    void *normal_table;
+    uint64_t rng;
+} loader;
+
+static uint64_t xorshift64(uint64_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    return *s;
+}
+
+/* Stores f in dtype at element i of dst. */
+static void store_as(void *dst, kv_dtype dt, size_t i, float f) {
+    if (dt == KV_DTYPE_F32) ((float *)dst)[i] = f;
+    else if (dt == KV_DTYPE_BF16) ((uint16_t *)dst)[i] = kv_f32_to_bf16(f);
+    else ((uint16_t *)dst)[i] = kv_f32_to_f16(f);
+}
+
+static void dummy_table_init(loader *ld) {
+    kv_dtype dt = ld->m->be->weight_dtype;
+    ld->normal_table = kv_malloc(65536 * kv_dtype_size(dt));
+    ld->rng = 0x2545f4914f6cdd1dull;
+    for (size_t i = 0; i < 65536; i += 2) { /* Box-Muller, two samples per pair of uniforms */
+        double u1 = ((double)(xorshift64(&ld->rng) >> 11) + 1.0) / 9007199254740993.0;
+        double u2 = (double)(xorshift64(&ld->rng) >> 11) / 9007199254740992.0;
+        double r = sqrt(-2.0 * log(u1)) * LLAMA_DUMMY_STD;
+        store_as(ld->normal_table, dt, i, (float)(r * cos(2 * M_PI * u2)));
+        store_as(ld->normal_table, dt, i + 1, (float)(r * sin(2 * M_PI * u2)));
+    }
+}
+
+/* A device tensor of n weight-dtype elements of random values (or ones), generated in host
+ * chunks directly in the weight dtype. */
+static void *weight_dummy(loader *ld, size_t n, weight_init init) {
+    backend *be = ld->m->be;
+    kv_dtype dt = be->weight_dtype;
+    size_t es = kv_dtype_size(dt), chunk = n < LLAMA_DUMMY_CHUNK ? n : LLAMA_DUMMY_CHUNK;
+    char *dev = be->ops->dev_alloc(be, n * es);
+    if (chunk * es > ld->staging_cap) {
+        free(ld->staging);
+        ld->staging = kv_malloc(chunk * es);
+        ld->staging_cap = chunk * es;
+    }
+    for (size_t off = 0; off < n; off += chunk) {
+        size_t len = n - off < chunk ? n - off : chunk;
+        if (init == WEIGHT_ONES) {
+            for (size_t i = 0; i < len; i++) store_as(ld->staging, dt, i, 1.0f);
+        } else if (es == 2) {
+            const uint16_t *tab = ld->normal_table;
+            uint16_t *out = ld->staging;
+            for (size_t i = 0; i < len; i += 4) { /* 16 random bits per element */
+                uint64_t r = xorshift64(&ld->rng);
+                for (size_t j = 0; j < 4 && i + j < len; j++) out[i + j] = tab[(r >> (16 * j)) & 0xffff];
+            }
+        } else {
+            const float *tab = ld->normal_table;
+            float *out = ld->staging;
+            for (size_t i = 0; i < len; i += 4) {
+                uint64_t r = xorshift64(&ld->rng);
+                for (size_t j = 0; j < 4 && i + j < len; j++) out[i + j] = tab[(r >> (16 * j)) & 0xffff];
+            }
+        }
+        be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
+    }
+    return dev;
+}
+
+/* The safetensors tensor `name`, checked to be [rows, cols] ([rows] when cols is 0). */
+static const safetensors_tensor *tensor_find(loader *ld, const char *name, int64_t rows,
+                                             int64_t cols, kv_error *err) {
+    const safetensors_tensor *t = safetensors_find(&ld->st, name);
+    if (!t) {
+        kv_error_set(err, "%s: tensor '%s' is missing from the safetensors files", ld->dir, name);
+        return NULL;
+    }
+    int want_dims = cols ? 2 : 1;
+    if (t->n_dims != want_dims || t->shape[0] != rows || (cols && t->shape[1] != cols)) {
+        char got[96] = "";
+        for (int i = 0, o = 0; i < t->n_dims && o < (int)sizeof got - 24; i++)
+            o += snprintf(got + o, sizeof got - (size_t)o, "%s%lld", i ? ", " : "",
+                          (long long)t->shape[i]);
+        if (cols)
+            kv_error_set(err, "%s: tensor '%s' has shape [%s], config.json implies [%lld, %lld]",
+                         ld->dir, name, got, (long long)rows, (long long)cols);
+        else
+            kv_error_set(err, "%s: tensor '%s' has shape [%s], config.json implies [%lld]",
+                         ld->dir, name, got, (long long)rows);
+        return NULL;
+    }
+    return t;
+}
+
+/* Uploads the weight made of n_parts tensors names[i] of rows[i] × cols (cols 0: vectors),
+ * stacked along rows, as one device tensor. NULL and err set when a tensor is missing or has
+ * the wrong shape. With LLAMA_LOAD_DUMMY the values are random (or ones). */
+static void *weight_load(loader *ld, int n_parts, char names[][128], const int64_t *rows,
+                         int64_t cols, weight_init init, kv_error *err) {
+    backend *be = ld->m->be;
+    size_t n = 0;
+    for (int i = 0; i < n_parts; i++) n += (size_t)rows[i] * (size_t)(cols ? cols : 1);
+    void *dev;
+    if (ld->format == LLAMA_LOAD_DUMMY) {
+        dev = weight_dummy(ld, n, init);
+    } else {
+        const safetensors_tensor *parts[3];
+        bool same_dtype = true;
+        for (int i = 0; i < n_parts; i++) {
+            if (!(parts[i] = tensor_find(ld, names[i], rows[i], cols, err))) return NULL;
+            same_dtype = same_dtype && parts[i]->dtype == parts[0]->dtype;
+        }
+        if (n_parts == 1) {
+            dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
+        } else {
+            /* stack on the host: raw bytes when the parts agree, else as f32 */
+            kv_dtype dt = same_dtype ? parts[0]->dtype : KV_DTYPE_F32;
+            size_t bytes = n * kv_dtype_size(dt);
+            if (bytes > ld->staging_cap) {
+                free(ld->staging);
+                ld->staging = kv_malloc(bytes);
+                ld->staging_cap = bytes;
+            }
+            char *at = ld->staging;
+            for (int i = 0; i < n_parts; i++) {
+                if (same_dtype) memcpy(at, parts[i]->data, parts[i]->n_bytes);
+                else kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype, parts[i]->n_elems);
+                at += parts[i]->n_elems * kv_dtype_size(dt);
+            }
+            dev = be->ops->weight_upload(be, ld->staging, dt, n);
+        }
+    }
+    ld->done += n * kv_dtype_size(be->weight_dtype);
+    ld->m->weight_bytes += n * kv_dtype_size(be->weight_dtype);
+    if (ld->progress) ld->progress(ld->done, ld->total, ld->progress_ctx);
+    return dev;
+}
+
+/* One tensor: weight_load of a single part. */
+static void *weight_load1(loader *ld, const char *name, int64_t rows, int64_t cols,
+                          weight_init init, kv_error *err) {
+    char names[1][128];
+    snprintf(names[0], sizeof names[0], "%s", name);
+    return weight_load(ld, 1, names, &rows, cols, init, err);
+}
+
+/* Elements of every weight the model uploads (for progress). */
+static size_t weight_elems(const hf_config *c, bool tied) {
+    size_t dim = (size_t)c->hidden_size, q = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t qkv = q + 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t ff = (size_t)c->intermediate_size, vocab = (size_t)c->vocab_size;
+    size_t layer = 2 * dim + qkv * dim + q * dim + 3 * ff * dim;
+    if (c->attention_bias) layer += qkv;
+    if (c->attention_out_bias) layer += dim;
+    return (size_t)c->n_layers * layer + vocab * dim * (tied ? 1 : 2) + dim;
+}
+
+static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
+    const hf_config *c = &ld->m->cfg;
+    int64_t dim = c->hidden_size, q = (int64_t)c->n_heads * c->head_dim;
+    int64_t kv = (int64_t)c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
+    char n[3][128];
+#define NAME(k, fmt) snprintf(n[k], sizeof n[k], "model.layers.%d." fmt, i)
+    NAME(0, "input_layernorm.weight");
+    if (!(L->attn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
+    NAME(0, "self_attn.q_proj.weight"), NAME(1, "self_attn.k_proj.weight"),
+        NAME(2, "self_attn.v_proj.weight");
+    const int64_t qkv_rows[3] = {q, kv, kv};
+    if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    if (c->attention_bias) {
+        NAME(0, "self_attn.q_proj.bias"), NAME(1, "self_attn.k_proj.bias"),
+            NAME(2, "self_attn.v_proj.bias");
+        if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, err))) return -1;
+    }
+    NAME(0, "self_attn.o_proj.weight");
+    if (!(L->wo = weight_load(ld, 1, n, &dim, q, WEIGHT_RANDOM, err))) return -1;
+    if (c->attention_out_bias) {
+        NAME(0, "self_attn.o_proj.bias");
+        if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, err))) return -1;
+    }
+    NAME(0, "post_attention_layernorm.weight");
+    if (!(L->ffn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
+    NAME(0, "mlp.gate_proj.weight"), NAME(1, "mlp.up_proj.weight");
+    const int64_t gu_rows[2] = {ff, ff};
+    if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    NAME(0, "mlp.down_proj.weight");
+    if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, err))) return -1;
+#undef NAME
+    return 0;
+}
+
+static void *scratch(backend *be, size_t rows, size_t cols) {
+    return be->ops->dev_alloc(be, rows * cols * kv_dtype_size(be->act_dtype));
+}
+
+int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format format,
+               int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
+               void *progress_ctx, kv_error *err) {
+    memset(m, 0, sizeof *m);
+    m->be = be;
+    if (hf_config_load(&m->cfg, dir, err)) return -1;
+    const hf_config *c = &m->cfg;
+    if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0)
+        return kv_error_set(err, "%s/config.json: %d attention heads, %d KV heads, head_dim %d: "
+                                 "heads must be a multiple of KV heads and head_dim even",
+                            dir, c->n_heads, c->n_kv_heads, c->head_dim);
+    KV_CHECK(max_tokens >= 1);
+
+    loader ld = {.m = m, .dir = dir, .format = format, .progress = progress,
+                 .progress_ctx = progress_ctx};
+    if (format == LLAMA_LOAD_DUMMY) dummy_table_init(&ld);
+    else if (safetensors_open(&ld.st, dir, err)) return -1;
+    /* tied when the config says so or the checkpoint has no lm_head (llama2.c exports) */
+    bool tied = c->tie_word_embeddings ||
+                (format == LLAMA_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight"));
+    ld.total = weight_elems(c, tied) * kv_dtype_size(be->weight_dtype);
+
+    int64_t vocab = c->vocab_size, dim = c->hidden_size;
+    int rc = -1;
+    if (!(m->embed = weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
+        goto out;
+    m->layers = kv_calloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int i = 0; i < c->n_layers; i++)
+        if (layer_load(&ld, i, &m->layers[i], err)) goto out;
+    if (!(m->final_norm = weight_load1(&ld, "model.norm.weight", dim, 0, WEIGHT_ONES, err)))
+        goto out;
+    m->lm_head = tied ? m->embed : weight_load1(&ld, "lm_head.weight", vocab, dim, WEIGHT_RANDOM, err);
+    if (!m->lm_head) goto out;
+
+    float *inv_freq = kv_malloc((size_t)c->head_dim / 2 * sizeof(float));
+    hf_config_rope_inv_freq(c, inv_freq);
+    m->inv_freq = be->ops->dev_alloc(be, (size_t)c->head_dim / 2 * sizeof(float));
+    be->ops->to_dev(be, m->inv_freq, inv_freq, (size_t)c->head_dim / 2 * sizeof(float));
+    free(inv_freq);
+
+    size_t T = (size_t)max_tokens, q = (size_t)c->n_heads * (size_t)c->head_dim;
+    size_t qkv = q + 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim;
+    size_t ff = (size_t)c->intermediate_size;
+    m->max_tokens = max_tokens;
+    m->x = scratch(be, T, (size_t)dim);
+    m->h = scratch(be, T, (size_t)dim);
+    m->qkv = scratch(be, T, qkv);
+    m->att = scratch(be, T, q);
+    m->o = scratch(be, T, (size_t)dim);
+    m->gu = scratch(be, T, 2 * ff);
+    m->ff = scratch(be, T, ff);
+    m->out_x = scratch(be, T, (size_t)dim);
+    m->logits = scratch(be, T < LLAMA_LOGIT_ROWS ? T : LLAMA_LOGIT_ROWS, (size_t)vocab);
+    rc = 0;
+out:
+    if (format == LLAMA_LOAD_SAFETENSORS) safetensors_close(&ld.st);
+    free(ld.staging);
+    free(ld.normal_table);
+    if (rc) llama_free(m);
+    return rc;
+}
+
+/* Frees each non-NULL device pointer of ptrs[n]. */
+static void dev_free_all(backend *be, void *const *ptrs, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (ptrs[i]) be->ops->dev_free(be, ptrs[i]);
+}
+
+void llama_free(llama_model *m) {
+    backend *be = m->be;
+    if (!be) return;
+    for (int i = 0; m->layers && i < m->cfg.n_layers; i++) {
+        llama_layer *L = &m->layers[i];
+        void *w[] = {L->attn_norm, L->wqkv, L->bqkv, L->wo, L->bo, L->ffn_norm, L->wgu, L->wdown};
+        dev_free_all(be, w, sizeof w / sizeof *w);
+    }
+    free(m->layers);
+    void *w[] = {m->embed, m->lm_head != m->embed ? m->lm_head : NULL, m->final_norm, m->inv_freq,
+                 m->x, m->h, m->qkv, m->att, m->o, m->gu, m->ff, m->out_x, m->logits};
+    dev_free_all(be, w, sizeof w / sizeof *w);
+    memset(m, 0, sizeof *m);
+}
+
+backend_kv_layout llama_kv_layout(const llama_model *m, int block_size) {
+    backend_kv_layout l = {.n_layers = m->cfg.n_layers, .n_kv_heads = m->cfg.n_kv_heads,
+                           .head_dim = m->cfg.head_dim, .block_size = block_size,
+                           .dtype = m->be->kv_dtype};
+    backend_kv_layout_finish(&l);
+    return l;
+}
+
+/* --- the forward pass --- */
+
+/* Device pointer `elems` activations past p. */
+static void *act_at(const llama_model *m, void *p, size_t elems) {
+    return (char *)p + elems * kv_dtype_size(m->be->act_dtype);
+}
+
+void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
+                   const backend_kv_layout *kvl, float *logits) {
+    const hf_config *c = &m->cfg;
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    int n = batch->n_tokens, dim = c->hidden_size, hd = c->head_dim, ff = c->intermediate_size;
+    int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
+    KV_CHECK(n >= 1 && n <= m->max_tokens);
+    KV_CHECK(kvl->n_layers == c->n_layers && kvl->n_kv_heads == c->n_kv_heads &&
+             kvl->head_dim == hd && kvl->dtype == be->kv_dtype);
+    for (int t = 0; t < n; t++) KV_CHECK(batch->tokens[t] >= 0 && batch->tokens[t] < c->vocab_size);
+    void *k = act_at(m, m->qkv, (size_t)q_dim), *v = act_at(m, m->qkv, (size_t)(q_dim + kv_dim));
+
+    // batch metadata (tokens, positions, block tables) to the device
+    op->step_begin(be, batch);
+    // token embeddings into the residual stream x
+    op->embed(be, m->x, m->embed, dim);
+    // first layer's attention norm (later layers get theirs fused with the residual add)
+    op->rmsnorm(be, m->h, m->x, m->layers[0].attn_norm, n, dim, eps);
+    for (int l = 0; l < c->n_layers; l++) {
+        const llama_layer *L = &m->layers[l];
+        // q, k, v projections as one matmul: rows [q | k | v]
+        op->matmul(be, m->qkv, m->h, L->wqkv, L->bqkv, n, dim, qkv_dim);
+        // rotary embedding of the q and k heads (adjacent in each row)
+        op->rope(be, m->qkv, qkv_dim, c->n_heads + c->n_kv_heads, hd, m->inv_freq);
+        // the new tokens' k and v into their blocks of the paged KV cache
+        op->kv_write(be, pool, kvl, l, k, v, qkv_dim);
+        // causal attention over each sequence's cached and new positions
+        op->attention(be, m->att, m->qkv, qkv_dim, pool, kvl, l, c->n_heads, scale);
+        // output projection
+        op->matmul(be, m->o, m->att, L->wo, L->bo, n, q_dim, dim);
+        // residual add, then the MLP norm
+        op->add_rmsnorm(be, m->h, m->x, m->o, L->ffn_norm, n, dim, eps);
+        // gate and up projections as one matmul, then silu(gate) * up
+        op->matmul(be, m->gu, m->h, L->wgu, NULL, n, dim, 2 * ff);
+        op->swiglu(be, m->ff, m->gu, n, ff);
+        // down projection
+        op->matmul(be, m->o, m->ff, L->wdown, NULL, n, ff, dim);
+        // residual add, then the next layer's attention norm
+        if (l + 1 < c->n_layers)
+            op->add_rmsnorm(be, m->h, m->x, m->o, m->layers[l + 1].attn_norm, n, dim, eps);
+        else
+            op->add(be, m->x, m->o, (size_t)n * (size_t)dim);
+    }
+    // the rows whose logits are wanted, final norm
+    op->gather_rows(be, m->out_x, m->x, dim);
+    op->rmsnorm(be, m->out_x, m->out_x, m->final_norm, batch->n_out, dim, eps);
+    // logits = out_x @ lm_head^T, LLAMA_LOGIT_ROWS rows at a time, to the host as f32
+    size_t vocab = (size_t)c->vocab_size;
+    for (int r = 0; r < batch->n_out; r += LLAMA_LOGIT_ROWS) {
+        int rows = batch->n_out - r < LLAMA_LOGIT_ROWS ? batch->n_out - r : LLAMA_LOGIT_ROWS;
+        op->matmul(be, m->logits, act_at(m, m->out_x, (size_t)r * (size_t)dim), m->lm_head, NULL,
+                   rows, dim, (int)vocab);
+        op->act_download_f32(be, logits + (size_t)r * vocab, m->logits, (size_t)rows * vocab);
+    }
+}
