@@ -36,7 +36,8 @@ typedef struct hf_config {
     int rope_original_max_position; /* original_max_position_embeddings */
     double rms_norm_eps;
     bool tie_word_embeddings;
-    bool attention_bias; /* q/k/v projections have bias (Qwen2 always) */
+    bool attention_bias;     /* q/k/v projections have bias (Qwen2 always, Llama attention_bias) */
+    bool attention_out_bias; /* o_proj has bias too (Llama attention_bias only) */
     int bos_token_id;    /* -1 when absent */
     int eos_token_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
@@ -44,13 +45,20 @@ typedef struct hf_config {
 } hf_config;
 
 /* Parses config.json text. Unsupported architecture, rope type or field value is an error that
- * names it. */
+ * names it ("config.json: rope_scaling.rope_type 'yarn' is not supported"). Rejected: hidden_act
+ * other than silu, mlp_bias, quantization_config, any layer that is not full attention
+ * (layer_types, or a sliding_window shorter than max_position_embeddings). */
 int hf_config_parse(hf_config *cfg, const char *json, size_t len, kv_error *err);
+
+/* Applies generation_config.json text to a parsed cfg: its bos_token_id / eos_token_id (int or
+ * list), when present and not null, replace the config's. */
+int hf_config_apply_generation(hf_config *cfg, const char *json, size_t len, kv_error *err);
 
 /* Reads dir/config.json, then dir/generation_config.json when present (its eos/bos win). */
 int hf_config_load(hf_config *cfg, const char *dir, kv_error *err);
 
-/* Fills inv_freq[head_dim / 2] for RoPE, llama3 scaling applied. */
+/* Fills inv_freq[head_dim / 2] for RoPE, llama3 scaling applied exactly as transformers'
+ * _compute_llama3_parameters does (computed in double, rounded to float once). */
 void hf_config_rope_inv_freq(const hf_config *cfg, float *inv_freq);
 
 #endif

@@ -1,0 +1,501 @@
+/* config.json + generation_config.json of a Llama-family model directory into one hf_config.
+ * Reads both dialects (Hub: rope_theta/rope_scaling/torch_dtype; transformers >= 5:
+ * rope_parameters/dtype/layer_types). Every rejection names the field and its value. */
+#include "model/hf_config.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CONFIG_MAX_FILE_BYTES (16u << 20)
+
+/* Where a field came from, for messages: "config.json: rope_scaling.factor ...". */
+typedef struct field_ctx {
+    const char *file;   /* "config.json" or "generation_config.json" */
+    const char *prefix; /* "" or "rope_scaling." */
+    kv_error *err;
+} field_ctx;
+
+static bool json_absent(const json_t *v) { return v == NULL || json_is_null(v); }
+
+/* Integer field in [min, max]; integral reals (8192.0) count as integers. Absent or null gives
+ * def, unless required. */
+static int field_int(const field_ctx *fc, const json_t *obj, const char *key, bool required,
+                     long long def, long long min, long long max, long long *out) {
+    const json_t *v = json_object_get(obj, key);
+    if (json_absent(v)) {
+        if (required) return kv_error_set(fc->err, "%s: missing %s%s", fc->file, fc->prefix, key);
+        *out = def;
+        return 0;
+    }
+    long long x;
+    if (json_is_integer(v)) {
+        x = json_integer_value(v);
+    } else if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+               fabs(json_real_value(v)) < 9e15) {
+        x = (long long)json_real_value(v);
+    } else {
+        return kv_error_set(fc->err, "%s: %s%s must be an integer", fc->file, fc->prefix, key);
+    }
+    if (x < min || x > max)
+        return kv_error_set(fc->err, "%s: %s%s = %lld is out of range [%lld, %lld]", fc->file,
+                            fc->prefix, key, x, min, max);
+    *out = x;
+    return 0;
+}
+
+static int field_int32(const field_ctx *fc, const json_t *obj, const char *key, bool required,
+                       int def, int min, int max, int *out) {
+    long long x;
+    if (field_int(fc, obj, key, required, def, min, max, &x)) return -1;
+    *out = (int)x;
+    return 0;
+}
+
+/* Finite number strictly greater than `above`. */
+static int field_number(const field_ctx *fc, const json_t *obj, const char *key, bool required,
+                        double def, double above, double *out) {
+    const json_t *v = json_object_get(obj, key);
+    if (json_absent(v)) {
+        if (required) return kv_error_set(fc->err, "%s: missing %s%s", fc->file, fc->prefix, key);
+        *out = def;
+        return 0;
+    }
+    if (!json_is_number(v))
+        return kv_error_set(fc->err, "%s: %s%s must be a number", fc->file, fc->prefix, key);
+    double x = json_number_value(v);
+    if (!isfinite(x) || !(x > above))
+        return kv_error_set(fc->err, "%s: %s%s = %g must be greater than %g", fc->file, fc->prefix,
+                            key, x, above);
+    *out = x;
+    return 0;
+}
+
+static int field_bool(const field_ctx *fc, const json_t *obj, const char *key, bool def,
+                      bool *out) {
+    const json_t *v = json_object_get(obj, key);
+    if (json_absent(v)) {
+        *out = def;
+        return 0;
+    }
+    if (!json_is_boolean(v))
+        return kv_error_set(fc->err, "%s: %s%s must be true or false", fc->file, fc->prefix, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* String field or NULL when absent/null. */
+static int field_string(const field_ctx *fc, const json_t *obj, const char *key,
+                        const char **out) {
+    const json_t *v = json_object_get(obj, key);
+    *out = NULL;
+    if (json_absent(v)) return 0;
+    if (!json_is_string(v))
+        return kv_error_set(fc->err, "%s: %s%s must be a string", fc->file, fc->prefix, key);
+    *out = json_string_value(v);
+    return 0;
+}
+
+static int copy_name(const field_ctx *fc, char *dst, size_t cap, const char *src, const char *key) {
+    size_t n = strlen(src);
+    if (n >= cap)
+        return kv_error_set(fc->err, "%s: %s '%.40s...' is too long", fc->file, key, src);
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+static const struct {
+    const char *arch_name;
+    const char *model_type;
+    hf_arch arch;
+    int default_max_position; /* the transformers config class defaults */
+} arch_table[] = {
+    {"LlamaForCausalLM", "llama", HF_ARCH_LLAMA, 2048},
+    {"MistralForCausalLM", "mistral", HF_ARCH_MISTRAL, 4096 * 32},
+    {"Qwen2ForCausalLM", "qwen2", HF_ARCH_QWEN2, 32768},
+};
+#define N_ARCHS (int)(sizeof arch_table / sizeof arch_table[0])
+
+/* architectures[0], else model_type. */
+static int parse_arch(hf_config *cfg, const json_t *root, const field_ctx *fc, int *arch_index) {
+    const char *model_type;
+    if (field_string(fc, root, "model_type", &model_type)) return -1;
+    const json_t *archs = json_object_get(root, "architectures");
+    const char *name = NULL;
+    if (!json_absent(archs)) {
+        if (!json_is_array(archs) || json_array_size(archs) == 0 ||
+            !json_is_string(json_array_get(archs, 0)))
+            return kv_error_set(fc->err, "%s: architectures must be a non-empty list of strings",
+                                fc->file);
+        name = json_string_value(json_array_get(archs, 0));
+    }
+    for (int i = 0; i < N_ARCHS; i++) {
+        bool match = name ? strcmp(name, arch_table[i].arch_name) == 0
+                          : model_type && strcmp(model_type, arch_table[i].model_type) == 0;
+        if (!match) continue;
+        cfg->arch = arch_table[i].arch;
+        *arch_index = i;
+        if (copy_name(fc, cfg->arch_name, sizeof cfg->arch_name, arch_table[i].arch_name,
+                      "architectures[0]"))
+            return -1;
+        return copy_name(fc, cfg->model_type, sizeof cfg->model_type,
+                         model_type ? model_type : arch_table[i].model_type, "model_type");
+    }
+    if (name)
+        return kv_error_set(fc->err,
+                            "%s: architecture '%.100s' is not supported (supported: "
+                            "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
+                            fc->file, name);
+    if (model_type)
+        return kv_error_set(fc->err,
+                            "%s: model_type '%.100s' is not supported (supported: llama, "
+                            "mistral, qwen2)",
+                            fc->file, model_type);
+    return kv_error_set(fc->err, "%s: missing architectures and model_type", fc->file);
+}
+
+static int parse_shape(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    if (field_int32(fc, root, "hidden_size", true, 0, 1, 1 << 20, &cfg->hidden_size) ||
+        field_int32(fc, root, "num_hidden_layers", true, 0, 1, 4096, &cfg->n_layers) ||
+        field_int32(fc, root, "num_attention_heads", true, 0, 1, 1 << 14, &cfg->n_heads) ||
+        field_int32(fc, root, "num_key_value_heads", false, cfg->n_heads, 1, 1 << 14,
+                    &cfg->n_kv_heads) ||
+        field_int32(fc, root, "intermediate_size", true, 0, 1, 1 << 24,
+                    &cfg->intermediate_size) ||
+        field_int32(fc, root, "vocab_size", true, 0, 1, 1 << 26, &cfg->vocab_size))
+        return -1;
+    if (cfg->n_heads % cfg->n_kv_heads != 0)
+        return kv_error_set(fc->err,
+                            "%s: num_attention_heads %d is not a multiple of "
+                            "num_key_value_heads %d",
+                            fc->file, cfg->n_heads, cfg->n_kv_heads);
+    const json_t *hd = json_object_get(root, "head_dim");
+    if (json_absent(hd) && cfg->hidden_size % cfg->n_heads != 0)
+        return kv_error_set(fc->err,
+                            "%s: hidden_size %d is not a multiple of num_attention_heads %d and "
+                            "there is no head_dim",
+                            fc->file, cfg->hidden_size, cfg->n_heads);
+    if (field_int32(fc, root, "head_dim", false, cfg->hidden_size / cfg->n_heads, 2, 1 << 14,
+                    &cfg->head_dim))
+        return -1;
+    if (cfg->head_dim % 2 != 0)
+        return kv_error_set(fc->err, "%s: head_dim %d must be even for RoPE", fc->file,
+                            cfg->head_dim);
+    return 0;
+}
+
+/* The rope dict: rope_parameters (v5; possibly keyed by layer type) or rope_scaling (Hub). */
+static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    field_ctx sub = *fc;
+    const json_t *params = json_object_get(root, "rope_parameters");
+    const json_t *scaling = NULL;
+    if (!json_absent(params)) {
+        if (!json_is_object(params))
+            return kv_error_set(fc->err, "%s: rope_parameters must be an object", fc->file);
+        const json_t *full = json_object_get(params, "full_attention");
+        if (json_is_object(full) && !json_object_get(params, "rope_type")) {
+            params = full;
+            sub.prefix = "rope_parameters.full_attention.";
+        } else {
+            sub.prefix = "rope_parameters.";
+        }
+        scaling = params;
+        double root_theta;
+        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &root_theta) ||
+            field_number(&sub, params, "rope_theta", false, root_theta, 1.0, &cfg->rope_theta))
+            return -1;
+    } else {
+        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &cfg->rope_theta))
+            return -1;
+        scaling = json_object_get(root, "rope_scaling");
+        if (json_absent(scaling)) scaling = NULL;
+        else if (!json_is_object(scaling))
+            return kv_error_set(fc->err, "%s: rope_scaling must be an object or null", fc->file);
+        sub.prefix = "rope_scaling.";
+    }
+    cfg->rope_type = HF_ROPE_DEFAULT;
+    cfg->rope_factor = 1.0;
+    cfg->rope_low_freq_factor = 1.0;
+    cfg->rope_high_freq_factor = 1.0;
+    cfg->rope_original_max_position = cfg->max_position_embeddings;
+    if (!scaling) return 0;
+
+    const char *type, *key = "rope_type";
+    if (field_string(&sub, scaling, "rope_type", &type)) return -1;
+    if (!type) {
+        key = "type";
+        if (field_string(&sub, scaling, "type", &type)) return -1;
+    }
+    if (!type && params) type = "default"; /* v5 writes rope_type, but be lenient */
+    if (!type) return kv_error_set(fc->err, "%s: %srope_type is missing", fc->file, sub.prefix);
+    if (strcmp(type, "default") == 0) return 0;
+    if (strcmp(type, "llama3") != 0)
+        return kv_error_set(fc->err,
+                            "%s: %s%s '%.64s' is not supported (supported: default, llama3)",
+                            fc->file, sub.prefix, key, type);
+    cfg->rope_type = HF_ROPE_LLAMA3;
+    if (field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor) ||
+        field_number(&sub, scaling, "low_freq_factor", true, 0, 0.0,
+                     &cfg->rope_low_freq_factor) ||
+        field_number(&sub, scaling, "high_freq_factor", true, 0, 0.0,
+                     &cfg->rope_high_freq_factor) ||
+        field_int32(&sub, scaling, "original_max_position_embeddings", true, 0, 1, INT_MAX,
+                    &cfg->rope_original_max_position))
+        return -1;
+    if (cfg->rope_factor < 1.0)
+        return kv_error_set(fc->err, "%s: %sfactor = %g must be >= 1", fc->file, sub.prefix,
+                            cfg->rope_factor);
+    if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
+        return kv_error_set(fc->err,
+                            "%s: %shigh_freq_factor %g must be greater than low_freq_factor %g",
+                            fc->file, sub.prefix, cfg->rope_high_freq_factor,
+                            cfg->rope_low_freq_factor);
+    return 0;
+}
+
+/* Only full causal attention is implemented: layer_types must say so for every layer, and a
+ * sliding window that could ever bite (shorter than max_position_embeddings) is refused. */
+static int check_attention_kind(const hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    const json_t *types = json_object_get(root, "layer_types");
+    if (!json_absent(types)) {
+        if (!json_is_array(types))
+            return kv_error_set(fc->err, "%s: layer_types must be a list", fc->file);
+        if ((int)json_array_size(types) != cfg->n_layers)
+            return kv_error_set(fc->err, "%s: layer_types has %zu entries for %d layers",
+                                fc->file, json_array_size(types), cfg->n_layers);
+        for (size_t i = 0; i < json_array_size(types); i++) {
+            const json_t *t = json_array_get(types, i);
+            if (!json_is_string(t))
+                return kv_error_set(fc->err, "%s: layer_types[%zu] must be a string", fc->file,
+                                    i);
+            if (strcmp(json_string_value(t), "full_attention") != 0)
+                return kv_error_set(fc->err,
+                                    "%s: layer_types[%zu] '%.64s' is not supported (only "
+                                    "full_attention)",
+                                    fc->file, i, json_string_value(t));
+        }
+    }
+    bool sliding = cfg->arch != HF_ARCH_LLAMA;
+    if (cfg->arch == HF_ARCH_QWEN2) {
+        /* Qwen2 slides only with use_sliding_window, and only in layers >= max_window_layers */
+        int max_window_layers;
+        if (field_bool(fc, root, "use_sliding_window", false, &sliding) ||
+            field_int32(fc, root, "max_window_layers", false, 28, 0, INT_MAX, &max_window_layers))
+            return -1;
+        if (max_window_layers >= cfg->n_layers) sliding = false;
+    }
+    if (!sliding) return 0;
+    long long window;
+    if (field_int(fc, root, "sliding_window", false, -1, 0, LLONG_MAX, &window)) return -1;
+    if (window >= 0 && window < cfg->max_position_embeddings)
+        return kv_error_set(fc->err,
+                            "%s: sliding_window %lld is smaller than max_position_embeddings %d: "
+                            "sliding-window attention is not supported",
+                            fc->file, window, cfg->max_position_embeddings);
+    return 0;
+}
+
+/* bos_token_id (int or null) and eos_token_id (int, list of ints or null) of obj, when present. */
+static int parse_special_ids(hf_config *cfg, const json_t *obj, const field_ctx *fc) {
+    const json_t *bos = json_object_get(obj, "bos_token_id");
+    if (bos) {
+        long long id;
+        if (field_int(fc, obj, "bos_token_id", false, -1, 0, INT_MAX, &id)) return -1;
+        cfg->bos_token_id = (int)id;
+    }
+    const json_t *eos = json_object_get(obj, "eos_token_id");
+    if (!eos) return 0;
+    cfg->n_eos = 0;
+    if (json_is_null(eos)) return 0;
+    if (!json_is_array(eos)) {
+        long long id;
+        if (field_int(fc, obj, "eos_token_id", true, 0, 0, INT_MAX, &id)) return -1;
+        cfg->eos_token_ids[cfg->n_eos++] = (int)id;
+        return 0;
+    }
+    if (json_array_size(eos) > HF_CONFIG_MAX_EOS)
+        return kv_error_set(fc->err, "%s: eos_token_id lists %zu ids, at most %d are supported",
+                            fc->file, json_array_size(eos), HF_CONFIG_MAX_EOS);
+    for (size_t i = 0; i < json_array_size(eos); i++) {
+        const json_t *v = json_array_get(eos, i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > INT_MAX)
+            return kv_error_set(fc->err, "%s: eos_token_id[%zu] must be a non-negative integer",
+                                fc->file, i);
+        cfg->eos_token_ids[cfg->n_eos++] = (int)json_integer_value(v);
+    }
+    return 0;
+}
+
+static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    int arch_index = 0;
+    if (parse_arch(cfg, root, fc, &arch_index) || parse_shape(cfg, root, fc)) return -1;
+    if (field_int32(fc, root, "max_position_embeddings", false,
+                    arch_table[arch_index].default_max_position, 1, INT_MAX,
+                    &cfg->max_position_embeddings) ||
+        field_number(fc, root, "rms_norm_eps", false, 1e-6, 0.0, &cfg->rms_norm_eps) ||
+        field_bool(fc, root, "tie_word_embeddings", false, &cfg->tie_word_embeddings) ||
+        parse_rope(cfg, root, fc) || check_attention_kind(cfg, root, fc))
+        return -1;
+
+    /* q/k/v bias: Qwen2 always; Llama's attention_bias also puts one on o_proj; Mistral none */
+    bool bias = false, mlp_bias = false;
+    if (cfg->arch == HF_ARCH_LLAMA &&
+        (field_bool(fc, root, "attention_bias", false, &bias) ||
+         field_bool(fc, root, "mlp_bias", false, &mlp_bias)))
+        return -1;
+    if (mlp_bias) return kv_error_set(fc->err, "%s: mlp_bias true is not supported", fc->file);
+    cfg->attention_bias = cfg->arch == HF_ARCH_QWEN2 || bias;
+    cfg->attention_out_bias = bias;
+
+    const char *act;
+    if (field_string(fc, root, "hidden_act", &act)) return -1;
+    if (act && strcmp(act, "silu") != 0)
+        return kv_error_set(fc->err, "%s: hidden_act '%.64s' is not supported (only silu)",
+                            fc->file, act);
+    if (!json_absent(json_object_get(root, "quantization_config")))
+        return kv_error_set(fc->err, "%s: quantization_config: quantized models are not supported",
+                            fc->file);
+
+    const char *dtype, *dtype_key = "dtype";
+    if (field_string(fc, root, "dtype", &dtype)) return -1;
+    if (!dtype) {
+        dtype_key = "torch_dtype";
+        if (field_string(fc, root, "torch_dtype", &dtype)) return -1;
+    }
+    cfg->dtype = KV_DTYPE_F32;
+    if (dtype && !kv_dtype_parse(dtype, &cfg->dtype))
+        return kv_error_set(fc->err,
+                            "%s: %s '%.64s' is not supported (float32, float16, bfloat16)",
+                            fc->file, dtype_key, dtype);
+
+    cfg->bos_token_id = -1;
+    cfg->n_eos = 0;
+    return parse_special_ids(cfg, root, fc);
+}
+
+/* Loads text as a JSON object; names `file` in errors. */
+static json_t *load_object(const char *json, size_t len, const char *file, kv_error *err) {
+    json_error_t jerr;
+    json_t *root = json_loadb(json, len, 0, &jerr);
+    if (!root) {
+        kv_error_set(err, "%s: invalid JSON at line %d column %d: %s", file, jerr.line,
+                     jerr.column, jerr.text);
+        return NULL;
+    }
+    if (!json_is_object(root)) {
+        json_decref(root);
+        kv_error_set(err, "%s: top level must be a JSON object", file);
+        return NULL;
+    }
+    return root;
+}
+
+int hf_config_parse(hf_config *cfg, const char *json, size_t len, kv_error *err) {
+    memset(cfg, 0, sizeof *cfg);
+    json_t *root = load_object(json, len, "config.json", err);
+    if (!root) return -1;
+    field_ctx fc = {"config.json", "", err};
+    int rc = parse_root(cfg, root, &fc);
+    json_decref(root);
+    return rc;
+}
+
+int hf_config_apply_generation(hf_config *cfg, const char *json, size_t len, kv_error *err) {
+    json_t *root = load_object(json, len, "generation_config.json", err);
+    if (!root) return -1;
+    field_ctx fc = {"generation_config.json", "", err};
+    /* parse into a copy so that a bad file leaves cfg as it was */
+    hf_config tmp = *cfg;
+    /* null in generation_config.json means "not set here", not "no eos" */
+    if (json_is_null(json_object_get(root, "eos_token_id"))) json_object_del(root, "eos_token_id");
+    if (json_is_null(json_object_get(root, "bos_token_id"))) json_object_del(root, "bos_token_id");
+    int rc = parse_special_ids(&tmp, root, &fc);
+    if (rc == 0) *cfg = tmp;
+    json_decref(root);
+    return rc;
+}
+
+/* Reads a whole small file; returns NULL (and sets err) when it is missing, unreadable or too
+ * big. *missing tells a missing file apart. */
+static char *read_small_file(const char *path, size_t *len, bool *missing, kv_error *err) {
+    *missing = false;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        *missing = errno == ENOENT;
+        kv_error_set(err, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t n = 0, cap = 0;
+    for (;;) {
+        if (n == cap) {
+            if (cap >= CONFIG_MAX_FILE_BYTES) {
+                kv_error_set(err, "%s: larger than %u bytes", path, CONFIG_MAX_FILE_BYTES);
+                goto fail;
+            }
+            cap = cap ? cap * 2 : 4096;
+            buf = kv_realloc(buf, cap);
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        kv_error_set(err, "%s: read error", path);
+        goto fail;
+    }
+    fclose(f);
+    *len = n;
+    return buf;
+fail:
+    fclose(f);
+    free(buf);
+    return NULL;
+}
+
+int hf_config_load(hf_config *cfg, const char *dir, kv_error *err) {
+    char path[4096];
+    size_t len;
+    bool missing;
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return kv_error_set(err, "%s: path too long", dir);
+    char *text = read_small_file(path, &len, &missing, err);
+    if (!text) return -1;
+    int rc = hf_config_parse(cfg, text, len, err);
+    free(text);
+    if (rc) return -1;
+
+    snprintf(path, sizeof path, "%s/generation_config.json", dir);
+    text = read_small_file(path, &len, &missing, err);
+    if (!text) return missing ? 0 : -1;
+    rc = hf_config_apply_generation(cfg, text, len, err);
+    free(text);
+    return rc;
+}
+
+void hf_config_rope_inv_freq(const hf_config *cfg, float *inv_freq) {
+    const double two_pi = 2.0 * 3.14159265358979323846;
+    int half = cfg->head_dim / 2;
+    double old_context = cfg->rope_original_max_position;
+    double low_freq_wavelen = old_context / cfg->rope_low_freq_factor;
+    double high_freq_wavelen = old_context / cfg->rope_high_freq_factor;
+    for (int i = 0; i < half; i++) {
+        double inv = 1.0 / pow(cfg->rope_theta, (double)(2 * i) / cfg->head_dim);
+        if (cfg->rope_type == HF_ROPE_LLAMA3) {
+            /* short wavelengths keep their frequency, long ones are divided by factor, and the
+             * band between is interpolated linearly in old_context / wavelen */
+            double wavelen = two_pi / inv;
+            if (wavelen > low_freq_wavelen) {
+                inv = inv / cfg->rope_factor;
+            } else if (!(wavelen < high_freq_wavelen)) {
+                double smooth = (old_context / wavelen - cfg->rope_low_freq_factor) /
+                                (cfg->rope_high_freq_factor - cfg->rope_low_freq_factor);
+                inv = (1.0 - smooth) * inv / cfg->rope_factor + smooth * inv;
+            }
+        }
+        inv_freq[i] = (float)inv;
+    }
+}
