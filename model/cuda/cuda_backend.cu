@@ -1,0 +1,332 @@
+/* The CUDA backend's plumbing: device and pinned memory, the three streams, events, async copies,
+ * the per-step metadata upload and weight/activation uploads; the ops table that ties in the
+ * kernels of cuda_ops.cu, cuda_gemm.cu and cuda_attention.cu. Not here: any kernel math. */
+#include "model/cuda/cuda_internal.h"
+
+#include <stdlib.h>
+
+struct backend_event {
+    cudaEvent_t ev;
+    bool timing;
+};
+
+/* Largest piece one staging buffer carries; bigger uploads go through several in turn. */
+#define CUDA_STAGING_CHUNK ((size_t)16 << 20)
+
+/* ------------------------------------------------------------------------------------------ */
+/* staging and uploads                                                                         */
+
+void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *src, size_t bytes) {
+    size_t done = 0;
+    while (done < bytes) {
+        size_t n = bytes - done < CUDA_STAGING_CHUNK ? bytes - done : CUDA_STAGING_CHUNK;
+        cuda_staging *st = &ci->staging[ci->staging_next];
+        ci->staging_next = (ci->staging_next + 1) % CUDA_N_STAGING;
+        CUDA_CHECK(cudaEventSynchronize(st->done)); /* the last copy out of it has finished */
+        if (st->cap < n) {
+            size_t cap = (size_t)64 << 10;
+            while (cap < n) cap *= 2;
+            if (st->host) CUDA_CHECK(cudaFreeHost(st->host));
+            CUDA_CHECK(cudaHostAlloc(&st->host, cap, cudaHostAllocDefault));
+            st->cap = cap;
+        }
+        memcpy(st->host, (const char *)src + done, n);
+        CUDA_CHECK(cudaMemcpyAsync((char *)dst + done, st->host, n, cudaMemcpyHostToDevice, s));
+        CUDA_CHECK(cudaEventRecord(st->done, s));
+        done += n;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* memory                                                                                      */
+
+static void cuda_destroy(backend *be);
+
+static void *cuda_dev_alloc(backend *, size_t bytes) {
+    void *p = NULL;
+    CUDA_CHECK(cudaMalloc(&p, bytes ? bytes : 256));
+    return p;
+}
+
+static void cuda_dev_free(backend *, void *p) {
+    if (p) CUDA_CHECK(cudaFree(p));
+}
+
+static size_t cuda_dev_free_bytes(backend *) {
+    size_t free_b = 0, total_b = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return free_b;
+}
+
+static void *cuda_host_alloc(backend *, size_t bytes) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of pinnable memory is the caller's to handle */
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_host_free(backend *, void *p) {
+    if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
+/* Synchronous copies ride the compute stream so they are ordered after queued kernels. */
+static void cuda_to_dev(backend *be, void *dst, const void *src, size_t bytes) {
+    cudaStream_t s = cuda_compute_stream(be);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+static void cuda_to_host(backend *be, void *dst, const void *src, size_t bytes) {
+    cudaStream_t s = cuda_compute_stream(be);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+/* f32 and f16 sources go up as they are and are converted on the device, one chunk at a time
+ * through a temporary buffer. */
+static void *cuda_weight_upload(backend *be, const void *src, kv_dtype src_dtype, size_t n) {
+    cuda_impl *ci = cuda_impl_of(be);
+    cudaStream_t s = cuda_compute_stream(be);
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
+    if (src_dtype == KV_DTYPE_BF16) {
+        cuda_upload_staged(ci, s, dst, src, n * 2);
+    } else {
+        size_t esz = kv_dtype_size(src_dtype);
+        size_t chunk = CUDA_STAGING_CHUNK / 4; /* elements */
+        void *tmp = cuda_dev_alloc(be, (n < chunk ? n : chunk) * esz);
+        for (size_t i = 0; i < n; i += chunk) {
+            size_t m = n - i < chunk ? n - i : chunk;
+            cuda_upload_staged(ci, s, tmp, (const char *)src + i * esz, m * esz);
+            if (src_dtype == KV_DTYPE_F32)
+                cuda_convert_f32_to_bf16(s, dst + i, (const float *)tmp, m);
+            else
+                cuda_convert_f16_to_bf16(s, dst + i, (const __half *)tmp, m);
+        }
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        cuda_dev_free(be, tmp);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(s));
+    return dst;
+}
+
+static void *cuda_act_upload_f32(backend *be, const float *src, size_t n) {
+    return cuda_weight_upload(be, src, KV_DTYPE_F32, n);
+}
+
+static void cuda_act_download_f32(backend *be, float *dst, const void *src, size_t n) {
+    uint16_t *tmp = (uint16_t *)kv_malloc(n * 2 + 2);
+    cuda_to_host(be, tmp, src, n * 2);
+    kv_convert_to_f32(dst, tmp, KV_DTYPE_BF16, n);
+    free(tmp);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* async copies and events                                                                     */
+
+static void cuda_copy_async(backend *be, backend_stream s, int n, void *const *dsts,
+                            const void *const *srcs, const size_t *sizes) {
+    cudaStream_t st = cuda_impl_of(be)->streams[s];
+    for (int i = 0; i < n; i++)
+        CUDA_CHECK(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, st));
+}
+
+static backend_event *cuda_event_record(backend *be, backend_stream s) {
+    cuda_impl *ci = cuda_impl_of(be);
+    backend_event *e = (backend_event *)kv_malloc(sizeof *e);
+    e->timing = ci->event_timing;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e->ev, e->timing ? cudaEventDefault
+                                                          : cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventRecord(e->ev, ci->streams[s]));
+    return e;
+}
+
+static bool cuda_event_done(backend *, backend_event *e) {
+    cudaError_t r = cudaEventQuery(e->ev);
+    if (r == cudaErrorNotReady) return false;
+    CUDA_CHECK(r);
+    return true;
+}
+
+static void cuda_event_wait(backend *be, backend_stream s, backend_event *e) {
+    CUDA_CHECK(cudaStreamWaitEvent(cuda_impl_of(be)->streams[s], e->ev, 0));
+}
+
+static void cuda_event_sync(backend *, backend_event *e) { CUDA_CHECK(cudaEventSynchronize(e->ev)); }
+
+static void cuda_event_free(backend *, backend_event *e) {
+    if (!e) return;
+    CUDA_CHECK(cudaEventDestroy(e->ev));
+    free(e);
+}
+
+static double cuda_event_elapsed(backend *, backend_event *start, backend_event *end) {
+    KV_CHECK(start->timing && end->timing); /* cuda_backend_set_event_timing(be, true) first */
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, start->ev, end->ev));
+    return ms * 1e-3;
+}
+
+static void cuda_sync(backend *be) {
+    cuda_impl *ci = cuda_impl_of(be);
+    for (int i = 0; i < BACKEND_NUM_STREAMS; i++) CUDA_CHECK(cudaStreamSynchronize(ci->streams[i]));
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* per-step metadata                                                                           */
+
+/* One int32 upload per step: tokens, positions, token_seq, seq_start, seq_len, out_rows,
+ * block_table, in that order. */
+static void cuda_step_begin(backend *be, const backend_batch *b) {
+    cuda_impl *ci = cuda_impl_of(be);
+    cuda_step *st = &ci->step;
+    KV_CHECK(b->n_tokens >= 0 && b->n_seqs >= 0 && b->n_out >= 0);
+    KV_CHECK(b->seq_start[0] == 0 && b->seq_start[b->n_seqs] == b->n_tokens);
+    size_t nt = (size_t)b->n_tokens, ns = (size_t)b->n_seqs;
+    size_t n_bt = ns * (size_t)b->max_blocks;
+    size_t total = 3 * nt + (ns + 1) + ns + (size_t)b->n_out + n_bt;
+
+    if (st->d_meta_cap < total) {
+        if (st->d_meta) CUDA_CHECK(cudaFree(st->d_meta)); /* synchronizes: no kernel still reads it */
+        st->d_meta_cap = total + total / 2 + 1024;
+        CUDA_CHECK(cudaMalloc(&st->d_meta, st->d_meta_cap * 4));
+    }
+    if (st->h_cap < ns + 1) {
+        st->h_cap = 2 * (ns + 1);
+        st->h_seq_start = (int32_t *)kv_realloc(st->h_seq_start, st->h_cap * 4);
+        st->h_seq_len = (int32_t *)kv_realloc(st->h_seq_len, st->h_cap * 4);
+    }
+    memcpy(st->h_seq_start, b->seq_start, (ns + 1) * 4);
+    memcpy(st->h_seq_len, b->seq_len, ns * 4);
+
+    /* token_seq is derived here so kernels need no search */
+    int32_t *meta = (int32_t *)kv_malloc(total * 4 + 4);
+    int32_t *p = meta;
+    memcpy(p, b->tokens, nt * 4), p += nt;
+    memcpy(p, b->positions, nt * 4), p += nt;
+    for (size_t s = 0; s < ns; s++)
+        for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) p[t] = (int32_t)s;
+    p += nt;
+    memcpy(p, b->seq_start, (ns + 1) * 4), p += ns + 1;
+    memcpy(p, b->seq_len, ns * 4), p += ns;
+    memcpy(p, b->out_rows, (size_t)b->n_out * 4), p += b->n_out;
+    memcpy(p, b->block_table, n_bt * 4);
+    cuda_upload_staged(ci, ci->streams[BACKEND_STREAM_COMPUTE], st->d_meta, meta, total * 4);
+    free(meta);
+
+    int32_t *d = st->d_meta;
+    st->tokens = d, d += nt;
+    st->positions = d, d += nt;
+    st->token_seq = d, d += nt;
+    st->seq_start = d, d += ns + 1;
+    st->seq_len = d, d += ns;
+    st->out_rows = d, d += b->n_out;
+    st->block_table = d;
+    st->n_tokens = b->n_tokens;
+    st->n_seqs = b->n_seqs;
+    st->max_blocks = b->max_blocks;
+    st->n_out = b->n_out;
+    ci->plan.group = 0; /* attention tiles are rebuilt for this step */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* create / destroy                                                                            */
+
+static const backend_ops cuda_ops = {
+    .destroy = cuda_destroy,
+    .dev_alloc = cuda_dev_alloc,
+    .dev_free = cuda_dev_free,
+    .dev_free_bytes = cuda_dev_free_bytes,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .to_dev = cuda_to_dev,
+    .to_host = cuda_to_host,
+    .weight_upload = cuda_weight_upload,
+    .act_upload_f32 = cuda_act_upload_f32,
+    .act_download_f32 = cuda_act_download_f32,
+    .copy_async = cuda_copy_async,
+    .event_record = cuda_event_record,
+    .event_done = cuda_event_done,
+    .event_wait = cuda_event_wait,
+    .event_sync = cuda_event_sync,
+    .event_free = cuda_event_free,
+    .event_elapsed = cuda_event_elapsed,
+    .sync = cuda_sync,
+    .step_begin = cuda_step_begin,
+    .embed = cuda_op_embed,
+    .rmsnorm = cuda_op_rmsnorm,
+    .add_rmsnorm = cuda_op_add_rmsnorm,
+    .add = cuda_op_add,
+    .matmul = cuda_op_matmul,
+    .rope = cuda_op_rope,
+    .swiglu = cuda_op_swiglu,
+    .kv_write = cuda_op_kv_write,
+    .attention = cuda_op_attention,
+    .gather_rows = cuda_op_gather_rows,
+};
+
+int cuda_backend_device_count(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+backend *cuda_backend_create(kv_error *err) {
+    if (cuda_backend_device_count() <= 0) {
+        kv_error_set(err, "no CUDA device found (driver missing or no GPU visible)");
+        return NULL;
+    }
+    cuda_impl *ci = (cuda_impl *)kv_calloc(1, sizeof *ci);
+    ci->device = 0;
+    CUDA_CHECK(cudaSetDevice(ci->device));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, ci->device));
+    if (prop.major < 8) {
+        free(ci);
+        kv_error_set(err, "CUDA device %s (sm_%d%d) lacks bf16 tensor cores (needs sm_80+)",
+                     prop.name, prop.major, prop.minor);
+        return NULL;
+    }
+    ci->n_sms = prop.multiProcessorCount;
+    ci->smem_optin = prop.sharedMemPerBlockOptin;
+    for (int i = 0; i < BACKEND_NUM_STREAMS; i++)
+        CUDA_CHECK(cudaStreamCreateWithFlags(&ci->streams[i], cudaStreamNonBlocking));
+    for (int i = 0; i < CUDA_N_STAGING; i++) {
+        CUDA_CHECK(cudaEventCreateWithFlags(&ci->staging[i].done, cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventRecord(ci->staging[i].done, ci->streams[BACKEND_STREAM_COMPUTE]));
+    }
+    cuda_gemm_init(ci);
+
+    backend *be = (backend *)kv_calloc(1, sizeof *be);
+    be->ops = &cuda_ops;
+    be->name = "cuda";
+    be->act_dtype = KV_DTYPE_BF16;
+    be->weight_dtype = KV_DTYPE_BF16;
+    be->kv_dtype = KV_DTYPE_BF16;
+    be->impl = ci;
+    return be;
+}
+
+void cuda_backend_set_event_timing(backend *be, bool on) { cuda_impl_of(be)->event_timing = on; }
+
+static void cuda_destroy(backend *be) {
+    cuda_impl *ci = cuda_impl_of(be);
+    CUDA_CHECK(cudaDeviceSynchronize());
+    cuda_gemm_free(ci);
+    for (int i = 0; i < CUDA_N_STAGING; i++) {
+        if (ci->staging[i].host) CUDA_CHECK(cudaFreeHost(ci->staging[i].host));
+        CUDA_CHECK(cudaEventDestroy(ci->staging[i].done));
+    }
+    if (ci->step.d_meta) CUDA_CHECK(cudaFree(ci->step.d_meta));
+    if (ci->plan.d_tiles) CUDA_CHECK(cudaFree(ci->plan.d_tiles));
+    if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
+    free(ci->step.h_seq_start);
+    free(ci->step.h_seq_len);
+    for (int i = 0; i < BACKEND_NUM_STREAMS; i++) CUDA_CHECK(cudaStreamDestroy(ci->streams[i]));
+    free(ci);
+    free(be);
+}

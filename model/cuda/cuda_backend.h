@@ -1,0 +1,24 @@
+/* The CUDA backend: bf16 activations, weights and KV pool; cuBLASLt GEMMs and the kernels of
+ * model/cuda/. Implements backend.h; everything device-specific stays behind it. */
+#ifndef KVSERVE_CUDA_BACKEND_H
+#define KVSERVE_CUDA_BACKEND_H
+
+#include "model/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Opens device 0. NULL with err set when there is no usable device. */
+backend *cuda_backend_create(kv_error *err);
+/* Number of CUDA devices; 0 when there is no driver or device (never aborts). */
+int cuda_backend_device_count(void);
+/* Events recorded from now on can be timed with event_elapsed (off by default: timing events
+ * cost more to record). */
+void cuda_backend_set_event_timing(backend *be, bool on);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,112 @@
+/* State shared by the CUDA backend's files (C++ only): the implementation struct behind
+ * backend.impl and the op functions each file provides to the ops table in cuda_backend.cu.
+ * No global state: everything hangs off cuda_impl. */
+#ifndef KVSERVE_CUDA_INTERNAL_H
+#define KVSERVE_CUDA_INTERNAL_H
+
+/* common.h is C11; nvcc's front end knows no _Noreturn. */
+#define _Noreturn [[noreturn]]
+extern "C" {
+#include "model/backend.h"
+#include "model/cuda/cuda_backend.h"
+}
+#undef _Noreturn
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "model/cuda/cuda_check.h"
+
+/* One attention work item: n_tok consecutive new tokens of sequence seq starting at token tok0
+ * (all heads of one GQA group of each token become rows of one tile; see cuda_attention.cu). */
+typedef struct cuda_attn_tile {
+    int32_t seq, tok0, n_tok, pad;
+} cuda_attn_tile;
+
+/* A pinned host buffer that feeds one upload; reused once the event says the copy is done. */
+typedef struct cuda_staging {
+    void *host;
+    size_t cap;
+    cudaEvent_t done;
+} cuda_staging;
+
+#define CUDA_N_STAGING 4
+
+/* Attention tiles of the current step for one GQA group size, split in two lists: sequences
+ * with few new tokens (decode-shaped, small tiles) and the rest (prefill-shaped). */
+typedef struct cuda_attn_plan {
+    int group;          /* n_heads / n_kv_heads the lists were built for; 0 = not built */
+    int n_small, n_large;
+    int max_ctx_small, max_ctx_large; /* longest context in each list */
+    cuda_attn_tile *d_tiles;          /* device: small tiles, then large ones */
+    size_t cap;                       /* tiles d_tiles holds */
+} cuda_attn_plan;
+
+/* The current step (set by step_begin). Device pointers point into d_meta. */
+typedef struct cuda_step {
+    int n_tokens, n_seqs, max_blocks, n_out;
+    const int32_t *tokens, *positions, *token_seq, *seq_start, *seq_len, *out_rows, *block_table;
+    int32_t *h_seq_start, *h_seq_len; /* host copies [n_seqs + 1], [n_seqs] for attention plans */
+    size_t h_cap;                     /* sequences the host copies hold */
+    int32_t *d_meta;                  /* device int32 buffer of all the arrays above */
+    size_t d_meta_cap;                /* int32 elements */
+} cuda_step;
+
+typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu */
+
+typedef struct cuda_impl {
+    int device;
+    int n_sms;
+    size_t smem_optin; /* max dynamic shared memory per block */
+    cudaStream_t streams[BACKEND_NUM_STREAMS];
+    bool event_timing;
+    cuda_staging staging[CUDA_N_STAGING];
+    int staging_next;
+    cuda_step step;
+    cuda_attn_plan plan;
+    unsigned attn_smem_set; /* attention kernel variants whose shared-memory limit was raised */
+    float *attn_scratch; /* split-K partial outputs */
+    size_t attn_scratch_cap; /* floats */
+    cublasLtHandle_t lt;
+    void *lt_workspace;
+    size_t lt_workspace_bytes;
+    cuda_gemm_cache *gemm;
+} cuda_impl;
+
+static inline cuda_impl *cuda_impl_of(backend *be) { return (cuda_impl *)be->impl; }
+static inline cudaStream_t cuda_compute_stream(backend *be) {
+    return cuda_impl_of(be)->streams[BACKEND_STREAM_COMPUTE];
+}
+
+/* Copies bytes from host src into dst (device) on stream s through a pinned staging buffer, so
+ * the caller may reuse src at once. */
+void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *src, size_t bytes);
+
+/* cuda_gemm.cu */
+void cuda_gemm_init(cuda_impl *ci);
+void cuda_gemm_free(cuda_impl *ci);
+void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
+                    int k, int m);
+
+/* cuda_ops.cu */
+void cuda_op_embed(backend *be, void *out, const void *table, int dim);
+void cuda_op_rmsnorm(backend *be, void *out, const void *x, const void *w, int n, int dim,
+                     float eps);
+void cuda_op_add_rmsnorm(backend *be, void *out, void *x, const void *delta, const void *w, int n,
+                         int dim, float eps);
+void cuda_op_add(backend *be, void *x, const void *delta, size_t n);
+void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
+                  const float *inv_freq);
+void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
+void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
+                      const void *k, const void *v, int row_stride);
+void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim);
+/* f32 -> bf16 and back on the device (uploads, downloads). */
+void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *src, size_t n);
+void cuda_convert_f16_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const __half *src, size_t n);
+
+/* cuda_attention.cu */
+void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
+                       const backend_kv_layout *l, int layer, int n_heads, float scale);
+
+#endif

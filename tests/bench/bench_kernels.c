@@ -1,0 +1,216 @@
+/* CUDA kernels against the limits measured in the same run: a large device-to-device copy (bytes
+ * read + written) and a cuBLAS bf16 GEMM 8192^3. Then the decode GEMV, paged attention decode
+ * (batch 1/8/64, 4K context) and prefill (1K/10K tokens, and a 512-token chunk over a 9.5K
+ * prefix) at Llama-3.1-8B shapes (32 heads, 8 KV heads, head_dim 128, block 16), reported as
+ * GB/s or TFLOP/s next to those ceilings. Random data throughout; medians of event timings. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/cuda/cuda_backend.h"
+
+typedef struct bench {
+    backend *be;
+    uint64_t rng;
+} bench;
+
+static uint16_t rand_bf16(bench *b) {
+    b->rng ^= b->rng << 13, b->rng ^= b->rng >> 7, b->rng ^= b->rng << 17;
+    float f = (float)(b->rng >> 40) / 16777216.0f * 2.0f - 1.0f;
+    return kv_f32_to_bf16(f);
+}
+
+/* device buffer of bytes filled with random bf16 (one 64 MiB random block, tiled on device) */
+static void *rand_dev(bench *b, size_t bytes) {
+    backend *be = b->be;
+    size_t chunk = (size_t)64 << 20;
+    if (chunk > bytes) chunk = (bytes + 1) & ~(size_t)1;
+    uint16_t *h = kv_malloc(chunk);
+    for (size_t i = 0; i < chunk / 2; i++) h[i] = rand_bf16(b);
+    char *d = be->ops->dev_alloc(be, bytes);
+    be->ops->to_dev(be, d, h, chunk < bytes ? chunk : bytes);
+    for (size_t off = chunk; off < bytes; off += chunk) {
+        size_t n = bytes - off < chunk ? bytes - off : chunk;
+        void *dst = d + off;
+        const void *src = d;
+        be->ops->copy_async(be, BACKEND_STREAM_COMPUTE, 1, &dst, &src, &n);
+    }
+    be->ops->sync(be);
+    free(h);
+    return d;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef void (*bench_fn)(bench *b, void *ctx, int rep);
+
+/* median seconds of fn over reps, after warm-up */
+static double time_median(bench *b, bench_fn fn, void *ctx, int reps) {
+    backend *be = b->be;
+    for (int i = 0; i < 3; i++) fn(b, ctx, i);
+    double *t = kv_malloc(sizeof(double) * (size_t)reps);
+    for (int i = 0; i < reps; i++) {
+        backend_event *e0 = be->ops->event_record(be, BACKEND_STREAM_COMPUTE);
+        fn(b, ctx, i);
+        backend_event *e1 = be->ops->event_record(be, BACKEND_STREAM_COMPUTE);
+        be->ops->event_sync(be, e1);
+        t[i] = be->ops->event_elapsed(be, e0, e1);
+        be->ops->event_free(be, e0), be->ops->event_free(be, e1);
+    }
+    qsort(t, (size_t)reps, sizeof *t, cmp_double);
+    double m = t[reps / 2];
+    free(t);
+    return m;
+}
+
+/* ---- copy ---- */
+typedef struct copy_ctx {
+    void *a, *b;
+    size_t bytes;
+} copy_ctx;
+
+static void run_copy(bench *b, void *ctx, int rep) {
+    copy_ctx *c = ctx;
+    void *dst = rep & 1 ? c->a : c->b;
+    const void *src = rep & 1 ? c->b : c->a;
+    b->be->ops->copy_async(b->be, BACKEND_STREAM_COMPUTE, 1, &dst, &src, &c->bytes);
+}
+
+/* ---- gemm ---- */
+typedef struct gemm_ctx {
+    void *x, *w, *out;
+    int n, k, m;
+} gemm_ctx;
+
+static void run_gemm(bench *b, void *ctx, int rep) {
+    gemm_ctx *g = ctx;
+    b->be->ops->matmul(b->be, g->out, g->x, g->w, NULL, g->n, g->k, g->m);
+}
+
+/* ---- attention ---- */
+typedef struct attn_ctx {
+    backend_kv_layout l;
+    void *pool, *q, *out;
+    int q_stride, n_heads;
+} attn_ctx;
+
+static void run_attn(bench *b, void *ctx, int rep) {
+    attn_ctx *a = ctx;
+    b->be->ops->attention(b->be, a->out, a->q, a->q_stride, a->pool, &a->l, rep % a->l.n_layers,
+                          a->n_heads, 1.0f / sqrtf(128.0f));
+}
+
+/* n_seqs sequences of n_new tokens after prefix cached ones, blocks in a scrambled order.
+ * Returns seconds per call; *kv_bytes gets the K/V bytes one call must read. */
+static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n_layers,
+                              double *kv_bytes) {
+    backend *be = b->be;
+    attn_ctx a = {.l = {.n_layers = n_layers, .n_kv_heads = 8, .head_dim = 128, .block_size = 16,
+                        .dtype = KV_DTYPE_BF16},
+                  .q_stride = 48 * 128,
+                  .n_heads = 32};
+    a.l.block_bytes = (size_t)n_layers * 2 * 8 * 16 * 128 * 2;
+    int len = prefix + n_new, nb = (len + 15) / 16, n_tokens = n_seqs * n_new;
+    int n_blocks = n_seqs * nb;
+    int32_t *tokens = kv_calloc((size_t)n_tokens, 4), *pos = kv_malloc((size_t)n_tokens * 4);
+    int32_t *seq_start = kv_malloc((size_t)(n_seqs + 1) * 4), *seq_len = kv_malloc((size_t)n_seqs * 4);
+    int32_t *bt = kv_malloc((size_t)n_blocks * 4), *out_rows = kv_calloc(1, 4);
+    for (int s = 0; s < n_seqs; s++) {
+        seq_start[s] = s * n_new;
+        seq_len[s] = len;
+        for (int i = 0; i < n_new; i++) pos[s * n_new + i] = prefix + i;
+        for (int i = 0; i < nb; i++) bt[s * nb + i] = (int32_t)(((size_t)(s * nb + i) * 7919) % (size_t)n_blocks);
+    }
+    seq_start[n_seqs] = n_tokens;
+    backend_batch batch = {.n_tokens = n_tokens, .n_seqs = n_seqs, .tokens = tokens,
+                           .positions = pos, .seq_start = seq_start, .seq_len = seq_len,
+                           .block_table = bt, .max_blocks = nb, .n_out = 0, .out_rows = out_rows};
+    be->ops->step_begin(be, &batch);
+    a.pool = rand_dev(b, a.l.block_bytes * (size_t)n_blocks);
+    a.q = rand_dev(b, (size_t)n_tokens * a.q_stride * 2);
+    a.out = be->ops->dev_alloc(be, (size_t)n_tokens * 32 * 128 * 2);
+    double t = time_median(b, run_attn, &a, n_new > 1 ? 10 : 50);
+    *kv_bytes = (double)n_seqs * len * 8 * 128 * 2 * 2;
+    be->ops->dev_free(be, a.pool), be->ops->dev_free(be, a.q), be->ops->dev_free(be, a.out);
+    free(tokens), free(pos), free(seq_start), free(seq_len), free(bt), free(out_rows);
+    return t;
+}
+
+int main(void) {
+    if (cuda_backend_device_count() <= 0) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    kv_error err;
+    bench b = {.rng = 0x2545F4914F6CDD1Dull};
+    b.be = cuda_backend_create(&err);
+    if (!b.be) {
+        printf("SKIP: %s\n", err.msg);
+        return 77;
+    }
+    backend *be = b.be;
+    cuda_backend_set_event_timing(be, true);
+
+    copy_ctx c = {.bytes = (size_t)1 << 30};
+    c.a = rand_dev(&b, c.bytes);
+    c.b = rand_dev(&b, c.bytes);
+    double t_copy = time_median(&b, run_copy, &c, 20);
+    double copy_gbs = 2.0 * (double)c.bytes / t_copy / 1e9;
+    be->ops->dev_free(be, c.a), be->ops->dev_free(be, c.b);
+    printf("%-46s %9.3f ms  %8.1f GB/s (read+write)\n", "copy D2D 1 GiB", t_copy * 1e3, copy_gbs);
+
+    gemm_ctx g = {.n = 8192, .k = 8192, .m = 8192};
+    g.x = rand_dev(&b, (size_t)g.n * g.k * 2);
+    g.w = rand_dev(&b, (size_t)g.m * g.k * 2);
+    g.out = be->ops->dev_alloc(be, (size_t)g.n * g.m * 2);
+    double t_gemm = time_median(&b, run_gemm, &g, 20);
+    double gemm_tf = 2.0 * g.n * (double)g.k * g.m / t_gemm / 1e12;
+    be->ops->dev_free(be, g.x), be->ops->dev_free(be, g.w), be->ops->dev_free(be, g.out);
+    printf("%-46s %9.3f ms  %8.1f TFLOP/s\n", "matmul bf16 8192^3 (cuBLASLt)", t_gemm * 1e3, gemm_tf);
+
+    /* decode GEMV shapes of Llama-3.1-8B: fused gate|up (28672 x 4096), and the lm_head */
+    int gemv_m[2] = {28672, 128256}, gemv_n[3] = {1, 8, 64};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++) {
+            gemm_ctx v = {.n = gemv_n[j], .k = 4096, .m = gemv_m[i]};
+            v.x = rand_dev(&b, (size_t)v.n * v.k * 2);
+            v.w = rand_dev(&b, (size_t)v.m * v.k * 2);
+            v.out = be->ops->dev_alloc(be, (size_t)v.n * v.m * 2);
+            double t = time_median(&b, run_gemm, &v, 50);
+            double gbs = (double)v.m * v.k * 2 / t / 1e9;
+            char name[64];
+            snprintf(name, sizeof name, "matmul n=%d k=4096 m=%d (weights)", v.n, v.m);
+            printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, gbs,
+                   100 * gbs / copy_gbs);
+            be->ops->dev_free(be, v.x), be->ops->dev_free(be, v.w), be->ops->dev_free(be, v.out);
+        }
+
+    int batches[3] = {1, 8, 64};
+    for (int i = 0; i < 3; i++) {
+        double bytes;
+        /* 8 layers rotated so batch 1's 17 MB per layer does not sit in L2 between calls */
+        double t = bench_attention(&b, batches[i], 4095, 1, 8, &bytes);
+        char name[64];
+        snprintf(name, sizeof name, "attention decode batch %d ctx 4096", batches[i]);
+        printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, bytes / t / 1e9,
+               100 * bytes / t / 1e9 / copy_gbs);
+    }
+    int pre_prefix[3] = {0, 0, 9728}, pre_new[3] = {1024, 10240, 512};
+    for (int i = 0; i < 3; i++) {
+        double bytes;
+        double t = bench_attention(&b, 1, pre_prefix[i], pre_new[i], 1, &bytes);
+        double n0 = pre_prefix[i], n1 = pre_prefix[i] + pre_new[i];
+        /* causal: query at position p attends to p + 1 keys; QK^T and PV are 2 flops each */
+        double keys = (n1 * (n1 + 1) - n0 * (n0 + 1)) / 2;
+        double flops = 4.0 * 128 * 32 * keys;
+        char name[64];
+        snprintf(name, sizeof name, "attention prefill %d new after %d", pre_new[i], pre_prefix[i]);
+        printf("%-46s %9.3f ms  %8.1f TFLOP/s  %5.1f%% of GEMM  (x32 layers: %.1f ms)\n", name,
+               t * 1e3, flops / t / 1e12, 100 * flops / t / 1e12 / gemm_tf, 32 * t * 1e3);
+    }
+    be->ops->destroy(be);
+    return 0;
+}

@@ -1,0 +1,504 @@
+/* Every op of the CUDA backend against a plain double-precision reference on the host, on random
+ * bf16-representable inputs (never zeros), outputs poisoned with NaN first so unwritten elements
+ * fail. Tolerances (bf16 outputs, fp32 accumulation): per element |got - ref| <= atol + rtol |ref|
+ * and ||got - ref|| / ||ref|| <= 1e-2; each check prints its worst element and the share of the
+ * budget it used. Attention runs over scattered block tables, GQA 1/4/7/8, many sequences,
+ * contexts 1..32K, prefill and chunked prefill over a cached prefix, and the generic head-dim path.
+ * Skips (exit 77) when no GPU is present. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "model/cuda/cuda_backend.h"
+
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+static uint32_t rng_next(rng *r) {
+    r->s ^= r->s << 13, r->s ^= r->s >> 7, r->s ^= r->s << 17;
+    return (uint32_t)(r->s >> 16);
+}
+/* uniform in [-a, a], never exactly 0, rounded to bf16 */
+static float rng_bf16(rng *r, float a) {
+    float f = ((float)(rng_next(r) & 0xffffff) + 0.5f) / 16777216.0f * 2.0f - 1.0f;
+    return kv_bf16_to_f32(kv_f32_to_bf16(f * a));
+}
+
+static int n_failed;
+
+/* Compares n values; prints one line; counts a failure. */
+static void check(const char *name, const float *got, const double *ref, size_t n, double atol,
+                  double rtol) {
+    double err2 = 0, ref2 = 0, worst = 0;
+    size_t wi = 0;
+    bool nan = false;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(got[i])) {
+            nan = true;
+            wi = i;
+            break;
+        }
+        double d = fabs((double)got[i] - ref[i]);
+        err2 += d * d, ref2 += ref[i] * ref[i];
+        double budget = d / (atol + rtol * fabs(ref[i]));
+        if (budget > worst) worst = budget, wi = i;
+    }
+    double rel = ref2 > 0 ? sqrt(err2 / ref2) : sqrt(err2);
+    bool ok = !nan && worst <= 1.0 && rel <= 1e-2;
+    if (!ok) n_failed++;
+    printf("%s %-44s n=%-9zu rel_l2=%.2e worst[%zu]: got %.6g ref %.6g (%.0f%% of atol %.0e + rtol "
+           "%.0e)%s\n",
+           ok ? "ok  " : "FAIL", name, n, rel, wi, got[wi], ref[wi], worst * 100, atol, rtol,
+           nan ? " NON-FINITE" : "");
+}
+
+static void *upload(backend *be, const float *x, size_t n) { return be->ops->act_upload_f32(be, x, n); }
+
+static float *download(backend *be, const void *d, size_t n) {
+    float *h = kv_malloc(n * sizeof *h + 4);
+    be->ops->act_download_f32(be, h, d, n);
+    return h;
+}
+
+/* device buffer of n bf16 set to NaN */
+static void *poisoned(backend *be, size_t n) {
+    uint16_t *h = kv_malloc(n * 2 + 2);
+    for (size_t i = 0; i < n; i++) h[i] = 0x7fc0;
+    void *d = be->ops->dev_alloc(be, n * 2);
+    be->ops->to_dev(be, d, h, n * 2);
+    free(h);
+    return d;
+}
+
+static float *rand_vec(rng *r, size_t n, float a) {
+    float *x = kv_malloc(n * sizeof *x + 4);
+    for (size_t i = 0; i < n; i++) x[i] = rng_bf16(r, a);
+    return x;
+}
+
+/* A one-sequence-per-token or general batch: fills tokens/positions/etc for step_begin. */
+typedef struct test_batch {
+    backend_batch b;
+    int32_t *tokens, *positions, *seq_start, *seq_len, *block_table, *out_rows;
+} test_batch;
+
+static void batch_free(test_batch *t) {
+    free(t->tokens), free(t->positions), free(t->seq_start), free(t->seq_len);
+    free(t->block_table), free(t->out_rows);
+}
+
+/* Sequences with (prefix, n_new); blocks drawn from a shuffled pool of n_blocks; unused table
+ * entries are -1 so a read past a sequence's blocks faults or shows. */
+static void batch_make(test_batch *t, rng *r, int n_seqs, const int *prefix, const int *n_new,
+                       int block_size, int n_blocks) {
+    int n_tokens = 0, max_blocks = 1;
+    for (int s = 0; s < n_seqs; s++) {
+        n_tokens += n_new[s];
+        int nb = (prefix[s] + n_new[s] + block_size - 1) / block_size;
+        if (nb > max_blocks) max_blocks = nb;
+    }
+    t->tokens = kv_malloc((size_t)n_tokens * 4 + 4);
+    t->positions = kv_malloc((size_t)n_tokens * 4 + 4);
+    t->seq_start = kv_malloc((size_t)(n_seqs + 1) * 4);
+    t->seq_len = kv_malloc((size_t)n_seqs * 4 + 4);
+    t->block_table = kv_malloc((size_t)n_seqs * max_blocks * 4);
+    t->out_rows = kv_malloc((size_t)n_tokens * 4 + 4);
+    int *perm = kv_malloc((size_t)n_blocks * sizeof *perm);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)(rng_next(r) % (uint32_t)(i + 1)), x = perm[i];
+        perm[i] = perm[j], perm[j] = x;
+    }
+    int next_block = 0, t0 = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        t->seq_start[s] = t0;
+        t->seq_len[s] = prefix[s] + n_new[s];
+        for (int i = 0; i < n_new[s]; i++) {
+            t->positions[t0 + i] = prefix[s] + i;
+            t->tokens[t0 + i] = (int32_t)(rng_next(r) % 1000);
+        }
+        t0 += n_new[s];
+        int nb = (t->seq_len[s] + block_size - 1) / block_size;
+        for (int i = 0; i < max_blocks; i++) {
+            int32_t blk = -1;
+            if (i < nb) {
+                KV_CHECK(next_block < n_blocks);
+                blk = perm[next_block++];
+            }
+            t->block_table[(size_t)s * max_blocks + i] = blk;
+        }
+    }
+    t->seq_start[n_seqs] = t0;
+    for (int i = 0; i < n_tokens; i++) t->out_rows[i] = n_tokens - 1 - i;
+    free(perm);
+    t->b = (backend_batch){.n_tokens = n_tokens,
+                           .n_seqs = n_seqs,
+                           .tokens = t->tokens,
+                           .positions = t->positions,
+                           .seq_start = t->seq_start,
+                           .seq_len = t->seq_len,
+                           .block_table = t->block_table,
+                           .max_blocks = max_blocks,
+                           .n_out = n_tokens,
+                           .out_rows = t->out_rows};
+}
+
+/* tokens 0..n-1 of one sequence at positions p0.. (embed, rope, gather tests) */
+static void batch_simple(test_batch *t, rng *r, int n, int p0, int block_size, int n_blocks) {
+    int prefix = p0;
+    batch_make(t, r, 1, &prefix, &n, block_size, n_blocks);
+}
+
+static size_t layout_block_bytes(const backend_kv_layout *l) {
+    return (size_t)l->n_layers * 2 * l->n_kv_heads * l->block_size * l->head_dim * 2;
+}
+
+static size_t layout_index(const backend_kv_layout *l, int layer, int kv, int head, int slot) {
+    return ((((size_t)layer * 2 + kv) * l->n_kv_heads + head) * l->block_size + slot) *
+           l->head_dim;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void test_embed_gather(backend *be, rng *r, int dim) {
+    const int vocab = 1000, n = 37;
+    test_batch tb;
+    batch_simple(&tb, r, n, 5, 16, 64);
+    be->ops->step_begin(be, &tb.b);
+    float *table = rand_vec(r, (size_t)vocab * dim, 1.0f);
+    void *d_table = be->ops->weight_upload(be, table, KV_DTYPE_F32, (size_t)vocab * dim);
+    void *d_out = poisoned(be, (size_t)n * dim);
+    be->ops->embed(be, d_out, d_table, dim);
+    float *got = download(be, d_out, (size_t)n * dim);
+    double *ref = kv_malloc((size_t)n * dim * sizeof *ref);
+    for (int t = 0; t < n; t++)
+        for (int i = 0; i < dim; i++) ref[(size_t)t * dim + i] = table[(size_t)tb.tokens[t] * dim + i];
+    char name[64];
+    snprintf(name, sizeof name, "embed dim=%d", dim);
+    check(name, got, ref, (size_t)n * dim, 0, 0);
+
+    void *d_g = poisoned(be, (size_t)n * dim);
+    be->ops->gather_rows(be, d_g, d_out, dim);
+    float *gg = download(be, d_g, (size_t)n * dim);
+    for (int o = 0; o < n; o++)
+        for (int i = 0; i < dim; i++)
+            ref[(size_t)o * dim + i] = got[(size_t)tb.out_rows[o] * dim + i];
+    snprintf(name, sizeof name, "gather_rows dim=%d", dim);
+    check(name, gg, ref, (size_t)n * dim, 0, 0);
+    be->ops->dev_free(be, d_table), be->ops->dev_free(be, d_out), be->ops->dev_free(be, d_g);
+    free(table), free(got), free(gg), free(ref);
+    batch_free(&tb);
+}
+
+static void test_rmsnorm(backend *be, rng *r, int n, int dim) {
+    const float eps = 1e-5f;
+    float *x = rand_vec(r, (size_t)n * dim, 2.0f), *d = rand_vec(r, (size_t)n * dim, 1.0f);
+    float *w = rand_vec(r, (size_t)dim, 1.5f);
+    void *dx = upload(be, x, (size_t)n * dim), *dd = upload(be, d, (size_t)n * dim);
+    void *dw = be->ops->weight_upload(be, w, KV_DTYPE_F32, (size_t)dim);
+    void *dout = poisoned(be, (size_t)n * dim);
+    double *ref = kv_malloc((size_t)n * dim * sizeof *ref), *refx = kv_malloc((size_t)n * dim * sizeof *refx);
+    char name[64];
+
+    be->ops->rmsnorm(be, dout, dx, dw, n, dim, eps);
+    float *got = download(be, dout, (size_t)n * dim);
+    for (int i = 0; i < n; i++) {
+        double ss = 0;
+        for (int j = 0; j < dim; j++) ss += (double)x[(size_t)i * dim + j] * x[(size_t)i * dim + j];
+        double rr = 1.0 / sqrt(ss / dim + eps);
+        for (int j = 0; j < dim; j++) ref[(size_t)i * dim + j] = x[(size_t)i * dim + j] * rr * w[j];
+    }
+    snprintf(name, sizeof name, "rmsnorm n=%d dim=%d", n, dim);
+    check(name, got, ref, (size_t)n * dim, 1e-2, 1e-2);
+    free(got);
+
+    /* in place */
+    be->ops->rmsnorm(be, dx, dx, dw, n, dim, eps);
+    got = download(be, dx, (size_t)n * dim);
+    snprintf(name, sizeof name, "rmsnorm in place n=%d dim=%d", n, dim);
+    check(name, got, ref, (size_t)n * dim, 1e-2, 1e-2);
+    free(got);
+
+    /* fused residual add: x += d, out = norm(x) (x rounded to bf16 like the residual stream) */
+    be->ops->dev_free(be, dx);
+    dx = upload(be, x, (size_t)n * dim);
+    be->ops->add_rmsnorm(be, dout, dx, dd, dw, n, dim, eps);
+    float *gx = download(be, dx, (size_t)n * dim);
+    got = download(be, dout, (size_t)n * dim);
+    for (int i = 0; i < n; i++) {
+        double ss = 0;
+        for (int j = 0; j < dim; j++) {
+            size_t k = (size_t)i * dim + j;
+            refx[k] = (double)x[k] + d[k];
+            ss += refx[k] * refx[k];
+        }
+        double rr = 1.0 / sqrt(ss / dim + eps);
+        for (int j = 0; j < dim; j++) ref[(size_t)i * dim + j] = refx[(size_t)i * dim + j] * rr * w[j];
+    }
+    snprintf(name, sizeof name, "add_rmsnorm x n=%d dim=%d", n, dim);
+    check(name, gx, refx, (size_t)n * dim, 1e-2, 1e-2);
+    snprintf(name, sizeof name, "add_rmsnorm out n=%d dim=%d", n, dim);
+    check(name, got, ref, (size_t)n * dim, 1e-2, 1e-2);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dd), be->ops->dev_free(be, dw);
+    be->ops->dev_free(be, dout);
+    free(x), free(d), free(w), free(ref), free(refx), free(got), free(gx);
+}
+
+static void test_add_swiglu(backend *be, rng *r, int n, int ff) {
+    size_t len = (size_t)n * ff;
+    float *x = rand_vec(r, len, 3.0f), *d = rand_vec(r, len, 3.0f);
+    void *dx = upload(be, x, len), *dd = upload(be, d, len);
+    be->ops->add(be, dx, dd, len);
+    float *got = download(be, dx, len);
+    double *ref = kv_malloc(len * 2 * sizeof *ref);
+    for (size_t i = 0; i < len; i++) ref[i] = (double)x[i] + d[i];
+    char name[64];
+    snprintf(name, sizeof name, "add n=%zu", len);
+    check(name, got, ref, len, 1e-2, 1e-2);
+    free(got);
+
+    float *gu = rand_vec(r, len * 2, 4.0f);
+    void *dgu = upload(be, gu, len * 2), *dout = poisoned(be, len);
+    be->ops->swiglu(be, dout, dgu, n, ff);
+    got = download(be, dout, len);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ff; j++) {
+            double g = gu[(size_t)i * 2 * ff + j], u = gu[(size_t)i * 2 * ff + ff + j];
+            ref[(size_t)i * ff + j] = g / (1 + exp(-g)) * u;
+        }
+    snprintf(name, sizeof name, "swiglu n=%d ff=%d", n, ff);
+    check(name, got, ref, len, 1e-2, 1e-2);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dd), be->ops->dev_free(be, dgu);
+    be->ops->dev_free(be, dout);
+    free(x), free(d), free(gu), free(got), free(ref);
+}
+
+static void test_matmul(backend *be, rng *r, int n, int k, int m, bool bias) {
+    float *x = rand_vec(r, (size_t)n * k, 1.0f), *w = rand_vec(r, (size_t)m * k, 1.0f);
+    float *b = rand_vec(r, (size_t)m, 4.0f);
+    void *dx = upload(be, x, (size_t)n * k);
+    void *dw = be->ops->weight_upload(be, w, KV_DTYPE_F32, (size_t)m * k);
+    void *db = bias ? be->ops->weight_upload(be, b, KV_DTYPE_F32, (size_t)m) : NULL;
+    void *dout = poisoned(be, (size_t)n * m);
+    be->ops->matmul(be, dout, dx, dw, db, n, k, m);
+    float *got = download(be, dout, (size_t)n * m);
+    double *ref = kv_malloc((size_t)n * m * sizeof *ref), rms = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < m; j++) {
+            double s = bias ? b[j] : 0;
+            for (int l = 0; l < k; l++) s += (double)x[(size_t)i * k + l] * w[(size_t)j * k + l];
+            ref[(size_t)i * m + j] = s;
+            rms += s * s;
+        }
+    rms = sqrt(rms / ((double)n * m));
+    char name[64];
+    snprintf(name, sizeof name, "matmul n=%d k=%d m=%d%s", n, k, m, bias ? " +bias" : "");
+    /* fp32 accumulation, bf16 output: rtol covers the output rounding (2^-9), atol the
+     * cancellation near zero relative to the typical magnitude */
+    check(name, got, ref, (size_t)n * m, 2e-3 * rms, 1e-2);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dw), be->ops->dev_free(be, dout);
+    if (db) be->ops->dev_free(be, db);
+    free(x), free(w), free(b), free(got), free(ref);
+}
+
+static void test_rope(backend *be, rng *r) {
+    const int n = 33, n_q = 32, n_kv = 8, hd = 128, stride = (n_q + 2 * n_kv) * hd;
+    test_batch tb;
+    batch_simple(&tb, r, n, 131000 - n, 16, 8192);
+    be->ops->step_begin(be, &tb.b);
+    float inv_freq[64];
+    for (int i = 0; i < hd / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / hd);
+    float *d_if = be->ops->dev_alloc(be, sizeof inv_freq);
+    be->ops->to_dev(be, d_if, inv_freq, sizeof inv_freq);
+    size_t len = (size_t)n * stride;
+    float *x = rand_vec(r, len, 2.0f);
+    void *dx = upload(be, x, len);
+    be->ops->rope(be, dx, stride, n_q + n_kv, hd, d_if); /* q and k heads, v untouched */
+    float *got = download(be, dx, len);
+    double *ref = kv_malloc(len * sizeof *ref);
+    for (size_t i = 0; i < len; i++) ref[i] = x[i];
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < n_q + n_kv; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                double a = (double)((float)tb.positions[t] * inv_freq[i]);
+                size_t p = (size_t)t * stride + h * hd + i;
+                double x0 = x[p], x1 = x[p + hd / 2];
+                ref[p] = x0 * cos(a) - x1 * sin(a);
+                ref[p + hd / 2] = x1 * cos(a) + x0 * sin(a);
+            }
+    check("rope 40 heads hd=128 pos~131K stride=6144", got, ref, len, 1e-2, 1e-2);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, d_if);
+    free(x), free(got), free(ref);
+    batch_free(&tb);
+}
+
+static void test_kv_write(backend *be, rng *r, int n_kv, int hd, int block_size) {
+    backend_kv_layout l = {.n_layers = 3, .n_kv_heads = n_kv, .head_dim = hd,
+                           .block_size = block_size, .dtype = KV_DTYPE_BF16};
+    l.block_bytes = layout_block_bytes(&l);
+    const int n_blocks = 64, layer = 1, stride = (4 + 2) * n_kv * hd;
+    int prefix[3] = {0, 40, 7}, n_new[3] = {50, 1, 20};
+    test_batch tb;
+    batch_make(&tb, r, 3, prefix, n_new, block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    size_t pool_n = l.block_bytes / 2 * n_blocks;
+    float *pool = rand_vec(r, pool_n, 1.0f);
+    void *dpool = upload(be, pool, pool_n);
+    size_t qn = (size_t)tb.b.n_tokens * stride;
+    float *qkv = rand_vec(r, qn, 1.0f);
+    void *dqkv = upload(be, qkv, qn);
+    const char *dk = (const char *)dqkv + (size_t)4 * n_kv * hd * 2;
+    be->ops->kv_write(be, dpool, &l, layer, dk, dk + (size_t)n_kv * hd * 2, stride);
+    float *got = download(be, dpool, pool_n);
+    double *ref = kv_malloc(pool_n * sizeof *ref);
+    for (size_t i = 0; i < pool_n; i++) ref[i] = pool[i];
+    for (int s = 0; s < 3; s++)
+        for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++) {
+            int pos = tb.positions[t];
+            size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + pos / block_size] * (l.block_bytes / 2);
+            for (int kv = 0; kv < 2; kv++)
+                for (int h = 0; h < n_kv; h++)
+                    for (int d = 0; d < hd; d++)
+                        ref[base + layout_index(&l, layer, kv, h, pos % block_size) + d] =
+                            qkv[(size_t)t * stride + (4 + kv) * n_kv * hd + h * hd + d];
+        }
+    char name[64];
+    snprintf(name, sizeof name, "kv_write kv_heads=%d hd=%d bs=%d", n_kv, hd, block_size);
+    check(name, got, ref, pool_n, 0, 0);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dqkv);
+    free(pool), free(qkv), free(got), free(ref);
+    batch_free(&tb);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+typedef struct attn_case {
+    const char *name;
+    int n_heads, n_kv_heads, head_dim, block_size, n_seqs;
+    const int *prefix, *n_new;
+} attn_case;
+
+static void test_attention(backend *be, rng *r, const attn_case *c) {
+    backend_kv_layout l = {.n_layers = 2, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
+                           .block_size = c->block_size, .dtype = KV_DTYPE_BF16};
+    l.block_bytes = layout_block_bytes(&l);
+    int n_blocks = 0;
+    for (int s = 0; s < c->n_seqs; s++)
+        n_blocks += (c->prefix[s] + c->n_new[s] + c->block_size - 1) / c->block_size;
+    n_blocks += 7; /* spare blocks nobody owns */
+    test_batch tb;
+    batch_make(&tb, r, c->n_seqs, c->prefix, c->n_new, c->block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    const int layer = 1, hd = c->head_dim, nh = c->n_heads, G = nh / c->n_kv_heads;
+    const int q_stride = (nh + 2 * c->n_kv_heads) * hd; /* q inside a fused qkv row */
+    size_t pool_n = l.block_bytes / 2 * n_blocks;
+    uint16_t *pool = kv_malloc(pool_n * 2);
+    for (size_t i = 0; i < pool_n; i++) pool[i] = kv_f32_to_bf16(rng_bf16(r, 1.0f));
+    void *dpool = be->ops->dev_alloc(be, pool_n * 2);
+    be->ops->to_dev(be, dpool, pool, pool_n * 2);
+    int nt = tb.b.n_tokens;
+    float *q = rand_vec(r, (size_t)nt * q_stride, 3.0f); /* 3x: peakier softmax than uniform */
+    void *dq = upload(be, q, (size_t)nt * q_stride);
+    size_t out_n = (size_t)nt * nh * hd;
+    void *dout = poisoned(be, out_n);
+    float scale = 1.0f / sqrtf((float)hd);
+    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, scale);
+    float *got = download(be, dout, out_n);
+
+    double *ref = kv_malloc(out_n * sizeof *ref);
+    int max_ctx = 0;
+    for (int s = 0; s < c->n_seqs; s++) max_ctx = tb.seq_len[s] > max_ctx ? tb.seq_len[s] : max_ctx;
+    double *sc = kv_malloc((size_t)max_ctx * sizeof *sc);
+    for (int s = 0; s < c->n_seqs; s++)
+        for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++)
+            for (int h = 0; h < nh; h++) {
+                int pos = tb.positions[t], kh = h / G;
+                const float *qv = q + (size_t)t * q_stride + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= pos; j++) {
+                    size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                                  (l.block_bytes / 2);
+                    const uint16_t *k = pool + base + layout_index(&l, layer, 0, kh, j % c->block_size);
+                    double dot = 0;
+                    for (int d = 0; d < hd; d++) dot += (double)qv[d] * kv_bf16_to_f32(k[d]);
+                    sc[j] = dot * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                double *o = ref + ((size_t)t * nh + h) * hd;
+                for (int d = 0; d < hd; d++) o[d] = 0;
+                for (int j = 0; j <= pos; j++) {
+                    size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                                  (l.block_bytes / 2);
+                    const uint16_t *v = pool + base + layout_index(&l, layer, 1, kh, j % c->block_size);
+                    double pj = sc[j] / sum;
+                    for (int d = 0; d < hd; d++) o[d] += pj * kv_bf16_to_f32(v[d]);
+                }
+            }
+    /* bf16 output (2^-9 relative) and bf16 probabilities in the P V product: rtol 2e-2; atol
+     * 2e-3 against values of V in [-1, 1] */
+    check(c->name, got, ref, out_n, 2e-3, 2e-2);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dq), be->ops->dev_free(be, dout);
+    free(pool), free(q), free(got), free(ref), free(sc);
+    batch_free(&tb);
+}
+
+int main(void) {
+    if (cuda_backend_device_count() <= 0) {
+        printf("SKIP: no CUDA device\n");
+        return 77;
+    }
+    kv_error err;
+    backend *be = cuda_backend_create(&err);
+    if (!be) {
+        printf("SKIP: %s\n", err.msg);
+        return 77;
+    }
+    rng r = {0x9e3779b97f4a7c15ull};
+
+    test_embed_gather(be, &r, 4096);
+    test_embed_gather(be, &r, 100);
+    test_rmsnorm(be, &r, 37, 4096);
+    test_rmsnorm(be, &r, 5, 100);
+    test_add_swiglu(be, &r, 37, 14336);
+    test_add_swiglu(be, &r, 3, 101);
+    test_rope(be, &r);
+    test_kv_write(be, &r, 8, 128, 16);
+    test_kv_write(be, &r, 4, 8, 16);
+    test_matmul(be, &r, 1, 4096, 6144, false);
+    test_matmul(be, &r, 37, 4096, 1024, false);
+    test_matmul(be, &r, 300, 896, 1152, true);
+    test_matmul(be, &r, 5, 100, 77, true);
+
+    /* decode: many sequences, contexts 1..32K around block and tile edges, GQA 4 */
+    static const int dec_prefix[] = {0, 1, 14, 15, 16, 62, 63, 64, 499, 1000, 4096, 32767};
+    static const int dec_new[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+    /* mixed step: prefills from 0, chunks over cached prefixes, decodes; GQA 8 */
+    static const int mix_prefix[] = {0, 1000, 5, 8000, 0, 130};
+    static const int mix_new[] = {300, 77, 1, 40, 1, 17};
+    /* GQA 1, head dim 64, block 32 */
+    static const int g1_prefix[] = {0, 3000, 33};
+    static const int g1_new[] = {200, 1, 64};
+    /* GQA 7 (Qwen2-0.5B shape) */
+    static const int g7_prefix[] = {0, 100, 2048};
+    static const int g7_new[] = {130, 1, 9};
+    /* head dim 8 (stories260K shape): the generic kernel */
+    static const int hd8_prefix[] = {0, 50};
+    static const int hd8_new[] = {20, 1};
+    int n64 = 64, dec64_prefix[64], dec64_new[64];
+    for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
+    const attn_case cases[] = {
+        {"attention decode x12 GQA4 hd128 ctx 1..32768", 32, 8, 128, 16, 12, dec_prefix, dec_new},
+        {"attention decode x64 GQA4 hd128 ctx<=2048", 32, 8, 128, 16, n64, dec64_prefix, dec64_new},
+        {"attention mixed prefill/chunk/decode GQA8", 32, 4, 128, 16, 6, mix_prefix, mix_new},
+        {"attention GQA1 hd64 bs32", 8, 8, 64, 32, 3, g1_prefix, g1_new},
+        {"attention GQA7 hd64", 14, 2, 64, 16, 3, g7_prefix, g7_new},
+        {"attention generic hd8 GQA2", 8, 4, 8, 16, 2, hd8_prefix, hd8_new},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(be, &r, &cases[i]);
+
+    be->ops->destroy(be);
+    printf("%s: %d check(s) failed\n", n_failed ? "FAIL" : "PASS", n_failed);
+    return n_failed ? 1 : 0;
+}
