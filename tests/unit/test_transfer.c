@@ -154,6 +154,49 @@ START_TEST(store_then_load_into_other_blocks_round_trips) {
 }
 END_TEST
 
+/* The same round trip on the real CPU backend, whose host_alloc runs on the pinning thread. */
+START_TEST(cpu_backend_round_trip) {
+    kv_error err;
+    backend *be = backend_create("cpu", 1, &err);
+    ck_assert_ptr_nonnull(be);
+    host_pool_config cfg = {.total_bytes = N_SLOTS * BLOCK, .block_bytes = BLOCK,
+                            .chunk_bytes = SLOTS_PER_CHUNK * BLOCK};
+    host_pool *hp = host_pool_create(be, &cfg, &err);
+    host_pool_wait_grown(hp);
+    ck_assert_int_eq(host_pool_grow_poll(hp), N_SLOTS);
+    uint8_t *pool = be->ops->dev_alloc(be, N_BLOCKS * BLOCK);
+    transfer *t = transfer_create(be, hp, pool, N_BLOCKS, NULL);
+    uint64_t rng = 7;
+    static uint8_t orig[N_BLOCKS][BLOCK];
+    for (int b = 0; b < N_BLOCKS; b++)
+        for (int i = 0; i < BLOCK; i++) orig[b][i] = (uint8_t)rng_next(&rng);
+    be->ops->to_dev(be, pool, orig, sizeof orig);
+    int32_t slot_of[N_BLOCKS];
+    for (int b = 0; b < N_BLOCKS; b++) slot_of[b] = b;
+    shuffle(slot_of, N_BLOCKS, &rng);
+    transfer_pair pairs[N_BLOCKS];
+    for (int b = 0; b < N_BLOCKS; b++) pairs[b] = (transfer_pair){b, slot_of[b]};
+    backend_event *step = be->ops->event_record(be, BACKEND_STREAM_COMPUTE);
+    transfer_op *st = transfer_store(t, pairs, N_BLOCKS, step);
+    be->ops->event_free(be, step);
+    transfer_wait(t, st);
+    transfer_op_free(t, st);
+    /* load block b's data into block N_BLOCKS - 1 - b */
+    be->ops->to_dev(be, pool, (uint8_t[N_BLOCKS * BLOCK]){0}, N_BLOCKS * BLOCK);
+    for (int b = 0; b < N_BLOCKS; b++) pairs[b] = (transfer_pair){N_BLOCKS - 1 - b, slot_of[b]};
+    transfer_op *ld = transfer_load(t, pairs, N_BLOCKS, NULL);
+    while (!transfer_poll(t, ld)) continue;
+    transfer_op_free(t, ld);
+    static uint8_t back[N_BLOCKS][BLOCK];
+    be->ops->to_host(be, back, pool, sizeof back);
+    for (int b = 0; b < N_BLOCKS; b++) ck_assert_mem_eq(back[N_BLOCKS - 1 - b], orig[b], BLOCK);
+    transfer_free(t);
+    be->ops->dev_free(be, pool);
+    host_pool_free(hp);
+    backend_destroy(be);
+}
+END_TEST
+
 /* Device-side stand-ins for kernels: one reads a block (keeps what it saw), one writes it. */
 typedef struct kernel_arg {
     uint8_t *block;
@@ -357,6 +400,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, coalesces_runs_adjacent_on_both_sides);
     tcase_add_test(tc, store_then_load_into_other_blocks_round_trips);
+    tcase_add_test(tc, cpu_backend_round_trip);
     tcase_add_test(tc, load_into_recycled_block_waits_for_last_reader);
     tcase_add_test(tc, control_load_without_after_races_the_reader);
     tcase_add_test(tc, store_waits_for_the_writing_kernel);
