@@ -62,6 +62,27 @@ static void dummy_table_init(loader *ld) {
     }
 }
 
+/* out[i] = table[16 random bits] for i < n: four elements per xorshift draw. */
+static void dummy_fill_u16(uint16_t *out, const uint16_t *table, size_t n, uint64_t *rng) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint64_t r = xorshift64(rng);
+        out[i] = table[r & 0xffff], out[i + 1] = table[(r >> 16) & 0xffff];
+        out[i + 2] = table[(r >> 32) & 0xffff], out[i + 3] = table[r >> 48];
+    }
+    for (; i < n; i++) out[i] = table[xorshift64(rng) & 0xffff];
+}
+
+static void dummy_fill_f32(float *out, const float *table, size_t n, uint64_t *rng) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        uint64_t r = xorshift64(rng);
+        out[i] = table[r & 0xffff], out[i + 1] = table[(r >> 16) & 0xffff];
+        out[i + 2] = table[(r >> 32) & 0xffff], out[i + 3] = table[r >> 48];
+    }
+    for (; i < n; i++) out[i] = table[xorshift64(rng) & 0xffff];
+}
+
 /* A device tensor of n weight-dtype elements of random values (or ones), generated in host
  * chunks directly in the weight dtype. */
 static void *weight_dummy(loader *ld, size_t n, weight_init init) {
@@ -79,19 +100,9 @@ static void *weight_dummy(loader *ld, size_t n, weight_init init) {
         if (init == WEIGHT_ONES) {
             for (size_t i = 0; i < len; i++) store_as(ld->staging, dt, i, 1.0f);
         } else if (es == 2) {
-            const uint16_t *tab = ld->normal_table;
-            uint16_t *out = ld->staging;
-            for (size_t i = 0; i < len; i += 4) { /* 16 random bits per element */
-                uint64_t r = xorshift64(&ld->rng);
-                for (size_t j = 0; j < 4 && i + j < len; j++) out[i + j] = tab[(r >> (16 * j)) & 0xffff];
-            }
+            dummy_fill_u16(ld->staging, ld->normal_table, len, &ld->rng);
         } else {
-            const float *tab = ld->normal_table;
-            float *out = ld->staging;
-            for (size_t i = 0; i < len; i += 4) {
-                uint64_t r = xorshift64(&ld->rng);
-                for (size_t j = 0; j < 4 && i + j < len; j++) out[i + j] = tab[(r >> (16 * j)) & 0xffff];
-            }
+            dummy_fill_f32(ld->staging, ld->normal_table, len, &ld->rng);
         }
         be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
     }

@@ -128,7 +128,7 @@ static int index_added(tokenizer *t, kv_error *err) {
     for (int i = 0; i <= t->n_vocab; i++) t->added_by_id[i] = -1;
     tok_strmap_init(&t->added_map, (uint32_t)t->n_added + 1);
     tok_ctx ctx;
-    if (tok_ctx_init(&ctx, err)) return -1;
+    if (tok_ctx_init(&ctx, false, err)) return -1;
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < t->n_added; i++) {
             tok_added *a = &t->added[i];
@@ -444,7 +444,7 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
     if (len > (size_t)1 << 30) return kv_error_set(err, "tokenizer: input larger than 1 GiB");
     tok_ids out = {0};
     encoder e = {.t = tok, .out = &out};
-    if (tok_ctx_init(&e.ctx, err)) return -1;
+    if (tok_ctx_init(&e.ctx, true, err)) return -1;
     bool add = add_special_tokens && tok->post.present;
     for (int i = 0; add && i < tok->post.n_prefix; i++) tok_ids_push(&out, tok->post.prefix[i]);
     int rc = split_added(&e, &tok->trie_raw, false, len ? text : "", len, true, raw_gap, err);
@@ -499,7 +499,7 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool s
     tok_buf_append(&out, "", 0);
     if (tok->decoder) {
         tok_ctx ctx;
-        if (tok_ctx_init(&ctx, err) || tok_decoder_apply(tok->decoder, &ctx, &l, err)) {
+        if (tok_ctx_init(&ctx, false, err) || tok_decoder_apply(tok->decoder, &ctx, &l, err)) {
             tok_ctx_free(&ctx);
             tok_strlist_free(&l);
             tok_buf_free(&out);

@@ -79,7 +79,9 @@ typedef struct tok_ctx {
     pcre2_jit_stack *jit_stack;
 } tok_ctx;
 
-int tok_ctx_init(tok_ctx *c, kv_error *err);
+/* big_stack: a JIT stack of up to 8 MiB for split regexes over long text (encoding); decoding's
+ * Replace patterns run on PCRE2's default 32 KiB stack. */
+int tok_ctx_init(tok_ctx *c, bool big_stack, kv_error *err);
 void tok_ctx_free(tok_ctx *c);
 
 /* ---- patterns: a literal string or a PCRE2 regex (compiled UTF | UCP, JIT) ---- */

@@ -233,16 +233,16 @@ void tok_strmap_free(tok_strmap *m) {
 
 /* ---- per-call context ---- */
 
-int tok_ctx_init(tok_ctx *c, kv_error *err) {
+int tok_ctx_init(tok_ctx *c, bool big_stack, kv_error *err) {
     *c = (tok_ctx){0};
     c->md = pcre2_match_data_create(1, NULL);
     c->mctx = pcre2_match_context_create(NULL);
-    c->jit_stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
-    if (!c->md || !c->mctx || !c->jit_stack) {
+    if (big_stack) c->jit_stack = pcre2_jit_stack_create(32 * 1024, 8 * 1024 * 1024, NULL);
+    if (!c->md || !c->mctx || (big_stack && !c->jit_stack)) {
         tok_ctx_free(c);
         return kv_error_set(err, "tokenizer: out of memory for regex match data");
     }
-    pcre2_jit_stack_assign(c->mctx, NULL, c->jit_stack);
+    if (c->jit_stack) pcre2_jit_stack_assign(c->mctx, NULL, c->jit_stack);
     return 0;
 }
 

@@ -94,23 +94,22 @@ int main(int argc, char **argv) {
         return 2;
     }
 
-    kv_error err = {{0}};
-    backend *be = backend_create(device, n_threads, &err);
-    if (!be) {
-        fprintf(stderr, "kvserve-run: %s\n", err.msg);
-        return 1;
-    }
     int32_t *ids = NULL;
     int n_prompt = 0;
     if (prompt && parse_ids(prompt, &ids, &n_prompt)) {
         fprintf(stderr, "kvserve-run: --prompt-ids must be a comma-separated list of ids\n");
+        free(ids);
         return 2;
     }
+    kv_error err = {{0}};
+    backend *be = backend_create(device, n_threads, &err);
     llama_model m;
     double t0 = kv_now();
     /* max_tokens: the prompt is one step (a BOS-only prompt when none is given) */
-    if (llama_load(&m, be, model, format, n_prompt > 0 ? n_prompt : 1, NULL, NULL, &err)) {
+    if (!be || llama_load(&m, be, model, format, n_prompt > 0 ? n_prompt : 1, NULL, NULL, &err)) {
         fprintf(stderr, "kvserve-run: %s\n", err.msg);
+        backend_destroy(be);
+        free(ids);
         return 1;
     }
     double t_load = kv_now() - t0;
@@ -123,6 +122,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_prompt; i++)
         if (ids[i] >= vocab) {
             fprintf(stderr, "kvserve-run: prompt id %d is outside the vocabulary (%d)\n", ids[i], vocab);
+            llama_free(&m);
+            backend_destroy(be);
+            free(ids);
             return 2;
         }
 
