@@ -229,6 +229,34 @@ START_TEST(chunked_prefill_equals_one_shot) {
 }
 END_TEST
 
+/* Records the last progress report. */
+static void record_progress(size_t done, size_t total, void *ctx) {
+    size_t *last = ctx;
+    ck_assert_uint_ge(done, last[0]);
+    last[0] = done, last[1] = total;
+}
+
+START_TEST(progress_reaches_total_weight_bytes) {
+    for (int f = 0; f < 2; f++) {
+        backend *be = cpu_backend_create(1);
+        llama_model m;
+        kv_error err = {{0}};
+        size_t last[2] = {0, 0};
+        llama_load_format fmt = f ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+        ck_assert_msg(llama_load(&m, be, model_dir, fmt, 4, record_progress, last, &err) == 0,
+                      "%s", err.msg);
+        /* stories260K: tied, 5 layers of dim 64, 8 + 2 * 4 heads of 8, ff 172, vocab 512, f32 */
+        size_t layer = 2 * 64 + 128 * 64 + 64 * 64 + 3 * 172 * 64;
+        ck_assert_uint_eq(m.weight_bytes, (5 * layer + 512 * 64 + 64) * sizeof(float));
+        ck_assert_uint_eq(last[0], m.weight_bytes);
+        ck_assert_uint_eq(last[1], m.weight_bytes);
+        ck_assert_ptr_eq(m.lm_head, m.embed);
+        llama_free(&m);
+        backend_destroy(be);
+    }
+}
+END_TEST
+
 START_TEST(dummy_weights_are_deterministic_and_finite) {
     backend *be = cpu_backend_create(1);
     llama_model m[2];
@@ -420,6 +448,7 @@ int main(void) {
     tcase_add_test(tc, greedy_once_upon_a_time_matches_transformers);
     tcase_add_test(tc, batch_of_sequences_equals_each_alone);
     tcase_add_test(tc, chunked_prefill_equals_one_shot);
+    tcase_add_test(tc, progress_reaches_total_weight_bytes);
     tcase_add_test(tc, dummy_weights_are_deterministic_and_finite);
     tcase_add_test(tc, rewritten_model_loads);
     tcase_add_test(tc, missing_tensor_is_named);
