@@ -19,7 +19,9 @@ typedef struct field_ctx {
     kv_error *err;
 } field_ctx;
 
-static bool json_absent(const json_t *v) { return v == NULL || json_is_null(v); }
+static bool json_absent(const json_t *v) {
+    return v == NULL || json_is_null(v);
+}
 
 /* Integer field in [min, max]; integral reals (8192.0) count as integers. Absent or null gives
  * def, unless required. */
@@ -88,8 +90,7 @@ static int field_bool(const field_ctx *fc, const json_t *obj, const char *key, b
 }
 
 /* String field or NULL when absent/null. */
-static int field_string(const field_ctx *fc, const json_t *obj, const char *key,
-                        const char **out) {
+static int field_string(const field_ctx *fc, const json_t *obj, const char *key, const char **out) {
     const json_t *v = json_object_get(obj, key);
     *out = NULL;
     if (json_absent(v)) return 0;
@@ -101,8 +102,7 @@ static int field_string(const field_ctx *fc, const json_t *obj, const char *key,
 
 static int copy_name(const field_ctx *fc, char *dst, size_t cap, const char *src, const char *key) {
     size_t n = strlen(src);
-    if (n >= cap)
-        return kv_error_set(fc->err, "%s: %s '%.40s...' is too long", fc->file, key, src);
+    if (n >= cap) return kv_error_set(fc->err, "%s: %s '%.40s...' is too long", fc->file, key, src);
     memcpy(dst, src, n + 1);
     return 0;
 }
@@ -163,8 +163,7 @@ static int parse_shape(hf_config *cfg, const json_t *root, const field_ctx *fc) 
         field_int32(fc, root, "num_attention_heads", true, 0, 1, 1 << 14, &cfg->n_heads) ||
         field_int32(fc, root, "num_key_value_heads", false, cfg->n_heads, 1, 1 << 14,
                     &cfg->n_kv_heads) ||
-        field_int32(fc, root, "intermediate_size", true, 0, 1, 1 << 24,
-                    &cfg->intermediate_size) ||
+        field_int32(fc, root, "intermediate_size", true, 0, 1, 1 << 24, &cfg->intermediate_size) ||
         field_int32(fc, root, "vocab_size", true, 0, 1, 1 << 26, &cfg->vocab_size))
         return -1;
     if (cfg->n_heads % cfg->n_kv_heads != 0)
@@ -208,10 +207,10 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
             field_number(&sub, params, "rope_theta", false, root_theta, 1.0, &cfg->rope_theta))
             return -1;
     } else {
-        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &cfg->rope_theta))
-            return -1;
+        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &cfg->rope_theta)) return -1;
         scaling = json_object_get(root, "rope_scaling");
-        if (json_absent(scaling)) scaling = NULL;
+        if (json_absent(scaling))
+            scaling = NULL;
         else if (!json_is_object(scaling))
             return kv_error_set(fc->err, "%s: rope_scaling must be an object or null", fc->file);
         sub.prefix = "rope_scaling.";
@@ -238,8 +237,7 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
                             fc->file, sub.prefix, key, type);
     cfg->rope_type = HF_ROPE_LLAMA3;
     if (field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor) ||
-        field_number(&sub, scaling, "low_freq_factor", true, 0, 0.0,
-                     &cfg->rope_low_freq_factor) ||
+        field_number(&sub, scaling, "low_freq_factor", true, 0, 0.0, &cfg->rope_low_freq_factor) ||
         field_number(&sub, scaling, "high_freq_factor", true, 0, 0.0,
                      &cfg->rope_high_freq_factor) ||
         field_int32(&sub, scaling, "original_max_position_embeddings", true, 0, 1, INT_MAX,
@@ -249,10 +247,9 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
         return kv_error_set(fc->err, "%s: %sfactor = %g must be >= 1", fc->file, sub.prefix,
                             cfg->rope_factor);
     if (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor))
-        return kv_error_set(fc->err,
-                            "%s: %shigh_freq_factor %g must be greater than low_freq_factor %g",
-                            fc->file, sub.prefix, cfg->rope_high_freq_factor,
-                            cfg->rope_low_freq_factor);
+        return kv_error_set(
+            fc->err, "%s: %shigh_freq_factor %g must be greater than low_freq_factor %g", fc->file,
+            sub.prefix, cfg->rope_high_freq_factor, cfg->rope_low_freq_factor);
     return 0;
 }
 
@@ -264,13 +261,12 @@ static int check_attention_kind(const hf_config *cfg, const json_t *root, const 
         if (!json_is_array(types))
             return kv_error_set(fc->err, "%s: layer_types must be a list", fc->file);
         if ((int)json_array_size(types) != cfg->n_layers)
-            return kv_error_set(fc->err, "%s: layer_types has %zu entries for %d layers",
-                                fc->file, json_array_size(types), cfg->n_layers);
+            return kv_error_set(fc->err, "%s: layer_types has %zu entries for %d layers", fc->file,
+                                json_array_size(types), cfg->n_layers);
         for (size_t i = 0; i < json_array_size(types); i++) {
             const json_t *t = json_array_get(types, i);
             if (!json_is_string(t))
-                return kv_error_set(fc->err, "%s: layer_types[%zu] must be a string", fc->file,
-                                    i);
+                return kv_error_set(fc->err, "%s: layer_types[%zu] must be a string", fc->file, i);
             if (strcmp(json_string_value(t), "full_attention") != 0)
                 return kv_error_set(fc->err,
                                     "%s: layer_types[%zu] '%.64s' is not supported (only "
@@ -342,9 +338,8 @@ static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
 
     /* q/k/v bias: Qwen2 always; Llama's attention_bias also puts one on o_proj; Mistral none */
     bool bias = false, mlp_bias = false;
-    if (cfg->arch == HF_ARCH_LLAMA &&
-        (field_bool(fc, root, "attention_bias", false, &bias) ||
-         field_bool(fc, root, "mlp_bias", false, &mlp_bias)))
+    if (cfg->arch == HF_ARCH_LLAMA && (field_bool(fc, root, "attention_bias", false, &bias) ||
+                                       field_bool(fc, root, "mlp_bias", false, &mlp_bias)))
         return -1;
     if (mlp_bias) return kv_error_set(fc->err, "%s: mlp_bias true is not supported", fc->file);
     cfg->attention_bias = cfg->arch == HF_ARCH_QWEN2 || bias;
@@ -367,8 +362,7 @@ static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     }
     cfg->dtype = KV_DTYPE_F32;
     if (dtype && !kv_dtype_parse(dtype, &cfg->dtype))
-        return kv_error_set(fc->err,
-                            "%s: %s '%.64s' is not supported (float32, float16, bfloat16)",
+        return kv_error_set(fc->err, "%s: %s '%.64s' is not supported (float32, float16, bfloat16)",
                             fc->file, dtype_key, dtype);
 
     cfg->bos_token_id = -1;
@@ -381,8 +375,8 @@ static json_t *load_object(const char *json, size_t len, const char *file, kv_er
     json_error_t jerr;
     json_t *root = json_loadb(json, len, 0, &jerr);
     if (!root) {
-        kv_error_set(err, "%s: invalid JSON at line %d column %d: %s", file, jerr.line,
-                     jerr.column, jerr.text);
+        kv_error_set(err, "%s: invalid JSON at line %d column %d: %s", file, jerr.line, jerr.column,
+                     jerr.text);
         return NULL;
     }
     if (!json_is_object(root)) {

@@ -38,7 +38,7 @@ typedef struct hf_config {
     bool tie_word_embeddings;
     bool attention_bias;     /* q/k/v projections have bias (Qwen2 always, Llama attention_bias) */
     bool attention_out_bias; /* o_proj has bias too (Llama attention_bias only) */
-    int bos_token_id;    /* -1 when absent */
+    int bos_token_id;        /* -1 when absent */
     int eos_token_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
     kv_dtype dtype; /* torch_dtype / dtype; F32 when absent */

@@ -17,14 +17,17 @@
 /* Dtypes the format defines that kvserve cannot use, so that the message can say "I64 is not
  * supported" rather than "unknown dtype". */
 static const char *const unsupported_dtypes[] = {
-    "BOOL", "U8",  "I8",      "I16",     "U16",     "I32",     "U32",      "I64", "U64",
+    "BOOL", "U8",  "I8",      "I16",     "U16",     "I32",     "U32",     "I64", "U64",
     "F64",  "C64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
 };
 
 static int parse_dtype(const char *s, kv_dtype *out) {
-    if (strcmp(s, "F32") == 0) *out = KV_DTYPE_F32;
-    else if (strcmp(s, "F16") == 0) *out = KV_DTYPE_F16;
-    else if (strcmp(s, "BF16") == 0) *out = KV_DTYPE_BF16;
+    if (strcmp(s, "F32") == 0)
+        *out = KV_DTYPE_F32;
+    else if (strcmp(s, "F16") == 0)
+        *out = KV_DTYPE_F16;
+    else if (strcmp(s, "BF16") == 0)
+        *out = KV_DTYPE_BF16;
     else {
         for (size_t i = 0; i < sizeof unsupported_dtypes / sizeof unsupported_dtypes[0]; i++)
             if (strcmp(s, unsupported_dtypes[i]) == 0) return -2;
@@ -41,9 +44,8 @@ static bool json_to_u64(const json_t *v, uint64_t *out) {
 }
 
 /* Fills t from one header entry (dtype, shape, data_offsets); begin/end are the offsets. */
-static int parse_entry(safetensors_tensor *t, const char *name, const json_t *info,
-                       size_t data_len, uint64_t *begin, uint64_t *end, const char *path,
-                       kv_error *err) {
+static int parse_entry(safetensors_tensor *t, const char *name, const json_t *info, size_t data_len,
+                       uint64_t *begin, uint64_t *end, const char *path, kv_error *err) {
     if (!json_is_object(info))
         return kv_error_set(err, "%s: tensor '%s': entry must be an object", path, name);
     const json_t *dtype = json_object_get(info, "dtype");
@@ -53,8 +55,9 @@ static int parse_entry(safetensors_tensor *t, const char *name, const json_t *in
         return kv_error_set(err, "%s: tensor '%s': dtype missing or not a string", path, name);
     int rc = parse_dtype(json_string_value(dtype), &t->dtype);
     if (rc == -2)
-        return kv_error_set(err, "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, "
-                                 "BF16)",
+        return kv_error_set(err,
+                            "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, "
+                            "BF16)",
                             path, name, json_string_value(dtype));
     if (rc)
         return kv_error_set(err, "%s: tensor '%s' has unknown dtype '%.32s'", path, name,
@@ -104,8 +107,7 @@ static int parse_entry(safetensors_tensor *t, const char *name, const json_t *in
 static int check_metadata(const json_t *meta, const char *path, kv_error *err) {
     const char *key;
     const json_t *v;
-    if (!json_is_object(meta))
-        return kv_error_set(err, "%s: __metadata__ must be an object", path);
+    if (!json_is_object(meta)) return kv_error_set(err, "%s: __metadata__ must be an object", path);
     json_object_foreach((json_t *)meta, key, v) {
         if (!json_is_string(v))
             return kv_error_set(err, "%s: __metadata__['%s'] must be a string", path, key);
@@ -307,8 +309,8 @@ static int open_index(safetensors_model *m, const char *dir, const char *index_p
     json_error_t jerr;
     json_t *root = json_load_file(index_path, 0, &jerr);
     if (!root)
-        return kv_error_set(err, "%s: invalid JSON at line %d column %d: %s", index_path,
-                            jerr.line, jerr.column, jerr.text);
+        return kv_error_set(err, "%s: invalid JSON at line %d column %d: %s", index_path, jerr.line,
+                            jerr.column, jerr.text);
     const json_t *map = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     int rc = 0;
     if (!json_is_object(map)) {

@@ -7,7 +7,7 @@
 
 #include "model/common.h"
 
-#define SAFETENSORS_MAX_DIMS 8
+#define SAFETENSORS_MAX_DIMS   8
 #define SAFETENSORS_MAX_HEADER 100000000u /* bytes, as the reference reader */
 
 typedef struct safetensors_tensor {

@@ -24,7 +24,8 @@ static const char *llama31_hub =
 /* The same model as transformers 5 saves it (dialect 2). */
 static const char *llama31_v5 =
     "{\"architectures\": [\"LlamaForCausalLM\"], \"attention_bias\": false,"
-    " \"bos_token_id\": 128000, \"dtype\": \"bfloat16\", \"eos_token_id\": [128001, 128008, 128009],"
+    " \"bos_token_id\": 128000, \"dtype\": \"bfloat16\", \"eos_token_id\": [128001, 128008, "
+    "128009],"
     " \"head_dim\": 128, \"hidden_act\": \"silu\", \"hidden_size\": 4096,"
     " \"intermediate_size\": 14336, \"max_position_embeddings\": 131072, \"mlp_bias\": false,"
     " \"model_type\": \"llama\", \"num_attention_heads\": 32, \"num_hidden_layers\": 32,"
@@ -174,10 +175,10 @@ START_TEST(qwen2_defaults_and_bias) {
     ck_assert_int_eq(parse_patched(&c, qwen25_hub, "{}", "tie_word_embeddings", &err), 0);
     ck_assert(!c.tie_word_embeddings);
     /* use_sliding_window with every layer below max_window_layers slides nowhere */
-    ck_assert_int_eq(
-        parse_patched(&c, qwen25_hub, "{\"use_sliding_window\": true, \"sliding_window\": 4096}",
-                      NULL, &err),
-        0);
+    ck_assert_int_eq(parse_patched(&c, qwen25_hub,
+                                   "{\"use_sliding_window\": true, \"sliding_window\": 4096}", NULL,
+                                   &err),
+                     0);
 }
 END_TEST
 
@@ -197,8 +198,7 @@ START_TEST(mistral_and_defaults) {
     ck_assert_int_eq(parse_patched(&c, mistral_hub, "{\"head_dim\": null}", NULL, &err), 0);
     ck_assert_int_eq(c.head_dim, 128);
     /* sliding_window as long as the context never slides */
-    ck_assert_int_eq(parse_patched(&c, mistral_hub, "{\"sliding_window\": 32768}", NULL, &err),
-                     0);
+    ck_assert_int_eq(parse_patched(&c, mistral_hub, "{\"sliding_window\": 32768}", NULL, &err), 0);
     /* no architectures: model_type decides */
     ck_assert_int_eq(parse_patched(&c, mistral_hub, "{}", "architectures", &err), 0);
     ck_assert_int_eq(c.arch, HF_ARCH_MISTRAL);
@@ -227,10 +227,9 @@ START_TEST(explicit_head_dim_and_bias) {
                                    NULL, &err),
                      0);
     ck_assert_int_eq(c.rope_type, HF_ROPE_LLAMA3);
-    ck_assert_int_eq(
-        parse_patched(&c, llama31_hub, "{\"rope_scaling\": {\"rope_type\": \"default\"}}", NULL,
-                      &err),
-        0);
+    ck_assert_int_eq(parse_patched(&c, llama31_hub,
+                                   "{\"rope_scaling\": {\"rope_type\": \"default\"}}", NULL, &err),
+                     0);
     ck_assert_int_eq(c.rope_type, HF_ROPE_DEFAULT);
 }
 END_TEST
@@ -261,8 +260,8 @@ START_TEST(llama3_inv_freq_matches_reference) {
     for (size_t k = 0; k < sizeof ref / sizeof ref[0]; k++) {
         double got = inv[ref[k].i], want = ref[k].inv;
         /* one float rounding of a double result: within 2^-24 relative */
-        ck_assert_msg(fabs(got - want) <= want * 6e-8, "inv_freq[%d] = %.9g, want %.9g",
-                      ref[k].i, got, want);
+        ck_assert_msg(fabs(got - want) <= want * 6e-8, "inv_freq[%d] = %.9g, want %.9g", ref[k].i,
+                      got, want);
     }
     /* without scaling, plain theta^(-2i/d) */
     ck_assert_int_eq(parse_patched(&c, llama31_hub, "{\"rope_scaling\": null}", NULL, &err), 0);
@@ -370,8 +369,7 @@ START_TEST(rejections_name_the_field) {
     assert_rejected(llama31_v5, "{\"dtype\": \"float64\"}", "dtype 'float64'");
     assert_rejected(llama31_hub, "{\"quantization_config\": {\"quant_method\": \"awq\"}}",
                     "quantization_config");
-    assert_rejected(llama31_hub, "{\"eos_token_id\": [1, 2, 3, 4, 5, 6, 7, 8, 9]}",
-                    "eos_token_id");
+    assert_rejected(llama31_hub, "{\"eos_token_id\": [1, 2, 3, 4, 5, 6, 7, 8, 9]}", "eos_token_id");
     assert_rejected(llama31_hub, "{\"eos_token_id\": [1, -2]}", "eos_token_id[1]");
     assert_rejected(llama31_hub, "{\"bos_token_id\": \"<s>\"}", "bos_token_id");
     assert_rejected(llama31_hub, "{\"max_position_embeddings\": -5}", "max_position_embeddings");
@@ -381,8 +379,9 @@ START_TEST(rejections_name_the_field) {
                     "{\"use_sliding_window\": true, \"sliding_window\": 4096,"
                     " \"max_window_layers\": 20}",
                     "sliding_window 4096");
-    assert_rejected(llama31_v5, "{\"num_hidden_layers\": 2, \"layer_types\": [\"full_attention\","
-                                " \"sliding_attention\"]}",
+    assert_rejected(llama31_v5,
+                    "{\"num_hidden_layers\": 2, \"layer_types\": [\"full_attention\","
+                    " \"sliding_attention\"]}",
                     "layer_types[1] 'sliding_attention' is not supported");
     assert_rejected(llama31_v5, "{\"layer_types\": [\"full_attention\"]}", "layer_types");
 }

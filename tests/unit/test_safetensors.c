@@ -22,7 +22,9 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
     return remove(path);
 }
 
-static void remove_tmp_dir(void) { nftw(tmp_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS); }
+static void remove_tmp_dir(void) {
+    nftw(tmp_dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
 
 static const char *tmp_path(const char *name) {
     static char path[256];
@@ -70,7 +72,8 @@ static void assert_open_file_fails(const char *name, const char *needle1, const 
     ck_assert_int_eq(m.n_files, 0);
     ck_assert_msg(strstr(err.msg, path) != NULL, "'%s' does not name the file", err.msg);
     ck_assert_msg(strstr(err.msg, needle1) != NULL, "'%s' lacks '%s'", err.msg, needle1);
-    if (needle2) ck_assert_msg(strstr(err.msg, needle2) != NULL, "'%s' lacks '%s'", err.msg, needle2);
+    if (needle2)
+        ck_assert_msg(strstr(err.msg, needle2) != NULL, "'%s' lacks '%s'", err.msg, needle2);
     safetensors_close(&m);
 }
 
@@ -80,7 +83,8 @@ static void assert_open_dir_fails(const char *needle1, const char *needle2) {
     ck_assert_int_eq(safetensors_open(&m, tmp_dir, &err), -1);
     ck_assert_int_eq(m.n_tensors, 0);
     ck_assert_msg(strstr(err.msg, needle1) != NULL, "'%s' lacks '%s'", err.msg, needle1);
-    if (needle2) ck_assert_msg(strstr(err.msg, needle2) != NULL, "'%s' lacks '%s'", err.msg, needle2);
+    if (needle2)
+        ck_assert_msg(strstr(err.msg, needle2) != NULL, "'%s' lacks '%s'", err.msg, needle2);
 }
 
 START_TEST(valid_f32_file) {
@@ -131,8 +135,7 @@ START_TEST(valid_f16_bf16_scalar_and_empty) {
              data, sizeof data);
     safetensors_model m = {0};
     kv_error err;
-    ck_assert_msg(safetensors_open_file(&m, tmp_path("x.safetensors"), &err) == 0, "%s",
-                  err.msg);
+    ck_assert_msg(safetensors_open_file(&m, tmp_path("x.safetensors"), &err) == 0, "%s", err.msg);
     const safetensors_tensor *h = safetensors_find(&m, "h"), *g = safetensors_find(&m, "g");
     const safetensors_tensor *s = safetensors_find(&m, "s"), *e = safetensors_find(&m, "e");
     float f[2];
@@ -155,11 +158,10 @@ START_TEST(valid_f16_bf16_scalar_and_empty) {
 }
 END_TEST
 
-static const char *index_two_shards =
-    "{\"metadata\": {\"total_size\": 24}, \"weight_map\": {"
-    " \"a\": \"model-00001-of-00002.safetensors\","
-    " \"b\": \"model-00001-of-00002.safetensors\","
-    " \"c\": \"model-00002-of-00002.safetensors\"}}";
+static const char *index_two_shards = "{\"metadata\": {\"total_size\": 24}, \"weight_map\": {"
+                                      " \"a\": \"model-00001-of-00002.safetensors\","
+                                      " \"b\": \"model-00001-of-00002.safetensors\","
+                                      " \"c\": \"model-00002-of-00002.safetensors\"}}";
 
 static void write_two_shards(void) {
     float d1[4] = {1, 2, 3, 4}, d2[2] = {7, 8};
