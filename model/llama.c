@@ -44,9 +44,12 @@ static uint64_t xorshift64(uint64_t *s) {
 
 /* Stores f in dtype at element i of dst. */
 static void store_as(void *dst, kv_dtype dt, size_t i, float f) {
-    if (dt == KV_DTYPE_F32) ((float *)dst)[i] = f;
-    else if (dt == KV_DTYPE_BF16) ((uint16_t *)dst)[i] = kv_f32_to_bf16(f);
-    else ((uint16_t *)dst)[i] = kv_f32_to_f16(f);
+    if (dt == KV_DTYPE_F32)
+        ((float *)dst)[i] = f;
+    else if (dt == KV_DTYPE_BF16)
+        ((uint16_t *)dst)[i] = kv_f32_to_bf16(f);
+    else
+        ((uint16_t *)dst)[i] = kv_f32_to_f16(f);
 }
 
 static void dummy_table_init(loader *ld) {
@@ -127,8 +130,8 @@ static const safetensors_tensor *tensor_find(loader *ld, const char *name, int64
             kv_error_set(err, "%s: tensor '%s' has shape [%s], config.json implies [%lld, %lld]",
                          ld->dir, name, got, (long long)rows, (long long)cols);
         else
-            kv_error_set(err, "%s: tensor '%s' has shape [%s], config.json implies [%lld]",
-                         ld->dir, name, got, (long long)rows);
+            kv_error_set(err, "%s: tensor '%s' has shape [%s], config.json implies [%lld]", ld->dir,
+                         name, got, (long long)rows);
         return NULL;
     }
     return t;
@@ -165,8 +168,11 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
             }
             char *at = ld->staging;
             for (int i = 0; i < n_parts; i++) {
-                if (same_dtype) memcpy(at, parts[i]->data, parts[i]->n_bytes);
-                else kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype, parts[i]->n_elems);
+                if (same_dtype)
+                    memcpy(at, parts[i]->data, parts[i]->n_bytes);
+                else
+                    kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype,
+                                      parts[i]->n_elems);
                 at += parts[i]->n_elems * kv_dtype_size(dt);
             }
             dev = be->ops->weight_upload(be, ld->staging, dt, n);
@@ -205,13 +211,15 @@ static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
 #define NAME(k, fmt) snprintf(n[k], sizeof n[k], "model.layers.%d." fmt, i)
     NAME(0, "input_layernorm.weight");
     if (!(L->attn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
-    NAME(0, "self_attn.q_proj.weight"), NAME(1, "self_attn.k_proj.weight"),
-        NAME(2, "self_attn.v_proj.weight");
+    NAME(0, "self_attn.q_proj.weight");
+    NAME(1, "self_attn.k_proj.weight");
+    NAME(2, "self_attn.v_proj.weight");
     const int64_t qkv_rows[3] = {q, kv, kv};
     if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, err))) return -1;
     if (c->attention_bias) {
-        NAME(0, "self_attn.q_proj.bias"), NAME(1, "self_attn.k_proj.bias"),
-            NAME(2, "self_attn.v_proj.bias");
+        NAME(0, "self_attn.q_proj.bias");
+        NAME(1, "self_attn.k_proj.bias");
+        NAME(2, "self_attn.v_proj.bias");
         if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, err))) return -1;
     }
     NAME(0, "self_attn.o_proj.weight");
@@ -222,7 +230,8 @@ static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
     }
     NAME(0, "post_attention_layernorm.weight");
     if (!(L->ffn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
-    NAME(0, "mlp.gate_proj.weight"), NAME(1, "mlp.up_proj.weight");
+    NAME(0, "mlp.gate_proj.weight");
+    NAME(1, "mlp.up_proj.weight");
     const int64_t gu_rows[2] = {ff, ff};
     if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, err))) return -1;
     NAME(0, "mlp.down_proj.weight");
@@ -243,15 +252,18 @@ int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format f
     if (hf_config_load(&m->cfg, dir, err)) return -1;
     const hf_config *c = &m->cfg;
     if (c->n_kv_heads < 1 || c->n_heads % c->n_kv_heads != 0 || c->head_dim % 2 != 0)
-        return kv_error_set(err, "%s/config.json: %d attention heads, %d KV heads, head_dim %d: "
-                                 "heads must be a multiple of KV heads and head_dim even",
+        return kv_error_set(err,
+                            "%s/config.json: %d attention heads, %d KV heads, head_dim %d: "
+                            "heads must be a multiple of KV heads and head_dim even",
                             dir, c->n_heads, c->n_kv_heads, c->head_dim);
     KV_CHECK(max_tokens >= 1);
 
-    loader ld = {.m = m, .dir = dir, .format = format, .progress = progress,
-                 .progress_ctx = progress_ctx};
-    if (format == LLAMA_LOAD_DUMMY) dummy_table_init(&ld);
-    else if (safetensors_open(&ld.st, dir, err)) return -1;
+    loader ld = {
+        .m = m, .dir = dir, .format = format, .progress = progress, .progress_ctx = progress_ctx};
+    if (format == LLAMA_LOAD_DUMMY)
+        dummy_table_init(&ld);
+    else if (safetensors_open(&ld.st, dir, err))
+        return -1;
     /* tied when the config says so or the checkpoint has no lm_head (llama2.c exports) */
     bool tied = c->tie_word_embeddings ||
                 (format == LLAMA_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight"));
@@ -259,14 +271,16 @@ int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format f
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;
     int rc = -1;
-    if (!(m->embed = weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
+    if (!(m->embed =
+              weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
         goto out;
     m->layers = kv_calloc((size_t)c->n_layers, sizeof *m->layers);
     for (int i = 0; i < c->n_layers; i++)
         if (layer_load(&ld, i, &m->layers[i], err)) goto out;
     if (!(m->final_norm = weight_load1(&ld, "model.norm.weight", dim, 0, WEIGHT_ONES, err)))
         goto out;
-    m->lm_head = tied ? m->embed : weight_load1(&ld, "lm_head.weight", vocab, dim, WEIGHT_RANDOM, err);
+    m->lm_head =
+        tied ? m->embed : weight_load1(&ld, "lm_head.weight", vocab, dim, WEIGHT_RANDOM, err);
     if (!m->lm_head) goto out;
 
     float *inv_freq = kv_malloc((size_t)c->head_dim / 2 * sizeof(float));
@@ -312,15 +326,22 @@ void llama_free(llama_model *m) {
         dev_free_all(be, w, sizeof w / sizeof *w);
     }
     free(m->layers);
-    void *w[] = {m->embed, m->lm_head != m->embed ? m->lm_head : NULL, m->final_norm, m->inv_freq,
-                 m->x, m->h, m->qkv, m->att, m->o, m->gu, m->ff, m->out_x, m->logits};
+    void *w[] = {m->embed,      m->lm_head != m->embed ? m->lm_head : NULL,
+                 m->final_norm, m->inv_freq,
+                 m->x,          m->h,
+                 m->qkv,        m->att,
+                 m->o,          m->gu,
+                 m->ff,         m->out_x,
+                 m->logits};
     dev_free_all(be, w, sizeof w / sizeof *w);
     memset(m, 0, sizeof *m);
 }
 
 backend_kv_layout llama_kv_layout(const llama_model *m, int block_size) {
-    backend_kv_layout l = {.n_layers = m->cfg.n_layers, .n_kv_heads = m->cfg.n_kv_heads,
-                           .head_dim = m->cfg.head_dim, .block_size = block_size,
+    backend_kv_layout l = {.n_layers = m->cfg.n_layers,
+                           .n_kv_heads = m->cfg.n_kv_heads,
+                           .head_dim = m->cfg.head_dim,
+                           .block_size = block_size,
                            .dtype = m->be->kv_dtype};
     backend_kv_layout_finish(&l);
     return l;

@@ -21,7 +21,7 @@ typedef struct llama_layer {
 typedef struct llama_model {
     hf_config cfg;
     backend *be;
-    void *embed;      /* [vocab, dim] */
+    void *embed; /* [vocab, dim] */
     llama_layer *layers;
     void *final_norm; /* [dim] */
     void *lm_head;    /* [vocab, dim]; == embed when tied */
@@ -41,7 +41,8 @@ typedef struct llama_model {
 } llama_model;
 
 /* LLAMA_LOAD_SAFETENSORS also ties lm_head to the embedding when the checkpoint has no
- * lm_head.weight. q/k/v biases are loaded when config.json asks for them (attention_bias, Qwen2). */
+ * lm_head.weight. q/k/v biases are loaded when config.json asks for them (attention_bias, Qwen2).
+ */
 typedef enum llama_load_format { LLAMA_LOAD_SAFETENSORS, LLAMA_LOAD_DUMMY } llama_load_format;
 
 /* Loads dir (config.json + safetensors, or config.json alone with LLAMA_LOAD_DUMMY: random

@@ -9,12 +9,13 @@
 #include "model/llama.h"
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: kvserve-run --model DIR [--device cpu|cuda] [--prompt-ids 1,2,3] [-n 32]\n"
-            "                   [--top N] [--load-format safetensors|dummy] [--block-size 16]\n"
-            "                   [--threads N]\n"
-            "Greedy generation from token ids (default: the model's BOS). Prints the generated ids,\n"
-            "or with --top one line per step with the N most likely ids and their logprobs.\n");
+    fprintf(
+        f,
+        "usage: kvserve-run --model DIR [--device cpu|cuda] [--prompt-ids 1,2,3] [-n 32]\n"
+        "                   [--top N] [--load-format safetensors|dummy] [--block-size 16]\n"
+        "                   [--threads N]\n"
+        "Greedy generation from token ids (default: the model's BOS). Prints the generated ids,\n"
+        "or with --top one line per step with the N most likely ids and their logprobs.\n");
 }
 
 /* Parses "1,2,3" into ids (malloc'd); -1 on a malformed list. */
@@ -62,31 +63,53 @@ int main(int argc, char **argv) {
     const char *model = NULL, *device = "cpu", *prompt = NULL;
     int n_gen = 32, n_top = 0, block_size = 16, n_threads = 0;
     llama_load_format format = LLAMA_LOAD_SAFETENSORS;
-    static const struct option opts[] = {
-        {"model", required_argument, NULL, 'm'},   {"device", required_argument, NULL, 'd'},
-        {"prompt-ids", required_argument, NULL, 'p'}, {"top", required_argument, NULL, 't'},
-        {"load-format", required_argument, NULL, 'f'}, {"block-size", required_argument, NULL, 'b'},
-        {"threads", required_argument, NULL, 'j'}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"device", required_argument, NULL, 'd'},
+                                         {"prompt-ids", required_argument, NULL, 'p'},
+                                         {"top", required_argument, NULL, 't'},
+                                         {"load-format", required_argument, NULL, 'f'},
+                                         {"block-size", required_argument, NULL, 'b'},
+                                         {"threads", required_argument, NULL, 'j'},
+                                         {"help", no_argument, NULL, 'h'},
+                                         {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
-        case 'm': model = optarg; break;
-        case 'd': device = optarg; break;
-        case 'p': prompt = optarg; break;
-        case 'n': n_gen = atoi(optarg); break;
-        case 't': n_top = atoi(optarg); break;
-        case 'b': block_size = atoi(optarg); break;
-        case 'j': n_threads = atoi(optarg); break;
+        case 'm':
+            model = optarg;
+            break;
+        case 'd':
+            device = optarg;
+            break;
+        case 'p':
+            prompt = optarg;
+            break;
+        case 'n':
+            n_gen = atoi(optarg);
+            break;
+        case 't':
+            n_top = atoi(optarg);
+            break;
+        case 'b':
+            block_size = atoi(optarg);
+            break;
+        case 'j':
+            n_threads = atoi(optarg);
+            break;
         case 'f':
-            if (strcmp(optarg, "dummy") == 0) format = LLAMA_LOAD_DUMMY;
+            if (strcmp(optarg, "dummy") == 0)
+                format = LLAMA_LOAD_DUMMY;
             else if (strcmp(optarg, "safetensors") != 0) {
                 fprintf(stderr, "kvserve-run: --load-format must be safetensors or dummy\n");
                 return 2;
             }
             break;
-        case 'h': usage(stdout); return 0;
-        default: usage(stderr); return 2;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
         }
     }
     if (!model || n_gen < 1 || n_top < 0 || block_size < 1) {
@@ -121,7 +144,8 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < n_prompt; i++)
         if (ids[i] >= vocab) {
-            fprintf(stderr, "kvserve-run: prompt id %d is outside the vocabulary (%d)\n", ids[i], vocab);
+            fprintf(stderr, "kvserve-run: prompt id %d is outside the vocabulary (%d)\n", ids[i],
+                    vocab);
             llama_free(&m);
             backend_destroy(be);
             free(ids);
@@ -139,9 +163,16 @@ int main(int argc, char **argv) {
     float *logits = kv_malloc((size_t)vocab * sizeof *logits);
 
     int32_t seq_start[2] = {0, n_prompt}, seq_len = n_prompt, last = n_prompt - 1, tok;
-    backend_batch b = {.n_tokens = n_prompt, .n_seqs = 1, .tokens = ids, .positions = positions,
-                       .seq_start = seq_start, .seq_len = &seq_len, .block_table = table,
-                       .max_blocks = n_blocks, .n_out = 1, .out_rows = &last};
+    backend_batch b = {.n_tokens = n_prompt,
+                       .n_seqs = 1,
+                       .tokens = ids,
+                       .positions = positions,
+                       .seq_start = seq_start,
+                       .seq_len = &seq_len,
+                       .block_table = table,
+                       .max_blocks = n_blocks,
+                       .n_out = 1,
+                       .out_rows = &last};
     double t1 = kv_now();
     llama_forward(&m, &b, pool, &l, logits);
     double t_prefill = kv_now() - t1, t2 = kv_now();
@@ -158,9 +189,16 @@ int main(int argc, char **argv) {
         int32_t pos = n_prompt + i, zero = 0;
         seq_start[1] = 1;
         seq_len = pos + 1;
-        b = (backend_batch){.n_tokens = 1, .n_seqs = 1, .tokens = &tok, .positions = &pos,
-                            .seq_start = seq_start, .seq_len = &seq_len, .block_table = table,
-                            .max_blocks = n_blocks, .n_out = 1, .out_rows = &zero};
+        b = (backend_batch){.n_tokens = 1,
+                            .n_seqs = 1,
+                            .tokens = &tok,
+                            .positions = &pos,
+                            .seq_start = seq_start,
+                            .seq_len = &seq_len,
+                            .block_table = table,
+                            .max_blocks = n_blocks,
+                            .n_out = 1,
+                            .out_rows = &zero};
         llama_forward(&m, &b, pool, &l, logits);
     }
     if (!n_top) printf("\n");

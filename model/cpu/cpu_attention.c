@@ -23,8 +23,8 @@ static int32_t block_of(const cpu_backend *c, const backend_kv_layout *l, int s,
     return b;
 }
 
-void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
-                     const void *k, const void *v, int row_stride) {
+void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
+                     const void *v, int row_stride) {
     cpu_backend *c = cpu_of(be);
     KV_CHECK(l->dtype == KV_DTYPE_F32 && layer >= 0 && layer < l->n_layers);
     size_t row_bytes = (size_t)l->head_dim * sizeof(float);
@@ -100,8 +100,15 @@ void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const
     cpu_backend *c = cpu_of(be);
     KV_CHECK(l->dtype == KV_DTYPE_F32 && layer >= 0 && layer < l->n_layers);
     KV_CHECK(n_heads % l->n_kv_heads == 0);
-    attention_job j = {.c = c, .out = out, .q = q, .q_stride = q_stride, .pool = pool, .l = l,
-                       .layer = layer, .n_heads = n_heads, .scale = scale};
+    attention_job j = {.c = c,
+                       .out = out,
+                       .q = q,
+                       .q_stride = q_stride,
+                       .pool = pool,
+                       .l = l,
+                       .layer = layer,
+                       .n_heads = n_heads,
+                       .scale = scale};
     /* work ~ context × head_dim per item; keep small steps on one thread */
     int64_t n_items = (int64_t)c->n_tokens * n_heads;
     double work = (double)n_items * (double)c->scores_stride * l->head_dim;

@@ -149,7 +149,8 @@ static void cpu_step_begin(backend *be, const backend_batch *b) {
         }
         if (b->seq_len[s] > max_len) max_len = b->seq_len[s];
     }
-    for (int r = 0; r < b->n_out; r++) KV_CHECK(b->out_rows[r] >= 0 && b->out_rows[r] < b->n_tokens);
+    for (int r = 0; r < b->n_out; r++)
+        KV_CHECK(b->out_rows[r] >= 0 && b->out_rows[r] < b->n_tokens);
 
     c->scores_stride = (size_t)max_len;
     need = c->scores_stride * (size_t)c->n_threads;

@@ -41,8 +41,8 @@ void cpu_op_matmul(backend *be, void *out, const void *x, const void *w, const v
 void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
                  const float *inv_freq);
 void cpu_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
-void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
-                     const void *k, const void *v, int row_stride);
+void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
+                     const void *v, int row_stride);
 void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
                       const backend_kv_layout *l, int layer, int n_heads, float scale);
 void cpu_op_gather_rows(backend *be, void *out, const void *x, int dim);

@@ -146,8 +146,12 @@ static void rope_rows(void *ctx, int thread, int64_t t0, int64_t t1) {
 void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
                  const float *inv_freq) {
     KV_CHECK(head_dim % 2 == 0);
-    rows_job j = {.c = cpu_of(be), .x = x, .row_stride = row_stride, .n_heads = n_heads,
-                  .head_dim = head_dim, .inv_freq = inv_freq};
+    rows_job j = {.c = cpu_of(be),
+                  .x = x,
+                  .row_stride = row_stride,
+                  .n_heads = n_heads,
+                  .head_dim = head_dim,
+                  .inv_freq = inv_freq};
     cpu_pool_for(j.c->pool, j.c->n_tokens, rows_per_chunk((int64_t)n_heads * head_dim), rope_rows,
                  &j);
 }
@@ -178,7 +182,8 @@ static void matmul_cols(void *ctx, int thread, int64_t j0, int64_t j1) {
         const float *x = mj->x + (size_t)i * (size_t)mj->k;
         float *o = mj->out + (size_t)i * (size_t)mj->m;
         for (int64_t j = j0; j < j1; j++)
-            o[j] = cpu_dot(x, mj->w + (size_t)j * (size_t)mj->k, mj->k) + (mj->bias ? mj->bias[j] : 0);
+            o[j] =
+                cpu_dot(x, mj->w + (size_t)j * (size_t)mj->k, mj->k) + (mj->bias ? mj->bias[j] : 0);
     }
 }
 

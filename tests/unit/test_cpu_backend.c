@@ -36,7 +36,7 @@ static void check_close(const char *what, const float *got, const double *ref, s
         double diff = fabs((double)got[i] - ref[i]);
         double budget = atol + rtol * fabs(ref[i]);
         double share = diff == 0 ? 0 : diff / budget; /* budget 0: exact match wanted */
-        if (!(share <= worst_share)) { /* NaN counts as worst */
+        if (!(share <= worst_share)) {                /* NaN counts as worst */
             worst_share = share;
             worst_diff = diff;
             worst_i = i;
@@ -76,10 +76,16 @@ static void simple_batch_init(simple_batch *sb, int n, int pos0) {
     sb->seq_start[0] = 0;
     sb->seq_start[1] = n;
     sb->seq_len[0] = pos0 + n;
-    sb->b = (backend_batch){.n_tokens = n, .n_seqs = 1, .tokens = sb->tokens,
-                            .positions = sb->positions, .seq_start = sb->seq_start,
-                            .seq_len = sb->seq_len, .block_table = sb->block_table,
-                            .max_blocks = 64, .n_out = n, .out_rows = sb->out_rows};
+    sb->b = (backend_batch){.n_tokens = n,
+                            .n_seqs = 1,
+                            .tokens = sb->tokens,
+                            .positions = sb->positions,
+                            .seq_start = sb->seq_start,
+                            .seq_len = sb->seq_len,
+                            .block_table = sb->block_table,
+                            .max_blocks = 64,
+                            .n_out = n,
+                            .out_rows = sb->out_rows};
 }
 
 /* --- matmul --- */
@@ -189,7 +195,8 @@ START_TEST(rmsnorm_add_swiglu_embed_gather_match_reference) {
             xsum[i * dim + j] = (double)x[i * dim + j] + delta[i * dim + j];
             ss += xsum[i * dim + j] * xsum[i * dim + j];
         }
-        for (int j = 0; j < dim; j++) ref[i * dim + j] = xsum[i * dim + j] / sqrt(ss / dim + eps) * w[j];
+        for (int j = 0; j < dim; j++)
+            ref[i * dim + j] = xsum[i * dim + j] / sqrt(ss / dim + eps) * w[j];
     }
     got = download(be, dout, (size_t)n * dim);
     check_close("add_rmsnorm (norm)", got, ref, (size_t)n * dim, 1e-6, 1e-6);
@@ -230,7 +237,8 @@ START_TEST(rmsnorm_add_swiglu_embed_gather_match_reference) {
     float *dg = be->ops->dev_alloc(be, 3 * dim * sizeof(float));
     be->ops->gather_rows(be, dg, dout, dim);
     for (int k = 0; k < 3; k++)
-        for (int j = 0; j < dim; j++) ref[k * dim + j] = table[(size_t)sb.tokens[sb.out_rows[k]] * dim + j];
+        for (int j = 0; j < dim; j++)
+            ref[k * dim + j] = table[(size_t)sb.tokens[sb.out_rows[k]] * dim + j];
     got = download(be, dg, 3 * dim);
     check_close("gather_rows", got, ref, 3 * (size_t)dim, 0, 0);
     free(got);
@@ -283,7 +291,10 @@ END_TEST
 static size_t pool_index(const backend_kv_layout *l, int block, int layer, int kv, int head,
                          int slot, int d) {
     return (((((size_t)block * l->n_layers + layer) * 2 + kv) * l->n_kv_heads + head) *
-                l->block_size + slot) * l->head_dim + d;
+                l->block_size +
+            slot) *
+               l->head_dim +
+           d;
 }
 
 /* Three sequences with scattered blocks: seq 0 has 13 cached tokens and 4 new ones, seq 1 is a
@@ -302,8 +313,11 @@ typedef struct paged_case {
 
 static void paged_case_init(paged_case *pc, rng *r, int n_kv_heads, int hd, int block_size) {
     memset(pc, 0, sizeof *pc);
-    pc->l = (backend_kv_layout){.n_layers = 3, .n_kv_heads = n_kv_heads, .head_dim = hd,
-                                .block_size = block_size, .dtype = KV_DTYPE_F32};
+    pc->l = (backend_kv_layout){.n_layers = 3,
+                                .n_kv_heads = n_kv_heads,
+                                .head_dim = hd,
+                                .block_size = block_size,
+                                .dtype = KV_DTYPE_F32};
     backend_kv_layout_finish(&pc->l);
     pc->n_seqs = 3, pc->max_blocks = 8, pc->n_blocks = 24;
     int lens[3] = {17, 6, 30}, news[3] = {4, 6, 1};
@@ -321,10 +335,16 @@ static void paged_case_init(paged_case *pc, rng *r, int n_kv_heads, int hd, int 
         pc->v_log[s] = random_array(r, n, 1.0f);
     }
     pc->seq_start[3] = pc->n_tokens = t;
-    pc->b = (backend_batch){.n_tokens = t, .n_seqs = 3, .tokens = pc->tokens,
-                            .positions = pc->positions, .seq_start = pc->seq_start,
-                            .seq_len = pc->seq_len, .block_table = pc->block_table,
-                            .max_blocks = 8, .n_out = t, .out_rows = pc->out_rows};
+    pc->b = (backend_batch){.n_tokens = t,
+                            .n_seqs = 3,
+                            .tokens = pc->tokens,
+                            .positions = pc->positions,
+                            .seq_start = pc->seq_start,
+                            .seq_len = pc->seq_len,
+                            .block_table = pc->block_table,
+                            .max_blocks = 8,
+                            .n_out = t,
+                            .out_rows = pc->out_rows};
 }
 
 static void paged_case_free(paged_case *pc) {
@@ -354,7 +374,8 @@ static float *paged_case_new_rows(const paged_case *pc, int row_stride) {
         for (int t = pc->seq_start[s]; t < pc->seq_start[s + 1]; t++) {
             size_t src = (size_t)pc->positions[t] * kv_w;
             memcpy(rows + (size_t)t * row_stride, pc->k_log[s] + src, kv_w * sizeof(float));
-            memcpy(rows + (size_t)t * row_stride + kv_w + 3, pc->v_log[s] + src, kv_w * sizeof(float));
+            memcpy(rows + (size_t)t * row_stride + kv_w + 3, pc->v_log[s] + src,
+                   kv_w * sizeof(float));
         }
     return rows;
 }
@@ -388,7 +409,8 @@ START_TEST(kv_write_places_rows_per_layout) {
         }
     check_close("kv_write placement", pool, ref, pool_elems, 0, 0);
     /* backend_kv_offset agrees with the plain index */
-    ck_assert_uint_eq(backend_kv_offset(&pc.l, 2, 1, 1, 3), pool_index(&pc.l, 0, 2, 1, 1, 3, 0) * 4);
+    ck_assert_uint_eq(backend_kv_offset(&pc.l, 2, 1, 1, 3),
+                      pool_index(&pc.l, 0, 2, 1, 1, 3, 0) * 4);
     ck_assert_uint_eq(pc.l.block_bytes, (size_t)3 * 2 * 2 * 4 * 8 * 4);
     be->ops->dev_free(be, pool), be->ops->dev_free(be, drows);
     free(rows), free(ref);

@@ -30,8 +30,8 @@ typedef struct runner {
 static void runner_init(runner *r, int n_threads, int max_tokens, int n_blocks) {
     kv_error err = {{0}};
     r->be = cpu_backend_create(n_threads);
-    int rc = llama_load(&r->m, r->be, model_dir, LLAMA_LOAD_SAFETENSORS, max_tokens, NULL, NULL,
-                        &err);
+    int rc =
+        llama_load(&r->m, r->be, model_dir, LLAMA_LOAD_SAFETENSORS, max_tokens, NULL, NULL, &err);
     ck_assert_msg(rc == 0, "llama_load: %s", err.msg);
     r->l = llama_kv_layout(&r->m, 16);
     r->n_blocks = n_blocks;
@@ -53,9 +53,15 @@ static void run_seq(runner *r, const int32_t *tokens, int n, int pos0, const int
     for (int i = 0; i < n; i++) positions[i] = pos0 + i, out_rows[i] = i;
     int32_t seq_start[2] = {0, n}, seq_len = pos0 + n;
     int32_t last = n - 1;
-    backend_batch b = {.n_tokens = n, .n_seqs = 1, .tokens = tokens, .positions = positions,
-                       .seq_start = seq_start, .seq_len = &seq_len, .block_table = block_table,
-                       .max_blocks = max_blocks, .n_out = all_rows ? n : 1,
+    backend_batch b = {.n_tokens = n,
+                       .n_seqs = 1,
+                       .tokens = tokens,
+                       .positions = positions,
+                       .seq_start = seq_start,
+                       .seq_len = &seq_len,
+                       .block_table = block_table,
+                       .max_blocks = max_blocks,
+                       .n_out = all_rows ? n : 1,
                        .out_rows = all_rows ? out_rows : &last};
     llama_forward(&r->m, &b, r->pool, &r->l, logits);
     free(positions), free(out_rows);
@@ -99,7 +105,8 @@ static json_t *expected_case(const char *name) {
 static int32_t *json_ids(const json_t *arr, int *n) {
     *n = (int)json_array_size(arr);
     int32_t *ids = malloc((size_t)*n * sizeof *ids + 1);
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    for (int i = 0; i < *n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
     return ids;
 }
 
@@ -170,7 +177,8 @@ START_TEST(batch_of_sequences_equals_each_alone) {
         for (int i = 0; i < 40; i++) toks[s][i] = sample_token(i * (s + 2) + s);
 
     /* each alone: cached part, then the new tokens, logits of every new token */
-    float *alone = malloc((size_t)20 * vocab * sizeof(float)), *scratch = malloc((size_t)40 * vocab * 4);
+    float *alone = malloc((size_t)20 * vocab * sizeof(float)),
+          *scratch = malloc((size_t)40 * vocab * 4);
     int row = 0;
     for (int s = 0; s < N_SEQ; s++) {
         if (n_cached[s]) run_seq(&r, toks[s], n_cached[s], 0, tables[s], MAXB, false, scratch);
@@ -195,13 +203,20 @@ START_TEST(batch_of_sequences_equals_each_alone) {
         }
     }
     seq_start[N_SEQ] = t;
-    backend_batch b = {.n_tokens = t, .n_seqs = N_SEQ, .tokens = tokens, .positions = positions,
-                       .seq_start = seq_start, .seq_len = seq_len, .block_table = &tables[0][0],
-                       .max_blocks = MAXB, .n_out = t, .out_rows = out_rows};
+    backend_batch b = {.n_tokens = t,
+                       .n_seqs = N_SEQ,
+                       .tokens = tokens,
+                       .positions = positions,
+                       .seq_start = seq_start,
+                       .seq_len = seq_len,
+                       .block_table = &tables[0][0],
+                       .max_blocks = MAXB,
+                       .n_out = t,
+                       .out_rows = out_rows};
     float *together = malloc((size_t)t * vocab * sizeof(float));
     llama_forward(&r.m, &b, r.pool, &r.l, together);
-    check_logits("3 sequences batched vs alone (20 rows)", together, alone, (size_t)t * vocab,
-                 1e-5, 1e-5);
+    check_logits("3 sequences batched vs alone (20 rows)", together, alone, (size_t)t * vocab, 1e-5,
+                 1e-5);
     free(alone), free(scratch), free(together);
     runner_free(&r);
 }
@@ -217,13 +232,14 @@ START_TEST(chunked_prefill_equals_one_shot) {
     const int32_t table[4] = {5, 0, 7, 2};
     int32_t toks[N];
     for (int i = 0; i < N; i++) toks[i] = sample_token(i);
-    float *one = malloc((size_t)N * vocab * sizeof(float)), *chunked = malloc((size_t)N * vocab * 4);
+    float *one = malloc((size_t)N * vocab * sizeof(float)),
+          *chunked = malloc((size_t)N * vocab * 4);
     run_seq(&r, toks, N, 0, table, 4, true, one);
     memset(r.pool, 0, r.l.block_bytes * (size_t)r.n_blocks);
     for (int c = 0, pos = 0; c < 5; pos += chunks[c++])
         run_seq(&r, toks + pos, chunks[c], pos, table, 4, true, chunked + (size_t)pos * vocab);
-    check_logits("prefill in 5 chunks vs one shot (45 rows)", chunked, one, (size_t)N * vocab,
-                 1e-5, 1e-5);
+    check_logits("prefill in 5 chunks vs one shot (45 rows)", chunked, one, (size_t)N * vocab, 1e-5,
+                 1e-5);
     free(one), free(chunked);
     runner_free(&r);
 }
@@ -243,8 +259,8 @@ START_TEST(progress_reaches_total_weight_bytes) {
         kv_error err = {{0}};
         size_t last[2] = {0, 0};
         llama_load_format fmt = f ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
-        ck_assert_msg(llama_load(&m, be, model_dir, fmt, 4, record_progress, last, &err) == 0,
-                      "%s", err.msg);
+        ck_assert_msg(llama_load(&m, be, model_dir, fmt, 4, record_progress, last, &err) == 0, "%s",
+                      err.msg);
         /* stories260K: tied, 5 layers of dim 64, 8 + 2 * 4 heads of 8, ff 172, vocab 512, f32 */
         size_t layer = 2 * 64 + 128 * 64 + 64 * 64 + 3 * 172 * 64;
         ck_assert_uint_eq(m.weight_bytes, (5 * layer + 512 * 64 + 64) * sizeof(float));
@@ -269,9 +285,16 @@ START_TEST(dummy_weights_are_deterministic_and_finite) {
         void *pool = be->ops->dev_alloc(be, l.block_bytes);
         int32_t toks[3] = {1, 200, 300}, pos[3] = {0, 1, 2}, st[2] = {0, 3}, len = 3, table = 0;
         int32_t out = 2;
-        backend_batch b = {.n_tokens = 3, .n_seqs = 1, .tokens = toks, .positions = pos,
-                           .seq_start = st, .seq_len = &len, .block_table = &table,
-                           .max_blocks = 1, .n_out = 1, .out_rows = &out};
+        backend_batch b = {.n_tokens = 3,
+                           .n_seqs = 1,
+                           .tokens = toks,
+                           .positions = pos,
+                           .seq_start = st,
+                           .seq_len = &len,
+                           .block_table = &table,
+                           .max_blocks = 1,
+                           .n_out = 1,
+                           .out_rows = &out};
         logits[i] = malloc((size_t)m[i].cfg.vocab_size * sizeof(float));
         llama_forward(&m[i], &b, pool, &l, logits[i]);
         be->ops->dev_free(be, pool);
@@ -304,7 +327,8 @@ static void write_safetensors(const char *dir, const st_entry *e, int n) {
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         json_t *shape = json_array();
-        for (int d = 0; d < e[i].n_dims; d++) json_array_append_new(shape, json_integer(e[i].shape[d]));
+        for (int d = 0; d < e[i].n_dims; d++)
+            json_array_append_new(shape, json_integer(e[i].shape[d]));
         json_object_set_new(h, e[i].name,
                             json_pack("{s:s, s:o, s:[I, I]}", "dtype", e[i].dtype, "shape", shape,
                                       "data_offsets", (json_int_t)off,
@@ -350,9 +374,12 @@ static int load_edited(bool (*edit)(st_entry *e, void *buf), kv_error *err) {
     int n = 0;
     for (int i = 0; i < st.n_tensors; i++) {
         const safetensors_tensor *t = &st.tensors[i];
-        e[n] = (st_entry){.name = t->name, .dtype = "F32", .n_dims = t->n_dims,
+        e[n] = (st_entry){.name = t->name,
+                          .dtype = "F32",
+                          .n_dims = t->n_dims,
                           .shape = {t->shape[0], t->n_dims > 1 ? t->shape[1] : 0},
-                          .data = t->data, .n_bytes = t->n_bytes};
+                          .data = t->data,
+                          .n_bytes = t->n_bytes};
         if (edit(&e[n], scratch)) n++;
     }
     write_safetensors(dir, e, n);

@@ -21,9 +21,9 @@
 #include "model/cpu/cpu_backend.h"
 #include "model/llama.h"
 
-#define ATOL 1e-4
-#define RTOL 1e-4
-#define BLOCK 16
+#define ATOL         1e-4
+#define RTOL         1e-4
+#define BLOCK        16
 #define MAX_FIXTURES 32
 
 static char fixtures[MAX_FIXTURES][4400];
@@ -46,7 +46,8 @@ static float *read_f32(const char *dir, const char *name, size_t n) {
 static int32_t *json_ids(const json_t *arr, int *n) {
     *n = (int)json_array_size(arr);
     int32_t *ids = malloc((size_t)*n * sizeof *ids + 1);
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
+    for (int i = 0; i < *n; i++)
+        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
     return ids;
 }
 
@@ -72,13 +73,13 @@ static int argmax(const float *x, int n) {
 /* --- the check --- */
 
 typedef struct fixture_prompt {
-    int32_t *ids;    /* [n] */
+    int32_t *ids; /* [n] */
     int n;
     int32_t *greedy; /* [n_greedy] reference greedy ids */
     int n_greedy;
-    double *gap;     /* [n_greedy] reference top1 - top2 */
-    int row_offset;  /* first row in logits.bin */
-    double noise;    /* transformers' own cache-vs-full and prefix-vs-full noise (max) */
+    double *gap;    /* [n_greedy] reference top1 - top2 */
+    int row_offset; /* first row in logits.bin */
+    double noise;   /* transformers' own cache-vs-full and prefix-vs-full noise (max) */
 } fixture_prompt;
 
 static void check_fixture(const char *dir) {
@@ -101,7 +102,8 @@ static void check_fixture(const char *dir) {
         p[i].greedy = json_ids(json_object_get(o, "greedy_ids"), &p[i].n_greedy);
         ck_assert_int_eq(p[i].n_greedy, n_greedy);
         p[i].gap = malloc((size_t)n_greedy * sizeof(double));
-        for (int s = 0; s < n_greedy; s++) p[i].gap[s] = json_number_value(json_array_get(g, (size_t)s));
+        for (int s = 0; s < n_greedy; s++)
+            p[i].gap[s] = json_number_value(json_array_get(g, (size_t)s));
         p[i].row_offset = (int)json_integer_value(json_object_get(o, "logits_row_offset"));
         p[i].noise = fmax(json_number_value(json_object_get(o, "noise_cache_vs_full_max_abs")),
                           json_number_value(json_object_get(o, "noise_prefix_vs_full_max_abs")));
@@ -139,7 +141,8 @@ static void check_fixture(const char *dir) {
     void *pool = be->ops->dev_alloc(be, l.block_bytes * (size_t)n_blocks);
     int32_t *table = malloc((size_t)n_blocks * sizeof *table);
     for (int s = 0; s < n_prompts; s++)
-        for (int j = 0; j < max_blocks; j++) table[s * max_blocks + j] = (max_blocks - 1 - j) * n_prompts + s;
+        for (int j = 0; j < max_blocks; j++)
+            table[s * max_blocks + j] = (max_blocks - 1 - j) * n_prompts + s;
 
     /* 1. every prompt in one batch, logits of every position */
     int32_t *tokens = malloc((size_t)total * sizeof *tokens), *pos = malloc((size_t)total * 4);
@@ -150,9 +153,16 @@ static void check_fixture(const char *dir) {
         for (int i = 0; i < p[s].n; i++, t++) tokens[t] = p[s].ids[i], pos[t] = i, rows[t] = t;
     }
     seq_start[n_prompts] = total;
-    backend_batch b = {.n_tokens = total, .n_seqs = n_prompts, .tokens = tokens, .positions = pos,
-                       .seq_start = seq_start, .seq_len = seq_len, .block_table = table,
-                       .max_blocks = max_blocks, .n_out = total, .out_rows = rows};
+    backend_batch b = {.n_tokens = total,
+                       .n_seqs = n_prompts,
+                       .tokens = tokens,
+                       .positions = pos,
+                       .seq_start = seq_start,
+                       .seq_len = seq_len,
+                       .block_table = table,
+                       .max_blocks = max_blocks,
+                       .n_out = total,
+                       .out_rows = rows};
     float *got = malloc((size_t)total * vocab * sizeof *got);
     llama_forward(&m, &b, pool, &l, got);
     double noise = 0, diff, share = budget_share(got, ref, (size_t)total * vocab, &diff);
@@ -176,10 +186,16 @@ static void check_fixture(const char *dir) {
             if (i > 0) {
                 int32_t tok = p[s].greedy[i - 1], tpos = p[s].n + i - 1, one[2] = {0, 1};
                 int32_t len = tpos + 1, zero = 0;
-                backend_batch d = {.n_tokens = 1, .n_seqs = 1, .tokens = &tok, .positions = &tpos,
-                                   .seq_start = one, .seq_len = &len,
+                backend_batch d = {.n_tokens = 1,
+                                   .n_seqs = 1,
+                                   .tokens = &tok,
+                                   .positions = &tpos,
+                                   .seq_start = one,
+                                   .seq_len = &len,
                                    .block_table = table + s * max_blocks,
-                                   .max_blocks = max_blocks, .n_out = 1, .out_rows = &zero};
+                                   .max_blocks = max_blocks,
+                                   .n_out = 1,
+                                   .out_rows = &zero};
                 llama_forward(&m, &d, pool, &l, step);
                 have = step;
             }
@@ -201,7 +217,8 @@ static void check_fixture(const char *dir) {
     ck_assert_msg(dec_share <= 1, "%s: decode logits differ by %g", name, dec_diff);
 
     for (int s = 0; s < n_prompts; s++) free(p[s].ids), free(p[s].greedy), free(p[s].gap);
-    free(ref), free(ref_dec), free(inv), free(table), free(tokens), free(pos), free(rows), free(got);
+    free(ref), free(ref_dec), free(inv), free(table), free(tokens), free(pos), free(rows),
+        free(got);
     be->ops->dev_free(be, pool);
     llama_free(&m);
     backend_destroy(be);
