@@ -1,0 +1,50 @@
+/* The HTTP front end on libmicrohttpd: routing, optional API key, body limit, the OpenAI endpoints,
+ * SSE streaming, and cancelling a request whose client went away. Owns the daemon, its threads and
+ * the per-request channels; the engine (server_engine), tokenizer and metrics are borrowed.
+ *
+ * Threading: libmicrohttpd runs with internal polling threads on epoll (MHD_USE_INTERNAL_POLLING_
+ * THREAD | MHD_USE_EPOLL, a small thread pool), so 1,000+ idle keep-alive connections cost a socket
+ * and a few KiB each, not a thread. A request waiting for tokens is suspended
+ * (MHD_suspend_connection) and resumed by the engine's event callback; thread-per-connection would
+ * block a thread per stream (a content reader returning 0 blocks its thread) and cannot hold
+ * thousands of idle connections. Suspended connections are invisible to libmicrohttpd's own
+ * disconnect detection, so a watcher thread polls their sockets for hang-ups (EPOLLRDHUP) and
+ * cancels their engine requests; a failed write or any abnormal end (NOTIFY_COMPLETED with a code
+ * other than COMPLETED_OK) cancels too. */
+#ifndef KVSERVE_HTTP_H
+#define KVSERVE_HTTP_H
+
+#include "model/common.h"
+#include "model/sampler.h"
+#include "model/tokenizer.h"
+#include "server/engine_api.h"
+#include "server/metrics.h"
+
+typedef struct http_server_options {
+    const char *host;              /* "0.0.0.0", "127.0.0.1", "::" ... */
+    int port;                      /* 0 = any free port (see http_server_port) */
+    const char *api_key;           /* NULL = open; else required on /v1 paths as "Bearer KEY" */
+    long long max_body_bytes;      /* larger bodies get 413 */
+    int n_threads;                 /* polling threads */
+    int max_connections;
+    const char *served_model_name; /* the name in /v1/models and responses */
+    const char *model_root;        /* "root" in /v1/models (the model path); may be NULL */
+} http_server_options;
+
+typedef struct http_server http_server;
+
+/* Starts listening. Until http_server_set_model, /health answers 503 and model endpoints 503.
+ * engine and m must outlive the server. */
+int http_server_start(http_server **out, const http_server_options *opt, const server_engine *engine,
+                      metrics *m, kv_error *err);
+/* Marks the model loaded: tok (borrowed, outlives the server), the context length, and default
+ * sampling parameters (copied; NULL = OpenAI defaults). Call once. */
+void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,
+                           const sampler_params *defaults);
+/* The port actually bound (useful with port 0). */
+int http_server_port(const http_server *s);
+/* Cancels running requests, closes every connection and frees the server. Call before stopping the
+ * engine: requests still in the engine get their final events delivered to nowhere. */
+void http_server_stop(http_server *s);
+
+#endif
