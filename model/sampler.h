@@ -8,6 +8,11 @@
 
 #define SAMPLER_MAX_LOGPROBS 20
 
+typedef struct sampler_logprob {
+    int32_t token;
+    float logprob;
+} sampler_logprob;
+
 /* Per-request sampling parameters (OpenAI / vLLM meaning). Defaults: sampler_params_default. */
 typedef struct sampler_params {
     float temperature;        /* 0 = greedy */
@@ -28,8 +33,120 @@ typedef struct sampler_params {
     int prompt_logprobs;      /* top-N logprobs per prompt token; -1 = none */
 } sampler_params;
 
+/* temperature 1, top_p 1, top_k 0, min_p 0, no seed, no penalties, max_tokens 16 (the OpenAI
+ * completions default), min_tokens 0, no stop ids, logprobs and prompt_logprobs -1. */
 void sampler_params_default(sampler_params *p);
 void sampler_params_free(sampler_params *p);
+/* Deep copy (dst gets its own stop_token_ids); dst must not hold anything. */
 void sampler_params_copy(sampler_params *dst, const sampler_params *src);
+/* Checks ranges the way vLLM does (temperature >= 0, top_p in (0, 1], top_k >= -1, min_p in
+ * [0, 1], presence/frequency in [-2, 2], repetition in (0, 2], max_tokens >= 1, 0 <= min_tokens
+ * <= max_tokens, logprobs in [-1, SAMPLER_MAX_LOGPROBS], stop ids in [0, vocab)). Returns -1 with
+ * a message naming the request field when one is out of range. */
+int sampler_params_validate(const sampler_params *p, int vocab, kv_error *err);
+
+/* --- randomness: xoshiro256**, one stream per request --- */
+
+typedef struct sampler_rng {
+    uint64_t s[4];
+} sampler_rng;
+
+/* Seeds through splitmix64: any seed, 0 included, gives a good state. */
+void sampler_rng_seed(sampler_rng *r, uint64_t seed);
+uint64_t sampler_rng_next(sampler_rng *r);
+/* Uniform in [0, 1) with 53 random bits. */
+double sampler_rng_uniform(sampler_rng *r);
+
+/* --- the engine-wide sampler and per-request state --- */
+
+typedef struct sampler_cand {
+    float logit;
+    float weight; /* exp(logit - max logit) once top-k is done */
+    int32_t token;
+} sampler_cand;
+
+/* One per engine thread: vocabulary size, the model's eos ids, scratch rows, and the RNG that
+ * seeds requests without a seed. Not thread-safe (scratch is shared between calls). */
+typedef struct sampler {
+    int vocab;
+    int32_t *eos_ids; /* owned copy of the eos list (generation_config may give several) */
+    int n_eos;
+    sampler_rng rng;
+    float *raw;         /* [vocab] unmodified logits kept for logprobs */
+    sampler_cand *cand; /* [vocab] candidates of top-k / top-p */
+    double *block_z;    /* [vocab / 1024 + 1] weight sums of row blocks */
+} sampler;
+
+/* Per request: its RNG, how many tokens it generated, and the token counts the penalties need
+ * (an open-addressing map token -> counts; empty when no penalty is on). */
+typedef struct sampler_token_count {
+    int32_t token; /* -1 = empty slot */
+    int32_t n_out; /* times generated */
+    bool in_prompt;
+} sampler_token_count;
+
+typedef struct sampler_state {
+    sampler_rng rng;
+    int n_generated;
+    bool track_tokens; /* some penalty is on */
+    sampler_token_count *counts;
+    uint32_t counts_mask; /* capacity - 1 */
+    int n_counts;
+} sampler_state;
+
+/* Logprobs of one position under the RAW distribution (log_softmax of the unmodified logits, as
+ * vLLM's default "raw_logprobs"): the given token's logprob, its rank (the number of tokens with a
+ * logprob >= its own, as vLLM counts: 1 for the most likely), and the n_top most likely tokens,
+ * most likely first (ties: lower id first). */
+typedef struct sampler_logprobs {
+    int32_t token;
+    float logprob;
+    int rank;
+    int n_top;
+    sampler_logprob top[SAMPLER_MAX_LOGPROBS];
+} sampler_logprobs;
+
+typedef enum sampler_finish {
+    SAMPLER_FINISH_NONE,
+    SAMPLER_FINISH_LENGTH,     /* max_tokens generated */
+    SAMPLER_FINISH_EOS,        /* an eos id (unless ignore_eos) */
+    SAMPLER_FINISH_STOP_TOKEN, /* one of stop_token_ids */
+} sampler_finish;
+
+/* eos_ids is copied. seed seeds the engine RNG (requests without a seed draw their own seed from
+ * it when their state is made). */
+void sampler_init(sampler *s, int vocab, const int32_t *eos_ids, int n_eos, uint64_t seed);
+void sampler_free(sampler *s);
+
+/* Starts a request: seeds its RNG (from p->seed, or from the engine RNG) and, when a penalty is
+ * on, records the prompt tokens for the repetition penalty. */
+void sampler_state_init(sampler *s, sampler_state *st, const sampler_params *p,
+                        const int32_t *prompt, int n_prompt);
+void sampler_state_free(sampler_state *st);
+
+/* Picks the next token from one row of logits [vocab] (overwritten: used as scratch) and records it
+ * in st. In order: raw logprobs are taken (when p->logprobs >= 0 and lp is not NULL); eos and stop
+ * ids are masked while fewer than min_tokens were generated; repetition (prompt + output),
+ * frequency and presence (output) penalties; then greedy argmax when temperature < 1e-5, else
+ * temperature, min_p, top_k, top_p and a draw from st's RNG. One draw per call, so a seeded
+ * request gives the same tokens whatever else the engine samples in between. */
+int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, float *logits,
+                       sampler_logprobs *lp);
+/* The penalty step of sampler_sample alone, in place on logits [vocab] (vLLM's apply_penalties):
+ * repetition divides positive logits and multiplies the others for tokens in the prompt or the
+ * output, then logit -= frequency * n_out + presence * (n_out > 0) for output tokens. */
+void sampler_apply_penalties(const sampler_params *p, const sampler_state *st, float *logits);
+/* Whether the request ends after generating token (already recorded by sampler_sample). Checked
+ * as vLLM v1 does: length first, nothing else before min_tokens, then eos, then stop ids. */
+sampler_finish sampler_check_finish(const sampler *s, const sampler_params *p,
+                                    const sampler_state *st, int32_t token);
+
+/* Raw logprobs of token at one row of logits [vocab] (not modified), with the n_top best. */
+void sampler_logprobs_of(const float *logits, int vocab, int32_t token, int n_top,
+                         sampler_logprobs *out);
+/* Prompt logprobs: row i of logits [n_rows, vocab] scores next_tokens[i] (the prompt token after
+ * position i); out[i] gets its logprob, rank and the n_top best. */
+void sampler_prompt_logprobs(const float *logits, int n_rows, int vocab,
+                             const int32_t *next_tokens, int n_top, sampler_logprobs *out);
 
 #endif
