@@ -13,6 +13,7 @@ typedef __nv_bfloat16 bf16;
 
 #define ATTN_BN 64          /* K/V tokens per tile */
 #define ATTN_MIN_SPLIT 128  /* shortest context piece one split-K block takes */
+#define ATTN_MAX_SPLITS 64
 
 typedef struct attn_params {
     bf16 *out;
@@ -120,19 +121,26 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
                                 : p.q;
         cp_async16(sq + swz<HD>(r, c), src, valid);
     }
-    /* Context tokens past kv_hi are zero-filled: V must be finite where P is 0. */
+    /* Block ids of a tile's context rows are read one tile ahead into sblk, so the K/V copies
+     * of a tile never wait on a block-table load. Rows past kv_hi are zero-filled: V must be
+     * finite where P is 0. */
+    __shared__ int sblk[2][BN];
+    auto block_of = [&](int j) { return j < kv_hi ? bt[j / p.block_size] : 0; };
     auto load_kv = [&](int stage, int j0) {
         for (int idx = tid; idx < BN * CH; idx += THREADS) {
             int r = idx / CH, c = idx % CH, j = j0 + r;
             bool valid = j < kv_hi;
-            size_t off = 0;
-            if (valid)
-                off = (size_t)bt[j / p.block_size] * p.block_bytes +
-                      (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
+            size_t off = (size_t)sblk[stage][r] * p.block_bytes +
+                         (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
             cp_async16(sk + stage * BN * HD + swz<HD>(r, c), valid ? k_base + off : p.pool, valid);
             cp_async16(sv + stage * BN * HD + swz<HD>(r, c), valid ? v_base + off : p.pool, valid);
         }
     };
+    if (tid < BN) {
+        sblk[0][tid] = block_of(kv_lo + tid);
+        sblk[1][tid] = block_of(kv_lo + BN + tid);
+    }
+    __syncthreads();
     load_kv(0, kv_lo);
     cp_async_commit();
 
@@ -165,6 +173,7 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
             cp_async_wait<0>();
         }
         __syncthreads();
+        int next_blk = tid < BN ? block_of(j0 + 2 * BN + tid) : 0; /* used after the compute */
         if (warp_active) {
             const bf16 *ks = sk + (it & 1) * BN * HD, *vs = sv + (it & 1) * BN * HD;
             float s[WM][BN / 8][4];
@@ -257,6 +266,7 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
                 }
             }
         }
+        if (tid < BN) sblk[it & 1][tid] = next_blk; /* tile it + 2 reuses this stage */
         __syncthreads(); /* the stage just read is the next load's target */
     }
 
@@ -291,24 +301,30 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
     }
 }
 
-/* Grid (tile, kv head): merges the splits' normalized outputs by their log-sum-exp. */
+/* Grid (tile, kv head, row of the tile), head_dim threads: merges the splits' normalized
+ * outputs of one (token, head) by their log-sum-exp; the loads over splits are independent. */
 __global__ void attn_combine_kernel(attn_params p) {
+    __shared__ float w[ATTN_MAX_SPLITS];
     const cuda_attn_tile tile = p.tiles[blockIdx.x];
-    const int kh = blockIdx.y, G = p.group, hd = p.head_dim;
+    const int kh = blockIdx.y, r = blockIdx.z, G = p.group, hd = p.head_dim;
+    if (r >= tile.n_tok * G) return;
     const size_t split_stride = (size_t)p.n_tokens * p.n_heads;
-    for (int idx = threadIdx.x; idx < tile.n_tok * G * hd; idx += blockDim.x) {
-        int r = idx / hd, d = idx % hd;
-        size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
-        float mx = -INFINITY;
-        for (int s = 0; s < p.n_splits; s++) mx = fmaxf(mx, p.part_lse[s * split_stride + th]);
-        float num = 0, den = 0;
-        for (int s = 0; s < p.n_splits; s++) {
-            float lse = p.part_lse[s * split_stride + th];
-            if (lse == -INFINITY) continue; /* that split wrote no output */
-            float w = exp2f(lse - mx);
-            den += w;
-            num += w * p.part_o[(s * split_stride + th) * hd + d];
-        }
+    const size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
+    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x) w[s] = p.part_lse[s * split_stride + th];
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int s = 0; s < p.n_splits; s++) mx = fmaxf(mx, w[s]);
+    __syncthreads();
+    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x)
+        w[s] = w[s] == -INFINITY ? 0.0f : exp2f(w[s] - mx); /* 0: that split wrote no output */
+    __syncthreads();
+    float den = 0;
+    for (int s = 0; s < p.n_splits; s++) den += w[s];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0;
+#pragma unroll 8
+        for (int s = 0; s < p.n_splits; s++)
+            if (w[s] != 0.0f) num += w[s] * p.part_o[(s * split_stride + th) * hd + d];
         p.out[th * hd + d] = __float2bfloat16(num / den);
     }
 }
@@ -444,6 +460,7 @@ static void attn_launch_list_split(cuda_impl *ci, attn_params p, int n_tiles, in
         splits = (target + ctas - 1) / ctas;
         int most = (max_ctx + ATTN_MIN_SPLIT - 1) / ATTN_MIN_SPLIT;
         if (splits > most) splits = most;
+        if (splits > ATTN_MAX_SPLITS) splits = ATTN_MAX_SPLITS;
         if (splits < 1) splits = 1;
     }
     int len = (max_ctx + splits - 1) / splits;
@@ -477,7 +494,7 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, const cuda_attn_tile 
     attn_mma_kernel<HD, WM, NW><<<grid, NW * 32, smem, s>>>(p);
     CUDA_LAUNCH_CHECK();
     if (p.n_splits > 1) {
-        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads), 256, 0, s>>>(p);
+        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, BM), HD, 0, s>>>(p);
         CUDA_LAUNCH_CHECK();
     }
 }
