@@ -6,15 +6,17 @@
 int block_pool_blocks_for_memory(backend *be, const backend_kv_layout *l, double mem_fraction,
                                  kv_error *err) {
     if (!(mem_fraction > 0.0 && mem_fraction <= 1.0))
-        return kv_error_set(err, "kv_cache.memory_fraction must be in (0, 1], got %g", mem_fraction);
+        return kv_error_set(err, "kv_cache.memory_fraction must be in (0, 1], got %g",
+                            mem_fraction);
     KV_CHECK(l->block_bytes > 0);
     size_t free_bytes = be->ops->dev_free_bytes(be);
     double n = (double)free_bytes * mem_fraction / (double)l->block_bytes;
     if (n < 1.0)
-        return kv_error_set(err,
-                            "kv_cache.memory_fraction %g of %zu free device bytes holds no KV block "
-                            "of %zu bytes; raise it or set kv_cache.num_blocks",
-                            mem_fraction, free_bytes, l->block_bytes);
+        return kv_error_set(
+            err,
+            "kv_cache.memory_fraction %g of %zu free device bytes holds no KV block "
+            "of %zu bytes; raise it or set kv_cache.num_blocks",
+            mem_fraction, free_bytes, l->block_bytes);
     return n > (double)(INT32_MAX / 2) ? INT32_MAX / 2 : (int)n;
 }
 
@@ -58,10 +60,14 @@ void block_pool_set_evict_hook(block_pool *bp, block_pool_evict_fn fn, void *ctx
 
 static void lru_remove(block_pool *bp, int id) {
     int p = bp->lru_prev[id], n = bp->lru_next[id];
-    if (p >= 0) bp->lru_next[p] = n;
-    else bp->lru_head = n;
-    if (n >= 0) bp->lru_prev[n] = p;
-    else bp->lru_tail = p;
+    if (p >= 0)
+        bp->lru_next[p] = n;
+    else
+        bp->lru_head = n;
+    if (n >= 0)
+        bp->lru_prev[n] = p;
+    else
+        bp->lru_tail = p;
     bp->lru_prev[id] = bp->lru_next[id] = -1;
     bp->n_lru--;
 }
@@ -69,8 +75,10 @@ static void lru_remove(block_pool *bp, int id) {
 static void lru_push_tail(block_pool *bp, int id) {
     bp->lru_prev[id] = bp->lru_tail;
     bp->lru_next[id] = -1;
-    if (bp->lru_tail >= 0) bp->lru_next[bp->lru_tail] = id;
-    else bp->lru_head = id;
+    if (bp->lru_tail >= 0)
+        bp->lru_next[bp->lru_tail] = id;
+    else
+        bp->lru_head = id;
     bp->lru_tail = id;
     bp->n_lru++;
 }
@@ -88,8 +96,10 @@ static int evict_head(block_pool *bp) {
 
 int block_pool_alloc(block_pool *bp) {
     int id;
-    if (bp->n_free > 0) id = bp->free_ids[--bp->n_free];
-    else if ((id = evict_head(bp)) < 0) return -1;
+    if (bp->n_free > 0)
+        id = bp->free_ids[--bp->n_free];
+    else if ((id = evict_head(bp)) < 0)
+        return -1;
     KV_CHECK(bp->ref[id] == 0 && !bp->cached[id]);
     bp->ref[id] = 1;
     return id;
@@ -114,8 +124,10 @@ void block_pool_unref(block_pool *bp, int id) {
     KV_CHECK(id >= 0 && id < bp->n_blocks);
     KV_CHECK(bp->ref[id] > 0);
     if (--bp->ref[id] > 0) return;
-    if (bp->cached[id]) lru_push_tail(bp, id);
-    else bp->free_ids[bp->n_free++] = id;
+    if (bp->cached[id])
+        lru_push_tail(bp, id);
+    else
+        bp->free_ids[bp->n_free++] = id;
 }
 
 void block_pool_release(block_pool *bp, const int32_t *ids, int n) {

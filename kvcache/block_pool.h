@@ -50,7 +50,9 @@ void block_pool_set_evict_hook(block_pool *bp, block_pool_evict_fn fn, void *ctx
 /* --- allocation: O(1) each --- */
 
 /* Blocks that block_pool_alloc can hand out now: FREE + CACHED. */
-static inline int block_pool_n_available(const block_pool *bp) { return bp->n_free + bp->n_lru; }
+static inline int block_pool_n_available(const block_pool *bp) {
+    return bp->n_free + bp->n_lru;
+}
 static inline bool block_pool_can_alloc(const block_pool *bp, int n) {
     return n <= block_pool_n_available(bp);
 }
@@ -80,8 +82,12 @@ void block_pool_set_cached(block_pool *bp, int id, bool cached);
 static inline void *block_pool_ptr(const block_pool *bp, int id) {
     return bp->base + (size_t)id * bp->layout.block_bytes;
 }
-static inline int block_pool_refcount(const block_pool *bp, int id) { return bp->ref[id]; }
-static inline bool block_pool_is_cached(const block_pool *bp, int id) { return bp->cached[id]; }
+static inline int block_pool_refcount(const block_pool *bp, int id) {
+    return bp->ref[id];
+}
+static inline bool block_pool_is_cached(const block_pool *bp, int id) {
+    return bp->cached[id];
+}
 static inline int block_pool_n_in_use(const block_pool *bp) {
     return bp->n_blocks - bp->n_free - bp->n_lru;
 }

@@ -13,8 +13,8 @@ static void digest_update_field(EVP_MD_CTX *ctx, const void *p, size_t n) {
     if (n) KV_CHECK(EVP_DigestUpdate(ctx, p, n) == 1);
 }
 
-void block_hash_root(block_hash *out, const void *seed, size_t n_seed, const char *model_fingerprint,
-                     const char *cache_salt) {
+void block_hash_root(block_hash *out, const void *seed, size_t n_seed,
+                     const char *model_fingerprint, const char *cache_salt) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     KV_CHECK(ctx != NULL);
     KV_CHECK(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1);
@@ -43,7 +43,8 @@ static void hash_block(EVP_MD_CTX *ctx, block_hash *out, const block_hash *prev,
     KV_CHECK(EVP_DigestFinal_ex(ctx, out->b, &n) == 1 && n == 32);
 }
 
-void block_hash_next(block_hash *out, const block_hash *prev, const int32_t *tokens, int block_size) {
+void block_hash_next(block_hash *out, const block_hash *prev, const int32_t *tokens,
+                     int block_size) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     KV_CHECK(ctx != NULL);
     hash_block(ctx, out, prev, tokens, block_size);
@@ -157,7 +158,8 @@ int prefix_cache_lookup(const prefix_cache *pc, const block_hash *hashes, const 
     return n;
 }
 
-bool prefix_cache_insert(prefix_cache *pc, const block_hash *h, const int32_t *tokens, int block_id) {
+bool prefix_cache_insert(prefix_cache *pc, const block_hash *h, const int32_t *tokens,
+                         int block_id) {
     KV_CHECK(block_id >= 0 && block_id < pc->pool->n_blocks);
     KV_CHECK(!block_pool_is_cached(pc->pool, block_id));
     uint32_t s = home_slot(pc, h);

@@ -20,10 +20,11 @@ static inline bool block_hash_eq(const block_hash *a, const block_hash *b) {
 /* h_{-1} = SHA256(server seed ‖ model fingerprint ‖ cache_salt). Each field enters as a u64
  * little-endian length followed by its bytes, so fields cannot run into each other. NULL salt is
  * the empty salt. */
-void block_hash_root(block_hash *out, const void *seed, size_t n_seed, const char *model_fingerprint,
-                     const char *cache_salt);
+void block_hash_root(block_hash *out, const void *seed, size_t n_seed,
+                     const char *model_fingerprint, const char *cache_salt);
 /* h_i = SHA256(h_{i-1} ‖ token ids of block i as int32 little-endian). */
-void block_hash_next(block_hash *out, const block_hash *prev, const int32_t *tokens, int block_size);
+void block_hash_next(block_hash *out, const block_hash *prev, const int32_t *tokens,
+                     int block_size);
 /* Hashes every FULL block of tokens[0, n_tokens) after prev (the root, or the hash of the block
  * before tokens[0]) into out. Returns the number of blocks hashed: n_tokens / block_size. */
 int block_hash_chain(const block_hash *prev, const int32_t *tokens, int n_tokens, int block_size,
@@ -70,7 +71,8 @@ int prefix_cache_lookup(const prefix_cache *pc, const block_hash *hashes, const 
 int prefix_cache_find(const prefix_cache *pc, const block_hash *h);
 /* Registers a full block held by the caller (ref > 0, not yet cached) under h with its token ids.
  * Returns false, leaving the block private, when h is already cached in another block. */
-bool prefix_cache_insert(prefix_cache *pc, const block_hash *h, const int32_t *tokens, int block_id);
+bool prefix_cache_insert(prefix_cache *pc, const block_hash *h, const int32_t *tokens,
+                         int block_id);
 /* The hash a cached block holds (NULL when the block is not cached). */
 const block_hash *prefix_cache_block_hash(const prefix_cache *pc, int block_id);
 /* Evicts every free cached block (hook called for each); blocks in use stay cached. */

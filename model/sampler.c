@@ -48,21 +48,24 @@ int sampler_params_validate(const sampler_params *p, int vocab, kv_error *err) {
     if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
         return kv_error_set(err, "top_p must be in (0, 1], got %g", p->top_p);
     if (p->top_k < -1)
-        return kv_error_set(err, "top_k must be -1 or 0 (disabled) or at least 1, got %d", p->top_k);
+        return kv_error_set(err, "top_k must be -1 or 0 (disabled) or at least 1, got %d",
+                            p->top_k);
     if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
         return kv_error_set(err, "min_p must be in [0, 1], got %g", p->min_p);
     if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
-        return kv_error_set(err, "presence_penalty must be in [-2, 2], got %g", p->presence_penalty);
+        return kv_error_set(err, "presence_penalty must be in [-2, 2], got %g",
+                            p->presence_penalty);
     if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
         return kv_error_set(err, "frequency_penalty must be in [-2, 2], got %g",
                             p->frequency_penalty);
     if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 2.0f))
         return kv_error_set(err, "repetition_penalty must be in (0, 2], got %g",
                             p->repetition_penalty);
-    if (p->max_tokens < 1) return kv_error_set(err, "max_tokens must be at least 1, got %d", p->max_tokens);
+    if (p->max_tokens < 1)
+        return kv_error_set(err, "max_tokens must be at least 1, got %d", p->max_tokens);
     if (p->min_tokens < 0 || p->min_tokens > p->max_tokens)
-        return kv_error_set(err, "min_tokens must be in [0, max_tokens = %d], got %d", p->max_tokens,
-                            p->min_tokens);
+        return kv_error_set(err, "min_tokens must be in [0, max_tokens = %d], got %d",
+                            p->max_tokens, p->min_tokens);
     if (p->logprobs < -1 || p->logprobs > SAMPLER_MAX_LOGPROBS)
         return kv_error_set(err, "logprobs must be at most %d, got %d", SAMPLER_MAX_LOGPROBS,
                             p->logprobs);
@@ -89,7 +92,9 @@ void sampler_rng_seed(sampler_rng *r, uint64_t seed) {
     for (int i = 0; i < 4; i++) r->s[i] = splitmix64(&seed);
 }
 
-static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+static inline uint64_t rotl(uint64_t x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
 
 uint64_t sampler_rng_next(sampler_rng *r) {
     uint64_t *s = r->s;
@@ -152,7 +157,8 @@ static void counts_grow(sampler_state *st, uint32_t cap) {
 
 /* The count entry of token, inserted when missing. */
 static sampler_token_count *counts_entry(sampler_state *st, int32_t token) {
-    if ((uint32_t)(st->n_counts + 1) * 2 > st->counts_mask + 1) counts_grow(st, 2 * (st->counts_mask + 1));
+    if ((uint32_t)(st->n_counts + 1) * 2 > st->counts_mask + 1)
+        counts_grow(st, 2 * (st->counts_mask + 1));
     uint32_t j = token_slot_home(token, st->counts_mask);
     while (st->counts[j].token >= 0 && st->counts[j].token != token) j = (j + 1) & st->counts_mask;
     if (st->counts[j].token < 0) {
@@ -235,7 +241,9 @@ static inline vf4 exp_nonpos4(vf4 x) {
     return (vf4)((vi4)(e * (vf4)bits) & ok);
 }
 
-static inline float exp_nonpos(float x) { return exp_nonpos4(VF4(x))[0]; }
+static inline float exp_nonpos(float x) {
+    return exp_nonpos4(VF4(x))[0];
+}
 
 static inline vf4 load4(const float *p) {
     vf4 v;
@@ -372,17 +380,20 @@ static float kth_largest(sampler_cand *c, int n, int k) {
                 c[j--] = t;
             }
         }
-        if (target <= j) hi = j;
-        else if (target >= i) lo = i;
-        else break; /* c[j+1 .. i-1] all equal the pivot */
+        if (target <= j)
+            hi = j;
+        else if (target >= i)
+            lo = i;
+        else
+            break; /* c[j+1 .. i-1] all equal the pivot */
     }
     return c[target].logit;
 }
 
 /* Keeps the smallest set of most likely candidates whose weight reaches need (top_p times the
- * total weight), like vLLM (a token stays while the mass before it is < top_p). No sort: a quickselect on weight that
- * keeps whole partitions, O(n) on average. Equal weights at the cut are taken in array order.
- * Returns the kept count; the kept candidates end up in c[0, kept). */
+ * total weight), like vLLM (a token stays while the mass before it is < top_p). No sort: a
+ * quickselect on weight that keeps whole partitions, O(n) on average. Equal weights at the cut are
+ * taken in array order. Returns the kept count; the kept candidates end up in c[0, kept). */
 static int top_p_filter(sampler_cand *c, int n, double need) {
     double kept = 0.0;
     int lo = 0, hi = n; /* c[0, lo) kept; the cut lies in c[lo, hi) */
@@ -512,7 +523,7 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
     if (st->n_generated < p->min_tokens) mask_stop_ids(s, p, logits);
     sampler_apply_penalties(p, st, logits);
     int32_t token = p->temperature < SAMPLER_GREEDY_EPS ? argmax(logits, s->vocab)
-                                                         : sample_random(s, p, logits, u);
+                                                        : sample_random(s, p, logits, u);
     if (want_lp) sampler_logprobs_of(s->raw, s->vocab, token, p->logprobs, lp);
     record_token(st, token);
     return token;
@@ -561,8 +572,8 @@ void sampler_logprobs_of(const float *logits, int vocab, int32_t token, int n_to
     out->n_top = n;
 }
 
-void sampler_prompt_logprobs(const float *logits, int n_rows, int vocab,
-                             const int32_t *next_tokens, int n_top, sampler_logprobs *out) {
+void sampler_prompt_logprobs(const float *logits, int n_rows, int vocab, const int32_t *next_tokens,
+                             int n_top, sampler_logprobs *out) {
     for (int i = 0; i < n_rows; i++)
         sampler_logprobs_of(logits + (size_t)i * vocab, vocab, next_tokens[i], n_top, &out[i]);
 }

@@ -15,22 +15,22 @@ typedef struct sampler_logprob {
 
 /* Per-request sampling parameters (OpenAI / vLLM meaning). Defaults: sampler_params_default. */
 typedef struct sampler_params {
-    float temperature;        /* 0 = greedy */
-    float top_p;              /* 1 = off */
-    int top_k;                /* <= 0 = off */
-    float min_p;              /* 0 = off */
+    float temperature; /* 0 = greedy */
+    float top_p;       /* 1 = off */
+    int top_k;         /* <= 0 = off */
+    float min_p;       /* 0 = off */
     bool has_seed;
     uint64_t seed;            /* same seed, same output, whatever the batch */
     float presence_penalty;   /* 0 = off */
     float frequency_penalty;  /* 0 = off */
     float repetition_penalty; /* 1 = off; applies to prompt and output tokens */
     int max_tokens;
-    int min_tokens;           /* eos and stop ids are suppressed before this many tokens */
+    int min_tokens; /* eos and stop ids are suppressed before this many tokens */
     bool ignore_eos;
-    int32_t *stop_token_ids;  /* owned by the params (free with sampler_params_free) */
+    int32_t *stop_token_ids; /* owned by the params (free with sampler_params_free) */
     int n_stop_token_ids;
-    int logprobs;             /* top-N logprobs per generated token; -1 = none */
-    int prompt_logprobs;      /* top-N logprobs per prompt token; -1 = none */
+    int logprobs;        /* top-N logprobs per generated token; -1 = none */
+    int prompt_logprobs; /* top-N logprobs per prompt token; -1 = none */
 } sampler_params;
 
 /* temperature 1, top_p 1, top_k 0, min_p 0, no seed, no penalties, max_tokens 16 (the OpenAI
@@ -146,7 +146,7 @@ void sampler_logprobs_of(const float *logits, int vocab, int32_t token, int n_to
                          sampler_logprobs *out);
 /* Prompt logprobs: row i of logits [n_rows, vocab] scores next_tokens[i] (the prompt token after
  * position i); out[i] gets its logprob, rank and the n_top best. */
-void sampler_prompt_logprobs(const float *logits, int n_rows, int vocab,
-                             const int32_t *next_tokens, int n_top, sampler_logprobs *out);
+void sampler_prompt_logprobs(const float *logits, int n_rows, int vocab, const int32_t *next_tokens,
+                             int n_top, sampler_logprobs *out);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "kvcache/block_pool.h"
+#include "model/cpu/cpu_backend.h"
 
 /* --- a fake backend: memory ops only, counting allocations --- */
 typedef struct fake_dev {
@@ -23,7 +24,9 @@ static void fake_free(backend *be, void *p) {
     ((fake_dev *)be->impl)->n_frees++;
     free(p);
 }
-static size_t fake_free_bytes(backend *be) { return ((fake_dev *)be->impl)->free_bytes; }
+static size_t fake_free_bytes(backend *be) {
+    return ((fake_dev *)be->impl)->free_bytes;
+}
 static const backend_ops fake_ops = {
     .dev_alloc = fake_alloc, .dev_free = fake_free, .dev_free_bytes = fake_free_bytes};
 
@@ -36,8 +39,12 @@ static void setup(void) {
     be = (backend){.ops = &fake_ops, .name = "fake", .kv_dtype = KV_DTYPE_BF16, .impl = &dev};
     /* 2 layers, 2 kv heads, head_dim 8, 4 tokens per block, bf16: 2*2*2*4*8*2 = 512 bytes.
      * Written out by hand so that a wrong backend_kv_layout_finish would not go unnoticed. */
-    layout = (backend_kv_layout){.n_layers = 2, .n_kv_heads = 2, .head_dim = 8, .block_size = 4,
-                                 .dtype = KV_DTYPE_BF16, .block_bytes = 512};
+    layout = (backend_kv_layout){.n_layers = 2,
+                                 .n_kv_heads = 2,
+                                 .head_dim = 8,
+                                 .block_size = 4,
+                                 .dtype = KV_DTYPE_BF16,
+                                 .block_bytes = 512};
 }
 
 START_TEST(one_allocation_and_block_pointers) {
@@ -176,6 +183,37 @@ START_TEST(blocks_for_memory) {
 }
 END_TEST
 
+/* The same pool over the real CPU backend: layout from backend_kv_layout_finish, size from the
+ * backend's free memory, data in and out of a block through the backend's copies. */
+START_TEST(pool_over_the_cpu_backend) {
+    backend *cpu = cpu_backend_create(1);
+    backend_kv_layout l = {
+        .n_layers = 3, .n_kv_heads = 2, .head_dim = 4, .block_size = 16, .dtype = cpu->kv_dtype};
+    backend_kv_layout_finish(&l);
+    ck_assert_uint_eq(l.block_bytes, 3 * 2 * 2 * 16 * 4 * kv_dtype_size(cpu->kv_dtype));
+    kv_error err;
+    double frac = 64.0 * (double)l.block_bytes / (double)cpu->ops->dev_free_bytes(cpu);
+    int n = block_pool_blocks_for_memory(cpu, &l, frac, &err);
+    ck_assert_int_ge(n, 63); /* free memory moves a little between the two reads */
+    ck_assert_int_le(n, 65);
+    block_pool bp;
+    block_pool_init(&bp, cpu, &l, n);
+    int32_t ids[3];
+    ck_assert_int_eq(block_pool_alloc_n(&bp, 3, ids), 0);
+    uint8_t *in = kv_malloc(l.block_bytes), *out = kv_malloc(l.block_bytes);
+    for (size_t i = 0; i < l.block_bytes; i++) in[i] = (uint8_t)(i * 7 + 1);
+    cpu->ops->to_dev(cpu, block_pool_ptr(&bp, ids[1]), in, l.block_bytes);
+    cpu->ops->to_host(cpu, out, block_pool_ptr(&bp, ids[1]), l.block_bytes);
+    ck_assert(memcmp(in, out, l.block_bytes) == 0);
+    free(in);
+    free(out);
+    block_pool_release(&bp, ids, 3);
+    block_pool_check(&bp);
+    block_pool_free(&bp);
+    backend_destroy(cpu);
+}
+END_TEST
+
 /* Broken invariants abort. */
 START_TEST(unref_of_free_block_aborts) {
     block_pool bp;
@@ -261,6 +299,7 @@ int main(void) {
     tcase_add_test(tc, ref_counts);
     tcase_add_test(tc, cached_blocks_are_reused_last_and_in_lru_order);
     tcase_add_test(tc, blocks_for_memory);
+    tcase_add_test(tc, pool_over_the_cpu_backend);
     tcase_add_test_raise_signal(tc, unref_of_free_block_aborts, SIGABRT);
     tcase_add_test_raise_signal(tc, ref_of_free_uncached_block_aborts, SIGABRT);
     tcase_add_test(tc, random_ops_keep_invariants);

@@ -8,9 +8,15 @@
 #include "kvcache/prefix_cache.h"
 
 /* --- a fake backend: memory ops only --- */
-static void *fake_alloc(backend *be, size_t bytes) { return kv_calloc(1, bytes); }
-static void fake_free(backend *be, void *p) { free(p); }
-static size_t fake_free_bytes(backend *be) { return 1 << 20; }
+static void *fake_alloc(backend *be, size_t bytes) {
+    return kv_calloc(1, bytes);
+}
+static void fake_free(backend *be, void *p) {
+    free(p);
+}
+static size_t fake_free_bytes(backend *be) {
+    return 1 << 20;
+}
 static const backend_ops fake_ops = {
     .dev_alloc = fake_alloc, .dev_free = fake_free, .dev_free_bytes = fake_free_bytes};
 static backend be = {.ops = &fake_ops, .name = "fake", .kv_dtype = KV_DTYPE_F32};
@@ -19,8 +25,12 @@ enum { BS = 4 }; /* tokens per block in these tests */
 
 static backend_kv_layout test_layout(void) {
     /* 1 layer, 1 kv head, head_dim 16, f32: 2 * 4 * 16 * 4 = 512 bytes per block */
-    return (backend_kv_layout){.n_layers = 1, .n_kv_heads = 1, .head_dim = 16, .block_size = BS,
-                               .dtype = KV_DTYPE_F32, .block_bytes = 512};
+    return (backend_kv_layout){.n_layers = 1,
+                               .n_kv_heads = 1,
+                               .head_dim = 16,
+                               .block_size = BS,
+                               .dtype = KV_DTYPE_F32,
+                               .block_bytes = 512};
 }
 
 static void hex(char out[65], const block_hash *h) {
@@ -51,7 +61,8 @@ START_TEST(chain_depends_on_prefix_seed_fingerprint_and_salt) {
     b[9] = 7; /* b diverges inside block 2 */
     block_hash root, ha[4], hb[4];
     block_hash_root(&root, "seed", 4, "model", NULL);
-    ck_assert_int_eq(block_hash_chain(&root, a, 18, BS, ha), 4); /* the partial block is not hashed */
+    ck_assert_int_eq(block_hash_chain(&root, a, 18, BS, ha),
+                     4); /* the partial block is not hashed */
     ck_assert_int_eq(block_hash_chain(&root, b, 18, BS, hb), 4);
     ck_assert(block_hash_eq(&ha[0], &hb[0]));
     ck_assert(block_hash_eq(&ha[1], &hb[1]));
@@ -67,10 +78,13 @@ START_TEST(chain_depends_on_prefix_seed_fingerprint_and_salt) {
     block_hash r2, hc[4];
     block_hash_root(&r2, "seed", 4, "model", "");
     ck_assert(block_hash_eq(&r2, &root)); /* NULL salt is the empty salt */
-    const char *variants[][3] = {{"seed", "model", "tenant-a"}, {"seeD", "model", NULL},
-                                 {"seed", "model2", NULL}, {"see", "dmodel", NULL}};
+    const char *variants[][3] = {{"seed", "model", "tenant-a"},
+                                 {"seeD", "model", NULL},
+                                 {"seed", "model2", NULL},
+                                 {"see", "dmodel", NULL}};
     for (int v = 0; v < 4; v++) {
-        block_hash_root(&r2, variants[v][0], strlen(variants[v][0]), variants[v][1], variants[v][2]);
+        block_hash_root(&r2, variants[v][0], strlen(variants[v][0]), variants[v][1],
+                        variants[v][2]);
         ck_assert(!block_hash_eq(&r2, &root));
         block_hash_chain(&r2, a, 18, BS, hc);
         for (int i = 0; i < 4; i++) ck_assert(!block_hash_eq(&hc[i], &ha[i]));
@@ -97,7 +111,8 @@ typedef struct req {
     int n_blocks, n_hit;
 } req;
 
-static bool req_start(req *r, prefix_cache *pc, const block_hash *root, const int32_t *toks, int n) {
+static bool req_start(req *r, prefix_cache *pc, const block_hash *root, const int32_t *toks,
+                      int n) {
     block_hash h[64];
     int n_full = block_hash_chain(root, toks, n, BS, h);
     int n_need = (n + BS - 1) / BS, n_evictable;
