@@ -10,15 +10,12 @@
 /* The GPT-2 split regex Hugging Face's ByteLevel pre-tokenizer uses. */
 static const char GPT2_PATTERN[] =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
-/* Rust regex's Unicode \w, spelled out for PCRE2. */
-#define RUST_WORD "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}"
 
 int tok_shared_re_init(tok_shared_re *r, kv_error *err) {
     *r = (tok_shared_re){0};
     if (tok_regex_compile(&r->gpt2, GPT2_PATTERN, "ByteLevel", err) ||
-        tok_regex_compile(&r->whitespace, "[" RUST_WORD "]+|[^" RUST_WORD "\\s]+", "Whitespace",
-                          err) ||
-        tok_regex_compile(&r->word_char, "[" RUST_WORD "]", "added tokens", err)) {
+        tok_regex_compile(&r->whitespace, "\\w+|[^\\w\\s]+", "Whitespace", err) ||
+        tok_regex_compile(&r->word_char, "\\w", "added tokens", err)) {
         tok_shared_re_free(r);
         return -1;
     }

@@ -255,19 +255,44 @@ void tok_ctx_free(tok_ctx *c) {
 
 /* ---- patterns ---- */
 
-/* Hugging Face compiles split regexes with Oniguruma, whose \s is the Unicode White_Space
- * property; PCRE2's \s also matches U+180E. Rewriting the escape outside and inside classes keeps
- * the pattern's meaning identical to the reference. */
-static char *rewrite_space_escapes(const char *pat) {
+/* Hugging Face compiles split regexes with Oniguruma, whose Unicode \s is the White_Space
+ * property and \w is Alphabetic | Mark | Decimal_Number | Connector_Punctuation | Join_Control;
+ * PCRE2's UCP classes differ at the edges (U+180E, combining marks, No digits). Rewriting the
+ * escapes, in and out of character classes, keeps the pattern's meaning that of the reference. */
+#define ONIG_WORD "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\p{Join_Control}"
+
+static char *rewrite_class_escapes(const char *pat) {
     tok_buf b = {0};
+    bool in_class = false;
     for (const char *p = pat; *p; p++) {
         if (p[0] == '\\' && p[1]) {
-            if (p[1] == 's') tok_buf_append(&b, "\\p{White_Space}", 15);
-            else if (p[1] == 'S') tok_buf_append(&b, "\\P{White_Space}", 15);
+            char c = p[1];
+            if (c == 's') tok_buf_append(&b, "\\p{White_Space}", 15);
+            else if (c == 'S') tok_buf_append(&b, "\\P{White_Space}", 15);
+            else if (c == 'w' && in_class) tok_buf_append(&b, ONIG_WORD, strlen(ONIG_WORD));
+            else if (c == 'w') tok_buf_append(&b, "[" ONIG_WORD "]", strlen(ONIG_WORD) + 2);
+            else if (c == 'W' && !in_class) tok_buf_append(&b, "[^" ONIG_WORD "]", strlen(ONIG_WORD) + 3);
             else tok_buf_append(&b, p, 2);
             p++;
             continue;
         }
+        if (!in_class && p[0] == '[') {
+            in_class = true;
+            tok_buf_push(&b, *p);
+            /* a ']' right after '[' or '[^' is a literal member */
+            if (p[1] == '^') tok_buf_push(&b, *++p);
+            if (p[1] == ']') tok_buf_push(&b, *++p);
+            continue;
+        }
+        if (in_class && p[0] == '[' && p[1] == ':') {
+            const char *end = strstr(p + 2, ":]");
+            if (end) {
+                tok_buf_append(&b, p, (size_t)(end + 2 - p));
+                p = end + 1;
+                continue;
+            }
+        }
+        if (in_class && p[0] == ']') in_class = false;
         tok_buf_push(&b, *p);
     }
     if (!b.data) tok_buf_append(&b, "", 0);
@@ -275,7 +300,7 @@ static char *rewrite_space_escapes(const char *pat) {
 }
 
 int tok_regex_compile(pcre2_code **out, const char *pattern, const char *where, kv_error *err) {
-    char *pat = rewrite_space_escapes(pattern);
+    char *pat = rewrite_class_escapes(pattern);
     int code;
     PCRE2_SIZE off;
     pcre2_code *re = pcre2_compile((PCRE2_SPTR)pat, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
