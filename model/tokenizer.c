@@ -301,7 +301,10 @@ int tokenizer_load(tokenizer **out, const char *path, kv_error *err) {
     if (rc == 0) {
         kv_error inner = {{0}};
         rc = tokenizer_load_json(out, json, json_len, cfg, cfg_len, &inner);
-        if (rc) kv_error_set(err, "%s: %s", json_path.data, inner.msg);
+        /* name the file instead of the generic "tokenizer.json: " prefix */
+        const char *msg = inner.msg;
+        if (!strncmp(msg, "tokenizer.json: ", 16)) msg += 16;
+        if (rc) kv_error_set(err, "%s: %s", json_path.data, msg);
     }
     free(json);
     free(cfg);

@@ -206,7 +206,13 @@ static int run_fixture(const char *dir) {
         json_decref(root);
         return 0;
     }
-    tokenizer *t = load_or_fail(tok_path);
+    tokenizer *t = NULL;
+    kv_error lerr = {{0}};
+    if (tokenizer_load(&t, tok_path, &lerr) != 0) {
+        fprintf(stderr, "fixture %s: %s\n", dir, lerr.msg);
+        json_decref(root);
+        return 1;
+    }
     json_t *cases = json_object_get(root, "cases");
     int failures = 0, checks = 0;
     size_t i;
@@ -227,6 +233,15 @@ static int run_fixture(const char *dir) {
                         text);
                 print_ids("got", ids, n);
                 failures++;
+            }
+            /* transformers' AutoTokenizer applies tokenizer_config.json (add_bos_token) too */
+            json_t *tf = json_object_get(c, "ids_special_transformers");
+            if (special && tf) {
+                checks++;
+                if (!ids_match(tf, ids, n)) {
+                    fprintf(stderr, "%s case %zu differs from transformers\n", dir, i);
+                    failures++;
+                }
             }
             free(ids);
         }
