@@ -1,9 +1,10 @@
 /* Paged causal attention over the KV pool (layout in backend.h), GQA, bf16 in and out, fp32
- * softmax. One FlashAttention-style tensor-core kernel (mma.sync m16n8k16) serves decode and
- * prefill: the rows of a tile are (token, query head of one GQA group) pairs, so K/V tiles loaded
- * once feed every head of the group. Decode-shaped sequences use small tiles and split the context
- * across blocks (split-K, then a combine kernel); prefill-shaped ones use 128-row tiles. Head dims
- * other than 64/128 take a plain CUDA-core kernel. Kernels first, launchers after. */
+ * softmax. Two FlashAttention-style tensor-core kernels (mma.sync m16n8k16) whose tile rows are
+ * (token, query head of one GQA group) pairs, so a K/V tile loaded once feeds every head of the
+ * group: a decode kernel (16-row tiles, the 4 warps split each K/V tile by columns) and a prefill
+ * kernel (128-row tiles). Both split long contexts across blocks when the tiles alone would leave
+ * SMs idle (split-K, then a combine kernel). Head dims other than 64/128 take a plain CUDA-core
+ * kernel. Kernels first, launchers after. */
 #include "model/cuda/cuda_internal.h"
 
 #include <math.h>
@@ -78,102 +79,158 @@ template <int HD> __device__ __forceinline__ int swz(int r, int c) {
     return r * HD + ((c ^ (r & 7)) << 3);
 }
 
-/* Grid (tile, kv head, split). Rows of the tile: r -> token tok0 + r / group, query head
- * kv_head * group + r % group. Each warp owns 16 * WM rows; all warps share the K/V tiles,
- * double-buffered through cp.async. */
-template <int HD, int WM, int NW>
-__global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
-    constexpr int BM = NW * WM * 16, BN = ATTN_BN, CH = HD / 8, THREADS = NW * 32;
-    constexpr float NEG_INF = -INFINITY;
-    extern __shared__ __align__(128) unsigned char smem_raw[];
-    bf16 *sq = (bf16 *)smem_raw;
-    bf16 *sk = sq + BM * HD;     /* [2][BN][HD] */
-    bf16 *sv = sk + 2 * BN * HD; /* [2][BN][HD] */
+/* What one block of either tensor-core kernel works on: the rows of one tile for one KV head
+ * (row r -> token tok0 + r / group, query head kh * group + r % group) and the context range
+ * [kv_lo, kv_hi) of its split. */
+struct attn_block {
+    cuda_attn_tile tile;
+    int kh, split, G, min_pos, kv_lo, kv_hi, n_rows;
+    const int32_t *bt;
+    const char *k_base, *v_base;
+};
 
-    const cuda_attn_tile tile = p.tiles[blockIdx.x];
-    const int kh = blockIdx.y, split = blockIdx.z;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int G = p.group;
-    const int min_pos = p.positions[tile.tok0]; /* new tokens sit at consecutive positions */
-    const int kv_end = min_pos + tile.n_tok;
-    const int kv_lo = split * p.split_len;
-    const int kv_hi = min(kv_end, kv_lo + p.split_len);
-    const int n_rows = tile.n_tok * G;
+__device__ __forceinline__ attn_block attn_block_init(const attn_params &p) {
+    attn_block b;
+    b.tile = p.tiles[blockIdx.x];
+    b.kh = blockIdx.y;
+    b.split = blockIdx.z;
+    b.G = p.group;
+    b.min_pos = p.positions[b.tile.tok0]; /* new tokens sit at consecutive positions */
+    b.kv_lo = b.split * p.split_len;
+    b.kv_hi = min(b.min_pos + b.tile.n_tok, b.kv_lo + p.split_len);
+    b.n_rows = b.tile.n_tok * b.G;
+    b.bt = p.block_table + (size_t)b.tile.seq * p.max_blocks;
+    size_t head_bytes = (size_t)b.kh * p.block_size * p.head_dim * sizeof(bf16);
+    b.k_base = p.pool + p.k_off + head_bytes;
+    b.v_base = p.pool + p.v_off + head_bytes;
+    return b;
+}
 
-    if (kv_lo >= kv_hi) { /* this split lies past every row's context */
-        for (int r = tid; r < n_rows; r += THREADS) {
-            size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
-            p.part_lse[(size_t)split * p.n_tokens * p.n_heads + th] = NEG_INF;
-        }
-        return;
-    }
+/* (token, head) index of row r, as in out[token][head] */
+__device__ __forceinline__ size_t attn_row_index(const attn_params &p, const attn_block &b, int r) {
+    return (size_t)(b.tile.tok0 + r / b.G) * p.n_heads + b.kh * b.G + r % b.G;
+}
 
-    const int32_t *bt = p.block_table + (size_t)tile.seq * p.max_blocks;
-    const size_t head_bytes = (size_t)kh * p.block_size * HD * sizeof(bf16);
-    const char *k_base = p.pool + p.k_off + head_bytes;
-    const char *v_base = p.pool + p.v_off + head_bytes;
+/* A split that lies past every row's context: marks its rows empty for the combine. */
+__device__ void attn_block_mark_empty(const attn_params &p, const attn_block &b) {
+    for (int r = threadIdx.x; r < b.n_rows; r += blockDim.x)
+        p.part_lse[(size_t)b.split * p.n_tokens * p.n_heads + attn_row_index(p, b, r)] = -INFINITY;
+}
 
-    for (int idx = tid; idx < BM * CH; idx += THREADS) {
+/* Position of row r, -1 for the padding rows past the tile's tokens. */
+__device__ __forceinline__ int attn_row_pos(const attn_block &b, int r) {
+    return r < b.n_rows ? b.min_pos + r / b.G : -1;
+}
+
+__device__ __forceinline__ int attn_block_id(const attn_params &p, const attn_block &b, int j) {
+    return j < b.kv_hi ? b.bt[j / p.block_size] : 0;
+}
+
+template <int HD, int BM, int THREADS>
+__device__ __forceinline__ void attn_load_q(const attn_params &p, const attn_block &b, bf16 *sq) {
+    constexpr int CH = HD / 8;
+    for (int idx = threadIdx.x; idx < BM * CH; idx += THREADS) {
         int r = idx / CH, c = idx % CH;
-        bool valid = r < n_rows;
-        const bf16 *src = valid ? p.q + (size_t)(tile.tok0 + r / G) * p.q_stride +
-                                      (kh * G + r % G) * HD + c * 8
+        bool valid = r < b.n_rows;
+        const bf16 *src = valid ? p.q + (size_t)(b.tile.tok0 + r / b.G) * p.q_stride +
+                                      (b.kh * b.G + r % b.G) * HD + c * 8
                                 : p.q;
         cp_async16(sq + swz<HD>(r, c), src, valid);
     }
-    /* Block ids of a tile's context rows are read one tile ahead into sblk, so the K/V copies
-     * of a tile never wait on a block-table load. Rows past kv_hi are zero-filled: V must be
-     * finite where P is 0. */
+}
+
+/* K and V rows j0 .. j0 + BN - 1 into one stage; blk holds their block ids (read a tile ahead,
+ * so these copies never wait on the block table). Rows past kv_hi are zero-filled: V must be
+ * finite where P is 0. */
+template <int HD, int THREADS>
+__device__ __forceinline__ void attn_load_kv(const attn_params &p, const attn_block &b, bf16 *sk,
+                                             bf16 *sv, const int *blk, int j0) {
+    constexpr int CH = HD / 8;
+    for (int idx = threadIdx.x; idx < ATTN_BN * CH; idx += THREADS) {
+        int r = idx / CH, c = idx % CH, j = j0 + r;
+        bool valid = j < b.kv_hi;
+        size_t off = (size_t)blk[r] * p.block_bytes + (size_t)(j % p.block_size) * HD * sizeof(bf16) +
+                     c * 16;
+        cp_async16(sk + swz<HD>(r, c), valid ? b.k_base + off : p.pool, valid);
+        cp_async16(sv + swz<HD>(r, c), valid ? b.v_base + off : p.pool, valid);
+    }
+}
+
+/* Online softmax of one row's scores held by the 4 lanes of a quad (n values per lane, raw
+ * q.k): masks nothing (done before), updates the running max m and this lane's share of the sum
+ * l, turns s into probabilities and returns the factor the row's output must be scaled by. */
+template <int N>
+__device__ __forceinline__ float attn_softmax_row(float *s, float &m, float &l, float scale) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < N; i++) mx = fmaxf(mx, s[i]);
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    float m_new = fmaxf(m, mx);
+    float alpha = m_new == m ? 1.0f : exp2f((m - m_new) * scale); /* m = -inf: 0 */
+    m = m_new;
+    float ms = m_new == -INFINITY ? 0.0f : m_new * scale;
+    float sum = 0;
+#pragma unroll
+    for (int i = 0; i < N; i++) {
+        s[i] = exp2f(fmaf(s[i], scale, -ms));
+        sum += s[i];
+    }
+    l = l * alpha + sum;
+    return alpha;
+}
+
+/* Prefill-shaped tiles. Grid (tile, kv head, split); each of the NW warps owns 16 * WM rows; all
+ * warps share the K/V tiles, double-buffered through cp.async. */
+template <int HD, int WM, int NW>
+__global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
+    constexpr int BM = NW * WM * 16, BN = ATTN_BN, THREADS = NW * 32;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ int sblk[2][BN];
-    auto block_of = [&](int j) { return j < kv_hi ? bt[j / p.block_size] : 0; };
-    auto load_kv = [&](int stage, int j0) {
-        for (int idx = tid; idx < BN * CH; idx += THREADS) {
-            int r = idx / CH, c = idx % CH, j = j0 + r;
-            bool valid = j < kv_hi;
-            size_t off = (size_t)sblk[stage][r] * p.block_bytes +
-                         (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
-            cp_async16(sk + stage * BN * HD + swz<HD>(r, c), valid ? k_base + off : p.pool, valid);
-            cp_async16(sv + stage * BN * HD + swz<HD>(r, c), valid ? v_base + off : p.pool, valid);
-        }
-    };
+    bf16 *sq = (bf16 *)smem_raw;
+    bf16 *sk = sq + BM * HD;     /* [2][BN][HD] */
+    bf16 *sv = sk + 2 * BN * HD; /* [2][BN][HD] */
+    const attn_block b = attn_block_init(p);
+    if (b.kv_lo >= b.kv_hi) {
+        attn_block_mark_empty(p, b);
+        return;
+    }
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, row0 = warp * WM * 16;
+    const bool warp_active = row0 < b.n_rows;
+    const float scale = p.scale_log2;
+
     if (tid < BN) {
-        sblk[0][tid] = block_of(kv_lo + tid);
-        sblk[1][tid] = block_of(kv_lo + BN + tid);
+        sblk[0][tid] = attn_block_id(p, b, b.kv_lo + tid);
+        sblk[1][tid] = attn_block_id(p, b, b.kv_lo + BN + tid);
     }
     __syncthreads();
-    load_kv(0, kv_lo);
+    attn_load_q<HD, BM, THREADS>(p, b, sq);
+    attn_load_kv<HD, THREADS>(p, b, sk, sv, sblk[0], b.kv_lo);
     cp_async_commit();
 
-    const int row0 = warp * WM * 16;
-    const bool warp_active = row0 < n_rows;
     float o[WM][HD / 8][4];
     float m_r[WM][2], l_r[WM][2];
-    int pos_r[WM][2];
 #pragma unroll
     for (int mi = 0; mi < WM; mi++) {
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) o[mi][dt][0] = o[mi][dt][1] = o[mi][dt][2] = o[mi][dt][3] = 0;
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            int r = row0 + mi * 16 + lane / 4 + 8 * h;
-            m_r[mi][h] = NEG_INF;
-            l_r[mi][h] = 0;
-            pos_r[mi][h] = r < n_rows ? min_pos + r / G : -1;
-        }
+        m_r[mi][0] = m_r[mi][1] = -INFINITY;
+        l_r[mi][0] = l_r[mi][1] = 0;
     }
 
-    const int n_iter = (kv_hi - kv_lo + BN - 1) / BN;
+    const int n_iter = (b.kv_hi - b.kv_lo + BN - 1) / BN;
     for (int it = 0; it < n_iter; it++) {
-        const int j0 = kv_lo + it * BN;
+        const int j0 = b.kv_lo + it * BN;
         if (it + 1 < n_iter) {
-            load_kv((it + 1) & 1, j0 + BN);
+            int st = (it + 1) & 1;
+            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st], j0 + BN);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
             cp_async_wait<0>();
         }
         __syncthreads();
-        int next_blk = tid < BN ? block_of(j0 + 2 * BN + tid) : 0; /* used after the compute */
+        int next_blk = tid < BN ? attn_block_id(p, b, j0 + 2 * BN + tid) : 0;
         if (warp_active) {
             const bf16 *ks = sk + (it & 1) * BN * HD, *vs = sv + (it & 1) * BN * HD;
             float s[WM][BN / 8][4];
@@ -190,57 +247,55 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
                     ldmatrix_x4(a[mi], sq + swz<HD>(row0 + mi * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
-                    uint32_t b[4];
-                    ldmatrix_x4(b, ks + swz<HD>(np * 16 + (lane & 7) + (lane >> 4) * 8,
-                                                kk * 2 + ((lane >> 3) & 1)));
+                    uint32_t bb[4];
+                    ldmatrix_x4(bb, ks + swz<HD>(np * 16 + (lane & 7) + (lane >> 4) * 8,
+                                                 kk * 2 + ((lane >> 3) & 1)));
 #pragma unroll
                     for (int mi = 0; mi < WM; mi++) {
-                        mma_16816(s[mi][2 * np], a[mi], b[0], b[1]);
-                        mma_16816(s[mi][2 * np + 1], a[mi], b[2], b[3]);
+                        mma_16816(s[mi][2 * np], a[mi], bb[0], bb[1]);
+                        mma_16816(s[mi][2 * np + 1], a[mi], bb[2], bb[3]);
                     }
                 }
             }
-            /* causal mask + online softmax, per row; a row's 64 scores sit in 4 lanes */
-            const bool need_mask = j0 + BN > kv_hi || j0 + BN - 1 > min_pos;
+            /* causal mask and the split's end, only on the tiles that cross them */
+            if (j0 + BN > b.kv_hi || j0 + BN - 1 > b.min_pos) {
 #pragma unroll
-            for (int mi = 0; mi < WM; mi++) {
+                for (int mi = 0; mi < WM; mi++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        int lim = min(attn_row_pos(b, row0 + mi * 16 + lane / 4 + 8 * h), b.kv_hi - 1);
+#pragma unroll
+                        for (int nt = 0; nt < BN / 8; nt++)
+#pragma unroll
+                            for (int e = 0; e < 2; e++)
+                                if (j0 + nt * 8 + 2 * (lane & 3) + e > lim) s[mi][nt][2 * h + e] = -INFINITY;
+                    }
+            }
+            /* online softmax; O is rescaled only when some row's max moved */
+            float alpha[WM][2];
+            bool moved = false;
+#pragma unroll
+            for (int mi = 0; mi < WM; mi++)
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
-                    float mx = NEG_INF;
+                    float row[BN / 4];
 #pragma unroll
-                    for (int nt = 0; nt < BN / 8; nt++) {
+                    for (int nt = 0; nt < BN / 8; nt++)
+                        row[2 * nt] = s[mi][nt][2 * h], row[2 * nt + 1] = s[mi][nt][2 * h + 1];
+                    alpha[mi][h] = attn_softmax_row<BN / 4>(row, m_r[mi][h], l_r[mi][h], scale);
 #pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            int j = j0 + nt * 8 + 2 * (lane & 3) + e;
-                            float v = s[mi][nt][2 * h + e] * p.scale_log2;
-                            if (need_mask && (j > pos_r[mi][h] || j >= kv_hi)) v = NEG_INF;
-                            s[mi][nt][2 * h + e] = v;
-                            mx = fmaxf(mx, v);
-                        }
-                    }
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-                    float m_new = fmaxf(m_r[mi][h], mx);
-                    float m_use = m_new == NEG_INF ? 0.0f : m_new;
-                    float alpha = exp2f(m_r[mi][h] - m_use);
-                    m_r[mi][h] = m_new;
-                    float sum = 0;
+                    for (int nt = 0; nt < BN / 8; nt++)
+                        s[mi][nt][2 * h] = row[2 * nt], s[mi][nt][2 * h + 1] = row[2 * nt + 1];
+                    moved |= alpha[mi][h] != 1.0f;
+                }
+            if (__any_sync(0xffffffffu, moved)) {
 #pragma unroll
-                    for (int nt = 0; nt < BN / 8; nt++) {
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            float pe = exp2f(s[mi][nt][2 * h + e] - m_use);
-                            s[mi][nt][2 * h + e] = pe;
-                            sum += pe;
-                        }
-                    }
-                    l_r[mi][h] = l_r[mi][h] * alpha + sum; /* this lane's part; summed at the end */
+                for (int mi = 0; mi < WM; mi++)
 #pragma unroll
                     for (int dt = 0; dt < HD / 8; dt++) {
-                        o[mi][dt][2 * h] *= alpha;
-                        o[mi][dt][2 * h + 1] *= alpha;
+                        o[mi][dt][0] *= alpha[mi][0], o[mi][dt][1] *= alpha[mi][0];
+                        o[mi][dt][2] *= alpha[mi][1], o[mi][dt][3] *= alpha[mi][1];
                     }
-                }
             }
             /* O += P V: the S accumulators of n-tiles 2kc, 2kc+1 are the A fragment of k-step kc */
 #pragma unroll
@@ -255,13 +310,13 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
                 }
 #pragma unroll
                 for (int dp = 0; dp < HD / 16; dp++) {
-                    uint32_t b[4];
-                    ldmatrix_x4_trans(b, vs + swz<HD>(kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                      dp * 2 + (lane >> 4)));
+                    uint32_t bb[4];
+                    ldmatrix_x4_trans(bb, vs + swz<HD>(kc * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                       dp * 2 + (lane >> 4)));
 #pragma unroll
                     for (int mi = 0; mi < WM; mi++) {
-                        mma_16816(o[mi][2 * dp], pa[mi], b[0], b[1]);
-                        mma_16816(o[mi][2 * dp + 1], pa[mi], b[2], b[3]);
+                        mma_16816(o[mi][2 * dp], pa[mi], bb[0], bb[1]);
+                        mma_16816(o[mi][2 * dp + 1], pa[mi], bb[2], bb[3]);
                     }
                 }
             }
@@ -279,8 +334,8 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
             l += __shfl_xor_sync(0xffffffffu, l, 1);
             l += __shfl_xor_sync(0xffffffffu, l, 2);
             int r = row0 + mi * 16 + lane / 4 + 8 * h;
-            if (r >= n_rows) continue;
-            size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
+            if (r >= b.n_rows) continue;
+            size_t th = attn_row_index(p, b, r);
             float inv = l > 0 ? 1.0f / l : 0.0f;
             if (p.n_splits == 1) {
                 bf16 *dst = p.out + th * HD + 2 * (lane & 3);
@@ -289,14 +344,151 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_kernel(attn_params p) {
                     *(__nv_bfloat162 *)(dst + dt * 8) =
                         __floats2bfloat162_rn(o[mi][dt][2 * h] * inv, o[mi][dt][2 * h + 1] * inv);
             } else {
-                size_t ts = (size_t)split * p.n_tokens * p.n_heads + th;
+                size_t ts = (size_t)b.split * p.n_tokens * p.n_heads + th;
                 float *dst = p.part_o + ts * HD + 2 * (lane & 3);
 #pragma unroll
                 for (int dt = 0; dt < HD / 8; dt++)
                     *(float2 *)(dst + dt * 8) =
                         make_float2(o[mi][dt][2 * h] * inv, o[mi][dt][2 * h + 1] * inv);
-                if ((lane & 3) == 0) p.part_lse[ts] = l > 0 ? m_r[mi][h] + log2f(l) : NEG_INF;
+                if ((lane & 3) == 0) p.part_lse[ts] = l > 0 ? m_r[mi][h] * scale + log2f(l) : -INFINITY;
             }
+        }
+    }
+}
+
+/* Decode-shaped tiles (at most 16 rows: one token's GQA group, a few tokens of a small group).
+ * Grid (tile, kv head, split). The 4 warps share the 16 rows and split each 64-token K/V tile
+ * by columns, so one tile's math takes a quarter of the time a single warp would need; their
+ * partial softmax states are merged through shared memory at the end. */
+template <int HD>
+__global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
+    constexpr int BM = 16, BN = ATTN_BN, THREADS = 128, NW = 4, RED = HD + 4;
+    extern __shared__ __align__(128) unsigned char smem_raw[];
+    __shared__ int sblk[2][BN];
+    __shared__ float sm[NW][BM], sl[NW][BM];
+    bf16 *sq = (bf16 *)smem_raw;
+    bf16 *sk = sq + BM * HD;
+    bf16 *sv = sk + 2 * BN * HD;
+    const attn_block b = attn_block_init(p);
+    if (b.kv_lo >= b.kv_hi) {
+        attn_block_mark_empty(p, b);
+        return;
+    }
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, col0 = warp * 16;
+    const float scale = p.scale_log2;
+
+    if (tid < BN) {
+        sblk[0][tid] = attn_block_id(p, b, b.kv_lo + tid);
+        sblk[1][tid] = attn_block_id(p, b, b.kv_lo + BN + tid);
+    }
+    __syncthreads();
+    attn_load_q<HD, BM, THREADS>(p, b, sq);
+    attn_load_kv<HD, THREADS>(p, b, sk, sv, sblk[0], b.kv_lo);
+    cp_async_commit();
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0;
+    float m_r[2] = {-INFINITY, -INFINITY}, l_r[2] = {0, 0};
+    int lim_r[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) lim_r[h] = min(attn_row_pos(b, lane / 4 + 8 * h), b.kv_hi - 1);
+
+    const int n_iter = (b.kv_hi - b.kv_lo + BN - 1) / BN;
+    for (int it = 0; it < n_iter; it++) {
+        const int j0 = b.kv_lo + it * BN;
+        if (it + 1 < n_iter) {
+            int st = (it + 1) & 1;
+            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st], j0 + BN);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        int next_blk = tid < BN ? attn_block_id(p, b, j0 + 2 * BN + tid) : 0;
+        const bf16 *ks = sk + (it & 1) * BN * HD, *vs = sv + (it & 1) * BN * HD;
+        float s[2][4] = {{0, 0, 0, 0}, {0, 0, 0, 0}};
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t a[4], bb[4];
+            ldmatrix_x4(a, sq + swz<HD>(lane & 15, kk * 2 + (lane >> 4)));
+            ldmatrix_x4(bb, ks + swz<HD>(col0 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
+            mma_16816(s[0], a, bb[0], bb[1]);
+            mma_16816(s[1], a, bb[2], bb[3]);
+        }
+        if (j0 + BN > b.kv_hi || j0 + BN - 1 > b.min_pos) {
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++)
+                        if (j0 + col0 + nt * 8 + 2 * (lane & 3) + e > lim_r[h]) s[nt][2 * h + e] = -INFINITY;
+        }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            float row[4] = {s[0][2 * h], s[0][2 * h + 1], s[1][2 * h], s[1][2 * h + 1]};
+            alpha[h] = attn_softmax_row<4>(row, m_r[h], l_r[h], scale);
+            s[0][2 * h] = row[0], s[0][2 * h + 1] = row[1], s[1][2 * h] = row[2], s[1][2 * h + 1] = row[3];
+        }
+        if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                o[dt][0] *= alpha[0], o[dt][1] *= alpha[0];
+                o[dt][2] *= alpha[1], o[dt][3] *= alpha[1];
+            }
+        }
+        uint32_t pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]),
+                          pack_bf16(s[1][0], s[1][1]), pack_bf16(s[1][2], s[1][3])};
+#pragma unroll
+        for (int dp = 0; dp < HD / 16; dp++) {
+            uint32_t bb[4];
+            ldmatrix_x4_trans(bb, vs + swz<HD>(col0 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                               dp * 2 + (lane >> 4)));
+            mma_16816(o[2 * dp], pa, bb[0], bb[1]);
+            mma_16816(o[2 * dp + 1], pa, bb[2], bb[3]);
+        }
+        if (tid < BN) sblk[it & 1][tid] = next_blk;
+        __syncthreads();
+    }
+
+    /* merge the 4 warps' (max, sum, unnormalized O) per row; the K/V stages are free now */
+    float *red = (float *)sk; /* [NW][BM][RED] */
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        float l = l_r[h];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        int r = lane / 4 + 8 * h;
+        if ((lane & 3) == 0) sm[warp][r] = m_r[h], sl[warp][r] = l;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++)
+            *(float2 *)(red + (warp * BM + r) * RED + dt * 8 + 2 * (lane & 3)) =
+                make_float2(o[dt][2 * h], o[dt][2 * h + 1]);
+    }
+    __syncthreads();
+    for (int idx = tid; idx < b.n_rows * HD; idx += THREADS) {
+        int r = idx / HD, d = idx % HD;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NW; w++) mx = fmaxf(mx, sm[w][r]);
+        float num = 0, den = 0;
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            float f = sm[w][r] == -INFINITY ? 0.0f : exp2f((sm[w][r] - mx) * scale);
+            num += f * red[(w * BM + r) * RED + d];
+            den += f * sl[w][r];
+        }
+        size_t th = attn_row_index(p, b, r);
+        float v = den > 0 ? num / den : 0.0f;
+        if (p.n_splits == 1) {
+            p.out[th * HD + d] = __float2bfloat16(v);
+        } else {
+            size_t ts = (size_t)b.split * p.n_tokens * p.n_heads + th;
+            p.part_o[ts * HD + d] = v;
+            if (d == 0) p.part_lse[ts] = den > 0 ? mx * scale + log2f(den) : -INFINITY;
         }
     }
 }
@@ -401,12 +593,12 @@ static int tile_cmp_desc(const void *a, const void *b) {
 }
 
 /* Cuts the step's sequences into tiles for this group size: a sequence whose new tokens fit one
- * small tile (64 rows) is decode-shaped; the others are cut into 128-row tiles, longest context
- * first so the longest blocks start early. */
+ * 16-row tile is decode-shaped; the others are cut into 128-row tiles, longest context first so
+ * the longest blocks start early. */
 static void attn_plan_build(cuda_impl *ci, int group) {
     cuda_step *st = &ci->step;
     cuda_attn_plan *pl = &ci->plan;
-    int per_small = 64 / group, per_large = 128 / group;
+    int per_small = 16 / group, per_large = 128 / group; /* tokens per tile */
     size_t cap = (size_t)st->n_seqs + (size_t)st->n_tokens / (size_t)per_large + 1;
     cuda_attn_tile *small = (cuda_attn_tile *)kv_malloc(cap * sizeof *small);
     cuda_attn_tile *large = (cuda_attn_tile *)kv_malloc(cap * sizeof *large);
@@ -451,10 +643,11 @@ static void attn_scratch_reserve(cuda_impl *ci, size_t floats) {
 }
 
 /* Splits the context when the tiles alone would leave SMs idle (decode, short chunks over long
- * prefixes): aim at two blocks per SM, pieces no shorter than ATTN_MIN_SPLIT tokens. */
-static void attn_launch_list_split(cuda_impl *ci, attn_params p, int n_tiles, int max_ctx,
-                                   int *n_splits, int *split_len) {
-    int ctas = n_tiles * p.n_kv_heads, target = 2 * ci->n_sms;
+ * prefixes): aim at blocks_per_sm resident blocks per SM, pieces no shorter than ATTN_MIN_SPLIT
+ * tokens, at most ATTN_MAX_SPLITS of them. */
+static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max_ctx,
+                       int blocks_per_sm) {
+    int ctas = n_tiles * p->n_kv_heads, target = blocks_per_sm * ci->n_sms;
     int splits = 1;
     if (ctas < target) {
         splits = (target + ctas - 1) / ctas;
@@ -464,45 +657,48 @@ static void attn_launch_list_split(cuda_impl *ci, attn_params p, int n_tiles, in
         if (splits < 1) splits = 1;
     }
     int len = (max_ctx + splits - 1) / splits;
-    len = (len + ATTN_BN - 1) / ATTN_BN * ATTN_BN;
-    *split_len = len;
-    *n_splits = (max_ctx + len - 1) / len;
+    p->split_len = (len + ATTN_BN - 1) / ATTN_BN * ATTN_BN;
+    p->n_splits = (max_ctx + p->split_len - 1) / p->split_len;
 }
 
-template <int HD, int WM>
-static void attn_launch_list(cuda_impl *ci, attn_params p, const cuda_attn_tile *tiles,
-                             int n_tiles, int max_ctx) {
+/* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
+static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
+                             size_t smem, unsigned smem_bit, int blocks_per_sm,
+                             const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
-    constexpr int NW = 4, BM = NW * WM * 16;
-    const size_t smem = (size_t)(BM + 4 * ATTN_BN) * HD * sizeof(bf16);
-    const unsigned bit = 1u << ((HD == 128) * 2 + (WM == 2));
-    if (!(ci->attn_smem_set & bit)) {
-        CUDA_CHECK(cudaFuncSetAttribute(attn_mma_kernel<HD, WM, NW>,
-                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        ci->attn_smem_set |= bit;
+    if (!(ci->attn_smem_set & smem_bit)) {
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        ci->attn_smem_set |= smem_bit;
     }
     cudaStream_t s = ci->streams[BACKEND_STREAM_COMPUTE];
     p.tiles = tiles;
-    attn_launch_list_split(ci, p, n_tiles, max_ctx, &p.n_splits, &p.split_len);
+    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm);
     if (p.n_splits > 1) {
         size_t rows = (size_t)p.n_splits * p.n_tokens * p.n_heads;
-        attn_scratch_reserve(ci, rows * (HD + 1));
+        attn_scratch_reserve(ci, rows * (p.head_dim + 1));
         p.part_o = ci->attn_scratch;
-        p.part_lse = ci->attn_scratch + rows * HD;
+        p.part_lse = ci->attn_scratch + rows * p.head_dim;
     }
     dim3 grid((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)p.n_splits);
-    attn_mma_kernel<HD, WM, NW><<<grid, NW * 32, smem, s>>>(p);
+    kernel<<<grid, 128, smem, s>>>(p);
     CUDA_LAUNCH_CHECK();
     if (p.n_splits > 1) {
-        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, BM), HD, 0, s>>>(p);
+        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)bm),
+                              (unsigned)p.head_dim, 0, s>>>(p);
         CUDA_LAUNCH_CHECK();
     }
 }
 
+/* Decode tiles: 16 rows, 3 blocks per SM fit (70 KB of shared memory each at head dim 128).
+ * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. */
 template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params &p) {
     const cuda_attn_plan *pl = &ci->plan;
-    attn_launch_list<HD, 1>(ci, p, pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    attn_launch_list<HD, 2>(ci, p, pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+    const unsigned hd_bit = HD == 128 ? 2 : 0;
+    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16),
+                     1u << hd_bit, 3, pl->d_tiles, pl->n_small, pl->max_ctx_small);
+    attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128,
+                     (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16), 2u << hd_bit, 2,
+                     pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
@@ -535,7 +731,7 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
     p.n_tokens = st->n_tokens;
     p.n_splits = 1;
 
-    bool fast = (l->head_dim == 64 || l->head_dim == 128) && p.group <= 64 && q_stride % 8 == 0 &&
+    bool fast = (l->head_dim == 64 || l->head_dim == 128) && p.group <= 128 && q_stride % 8 == 0 &&
                 ((uintptr_t)q & 15) == 0 && ((uintptr_t)pool & 15) == 0 &&
                 l->block_bytes % 16 == 0 && ((uintptr_t)out & 3) == 0;
     if (!fast) {

@@ -139,8 +139,8 @@ static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n
     return t;
 }
 
-/* argv[1]: "all" (default), "attention" (skip the ceilings and GEMVs) or "prefill10k" (one
- * case, for a profiler). */
+/* argv[1]: "all" (default), "attention" (skip the ceilings and GEMVs), or one case for a
+ * profiler: "prefill10k", "decode8" (batch 8, 4K context). */
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : "all";
     bool all = strcmp(only, "all") == 0;
@@ -162,6 +162,13 @@ int main(int argc, char **argv) {
         double bytes;
         double t = bench_attention(&b, 1, 0, 10240, 1, &bytes);
         printf("attention prefill 10240: %.3f ms\n", t * 1e3);
+        be->ops->destroy(be);
+        return 0;
+    }
+    if (strcmp(only, "decode8") == 0) {
+        double bytes;
+        double t = bench_attention(&b, 8, 4095, 1, 8, &bytes);
+        printf("attention decode batch 8: %.3f ms %.1f GB/s\n", t * 1e3, bytes / t / 1e9);
         be->ops->destroy(be);
         return 0;
     }

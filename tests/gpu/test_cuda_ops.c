@@ -486,6 +486,14 @@ int main(void) {
     /* head dim 8 (stories260K shape): the generic kernel */
     static const int hd8_prefix[] = {0, 50};
     static const int hd8_new[] = {20, 1};
+    /* a few new tokens per sequence (decode tiles of 2-4 tokens), crossing split boundaries */
+    static const int spec8_prefix[] = {4095, 127, 1000, 63, 8191};
+    static const int spec8_new[] = {2, 2, 1, 2, 2};
+    static const int spec4_prefix[] = {200, 4094, 0};
+    static const int spec4_new[] = {3, 4, 4};
+    /* GQA 16: one token fills a decode tile; prefill tiles of 8 tokens */
+    static const int g16_prefix[] = {100, 3000, 50};
+    static const int g16_new[] = {1, 1, 20};
     int n64 = 64, dec64_prefix[64], dec64_new[64];
     for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
     const attn_case cases[] = {
@@ -495,6 +503,9 @@ int main(void) {
         {"attention GQA1 hd64 bs32", 8, 8, 64, 32, 3, g1_prefix, g1_new},
         {"attention GQA7 hd64", 14, 2, 64, 16, 3, g7_prefix, g7_new},
         {"attention generic hd8 GQA2", 8, 4, 8, 16, 2, hd8_prefix, hd8_new},
+        {"attention 2-token steps GQA8 split edges", 32, 4, 128, 16, 5, spec8_prefix, spec8_new},
+        {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new},
+        {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(be, &r, &cases[i]);
 
