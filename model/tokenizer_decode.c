@@ -272,7 +272,7 @@ int tok_decoder_apply(const tok_decoder *d, tok_ctx *ctx, tok_strlist *l, kv_err
 
 static void ids_append(int32_t **arr, int *n, const int32_t *ids, int k) {
     *arr = kv_realloc(*arr, ((size_t)*n + (size_t)k + 1) * sizeof(int32_t));
-    memcpy(*arr + *n, ids, (size_t)k * sizeof(int32_t));
+    if (k > 0) memcpy(*arr + *n, ids, (size_t)k * sizeof(int32_t));
     *n += k;
 }
 
