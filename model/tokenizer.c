@@ -209,6 +209,17 @@ static int apply_config(tokenizer *t, const char *cfg_text, size_t cfg_len, kv_e
     return rc;
 }
 
+/* Every id the post-processor adds must be a token, so that what encode returns decodes. */
+static int check_post_ids(const tokenizer *t, kv_error *err) {
+    for (int i = 0; i < t->post.n_prefix + t->post.n_suffix; i++) {
+        int32_t id = i < t->post.n_prefix ? t->post.prefix[i] : t->post.suffix[i - t->post.n_prefix];
+        if (!tok_piece_of(t, id, NULL))
+            return kv_error_set(err, "tokenizer.json: post_processor adds id %d, which is not a "
+                                     "token", id);
+    }
+    return 0;
+}
+
 static int load_parts(tokenizer *t, json_t *root, kv_error *err) {
     json_t *model = json_object_get(root, "model");
     if (!json_is_object(model)) return kv_error_set(err, "tokenizer.json: missing \"model\" object");
@@ -233,7 +244,7 @@ static int load_parts(tokenizer *t, json_t *root, kv_error *err) {
     if (index_added(t, err)) return -1;
     t->bos_id = t->post.n_prefix > 0 ? t->post.prefix[0] : -1;
     t->eos_id = -1;
-    return 0;
+    return check_post_ids(t, err);
 }
 
 int tokenizer_load_json(tokenizer **out, const char *json, size_t len, const char *config_json,

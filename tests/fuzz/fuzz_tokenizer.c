@@ -22,7 +22,7 @@ static char *builtin_json(void) {
         json_object_set_new(vocab, name, json_integer(id++));
     }
     const char *pieces[] = {"\xe2\x96\x81", "a", "b", "c", "d", "e", "h", "l", "o", "t", "1", "2",
-                            "\xe2\x96\x81t", "he", "\xe2\x96\x81the", "ll", "llo", "he" "llo",
+                            "\xe2\x96\x81t", "he", "\xe2\x96\x81the", "ll", "llo", "hello",
                             "ab", "abc", "12"};
     const char *merges[] = {"\xe2\x96\x81 t", "h e", "\xe2\x96\x81t he", "l l", "ll o",
                             "he llo", "a b", "ab c", "1 2"};
