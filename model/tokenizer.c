@@ -330,7 +330,6 @@ typedef struct encoder {
     const tokenizer *t;
     tok_ctx ctx;
     tok_pieces pieces, tmp;
-    tok_buf norm;
     tok_ids *out;
 } encoder;
 
@@ -391,8 +390,8 @@ typedef int (*gap_fn)(encoder *e, const char *s, size_t n, bool at_start, kv_err
 
 /* Hugging Face AddedVocabulary::find_matches: leftmost-longest added tokens in s, with
  * single_word / lstrip / rstrip, calling gap() on the text between them. */
-static int split_added(encoder *e, const tok_trie *trie, bool normalized, const char *s, size_t n,
-                       bool at_start, gap_fn gap, kv_error *err) {
+static int split_added(encoder *e, const tok_trie *trie, const char *s, size_t n, bool at_start,
+                       gap_fn gap, kv_error *err) {
     if (trie->n_tokens == 0) return gap(e, s, n, at_start, err);
     size_t start_offset = 0, pos = 0;
     while (pos < n) {
@@ -421,8 +420,6 @@ static int split_added(encoder *e, const tok_trie *trie, bool normalized, const 
             return -1;
         tok_ids_push(e->out, a->id);
         start_offset = stop;
-        if (pos < stop) pos = stop;
-        (void)normalized;
     }
     if (start_offset < n) return gap(e, s + start_offset, n - start_offset,
                                      at_start && start_offset == 0, err);
@@ -435,13 +432,13 @@ static int normalized_gap(encoder *e, const char *s, size_t n, bool at_start, kv
 
 /* Text between non-normalized added tokens: normalize, then look for normalized added tokens. */
 static int raw_gap(encoder *e, const char *s, size_t n, bool at_start, kv_error *err) {
-    if (!e->t->normalizer) return split_added(e, &e->t->trie_norm, true, s, n, at_start,
-                                              normalized_gap, err);
+    if (!e->t->normalizer) return split_added(e, &e->t->trie_norm, s, n, at_start, normalized_gap,
+                                              err);
     bool lead_removed = false;
     tok_buf norm = {0};
     int rc = tok_normalize(e->t->normalizer, &e->ctx, s, n, &norm, &lead_removed, err);
     if (rc == 0)
-        rc = split_added(e, &e->t->trie_norm, true, norm.data ? norm.data : "", norm.len,
+        rc = split_added(e, &e->t->trie_norm, norm.data ? norm.data : "", norm.len,
                          at_start && !lead_removed, normalized_gap, err);
     tok_buf_free(&norm);
     return rc;
@@ -461,12 +458,11 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
     if (tok_ctx_init(&e.ctx, true, err)) return -1;
     bool add = add_special_tokens && tok->post.present;
     for (int i = 0; add && i < tok->post.n_prefix; i++) tok_ids_push(&out, tok->post.prefix[i]);
-    int rc = split_added(&e, &tok->trie_raw, false, len ? text : "", len, true, raw_gap, err);
+    int rc = split_added(&e, &tok->trie_raw, len ? text : "", len, true, raw_gap, err);
     for (int i = 0; add && i < tok->post.n_suffix; i++) tok_ids_push(&out, tok->post.suffix[i]);
     tok_ctx_free(&e.ctx);
     tok_pieces_free(&e.pieces);
     tok_pieces_free(&e.tmp);
-    tok_buf_free(&e.norm);
     if (rc) {
         free(out.data);
         return -1;

@@ -126,8 +126,6 @@ static void dec_byte_level(tok_strlist *l) {
 }
 
 static void dec_metaspace(const tok_decoder *d, tok_strlist *l) {
-    char rep[4];
-    int rlen = tok_utf8_encode(d->strip_cp, rep);
     for (int i = 0; i < l->n; i++) {
         tok_buf *t = &l->items[i];
         tok_buf out = {0};
@@ -142,7 +140,6 @@ static void dec_metaspace(const tok_decoder *d, tok_strlist *l) {
             }
             k += (size_t)n;
         }
-        (void)rep, (void)rlen;
         tok_buf_free(t);
         *t = out;
     }
