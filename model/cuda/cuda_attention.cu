@@ -3,8 +3,8 @@
  * (token, query head of one GQA group) pairs, so a K/V tile loaded once feeds every head of the
  * group: a decode kernel (16-row tiles, the 4 warps split each K/V tile by columns) and a prefill
  * kernel (128-row tiles). Both split long contexts across blocks when the tiles alone would leave
- * SMs idle (split-K; the last block of each tile merges the splits). Head dims other than 64/128
- * take a plain CUDA-core kernel. Kernels first, launchers after. */
+ * SMs idle (split-K, then a combine kernel). Head dims other than 64/128 take a plain CUDA-core
+ * kernel. Kernels first, launchers after. */
 #include "model/cuda/cuda_internal.h"
 
 #include <math.h>
@@ -32,7 +32,6 @@ typedef struct attn_params {
     int n_splits;
     float *part_o;   /* [n_splits][n_tokens][n_heads][head_dim] when n_splits > 1 */
     float *part_lse; /* [n_splits][n_tokens][n_heads], log2 domain */
-    int *counters;   /* [tiles][n_kv_heads] blocks done per (tile, kv head); back to 0 after */
 } attn_params;
 
 /* ================================ kernels ================================ */
@@ -127,49 +126,6 @@ __device__ __forceinline__ int attn_block_id(const attn_params &p, const attn_bl
     return j < b.kv_hi ? b.bt[j / p.block_size] : 0;
 }
 
-/* Split-K, called by every block of a split launch once its partial rows are written (or marked
- * empty): the last block of a (tile, kv head) to finish merges all splits' rows by their
- * log-sum-exp into out and resets the counter. lse_smem holds n_rows * n_splits floats. */
-template <int THREADS>
-__device__ void attn_merge_if_last(const attn_params &p, const attn_block &b, float *lse_smem) {
-    __shared__ bool is_last;
-    __threadfence(); /* this block's partials are visible before it counts itself done */
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int *ctr = p.counters + blockIdx.x * gridDim.y + blockIdx.y;
-        is_last = atomicAdd(ctr, 1) == p.n_splits - 1;
-        if (is_last) *ctr = 0;
-    }
-    __syncthreads();
-    if (!is_last) return;
-    __threadfence();
-    const size_t ss = (size_t)p.n_tokens * p.n_heads;
-    const int hd = p.head_dim, ns = p.n_splits;
-    for (int i = threadIdx.x; i < b.n_rows * ns; i += THREADS)
-        lse_smem[i] = __ldcg(p.part_lse + (i % ns) * ss + attn_row_index(p, b, i / ns));
-    __syncthreads();
-    for (int r = threadIdx.x; r < b.n_rows; r += THREADS) { /* lse -> normalized weights */
-        float *w = lse_smem + r * ns, mx = -INFINITY, den = 0;
-        for (int s = 0; s < ns; s++) mx = fmaxf(mx, w[s]);
-        for (int s = 0; s < ns; s++) {
-            w[s] = w[s] == -INFINITY ? 0.0f : exp2f(w[s] - mx); /* 0: no output in that split */
-            den += w[s];
-        }
-        for (int s = 0; s < ns; s++) w[s] /= den; /* den > 0: split 0 holds every row's key 0 */
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < b.n_rows * hd; i += THREADS) {
-        int r = i / hd, d = i % hd;
-        const float *w = lse_smem + r * ns;
-        size_t th = attn_row_index(p, b, r);
-        float acc = 0;
-#pragma unroll 4
-        for (int s = 0; s < ns; s++)
-            if (w[s] != 0.0f) acc += w[s] * __ldcg(p.part_o + (s * ss + th) * hd + d);
-        p.out[th * hd + d] = __float2bfloat16(acc);
-    }
-}
-
 template <int HD, int BM, int THREADS>
 __device__ __forceinline__ void attn_load_q(const attn_params &p, const attn_block &b, bf16 *sq) {
     constexpr int CH = HD / 8;
@@ -237,7 +193,6 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
     const attn_block b = attn_block_init(p);
     if (b.kv_lo >= b.kv_hi) {
         attn_block_mark_empty(p, b);
-        attn_merge_if_last<THREADS>(p, b, (float *)sk);
         return;
     }
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, row0 = warp * WM * 16;
@@ -370,8 +325,9 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
         __syncthreads(); /* the stage just read is the next load's target */
     }
 
+    if (!warp_active) return;
 #pragma unroll
-    for (int mi = 0; mi < WM && warp_active; mi++) {
+    for (int mi = 0; mi < WM; mi++) {
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             float l = l_r[mi][h];
@@ -398,7 +354,6 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
             }
         }
     }
-    if (p.n_splits > 1) attn_merge_if_last<THREADS>(p, b, (float *)sk); /* K/V stages are free */
 }
 
 /* Decode-shaped tiles (at most 16 rows: one token's GQA group, a few tokens of a small group).
@@ -417,7 +372,6 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
     const attn_block b = attn_block_init(p);
     if (b.kv_lo >= b.kv_hi) {
         attn_block_mark_empty(p, b);
-        attn_merge_if_last<THREADS>(p, b, (float *)sk);
         return;
     }
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, col0 = warp * 16;
@@ -537,9 +491,33 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
             if (d == 0) p.part_lse[ts] = den > 0 ? mx * scale + log2f(den) : -INFINITY;
         }
     }
-    if (p.n_splits > 1) {
-        __syncthreads(); /* red (in the K/V stages) is read; the merge reuses that memory */
-        attn_merge_if_last<THREADS>(p, b, (float *)sk);
+}
+
+/* Grid (tile, kv head, row of the tile), head_dim threads: merges the splits' normalized
+ * outputs of one (token, head) by their log-sum-exp; the loads over splits are independent. */
+__global__ void attn_combine_kernel(attn_params p) {
+    __shared__ float w[ATTN_MAX_SPLITS];
+    const cuda_attn_tile tile = p.tiles[blockIdx.x];
+    const int kh = blockIdx.y, r = blockIdx.z, G = p.group, hd = p.head_dim;
+    if (r >= tile.n_tok * G) return;
+    const size_t split_stride = (size_t)p.n_tokens * p.n_heads;
+    const size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
+    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x) w[s] = p.part_lse[s * split_stride + th];
+    __syncthreads();
+    float mx = -INFINITY;
+    for (int s = 0; s < p.n_splits; s++) mx = fmaxf(mx, w[s]);
+    __syncthreads();
+    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x)
+        w[s] = w[s] == -INFINITY ? 0.0f : exp2f(w[s] - mx); /* 0: that split wrote no output */
+    __syncthreads();
+    float den = 0;
+    for (int s = 0; s < p.n_splits; s++) den += w[s];
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float num = 0;
+#pragma unroll 8
+        for (int s = 0; s < p.n_splits; s++)
+            if (w[s] != 0.0f) num += w[s] * p.part_o[(s * split_stride + th) * hd + d];
+        p.out[th * hd + d] = __float2bfloat16(num / den);
     }
 }
 
@@ -657,82 +635,78 @@ static void attn_plan_build(cuda_impl *ci, int group) {
     pl->group = group;
 }
 
-/* Partial outputs of split launches, and their per-(tile, kv head) counters (zero between
- * launches: the merging block resets its own). */
-static void attn_scratch_reserve(cuda_impl *ci, size_t floats, size_t counters) {
-    if (ci->attn_scratch_cap < floats) {
-        if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
-        ci->attn_scratch_cap = floats + floats / 2;
-        CUDA_CHECK(cudaMalloc(&ci->attn_scratch, ci->attn_scratch_cap * sizeof(float)));
-    }
-    if (ci->attn_counters_cap < counters) {
-        if (ci->attn_counters) CUDA_CHECK(cudaFree(ci->attn_counters));
-        ci->attn_counters_cap = counters + counters / 2 + 64;
-        CUDA_CHECK(cudaMalloc(&ci->attn_counters, ci->attn_counters_cap * sizeof(int)));
-        CUDA_CHECK(cudaMemsetAsync(ci->attn_counters, 0, ci->attn_counters_cap * sizeof(int),
-                                   ci->streams[BACKEND_STREAM_COMPUTE]));
-    }
+static void attn_scratch_reserve(cuda_impl *ci, size_t floats) {
+    if (ci->attn_scratch_cap >= floats) return;
+    if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
+    ci->attn_scratch_cap = floats + floats / 2;
+    CUDA_CHECK(cudaMalloc(&ci->attn_scratch, ci->attn_scratch_cap * sizeof(float)));
 }
 
-/* Splits the context when the tiles alone would leave SMs idle or end in a ragged last wave
- * (decode, short chunks over long prefixes): picks the split count s minimizing
- * waves(ctas * s) / s, the time in units of one whole-context block, plus a small price for the
- * merge; pieces no shorter than ATTN_MIN_SPLIT tokens, at most ATTN_MAX_SPLITS. */
+/* Splits the context across blocks. Prefill lists split only when their tiles leave SMs idle
+ * (a split writes fp32 partials of every row, costly at 10K tokens). Decode lists pick the split
+ * count s minimizing waves(ctas * s) / s, the time in units of one whole-context block, plus a
+ * small price for the combine, so the last wave is not a ragged one. Pieces are no shorter than
+ * ATTN_MIN_SPLIT tokens, at most ATTN_MAX_SPLITS. */
 static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max_ctx,
-                       int blocks_per_sm) {
+                       int blocks_per_sm, bool even_waves) {
     int ctas = n_tiles * p->n_kv_heads, slots = blocks_per_sm * ci->n_sms;
     int most = (max_ctx + ATTN_MIN_SPLIT - 1) / ATTN_MIN_SPLIT;
     if (most > ATTN_MAX_SPLITS) most = ATTN_MAX_SPLITS;
-    int best = 1;
-    double best_t = 1e30;
-    for (int s = 1; s <= most; s++) {
-        double waves = ceil((double)ctas * s / slots);
-        double t = waves / s + (s > 1 ? 0.03 : 0.0);
-        if (t < best_t - 1e-9) best_t = t, best = s;
+    if (most < 1) most = 1;
+    int splits = 1;
+    if (even_waves) {
+        double best_t = 1e30;
+        for (int s = 1; s <= most; s++) {
+            double t = ceil((double)ctas * s / slots) / s + (s > 1 ? 0.03 : 0.0);
+            if (t < best_t - 1e-9) best_t = t, splits = s;
+        }
+    } else if (ctas < slots) {
+        splits = (slots + ctas - 1) / ctas;
+        if (splits > most) splits = most;
     }
-    int len = (max_ctx + best - 1) / best;
+    int len = (max_ctx + splits - 1) / splits;
     p->split_len = (len + ATTN_BN - 1) / ATTN_BN * ATTN_BN;
     p->n_splits = (max_ctx + p->split_len - 1) / p->split_len;
 }
 
-/* Launches kernel over one tile list; with a split, its blocks merge their own partials. */
-static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int threads,
-                             size_t smem, unsigned smem_bit, int blocks_per_sm,
+/* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
+static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
+                             size_t smem, unsigned smem_bit, int blocks_per_sm, bool even_waves,
                              const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
     if (!(ci->attn_smem_set & smem_bit)) {
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         ci->attn_smem_set |= smem_bit;
     }
+    cudaStream_t s = ci->streams[BACKEND_STREAM_COMPUTE];
     p.tiles = tiles;
-    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm);
+    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm, even_waves);
     if (p.n_splits > 1) {
         size_t rows = (size_t)p.n_splits * p.n_tokens * p.n_heads;
-        attn_scratch_reserve(ci, rows * (p.head_dim + 1), (size_t)n_tiles * p.n_kv_heads);
+        attn_scratch_reserve(ci, rows * (p.head_dim + 1));
         p.part_o = ci->attn_scratch;
         p.part_lse = ci->attn_scratch + rows * p.head_dim;
-        p.counters = ci->attn_counters;
     }
     dim3 grid((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)p.n_splits);
-    kernel<<<grid, threads, smem, ci->streams[BACKEND_STREAM_COMPUTE]>>>(p);
+    kernel<<<grid, 128, smem, s>>>(p);
     CUDA_LAUNCH_CHECK();
+    if (p.n_splits > 1) {
+        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)bm),
+                              (unsigned)p.head_dim, 0, s>>>(p);
+        CUDA_LAUNCH_CHECK();
+    }
 }
 
 /* Decode tiles: 16 rows, 3 blocks per SM fit (70 KB of shared memory each at head dim 128).
  * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. */
 template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params &p) {
     const cuda_attn_plan *pl = &ci->plan;
-    const unsigned hd_bit = HD == 128 ? 3 : 0;
-    attn_launch_list(ci, p, attn_decode_kernel<HD>, 128, (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16),
-                     1u << hd_bit, 3, pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    const size_t smem = (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16);
-    const char *v = getenv("KVSERVE_ATTN_PREFILL_WARPS"); /* TUNING ONLY: removed after run 4 */
-    if (v && atoi(v) == 8)
-        attn_launch_list(ci, p, attn_prefill_kernel<HD, 1, 8>, 256, smem, 4u << hd_bit, 1,
-                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
-    else
-        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, smem, 2u << hd_bit, 2,
-                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+    const unsigned hd_bit = HD == 128 ? 2 : 0;
+    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16),
+                     1u << hd_bit, 3, true, pl->d_tiles, pl->n_small, pl->max_ctx_small);
+    attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128,
+                     (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16), 2u << hd_bit, 2, false,
+                     pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,

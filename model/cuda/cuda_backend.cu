@@ -324,7 +324,6 @@ static void cuda_destroy(backend *be) {
     if (ci->step.d_meta) CUDA_CHECK(cudaFree(ci->step.d_meta));
     if (ci->plan.d_tiles) CUDA_CHECK(cudaFree(ci->plan.d_tiles));
     if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
-    if (ci->attn_counters) CUDA_CHECK(cudaFree(ci->attn_counters));
     free(ci->step.h_seq_start);
     free(ci->step.h_seq_len);
     for (int i = 0; i < BACKEND_NUM_STREAMS; i++) CUDA_CHECK(cudaStreamDestroy(ci->streams[i]));

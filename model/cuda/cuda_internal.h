@@ -67,8 +67,6 @@ typedef struct cuda_impl {
     unsigned attn_smem_set; /* attention kernel variants whose shared-memory limit was raised */
     float *attn_scratch; /* split-K partial outputs */
     size_t attn_scratch_cap; /* floats */
-    int *attn_counters;      /* split-K blocks done per (tile, kv head) */
-    size_t attn_counters_cap;
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;
