@@ -242,7 +242,7 @@ static int knob_set_json(kv_config *cfg, const knob *k, const json_t *v, kv_erro
                 }
         return knob_enum_error(k, v, err);
     }
-    KV_CHECK(!"unknown knob type");
+    kv_die(__FILE__, __LINE__, "unknown knob type");
 }
 
 /* Text from the command line as the JSON value the knob expects: numbers must parse completely,
@@ -276,7 +276,7 @@ static json_t *knob_text_to_json(const knob *k, const char *text) {
             return json_false();
         return json_string(text);
     }
-    KV_CHECK(!"unknown knob type");
+    kv_die(__FILE__, __LINE__, "unknown knob type");
 }
 
 int config_set(kv_config *cfg, const char *key, const char *value, kv_error *err) {
@@ -474,7 +474,7 @@ static json_t *knob_to_json(const kv_config *cfg, const knob *k, bool redact) {
     case KNOB_BOOL: return json_boolean(*(const bool *)field);
     case KNOB_ENUM: return json_string(k->names[*(const int *)field]);
     }
-    KV_CHECK(!"unknown knob type");
+    kv_die(__FILE__, __LINE__, "unknown knob type");
 }
 
 char *config_to_json(const kv_config *cfg, bool redact_secrets) {

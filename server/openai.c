@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <utf8proc.h>
 
 #define OPENAI_MAX_CHOICES 256   /* prompts x n in one request */
 #define OPENAI_MAX_STOP 64       /* stop strings per request */
@@ -28,8 +29,24 @@ int openai_error_set(openai_error *e, int status, const char *type, const char *
     return -1;
 }
 
+void openai_utf8_sanitize(char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        utf8proc_int32_t cp;
+        utf8proc_ssize_t len = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+        if (len <= 0 || cp == 0) { /* invalid, or NUL (which would cut the C string) */
+            s[i++] = '?';
+            continue;
+        }
+        i += (size_t)len;
+    }
+}
+
 char *openai_error_body(const openai_error *e) {
-    json_t *inner = json_pack("{s:s, s:s}", "message", e->message, "type", e->type);
+    char message[sizeof e->message];
+    snprintf(message, sizeof message, "%s", e->message);
+    openai_utf8_sanitize(message, strlen(message)); /* it may quote (or cut) the client's bytes */
+    json_t *inner = json_pack("{s:s, s:s}", "message", message, "type", e->type);
     json_object_set_new(inner, "param", e->param[0] ? json_string(e->param) : json_null());
     json_object_set_new(inner, "code", e->code[0] ? json_string(e->code) : json_null());
     json_t *root = json_pack("{s:o}", "error", inner);

@@ -20,6 +20,10 @@ typedef struct openai_error {
     char message[512];
 } openai_error;
 
+/* Replaces every byte of s[0..n) that is not part of valid UTF-8 with '?', in place, so that text
+ * from outside (echoed names, parser messages, cut strings) can always go into JSON. */
+void openai_utf8_sanitize(char *s, size_t n);
+
 /* Fills e and returns -1. param and code may be NULL. */
 int openai_error_set(openai_error *e, int status, const char *type, const char *param,
                      const char *code, const char *fmt, ...) __attribute__((format(printf, 6, 7)));

@@ -48,7 +48,9 @@ char *openai_token_text(const tokenizer *tok, int32_t id, bool as_ids) {
     char *text = NULL;
     size_t len;
     if (!as_ids && tok && tokenizer_decode(tok, &id, 1, false, &text, &len, NULL) == 0) {
-        /* a token that is part of a UTF-8 sequence decodes to U+FFFD, as in Hugging Face */
+        /* a token that is part of a UTF-8 sequence decodes to U+FFFD, as in Hugging Face; never
+         * let anything else through into JSON */
+        openai_utf8_sanitize(text, len);
         return text;
     }
     free(text);
@@ -69,7 +71,15 @@ json_t *openai_choice_json(int index, const char *text, size_t text_len, json_t 
     const char *fin = openai_finish_name(finish);
     json_t *c = json_object();
     json_object_set_new(c, "index", json_integer(index));
-    json_object_set_new(c, "text", json_stringn(text ? text : "", text ? text_len : 0));
+    json_t *jtext = json_stringn(text ? text : "", text ? text_len : 0);
+    if (!jtext) { /* not valid UTF-8: cannot happen with a conforming tokenizer, but never crash */
+        char *copy = kv_malloc(text_len + 1);
+        memcpy(copy, text, text_len);
+        openai_utf8_sanitize(copy, text_len);
+        jtext = json_stringn(copy, text_len);
+        free(copy);
+    }
+    json_object_set_new(c, "text", jtext);
     json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(c, "finish_reason", fin ? json_string(fin) : json_null());
     json_object_set_new(c, "stop_reason", stop_reason ? stop_reason : json_null());
@@ -241,6 +251,7 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
                          "cannot detokenize: %s", kerr.msg);
         goto done;
     }
+    openai_utf8_sanitize(text, text_len);
     *out = dump_and_free(json_pack("{s:s%}", "prompt", text, text_len));
     free(text);
     rc = 0;
