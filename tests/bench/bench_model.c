@@ -391,12 +391,14 @@ static void report_print(FILE *f, const bench_report *r) {
     fprintf(f, "| GEMM %s %d^3 | | %.3f ms | %.4g TFLOP/s |\n\n",
             kv_dtype_name(r->be->weight_dtype), a->gemm_n, r->lim.gemm_s * 1e3, r->lim.gemm_tflops);
 
-    fprintf(f,
-            "Decode: one token per sequence at context %d, logits of every sequence to the host "
-            "(f32); median of %d steps. Bytes read per step = streamed weights (%.4g GB: all but "
-            "the embedding table, which is gathered) + the batch's KV. Roofline = those bytes / "
-            "measured copy rate (%.0f GB/s).\n\n",
-            a->ctx + 1, a->reps, r->stream_bytes / 1e9, r->lim.copy_gbs);
+    fprintf(
+        f,
+        "Decode: one token per sequence at context %d, logits of every sequence to the host "
+        "(f32); median of %d steps. Bytes read per step = streamed weights (%.4g GB: all but an "
+        "untied embedding table, which is only gathered) + the batch's KV. Roofline = those bytes "
+        "/ "
+        "measured copy rate (%.0f GB/s).\n\n",
+        a->ctx + 1, a->reps, r->stream_bytes / 1e9, r->lim.copy_gbs);
     fprintf(f, "| batch | ms/step | tokens/s | GB read/step | GB/s | roofline ms | %% of roofline "
                "| ms/step, 1 logits row |\n|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < a->n_batches; i++) {
