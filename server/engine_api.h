@@ -32,8 +32,9 @@ typedef struct engine_event {
      * entry); when it is this event's token, its text is not part of the output. */
     int32_t stop_token;
     const char *error; /* with ABORT: NULL when cancelled, else the reason (valid during the call) */
-    /* With finish != NONE: prompt tokens, and how many of them came from the GPU prefix cache and
-     * from the host tier (not recomputed). */
+    /* On every generated-token event and on the last one: prompt tokens, and how many of them came
+     * from the GPU prefix cache and from the host tier (not recomputed). The HTTP side keeps the
+     * latest values (a request that a stop string ends is answered before its last event). */
     int n_prompt_tokens;
     int n_cached_gpu;
     int n_cached_host;

@@ -92,6 +92,7 @@ static enum MHD_Result handle_metrics(http_server *s, struct MHD_Connection *con
 }
 
 static enum MHD_Result handle_models(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+    if (!atomic_load(&s->ready)) return not_ready(conn);
     json_t *model = json_pack("{s:s, s:s, s:I, s:s, s:s, s:n, s:i}", "id", s->opt.served_model_name,
                               "object", "model", "created", (json_int_t)s->start_time, "owned_by",
                               "kvserve", "root",

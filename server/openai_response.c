@@ -221,9 +221,13 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
                          "'tokens' must be an array of token ids");
         goto done;
     }
+    if (!info->tok) {
+        openai_error_set(e, 503, "server_error", NULL, "model_not_ready", "the tokenizer is not loaded yet");
+        goto done;
+    }
     size_t n = json_array_size(tokens);
     ids = kv_malloc((n ? n : 1) * sizeof *ids);
-    int vocab = info->tok ? tokenizer_vocab_size(info->tok) : info->vocab_size;
+    int vocab = tokenizer_vocab_size(info->tok);
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(tokens, i);
         if (!json_is_integer(v)) {
@@ -238,10 +242,6 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
             goto done;
         }
         ids[i] = (int32_t)id;
-    }
-    if (!info->tok) {
-        openai_error_set(e, 503, "server_error", NULL, "model_not_ready", "the tokenizer is not loaded yet");
-        goto done;
     }
     char *text = NULL;
     size_t text_len = 0;
