@@ -157,7 +157,7 @@ static int dec_replace(const tok_decoder *d, tok_ctx *ctx, tok_strlist *l, kv_er
         tok_buf out = {0};
         tok_buf_append(&out, "", 0);
         for (int k = 0; k < sp.n; k++) {
-            if (sp.data[k].is_match && sp.data[k].end > sp.data[k].start)
+            if (sp.data[k].is_match) /* empty matches too, as Hugging Face */
                 tok_buf_append(&out, d->content, clen);
             else
                 tok_buf_append(&out, t->data + sp.data[k].start, sp.data[k].end - sp.data[k].start);
@@ -191,9 +191,13 @@ static void dec_byte_fallback(tok_strlist *l) {
     tok_buf bytes = {0};
     for (int i = 0; i < l->n; i++) {
         tok_buf *t = &l->items[i];
-        int hi, lo;
-        if (t->len == 6 && !memcmp(t->data, "<0x", 3) && t->data[5] == '>' &&
-            (hi = hex_digit(t->data[3])) >= 0 && (lo = hex_digit(t->data[4])) >= 0) {
+        /* u8::from_str_radix(&token[3..5], 16) accepts "hh" and "+h" */
+        int hi = -1, lo = -1;
+        if (t->len == 6 && !memcmp(t->data, "<0x", 3) && t->data[5] == '>') {
+            hi = t->data[3] == '+' ? 0 : hex_digit(t->data[3]);
+            lo = hex_digit(t->data[4]);
+        }
+        if (hi >= 0 && lo >= 0) {
             tok_buf_push(&bytes, (char)(hi * 16 + lo));
             continue;
         }

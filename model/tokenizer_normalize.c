@@ -150,9 +150,9 @@ static int replace(const tok_normalizer *n, tok_ctx *ctx, const char *s, size_t 
     size_t clen = strlen(n->content);
     for (int i = 0; i < spans.n; i++) {
         tok_span sp = spans.data[i];
-        if (sp.is_match && sp.end > sp.start) {
+        if (sp.is_match) { /* empty matches too, as Hugging Face */
             tok_buf_append(out, n->content, clen);
-            if (sp.start == 0 && clen == 0) *lead_removed = true;
+            if (sp.start == 0 && sp.end > 0 && clen == 0) *lead_removed = true;
         } else {
             tok_buf_append(out, s + sp.start, sp.end - sp.start);
         }
