@@ -76,7 +76,8 @@ static const knob knobs[] = {
     {"load_format", KNOB_ENUM, OFF(load_format), .names = load_names,
      .help = "auto, safetensors, or dummy (random weights from config.json)"},
     {"seed", KNOB_U64, OFF(seed), .help = "server seed (prefix-cache hashes, unseeded sampling)"},
-    {"log_level", KNOB_ENUM, OFF(log_level), .names = log_names, .help = "debug, info, warn, error"},
+    {"log_level", KNOB_ENUM, OFF(log_level), .names = log_names,
+     .help = "debug, info, warn, error"},
     {"offload.size_gib", KNOB_DOUBLE, OFF(offload.size_gib), .min = 0, .max = 1 << 20,
      .help = "host (CPU DRAM) KV tier size in GiB (0 = off)"},
     {"offload.store_policy", KNOB_ENUM, OFF(offload.store_policy), .names = policy_names,
@@ -108,7 +109,9 @@ void config_default(kv_config *cfg) {
         .load_format = CONFIG_LOAD_AUTO,
         .seed = 0,
         .log_level = CONFIG_LOG_INFO,
-        .offload = {.size_gib = 0, .store_policy = CONFIG_STORE_WRITE_THROUGH, .reuse_threshold = 2,
+        .offload = {.size_gib = 0,
+                    .store_policy = CONFIG_STORE_WRITE_THROUGH,
+                    .reuse_threshold = 2,
                     .pin_chunk_mib = 256},
     };
 }
@@ -204,8 +207,10 @@ static int knob_set_json(kv_config *cfg, const knob *k, const json_t *v, kv_erro
         long long x;
         if (!json_as_integer(v, &x) || x < k->min || x > k->max) return knob_range_error(k, v, err);
         if (k->power_of_two && (x & (x - 1)) != 0) return knob_range_error(k, v, err);
-        if (k->type == KNOB_INT) *(int *)field = (int)x;
-        else *(long long *)field = x;
+        if (k->type == KNOB_INT)
+            *(int *)field = (int)x;
+        else
+            *(long long *)field = x;
         return 0;
     }
     case KNOB_U64: {
@@ -254,7 +259,8 @@ static json_t *knob_text_to_json(const knob *k, const char *text) {
     case KNOB_STRING:
         if (k->nullable && text[0] == '\0') return json_null();
         return json_string(text);
-    case KNOB_ENUM: return json_string(text);
+    case KNOB_ENUM:
+        return json_string(text);
     case KNOB_INT:
     case KNOB_LLONG:
     case KNOB_U64: {
@@ -322,7 +328,8 @@ static int error_add_where(kv_error *err, const char *where) {
     return -1;
 }
 
-int config_apply_json(kv_config *cfg, const char *text, size_t len, const char *where, kv_error *err) {
+int config_apply_json(kv_config *cfg, const char *text, size_t len, const char *where,
+                      kv_error *err) {
     json_error_t jerr;
     json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
@@ -467,12 +474,18 @@ static json_t *knob_to_json(const kv_config *cfg, const knob *k, bool redact) {
         if (!s) return json_null();
         return json_string(redact && !strcmp(k->key, "api_key") ? "***" : s);
     }
-    case KNOB_INT: return json_integer(*(const int *)field);
-    case KNOB_LLONG: return json_integer(*(const long long *)field);
-    case KNOB_U64: return json_integer((json_int_t) * (const unsigned long long *)field);
-    case KNOB_DOUBLE: return json_real(*(const double *)field);
-    case KNOB_BOOL: return json_boolean(*(const bool *)field);
-    case KNOB_ENUM: return json_string(k->names[*(const int *)field]);
+    case KNOB_INT:
+        return json_integer(*(const int *)field);
+    case KNOB_LLONG:
+        return json_integer(*(const long long *)field);
+    case KNOB_U64:
+        return json_integer((json_int_t) * (const unsigned long long *)field);
+    case KNOB_DOUBLE:
+        return json_real(*(const double *)field);
+    case KNOB_BOOL:
+        return json_boolean(*(const bool *)field);
+    case KNOB_ENUM:
+        return json_string(k->names[*(const int *)field]);
     }
     kv_die(__FILE__, __LINE__, "unknown knob type");
 }

@@ -8,7 +8,11 @@
 
 #include "model/common.h"
 
-typedef enum config_device { CONFIG_DEVICE_AUTO, CONFIG_DEVICE_CUDA, CONFIG_DEVICE_CPU } config_device;
+typedef enum config_device {
+    CONFIG_DEVICE_AUTO,
+    CONFIG_DEVICE_CUDA,
+    CONFIG_DEVICE_CPU
+} config_device;
 
 typedef enum config_store_policy {
     CONFIG_STORE_WRITE_THROUGH, /* store each block once, when it becomes full */
@@ -16,7 +20,11 @@ typedef enum config_store_policy {
     CONFIG_STORE_REUSE_GATED,   /* store a block once it has been hit reuse_threshold times */
 } config_store_policy;
 
-typedef enum config_load_format { CONFIG_LOAD_AUTO, CONFIG_LOAD_SAFETENSORS, CONFIG_LOAD_DUMMY } config_load_format;
+typedef enum config_load_format {
+    CONFIG_LOAD_AUTO,
+    CONFIG_LOAD_SAFETENSORS,
+    CONFIG_LOAD_DUMMY
+} config_load_format;
 
 typedef enum config_log_level {
     CONFIG_LOG_DEBUG,
@@ -26,33 +34,33 @@ typedef enum config_log_level {
 } config_log_level;
 
 typedef struct config_offload {
-    double size_gib;                  /* host tier size; 0 = offload off */
+    double size_gib; /* host tier size; 0 = offload off */
     config_store_policy store_policy;
-    int reuse_threshold;              /* hits before reuse_gated stores a block */
-    int pin_chunk_mib;                /* host memory is pinned in chunks of this size, in the background */
+    int reuse_threshold; /* hits before reuse_gated stores a block */
+    int pin_chunk_mib;   /* host memory is pinned in chunks of this size, in the background */
 } config_offload;
 
 typedef struct kv_config {
-    char *host;                     /* listen address */
-    int port;                       /* 0 = any free port */
-    char *model;                    /* Hugging Face model directory; NULL until given */
-    char *served_model_name;        /* name clients use; NULL = the model argument */
-    char *api_key;                  /* NULL = no authentication */
+    char *host;              /* listen address */
+    int port;                /* 0 = any free port */
+    char *model;             /* Hugging Face model directory; NULL until given */
+    char *served_model_name; /* name clients use; NULL = the model argument */
+    char *api_key;           /* NULL = no authentication */
     config_device device;
-    int max_model_len;              /* 0 = from the model's config.json */
-    int block_size;                 /* tokens per KV block, a power of two */
-    double gpu_memory_utilization;  /* fraction of GPU memory for weights + KV cache */
-    int num_gpu_blocks;             /* 0 = from gpu_memory_utilization */
-    int max_num_seqs;               /* requests running at once */
-    int max_num_batched_tokens;     /* tokens per engine step */
+    int max_model_len;             /* 0 = from the model's config.json */
+    int block_size;                /* tokens per KV block, a power of two */
+    double gpu_memory_utilization; /* fraction of GPU memory for weights + KV cache */
+    int num_gpu_blocks;            /* 0 = from gpu_memory_utilization */
+    int max_num_seqs;              /* requests running at once */
+    int max_num_batched_tokens;    /* tokens per engine step */
     bool enable_prefix_caching;
-    int max_queue;                  /* waiting requests beyond which a new one gets 503 */
-    long long max_body_bytes;       /* request bodies above this get 413 */
-    int n_threads;                  /* CPU backend threads; 0 = one per core */
-    int http_threads;               /* libmicrohttpd polling threads */
-    int max_connections;            /* open HTTP connections at once */
+    int max_queue;            /* waiting requests beyond which a new one gets 503 */
+    long long max_body_bytes; /* request bodies above this get 413 */
+    int n_threads;            /* CPU backend threads; 0 = one per core */
+    int http_threads;         /* libmicrohttpd polling threads */
+    int max_connections;      /* open HTTP connections at once */
     config_load_format load_format;
-    unsigned long long seed;        /* server seed: prefix-cache hash root, unseeded sampling */
+    unsigned long long seed; /* server seed: prefix-cache hash root, unseeded sampling */
     config_log_level log_level;
     config_offload offload;
 } kv_config;
@@ -64,7 +72,8 @@ void config_free(kv_config *cfg);
 /* Applies the knobs of a JSON object text over cfg (what is absent keeps its value). Unknown keys,
  * wrong types and invalid values are errors naming the key: "config: unknown key 'block_szie'".
  * On error cfg may be partly updated. where names the source in messages (may be NULL). */
-int config_apply_json(kv_config *cfg, const char *text, size_t len, const char *where, kv_error *err);
+int config_apply_json(kv_config *cfg, const char *text, size_t len, const char *where,
+                      kv_error *err);
 /* Same, from a file. */
 int config_load_file(kv_config *cfg, const char *path, kv_error *err);
 /* Sets one knob from text, as given on the command line: key is "block_size" or

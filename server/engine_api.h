@@ -19,11 +19,11 @@ typedef enum engine_finish {
  * when params.prompt_logprobs >= 0: one per prompt token from the second on), then one event per
  * generated token; the last event has finish != NONE and may carry a token too. */
 typedef struct engine_event {
-    int32_t token;     /* the sampled (or, with is_prompt, the prompt) token; -1 when none */
-    bool is_prompt;    /* a prompt-logprobs event */
-    float logprob;     /* log-probability of token (raw distribution) */
-    int n_top;         /* top_ids/top_logprobs entries, most likely first (params.logprobs or
-                          prompt_logprobs of them) */
+    int32_t token;  /* the sampled (or, with is_prompt, the prompt) token; -1 when none */
+    bool is_prompt; /* a prompt-logprobs event */
+    float logprob;  /* log-probability of token (raw distribution) */
+    int n_top;      /* top_ids/top_logprobs entries, most likely first (params.logprobs or
+                       prompt_logprobs of them) */
     int32_t top_ids[SAMPLER_MAX_LOGPROBS];
     float top_logprobs[SAMPLER_MAX_LOGPROBS];
 
@@ -31,7 +31,8 @@ typedef struct engine_event {
     /* With finish == STOP: the token that stopped the request (an eos id or a stop_token_ids
      * entry); when it is this event's token, its text is not part of the output. */
     int32_t stop_token;
-    const char *error; /* with ABORT: NULL when cancelled, else the reason (valid during the call) */
+    const char
+        *error; /* with ABORT: NULL when cancelled, else the reason (valid during the call) */
     /* On every generated-token event and on the last one: prompt tokens, and how many of them came
      * from the GPU prefix cache and from the host tier (not recomputed). The HTTP side keeps the
      * latest values (a request that a stop string ends is answered before its last event). */
@@ -61,8 +62,8 @@ typedef enum engine_submit_status {
 
 typedef struct server_engine {
     void *ctx;
-    /* Queues a request and sets *id (never reused). After OK, on_event is called until an event with
-     * finish != NONE, then never again for this id. Any thread. */
+    /* Queues a request and sets *id (never reused). After OK, on_event is called until an event
+     * with finish != NONE, then never again for this id. Any thread. */
     engine_submit_status (*submit)(void *ctx, const engine_request *req, uint64_t *id,
                                    kv_error *err);
     /* Asks the engine to end a request early: unless its last event was already sent, it sends one

@@ -15,7 +15,7 @@
 #include "server/http_internal.h"
 
 #define KVSERVE_VERSION "0.1.0"
-#define WATCH_WAKE UINT64_MAX
+#define WATCH_WAKE      UINT64_MAX
 
 /* Per-connection, per-request state (libmicrohttpd's con_cls). */
 typedef struct conn_ctx {
@@ -74,7 +74,8 @@ openai_model_info http_model_info(http_server *s) {
 
 static enum MHD_Result not_ready(struct MHD_Connection *conn) {
     openai_error e;
-    openai_error_set(&e, 503, "server_error", NULL, "model_not_ready", "the model is still loading");
+    openai_error_set(&e, 503, "server_error", NULL, "model_not_ready",
+                     "the model is still loading");
     return http_respond_error(conn, &e);
 }
 
@@ -88,20 +89,22 @@ static enum MHD_Result handle_version(http_server *s, struct MHD_Connection *con
 }
 
 static enum MHD_Result handle_metrics(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
-    return http_respond(conn, 200, metrics_render(s->metrics), "text/plain; version=0.0.4; charset=utf-8");
+    return http_respond(conn, 200, metrics_render(s->metrics),
+                        "text/plain; version=0.0.4; charset=utf-8");
 }
 
 static enum MHD_Result handle_models(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
     if (!atomic_load(&s->ready)) return not_ready(conn);
-    json_t *model = json_pack("{s:s, s:s, s:I, s:s, s:s, s:n, s:i}", "id", s->opt.served_model_name,
-                              "object", "model", "created", (json_int_t)s->start_time, "owned_by",
-                              "kvserve", "root",
-                              s->opt.model_root ? s->opt.model_root : s->opt.served_model_name,
-                              "parent", "max_model_len", s->max_model_len);
+    json_t *model =
+        json_pack("{s:s, s:s, s:I, s:s, s:s, s:n, s:i}", "id", s->opt.served_model_name, "object",
+                  "model", "created", (json_int_t)s->start_time, "owned_by", "kvserve", "root",
+                  s->opt.model_root ? s->opt.model_root : s->opt.served_model_name, "parent",
+                  "max_model_len", s->max_model_len);
     return respond_json(conn, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", model));
 }
 
-static enum MHD_Result handle_completions(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+static enum MHD_Result handle_completions(http_server *s, struct MHD_Connection *conn,
+                                          conn_ctx *cx) {
     return completion_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
 }
 
@@ -110,16 +113,19 @@ static enum MHD_Result handle_tokenize(http_server *s, struct MHD_Connection *co
     openai_model_info info = http_model_info(s);
     openai_error e;
     char *out;
-    if (openai_tokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e)) return http_respond_error(conn, &e);
+    if (openai_tokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e))
+        return http_respond_error(conn, &e);
     return http_respond(conn, 200, out, "application/json");
 }
 
-static enum MHD_Result handle_detokenize(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+static enum MHD_Result handle_detokenize(http_server *s, struct MHD_Connection *conn,
+                                         conn_ctx *cx) {
     if (!atomic_load(&s->ready)) return not_ready(conn);
     openai_model_info info = http_model_info(s);
     openai_error e;
     char *out;
-    if (openai_detokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e)) return http_respond_error(conn, &e);
+    if (openai_detokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e))
+        return http_respond_error(conn, &e);
     return http_respond(conn, 200, out, "application/json");
 }
 
@@ -139,14 +145,16 @@ static const route routes[] = {
 static bool key_equal(const char *a, const char *b) {
     size_t na = strlen(a), nb = strlen(b);
     unsigned diff = (unsigned)(na != nb);
-    for (size_t i = 0; i < na; i++) diff |= (unsigned char)a[i] ^ (unsigned char)b[i % (nb ? nb : 1)];
+    for (size_t i = 0; i < na; i++)
+        diff |= (unsigned char)a[i] ^ (unsigned char)b[i % (nb ? nb : 1)];
     return diff == 0;
 }
 
 static bool authorized(http_server *s, struct MHD_Connection *conn, const char *url) {
     if (!s->opt.api_key) return true;
     if (strncmp(url, "/v1", 3) != 0 || (url[3] != '\0' && url[3] != '/')) return true; /* as vLLM */
-    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *h =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (!h || strncmp(h, "Bearer ", 7) != 0) return false;
     return key_equal(h + 7, s->opt.api_key);
 }
@@ -181,14 +189,16 @@ static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn
         MHD_destroy_response(resp);
         return ret;
     }
-    const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    const char *cl =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl && strtoll(cl, NULL, 10) > s->opt.max_body_bytes) {
         openai_error_set(&e, 413, "invalid_request_error", NULL, "request_too_large",
                          "the request body is larger than %lld bytes", s->opt.max_body_bytes);
         return http_respond_error(conn, &e);
     }
     if (atomic_load(&s->stopping)) {
-        openai_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
+                         "the server is shutting down");
         return http_respond_error(conn, &e);
     }
     cx->route = r;
@@ -251,7 +261,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 /* ---- disconnect watcher ---- */
 
 int http_watch(http_server *s, struct MHD_Connection *conn, completion *c) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci) return -1;
     pthread_mutex_lock(&s->watch_lock);
     int slot = 0;
@@ -308,7 +319,8 @@ static void *watcher_main(void *arg) {
 
 /* ---- lifecycle ---- */
 
-/* Each idle keep-alive connection is a file descriptor: lift the soft limit towards the hard one. */
+/* Each idle keep-alive connection is a file descriptor: lift the soft limit towards the hard one.
+ */
 static void raise_fd_limit(int max_connections) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
@@ -333,8 +345,8 @@ static void server_free(http_server *s) {
     free(s);
 }
 
-int http_server_start(http_server **out, const http_server_options *opt, const server_engine *engine,
-                      metrics *m, kv_error *err) {
+int http_server_start(http_server **out, const http_server_options *opt,
+                      const server_engine *engine, metrics *m, kv_error *err) {
     http_server *s = kv_calloc(1, sizeof *s);
     s->opt = *opt;
     s->opt.host = kv_strdup(opt->host ? opt->host : "0.0.0.0");
@@ -350,7 +362,8 @@ int http_server_start(http_server **out, const http_server_options *opt, const s
     pthread_mutex_init(&s->watch_lock, NULL);
     pthread_cond_init(&s->idle, NULL);
 
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE | AI_NUMERICSERV};
     struct addrinfo *ai = NULL;
     char port[16];
@@ -364,7 +377,8 @@ int http_server_start(http_server **out, const http_server_options *opt, const s
     s->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     s->wake_fd = eventfd(0, EFD_CLOEXEC);
     struct epoll_event wake = {.events = EPOLLIN, .data.u64 = WATCH_WAKE};
-    if (s->epoll_fd < 0 || s->wake_fd < 0 || epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->wake_fd, &wake)) {
+    if (s->epoll_fd < 0 || s->wake_fd < 0 ||
+        epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, s->wake_fd, &wake)) {
         kv_error_set(err, "http: epoll: %s", strerror(errno));
         freeaddrinfo(ai);
         server_free(s);
@@ -376,12 +390,13 @@ int http_server_start(http_server **out, const http_server_options *opt, const s
      * start-up failures come back as err */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->daemon = MHD_start_daemon(
-        flags, (uint16_t)opt->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
-        MHD_OPTION_END);
+    s->daemon = MHD_start_daemon(flags, (uint16_t)opt->port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
+                                 (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
+                                 MHD_OPTION_CONNECTION_LIMIT,
+                                 (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
+                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!s->daemon) {
         kv_error_set(err, "http: cannot listen on %s:%d (address in use, or not permitted)",
@@ -411,7 +426,9 @@ void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_l
     atomic_store(&s->ready, true);
 }
 
-int http_server_port(const http_server *s) { return s->port; }
+int http_server_port(const http_server *s) {
+    return s->port;
+}
 
 void http_server_stop(http_server *s) {
     /* 1. no new requests; 2. every live request ends (suspended ones are resumed: libmicrohttpd
@@ -439,6 +456,8 @@ void http_server_stop(http_server *s) {
     while (s->n_live > 0 && rc == 0) rc = pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
     bool idle = s->n_live == 0;
     pthread_mutex_unlock(&s->lock);
-    if (idle) server_free(s);
-    else fprintf(stderr, "kvserve: http: %d requests still in the engine at shutdown\n", s->n_live);
+    if (idle)
+        server_free(s);
+    else
+        fprintf(stderr, "kvserve: http: %d requests still in the engine at shutdown\n", s->n_live);
 }

@@ -21,11 +21,11 @@
 #include "server/metrics.h"
 
 typedef struct http_server_options {
-    const char *host;              /* "0.0.0.0", "127.0.0.1", "::" ... */
-    int port;                      /* 0 = any free port (see http_server_port) */
-    const char *api_key;           /* NULL = open; else required on /v1 paths as "Bearer KEY" */
-    long long max_body_bytes;      /* larger bodies get 413 */
-    int n_threads;                 /* polling threads */
+    const char *host;         /* "0.0.0.0", "127.0.0.1", "::" ... */
+    int port;                 /* 0 = any free port (see http_server_port) */
+    const char *api_key;      /* NULL = open; else required on /v1 paths as "Bearer KEY" */
+    long long max_body_bytes; /* larger bodies get 413 */
+    int n_threads;            /* polling threads */
     int max_connections;
     const char *served_model_name; /* the name in /v1/models and responses */
     const char *model_root;        /* "root" in /v1/models (the model path); may be NULL */
@@ -35,8 +35,8 @@ typedef struct http_server http_server;
 
 /* Starts listening. Until http_server_set_model, /health answers 503 and model endpoints 503.
  * engine and m must outlive the server. */
-int http_server_start(http_server **out, const http_server_options *opt, const server_engine *engine,
-                      metrics *m, kv_error *err);
+int http_server_start(http_server **out, const http_server_options *opt,
+                      const server_engine *engine, metrics *m, kv_error *err);
 /* Marks the model loaded: tok (borrowed, outlives the server), the context length, and default
  * sampling parameters (copied; NULL = OpenAI defaults). Call once. */
 void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,

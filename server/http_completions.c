@@ -22,7 +22,7 @@ typedef struct queued_event {
 
 typedef struct choice_state {
     completion *c;
-    int index;        /* prompt * n + k */
+    int index; /* prompt * n + k */
     int prompt_index;
     uint64_t engine_id;
     bool submitted;
@@ -36,7 +36,7 @@ typedef struct choice_state {
     bool prompt_ids_sent;
     tokenizer_stream *ts;
     stop_matcher stop;
-    char *text;       /* whole text (non-streamed) or text not yet sent (streamed) */
+    char *text; /* whole text (non-streamed) or text not yet sent (streamed) */
     size_t text_len, text_cap;
     json_t *logprobs; /* NULL unless requested; entries not yet sent when streaming */
     int text_offset;  /* code points so far, for logprobs.text_offset */
@@ -98,8 +98,10 @@ static int count_code_points(const char *s, size_t n) {
 static void completion_free(completion *c) {
     http_server *s = c->srv;
     pthread_mutex_lock(&s->lock);
-    if (c->prev) c->prev->next = c->next;
-    else s->live = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->live = c->next;
     if (c->next) c->next->prev = c->prev;
     s->n_live--;
     pthread_cond_broadcast(&s->idle);
@@ -137,7 +139,8 @@ static void cancel_engine_requests(completion *c) {
     int n = 0;
     pthread_mutex_lock(&c->lock);
     for (int i = 0; i < c->n_choices; i++)
-        if (c->choices[i].submitted && !c->choices[i].engine_done) ids[n++] = c->choices[i].engine_id;
+        if (c->choices[i].submitted && !c->choices[i].engine_done)
+            ids[n++] = c->choices[i].engine_id;
     pthread_mutex_unlock(&c->lock);
     for (int i = 0; i < n; i++) c->engine.cancel(c->engine.ctx, ids[i]);
     free(ids);
@@ -202,13 +205,15 @@ static void choice_add_logprobs(completion *c, choice_state *ch, const engine_ev
         free(t);
     }
     char *t = openai_token_text(tok, ev->token, as_ids);
-    if (!json_object_get(top, t)) json_object_set_new(top, t, json_real(openai_logprob_value(ev->logprob)));
+    if (!json_object_get(top, t))
+        json_object_set_new(top, t, json_real(openai_logprob_value(ev->logprob)));
     openai_logprobs_append(ch->logprobs, t, ev->logprob, top, ch->text_offset);
     ch->text_offset += count_code_points(t, strlen(t));
     free(t);
 }
 
-static void choice_finish(completion *c, choice_state *ch, openai_finish finish, json_t *stop_reason) {
+static void choice_finish(completion *c, choice_state *ch, openai_finish finish,
+                          json_t *stop_reason) {
     if (ch->done) {
         json_decref(stop_reason);
         return;
@@ -221,7 +226,8 @@ static void choice_finish(completion *c, choice_state *ch, openai_finish finish,
                         : finish == OPENAI_FINISH_LENGTH ? METRICS_FINISH_LENGTH
                                                          : METRICS_FINISH_ABORT;
     metrics_counter_add(&c->metrics->request_success[mf], 1);
-    metrics_counter_add(&c->metrics->prompt_tokens, (uint64_t)c->req.prompts[ch->prompt_index].n_ids);
+    metrics_counter_add(&c->metrics->prompt_tokens,
+                        (uint64_t)c->req.prompts[ch->prompt_index].n_ids);
     metrics_counter_add(&c->metrics->generation_tokens, (uint64_t)ch->n_ids);
     metrics_histogram_observe(&c->metrics->e2e_request_latency_seconds, kv_now() - c->arrival);
 }
@@ -297,8 +303,12 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
         choice_finish(c, ch, OPENAI_FINISH_STOP,
                       is_stop_token_id(c, ev->stop_token) ? json_integer(ev->stop_token) : NULL);
         break;
-    case ENGINE_FINISH_LENGTH: choice_finish(c, ch, OPENAI_FINISH_LENGTH, NULL); break;
-    default: choice_finish(c, ch, OPENAI_FINISH_ABORT, NULL); break;
+    case ENGINE_FINISH_LENGTH:
+        choice_finish(c, ch, OPENAI_FINISH_LENGTH, NULL);
+        break;
+    default:
+        choice_finish(c, ch, OPENAI_FINISH_ABORT, NULL);
+        break;
     }
     return false;
 }
@@ -358,7 +368,8 @@ static openai_usage completion_usage(const completion *c) {
 static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, bool aborting) {
     openai_error e;
     if (aborting) {
-        openai_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
+                         "the server is shutting down");
         return http_respond_error(conn, &e);
     }
     if (c->error) {
@@ -370,10 +381,10 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         choice_state *ch = &c->choices[i];
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
-        json_array_append_new(choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
-                                                          ch->finish, ch->stop_reason,
-                                                          ids ? p->ids : NULL, p->n_ids,
-                                                          ids ? ch->ids : NULL, ch->n_ids));
+        json_array_append_new(choices,
+                              openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
+                                                 ch->finish, ch->stop_reason, ids ? p->ids : NULL,
+                                                 p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
         ch->logprobs = NULL;
         ch->stop_reason = NULL;
     }
@@ -403,7 +414,8 @@ static void stream_append(completion *c, json_t *j) {
     free(ev);
 }
 
-/* Turns what the choices have gathered into SSE chunks; ends the stream when every choice is done. */
+/* Turns what the choices have gathered into SSE chunks; ends the stream when every choice is done.
+ */
 static void stream_emit(completion *c) {
     for (int i = 0; i < c->n_choices; i++) {
         choice_state *ch = &c->choices[i];
@@ -422,8 +434,10 @@ static void stream_emit(completion *c) {
         if (ch->done) ch->stop_reason = NULL;
         json_t *usage = NULL;
         if (c->req.continuous_usage) {
-            openai_usage u = {.prompt_tokens = p->n_ids, .completion_tokens = ch->n_ids,
-                              .cached_tokens_gpu = ch->n_cached_gpu, .cached_tokens_host = ch->n_cached_host};
+            openai_usage u = {.prompt_tokens = p->n_ids,
+                              .completion_tokens = ch->n_ids,
+                              .cached_tokens_gpu = ch->n_cached_gpu,
+                              .cached_tokens_host = ch->n_cached_host};
             usage = openai_usage_json(&u);
         }
         stream_append(c, openai_completion_json(c->id, c->created, c->srv->opt.served_model_name,
@@ -486,7 +500,8 @@ static void make_id(char *out, size_t size) {
         memcpy(r + 8, &b, 8);
     }
     int n = snprintf(out, size, "cmpl-");
-    for (int i = 0; i < 16 && (size_t)n + 2 < size; i++) n += snprintf(out + n, size - (size_t)n, "%02x", r[i]);
+    for (int i = 0; i < 16 && (size_t)n + 2 < size; i++)
+        n += snprintf(out + n, size - (size_t)n, "%02x", r[i]);
 }
 
 static void choice_init(completion *c, choice_state *ch, int index, int prompt_index) {
@@ -507,7 +522,8 @@ static void choice_init(completion *c, choice_state *ch, int index, int prompt_i
     } else {
         char *text = NULL;
         size_t n = 0;
-        if (tokenizer_decode(tok, p->ids, p->n_ids, false, &text, &n, NULL) == 0) choice_add_text(ch, text, n);
+        if (tokenizer_decode(tok, p->ids, p->n_ids, false, &text, &n, NULL) == 0)
+            choice_add_text(ch, text, n);
         free(text);
     }
     if (ch->logprobs) { /* the first prompt token has no logprob */
@@ -528,9 +544,13 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
         params.max_tokens = p->max_tokens;
         if (params.min_tokens > params.max_tokens) params.min_tokens = params.max_tokens;
         if (params.has_seed) params.seed += (uint64_t)(i % req->n); /* n samples differ, as vLLM */
-        engine_request er = {.prompt = p->ids, .n_prompt = p->n_ids, .params = &params,
-                             .cache_salt = req->cache_salt, .arrival_time = c->arrival,
-                             .on_event = on_engine_event, .user = ch};
+        engine_request er = {.prompt = p->ids,
+                             .n_prompt = p->n_ids,
+                             .params = &params,
+                             .cache_salt = req->cache_salt,
+                             .arrival_time = c->arrival,
+                             .on_event = on_engine_event,
+                             .user = ch};
         pthread_mutex_lock(&c->lock);
         c->refs++; /* events may arrive before submit returns */
         ch->submitted = true;
@@ -553,14 +573,15 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
             openai_error_set(&e, 503, "server_error", NULL, "server_overloaded",
                              "the server is overloaded (queue full): retry later");
         else
-            openai_error_set(&e, 400, "invalid_request_error", NULL, "invalid_value", "%s", err.msg);
+            openai_error_set(&e, 400, "invalid_request_error", NULL, "invalid_value", "%s",
+                             err.msg);
         return http_respond_error(conn, &e);
     }
     c->watch_slot = http_watch(c->srv, conn, c);
     if (!req->stream) return completion_continue(c, conn);
 
-    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024,
-                                                               stream_reader, c, NULL);
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, c, NULL);
     KV_CHECK(r);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
@@ -574,7 +595,8 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     *c_out = NULL;
     openai_error e;
     if (!atomic_load(&s->ready)) {
-        openai_error_set(&e, 503, "server_error", NULL, "model_not_ready", "the model is still loading");
+        openai_error_set(&e, 503, "server_error", NULL, "model_not_ready",
+                         "the model is still loading");
         return http_respond_error(conn, &e);
     }
     openai_model_info info = http_model_info(s);
@@ -597,7 +619,8 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     if (stopping) {
         openai_completion_request_free(&c->req);
         free(c);
-        openai_error_set(&e, 503, "server_error", NULL, "shutting_down", "the server is shutting down");
+        openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
+                         "the server is shutting down");
         return http_respond_error(conn, &e);
     }
     c->srv = s;
@@ -661,7 +684,9 @@ bool completion_try_ref(completion *c) {
     return alive;
 }
 
-void completion_release(completion *c) { completion_unref(c); }
+void completion_release(completion *c) {
+    completion_unref(c);
+}
 
 int completion_live_refs(http_server *s, completion ***out) {
     pthread_mutex_lock(&s->lock);

@@ -9,17 +9,18 @@
 #include <stdlib.h>
 
 /* vLLM's buckets (vllm/v1/metrics/loggers.py). */
-static const double ttft_buckets[] = {0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                      0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
+static const double ttft_buckets[] = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                      0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
                                       20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
-static const double itl_buckets[] = {0.01, 0.025, 0.05, 0.075, 0.1,  0.15, 0.2,  0.3,  0.4, 0.5,
-                                     0.75, 1.0,   2.5,  5.0,   7.5,  10.0, 20.0, 40.0, 80.0};
-static const double e2e_buckets[] = {0.3,  0.5,  0.8,  1.0,  1.5,  2.0,   2.5,   5.0,   10.0,  15.0, 20.0,
-                                     30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+static const double itl_buckets[] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                     0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+static const double e2e_buckets[] = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                     5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                     60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
 /* Host-tier loads: one block of an 8B model is 2 MiB (~40 us at 50 GB/s); a 100K-token prompt
  * is 12 GiB (~250 ms). */
-static const double load_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                      0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   2.5, 5.0};
+static const double load_buckets[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05,   0.1,     0.25,   0.5,   1.0,    2.5,   5.0};
 
 #define N_OF(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
@@ -83,9 +84,12 @@ __attribute__((format(printf, 2, 3))) static void buf_printf(text_buf *b, const 
 
 /* Floats the way Prometheus' Go client and prometheus_client print them: 1.0, 0.25, 2560.0. */
 static void format_float(char *out, size_t size, double v) {
-    if (isinf(v)) snprintf(out, size, v > 0 ? "+Inf" : "-Inf");
-    else if (v == floor(v) && fabs(v) < 1e15) snprintf(out, size, "%.1f", v);
-    else snprintf(out, size, "%.15g", v);
+    if (isinf(v))
+        snprintf(out, size, v > 0 ? "+Inf" : "-Inf");
+    else if (v == floor(v) && fabs(v) < 1e15)
+        snprintf(out, size, "%.1f", v);
+    else
+        snprintf(out, size, "%.15g", v);
 }
 
 typedef struct render_ctx {
@@ -112,7 +116,8 @@ static void render_gauge(render_ctx *r, const char *name, const char *help, metr
     buf_printf(&r->buf, "%s{%s} %s\n", name, r->labels, v);
 }
 
-static void render_histogram(render_ctx *r, const char *name, const char *help, metrics_histogram *h) {
+static void render_histogram(render_ctx *r, const char *name, const char *help,
+                             metrics_histogram *h) {
     uint64_t counts[METRICS_MAX_BUCKETS + 1], count;
     double sum;
     pthread_mutex_lock(&h->lock); /* one consistent snapshot: buckets add up to _count */
@@ -139,9 +144,12 @@ static void render_histogram(render_ctx *r, const char *name, const char *help, 
 static void escape_label(char *out, size_t size, const char *s) {
     size_t n = 0;
     for (; *s && n + 3 < size; s++) {
-        if (*s == '\\' || *s == '"') out[n++] = '\\', out[n++] = *s;
-        else if (*s == '\n') out[n++] = '\\', out[n++] = 'n';
-        else out[n++] = *s;
+        if (*s == '\\' || *s == '"')
+            out[n++] = '\\', out[n++] = *s;
+        else if (*s == '\n')
+            out[n++] = '\\', out[n++] = 'n';
+        else
+            out[n++] = *s;
     }
     out[n] = '\0';
 }
@@ -152,8 +160,8 @@ char *metrics_render(metrics *m) {
     escape_label(escaped, sizeof escaped, m->model_name);
     snprintf(r.labels, sizeof r.labels, "model_name=\"%s\"", escaped);
 
-    render_gauge(&r, "kvserve:num_requests_running", "Number of requests in model execution batches.",
-                 &m->num_requests_running);
+    render_gauge(&r, "kvserve:num_requests_running",
+                 "Number of requests in model execution batches.", &m->num_requests_running);
     render_gauge(&r, "kvserve:num_requests_waiting", "Number of requests waiting to be processed.",
                  &m->num_requests_waiting);
     render_gauge(&r, "kvserve:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
@@ -162,9 +170,10 @@ char *metrics_render(metrics *m) {
                    "Prefix cache queries, in terms of number of queried tokens.",
                    &m->prefix_cache_queries);
     render_counter(&r, "kvserve:prefix_cache_hits",
-                   "Prefix cache hits, in terms of number of cached tokens.", &m->prefix_cache_hits);
-    render_counter(&r, "kvserve:num_preemptions", "Cumulative number of preemption from the engine.",
-                   &m->num_preemptions);
+                   "Prefix cache hits, in terms of number of cached tokens.",
+                   &m->prefix_cache_hits);
+    render_counter(&r, "kvserve:num_preemptions",
+                   "Cumulative number of preemption from the engine.", &m->num_preemptions);
     render_counter(&r, "kvserve:prompt_tokens", "Number of prefill tokens processed.",
                    &m->prompt_tokens);
     render_counter(&r, "kvserve:generation_tokens", "Number of generation tokens processed.",
@@ -179,9 +188,11 @@ char *metrics_render(metrics *m) {
                    (unsigned long long)metrics_counter_get(&m->request_success[i]));
 
     render_gauge(&r, "kvserve:host_kv_cache_usage_perc",
-                 "Host (CPU DRAM) KV tier usage. 1 means 100 percent usage.", &m->host_cache_usage_perc);
+                 "Host (CPU DRAM) KV tier usage. 1 means 100 percent usage.",
+                 &m->host_cache_usage_perc);
     render_counter(&r, "kvserve:host_prefix_cache_queries",
-                   "Host tier queries, in terms of number of queried tokens.", &m->host_cache_queries);
+                   "Host tier queries, in terms of number of queried tokens.",
+                   &m->host_cache_queries);
     render_counter(&r, "kvserve:host_prefix_cache_hits",
                    "Host tier hits, in terms of number of tokens loaded instead of recomputed.",
                    &m->host_cache_hits);
@@ -194,10 +205,13 @@ char *metrics_render(metrics *m) {
                      &m->host_load_latency_seconds);
 
     render_histogram(&r, "kvserve:time_to_first_token_seconds",
-                     "Histogram of time to first token in seconds.", &m->time_to_first_token_seconds);
+                     "Histogram of time to first token in seconds.",
+                     &m->time_to_first_token_seconds);
     render_histogram(&r, "kvserve:inter_token_latency_seconds",
-                     "Histogram of inter-token latency in seconds.", &m->inter_token_latency_seconds);
+                     "Histogram of inter-token latency in seconds.",
+                     &m->inter_token_latency_seconds);
     render_histogram(&r, "kvserve:e2e_request_latency_seconds",
-                     "Histogram of e2e request latency in seconds.", &m->e2e_request_latency_seconds);
+                     "Histogram of e2e request latency in seconds.",
+                     &m->e2e_request_latency_seconds);
     return r.buf.data;
 }

@@ -1,7 +1,7 @@
 /* Server metrics in Prometheus text format, named like vLLM's under "kvserve:": gauges, counters
- * and histograms with vLLM's buckets, plus the host (offload) tier. Owned by the server (no globals);
- * every update is thread-safe (atomics; a mutex per histogram) so the engine thread and HTTP threads
- * update it directly. Knows nothing of where the numbers come from. */
+ * and histograms with vLLM's buckets, plus the host (offload) tier. Owned by the server (no
+ * globals); every update is thread-safe (atomics; a mutex per histogram) so the engine thread and
+ * HTTP threads update it directly. Knows nothing of where the numbers come from. */
 #ifndef KVSERVE_METRICS_H
 #define KVSERVE_METRICS_H
 
@@ -21,7 +21,7 @@ typedef struct metrics_gauge {
 } metrics_gauge;
 
 typedef struct metrics_histogram {
-    const double *bounds;                    /* upper bounds, ascending, without +Inf */
+    const double *bounds; /* upper bounds, ascending, without +Inf */
     int n_bounds;
     pthread_mutex_t lock;
     uint64_t counts[METRICS_MAX_BUCKETS + 1]; /* per bucket (not cumulative); last is +Inf */
@@ -29,14 +29,19 @@ typedef struct metrics_histogram {
     uint64_t count;
 } metrics_histogram;
 
-typedef enum metrics_finish { METRICS_FINISH_STOP, METRICS_FINISH_LENGTH, METRICS_FINISH_ABORT, METRICS_FINISH_COUNT } metrics_finish;
+typedef enum metrics_finish {
+    METRICS_FINISH_STOP,
+    METRICS_FINISH_LENGTH,
+    METRICS_FINISH_ABORT,
+    METRICS_FINISH_COUNT
+} metrics_finish;
 
 typedef struct metrics {
     char *model_name; /* the model_name label */
     /* scheduler state (set by the engine each step) */
     metrics_gauge num_requests_running;
     metrics_gauge num_requests_waiting;
-    metrics_gauge kv_cache_usage_perc;        /* GPU KV blocks in use, 0..1 */
+    metrics_gauge kv_cache_usage_perc; /* GPU KV blocks in use, 0..1 */
     /* GPU prefix cache, in tokens */
     metrics_counter prefix_cache_queries;
     metrics_counter prefix_cache_hits;
@@ -46,11 +51,11 @@ typedef struct metrics {
     metrics_counter generation_tokens;
     metrics_counter request_success[METRICS_FINISH_COUNT]; /* by finished_reason */
     /* host (offload) tier */
-    metrics_gauge host_cache_usage_perc;      /* host slots in use, 0..1 */
-    metrics_counter host_cache_queries;       /* tokens looked up in the host tier */
-    metrics_counter host_cache_hits;          /* tokens found there */
-    metrics_counter host_stored_bytes;        /* GPU -> host */
-    metrics_counter host_loaded_bytes;        /* host -> GPU */
+    metrics_gauge host_cache_usage_perc; /* host slots in use, 0..1 */
+    metrics_counter host_cache_queries;  /* tokens looked up in the host tier */
+    metrics_counter host_cache_hits;     /* tokens found there */
+    metrics_counter host_stored_bytes;   /* GPU -> host */
+    metrics_counter host_loaded_bytes;   /* host -> GPU */
     metrics_histogram host_load_latency_seconds;
     /* request latencies */
     metrics_histogram time_to_first_token_seconds;

@@ -1,6 +1,7 @@
 /* /v1/completions request validation. Every parameter is read by a typed getter that names the
  * parameter in its error; limits follow vLLM's SamplingParams checks where vLLM has one. Unknown
- * keys are ignored, as vLLM does; known but unsupported ones with a non-default value are errors. */
+ * keys are ignored, as vLLM does; known but unsupported ones with a non-default value are errors.
+ */
 #include "server/openai.h"
 
 #include <limits.h>
@@ -10,8 +11,8 @@
 #include <stdlib.h>
 #include <utf8proc.h>
 
-#define OPENAI_MAX_CHOICES 256   /* prompts x n in one request */
-#define OPENAI_MAX_STOP 64       /* stop strings per request */
+#define OPENAI_MAX_CHOICES  256  /* prompts x n in one request */
+#define OPENAI_MAX_STOP     64   /* stop strings per request */
 #define OPENAI_MAX_STOP_LEN 1024 /* bytes per stop string */
 #define OPENAI_MAX_STOP_IDS 1024
 
@@ -33,7 +34,8 @@ void openai_utf8_sanitize(char *s, size_t n) {
     size_t i = 0;
     while (i < n) {
         utf8proc_int32_t cp;
-        utf8proc_ssize_t len = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
+        utf8proc_ssize_t len =
+            utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &cp);
         if (len <= 0 || cp == 0) { /* invalid, or NUL (which would cut the C string) */
             s[i++] = '?';
             continue;
@@ -74,7 +76,9 @@ static int bad_type(openai_error *e, const char *param, const char *what) {
 
 /* ---- typed getters: absent or null keeps *out ---- */
 
-static bool present(const json_t *v) { return v && !json_is_null(v); }
+static bool present(const json_t *v) {
+    return v && !json_is_null(v);
+}
 
 static int get_bool(json_t *root, const char *key, bool *out, openai_error *e) {
     json_t *v = json_object_get(root, key);
@@ -99,7 +103,8 @@ static int get_int(json_t *root, const char *key, long long lo, long long hi, lo
         return bad_type(e, key, "an integer");
     }
     if (x < lo || x > hi) {
-        if (hi == LLONG_MAX) return bad_value(e, key, "'%s' must be at least %lld, got %lld", key, lo, x);
+        if (hi == LLONG_MAX)
+            return bad_value(e, key, "'%s' must be at least %lld, got %lld", key, lo, x);
         return bad_value(e, key, "'%s' must be between %lld and %lld, got %lld", key, lo, hi, x);
     }
     *out = x;
@@ -125,8 +130,9 @@ static int prompt_from_ids(const openai_model_info *info, json_t *arr, openai_pr
     for (size_t i = 0; i < n; i++) {
         json_t *v = json_array_get(arr, i);
         if (!json_is_integer(v))
-            return bad_type(e, "prompt", "a string, an array of strings, an array of token ids or "
-                                         "an array of arrays of token ids");
+            return bad_type(e, "prompt",
+                            "a string, an array of strings, an array of token ids or "
+                            "an array of arrays of token ids");
         json_int_t id = json_integer_value(v);
         if (id < 0 || (info->vocab_size > 0 && id >= info->vocab_size) || id > INT32_MAX)
             return bad_value(e, "prompt", "token id %lld is out of vocabulary (size %d)",
@@ -172,7 +178,8 @@ static int parse_prompts(const openai_model_info *info, json_t *root,
         return prompt_from_ids(info, v, &req->prompts[0], e);
     }
     if (n > OPENAI_MAX_CHOICES)
-        return bad_value(e, "prompt", "at most %d prompts per request, got %zu", OPENAI_MAX_CHOICES, n);
+        return bad_value(e, "prompt", "at most %d prompts per request, got %zu", OPENAI_MAX_CHOICES,
+                         n);
     req->prompts = kv_calloc(n, sizeof *req->prompts);
     req->n_prompts = (int)n;
     for (size_t i = 0; i < n; i++) {
@@ -309,7 +316,8 @@ static int parse_sampling(json_t *root, openai_completion_request *req, openai_e
     x = p->repetition_penalty;
     if (get_number(root, "repetition_penalty", &x, e)) return -1;
     if (!(x > 0) || !isfinite(x))
-        return bad_value(e, "repetition_penalty", "'repetition_penalty' must be greater than zero, got %g", x);
+        return bad_value(e, "repetition_penalty",
+                         "'repetition_penalty' must be greater than zero, got %g", x);
     p->repetition_penalty = (float)x;
 
     bool seeded = false;
@@ -331,7 +339,8 @@ static int parse_sampling(json_t *root, openai_completion_request *req, openai_e
     i = 0;
     if (get_int(root, "min_tokens", 0, INT_MAX, &i, NULL, e)) return -1;
     if (i > p->max_tokens)
-        return bad_value(e, "min_tokens", "'min_tokens' must be less than or equal to max_tokens=%d, got %lld",
+        return bad_value(e, "min_tokens",
+                         "'min_tokens' must be less than or equal to max_tokens=%d, got %lld",
                          p->max_tokens, i);
     p->min_tokens = (int)i;
 
@@ -348,9 +357,11 @@ static int parse_stream(json_t *root, openai_completion_request *req, openai_err
     if (!present(so)) return 0;
     if (!json_is_object(so)) return bad_type(e, "stream_options", "an object");
     if (!req->stream)
-        return bad_value(e, "stream_options", "'stream_options' can only be set when stream is true");
+        return bad_value(e, "stream_options",
+                         "'stream_options' can only be set when stream is true");
     json_t *v = json_object_get(so, "include_usage");
-    if (present(v) && !json_is_boolean(v)) return bad_type(e, "stream_options.include_usage", "a boolean");
+    if (present(v) && !json_is_boolean(v))
+        return bad_type(e, "stream_options.include_usage", "a boolean");
     req->include_usage = json_is_true(v);
     v = json_object_get(so, "continuous_usage_stats");
     if (present(v) && !json_is_boolean(v))
@@ -374,19 +385,21 @@ static int check_lengths(const openai_model_info *info, openai_completion_reques
     }
     if (info->max_model_len <= 0) return 0;
     if (longest >= info->max_model_len)
-        return openai_error_set(e, 400, "invalid_request_error", "prompt", "context_length_exceeded",
+        return openai_error_set(e, 400, "invalid_request_error", "prompt",
+                                "context_length_exceeded",
                                 "This model's maximum context length is %d tokens, but the prompt "
-                                "has %d tokens.", info->max_model_len, longest);
+                                "has %d tokens.",
+                                info->max_model_len, longest);
     int room = info->max_model_len - longest;
     if (req->params.max_tokens > room) {
         if (req->max_tokens_given)
-            return openai_error_set(e, 400, "invalid_request_error", "max_tokens",
-                                    "context_length_exceeded",
-                                    "This model's maximum context length is %d tokens. However, you "
-                                    "requested %lld tokens (%d in the prompt, %d in the completion). "
-                                    "Please reduce the length of the prompt or completion.",
-                                    info->max_model_len, (long long)longest + req->params.max_tokens,
-                                    longest, req->params.max_tokens);
+            return openai_error_set(
+                e, 400, "invalid_request_error", "max_tokens", "context_length_exceeded",
+                "This model's maximum context length is %d tokens. However, you "
+                "requested %lld tokens (%d in the prompt, %d in the completion). "
+                "Please reduce the length of the prompt or completion.",
+                info->max_model_len, (long long)longest + req->params.max_tokens, longest,
+                req->params.max_tokens);
     }
     return 0;
 }
@@ -394,8 +407,10 @@ static int check_lengths(const openai_model_info *info, openai_completion_reques
 int openai_parse_completion(const openai_model_info *info, const char *body, size_t len,
                             openai_completion_request *req, openai_error *e) {
     memset(req, 0, sizeof *req);
-    if (info->defaults) sampler_params_copy(&req->params, info->defaults);
-    else sampler_params_default(&req->params);
+    if (info->defaults)
+        sampler_params_copy(&req->params, info->defaults);
+    else
+        sampler_params_default(&req->params);
     req->n = 1;
     req->logprobs = -1;
     req->skip_special_tokens = true;
@@ -437,8 +452,8 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
     if (req->echo && req->logprobs >= 0) req->params.prompt_logprobs = req->logprobs;
     if (parse_prompts(info, root, req, e)) goto done;
     if ((long long)req->n_prompts * req->n > OPENAI_MAX_CHOICES) {
-        bad_value(e, "n", "at most %d choices per request (prompts x n), got %lld", OPENAI_MAX_CHOICES,
-                  (long long)req->n_prompts * req->n);
+        bad_value(e, "n", "at most %d choices per request (prompts x n), got %lld",
+                  OPENAI_MAX_CHOICES, (long long)req->n_prompts * req->n);
         goto done;
     }
     rc = check_lengths(info, req, e);

@@ -1,7 +1,7 @@
 /* The OpenAI-compatible wire format, shaped like vLLM's where vLLM extends it: /v1/completions
- * request validation into a parsed struct (with sampler_params filled), the error body, and builders
- * for completion responses, streamed chunks and usage. Also the /tokenize and /detokenize bodies.
- * Pure data in, JSON out: owns no connection, no engine, no threads. */
+ * request validation into a parsed struct (with sampler_params filled), the error body, and
+ * builders for completion responses, streamed chunks and usage. Also the /tokenize and /detokenize
+ * bodies. Pure data in, JSON out: owns no connection, no engine, no threads. */
 #ifndef KVSERVE_OPENAI_H
 #define KVSERVE_OPENAI_H
 
@@ -33,17 +33,17 @@ char *openai_error_body(const openai_error *e);
 /* What validation needs to know about the served model. */
 typedef struct openai_model_info {
     const char *served_model_name;
-    const tokenizer *tok;            /* for string prompts; NULL makes them an error */
+    const tokenizer *tok; /* for string prompts; NULL makes them an error */
     int max_model_len;
-    int vocab_size;                  /* token ids must be below it (0 = unchecked) */
-    const sampler_params *defaults;  /* server defaults (generation_config.json); NULL = OpenAI's */
+    int vocab_size;                 /* token ids must be below it (0 = unchecked) */
+    const sampler_params *defaults; /* server defaults (generation_config.json); NULL = OpenAI's */
 } openai_model_info;
 
 /* One prompt of a request. */
 typedef struct openai_prompt {
     int32_t *ids;
     int n_ids;
-    char *text;   /* the prompt as the client sent it when it was a string; NULL for token ids */
+    char *text;     /* the prompt as the client sent it when it was a string; NULL for token ids */
     int max_tokens; /* max_tokens for this prompt: the request's, or the default cut to what fits */
 } openai_prompt;
 
@@ -51,19 +51,20 @@ typedef struct openai_prompt {
 typedef struct openai_completion_request {
     openai_prompt *prompts;
     int n_prompts;
-    int n;                       /* choices per prompt */
-    sampler_params params;       /* max_tokens as requested (INT_MAX for null): see prompts[].max_tokens */
+    int n; /* choices per prompt */
+    sampler_params
+        params; /* max_tokens as requested (INT_MAX for null): see prompts[].max_tokens */
     bool max_tokens_given;
     bool stream;
-    bool include_usage;          /* stream_options.include_usage */
-    bool continuous_usage;       /* stream_options.continuous_usage_stats */
+    bool include_usage;    /* stream_options.include_usage */
+    bool continuous_usage; /* stream_options.continuous_usage_stats */
     bool echo;
-    int logprobs;                /* -1 = none, else 0..SAMPLER_MAX_LOGPROBS */
-    char **stop;                 /* stop strings */
+    int logprobs; /* -1 = none, else 0..SAMPLER_MAX_LOGPROBS */
+    char **stop;  /* stop strings */
     int n_stop;
     bool include_stop_str_in_output;
     bool skip_special_tokens;
-    char *cache_salt;            /* NULL = none */
+    char *cache_salt; /* NULL = none */
     bool return_token_ids;
     bool return_tokens_as_token_ids;
 } openai_completion_request;
@@ -84,7 +85,12 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
 
 /* ---- response building ---- */
 
-typedef enum openai_finish { OPENAI_FINISH_NONE, OPENAI_FINISH_STOP, OPENAI_FINISH_LENGTH, OPENAI_FINISH_ABORT } openai_finish;
+typedef enum openai_finish {
+    OPENAI_FINISH_NONE,
+    OPENAI_FINISH_STOP,
+    OPENAI_FINISH_LENGTH,
+    OPENAI_FINISH_ABORT
+} openai_finish;
 const char *openai_finish_name(openai_finish f); /* "stop", "length", "abort"; NULL for NONE */
 
 typedef struct openai_usage {

@@ -8,18 +8,22 @@
 
 const char *openai_finish_name(openai_finish f) {
     switch (f) {
-    case OPENAI_FINISH_NONE: return NULL;
-    case OPENAI_FINISH_STOP: return "stop";
-    case OPENAI_FINISH_LENGTH: return "length";
-    case OPENAI_FINISH_ABORT: return "abort";
+    case OPENAI_FINISH_NONE:
+        return NULL;
+    case OPENAI_FINISH_STOP:
+        return "stop";
+    case OPENAI_FINISH_LENGTH:
+        return "length";
+    case OPENAI_FINISH_ABORT:
+        return "abort";
     }
     return NULL;
 }
 
 json_t *openai_usage_json(const openai_usage *u) {
-    json_t *details = json_pack("{s:i, s:i, s:i}", "cached_tokens", u->cached_tokens_gpu + u->cached_tokens_host,
-                                "cached_tokens_gpu", u->cached_tokens_gpu, "cached_tokens_host",
-                                u->cached_tokens_host);
+    json_t *details = json_pack("{s:i, s:i, s:i}", "cached_tokens",
+                                u->cached_tokens_gpu + u->cached_tokens_host, "cached_tokens_gpu",
+                                u->cached_tokens_gpu, "cached_tokens_host", u->cached_tokens_host);
     return json_pack("{s:i, s:i, s:i, s:o}", "prompt_tokens", u->prompt_tokens, "completion_tokens",
                      u->completion_tokens, "total_tokens", u->prompt_tokens + u->completion_tokens,
                      "prompt_tokens_details", details);
@@ -183,7 +187,8 @@ int openai_tokenize(const openai_model_info *info, const char *body, size_t len,
         add_special = json_is_true(special);
     }
     if (!info->tok) {
-        openai_error_set(e, 503, "server_error", NULL, "model_not_ready", "the tokenizer is not loaded yet");
+        openai_error_set(e, 503, "server_error", NULL, "model_not_ready",
+                         "the tokenizer is not loaded yet");
         goto done;
     }
     kv_error kerr;
@@ -222,7 +227,8 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
         goto done;
     }
     if (!info->tok) {
-        openai_error_set(e, 503, "server_error", NULL, "model_not_ready", "the tokenizer is not loaded yet");
+        openai_error_set(e, 503, "server_error", NULL, "model_not_ready",
+                         "the tokenizer is not loaded yet");
         goto done;
     }
     size_t n = json_array_size(tokens);

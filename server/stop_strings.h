@@ -8,13 +8,13 @@
 #include "model/common.h"
 
 typedef struct stop_matcher {
-    char **stops;            /* the stop strings, non-empty */
+    char **stops; /* the stop strings, non-empty */
     size_t *stop_lens;
     int n_stops;
-    bool include_stop;       /* the matched stop string is part of the output */
-    char *held;              /* text not yet released: a possible start of a stop string */
+    bool include_stop; /* the matched stop string is part of the output */
+    char *held;        /* text not yet released: a possible start of a stop string */
     size_t n_held, cap_held;
-    int matched;             /* index of the stop string found, or -1 */
+    int matched; /* index of the stop string found, or -1 */
 } stop_matcher;
 
 /* The matcher copies stops[0..n_stops) (every string non-empty). */
@@ -22,9 +22,9 @@ void stop_matcher_init(stop_matcher *m, const char *const *stops, int n_stops, b
 void stop_matcher_free(stop_matcher *m);
 
 /* Adds len bytes of new text. Appends the text that is now final to *out (a malloc'd,
- * NUL-terminated string the caller frees; "" when nothing is final yet) and returns true when a stop
- * string was found: the output then ends before it (or after it with include_stop) and the matcher
- * releases nothing more. check: false while stop strings must not match yet (min_tokens not
+ * NUL-terminated string the caller frees; "" when nothing is final yet) and returns true when a
+ * stop string was found: the output then ends before it (or after it with include_stop) and the
+ * matcher releases nothing more. check: false while stop strings must not match yet (min_tokens not
  * reached), the text then passes through but is still held back as a possible start. */
 bool stop_matcher_push(stop_matcher *m, const char *text, size_t len, bool check, char **out,
                        size_t *out_len);

@@ -14,7 +14,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         config_free(&cfg);
         return 0;
     }
-    KV_CHECK(cfg.block_size >= 1 && cfg.block_size <= 256 && (cfg.block_size & (cfg.block_size - 1)) == 0);
+    KV_CHECK(cfg.block_size >= 1 && cfg.block_size <= 256 &&
+             (cfg.block_size & (cfg.block_size - 1)) == 0);
     KV_CHECK(cfg.port >= 0 && cfg.port <= 65535);
     char *printed = config_to_json(&cfg, false);
     kv_config again;

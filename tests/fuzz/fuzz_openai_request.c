@@ -10,7 +10,9 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     static tokenizer *tok; /* built once: the fuzzer calls this millions of times */
     if (!tok) tok = byte_tokenizer_new();
-    openai_model_info info = {.served_model_name = "m", .tok = tok, .max_model_len = 4096,
+    openai_model_info info = {.served_model_name = "m",
+                              .tok = tok,
+                              .max_model_len = 4096,
                               .vocab_size = tokenizer_vocab_size(tok)};
     openai_completion_request req;
     openai_error e;

@@ -62,11 +62,15 @@ tokenizer *byte_tokenizer_new(void) {
 
 /* ---- fake engine ---- */
 
-static void fake_send(fake_request *r, const engine_event *ev) { r->on_event(r->user, ev); }
+static void fake_send(fake_request *r, const engine_event *ev) {
+    r->on_event(r->user, ev);
+}
 
 static engine_event fake_base_event(const fake_request *r) {
-    return (engine_event){.token = -1, .n_prompt_tokens = r->n_prompt,
-                          .n_cached_gpu = r->n_prompt / 2, .n_cached_host = 1};
+    return (engine_event){.token = -1,
+                          .n_prompt_tokens = r->n_prompt,
+                          .n_cached_gpu = r->n_prompt / 2,
+                          .n_cached_host = 1};
 }
 
 /* One step of one request: its prompt logprobs, or its next token. Returns true when it ended. */
@@ -104,7 +108,8 @@ static bool fake_step(fake_engine *e, fake_request *r) {
     }
     r->n_sent++;
     bool stop_id = false;
-    for (int k = 0; k < r->params.n_stop_token_ids; k++) stop_id |= r->params.stop_token_ids[k] == tok;
+    for (int k = 0; k < r->params.n_stop_token_ids; k++)
+        stop_id |= r->params.stop_token_ids[k] == tok;
     bool gen_ok = r->n_sent >= r->params.min_tokens;
     if (gen_ok && (stop_id || (tok == BYTE_TOK_EOS && !r->params.ignore_eos))) {
         ev.finish = ENGINE_FINISH_STOP;
@@ -257,8 +262,12 @@ static bool fake_wait(fake_engine *e, const int *field, int want) {
     return ok;
 }
 
-bool fake_engine_wait_active(fake_engine *e, int n_active) { return fake_wait(e, &e->n_active, n_active); }
-bool fake_engine_wait_cancelled(fake_engine *e, int n) { return fake_wait(e, &e->n_cancelled, n); }
+bool fake_engine_wait_active(fake_engine *e, int n_active) {
+    return fake_wait(e, &e->n_active, n_active);
+}
+bool fake_engine_wait_cancelled(fake_engine *e, int n) {
+    return fake_wait(e, &e->n_cancelled, n);
+}
 
 /* ---- HTTP client ---- */
 
@@ -364,7 +373,8 @@ int http_read(int fd, http_reply *r) {
             if (read_line(fd, line, sizeof line) < 0) return -1;
             size_t size = strtoul(line, NULL, 16);
             if (size == 0) {
-                while (read_line(fd, line, sizeof line) > 0) {} /* trailers, then the empty line */
+                while (read_line(fd, line, sizeof line) > 0) {
+                } /* trailers, then the empty line */
                 break;
             }
             if (r->body_len + size + 1 > cap) {

@@ -22,7 +22,7 @@ typedef struct fake_request {
     char *cache_salt;
     engine_event_fn on_event;
     void *user;
-    int n_sent;      /* generated tokens sent */
+    int n_sent; /* generated tokens sent */
     bool prompt_sent;
     bool cancelled;
 } fake_request;

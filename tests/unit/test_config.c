@@ -52,11 +52,12 @@ START_TEST(json_round_trip_keeps_every_value) {
     kv_config c;
     config_default(&c);
     kv_error err;
-    const char *text = "{\"port\": 9001, \"model\": \"/m\", \"api_key\": \"k\", \"device\": \"cpu\","
-                       " \"block_size\": 32, \"gpu_memory_utilization\": 0.5, \"seed\": 7,"
-                       " \"enable_prefix_caching\": false, \"max_body_bytes\": 2048,"
-                       " \"offload\": {\"size_gib\": 1.5, \"store_policy\": \"reuse_gated\","
-                       " \"reuse_threshold\": 3}}";
+    const char *text =
+        "{\"port\": 9001, \"model\": \"/m\", \"api_key\": \"k\", \"device\": \"cpu\","
+        " \"block_size\": 32, \"gpu_memory_utilization\": 0.5, \"seed\": 7,"
+        " \"enable_prefix_caching\": false, \"max_body_bytes\": 2048,"
+        " \"offload\": {\"size_gib\": 1.5, \"store_policy\": \"reuse_gated\","
+        " \"reuse_threshold\": 3}}";
     ck_assert_msg(config_apply_json(&c, text, strlen(text), "t", &err) == 0, "%s", err.msg);
     ck_assert_int_eq(c.port, 9001);
     ck_assert_str_eq(c.model, "/m");
@@ -74,7 +75,8 @@ START_TEST(json_round_trip_keeps_every_value) {
     char *printed = config_to_json(&c, false);
     kv_config again;
     config_default(&again);
-    ck_assert_msg(config_apply_json(&again, printed, strlen(printed), "printed", &err) == 0, "%s", err.msg);
+    ck_assert_msg(config_apply_json(&again, printed, strlen(printed), "printed", &err) == 0, "%s",
+                  err.msg);
     char *printed2 = config_to_json(&again, false);
     ck_assert_str_eq(printed, printed2);
     free(printed);
@@ -93,7 +95,8 @@ static void expect_json_error(const char *text, const char *message) {
     config_default(&c);
     kv_error err = {{0}};
     ck_assert_int_eq(config_apply_json(&c, text, strlen(text), NULL, &err), -1);
-    ck_assert_msg(strstr(err.msg, message) != NULL, "for %s: got '%s', want '%s'", text, err.msg, message);
+    ck_assert_msg(strstr(err.msg, message) != NULL, "for %s: got '%s', want '%s'", text, err.msg,
+                  message);
     config_free(&c);
 }
 
@@ -103,20 +106,25 @@ START_TEST(invalid_values_are_rejected_naming_the_key) {
                       "config: block_size must be a power of two between 1 and 256 (got 7)");
     expect_json_error("{\"block_size\": 512}", "block_size must be a power of two");
     expect_json_error("{\"block_size\": \"16\"}", "block_size must be a power of two");
-    expect_json_error("{\"port\": 70000}", "config: port must be an integer between 0 and 65535 (got 70000)");
+    expect_json_error("{\"port\": 70000}",
+                      "config: port must be an integer between 0 and 65535 (got 70000)");
     expect_json_error("{\"port\": 80.5}", "port must be an integer");
-    expect_json_error("{\"gpu_memory_utilization\": 0}", "gpu_memory_utilization must be a number in (0, 1]");
+    expect_json_error("{\"gpu_memory_utilization\": 0}",
+                      "gpu_memory_utilization must be a number in (0, 1]");
     expect_json_error("{\"gpu_memory_utilization\": 1.01}", "gpu_memory_utilization");
     expect_json_error("{\"device\": \"gpu\"}",
                       "config: device must be one of \"auto\", \"cuda\", \"cpu\" (got \"gpu\")");
-    expect_json_error("{\"enable_prefix_caching\": 1}", "enable_prefix_caching must be true or false");
+    expect_json_error("{\"enable_prefix_caching\": 1}",
+                      "enable_prefix_caching must be true or false");
     expect_json_error("{\"host\": 5}", "host must be a non-empty string");
     expect_json_error("{\"host\": null}", "host must be a non-empty string");
     expect_json_error("{\"seed\": -1}", "seed must be a non-negative integer");
     expect_json_error("{\"offload\": {\"sise_gib\": 1}}", "config: unknown key 'offload.sise_gib'");
     expect_json_error("{\"offload\": 4}", "config: offload must be an object");
-    expect_json_error("{\"offload\": {\"store_policy\": \"always\"}}", "offload.store_policy must be one of");
-    expect_json_error("{\"offload\": {\"size_gib\": -1}}", "offload.size_gib must be a number in [0,");
+    expect_json_error("{\"offload\": {\"store_policy\": \"always\"}}",
+                      "offload.store_policy must be one of");
+    expect_json_error("{\"offload\": {\"size_gib\": -1}}",
+                      "offload.size_gib must be a number in [0,");
     expect_json_error("{\"max_num_seqs\": 0}", "max_num_seqs must be an integer between 1 and");
     expect_json_error("{\"port\": 1, \"port\": 2}", "duplicate");
     expect_json_error("[1]", "top level must be a JSON object");
@@ -147,22 +155,34 @@ static int parse(kv_config *c, int argc, const char **argv, bool *help, kv_error
 
 START_TEST(flags_override_the_file_whatever_their_order) {
     char *path = write_temp("{\"port\": 9000, \"block_size\": 32, \"offload\": {\"size_gib\": 2}}");
-    const char *argv[] = {"kvserve", "--port", "9100", "--config", path, "--set", "offload.size_gib=8",
-                          "--model=/models/x", "--no-enable-prefix-caching", "--max-queue", "5",
-                          "--offload-store-policy", "on_evict", "--api-key", ""};
+    const char *argv[] = {"kvserve",
+                          "--port",
+                          "9100",
+                          "--config",
+                          path,
+                          "--set",
+                          "offload.size_gib=8",
+                          "--model=/models/x",
+                          "--no-enable-prefix-caching",
+                          "--max-queue",
+                          "5",
+                          "--offload-store-policy",
+                          "on_evict",
+                          "--api-key",
+                          ""};
     kv_config c;
     bool help;
     kv_error err;
     ck_assert_msg(parse(&c, 15, argv, &help, &err) == 0, "%s", err.msg);
     ck_assert(!help);
-    ck_assert_int_eq(c.port, 9100);      /* flag beats file, though given before --config */
-    ck_assert_int_eq(c.block_size, 32);  /* from the file */
+    ck_assert_int_eq(c.port, 9100);     /* flag beats file, though given before --config */
+    ck_assert_int_eq(c.block_size, 32); /* from the file */
     ck_assert_double_eq(c.offload.size_gib, 8);
     ck_assert_str_eq(c.model, "/models/x");
     ck_assert(!c.enable_prefix_caching);
     ck_assert_int_eq(c.max_queue, 5);
     ck_assert_int_eq(c.offload.store_policy, CONFIG_STORE_ON_EVICT);
-    ck_assert_ptr_null(c.api_key);       /* "" = null for nullable strings */
+    ck_assert_ptr_null(c.api_key); /* "" = null for nullable strings */
     ck_assert_str_eq(config_served_model_name(&c), "/models/x");
     config_free(&c);
     unlink(path);
@@ -220,8 +240,9 @@ START_TEST(help_lists_every_knob) {
     fclose(f);
     unlink(path);
     free(path);
-    const char *flags[] = {"--block-size", "--offload-size-gib", "--offload-store-policy", "--api-key",
-                           "--max-body-bytes", "--gpu-memory-utilization", "--set key=value", "--config"};
+    const char *flags[] = {
+        "--block-size",     "--offload-size-gib",       "--offload-store-policy", "--api-key",
+        "--max-body-bytes", "--gpu-memory-utilization", "--set key=value",        "--config"};
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
         ck_assert_msg(strstr(text, flags[i]) != NULL, "help lacks %s", flags[i]);
 }

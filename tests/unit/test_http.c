@@ -33,9 +33,14 @@ static void start_server(const char *api_key, long long max_body, bool ready) {
     fx.iface = fake_engine_iface(&fx.engine);
     metrics_init(&fx.m, "test-model");
     fx.tok = byte_tokenizer_new();
-    http_server_options opt = {.host = "127.0.0.1", .port = 0, .api_key = api_key,
-                               .max_body_bytes = max_body, .n_threads = 2, .max_connections = 2048,
-                               .served_model_name = "test-model", .model_root = "/models/test"};
+    http_server_options opt = {.host = "127.0.0.1",
+                               .port = 0,
+                               .api_key = api_key,
+                               .max_body_bytes = max_body,
+                               .n_threads = 2,
+                               .max_connections = 2048,
+                               .served_model_name = "test-model",
+                               .model_root = "/models/test"};
     kv_error err;
     ck_assert_msg(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0, "%s", err.msg);
     fx.port = http_server_port(fx.srv);
@@ -66,8 +71,10 @@ static void expect_error(const http_reply *r, int status, const char *code, cons
     ck_assert(json_is_string(json_object_get(err, "message")));
     ck_assert(json_is_string(json_object_get(err, "type")));
     if (code) ck_assert_str_eq(json_string_value(json_object_get(err, "code")), code);
-    if (param) ck_assert_str_eq(json_string_value(json_object_get(err, "param")), param);
-    else ck_assert(json_is_null(json_object_get(err, "param")));
+    if (param)
+        ck_assert_str_eq(json_string_value(json_object_get(err, "param")), param);
+    else
+        ck_assert(json_is_null(json_object_get(err, "param")));
     json_decref(j);
 }
 
@@ -81,7 +88,8 @@ static json_t *complete(const char *body, int want_status) {
 }
 
 static const char *choice_str(json_t *resp, int i, const char *key) {
-    return json_string_value(json_object_get(json_array_get(json_object_get(resp, "choices"), i), key));
+    return json_string_value(
+        json_object_get(json_array_get(json_object_get(resp, "choices"), i), key));
 }
 
 /* SSE body -> the JSON chunks in order; checks the framing and the final [DONE]. */
@@ -95,8 +103,10 @@ static json_t *parse_sse(const char *body) {
         const char *end = strstr(p, "\n\n");
         ck_assert_msg(end != NULL, "event not ended by a blank line");
         char *data = strndup(p + 6, (size_t)(end - p - 6));
-        if (strcmp(data, "[DONE]") == 0) done = true;
-        else json_array_append_new(chunks, parse_json(data));
+        if (strcmp(data, "[DONE]") == 0)
+            done = true;
+        else
+            json_array_append_new(chunks, parse_json(data));
         free(data);
         p = end + 2;
     }
@@ -142,8 +152,11 @@ START_TEST(health_version_models_metrics) {
     ck_assert(http_header(&r, "Content-Type", ct, sizeof ct));
     ck_assert_ptr_nonnull(strstr(ct, "text/plain"));
     ck_assert_ptr_nonnull(strstr(r.body, "# TYPE kvserve:time_to_first_token_seconds histogram"));
-    ck_assert_ptr_nonnull(strstr(r.body, "kvserve:generation_tokens_total{model_name=\"test-model\"} 3"));
-    ck_assert_ptr_nonnull(strstr(r.body, "kvserve:request_success_total{model_name=\"test-model\",finished_reason=\"length\"} 1"));
+    ck_assert_ptr_nonnull(
+        strstr(r.body, "kvserve:generation_tokens_total{model_name=\"test-model\"} 3"));
+    ck_assert_ptr_nonnull(strstr(
+        r.body,
+        "kvserve:request_success_total{model_name=\"test-model\",finished_reason=\"length\"} 1"));
     http_reply_free(&r);
     stop_server();
 }
@@ -180,13 +193,18 @@ START_TEST(api_key_guards_v1_only) {
     char v[64];
     ck_assert(http_header(&r, "WWW-Authenticate", v, sizeof v));
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "Authorization: Bearer sekri\r\n", body, &r), 0);
+    ck_assert_int_eq(
+        http_do(fx.port, "POST", "/v1/completions", "Authorization: Bearer sekri\r\n", body, &r),
+        0);
     ck_assert_int_eq(r.status, 401);
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "Authorization: Bearer sekrit\r\n", body, &r), 0);
+    ck_assert_int_eq(
+        http_do(fx.port, "POST", "/v1/completions", "Authorization: Bearer sekrit\r\n", body, &r),
+        0);
     ck_assert_int_eq(r.status, 200);
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "GET", "/v1/models", "Authorization: Bearer sekrit\r\n", NULL, &r), 0);
+    ck_assert_int_eq(
+        http_do(fx.port, "GET", "/v1/models", "Authorization: Bearer sekrit\r\n", NULL, &r), 0);
     ck_assert_int_eq(r.status, 200);
     http_reply_free(&r);
     ck_assert_int_eq(http_do(fx.port, "GET", "/health", "", NULL, &r), 0); /* open, as in vLLM */
@@ -235,7 +253,8 @@ END_TEST
 
 START_TEST(completion_text_finish_and_usage) {
     start_server(NULL, 1 << 20, true);
-    json_t *j = complete("{\"model\": \"test-model\", \"prompt\": [72, 105], \"max_tokens\": 5}", 200);
+    json_t *j =
+        complete("{\"model\": \"test-model\", \"prompt\": [72, 105], \"max_tokens\": 5}", 200);
     ck_assert_str_eq(json_string_value(json_object_get(j, "object")), "text_completion");
     ck_assert_str_eq(json_string_value(json_object_get(j, "model")), "test-model");
     ck_assert(strncmp(json_string_value(json_object_get(j, "id")), "cmpl-", 5) == 0);
@@ -261,8 +280,10 @@ START_TEST(completion_text_finish_and_usage) {
     ck_assert_str_eq(choice_str(j, 0, "text"), "Hello caf\xc3\xa9");
     c0 = json_array_get(json_object_get(j, "choices"), 0);
     ck_assert_int_eq(json_array_size(json_object_get(c0, "token_ids")), 11);
-    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(c0, "token_ids"), 10)), 0xa9);
-    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(c0, "prompt_token_ids"), 0)), 72);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(c0, "token_ids"), 10)),
+                     0xa9);
+    ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(c0, "prompt_token_ids"), 0)),
+                     72);
     json_decref(j);
     stop_server();
 }
@@ -270,7 +291,8 @@ END_TEST
 
 START_TEST(stop_string_ends_and_cancels) {
     start_server(NULL, 1 << 20, true);
-    json_t *j = complete("{\"prompt\": [72], \"max_tokens\": 40, \"stop\": [\"END\", \"zzz\"]}", 200);
+    json_t *j =
+        complete("{\"prompt\": [72], \"max_tokens\": 40, \"stop\": [\"END\", \"zzz\"]}", 200);
     ck_assert_str_eq(choice_str(j, 0, "text"), "Hello caf\xc3\xa9 ");
     ck_assert_str_eq(choice_str(j, 0, "finish_reason"), "stop");
     ck_assert_str_eq(choice_str(j, 0, "stop_reason"), "END");
@@ -279,7 +301,8 @@ START_TEST(stop_string_ends_and_cancels) {
     ck_assert(fake_engine_wait_cancelled(&fx.engine, 1));
 
     j = complete("{\"prompt\": [72], \"max_tokens\": 40, \"stop\": \"END\", "
-                 "\"include_stop_str_in_output\": true}", 200);
+                 "\"include_stop_str_in_output\": true}",
+                 200);
     ck_assert_str_eq(choice_str(j, 0, "text"), "Hello caf\xc3\xa9 END");
     json_decref(j);
 
@@ -289,7 +312,8 @@ START_TEST(stop_string_ends_and_cancels) {
     ck_assert_str_eq(choice_str(j, 0, "finish_reason"), "stop");
     json_t *c0 = json_array_get(json_object_get(j, "choices"), 0);
     ck_assert_int_eq(json_integer_value(json_object_get(c0, "stop_reason")), 32);
-    ck_assert_int_eq(json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")), 6);
+    ck_assert_int_eq(
+        json_integer_value(json_object_get(json_object_get(j, "usage"), "completion_tokens")), 6);
     json_decref(j);
     stop_server();
 }
@@ -320,9 +344,12 @@ static char *sse_text(json_t *chunks, int index, const char **finish, int *n_chu
 START_TEST(streaming_sse_frames_and_usage) {
     start_server(NULL, 1 << 20, true);
     http_reply r;
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
-                             "{\"prompt\": [72], \"max_tokens\": 40, \"stop\": [\"END\"], \"stream\": true,"
-                             " \"stream_options\": {\"include_usage\": true}}", &r), 0);
+    ck_assert_int_eq(
+        http_do(fx.port, "POST", "/v1/completions", "",
+                "{\"prompt\": [72], \"max_tokens\": 40, \"stop\": [\"END\"], \"stream\": true,"
+                " \"stream_options\": {\"include_usage\": true}}",
+                &r),
+        0);
     ck_assert_int_eq(r.status, 200);
     char ct[64];
     ck_assert(http_header(&r, "Content-Type", ct, sizeof ct));
@@ -349,7 +376,8 @@ START_TEST(streaming_sse_frames_and_usage) {
 
     /* without include_usage: no usage chunk */
     ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
-                             "{\"prompt\": [72], \"max_tokens\": 3, \"stream\": true}", &r), 0);
+                             "{\"prompt\": [72], \"max_tokens\": 3, \"stream\": true}", &r),
+                     0);
     chunks = parse_sse(r.body);
     text = sse_text(chunks, 0, &finish, &n_chunks);
     ck_assert_str_eq(text, "Hel");
@@ -370,7 +398,8 @@ START_TEST(keep_alive_serves_several_requests) {
     const char *bodies[] = {NULL, "{\"prompt\": [72], \"max_tokens\": 2}",
                             "{\"prompt\": [72], \"max_tokens\": 2, \"stream\": true}", NULL,
                             "{\"prompt\": [72], \"max_tokens\": 2}"};
-    const char *paths[] = {"/health", "/v1/completions", "/v1/completions", "/version", "/v1/completions"};
+    const char *paths[] = {"/health", "/v1/completions", "/v1/completions", "/version",
+                           "/v1/completions"};
     for (int i = 0; i < 5; i++) {
         http_send(fd, bodies[i] ? "POST" : "GET", paths[i], "", bodies[i]);
         ck_assert_int_eq(http_read(fd, &r), 0);
@@ -387,7 +416,8 @@ START_TEST(closed_connection_cancels_its_request) {
     fake_engine_hold(&fx.engine, true);
     /* a streamed request waiting for its first token */
     int fd = http_connect_local(fx.port);
-    http_send(fd, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 50, \"stream\": true}");
+    http_send(fd, "POST", "/v1/completions", "",
+              "{\"prompt\": [72], \"max_tokens\": 50, \"stream\": true}");
     ck_assert(fake_engine_wait_active(&fx.engine, 1));
     close(fd);
     ck_assert(fake_engine_wait_cancelled(&fx.engine, 1));
@@ -399,7 +429,8 @@ START_TEST(closed_connection_cancels_its_request) {
     ck_assert(fake_engine_wait_cancelled(&fx.engine, 2));
     /* a stream that already sent tokens */
     fd = http_connect_local(fx.port);
-    http_send(fd, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 50, \"stream\": true}");
+    http_send(fd, "POST", "/v1/completions", "",
+              "{\"prompt\": [72], \"max_tokens\": 50, \"stream\": true}");
     ck_assert(fake_engine_wait_active(&fx.engine, 1));
     fake_engine_allow(&fx.engine, 3);
     char buf[4096];
@@ -422,11 +453,13 @@ END_TEST
 
 START_TEST(several_prompts_and_n) {
     start_server(NULL, 1 << 20, true);
-    json_t *j = complete("{\"prompt\": [[72], [73, 74]], \"n\": 2, \"seed\": 3, \"max_tokens\": 3}", 200);
+    json_t *j =
+        complete("{\"prompt\": [[72], [73, 74]], \"n\": 2, \"seed\": 3, \"max_tokens\": 3}", 200);
     json_t *choices = json_object_get(j, "choices");
     ck_assert_int_eq(json_array_size(choices), 4);
     for (int i = 0; i < 4; i++)
-        ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(choices, i), "index")), i);
+        ck_assert_int_eq(json_integer_value(json_object_get(json_array_get(choices, i), "index")),
+                         i);
     /* seeds seed + k, as vLLM: the fake engine starts the script at seed % length */
     ck_assert_str_eq(choice_str(j, 0, "text"), "lo ");
     ck_assert_str_eq(choice_str(j, 1, "text"), "o c");
@@ -441,7 +474,8 @@ END_TEST
 
 START_TEST(echo_with_logprobs) {
     start_server(NULL, 1 << 20, true);
-    json_t *j = complete("{\"prompt\": \"Hi\", \"echo\": true, \"logprobs\": 2, \"max_tokens\": 2}", 200);
+    json_t *j =
+        complete("{\"prompt\": \"Hi\", \"echo\": true, \"logprobs\": 2, \"max_tokens\": 2}", 200);
     ck_assert_str_eq(choice_str(j, 0, "text"), "HiHe");
     json_t *lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
     json_t *tokens = json_object_get(lp, "tokens");
@@ -449,20 +483,26 @@ START_TEST(echo_with_logprobs) {
     const char *want[] = {"H", "i", "H", "e"};
     for (int i = 0; i < 4; i++) {
         ck_assert_str_eq(json_string_value(json_array_get(tokens, (size_t)i)), want[i]);
-        ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(lp, "text_offset"), (size_t)i)), i);
+        ck_assert_int_eq(
+            json_integer_value(json_array_get(json_object_get(lp, "text_offset"), (size_t)i)), i);
     }
     ck_assert(json_is_null(json_array_get(json_object_get(lp, "token_logprobs"), 0)));
     ck_assert(json_is_null(json_array_get(json_object_get(lp, "top_logprobs"), 0)));
-    ck_assert_double_eq_tol(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)), -1.0, 1e-6);
-    ck_assert_double_eq_tol(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 3)), -0.75, 1e-6);
+    ck_assert_double_eq_tol(
+        json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)), -1.0, 1e-6);
+    ck_assert_double_eq_tol(
+        json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 3)), -0.75, 1e-6);
     json_t *top = json_array_get(json_object_get(lp, "top_logprobs"), 2);
     ck_assert_int_eq(json_object_size(top), 2); /* "H" and "I" (the chosen token is among them) */
     ck_assert_double_eq_tol(json_real_value(json_object_get(top, "I")), -1.5, 1e-6);
     json_decref(j);
 
-    j = complete("{\"prompt\": [72], \"logprobs\": 0, \"max_tokens\": 1, \"return_tokens_as_token_ids\": true}", 200);
+    j = complete("{\"prompt\": [72], \"logprobs\": 0, \"max_tokens\": 1, "
+                 "\"return_tokens_as_token_ids\": true}",
+                 200);
     lp = json_object_get(json_array_get(json_object_get(j, "choices"), 0), "logprobs");
-    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(lp, "tokens"), 0)), "token_id:72");
+    ck_assert_str_eq(json_string_value(json_array_get(json_object_get(lp, "tokens"), 0)),
+                     "token_id:72");
     json_decref(j);
     stop_server();
 }
@@ -471,19 +511,27 @@ END_TEST
 START_TEST(bad_requests_name_their_parameter) {
     start_server(NULL, 1 << 20, true);
     http_reply r;
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "{\"prompt\": [72], \"temperature\": -1}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
+                             "{\"prompt\": [72], \"temperature\": -1}", &r),
+                     0);
     expect_error(&r, 400, "invalid_value", "temperature");
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "{\"prompt\": [72], \"model\": \"gpt-9\"}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
+                             "{\"prompt\": [72], \"model\": \"gpt-9\"}", &r),
+                     0);
     expect_error(&r, 404, "model_not_found", "model");
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 64}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
+                             "{\"prompt\": [72], \"max_tokens\": 64}", &r),
+                     0);
     expect_error(&r, 400, "context_length_exceeded", "max_tokens");
     http_reply_free(&r);
     ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "not json", &r), 0);
     expect_error(&r, 400, "invalid_json", NULL);
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 7777}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "",
+                             "{\"prompt\": [72], \"max_tokens\": 7777}", &r),
+                     0);
     ck_assert_int_eq(r.status, 400); /* the engine refused it */
     http_reply_free(&r);
     stop_server();
@@ -504,7 +552,8 @@ END_TEST
 START_TEST(tokenize_and_detokenize) {
     start_server(NULL, 1 << 20, true);
     http_reply r;
-    ck_assert_int_eq(http_do(fx.port, "POST", "/tokenize", "", "{\"prompt\": \"Hi \xc3\xa9\"}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/tokenize", "", "{\"prompt\": \"Hi \xc3\xa9\"}", &r),
+                     0);
     ck_assert_int_eq(r.status, 200);
     json_t *j = parse_json(r.body);
     ck_assert_int_eq(json_integer_value(json_object_get(j, "count")), 5);
@@ -512,13 +561,16 @@ START_TEST(tokenize_and_detokenize) {
     ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(j, "tokens"), 3)), 0xc3);
     json_decref(j);
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/detokenize", "", "{\"tokens\": [72, 105, 32, 195, 169]}", &r), 0);
+    ck_assert_int_eq(
+        http_do(fx.port, "POST", "/detokenize", "", "{\"tokens\": [72, 105, 32, 195, 169]}", &r),
+        0);
     ck_assert_int_eq(r.status, 200);
     j = parse_json(r.body);
     ck_assert_str_eq(json_string_value(json_object_get(j, "prompt")), "Hi \xc3\xa9");
     json_decref(j);
     http_reply_free(&r);
-    ck_assert_int_eq(http_do(fx.port, "POST", "/detokenize", "", "{\"tokens\": [72, 100000]}", &r), 0);
+    ck_assert_int_eq(http_do(fx.port, "POST", "/detokenize", "", "{\"tokens\": [72, 100000]}", &r),
+                     0);
     expect_error(&r, 400, "invalid_value", "tokens");
     http_reply_free(&r);
     stop_server();
@@ -561,7 +613,8 @@ START_TEST(two_hundred_fifty_six_streams_at_once) {
         fds[i] = http_connect_local(fx.port);
         ck_assert_int_ge(fds[i], 0);
         char body[128];
-        snprintf(body, sizeof body, "{\"prompt\": [72], \"max_tokens\": 12, \"seed\": %d, \"stream\": true}", i);
+        snprintf(body, sizeof body,
+                 "{\"prompt\": [72], \"max_tokens\": 12, \"seed\": %d, \"stream\": true}", i);
         http_send(fds[i], "POST", "/v1/completions", "", body);
     }
     ck_assert(fake_engine_wait_active(&fx.engine, N)); /* all in flight together */
@@ -577,7 +630,8 @@ START_TEST(two_hundred_fifty_six_streams_at_once) {
         char *text = sse_text(chunks, 0, &finish, &n_chunks);
         /* what the tokenizer decodes from the same 12 ids (the bytes of "é" may be cut) */
         int32_t ids[12];
-        for (int k = 0; k < 12; k++) ids[k] = (unsigned char)SCRIPT_TEXT[(k + i % n_script) % n_script];
+        for (int k = 0; k < 12; k++)
+            ids[k] = (unsigned char)SCRIPT_TEXT[(k + i % n_script) % n_script];
         char *want;
         size_t want_len;
         ck_assert_int_eq(tokenizer_decode(fx.tok, ids, 12, true, &want, &want_len, NULL), 0);
@@ -597,13 +651,16 @@ START_TEST(shutdown_with_suspended_requests) {
     start_server(NULL, 1 << 20, true);
     fake_engine_hold(&fx.engine, true);
     int a = http_connect_local(fx.port), b = http_connect_local(fx.port);
-    http_send(a, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 5, \"stream\": true}");
+    http_send(a, "POST", "/v1/completions", "",
+              "{\"prompt\": [72], \"max_tokens\": 5, \"stream\": true}");
     http_send(b, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 5}");
     ck_assert(fake_engine_wait_active(&fx.engine, 2));
     http_server_stop(fx.srv); /* must not hang or abort with suspended connections */
     char buf[4096];
-    while (read(a, buf, sizeof buf) > 0) {}
-    while (read(b, buf, sizeof buf) > 0) {}
+    while (read(a, buf, sizeof buf) > 0) {
+    }
+    while (read(b, buf, sizeof buf) > 0) {
+    }
     close(a);
     close(b);
     fake_engine_stop(&fx.engine);

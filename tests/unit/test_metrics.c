@@ -1,6 +1,6 @@
-/* Unit tests for server/metrics: the Prometheus text exposition format (HELP/TYPE lines, counters as
- * _total, cumulative buckets with le="+Inf", _sum and _count), bucket edges (a value equal to a bound
- * falls in that bucket: "le" means <=), label escaping, and updates from several threads. */
+/* Unit tests for server/metrics: the Prometheus text exposition format (HELP/TYPE lines, counters
+ * as _total, cumulative buckets with le="+Inf", _sum and _count), bucket edges (a value equal to a
+ * bound falls in that bucket: "le" means <=), label escaping, and updates from several threads. */
 #include <check.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -67,16 +67,25 @@ START_TEST(counters_gauges_and_names) {
     ck_assert_double_eq(series(t, "kvserve:prompt_tokens_total{model_name=\"llama\"}"), 12);
     ck_assert_double_eq(series(t, "kvserve:prefix_cache_hits_total{model_name=\"llama\"}"), 32);
     ck_assert_double_eq(series(t, "kvserve:prefix_cache_queries_total{model_name=\"llama\"}"), 0);
-    ck_assert_double_eq(series(t, "kvserve:request_success_total{model_name=\"llama\",finished_reason=\"length\"}"), 2);
-    ck_assert_double_eq(series(t, "kvserve:request_success_total{model_name=\"llama\",finished_reason=\"stop\"}"), 0);
+    ck_assert_double_eq(
+        series(t, "kvserve:request_success_total{model_name=\"llama\",finished_reason=\"length\"}"),
+        2);
+    ck_assert_double_eq(
+        series(t, "kvserve:request_success_total{model_name=\"llama\",finished_reason=\"stop\"}"),
+        0);
     ck_assert_ptr_nonnull(strstr(t, "# TYPE kvserve:kv_cache_usage_perc gauge\n"));
     ck_assert_double_eq(series(t, "kvserve:kv_cache_usage_perc{model_name=\"llama\"}"), 0.25);
     ck_assert_double_eq(series(t, "kvserve:num_requests_running{model_name=\"llama\"}"), 3);
-    ck_assert_double_eq(series(t, "kvserve:host_loaded_bytes_total{model_name=\"llama\"}"), 1u << 21);
-    const char *names[] = {"kvserve:num_requests_waiting", "kvserve:num_preemptions_total",
-                           "kvserve:generation_tokens_total", "kvserve:inter_token_latency_seconds_bucket",
-                           "kvserve:e2e_request_latency_seconds_bucket", "kvserve:host_kv_cache_usage_perc",
-                           "kvserve:host_prefix_cache_hits_total", "kvserve:host_stored_bytes_total",
+    ck_assert_double_eq(series(t, "kvserve:host_loaded_bytes_total{model_name=\"llama\"}"),
+                        1u << 21);
+    const char *names[] = {"kvserve:num_requests_waiting",
+                           "kvserve:num_preemptions_total",
+                           "kvserve:generation_tokens_total",
+                           "kvserve:inter_token_latency_seconds_bucket",
+                           "kvserve:e2e_request_latency_seconds_bucket",
+                           "kvserve:host_kv_cache_usage_perc",
+                           "kvserve:host_prefix_cache_hits_total",
+                           "kvserve:host_stored_bytes_total",
                            "kvserve:host_load_latency_seconds_bucket"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         ck_assert_msg(strstr(t, names[i]) != NULL, "missing %s", names[i]);
@@ -122,9 +131,13 @@ START_TEST(updates_from_many_threads_add_up) {
     for (int i = 0; i < 4; i++) pthread_join(th[i], NULL);
     char *t = metrics_render(&m);
     ck_assert_double_eq(series(t, "kvserve:generation_tokens_total{model_name=\"x\"}"), 80000);
-    ck_assert_double_eq(series(t, "kvserve:inter_token_latency_seconds_count{model_name=\"x\"}"), 80000);
-    ck_assert_double_eq(series(t, "kvserve:inter_token_latency_seconds_bucket{model_name=\"x\",le=\"0.025\"}"), 80000);
-    ck_assert_double_eq(series(t, "kvserve:inter_token_latency_seconds_bucket{model_name=\"x\",le=\"0.01\"}"), 0);
+    ck_assert_double_eq(series(t, "kvserve:inter_token_latency_seconds_count{model_name=\"x\"}"),
+                        80000);
+    ck_assert_double_eq(
+        series(t, "kvserve:inter_token_latency_seconds_bucket{model_name=\"x\",le=\"0.025\"}"),
+        80000);
+    ck_assert_double_eq(
+        series(t, "kvserve:inter_token_latency_seconds_bucket{model_name=\"x\",le=\"0.01\"}"), 0);
     free(t);
     metrics_free(&m);
 }

@@ -14,7 +14,9 @@ static tokenizer *byte_tok;
 #define LIT(s) s, strlen(s)
 
 static openai_model_info info_for(const tokenizer *tok, int max_model_len) {
-    return (openai_model_info){.served_model_name = "m", .tok = tok, .max_model_len = max_model_len,
+    return (openai_model_info){.served_model_name = "m",
+                               .tok = tok,
+                               .max_model_len = max_model_len,
                                .vocab_size = tok ? tokenizer_vocab_size(tok) : 0};
 }
 
@@ -45,8 +47,8 @@ static const bad_case bad_cases[] = {
     {"{\"prompt\": [1], \"max_tokens\": \"5\"}", 400, "max_tokens", "invalid_type"},
     {"{\"prompt\": [1], \"max_tokens\": 1.5}", 400, "max_tokens", "invalid_type"},
     {"{\"prompt\": [1], \"max_tokens\": 40}", 400, "max_tokens", "context_length_exceeded"},
-    {"{\"prompt\": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}", 400, "prompt",
-     "context_length_exceeded"},
+    {"{\"prompt\": [1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1]}", 400,
+     "prompt", "context_length_exceeded"},
     {"{\"prompt\": [1], \"temperature\": -0.5}", 400, "temperature", "invalid_value"},
     {"{\"prompt\": [1], \"temperature\": \"hot\"}", 400, "temperature", "invalid_type"},
     {"{\"prompt\": [1], \"top_p\": 0}", 400, "top_p", "invalid_value"},
@@ -67,17 +69,20 @@ static const bad_case bad_cases[] = {
     {"{\"prompt\": [1], \"stop_token_ids\": [300]}", 400, "stop_token_ids", "invalid_value"},
     {"{\"prompt\": [1], \"stop_token_ids\": \"5\"}", 400, "stop_token_ids", "invalid_type"},
     {"{\"prompt\": [1], \"stream\": \"yes\"}", 400, "stream", "invalid_type"},
-    {"{\"prompt\": [1], \"stream_options\": {\"include_usage\": true}}", 400, "stream_options", "invalid_value"},
+    {"{\"prompt\": [1], \"stream_options\": {\"include_usage\": true}}", 400, "stream_options",
+     "invalid_value"},
     {"{\"prompt\": [1], \"stream\": true, \"stream_options\": {\"include_usage\": 1}}", 400,
      "stream_options.include_usage", "invalid_type"},
-    {"{\"prompt\": [1], \"stream\": true, \"stream_options\": 3}", 400, "stream_options", "invalid_type"},
+    {"{\"prompt\": [1], \"stream\": true, \"stream_options\": 3}", 400, "stream_options",
+     "invalid_type"},
     {"{\"prompt\": [1], \"logprobs\": 21}", 400, "logprobs", "invalid_value"},
     {"{\"prompt\": [1], \"logprobs\": -1}", 400, "logprobs", "invalid_value"},
     {"{\"prompt\": [1], \"logprobs\": true}", 400, "logprobs", "invalid_type"},
     {"{\"prompt\": [1], \"echo\": 1}", 400, "echo", "invalid_type"},
     {"{\"prompt\": [1], \"ignore_eos\": \"no\"}", 400, "ignore_eos", "invalid_type"},
     {"{\"prompt\": [1], \"min_tokens\": -1}", 400, "min_tokens", "invalid_value"},
-    {"{\"prompt\": [1], \"min_tokens\": 20, \"max_tokens\": 10}", 400, "min_tokens", "invalid_value"},
+    {"{\"prompt\": [1], \"min_tokens\": 20, \"max_tokens\": 10}", 400, "min_tokens",
+     "invalid_value"},
     {"{\"prompt\": [1], \"cache_salt\": \"\"}", 400, "cache_salt", "invalid_value"},
     {"{\"prompt\": [1], \"cache_salt\": 5}", 400, "cache_salt", "invalid_value"},
     {"{\"prompt\": [1], \"suffix\": \"x\"}", 400, "suffix", "unsupported_parameter"},
@@ -86,7 +91,8 @@ static const bad_case bad_cases[] = {
     {"{\"prompt\": [1], \"prompt_logprobs\": 1}", 400, "prompt_logprobs", "unsupported_parameter"},
     {"{\"prompt\": [1], \"user\": 5}", 400, "user", "invalid_type"},
     {"{\"prompt\": [1], \"return_token_ids\": \"y\"}", 400, "return_token_ids", "invalid_type"},
-    {"{\"prompt\": [1], \"include_stop_str_in_output\": 0}", 400, "include_stop_str_in_output", "invalid_type"},
+    {"{\"prompt\": [1], \"include_stop_str_in_output\": 0}", 400, "include_stop_str_in_output",
+     "invalid_type"},
 };
 
 START_TEST(every_invalid_request_names_its_parameter) {
@@ -100,7 +106,8 @@ START_TEST(every_invalid_request_names_its_parameter) {
         ck_assert_msg(rc == -1, "accepted: %s", bc->body);
         ck_assert_msg(e.status == bc->status, "%s: status %d", bc->body, e.status);
         ck_assert_str_eq(e.type, "invalid_request_error");
-        ck_assert_msg(strcmp(e.param, bc->param ? bc->param : "") == 0, "%s: param '%s'", bc->body, e.param);
+        ck_assert_msg(strcmp(e.param, bc->param ? bc->param : "") == 0, "%s: param '%s'", bc->body,
+                      e.param);
         ck_assert_msg(strcmp(e.code, bc->code) == 0, "%s: code '%s'", bc->body, e.code);
         ck_assert_msg(strlen(e.message) > 0, "%s: no message", bc->body);
         /* the body is {"error": {message, type, param, code}} */
@@ -109,8 +116,10 @@ START_TEST(every_invalid_request_names_its_parameter) {
         json_t *err = json_object_get(j, "error");
         ck_assert_str_eq(json_string_value(json_object_get(err, "message")), e.message);
         ck_assert_str_eq(json_string_value(json_object_get(err, "type")), "invalid_request_error");
-        if (bc->param) ck_assert_str_eq(json_string_value(json_object_get(err, "param")), bc->param);
-        else ck_assert(json_is_null(json_object_get(err, "param")));
+        if (bc->param)
+            ck_assert_str_eq(json_string_value(json_object_get(err, "param")), bc->param);
+        else
+            ck_assert(json_is_null(json_object_get(err, "param")));
         ck_assert_str_eq(json_string_value(json_object_get(err, "code")), bc->code);
         json_decref(j);
         free(body);
@@ -123,7 +132,8 @@ START_TEST(defaults_follow_openai) {
     openai_completion_request req;
     openai_error e;
     const char *body = "{\"prompt\": [5, 6, 7], \"user\": \"someone\", \"some_extension\": 1}";
-    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
     ck_assert_int_eq(req.n_prompts, 1);
     ck_assert_int_eq(req.prompts[0].n_ids, 3);
     ck_assert_ptr_null(req.prompts[0].text);
@@ -150,14 +160,18 @@ START_TEST(valid_values_are_parsed) {
     openai_completion_request req;
     openai_error e;
     const char *body =
-        "{\"model\": \"m\", \"prompt\": [\"Hi\", \"a\\u00e9\"], \"max_tokens\": 8, \"temperature\": 0,"
+        "{\"model\": \"m\", \"prompt\": [\"Hi\", \"a\\u00e9\"], \"max_tokens\": 8, "
+        "\"temperature\": 0,"
         " \"top_p\": 0.5, \"top_k\": -1, \"min_p\": 0.1, \"n\": 3, \"seed\": -5, \"stop\": \"\\n\","
-        " \"stop_token_ids\": [256, 10], \"stream\": true, \"stream_options\": {\"include_usage\": true},"
+        " \"stop_token_ids\": [256, 10], \"stream\": true, \"stream_options\": {\"include_usage\": "
+        "true},"
         " \"logprobs\": 5, \"echo\": true, \"presence_penalty\": -2, \"frequency_penalty\": 2,"
-        " \"repetition_penalty\": 1.3, \"ignore_eos\": true, \"min_tokens\": 2, \"cache_salt\": \"tenant-a\","
+        " \"repetition_penalty\": 1.3, \"ignore_eos\": true, \"min_tokens\": 2, \"cache_salt\": "
+        "\"tenant-a\","
         " \"return_token_ids\": true, \"return_tokens_as_token_ids\": true, \"best_of\": 1,"
         " \"suffix\": null, \"logit_bias\": {}}";
-    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
     ck_assert_int_eq(req.n_prompts, 2);
     ck_assert_str_eq(req.prompts[0].text, "Hi");
     ck_assert_int_eq(req.prompts[0].n_ids, 2);
@@ -192,13 +206,15 @@ START_TEST(max_tokens_against_the_context) {
     openai_error e;
     /* the default 16 is cut to what fits each prompt */
     const char *body = "{\"prompt\": [[1,1,1,1,1,1,1,1,1,1], [1]]}";
-    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
     ck_assert_int_eq(req.prompts[0].max_tokens, 10);
     ck_assert_int_eq(req.prompts[1].max_tokens, 16);
     openai_completion_request_free(&req);
     /* null: all that fits */
     body = "{\"prompt\": [1, 2, 3], \"max_tokens\": null}";
-    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
     ck_assert_int_eq(req.prompts[0].max_tokens, 17);
     openai_completion_request_free(&req);
     /* explicit and too long: an error that says the numbers */
@@ -206,12 +222,16 @@ START_TEST(max_tokens_against_the_context) {
     ck_assert_int_eq(openai_parse_completion(&info, body, strlen(body), &req, &e), -1);
     ck_assert_str_eq(e.param, "max_tokens");
     ck_assert_ptr_nonnull(strstr(e.message, "maximum context length is 20 tokens"));
-    ck_assert_ptr_nonnull(strstr(e.message, "requested 21 tokens (3 in the prompt, 18 in the completion)"));
+    ck_assert_ptr_nonnull(
+        strstr(e.message, "requested 21 tokens (3 in the prompt, 18 in the completion)"));
 }
 END_TEST
 
 START_TEST(response_shapes) {
-    openai_usage u = {.prompt_tokens = 10, .completion_tokens = 4, .cached_tokens_gpu = 3, .cached_tokens_host = 5};
+    openai_usage u = {.prompt_tokens = 10,
+                      .completion_tokens = 4,
+                      .cached_tokens_gpu = 3,
+                      .cached_tokens_host = 5};
     json_t *usage = openai_usage_json(&u);
     ck_assert_int_eq(json_integer_value(json_object_get(usage, "total_tokens")), 14);
     json_t *d = json_object_get(usage, "prompt_tokens_details");
@@ -224,11 +244,14 @@ START_TEST(response_shapes) {
     json_t *top = json_pack("{s:f}", "b", -0.5);
     openai_logprobs_append(lp, "b", -INFINITY, top, 1);
     ck_assert(json_is_null(json_array_get(json_object_get(lp, "token_logprobs"), 0)));
-    ck_assert_double_eq(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)), -9999.0);
+    ck_assert_double_eq(json_real_value(json_array_get(json_object_get(lp, "token_logprobs"), 1)),
+                        -9999.0);
 
     int32_t pids[] = {1, 2}, ids[] = {7};
-    json_t *choice = openai_choice_json(0, "xy", 2, lp, OPENAI_FINISH_STOP, json_string("\n"), pids, 2, ids, 1);
-    json_t *resp = openai_completion_json("cmpl-1", 1700000000, "m", json_pack("[o]", choice), usage);
+    json_t *choice =
+        openai_choice_json(0, "xy", 2, lp, OPENAI_FINISH_STOP, json_string("\n"), pids, 2, ids, 1);
+    json_t *resp =
+        openai_completion_json("cmpl-1", 1700000000, "m", json_pack("[o]", choice), usage);
     char *text = json_dumps(resp, JSON_COMPACT);
     json_decref(resp);
     /* key names and nesting as OpenAI's legacy completions + vLLM's extensions */
@@ -238,7 +261,8 @@ START_TEST(response_shapes) {
     json_t *c = json_array_get(json_object_get(j, "choices"), 0);
     ck_assert_str_eq(json_string_value(json_object_get(c, "finish_reason")), "stop");
     ck_assert_str_eq(json_string_value(json_object_get(c, "stop_reason")), "\n");
-    ck_assert_int_eq(json_array_size(json_object_get(json_object_get(c, "logprobs"), "text_offset")), 2);
+    ck_assert_int_eq(
+        json_array_size(json_object_get(json_object_get(c, "logprobs"), "text_offset")), 2);
     ck_assert_int_eq(json_integer_value(json_array_get(json_object_get(c, "token_ids"), 0)), 7);
     ck_assert_int_eq(json_array_size(json_object_get(c, "prompt_token_ids")), 2);
     json_decref(j);
@@ -263,9 +287,12 @@ START_TEST(tokenize_detokenize_errors) {
     openai_error e;
     ck_assert_int_eq(openai_tokenize(&info, LIT("{}"), &out, &e), -1);
     ck_assert_str_eq(e.param, "prompt");
-    ck_assert_int_eq(openai_tokenize(&info, LIT("{\"prompt\": \"a\", \"add_special_tokens\": 1}"), &out, &e), -1);
+    ck_assert_int_eq(
+        openai_tokenize(&info, LIT("{\"prompt\": \"a\", \"add_special_tokens\": 1}"), &out, &e),
+        -1);
     ck_assert_str_eq(e.param, "add_special_tokens");
-    ck_assert_int_eq(openai_tokenize(&info, LIT("{\"prompt\": \"a\", \"model\": \"zz\"}"), &out, &e), -1);
+    ck_assert_int_eq(
+        openai_tokenize(&info, LIT("{\"prompt\": \"a\", \"model\": \"zz\"}"), &out, &e), -1);
     ck_assert_int_eq(e.status, 404);
     ck_assert_int_eq(openai_detokenize(&info, LIT("{\"tokens\": [1, \"a\"]}"), &out, &e), -1);
     ck_assert_str_eq(e.code, "invalid_type");
@@ -317,7 +344,8 @@ START_TEST(stories260k_tokenize_and_detokenize) {
 
     /* the completion request tokenizes the same way (BOS added) */
     openai_completion_request req;
-    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
     ck_assert_int_eq(req.prompts[0].n_ids, 5);
     ck_assert_int_eq(req.prompts[0].ids[0], 1);
     ck_assert_int_eq(req.prompts[0].ids[4], 378);
@@ -355,8 +383,11 @@ int main(void) {
     tcase_add_test(tc, response_shapes);
     tcase_add_test(tc, tokenize_detokenize_errors);
     char *dir = testdata_path("models/stories260K/tokenizer.json");
-    if (dir) tcase_add_test(tc, stories260k_tokenize_and_detokenize);
-    else printf("SKIP: stories260k_tokenize_and_detokenize (no KVSERVE_TESTDATA/models/stories260K)\n");
+    if (dir)
+        tcase_add_test(tc, stories260k_tokenize_and_detokenize);
+    else
+        printf(
+            "SKIP: stories260k_tokenize_and_detokenize (no KVSERVE_TESTDATA/models/stories260K)\n");
     free(dir);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

@@ -5,7 +5,8 @@
 
 #include "server/stop_strings.h"
 
-/* Pushes each piece; returns everything released (malloc'd) and sets *hit / *released_before_hit. */
+/* Pushes each piece; returns everything released (malloc'd) and sets *hit / *released_before_hit.
+ */
 static char *run(stop_matcher *m, const char *const *pieces, int n, bool *hit) {
     size_t cap = 256, len = 0;
     char *all = calloc(1, cap);
@@ -73,7 +74,8 @@ START_TEST(earliest_match_wins_then_longest) {
     char *all = run(&m, pieces, 1, &hit);
     ck_assert(hit);
     ck_assert_str_eq(all, "hel");
-    ck_assert_str_eq(stop_matcher_matched(&m), "lo w"); /* "lo" starts at the same byte: longer wins */
+    ck_assert_str_eq(stop_matcher_matched(&m),
+                     "lo w"); /* "lo" starts at the same byte: longer wins */
     free(all);
     stop_matcher_free(&m);
 }
