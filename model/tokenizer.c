@@ -479,14 +479,28 @@ const char *tok_piece_of(const tokenizer *t, int32_t id, size_t *len) {
     if (id < 0 || id >= t->n_vocab) return NULL;
     int32_t a = t->added_by_id[id];
     if (a >= 0) {
-        if (len) *len = t->added[a].len;
-        return t->added[a].content;
+        /* Hugging Face decodes a normalized added token to its normalized form */
+        const tok_added *tk = &t->added[a];
+        if (tk->normalized && tk->norm_content) {
+            if (len) *len = tk->norm_len;
+            return tk->norm_content;
+        }
+        if (len) *len = tk->len;
+        return tk->content;
     }
     if (id < t->model.n_ids && t->model.id_to_piece[id]) {
         if (len) *len = t->model.piece_lens[id];
         return t->model.id_to_piece[id];
     }
     return NULL;
+}
+
+/* Hugging Face skips a piece whose text is the content of a special token (by text, not id). */
+static bool is_special_piece(const tokenizer *t, const char *p, size_t len) {
+    int32_t id = tok_strmap_get(&t->added_map, p, len);
+    if (id < 0 || t->added_by_id[id] < 0) return false;
+    const tok_added *a = &t->added[t->added_by_id[id]];
+    return a->special && a->len == len && memcmp(a->content, p, len) == 0;
 }
 
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool skip_special_tokens,
@@ -502,7 +516,7 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool s
             return kv_error_set(err, "tokenizer: token id %d is out of range (vocabulary of %d)",
                                 ids[i], tok->n_vocab);
         }
-        if (skip_special_tokens && tokenizer_is_special(tok, ids[i])) continue;
+        if (skip_special_tokens && is_special_piece(tok, p, plen)) continue;
         tok_strlist_add(&l, p, plen);
     }
     tok_buf out = {0};
