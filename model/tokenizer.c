@@ -1,7 +1,8 @@
-/* Tokenizer loading and the encode/decode pipelines: reads tokenizer.json (+ tokenizer_config.json),
- * builds the components, matches added tokens on the raw and normalized text, then runs
- * normalizer -> pre-tokenizer -> BPE -> post-processor, and ids -> pieces -> decoders back.
- * The components themselves live in tokenizer_{normalize,pretok,bpe,decode,util}.c. */
+/* Tokenizer loading and the encode/decode pipelines: reads tokenizer.json (+
+ * tokenizer_config.json), builds the components, matches added tokens on the raw and normalized
+ * text, then runs normalizer -> pre-tokenizer -> BPE -> post-processor, and ids -> pieces ->
+ * decoders back. The components themselves live in tokenizer_{normalize,pretok,bpe,decode,util}.c.
+ */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,20 +90,25 @@ void tokenizer_free(tokenizer *tok) {
     free(tok);
 }
 
-static bool is_present(json_t *j) { return j && !json_is_null(j); }
+static bool is_present(json_t *j) {
+    return j && !json_is_null(j);
+}
 
 static int parse_added(tokenizer *t, json_t *arr, kv_error *err) {
     if (!is_present(arr)) return 0;
-    if (!json_is_array(arr)) return kv_error_set(err, "tokenizer.json: added_tokens must be an array");
+    if (!json_is_array(arr))
+        return kv_error_set(err, "tokenizer.json: added_tokens must be an array");
     t->n_added = (int)json_array_size(arr);
     t->added = kv_calloc((size_t)t->n_added + 1, sizeof(tok_added));
     for (int i = 0; i < t->n_added; i++) {
         json_t *e = json_array_get(arr, (size_t)i);
         json_t *id = json_object_get(e, "id"), *content = json_object_get(e, "content");
-        if (!json_is_integer(id) || json_integer_value(id) < 0 || json_integer_value(id) > 1 << 24 ||
-            !json_is_string(content))
-            return kv_error_set(err, "tokenizer.json: added_tokens[%d] needs an integer \"id\" in "
-                                     "[0, 2^24] and a string \"content\"", i);
+        if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+            json_integer_value(id) > 1 << 24 || !json_is_string(content))
+            return kv_error_set(err,
+                                "tokenizer.json: added_tokens[%d] needs an integer \"id\" in "
+                                "[0, 2^24] and a string \"content\"",
+                                i);
         tok_added *a = &t->added[i];
         a->len = json_string_length(content);
         a->content = kv_malloc(a->len + 1);
@@ -187,11 +193,15 @@ static int apply_config(tokenizer *t, const char *cfg_text, size_t cfg_len, kv_e
     if (json_is_boolean(add_bos) || json_is_boolean(add_eos)) {
         bool want_bos = json_is_true(add_bos), want_eos = json_is_true(add_eos);
         if (want_bos && bos_id < 0)
-            rc = kv_error_set(err, "tokenizer_config.json: add_bos_token is true but bos_token "
-                                   "\"%s\" is not a token", bos ? bos : "(none)");
+            rc = kv_error_set(err,
+                              "tokenizer_config.json: add_bos_token is true but bos_token "
+                              "\"%s\" is not a token",
+                              bos ? bos : "(none)");
         else if (want_eos && eos_id < 0)
-            rc = kv_error_set(err, "tokenizer_config.json: add_eos_token is true but eos_token "
-                                   "\"%s\" is not a token", eos ? eos : "(none)");
+            rc = kv_error_set(err,
+                              "tokenizer_config.json: add_eos_token is true but eos_token "
+                              "\"%s\" is not a token",
+                              eos ? eos : "(none)");
         else {
             tok_postproc_free(&t->post);
             t->post.present = true;
@@ -212,17 +222,21 @@ static int apply_config(tokenizer *t, const char *cfg_text, size_t cfg_len, kv_e
 /* Every id the post-processor adds must be a token, so that what encode returns decodes. */
 static int check_post_ids(const tokenizer *t, kv_error *err) {
     for (int i = 0; i < t->post.n_prefix + t->post.n_suffix; i++) {
-        int32_t id = i < t->post.n_prefix ? t->post.prefix[i] : t->post.suffix[i - t->post.n_prefix];
+        int32_t id =
+            i < t->post.n_prefix ? t->post.prefix[i] : t->post.suffix[i - t->post.n_prefix];
         if (!tok_piece_of(t, id, NULL))
-            return kv_error_set(err, "tokenizer.json: post_processor adds id %d, which is not a "
-                                     "token", id);
+            return kv_error_set(err,
+                                "tokenizer.json: post_processor adds id %d, which is not a "
+                                "token",
+                                id);
     }
     return 0;
 }
 
 static int load_parts(tokenizer *t, json_t *root, kv_error *err) {
     json_t *model = json_object_get(root, "model");
-    if (!json_is_object(model)) return kv_error_set(err, "tokenizer.json: missing \"model\" object");
+    if (!json_is_object(model))
+        return kv_error_set(err, "tokenizer.json: missing \"model\" object");
     if (tok_shared_re_init(&t->re, err)) return -1;
     if (tok_bpe_parse(&t->model, model, err)) return -1;
     json_t *n = json_object_get(root, "normalizer"), *p = json_object_get(root, "pre_tokenizer");
@@ -300,8 +314,10 @@ int tokenizer_load(tokenizer **out, const char *path, kv_error *err) {
     } else {
         tok_buf_append(&json_path, path, strlen(path));
         const char *slash = strrchr(path, '/');
-        if (slash) tok_buf_append(&cfg_path, path, (size_t)(slash - path));
-        else tok_buf_append(&cfg_path, ".", 1);
+        if (slash)
+            tok_buf_append(&cfg_path, path, (size_t)(slash - path));
+        else
+            tok_buf_append(&cfg_path, ".", 1);
     }
     tok_buf_append(&cfg_path, "/tokenizer_config.json", 22);
     char *json = NULL, *cfg = NULL;
@@ -338,11 +354,13 @@ static int encode_plain(encoder *e, const char *s, size_t n, bool at_start, kv_e
     if (n == 0) return 0;
     tok_pieces_clear(&e->pieces);
     tok_pieces_add(&e->pieces, s, n, at_start);
-    if (e->t->pretok && tok_pretok_apply(e->t->pretok, &e->t->re, &e->ctx, &e->pieces, &e->tmp, err))
+    if (e->t->pretok &&
+        tok_pretok_apply(e->t->pretok, &e->t->re, &e->ctx, &e->pieces, &e->tmp, err))
         return -1;
     for (int i = 0; i < e->pieces.n; i++) {
         tok_piece p = e->pieces.items[i];
-        if (tok_bpe_encode(&e->t->model, e->pieces.text.data + p.off, p.len, e->out, err)) return -1;
+        if (tok_bpe_encode(&e->t->model, e->pieces.text.data + p.off, p.len, e->out, err))
+            return -1;
     }
     return 0;
 }
@@ -421,8 +439,8 @@ static int split_added(encoder *e, const tok_trie *trie, const char *s, size_t n
         tok_ids_push(e->out, a->id);
         start_offset = stop;
     }
-    if (start_offset < n) return gap(e, s + start_offset, n - start_offset,
-                                     at_start && start_offset == 0, err);
+    if (start_offset < n)
+        return gap(e, s + start_offset, n - start_offset, at_start && start_offset == 0, err);
     return 0;
 }
 
@@ -432,8 +450,8 @@ static int normalized_gap(encoder *e, const char *s, size_t n, bool at_start, kv
 
 /* Text between non-normalized added tokens: normalize, then look for normalized added tokens. */
 static int raw_gap(encoder *e, const char *s, size_t n, bool at_start, kv_error *err) {
-    if (!e->t->normalizer) return split_added(e, &e->t->trie_norm, s, n, at_start, normalized_gap,
-                                              err);
+    if (!e->t->normalizer)
+        return split_added(e, &e->t->trie_norm, s, n, at_start, normalized_gap, err);
     bool lead_removed = false;
     tok_buf norm = {0};
     int rc = tok_normalize(e->t->normalizer, &e->ctx, s, n, &norm, &lead_removed, err);
@@ -544,7 +562,9 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool s
     return 0;
 }
 
-int tokenizer_vocab_size(const tokenizer *tok) { return tok->n_vocab; }
+int tokenizer_vocab_size(const tokenizer *tok) {
+    return tok->n_vocab;
+}
 
 const char *tokenizer_id_to_token(const tokenizer *tok, int32_t id) {
     return tok_piece_of(tok, id, NULL);
@@ -562,5 +582,9 @@ bool tokenizer_is_special(const tokenizer *tok, int32_t id) {
     return a >= 0 && tok->added[a].special;
 }
 
-int32_t tokenizer_bos_id(const tokenizer *tok) { return tok->bos_id; }
-int32_t tokenizer_eos_id(const tokenizer *tok) { return tok->eos_id; }
+int32_t tokenizer_bos_id(const tokenizer *tok) {
+    return tok->bos_id;
+}
+int32_t tokenizer_eos_id(const tokenizer *tok) {
+    return tok->eos_id;
+}

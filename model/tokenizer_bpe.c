@@ -63,8 +63,10 @@ static int parse_vocab(tok_bpe *m, json_t *vocab, kv_error *err) {
     json_object_foreach(vocab, key, val) {
         if (!json_is_integer(val) || json_integer_value(val) < 0 ||
             json_integer_value(val) > (1 << 24))
-            return kv_error_set(err, "tokenizer.json: model.vocab[\"%.60s\"] must be an id in "
-                                     "[0, 2^24]", key);
+            return kv_error_set(err,
+                                "tokenizer.json: model.vocab[\"%.60s\"] must be an id in "
+                                "[0, 2^24]",
+                                key);
         total += strlen(key) + 1;
         if ((int32_t)json_integer_value(val) > max_id) max_id = (int32_t)json_integer_value(val);
     }
@@ -87,7 +89,9 @@ static int parse_vocab(tok_bpe *m, json_t *vocab, kv_error *err) {
 }
 
 /* Looks up a piece given as a JSON string in the vocabulary; -1 if absent. */
-static int32_t vocab_id(const tok_bpe *m, const char *s) { return tok_strmap_get(&m->vocab, s, strlen(s)); }
+static int32_t vocab_id(const tok_bpe *m, const char *s) {
+    return tok_strmap_get(&m->vocab, s, strlen(s));
+}
 
 static int parse_merges(tok_bpe *m, json_t *merges, kv_error *err) {
     size_t n = json_is_array(merges) ? json_array_size(merges) : 0;
@@ -107,8 +111,10 @@ static int parse_merges(tok_bpe *m, json_t *merges, kv_error *err) {
             char *sp = strchr(owned, ' ');
             if (!sp || strchr(sp + 1, ' '))
                 return free(owned), tok_buf_free(&joined),
-                       kv_error_set(err, "tokenizer.json: model.merges[%zu] \"%.60s\" is not two "
-                                         "tokens separated by one space", i, json_string_value(e));
+                       kv_error_set(err,
+                                    "tokenizer.json: model.merges[%zu] \"%.60s\" is not two "
+                                    "tokens separated by one space",
+                                    i, json_string_value(e));
             *sp = 0;
             a = owned;
             b = sp + 1;
@@ -119,8 +125,10 @@ static int parse_merges(tok_bpe *m, json_t *merges, kv_error *err) {
         } else {
             free(owned);
             tok_buf_free(&joined);
-            return kv_error_set(err, "tokenizer.json: model.merges[%zu] must be \"a b\" or "
-                                     "[\"a\", \"b\"]", i);
+            return kv_error_set(err,
+                                "tokenizer.json: model.merges[%zu] must be \"a b\" or "
+                                "[\"a\", \"b\"]",
+                                i);
         }
         int32_t ia = vocab_id(m, a), ib = vocab_id(m, b);
         joined.len = 0;
@@ -130,8 +138,10 @@ static int parse_merges(tok_bpe *m, json_t *merges, kv_error *err) {
         int32_t inew = tok_strmap_get(&m->vocab, joined.data, joined.len);
         if (ia < 0 || ib < 0 || inew < 0) {
             const char *missing = ia < 0 ? a : ib < 0 ? b : joined.data;
-            kv_error_set(err, "tokenizer.json: model.merges[%zu]: token \"%.60s\" is not in the "
-                              "vocabulary", i, missing);
+            kv_error_set(err,
+                         "tokenizer.json: model.merges[%zu]: token \"%.60s\" is not in the "
+                         "vocabulary",
+                         i, missing);
             free(owned);
             tok_buf_free(&joined);
             return -1;
@@ -156,8 +166,10 @@ int tok_bpe_parse(tok_bpe *m, json_t *j, kv_error *err) {
                                  "is supported)");
     json_t *dropout = json_object_get(j, "dropout");
     if (json_is_number(dropout) && json_number_value(dropout) != 0.0)
-        return kv_error_set(err, "tokenizer.json: BPE dropout %g is not supported (encoding "
-                                 "would be random)", json_number_value(dropout));
+        return kv_error_set(err,
+                            "tokenizer.json: BPE dropout %g is not supported (encoding "
+                            "would be random)",
+                            json_number_value(dropout));
     m->fuse_unk = json_is_true(json_object_get(j, "fuse_unk"));
     m->byte_fallback = json_is_true(json_object_get(j, "byte_fallback"));
     m->ignore_merges = json_is_true(json_object_get(j, "ignore_merges"));
@@ -169,8 +181,10 @@ int tok_bpe_parse(tok_bpe *m, json_t *j, kv_error *err) {
     if (json_is_string(unk)) {
         m->unk_id = vocab_id(m, json_string_value(unk));
         if (m->unk_id < 0)
-            return kv_error_set(err, "tokenizer.json: model.unk_token \"%.60s\" is not in the "
-                                     "vocabulary", json_string_value(unk));
+            return kv_error_set(err,
+                                "tokenizer.json: model.unk_token \"%.60s\" is not in the "
+                                "vocabulary",
+                                json_string_value(unk));
     }
     for (int b = 0; b < 256; b++) {
         char name[8];
@@ -222,7 +236,9 @@ static void word_add(word *w, int32_t id, uint32_t len) {
     if (i > 0) w->syms[i - 1].next = i;
 }
 
-static bool cand_less(cand a, cand b) { return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos; }
+static bool cand_less(cand a, cand b) {
+    return a.rank != b.rank ? a.rank < b.rank : a.pos < b.pos;
+}
 
 static void heap_push(word *w, cand c) {
     if (w->n_heap == w->cap_heap) {

@@ -255,12 +255,23 @@ static void dec_strip(const tok_decoder *d, tok_strlist *l) {
 
 int tok_decoder_apply(const tok_decoder *d, tok_ctx *ctx, tok_strlist *l, kv_error *err) {
     switch (d->kind) {
-    case TOK_DEC_BYTE_LEVEL: dec_byte_level(l); return 0;
-    case TOK_DEC_METASPACE: dec_metaspace(d, l); return 0;
-    case TOK_DEC_REPLACE: return dec_replace(d, ctx, l, err);
-    case TOK_DEC_BYTE_FALLBACK: dec_byte_fallback(l); return 0;
-    case TOK_DEC_FUSE: dec_fuse(l); return 0;
-    case TOK_DEC_STRIP: dec_strip(d, l); return 0;
+    case TOK_DEC_BYTE_LEVEL:
+        dec_byte_level(l);
+        return 0;
+    case TOK_DEC_METASPACE:
+        dec_metaspace(d, l);
+        return 0;
+    case TOK_DEC_REPLACE:
+        return dec_replace(d, ctx, l, err);
+    case TOK_DEC_BYTE_FALLBACK:
+        dec_byte_fallback(l);
+        return 0;
+    case TOK_DEC_FUSE:
+        dec_fuse(l);
+        return 0;
+    case TOK_DEC_STRIP:
+        dec_strip(d, l);
+        return 0;
     case TOK_DEC_SEQUENCE:
         for (int i = 0; i < d->n_children; i++)
             if (tok_decoder_apply(&d->children[i], ctx, l, err)) return -1;
@@ -300,8 +311,9 @@ static int parse_template(tok_postproc *p, json_t *j, kv_error *err) {
         json_t *ids = json_object_get(tok, "ids");
         if (!name || !json_is_array(ids)) {
             free(pre), free(suf);
-            return kv_error_set(err, "tokenizer.json: post_processor TemplateProcessing: single[%zu] "
-                                     "names special token \"%s\" missing from special_tokens",
+            return kv_error_set(err,
+                                "tokenizer.json: post_processor TemplateProcessing: single[%zu] "
+                                "names special token \"%s\" missing from special_tokens",
                                 i, name ? name : "?");
         }
         size_t k;
@@ -310,12 +322,16 @@ static int parse_template(tok_postproc *p, json_t *j, kv_error *err) {
             json_int_t v = json_integer_value(idj);
             if (!json_is_integer(idj) || v < 0 || v > (1 << 24)) {
                 free(pre), free(suf);
-                return kv_error_set(err, "tokenizer.json: post_processor special token \"%s\" has "
-                                         "a bad id", name);
+                return kv_error_set(err,
+                                    "tokenizer.json: post_processor special token \"%s\" has "
+                                    "a bad id",
+                                    name);
             }
             int32_t id = (int32_t)v;
-            if (seen_seq) ids_append(&suf, &n_suf, &id, 1);
-            else ids_append(&pre, &n_pre, &id, 1);
+            if (seen_seq)
+                ids_append(&suf, &n_suf, &id, 1);
+            else
+                ids_append(&pre, &n_pre, &id, 1);
         }
     }
     ids_append(&p->prefix, &p->n_prefix, pre, n_pre);
@@ -331,8 +347,10 @@ static int parse_cls_sep(tok_postproc *p, json_t *j, const char *type, kv_error 
     if (!json_is_integer(ci) || !json_is_integer(si) || json_integer_value(ci) < 0 ||
         json_integer_value(si) < 0 || json_integer_value(ci) > 1 << 24 ||
         json_integer_value(si) > 1 << 24)
-        return kv_error_set(err, "tokenizer.json: post_processor %s: \"cls\" and \"sep\" must be "
-                                 "[token, id]", type);
+        return kv_error_set(err,
+                            "tokenizer.json: post_processor %s: \"cls\" and \"sep\" must be "
+                            "[token, id]",
+                            type);
     int32_t c = (int32_t)json_integer_value(ci), s = (int32_t)json_integer_value(si);
     ids_append(&p->prefix, &p->n_prefix, &c, 1);
     ids_append(&p->suffix, &p->n_suffix, &s, 1);
@@ -398,9 +416,9 @@ void tok_postproc_free(tok_postproc *p) {
 struct tokenizer_stream {
     const tokenizer *tok;
     bool skip_special;
-    tok_ids ids;       /* the window */
-    int prefix_index;  /* ids[prefix_index..] are not yet emitted */
-    tok_buf prefix;    /* decoding of ids[0..] as of the last emission */
+    tok_ids ids;      /* the window */
+    int prefix_index; /* ids[prefix_index..] are not yet emitted */
+    tok_buf prefix;   /* decoding of ids[0..] as of the last emission */
 };
 
 tokenizer_stream *tokenizer_stream_new(const tokenizer *tok, bool skip_special_tokens) {
@@ -469,8 +487,10 @@ int tokenizer_stream_finish(tokenizer_stream *s, char **out, size_t *out_len, kv
     if (tokenizer_decode(s->tok, s->ids.data, s->ids.n, s->skip_special, &text, &len, err))
         return -1;
     int rc = 0;
-    if (len > s->prefix.len) rc = emit_suffix(s, text, len, out, out_len, err);
-    else *out = kv_strdup("");
+    if (len > s->prefix.len)
+        rc = emit_suffix(s, text, len, out, out_len, err);
+    else
+        *out = kv_strdup("");
     free(text);
     s->ids.n = 0;
     s->prefix_index = 0;

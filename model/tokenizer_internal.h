@@ -130,9 +130,9 @@ typedef enum tok_norm_kind {
 
 typedef struct tok_normalizer {
     tok_norm_kind kind;
-    char *content; /* Prepend: the prefix; Replace: the replacement */
-    tok_pattern pattern; /* Replace */
-    bool strip_left, strip_right; /* Strip */
+    char *content;                   /* Prepend: the prefix; Replace: the replacement */
+    tok_pattern pattern;             /* Replace */
+    bool strip_left, strip_right;    /* Strip */
     struct tok_normalizer *children; /* Sequence */
     int n_children;
 } tok_normalizer;
@@ -174,15 +174,15 @@ typedef enum tok_prepend_scheme {
 typedef struct tok_pretok {
     tok_pretok_kind kind;
     bool add_prefix_space, use_regex; /* ByteLevel */
-    tok_pattern pattern; /* Split (ByteLevel/Whitespace use the shared regexes below) */
+    tok_pattern pattern;         /* Split (ByteLevel/Whitespace use the shared regexes below) */
     tok_split_behavior behavior; /* Split, Punctuation */
-    bool invert; /* Split */
-    char replacement[5]; /* Metaspace: the replacement character, UTF-8 */
+    bool invert;                 /* Split */
+    char replacement[5];         /* Metaspace: the replacement character, UTF-8 */
     int32_t replacement_cp;
     tok_prepend_scheme prepend_scheme; /* Metaspace */
-    bool split; /* Metaspace */
-    bool individual_digits; /* Digits */
-    struct tok_pretok *children; /* Sequence */
+    bool split;                        /* Metaspace */
+    bool individual_digits;            /* Digits */
+    struct tok_pretok *children;       /* Sequence */
     int n_children;
 } tok_pretok;
 
@@ -223,10 +223,10 @@ int tok_pretok_apply(const tok_pretok *p, const tok_shared_re *re, tok_ctx *ctx,
 typedef struct tok_bpe {
     tok_strmap vocab;
     tok_mergemap merges;
-    char *vocab_text;     /* all pieces, NUL-separated; vocab keys point here */
+    char *vocab_text;         /* all pieces, NUL-separated; vocab keys point here */
     const char **id_to_piece; /* [n_ids], NULL where an id has no piece */
     uint32_t *piece_lens;
-    int n_ids; /* largest model id + 1 */
+    int n_ids;      /* largest model id + 1 */
     int32_t unk_id; /* -1 when none */
     bool fuse_unk, byte_fallback, ignore_merges;
     char *continuing_subword_prefix; /* NULL when none */
@@ -299,7 +299,7 @@ typedef struct tok_added {
  * linked list (first_child, next_sibling); added-token sets are small. */
 typedef struct tok_trie_node {
     int32_t first_child, next_sibling; /* -1 when none */
-    int32_t token; /* index into added[], -1 when no token ends here */
+    int32_t token;                     /* index into added[], -1 when no token ends here */
     uint8_t byte;
 } tok_trie_node;
 
@@ -312,14 +312,14 @@ typedef struct tok_trie {
 /* ---- the tokenizer ---- */
 struct tokenizer {
     tok_bpe model;
-    tok_normalizer *normalizer;   /* NULL when none */
-    tok_pretok *pretok;           /* NULL when none */
-    tok_decoder *decoder;         /* NULL when none */
+    tok_normalizer *normalizer; /* NULL when none */
+    tok_pretok *pretok;         /* NULL when none */
+    tok_decoder *decoder;       /* NULL when none */
     tok_postproc post;
     tok_shared_re re;
     tok_added *added;
     int n_added;
-    int32_t *added_by_id; /* [n_vocab] index into added[] or -1 */
+    int32_t *added_by_id;         /* [n_vocab] index into added[] or -1 */
     tok_trie trie_raw, trie_norm; /* non-normalized / normalized added tokens */
     tok_strmap added_map;         /* content -> id */
     int n_vocab;

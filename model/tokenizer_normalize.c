@@ -23,11 +23,16 @@ int tok_normalizer_parse(tok_normalizer *n, json_t *j, kv_error *err) {
     *n = (tok_normalizer){0};
     const char *type = json_type_name(j);
     if (!type) return kv_error_set(err, "tokenizer.json: normalizer without a \"type\"");
-    if (!strcmp(type, "NFC")) n->kind = TOK_NORM_NFC;
-    else if (!strcmp(type, "NFKC")) n->kind = TOK_NORM_NFKC;
-    else if (!strcmp(type, "NFD")) n->kind = TOK_NORM_NFD;
-    else if (!strcmp(type, "NFKD")) n->kind = TOK_NORM_NFKD;
-    else if (!strcmp(type, "Lowercase")) n->kind = TOK_NORM_LOWERCASE;
+    if (!strcmp(type, "NFC"))
+        n->kind = TOK_NORM_NFC;
+    else if (!strcmp(type, "NFKC"))
+        n->kind = TOK_NORM_NFKC;
+    else if (!strcmp(type, "NFD"))
+        n->kind = TOK_NORM_NFD;
+    else if (!strcmp(type, "NFKD"))
+        n->kind = TOK_NORM_NFKD;
+    else if (!strcmp(type, "Lowercase"))
+        n->kind = TOK_NORM_LOWERCASE;
     else if (!strcmp(type, "Prepend")) {
         json_t *p = json_object_get(j, "prepend");
         if (!json_is_string(p))
@@ -82,13 +87,22 @@ static int unicode_normalize(tok_norm_kind kind, const char *s, size_t len, tok_
                              kv_error *err) {
     utf8proc_option_t opt = UTF8PROC_STABLE;
     switch (kind) {
-    case TOK_NORM_NFC: opt |= UTF8PROC_COMPOSE; break;
-    case TOK_NORM_NFKC: opt |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT; break;
-    case TOK_NORM_NFD: opt |= UTF8PROC_DECOMPOSE; break;
-    default: opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT; break;
+    case TOK_NORM_NFC:
+        opt |= UTF8PROC_COMPOSE;
+        break;
+    case TOK_NORM_NFKC:
+        opt |= UTF8PROC_COMPOSE | UTF8PROC_COMPAT;
+        break;
+    case TOK_NORM_NFD:
+        opt |= UTF8PROC_DECOMPOSE;
+        break;
+    default:
+        opt |= UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT;
+        break;
     }
     utf8proc_uint8_t *res = NULL;
-    utf8proc_ssize_t n = utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &res, opt);
+    utf8proc_ssize_t n =
+        utf8proc_map((const utf8proc_uint8_t *)s, (utf8proc_ssize_t)len, &res, opt);
     if (n < 0) return kv_error_set(err, "tokenizer: normalization failed: %s", utf8proc_errmsg(n));
     out->len = 0;
     tok_buf_append(out, (const char *)res, (size_t)n);
@@ -167,8 +181,7 @@ int tok_normalize(const tok_normalizer *n, tok_ctx *ctx, const char *s, size_t l
         tok_buf cur = {0}, next = {0};
         tok_buf_append(&cur, s, len);
         for (int i = 0; i < n->n_children; i++) {
-            if (tok_normalize(&n->children[i], ctx, cur.data, cur.len, &next, lead_removed,
-                              err)) {
+            if (tok_normalize(&n->children[i], ctx, cur.data, cur.len, &next, lead_removed, err)) {
                 tok_buf_free(&cur);
                 tok_buf_free(&next);
                 return -1;
@@ -190,16 +203,22 @@ int tok_normalize(const tok_normalizer *n, tok_ctx *ctx, const char *s, size_t l
     case TOK_NORM_NFKD:
         if (len == 0) break;
         return unicode_normalize(n->kind, s, len, out, err);
-    case TOK_NORM_LOWERCASE: lowercase(s, len, out); return 0;
+    case TOK_NORM_LOWERCASE:
+        lowercase(s, len, out);
+        return 0;
     case TOK_NORM_PREPEND:
         out->len = 0;
         /* Hugging Face prepends only to a non-empty string. */
         if (len > 0) tok_buf_append(out, n->content, strlen(n->content));
         tok_buf_append(out, s, len);
         return 0;
-    case TOK_NORM_STRIP: strip(n, s, len, out, lead_removed); return 0;
-    case TOK_NORM_REPLACE: return replace(n, ctx, s, len, out, lead_removed, err);
-    default: break;
+    case TOK_NORM_STRIP:
+        strip(n, s, len, out, lead_removed);
+        return 0;
+    case TOK_NORM_REPLACE:
+        return replace(n, ctx, s, len, out, lead_removed, err);
+    default:
+        break;
     }
     out->len = 0;
     tok_buf_append(out, s, len);

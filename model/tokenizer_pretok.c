@@ -38,12 +38,18 @@ static int parse_behavior(json_t *j, tok_split_behavior dflt, tok_split_behavior
         return 0;
     }
     const char *s = json_is_string(j) ? json_string_value(j) : "";
-    if (!strcmp(s, "Removed")) *out = TOK_SPLIT_REMOVED;
-    else if (!strcmp(s, "Isolated")) *out = TOK_SPLIT_ISOLATED;
-    else if (!strcmp(s, "MergedWithPrevious")) *out = TOK_SPLIT_MERGED_WITH_PREVIOUS;
-    else if (!strcmp(s, "MergedWithNext")) *out = TOK_SPLIT_MERGED_WITH_NEXT;
-    else if (!strcmp(s, "Contiguous")) *out = TOK_SPLIT_CONTIGUOUS;
-    else return kv_error_set(err, "tokenizer.json: %s: unknown split behavior \"%s\"", where, s);
+    if (!strcmp(s, "Removed"))
+        *out = TOK_SPLIT_REMOVED;
+    else if (!strcmp(s, "Isolated"))
+        *out = TOK_SPLIT_ISOLATED;
+    else if (!strcmp(s, "MergedWithPrevious"))
+        *out = TOK_SPLIT_MERGED_WITH_PREVIOUS;
+    else if (!strcmp(s, "MergedWithNext"))
+        *out = TOK_SPLIT_MERGED_WITH_NEXT;
+    else if (!strcmp(s, "Contiguous"))
+        *out = TOK_SPLIT_CONTIGUOUS;
+    else
+        return kv_error_set(err, "tokenizer.json: %s: unknown split behavior \"%s\"", where, s);
     return 0;
 }
 
@@ -66,14 +72,20 @@ static int parse_metaspace(tok_pretok *p, json_t *j, kv_error *err) {
     p->prepend_scheme = TOK_PREPEND_ALWAYS;
     if (json_is_string(scheme)) {
         const char *s = json_string_value(scheme);
-        if (!strcmp(s, "always")) p->prepend_scheme = TOK_PREPEND_ALWAYS;
-        else if (!strcmp(s, "first")) p->prepend_scheme = TOK_PREPEND_FIRST;
-        else if (!strcmp(s, "never")) p->prepend_scheme = TOK_PREPEND_NEVER;
+        if (!strcmp(s, "always"))
+            p->prepend_scheme = TOK_PREPEND_ALWAYS;
+        else if (!strcmp(s, "first"))
+            p->prepend_scheme = TOK_PREPEND_FIRST;
+        else if (!strcmp(s, "never"))
+            p->prepend_scheme = TOK_PREPEND_NEVER;
         else
-            return kv_error_set(err, "tokenizer.json: pre_tokenizer Metaspace: unknown "
-                                     "prepend_scheme \"%s\"", s);
+            return kv_error_set(err,
+                                "tokenizer.json: pre_tokenizer Metaspace: unknown "
+                                "prepend_scheme \"%s\"",
+                                s);
     }
-    if (json_is_false(json_object_get(j, "add_prefix_space"))) p->prepend_scheme = TOK_PREPEND_NEVER;
+    if (json_is_false(json_object_get(j, "add_prefix_space")))
+        p->prepend_scheme = TOK_PREPEND_NEVER;
     p->split = json_bool_or(j, "split", true);
     return 0;
 }
@@ -151,20 +163,26 @@ static void split_emit(const char *s, bool at_start, tok_spans *sp, tok_split_be
         for (int i = 0; i < sp->n; i++)
             if (!sp->data[i].is_match) sp->data[n++] = sp->data[i];
         break;
-    case TOK_SPLIT_ISOLATED: n = sp->n; break;
+    case TOK_SPLIT_ISOLATED:
+        n = sp->n;
+        break;
     case TOK_SPLIT_CONTIGUOUS:
         for (int i = 0; i < sp->n; i++) {
             tok_span cur = sp->data[i];
-            if (cur.is_match == prev_match && n > 0) sp->data[n - 1].end = cur.end;
-            else sp->data[n++] = cur;
+            if (cur.is_match == prev_match && n > 0)
+                sp->data[n - 1].end = cur.end;
+            else
+                sp->data[n++] = cur;
             prev_match = cur.is_match;
         }
         break;
     case TOK_SPLIT_MERGED_WITH_PREVIOUS:
         for (int i = 0; i < sp->n; i++) {
             tok_span cur = sp->data[i];
-            if (cur.is_match && !prev_match && n > 0) sp->data[n - 1].end = cur.end;
-            else sp->data[n++] = cur;
+            if (cur.is_match && !prev_match && n > 0)
+                sp->data[n - 1].end = cur.end;
+            else
+                sp->data[n++] = cur;
             prev_match = cur.is_match;
         }
         break;
@@ -173,8 +191,10 @@ static void split_emit(const char *s, bool at_start, tok_spans *sp, tok_split_be
         int w = sp->n;
         for (int i = sp->n - 1; i >= 0; i--) {
             tok_span cur = sp->data[i];
-            if (cur.is_match && !prev_match && w < sp->n) sp->data[w].start = cur.start;
-            else sp->data[--w] = cur;
+            if (cur.is_match && !prev_match && w < sp->n)
+                sp->data[w].start = cur.start;
+            else
+                sp->data[--w] = cur;
             prev_match = cur.is_match;
         }
         n = sp->n - w;
@@ -283,16 +303,18 @@ static int pretok_piece(const tok_pretok *p, const tok_shared_re *re, tok_ctx *c
         return 0;
     case TOK_PRE_METASPACE: {
         scratch->len = 0;
-        bool starts = n >= strlen(p->replacement) &&
-                      !memcmp(s, p->replacement, strlen(p->replacement));
+        bool starts =
+            n >= strlen(p->replacement) && !memcmp(s, p->replacement, strlen(p->replacement));
         bool prepend = !starts && (p->prepend_scheme == TOK_PREPEND_ALWAYS ||
                                    (p->prepend_scheme == TOK_PREPEND_FIRST && at_start));
         /* the replacement of ' ' happens first, so a leading space counts as the replacement */
         if (n > 0 && s[0] == ' ') prepend = false;
         if (prepend) tok_buf_append(scratch, p->replacement, strlen(p->replacement));
         for (size_t i = 0; i < n; i++) {
-            if (s[i] == ' ') tok_buf_append(scratch, p->replacement, strlen(p->replacement));
-            else tok_buf_push(scratch, s[i]);
+            if (s[i] == ' ')
+                tok_buf_append(scratch, p->replacement, strlen(p->replacement));
+            else
+                tok_buf_push(scratch, s[i]);
         }
         if (!p->split) {
             if (scratch->len > 0) tok_pieces_add(out, scratch->data, scratch->len, at_start);
@@ -304,8 +326,8 @@ static int pretok_piece(const tok_pretok *p, const tok_shared_re *re, tok_ctx *c
     }
     case TOK_PRE_DIGITS:
         char_spans(s, n, is_numeric, 0, sp);
-        split_emit(s, at_start, sp, p->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS,
-                   out);
+        split_emit(s, at_start, sp,
+                   p->individual_digits ? TOK_SPLIT_ISOLATED : TOK_SPLIT_CONTIGUOUS, out);
         return 0;
     case TOK_PRE_PUNCTUATION:
         char_spans(s, n, is_punctuation, 0, sp);
@@ -332,7 +354,8 @@ static int pretok_piece(const tok_pretok *p, const tok_shared_re *re, tok_ctx *c
         tok_pieces_free(&words);
         return 0;
     }
-    case TOK_PRE_SEQUENCE: break;
+    case TOK_PRE_SEQUENCE:
+        break;
     }
     KV_CHECK(!"unreachable pre-tokenizer kind");
     return -1;

@@ -25,7 +25,9 @@ void tok_buf_append(tok_buf *b, const char *s, size_t n) {
     b->data[b->len] = 0;
 }
 
-void tok_buf_push(tok_buf *b, char c) { tok_buf_append(b, &c, 1); }
+void tok_buf_push(tok_buf *b, char c) {
+    tok_buf_append(b, &c, 1);
+}
 
 void tok_buf_free(tok_buf *b) {
     free(b->data);
@@ -61,9 +63,15 @@ int tok_utf8_decode(const char *s, int32_t *cp) {
     const uint8_t *u = (const uint8_t *)s;
     int n = tok_utf8_len(u[0]);
     switch (n) {
-    case 1: *cp = u[0]; break;
-    case 2: *cp = ((u[0] & 0x1f) << 6) | (u[1] & 0x3f); break;
-    case 3: *cp = ((u[0] & 0x0f) << 12) | ((u[1] & 0x3f) << 6) | (u[2] & 0x3f); break;
+    case 1:
+        *cp = u[0];
+        break;
+    case 2:
+        *cp = ((u[0] & 0x1f) << 6) | (u[1] & 0x3f);
+        break;
+    case 3:
+        *cp = ((u[0] & 0x0f) << 12) | ((u[1] & 0x3f) << 6) | (u[2] & 0x3f);
+        break;
     default:
         *cp = ((u[0] & 0x07) << 18) | ((u[1] & 0x3f) << 12) | ((u[2] & 0x3f) << 6) | (u[3] & 0x3f);
     }
@@ -100,15 +108,24 @@ static int utf8_step(const uint8_t *s, size_t n) {
     if (c < 0x80) return 1;
     int need;
     uint8_t lo = 0x80, hi = 0xbf;
-    if (c >= 0xc2 && c <= 0xdf) need = 1;
-    else if (c == 0xe0) need = 2, lo = 0xa0;
-    else if (c >= 0xe1 && c <= 0xec) need = 2;
-    else if (c == 0xed) need = 2, hi = 0x9f;
-    else if (c >= 0xee && c <= 0xef) need = 2;
-    else if (c == 0xf0) need = 3, lo = 0x90;
-    else if (c >= 0xf1 && c <= 0xf3) need = 3;
-    else if (c == 0xf4) need = 3, hi = 0x8f;
-    else return -1;
+    if (c >= 0xc2 && c <= 0xdf)
+        need = 1;
+    else if (c == 0xe0)
+        need = 2, lo = 0xa0;
+    else if (c >= 0xe1 && c <= 0xec)
+        need = 2;
+    else if (c == 0xed)
+        need = 2, hi = 0x9f;
+    else if (c >= 0xee && c <= 0xef)
+        need = 2;
+    else if (c == 0xf0)
+        need = 3, lo = 0x90;
+    else if (c >= 0xf1 && c <= 0xf3)
+        need = 3;
+    else if (c == 0xf4)
+        need = 3, hi = 0x8f;
+    else
+        return -1;
     for (int i = 1; i <= need; i++) {
         if ((size_t)i >= n) return -i;
         uint8_t b = s[i];
@@ -267,12 +284,18 @@ static char *rewrite_class_escapes(const char *pat) {
     for (const char *p = pat; *p; p++) {
         if (p[0] == '\\' && p[1]) {
             char c = p[1];
-            if (c == 's') tok_buf_append(&b, "\\p{White_Space}", 15);
-            else if (c == 'S') tok_buf_append(&b, "\\P{White_Space}", 15);
-            else if (c == 'w' && in_class) tok_buf_append(&b, ONIG_WORD, strlen(ONIG_WORD));
-            else if (c == 'w') tok_buf_append(&b, "[" ONIG_WORD "]", strlen(ONIG_WORD) + 2);
-            else if (c == 'W' && !in_class) tok_buf_append(&b, "[^" ONIG_WORD "]", strlen(ONIG_WORD) + 3);
-            else tok_buf_append(&b, p, 2);
+            if (c == 's')
+                tok_buf_append(&b, "\\p{White_Space}", 15);
+            else if (c == 'S')
+                tok_buf_append(&b, "\\P{White_Space}", 15);
+            else if (c == 'w' && in_class)
+                tok_buf_append(&b, ONIG_WORD, strlen(ONIG_WORD));
+            else if (c == 'w')
+                tok_buf_append(&b, "[" ONIG_WORD "]", strlen(ONIG_WORD) + 2);
+            else if (c == 'W' && !in_class)
+                tok_buf_append(&b, "[^" ONIG_WORD "]", strlen(ONIG_WORD) + 3);
+            else
+                tok_buf_append(&b, p, 2);
             p++;
             continue;
         }
@@ -328,8 +351,10 @@ int tok_pattern_parse(tok_pattern *p, json_t *j, const char *where, kv_error *er
         return 0;
     }
     if (json_is_string(r)) return tok_regex_compile(&p->re, json_string_value(r), where, err);
-    return kv_error_set(err, "tokenizer.json: %s: pattern must be {\"String\": ...} or "
-                             "{\"Regex\": ...}", where);
+    return kv_error_set(err,
+                        "tokenizer.json: %s: pattern must be {\"String\": ...} or "
+                        "{\"Regex\": ...}",
+                        where);
 }
 
 void tok_pattern_free(tok_pattern *p) {
@@ -352,8 +377,8 @@ int tok_regex_spans(const pcre2_code *re, tok_ctx *ctx, const char *s, size_t n,
         tok_spans_push(out, 0, 0, false);
         return 0;
     }
-    size_t prev = 0;       /* end of the last emitted span */
-    size_t search = 0;     /* where the next search starts */
+    size_t prev = 0;              /* end of the last emitted span */
+    size_t search = 0;            /* where the next search starts */
     size_t last_end = (size_t)-1; /* end of the last match, for the empty-match rule */
     while (search <= n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, search, PCRE2_NO_UTF_CHECK, ctx->md, ctx->mctx);

@@ -16,12 +16,14 @@ static uint64_t next_rand(uint64_t *s) {
 }
 
 static const char *const WORDS[] = {
-    "the", "of", "and", "to", "in", "is", "that", "for", "it", "with", "as", "was", "on",
-    "cache", "memory", "request", "token", "server", "transfer", "block", "compute", "model",
-    "Hello", "World", "KV", "GPU", "DRAM", "don't", "it's", "WE'RE", "they'll", "naïve", "café",
-    "über", "Führer", "привет", "мир", "日本語", "中文", "テスト", "한국어", "🦙", "🚀", "👩‍💻",
-    "(x)", "foo_bar", "a+b=c", "->", "...", "!!", "#include", "{", "}", "0x1F", "3.14159",
-    "2024", "1234567", "\t", "\n", "\n\n", "  ", "   ", "\r\n",
+    "the",     "of",     "and",      "to",          "in",      "is",      "that",    "for",
+    "it",      "with",   "as",       "was",         "on",      "cache",   "memory",  "request",
+    "token",   "server", "transfer", "block",       "compute", "model",   "Hello",   "World",
+    "KV",      "GPU",    "DRAM",     "don't",       "it's",    "WE'RE",   "they'll", "naïve",
+    "café",    "über",   "Führer",   "привет",      "мир",     "日本語",  "中文",    "テスト",
+    "한국어",  "🦙",   "🚀",        "👩‍💻", "(x)",     "foo_bar", "a+b=c",   "->",
+    "...",     "!!",     "#include", "{",           "}",       "0x1F",    "3.14159", "2024",
+    "1234567", "\t",     "\n",       "\n\n",        "  ",      "   ",     "\r\n",
 };
 
 static char *make_text(size_t target, uint64_t seed) {
@@ -44,8 +46,11 @@ static char *make_text(size_t target, uint64_t seed) {
 int main(int argc, char **argv) {
     char path[4096];
     const char *td = getenv("KVSERVE_TESTDATA");
-    if (argc > 1) snprintf(path, sizeof path, "%s", argv[1]);
-    else snprintf(path, sizeof path, "%s/tokenizers/llama3", td && td[0] ? td : "../shared/testdata");
+    if (argc > 1)
+        snprintf(path, sizeof path, "%s", argv[1]);
+    else
+        snprintf(path, sizeof path, "%s/tokenizers/llama3",
+                 td && td[0] ? td : "../shared/testdata");
     double mb = argc > 2 ? atof(argv[2]) : 4.0;
     tokenizer *tok;
     kv_error err = {{0}};

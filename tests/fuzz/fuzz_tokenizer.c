@@ -21,18 +21,37 @@ static char *builtin_json(void) {
         snprintf(name, sizeof name, "<0x%02X>", b);
         json_object_set_new(vocab, name, json_integer(id++));
     }
-    const char *pieces[] = {"\xe2\x96\x81", "a", "b", "c", "d", "e", "h", "l", "o", "t", "1", "2",
-                            "\xe2\x96\x81t", "he", "\xe2\x96\x81the", "ll", "llo", "hello",
-                            "ab", "abc", "12"};
-    const char *merges[] = {"\xe2\x96\x81 t", "h e", "\xe2\x96\x81t he", "l l", "ll o",
-                            "he llo", "a b", "ab c", "1 2"};
+    const char *pieces[] = {"\xe2\x96\x81",
+                            "a",
+                            "b",
+                            "c",
+                            "d",
+                            "e",
+                            "h",
+                            "l",
+                            "o",
+                            "t",
+                            "1",
+                            "2",
+                            "\xe2\x96\x81t",
+                            "he",
+                            "\xe2\x96\x81the",
+                            "ll",
+                            "llo",
+                            "hello",
+                            "ab",
+                            "abc",
+                            "12"};
+    const char *merges[] = {
+        "\xe2\x96\x81 t", "h e", "\xe2\x96\x81t he", "l l", "ll o", "he llo", "a b", "ab c", "1 2"};
     for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++)
         json_object_set_new(vocab, pieces[i], json_integer(id++));
     json_t *jm = json_array();
     for (size_t i = 0; i < sizeof merges / sizeof *merges; i++)
         json_array_append_new(jm, json_string(merges[i]));
-    json_t *model = json_pack("{s:s, s:o, s:o, s:s, s:b, s:b}", "type", "BPE", "vocab", vocab,
-                              "merges", jm, "unk_token", "<unk>", "byte_fallback", 1, "fuse_unk", 1);
+    json_t *model =
+        json_pack("{s:s, s:o, s:o, s:s, s:b, s:b}", "type", "BPE", "vocab", vocab, "merges", jm,
+                  "unk_token", "<unk>", "byte_fallback", 1, "fuse_unk", 1);
     json_error_t e;
     json_t *rest = json_loads(
         "{\"normalizer\": {\"type\": \"Sequence\", \"normalizers\": ["
@@ -40,7 +59,8 @@ static char *builtin_json(void) {
         "  {\"type\": \"Replace\", \"pattern\": {\"Regex\": \"\\\\s{3,}\"}, \"content\": \"  \"},"
         "  {\"type\": \"Strip\", \"strip_left\": true, \"strip_right\": false}]},"
         " \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
-        "  {\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?i:'s|'t)|\\\\p{N}{1,3}|\\\\s+(?!\\\\S)\"},"
+        "  {\"type\": \"Split\", \"pattern\": {\"Regex\": "
+        "\"(?i:'s|'t)|\\\\p{N}{1,3}|\\\\s+(?!\\\\S)\"},"
         "   \"behavior\": \"Isolated\", \"invert\": false},"
         "  {\"type\": \"Digits\", \"individual_digits\": false},"
         "  {\"type\": \"Punctuation\", \"behavior\": \"MergedWithPrevious\"},"

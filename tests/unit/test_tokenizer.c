@@ -51,11 +51,11 @@ static void print_ids(const char *label, const int32_t *ids, int n) {
     fprintf(stderr, n > 40 ? " ...\n" : "\n");
 }
 
-static char *decode_or_fail(const tokenizer *t, const int32_t *ids, int n, bool skip,
-                            size_t *len) {
+static char *decode_or_fail(const tokenizer *t, const int32_t *ids, int n, bool skip, size_t *len) {
     char *text;
     kv_error err = {{0}};
-    if (tokenizer_decode(t, ids, n, skip, &text, len, &err) != 0) ck_abort_msg("decode: %s", err.msg);
+    if (tokenizer_decode(t, ids, n, skip, &text, len, &err) != 0)
+        ck_abort_msg("decode: %s", err.msg);
     return text;
 }
 
@@ -134,8 +134,10 @@ static void run_real(const char *name, bool normalizes) {
             size_t len;
             char *back = decode_or_fail(t, ids, n, false, &len);
             round_trips++;
-            if (len == text_len && memcmp(back, text, len) == 0) round_trip_ok++;
-            else fprintf(stderr, "%s case %zu: decode gives \"%s\"\n", name, i, back);
+            if (len == text_len && memcmp(back, text, len) == 0)
+                round_trip_ok++;
+            else
+                fprintf(stderr, "%s case %zu: decode gives \"%s\"\n", name, i, back);
             free(back);
         }
         if (stream_matches(t, ids, n, false)) stream_ok++;
@@ -151,13 +153,21 @@ static void run_real(const char *name, bool normalizes) {
     tokenizer_free(t);
 }
 
-START_TEST(llama3_cases) { run_real("llama3", false); }
+START_TEST(llama3_cases) {
+    run_real("llama3", false);
+}
 END_TEST
-START_TEST(qwen2_cases) { run_real("qwen2", true); }
+START_TEST(qwen2_cases) {
+    run_real("qwen2", true);
+}
 END_TEST
-START_TEST(gpt2_cases) { run_real("gpt2", false); }
+START_TEST(gpt2_cases) {
+    run_real("gpt2", false);
+}
 END_TEST
-START_TEST(llama2_cases) { run_real("llama2", false); }
+START_TEST(llama2_cases) {
+    run_real("llama2", false);
+}
 END_TEST
 
 START_TEST(stories260k_adds_bos_from_tokenizer_config) {
@@ -249,7 +259,8 @@ static int run_fixture(const char *dir) {
         json_t *ref = json_object_get(c, "ids_special");
         int n = (int)json_array_size(ref);
         int32_t *ids = kv_malloc(((size_t)n + 1) * sizeof(int32_t));
-        for (int k = 0; k < n; k++) ids[k] = (int32_t)json_integer_value(json_array_get(ref, (size_t)k));
+        for (int k = 0; k < n; k++)
+            ids[k] = (int32_t)json_integer_value(json_array_get(ref, (size_t)k));
         for (int skip = 0; skip < 2; skip++) {
             json_t *want = json_object_get(c, skip ? "decoded_skip" : "decoded");
             if (!json_is_string(want)) continue;
@@ -307,9 +318,9 @@ END_TEST
 /* A word-level BPE: with ignore_merges, a piece found in the vocabulary is one token, so the ids
  * spell out the pre-tokenizer's pieces. */
 static char *split_tokenizer_json(const char *pretok) {
-    static const char *pieces[] = {"t", "h", "e", "-", "f", "i", "n", "a", "l", "c", "o", "u",
-                                   "d", "w", "the", "final", "countdown", "the-", "final-",
-                                   "-final", "-countdown", "--"};
+    static const char *pieces[] = {
+        "t", "h", "e", "-",   "f",     "i",         "n",    "a",      "l",      "c",          "o",
+        "u", "d", "w", "the", "final", "countdown", "the-", "final-", "-final", "-countdown", "--"};
     json_t *vocab = json_object();
     for (size_t i = 0; i < sizeof pieces / sizeof *pieces; i++)
         json_object_set_new(vocab, pieces[i], json_integer((json_int_t)i));
@@ -345,7 +356,8 @@ static void expect_pieces(const char *behavior, const char *const *want, int n_w
 }
 
 START_TEST(split_behaviors_match_hugging_face_documentation) {
-    /* the examples of SplitDelimiterBehavior's documentation in tokenizers/src/tokenizer/normalizer.rs */
+    /* the examples of SplitDelimiterBehavior's documentation in
+     * tokenizers/src/tokenizer/normalizer.rs */
     const char *removed[] = {"the", "final", "countdown"};
     const char *isolated[] = {"the", "-", "final", "-", "-", "countdown"};
     const char *prev[] = {"the-", "final-", "-", "countdown"};
@@ -410,7 +422,8 @@ START_TEST(bad_input_is_an_error_not_a_crash) {
     ck_assert_int_eq(tokenizer_token_to_id(t, "zz"), -1);
     tokenizer_free(t);
     ck_assert_ptr_null(load_json("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, "
-                                 "\"merges\": [\"a b\"]}}", &err));
+                                 "\"merges\": [\"a b\"]}}",
+                                 &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "merges"));
     ck_assert_ptr_null(load_json("{not json", &err));
 }
@@ -419,7 +432,9 @@ END_TEST
 START_TEST(metaspace_splits_like_hugging_face) {
     /* metaspace.rs's multiple_spaces test: "Hey   friend!" -> ▁Hey ▁ ▁ ▁friend! */
     json_t *vocab = json_pack("{s:i, s:i, s:i}", "\xe2\x96\x81Hey", 0, "\xe2\x96\x81", 1,
-                              "\xe2\x96\x81" "friend!", 2);
+                              "\xe2\x96\x81"
+                              "friend!",
+                              2);
     json_t *root = json_pack("{s:{s:s, s:o, s:[], s:b}, s:{s:s, s:s, s:s}, s:{s:s, s:s, s:s}}",
                              "model", "type", "BPE", "vocab", vocab, "merges", "ignore_merges", 1,
                              "pre_tokenizer", "type", "Metaspace", "replacement", "\xe2\x96\x81",
