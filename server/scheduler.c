@@ -1,0 +1,485 @@
+/* The engine's lifecycle and its edges: creation of the pool, prefix cache and sampler, the engine
+ * thread, submit and cancel from other threads (an inbox under one mutex), finishing requests,
+ * stats and metrics. The step itself is in scheduler_admit.c and scheduler_step.c. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "server/scheduler_internal.h"
+
+/* --- lists --- */
+
+void sched_list_push(sched_list *l, sched_req *r) {
+    if (l->n == l->cap) {
+        l->cap = l->cap ? 2 * l->cap : 16;
+        l->v = kv_realloc(l->v, (size_t)l->cap * sizeof *l->v);
+    }
+    l->v[l->n++] = r;
+}
+
+void sched_list_push_front(sched_list *l, sched_req *r) {
+    sched_list_push(l, r);
+    memmove(l->v + 1, l->v, (size_t)(l->n - 1) * sizeof *l->v);
+    l->v[0] = r;
+}
+
+void sched_list_remove(sched_list *l, sched_req *r) {
+    for (int i = 0; i < l->n; i++)
+        if (l->v[i] == r) {
+            memmove(l->v + i, l->v + i + 1, (size_t)(l->n - i - 1) * sizeof *l->v);
+            l->n--;
+            return;
+        }
+    KV_CHECK(!"request not in list");
+}
+
+/* --- model and config --- */
+
+static void llama_forward_adapter(void *ctx, const backend_batch *batch, void *pool,
+                                  const backend_kv_layout *layout, float *logits) {
+    llama_forward(ctx, batch, pool, layout, logits);
+}
+
+void scheduler_model_llama(scheduler_model *sm, llama_model *m, int block_size) {
+    const hf_config *c = &m->cfg;
+    *sm = (scheduler_model){.be = m->be,
+                            .ctx = m,
+                            .forward = llama_forward_adapter,
+                            .layout = llama_kv_layout(m, block_size),
+                            .vocab = c->vocab_size,
+                            .max_tokens = m->max_tokens,
+                            .max_position = c->max_position_embeddings,
+                            .n_eos = c->n_eos};
+    for (int i = 0; i < c->n_eos; i++) sm->eos_ids[i] = c->eos_token_ids[i];
+    snprintf(sm->fingerprint, sizeof sm->fingerprint, "%s L%d d%d h%d kv%d hd%d v%d %s %s",
+             c->arch_name, c->n_layers, c->hidden_size, c->n_heads, c->n_kv_heads, c->head_dim,
+             c->vocab_size, kv_dtype_name(m->be->kv_dtype), m->be->name);
+}
+
+void scheduler_config_default(scheduler_config *c) {
+    *c = (scheduler_config){.max_num_seqs = 256,
+                            .max_num_batched_tokens = 8192,
+                            .max_queue = 4096,
+                            .enable_prefix_caching = true};
+}
+
+void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback) {
+    scheduler_config_default(c);
+    c->n_gpu_blocks = cfg->num_gpu_blocks > 0 ? cfg->num_gpu_blocks : n_blocks_fallback;
+    c->max_num_seqs = cfg->max_num_seqs;
+    c->max_num_batched_tokens = cfg->max_num_batched_tokens;
+    c->max_model_len = cfg->max_model_len;
+    c->max_queue = cfg->max_queue;
+    c->enable_prefix_caching = cfg->enable_prefix_caching;
+    c->seed = cfg->seed;
+    c->offload = (offload_config){
+        .size_gib = cfg->offload.size_gib,
+        .policy = cfg->offload.store_policy == CONFIG_STORE_ON_EVICT       ? OFFLOAD_POLICY_ON_EVICT
+                  : cfg->offload.store_policy == CONFIG_STORE_REUSE_GATED ? OFFLOAD_POLICY_REUSE_GATED
+                                                                          : OFFLOAD_POLICY_WRITE_THROUGH,
+        .reuse_threshold = cfg->offload.reuse_threshold,
+        .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
+}
+
+/* --- requests --- */
+
+int sched_blocks_for(const scheduler *s, int n_tokens) {
+    int bs = s->model.layout.block_size;
+    return (n_tokens + bs - 1) / bs;
+}
+
+void sched_req_hash_upto(scheduler *s, sched_req *r, int n_tokens) {
+    int bs = s->model.layout.block_size, n_full = n_tokens / bs;
+    if (n_full <= r->n_hashed) return;
+    if (n_full > r->hashes_cap) {
+        r->hashes_cap = n_full + 8;
+        r->hashes = kv_realloc(r->hashes, (size_t)r->hashes_cap * sizeof *r->hashes);
+    }
+    for (int i = r->n_hashed; i < n_full; i++)
+        block_hash_next(&r->hashes[i], i ? &r->hashes[i - 1] : &r->root, r->tokens + i * bs, bs);
+    r->n_hashed = n_full;
+}
+
+void sched_req_release_blocks(scheduler *s, sched_req *r) {
+    block_pool_release(&s->pool, r->blocks, r->n_blocks);
+    r->n_blocks = 0;
+    r->n_registered = 0;
+    r->n_stored = 0;
+    if (r->cow_src >= 0) block_pool_unref(&s->pool, r->cow_src);
+    r->cow_src = -1;
+}
+
+static void sched_req_free(sched_req *r) {
+    sampler_params_free(&r->params);
+    free(r->tokens), free(r->salt), free(r->blocks), free(r->hashes), free(r->load_slots);
+    free(r);
+}
+
+void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_logprobs *lp,
+                      engine_finish finish, int32_t stop_token, const char *error) {
+    if (r->state == SCHED_REQ_LOADING) sched_tier_abandon(s, r);
+    sched_req_release_blocks(s, r);
+    if (!r->admitted_once) {
+        pthread_mutex_lock(&s->lock);
+        s->n_queued--;
+        pthread_mutex_unlock(&s->lock);
+    }
+    engine_event ev = {.token = token,
+                       .logprob = lp ? lp->logprob : 0.0f,
+                       .finish = finish,
+                       .stop_token = stop_token,
+                       .error = error,
+                       .n_prompt_tokens = r->n_prompt,
+                       .n_cached_gpu = r->n_cached_gpu,
+                       .n_cached_host = r->n_cached_host};
+    if (lp) {
+        ev.n_top = lp->n_top;
+        for (int i = 0; i < lp->n_top; i++) {
+            ev.top_ids[i] = lp->top[i].token;
+            ev.top_logprobs[i] = lp->top[i].logprob;
+        }
+    }
+    r->on_event(r->user, &ev);
+    if (finish == ENGINE_FINISH_ABORT)
+        s->st.n_aborted++;
+    else
+        s->st.n_finished++;
+    metrics *m = s->cfg.metrics;
+    if (m) {
+        metrics_finish mf = finish == ENGINE_FINISH_STOP     ? METRICS_FINISH_STOP
+                            : finish == ENGINE_FINISH_LENGTH ? METRICS_FINISH_LENGTH
+                                                             : METRICS_FINISH_ABORT;
+        metrics_counter_add(&m->request_success[mf], 1);
+        metrics_histogram_observe(&m->e2e_request_latency_seconds, kv_now() - r->arrival);
+    }
+    if (r->admitted_once) sampler_state_free(&r->st);
+    sched_req_free(r);
+}
+
+/* --- creation --- */
+
+scheduler *scheduler_create(const scheduler_model *model, const scheduler_config *cfg,
+                            kv_error *err) {
+    if (cfg->n_gpu_blocks < 1)
+        return kv_error_set(err, "scheduler: num_gpu_blocks must be at least 1"), NULL;
+    if (cfg->max_num_seqs < 1 || cfg->max_num_batched_tokens < 1 || cfg->max_queue < 1)
+        return kv_error_set(err, "scheduler: max_num_seqs, max_num_batched_tokens and max_queue "
+                                 "must be at least 1"),
+               NULL;
+    scheduler *s = kv_calloc(1, sizeof *s);
+    s->model = *model;
+    s->cfg = *cfg;
+    s->budget = cfg->max_num_batched_tokens < model->max_tokens ? cfg->max_num_batched_tokens
+                                                                : model->max_tokens;
+    s->max_model_len = cfg->max_model_len > 0 ? cfg->max_model_len : model->max_position;
+    /* rows of logits: one per sequence plus the prompt-logprob rows, never more than tokens */
+    s->out_cap = cfg->max_num_seqs + SCHED_PROMPT_LP_ROWS;
+    if (s->out_cap > s->budget) s->out_cap = s->budget;
+
+    backend_kv_layout l = model->layout;
+    backend_kv_layout_finish(&l);
+    s->model.layout = l;
+    block_pool_init(&s->pool, model->be, &l, cfg->n_gpu_blocks);
+    prefix_cache_init(&s->pc, &s->pool);
+    sampler_init(&s->smp, model->vocab, model->eos_ids, model->n_eos, cfg->seed);
+
+    int T = s->budget, S = cfg->max_num_seqs;
+    s->b_tokens = kv_malloc((size_t)T * sizeof(int32_t));
+    s->b_positions = kv_malloc((size_t)T * sizeof(int32_t));
+    s->b_out_rows = kv_malloc((size_t)T * sizeof(int32_t));
+    s->b_seq_start = kv_malloc((size_t)(S + 1) * sizeof(int32_t));
+    s->b_seq_len = kv_malloc((size_t)S * sizeof(int32_t));
+    s->b_reqs = kv_malloc((size_t)S * sizeof *s->b_reqs);
+    s->b_out_first = kv_malloc((size_t)S * sizeof(int));
+    s->logits = kv_malloc((size_t)s->out_cap * (size_t)model->vocab * sizeof(float));
+    s->lp = kv_malloc(SCHED_PROMPT_LP_ROWS * sizeof *s->lp);
+
+    pthread_mutex_init(&s->lock, NULL);
+    pthread_cond_init(&s->wake, NULL);
+    pthread_mutex_init(&s->stats_lock, NULL);
+    s->st.n_blocks = cfg->n_gpu_blocks;
+    s->snap = s->st;
+    if (sched_tier_init(s, err)) {
+        scheduler_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+static void *engine_main(void *arg);
+
+void scheduler_start(scheduler *s) {
+    KV_CHECK(!s->started);
+    s->started = true;
+    KV_CHECK(pthread_create(&s->thread, NULL, engine_main, s) == 0);
+}
+
+/* Ends every request the engine still holds, inbox included. */
+static void sched_abort_all(scheduler *s, const char *why) {
+    pthread_mutex_lock(&s->lock);
+    sched_req *in = s->inbox_head;
+    s->inbox_head = s->inbox_tail = NULL;
+    pthread_mutex_unlock(&s->lock);
+    for (sched_req *r = in, *next; r; r = next) {
+        next = r->next;
+        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+    }
+    while (s->running.n) {
+        sched_req *r = s->running.v[s->running.n - 1];
+        s->running.n--;
+        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+    }
+    while (s->waiting.n) {
+        sched_req *r = s->waiting.v[s->waiting.n - 1];
+        s->waiting.n--;
+        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+    }
+}
+
+void scheduler_free(scheduler *s) {
+    if (!s) return;
+    if (s->started) {
+        pthread_mutex_lock(&s->lock);
+        s->stop = true;
+        pthread_cond_signal(&s->wake);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->thread, NULL);
+    }
+    sched_abort_all(s, "engine shutting down");
+    sched_tier_free(s);
+    prefix_cache_free(&s->pc);
+    block_pool_free(&s->pool);
+    sampler_free(&s->smp);
+    free(s->running.v), free(s->waiting.v), free(s->cancels);
+    free(s->b_tokens), free(s->b_positions), free(s->b_out_rows), free(s->b_seq_start);
+    free(s->b_seq_len), free(s->b_reqs), free(s->b_out_first), free(s->b_table);
+    free(s->logits), free(s->lp);
+    pthread_mutex_destroy(&s->lock);
+    pthread_cond_destroy(&s->wake);
+    pthread_mutex_destroy(&s->stats_lock);
+    free(s);
+}
+
+/* --- submit and cancel (any thread) --- */
+
+engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, uint64_t *id,
+                                      kv_error *err) {
+    int n = req->n_prompt, vocab = s->model.vocab;
+    if (n < 1) return kv_error_set(err, "prompt: must hold at least one token"), ENGINE_SUBMIT_REJECTED;
+    for (int i = 0; i < n; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= vocab)
+            return kv_error_set(err, "prompt: token id %d at index %d is outside the vocabulary (%d)",
+                                req->prompt[i], i, vocab),
+                   ENGINE_SUBMIT_REJECTED;
+    if (n >= s->max_model_len)
+        return kv_error_set(err,
+                            "prompt: %d tokens leave no room to generate in this model's maximum "
+                            "context length of %d tokens",
+                            n, s->max_model_len),
+               ENGINE_SUBMIT_REJECTED;
+    if (sched_blocks_for(s, n + 1) > s->pool.n_blocks)
+        return kv_error_set(err, "prompt: %d tokens do not fit in the KV cache (%d blocks of %d)",
+                            n, s->pool.n_blocks, s->model.layout.block_size),
+               ENGINE_SUBMIT_REJECTED;
+    if (sampler_params_validate(req->params, vocab, err)) return ENGINE_SUBMIT_REJECTED;
+
+    sched_req *r = kv_calloc(1, sizeof *r);
+    sampler_params_copy(&r->params, req->params);
+    int limit = n + r->params.max_tokens;
+    if (limit > s->max_model_len || limit < n) limit = s->max_model_len;
+    r->cap = limit + 1;
+    r->tokens = kv_malloc((size_t)r->cap * sizeof *r->tokens);
+    memcpy(r->tokens, req->prompt, (size_t)n * sizeof *r->tokens);
+    r->n_prompt = r->n_tokens = n;
+    r->salt = req->cache_salt ? kv_strdup(req->cache_salt) : NULL;
+    r->on_event = req->on_event;
+    r->user = req->user;
+    r->arrival = req->arrival_time > 0 ? req->arrival_time : kv_now();
+    r->cow_src = -1;
+    block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model.fingerprint, r->salt);
+
+    pthread_mutex_lock(&s->lock);
+    if (s->n_queued >= s->cfg.max_queue) {
+        pthread_mutex_unlock(&s->lock);
+        sched_req_free(r);
+        kv_error_set(err, "the engine's queue is full (%d requests waiting)", s->cfg.max_queue);
+        return ENGINE_SUBMIT_BUSY;
+    }
+    r->id = ++s->next_id;
+    *id = r->id;
+    if (s->inbox_tail)
+        s->inbox_tail->next = r;
+    else
+        s->inbox_head = r;
+    s->inbox_tail = r;
+    s->n_queued++;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+    return ENGINE_SUBMIT_OK;
+}
+
+void scheduler_cancel(scheduler *s, uint64_t id) {
+    pthread_mutex_lock(&s->lock);
+    if (s->n_cancels == s->cancels_cap) {
+        s->cancels_cap = s->cancels_cap ? 2 * s->cancels_cap : 16;
+        s->cancels = kv_realloc(s->cancels, (size_t)s->cancels_cap * sizeof *s->cancels);
+    }
+    s->cancels[s->n_cancels++] = id;
+    pthread_cond_signal(&s->wake);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static engine_submit_status api_submit(void *ctx, const engine_request *req, uint64_t *id,
+                                       kv_error *err) {
+    return scheduler_submit(ctx, req, id, err);
+}
+
+static void api_cancel(void *ctx, uint64_t id) { scheduler_cancel(ctx, id); }
+
+server_engine scheduler_server_engine(scheduler *s) {
+    return (server_engine){.ctx = s, .submit = api_submit, .cancel = api_cancel};
+}
+
+/* --- the step's edges --- */
+
+/* Step 1: new requests join the waiting list; cancelled ones end with ABORT. */
+static void sched_drain(scheduler *s) {
+    pthread_mutex_lock(&s->lock);
+    sched_req *in = s->inbox_head;
+    s->inbox_head = s->inbox_tail = NULL;
+    int n_cancels = s->n_cancels;
+    uint64_t *cancels = NULL;
+    if (n_cancels) {
+        cancels = kv_malloc((size_t)n_cancels * sizeof *cancels);
+        memcpy(cancels, s->cancels, (size_t)n_cancels * sizeof *cancels);
+        s->n_cancels = 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    for (sched_req *r = in, *next; r; r = next) {
+        next = r->next;
+        r->next = NULL;
+        sched_list_push(&s->waiting, r);
+    }
+    for (int c = 0; c < n_cancels; c++) {
+        sched_list *lists[2] = {&s->running, &s->waiting};
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < lists[k]->n; i++)
+                if (lists[k]->v[i]->id == cancels[c]) {
+                    sched_req *r = lists[k]->v[i];
+                    sched_list_remove(lists[k], r);
+                    sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, NULL);
+                    k = 2;
+                    break;
+                }
+    }
+    free(cancels);
+}
+
+static void sched_publish(scheduler *s) {
+    scheduler_stats *st = &s->st;
+    st->n_running = st->n_loading = 0;
+    for (int i = 0; i < s->running.n; i++) {
+        if (s->running.v[i]->state == SCHED_REQ_LOADING)
+            st->n_loading++;
+        else
+            st->n_running++;
+    }
+    st->n_waiting = s->waiting.n;
+    st->n_blocks_in_use = block_pool_n_in_use(&s->pool);
+    st->n_blocks_cached_free = s->pool.n_lru;
+    st->n_blocks_free = s->pool.n_free;
+    st->prefix_query_tokens = s->pc.n_query_tokens;
+    st->prefix_hit_tokens = s->pc.n_hit_tokens;
+    if (s->tier) {
+        st->host = offload_get_stats(s->tier);
+        st->n_transfers_inflight = transfer_get_stats(s->xfer).n_inflight;
+    }
+    metrics *m = s->cfg.metrics;
+    if (m) {
+        metrics_gauge_set(&m->num_requests_running, st->n_running);
+        metrics_gauge_set(&m->num_requests_waiting, st->n_waiting + st->n_loading);
+        metrics_gauge_set(&m->kv_cache_usage_perc, (double)st->n_blocks_in_use / st->n_blocks);
+        if (s->tier && st->host.n_slots_total > 0)
+            metrics_gauge_set(&m->host_cache_usage_perc,
+                              (double)(st->host.n_valid + st->host.n_storing + st->host.n_loading) /
+                                  st->host.n_slots_total);
+    }
+    pthread_mutex_lock(&s->stats_lock);
+    s->snap = *st;
+    pthread_mutex_unlock(&s->stats_lock);
+}
+
+bool scheduler_step(scheduler *s) {
+    sched_drain(s);
+    if (s->tier) sched_tier_poll(s);
+    int n_seqs = sched_schedule(s);
+    if (n_seqs > 0) sched_run_batch(s, n_seqs);
+    s->last_step_ran = n_seqs > 0;
+    s->st.n_steps++;
+    sched_publish(s);
+    return n_seqs > 0 || s->running.n > 0 || s->waiting.n > 0 || sched_tier_busy(s);
+}
+
+void scheduler_run_until_idle(scheduler *s) {
+    KV_CHECK(!s->started);
+    for (;;) {
+        bool busy = scheduler_step(s);
+        pthread_mutex_lock(&s->lock);
+        bool more = s->inbox_head || s->n_cancels;
+        pthread_mutex_unlock(&s->lock);
+        if (!busy && !more) return;
+    }
+}
+
+/* The engine thread: sleeps on the condvar while idle, else steps. A step that ran no batch
+ * (everyone waits for a transfer) naps 50 us instead of spinning on the event queries. */
+static void *engine_main(void *arg) {
+    scheduler *s = arg;
+    bool busy = false;
+    for (;;) {
+        pthread_mutex_lock(&s->lock);
+        while (!s->stop && !busy && !s->inbox_head && !s->n_cancels)
+            pthread_cond_wait(&s->wake, &s->lock);
+        bool stop = s->stop;
+        pthread_mutex_unlock(&s->lock);
+        if (stop) break;
+        busy = scheduler_step(s);
+        if (busy && !s->last_step_ran) nanosleep(&(struct timespec){0, 50000}, NULL);
+    }
+    return NULL;
+}
+
+scheduler_stats scheduler_get_stats(scheduler *s) {
+    pthread_mutex_lock(&s->stats_lock);
+    scheduler_stats st = s->snap;
+    pthread_mutex_unlock(&s->stats_lock);
+    return st;
+}
+
+prefix_cache *scheduler_prefix_cache(scheduler *s) { return &s->pc; }
+
+void scheduler_check(scheduler *s) {
+    block_pool_check(&s->pool);
+    prefix_cache_check(&s->pc);
+    int32_t *holders = kv_calloc((size_t)s->pool.n_blocks, sizeof *holders);
+    for (int i = 0; i < s->running.n; i++) {
+        sched_req *r = s->running.v[i];
+        KV_CHECK(r->state != SCHED_REQ_WAITING);
+        for (int b = 0; b < r->n_blocks; b++) holders[r->blocks[b]]++;
+        KV_CHECK(r->n_computed <= r->n_blocks * s->model.layout.block_size);
+    }
+    for (int i = 0; i < s->waiting.n; i++) {
+        KV_CHECK(s->waiting.v[i]->state == SCHED_REQ_WAITING);
+        KV_CHECK(s->waiting.v[i]->n_blocks == 0);
+    }
+    bool transfers = sched_tier_busy(s);
+    for (int b = 0; b < s->pool.n_blocks; b++) {
+        if (transfers)
+            KV_CHECK(s->pool.ref[b] >= holders[b]);
+        else
+            KV_CHECK(s->pool.ref[b] == holders[b]);
+    }
+    free(holders);
+    if (s->tier) offload_check_invariants(s->tier);
+}

@@ -1,0 +1,102 @@
+/* The engine: one thread that owns the KV block pool, the prefix cache, the host tier and every
+ * running request, and runs the loop of DESIGN.md ("Engine loop"): take requests and cancellations,
+ * poll transfers, admit within the token budget (GPU prefix hits, host-tier hits, new blocks),
+ * build one batch (decode tokens + chunked prefills), forward, store full blocks, sample, emit.
+ * Other threads only submit and cancel (server/engine_api.h). Knows nothing of HTTP or text. */
+#ifndef KVSERVE_SCHEDULER_H
+#define KVSERVE_SCHEDULER_H
+
+#include "model/llama.h"
+#include "offload/offload.h"
+#include "server/config.h"
+#include "server/engine_api.h"
+#include "server/metrics.h"
+
+/* The model as the engine sees it: a forward pass over a backend_batch into a paged KV pool. The
+ * llama adapter fills it from a loaded llama_model; tests plug in fakes (a forward that queues
+ * kernels on the fake backend) to check ordering without a real model. */
+typedef struct scheduler_model {
+    backend *be;
+    void *ctx;
+    /* Same contract as llama_forward: writes the batch's K/V into pool, returns out-row logits. */
+    void (*forward)(void *ctx, const backend_batch *batch, void *pool,
+                    const backend_kv_layout *layout, float *logits);
+    backend_kv_layout layout; /* block_size set, block_bytes filled */
+    int vocab;
+    int max_tokens;    /* tokens one forward accepts */
+    int max_position;  /* the model's context length (max_model_len when the config says 0) */
+    int eos_ids[HF_CONFIG_MAX_EOS];
+    int n_eos;
+    char fingerprint[160]; /* enters the prefix-cache hash root: architecture and shape */
+} scheduler_model;
+
+/* Fills sm from a loaded model (borrowed: it must outlive the scheduler). */
+void scheduler_model_llama(scheduler_model *sm, llama_model *m, int block_size);
+
+typedef struct scheduler_config {
+    int n_gpu_blocks;           /* KV pool size in blocks (> 0) */
+    int max_num_seqs;           /* requests running at once */
+    int max_num_batched_tokens; /* tokens per step (clamped to the model's max_tokens) */
+    int max_model_len;          /* prompt + generated tokens of one request; 0 = the model's */
+    int max_queue;              /* requests waiting (not yet admitted once) before BUSY */
+    bool enable_prefix_caching;
+    uint64_t seed;              /* hash root and unseeded sampling */
+    offload_config offload;     /* size_gib 0 = no host tier */
+    metrics *metrics;           /* NULL = none; updated by the engine thread */
+} scheduler_config;
+
+/* max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching on, seed 0, no
+ * tier, no metrics; n_gpu_blocks must still be set. */
+void scheduler_config_default(scheduler_config *c);
+/* Takes the knobs of the server config (block count: num_gpu_blocks, else n_blocks_fallback). */
+void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback);
+
+/* A snapshot of the engine's state (consistent as of the end of the last step). */
+typedef struct scheduler_stats {
+    int n_running, n_waiting, n_loading; /* loading: waiting for a host-tier load */
+    int n_blocks, n_blocks_in_use, n_blocks_cached_free, n_blocks_free;
+    int64_t n_steps;
+    int64_t prefix_query_tokens, prefix_hit_tokens; /* GPU prefix cache */
+    int64_t host_query_tokens, host_hit_tokens;     /* host tier */
+    int64_t n_preemptions;
+    int64_t n_prompt_tokens, n_generation_tokens;
+    int64_t n_finished, n_aborted;
+    int64_t n_cow_copies; /* full-prefix hits served by copying the last cached block */
+    offload_stats host;   /* zero when there is no tier */
+    int n_transfers_inflight;
+} scheduler_stats;
+
+typedef struct scheduler scheduler;
+
+/* Creates the engine over a model (borrowed) with its own KV pool of cfg->n_gpu_blocks blocks.
+ * NULL and err set on a bad config (no blocks, zero budget, tier size). No thread yet. */
+scheduler *scheduler_create(const scheduler_model *model, const scheduler_config *cfg,
+                            kv_error *err);
+/* Starts the engine thread. Without it, the caller drives the engine with scheduler_step (tests,
+ * benchmarks) from one thread. */
+void scheduler_start(scheduler *s);
+/* Stops the thread (when started), ends every request with ABORT ("engine shutting down"), waits
+ * for transfers, frees everything. */
+void scheduler_free(scheduler *s);
+
+/* engine_api.h's submit and cancel, callable from any thread. */
+engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, uint64_t *id,
+                                      kv_error *err);
+void scheduler_cancel(scheduler *s, uint64_t id);
+/* The server_engine the HTTP layer takes. */
+server_engine scheduler_server_engine(scheduler *s);
+
+/* One engine step on the calling thread (only when the thread was not started). Returns true when
+ * the engine still has work (requests or transfers), false when idle. */
+bool scheduler_step(scheduler *s);
+/* Steps until idle. */
+void scheduler_run_until_idle(scheduler *s);
+
+scheduler_stats scheduler_get_stats(scheduler *s);
+/* Checks the pool, the prefix cache and the tier against the requests' block lists; aborts on any
+ * inconsistency (tests). Only without the thread, or from it. */
+void scheduler_check(scheduler *s);
+/* The GPU prefix cache (tests: evict, inspect). Only without the thread. */
+struct prefix_cache *scheduler_prefix_cache(scheduler *s);
+
+#endif

@@ -1,0 +1,202 @@
+/* Scheduling one step (DESIGN.md "Engine loop", step 3): running requests first, in admission
+ * order (one decode token each, or the next prefill chunk), then waiting requests in arrival order
+ * while the token budget, max_num_seqs and the free blocks allow. A request that needs a block when
+ * none is left preempts the newest running request, which releases its blocks and goes back to
+ * the head of the waiting list; its tokens so far (prompt + generated) come back as a prefix,
+ * served from the prefix cache or the host tier where they still are, recomputed otherwise.
+ *
+ * A full prefix hit (every token of the sequence in cached full blocks) computes only the last
+ * token: the K/V of that token must be rewritten by the step that produces its logits, and the
+ * block it lies in is shared, so the request takes a fresh block, copies the cached block into it
+ * (one block_bytes device copy on the COMPUTE stream, ordered before the step's forward; the
+ * source stays referenced until the forward is queued) and recomputes one token into its own
+ * copy. Shared blocks are never written. */
+#include <stdlib.h>
+
+#include "server/scheduler_internal.h"
+
+/* Tokens of r to compute this step within budget, and the prompt-logprob rows they need within
+ * extra_rows (*rows). 0 when the rows do not fit. */
+static int sched_chunk(const sched_req *r, int budget, int extra_rows, int *rows) {
+    int c = r->n_computed, n = r->n_tokens - c;
+    if (n > budget) n = budget;
+    *rows = 0;
+    if (r->params.prompt_logprobs >= 0) {
+        int lo = c > r->n_prompt_lp_sent ? c : r->n_prompt_lp_sent, hi = r->n_prompt - 1;
+        if (lo < hi) {
+            if (n > lo + extra_rows - c) n = lo + extra_rows - c;
+            int end = c + n < hi ? c + n : hi;
+            *rows = end > lo ? end - lo : 0;
+        }
+    }
+    return n > 0 ? n : 0;
+}
+
+/* Appends n new blocks (the caller checked they are available). */
+static void sched_req_grow(scheduler *s, sched_req *r, int n) {
+    if (r->n_blocks + n > r->blocks_cap) {
+        r->blocks_cap = (r->n_blocks + n) * 2;
+        r->blocks = kv_realloc(r->blocks, (size_t)r->blocks_cap * sizeof *r->blocks);
+    }
+    KV_CHECK(block_pool_alloc_n(&s->pool, n, r->blocks + r->n_blocks) == 0);
+    r->n_blocks += n;
+}
+
+static void sched_preempt(scheduler *s, sched_req *r) {
+    if (r->state == SCHED_REQ_LOADING) sched_tier_abandon(s, r);
+    sched_req_release_blocks(s, r);
+    r->n_computed = 0;
+    r->n_sched = 0;
+    r->state = SCHED_REQ_WAITING;
+    sched_list_remove(&s->running, r);
+    sched_list_push_front(&s->waiting, r);
+    s->st.n_preemptions++;
+    if (s->cfg.metrics) metrics_counter_add(&s->cfg.metrics->num_preemptions, 1);
+}
+
+/* Takes r from the waiting list's head into the running list if its blocks and first chunk fit.
+ * Returns false (nothing taken, no counter touched) when they do not. */
+static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows) {
+    int bs = s->model.layout.block_size;
+    sched_req_hash_upto(s, r, r->n_tokens);
+    int n_full = r->n_tokens / bs;
+    /* prompt logprobs need every prompt row computed: such a request skips the cache until they
+     * are all sent (as vLLM does) */
+    bool lookup = s->cfg.enable_prefix_caching &&
+                  !(r->params.prompt_logprobs >= 0 && r->n_prompt_lp_sent < r->n_prompt - 1);
+    int32_t *hits = kv_malloc(((size_t)n_full + 1) * sizeof *hits);
+    int32_t *slots = kv_malloc(((size_t)n_full + 1) * sizeof *slots);
+    int n_hit = 0, n_evictable = 0;
+    if (lookup && n_full > 0)
+        n_hit = prefix_cache_lookup(&s->pc, r->hashes, r->tokens, n_full, hits, &n_evictable);
+    bool cow = n_hit > 0 && n_hit * bs == r->n_tokens;
+    int n_shared = cow ? n_hit - 1 : n_hit;
+    /* host tier: the blocks after the GPU hits (not counted yet: admission may still fail) */
+    int n_host = 0;
+    if (lookup && !cow && s->tier) n_host = sched_tier_lookup(s, r, n_hit, n_full - n_hit, NULL);
+    int n_ready = cow ? r->n_tokens - 1 : (n_hit + n_host) * bs;
+    if (n_ready == r->n_tokens) n_ready--; /* the host tier held every token: recompute the last */
+
+    int rows = 0, n_new = 0;
+    if (n_host == 0) {
+        r->n_computed = n_ready;
+        n_new = sched_chunk(r, budget, *extra_rows, &rows);
+        r->n_computed = 0;
+        if (n_new == 0) goto fail;
+    }
+    int n_total = sched_blocks_for(s, n_ready + n_new);
+    if (n_total < n_hit + n_host) n_total = n_hit + n_host;
+    int n_alloc = n_total - n_shared;
+    if (!block_pool_can_alloc(&s->pool, n_alloc + n_evictable)) goto fail;
+
+    /* admitted: take the hits, then the new blocks */
+    for (int i = 0; i < n_hit; i++) block_pool_ref(&s->pool, hits[i]);
+    r->n_blocks = 0;
+    if (r->blocks_cap < n_total) {
+        r->blocks_cap = n_total + 4;
+        r->blocks = kv_realloc(r->blocks, (size_t)r->blocks_cap * sizeof *r->blocks);
+    }
+    memcpy(r->blocks, hits, (size_t)n_shared * sizeof *hits);
+    r->n_blocks = n_shared;
+    r->n_registered = n_hit;
+    r->n_stored = 0;
+    for (int i = 0; i < n_shared; i++) sched_tier_gpu_hit(s, &r->hashes[i], hits[i]);
+    sched_req_grow(s, r, n_alloc);
+    if (cow) {
+        int32_t src = hits[n_hit - 1], dst = r->blocks[n_shared];
+        void *d = block_pool_ptr(&s->pool, dst);
+        const void *sp = block_pool_ptr(&s->pool, src);
+        size_t bytes = s->pool.layout.block_bytes;
+        s->model.be->ops->copy_async(s->model.be, BACKEND_STREAM_COMPUTE, 1, &d, &sp, &bytes);
+        r->cow_src = src; /* released once the step's forward is queued */
+        s->st.n_cow_copies++;
+    }
+    if (n_host > 0) {
+        KV_CHECK(sched_tier_lookup(s, r, n_hit, n_host, slots) == n_host);
+        sched_tier_load(s, r, n_hit, n_host, slots);
+    }
+    r->n_computed = n_ready;
+    r->n_sched = n_new;
+    *extra_rows -= rows;
+
+    if (!r->admitted_once) {
+        r->admitted_once = true;
+        r->n_cached_gpu = (cow ? r->n_tokens - 1 : n_hit * bs);
+        r->n_cached_host = n_ready - r->n_cached_gpu;
+        if (r->n_cached_gpu > r->n_prompt) r->n_cached_gpu = r->n_prompt;
+        if (r->n_cached_gpu + r->n_cached_host > r->n_prompt)
+            r->n_cached_host = r->n_prompt - r->n_cached_gpu;
+        prefix_cache_record(&s->pc, r->n_prompt, r->n_cached_gpu);
+        s->st.host_query_tokens += s->tier ? r->n_prompt - r->n_cached_gpu : 0;
+        s->st.host_hit_tokens += r->n_cached_host;
+        s->st.n_prompt_tokens += r->n_prompt;
+        sampler_state_init(&s->smp, &r->st, &r->params, r->tokens, r->n_prompt);
+        pthread_mutex_lock(&s->lock);
+        s->n_queued--;
+        pthread_mutex_unlock(&s->lock);
+        metrics *m = s->cfg.metrics;
+        if (m) {
+            metrics_counter_add(&m->prefix_cache_queries, (uint64_t)r->n_prompt);
+            metrics_counter_add(&m->prefix_cache_hits, (uint64_t)r->n_cached_gpu);
+            metrics_counter_add(&m->prompt_tokens, (uint64_t)r->n_prompt);
+            if (s->tier) {
+                metrics_counter_add(&m->host_cache_queries, (uint64_t)(r->n_prompt - r->n_cached_gpu));
+                metrics_counter_add(&m->host_cache_hits, (uint64_t)r->n_cached_host);
+            }
+        }
+    }
+    r->state = n_host > 0 ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
+    free(hits), free(slots);
+    return true;
+fail:
+    free(hits), free(slots);
+    return false;
+}
+
+int sched_schedule(scheduler *s) {
+    int budget = s->budget, extra_rows = SCHED_PROMPT_LP_ROWS, n = 0;
+    bool preempted = false;
+    for (int i = 0; i < s->running.n; i++) s->running.v[i]->n_sched = 0;
+
+    for (int i = 0; i < s->running.n && budget > 0; i++) {
+        sched_req *r = s->running.v[i];
+        if (r->state != SCHED_REQ_RUNNING) continue; /* loading */
+        int rows, n_new = sched_chunk(r, budget, extra_rows, &rows);
+        if (n_new == 0) continue;
+        int need = sched_blocks_for(s, r->n_computed + n_new) - r->n_blocks;
+        while (need > 0 && !block_pool_can_alloc(&s->pool, need)) {
+            sched_req *victim = s->running.v[s->running.n - 1];
+            if (victim == r && s->running.n == 1) break; /* alone and still too big */
+            sched_preempt(s, victim);
+            preempted = true;
+            if (victim == r) break;
+        }
+        if (r->state != SCHED_REQ_RUNNING) break; /* r was the newest: nothing runs after it */
+        if (need > 0 && !block_pool_can_alloc(&s->pool, need)) {
+            /* the only request and the pool cannot hold it: end it rather than spin */
+            sched_list_remove(&s->running, r);
+            sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1,
+                             "the KV cache is too small for this request");
+            i--;
+            continue;
+        }
+        if (need > 0) sched_req_grow(s, r, need);
+        r->n_sched = n_new;
+        budget -= n_new;
+        extra_rows -= rows;
+        s->b_reqs[n++] = r;
+    }
+
+    /* admission: not in a step that had to preempt (the pool is short already) */
+    while (!preempted && s->waiting.n > 0 && budget > 0 && s->running.n < s->cfg.max_num_seqs) {
+        sched_req *r = s->waiting.v[0];
+        if (!sched_admit(s, r, budget, &extra_rows)) break;
+        sched_list_remove(&s->waiting, r);
+        sched_list_push(&s->running, r);
+        if (r->state == SCHED_REQ_RUNNING) {
+            budget -= r->n_sched;
+            s->b_reqs[n++] = r;
+        }
+    }
+    return n;
+}
