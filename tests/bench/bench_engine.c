@@ -1,0 +1,205 @@
+/* bench_engine: the engine in process (no HTTP): prefill tok/s, decode tok/s at batch 1 and 32,
+ * and the TTFT of a long prompt cold, with a full GPU prefix hit (one token computed), and (with
+ * --offload-gib) served from the host tier after the GPU cache was emptied, with their ratios
+ * measured in the same run. Drives scheduler_step on this thread, so engine overhead counts.
+ *   bench_engine --model DIR [--device cpu|cuda] [--load-format safetensors|dummy]
+ *                [--prompt-len 2000] [--decode-steps 64] [--blocks N] [--offload-gib G]
+ * On the H100: bench_engine --model tests/bench/models/llama-3.1-8b --load-format dummy
+ *              --device cuda --offload-gib 8 */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "kvcache/prefix_cache.h"
+#include "server/scheduler.h"
+
+typedef struct probe {
+    double t_submit, t_first;
+    int n_tokens;
+    bool done;
+    int n_cached_gpu, n_cached_host;
+} probe;
+
+static void on_event(void *user, const engine_event *ev) {
+    probe *p = user;
+    if (ev->token >= 0 && !ev->is_prompt && p->n_tokens++ == 0) p->t_first = kv_now();
+    if (ev->finish != ENGINE_FINISH_NONE) {
+        p->done = true;
+        p->n_cached_gpu = ev->n_cached_gpu;
+        p->n_cached_host = ev->n_cached_host;
+    }
+}
+
+static void fill_random(int32_t *t, int n, int vocab, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = 3 + (int32_t)((seed >> 33) % (uint64_t)(vocab - 3));
+    }
+}
+
+static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, const char *salt,
+                   probe *p) {
+    sampler_params sp;
+    sampler_params_default(&sp);
+    sp.temperature = 0;
+    sp.ignore_eos = true;
+    sp.max_tokens = max_tokens;
+    *p = (probe){.t_submit = kv_now()};
+    engine_request req = {.prompt = prompt, .n_prompt = n, .params = &sp, .cache_salt = salt,
+                          .arrival_time = p->t_submit, .on_event = on_event, .user = p};
+    uint64_t id;
+    kv_error err;
+    if (scheduler_submit(s, &req, &id, &err) != ENGINE_SUBMIT_OK) {
+        fprintf(stderr, "bench_engine: submit: %s\n", err.msg);
+        exit(1);
+    }
+}
+
+/* TTFT of one request: submit, step until its first token. */
+static double ttft(scheduler *s, const int32_t *prompt, int n, const char *salt, probe *p) {
+    submit(s, prompt, n, 1, salt, p);
+    scheduler_run_until_idle(s);
+    return p->t_first - p->t_submit;
+}
+
+/* Decode tok/s with batch requests of 32-token prompts: steps until all have their first token,
+ * then times the rest (steps decode tokens each). */
+static double decode_rate(scheduler *s, int batch, int steps, int vocab, int round) {
+    probe *p = calloc((size_t)batch, sizeof *p);
+    int32_t prompt[32];
+    char salt[64];
+    for (int i = 0; i < batch; i++) {
+        fill_random(prompt, 32, vocab, 900 + (uint64_t)i);
+        snprintf(salt, sizeof salt, "decode-%d-%d", round, i);
+        submit(s, prompt, 32, steps + 1, salt, &p[i]);
+    }
+    for (bool all = false; !all;) {
+        scheduler_step(s);
+        all = true;
+        for (int i = 0; i < batch; i++) all = all && p[i].n_tokens > 0;
+    }
+    int before = 0, after = 0;
+    for (int i = 0; i < batch; i++) before += p[i].n_tokens;
+    double t0 = kv_now();
+    scheduler_run_until_idle(s);
+    double t = kv_now() - t0;
+    for (int i = 0; i < batch; i++) after += p[i].n_tokens;
+    free(p);
+    return (after - before) / t;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *device = "cpu";
+    llama_load_format fmt = LLAMA_LOAD_SAFETENSORS;
+    int prompt_len = 2000, steps = 64, n_blocks = 0, n_threads = 0, budget = 4096;
+    double offload_gib = 0;
+    static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
+                                         {"device", required_argument, NULL, 'd'},
+                                         {"load-format", required_argument, NULL, 'f'},
+                                         {"prompt-len", required_argument, NULL, 'p'},
+                                         {"decode-steps", required_argument, NULL, 's'},
+                                         {"blocks", required_argument, NULL, 'b'},
+                                         {"threads", required_argument, NULL, 'j'},
+                                         {"offload-gib", required_argument, NULL, 'o'},
+                                         {NULL, 0, NULL, 0}};
+    for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
+        if (c == 'm') model_dir = optarg;
+        else if (c == 'd') device = optarg;
+        else if (c == 'f') fmt = strcmp(optarg, "dummy") == 0 ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+        else if (c == 'p') prompt_len = atoi(optarg);
+        else if (c == 's') steps = atoi(optarg);
+        else if (c == 'b') n_blocks = atoi(optarg);
+        else if (c == 'j') n_threads = atoi(optarg);
+        else if (c == 'o') offload_gib = atof(optarg);
+        else {
+            fprintf(stderr, "usage: bench_engine --model DIR [--device cpu|cuda] [--load-format "
+                            "dummy] [--prompt-len N] [--decode-steps N] [--blocks N] "
+                            "[--offload-gib G]\n");
+            return 2;
+        }
+    }
+    if (!model_dir) {
+        const char *td = getenv("KVSERVE_TESTDATA");
+        static char dir[1024];
+        snprintf(dir, sizeof dir, "%s/models/stories260K", td ? td : "../shared/testdata");
+        model_dir = dir;
+    }
+    if (prompt_len < 2 || prompt_len > budget) budget = prompt_len > budget ? prompt_len : budget;
+    kv_error err = {{0}};
+    backend *be = backend_create(device, n_threads, &err);
+    llama_model m;
+    if (!be || llama_load(&m, be, model_dir, fmt, budget, NULL, NULL, &err)) {
+        fprintf(stderr, "bench_engine: %s (skipped)\n", err.msg);
+        backend_destroy(be);
+        return 77;
+    }
+    scheduler_model sm;
+    scheduler_model_llama(&sm, &m, 16);
+    if (n_blocks <= 0) {
+        backend_kv_layout l = sm.layout;
+        backend_kv_layout_finish(&l);
+        n_blocks = block_pool_blocks_for_memory(be, &l, 0.8, &err);
+        int want = 4 * (prompt_len + 64) / 16 + 32 * (32 + steps + 16) / 16 + 64;
+        if (n_blocks < 0 || n_blocks > 4 * want) n_blocks = 4 * want; /* enough, not all memory */
+    }
+    scheduler_config cfg;
+    scheduler_config_default(&cfg);
+    cfg.n_gpu_blocks = n_blocks;
+    cfg.max_num_batched_tokens = budget;
+    cfg.max_model_len = prompt_len + steps + 64;
+    cfg.offload.size_gib = offload_gib;
+    scheduler *s = scheduler_create(&sm, &cfg, &err);
+    if (!s) {
+        fprintf(stderr, "bench_engine: %s\n", err.msg);
+        return 1;
+    }
+    int vocab = sm.vocab;
+    int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
+    probe p;
+
+    /* warm-up (allocations, GEMM plans), then cold prefill = TTFT without a hit */
+    fill_random(prompt, prompt_len, vocab, 1);
+    ttft(s, prompt, prompt_len, "warm-up", &p);
+    fill_random(prompt, prompt_len, vocab, 2);
+    double t_cold = ttft(s, prompt, prompt_len, "cold", &p);
+    double t_hit = ttft(s, prompt, prompt_len, "cold", &p);
+    int hit_gpu = p.n_cached_gpu;
+    double t_host = 0;
+    int hit_host = 0;
+    if (offload_gib > 0) {
+        /* let the stores finish, drop the GPU cache, ask again: the blocks come from the host */
+        scheduler_run_until_idle(s);
+        prefix_cache_reset(scheduler_prefix_cache(s));
+        t_host = ttft(s, prompt, prompt_len, "cold", &p);
+        hit_host = p.n_cached_host;
+    }
+    double dec1 = decode_rate(s, 1, steps, vocab, 1);
+    double dec32 = decode_rate(s, 32, steps, vocab, 2);
+    scheduler_stats st = scheduler_get_stats(s);
+
+    printf("bench_engine: %s, %s, %d layers, dim %d, kv %s, block 16, %d GPU blocks, "
+           "budget %d tokens/step, %.0f MB weights\n",
+           model_dir, be->name, m.cfg.n_layers, m.cfg.hidden_size, kv_dtype_name(be->kv_dtype),
+           n_blocks, budget, m.weight_bytes / 1e6);
+    printf("| measure | value |\n|---|---|\n");
+    printf("| prefill, %d-token prompt | %.0f tok/s |\n", prompt_len, prompt_len / t_cold);
+    printf("| decode, batch 1 | %.1f tok/s (weights %.1f GB/s) |\n", dec1,
+           dec1 * m.weight_bytes / 1e9);
+    printf("| decode, batch 32 | %.1f tok/s |\n", dec32);
+    printf("| TTFT %d tokens, no cache | %.3f ms |\n", prompt_len, t_cold * 1e3);
+    printf("| TTFT %d tokens, full GPU prefix hit (%d cached) | %.3f ms |\n", prompt_len, hit_gpu,
+           t_hit * 1e3);
+    printf("| TTFT ratio cold / GPU hit | %.1fx |\n", t_cold / t_hit);
+    if (offload_gib > 0) {
+        printf("| TTFT %d tokens, host-tier hit (%d from host) | %.3f ms |\n", prompt_len,
+               hit_host, t_host * 1e3);
+        printf("| TTFT ratio cold / host hit | %.1fx |\n", t_cold / t_host);
+        printf("| host tier stored / loaded | %.1f / %.1f MB |\n", st.host.stored_bytes / 1e6,
+               st.host.loaded_bytes / 1e6);
+    }
+    free(prompt);
+    scheduler_free(s);
+    llama_free(&m);
+    backend_destroy(be);
+    return 0;
+}
