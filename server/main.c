@@ -1,0 +1,399 @@
+/* kvserve: the server a user starts. Parses the configuration (file, then flags), starts the HTTP
+ * server at once (so /health answers 503 while loading), loads the weights and the tokenizer,
+ * creates the engine, flips the HTTP side to ready, and on SIGINT/SIGTERM shuts down in order:
+ * HTTP (no new connections; open streams end with a finish chunk and [DONE]), the engine, the
+ * model. With no --model it serves the built-in demo model (server/demo_model.h). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <openssl/evp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model/llama.h"
+#include "model/tokenizer.h"
+#include "server/config.h"
+#include "server/demo_model.h"
+#include "server/http.h"
+#include "server/metrics.h"
+#include "server/scheduler.h"
+
+/* The write end of the self-pipe that turns SIGINT/SIGTERM into a readable byte. It is kvserve's
+ * only global mutable state: a signal handler gets no context argument, so the pipe can be reached
+ * only through a global. Set once, before the handlers are installed, and never changed. (A
+ * signalfd would need the signals blocked in every thread, and OpenBLAS starts its threads before
+ * main runs, so a signal could still land in one of them and kill the process.) */
+static int signal_pipe_wr = -1;
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    /* non-blocking: when the pipe is full, a signal is already waiting to be read */
+    ssize_t rc = write(signal_pipe_wr, &b, 1);
+    (void)rc;
+    errno = saved;
+}
+
+/* Creates the self-pipe and installs the handlers; returns the read end, or -1. SIGPIPE is
+ * ignored: a client that hangs up must only fail the write to its socket. */
+static int signals_install(void) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK)) return -1;
+    signal_pipe_wr = fds[1];
+    struct sigaction sa = {.sa_handler = on_signal, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    if (sigaction(SIGINT, &sa, NULL) || sigaction(SIGTERM, &sa, NULL) ||
+        sigaction(SIGPIPE, &ign, NULL))
+        return -1;
+    return fds[0];
+}
+
+/* The signal number waiting on the pipe (consumed), or 0; waits up to timeout_ms (-1 = forever). */
+static int signal_wait(int fd, int timeout_ms) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int rc;
+    while ((rc = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {
+    }
+    unsigned char b;
+    if (rc > 0 && read(fd, &b, 1) == 1) return b;
+    return 0;
+}
+
+/* Everything the server holds, freed in reverse order by app_free. */
+typedef struct app {
+    kv_config cfg;
+    char *demo_dir; /* the demo model's temporary directory; NULL when --model was given */
+    int signal_rd;  /* read end of the self-pipe */
+    metrics metrics;
+    bool metrics_ready;
+    http_server *http;
+    backend *be;
+    llama_model model;
+    bool model_loaded;
+    tokenizer *tok;
+    /* The engine. HTTP threads read it through app_submit/app_cancel; it is set before the HTTP
+     * side is marked ready and cleared only after the HTTP server has stopped. */
+    _Atomic(scheduler *) sched;
+} app;
+
+static void app_log(const app *a, config_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void app_log(const app *a, config_log_level level, const char *fmt, ...) {
+    if (level < a->cfg.log_level) return;
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("kvserve: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- the engine as the HTTP server sees it ----
+ * The HTTP server starts before the model exists (to answer /health with 503 while loading), but
+ * takes its server_engine at start: these forward to the scheduler once there is one. */
+
+static engine_submit_status app_submit(void *ctx, const engine_request *req, uint64_t *id,
+                                       kv_error *err) {
+    scheduler *s = atomic_load(&((app *)ctx)->sched);
+    if (!s) {
+        kv_error_set(err, "the model is still loading");
+        return ENGINE_SUBMIT_BUSY;
+    }
+    return scheduler_submit(s, req, id, err);
+}
+
+static void app_cancel(void *ctx, uint64_t id) {
+    scheduler *s = atomic_load(&((app *)ctx)->sched);
+    if (s) scheduler_cancel(s, id);
+}
+
+/* ---- loading ---- */
+
+typedef struct load_progress {
+    const app *a;
+    bool tty;
+    int last_step; /* last reported percent (tty) or tenth (log) */
+    double t0;
+} load_progress;
+
+/* Weight-loading progress on stderr: a line rewritten in place on a terminal, one line per 10%
+ * otherwise. A SIGINT/SIGTERM while loading ends the process at once: the HTTP side serves
+ * nothing yet, and llama_load cannot be interrupted. */
+static void on_load_progress(size_t done, size_t total, void *ctx) {
+    load_progress *p = ctx;
+    const app *a = p->a;
+    int sig = signal_wait(a->signal_rd, 0);
+    if (sig) {
+        fprintf(stderr, "%skvserve: %s while loading the model: exiting\n", p->tty ? "\n" : "",
+                strsignal(sig));
+        _exit(0);
+    }
+    if (a->cfg.log_level > CONFIG_LOG_INFO || total == 0) return;
+    int pct = (int)(100.0 * (double)done / (double)total);
+    int step = p->tty ? pct : pct / 10;
+    if (step == p->last_step) return;
+    p->last_step = step;
+    double dt = kv_now() - p->t0;
+    fprintf(stderr, "%skvserve: loading weights: %3d%% (%.1f of %.1f MB, %.1f s)%s",
+            p->tty ? "\r" : "", pct, done / 1e6, total / 1e6, dt, p->tty ? "" : "\n");
+    if (p->tty && done == total) fputc('\n', stderr);
+}
+
+static int name_cmp(const void *x, const void *y) {
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+static bool ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* The model's identity for the prefix-cache hash root, as hex SHA-256 of: the engine's shape
+ * string (architecture, sizes, KV dtype, backend), the load format, config.json's bytes, and the
+ * name, size and mtime of every safetensors file (not the weights themselves: hashing 16 GB would
+ * cost seconds at every start, and a changed file changes its size or mtime). */
+static void model_fingerprint(const char *dir, const char *shape, bool dummy, char *out,
+                              size_t out_size) {
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    KV_CHECK(md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1);
+    EVP_DigestUpdate(md, shape, strlen(shape) + 1);
+    EVP_DigestUpdate(md, dummy ? "dummy" : "safetensors", dummy ? 6 : 12);
+
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+        char buf[8192];
+        size_t n;
+        while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(md, buf, n);
+        fclose(f);
+    }
+    char **names = NULL;
+    int n_names = 0;
+    DIR *d = opendir(dir);
+    for (struct dirent *e; d && (e = readdir(d));)
+        if (ends_with(e->d_name, ".safetensors")) {
+            names = kv_realloc(names, (size_t)(n_names + 1) * sizeof *names);
+            names[n_names++] = kv_strdup(e->d_name);
+        }
+    if (d) closedir(d);
+    if (n_names) qsort(names, (size_t)n_names, sizeof *names, name_cmp);
+    for (int i = 0; i < n_names; i++) {
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        long long meta[3] = {0, 0, 0};
+        if (stat(path, &st) == 0)
+            meta[0] = st.st_size, meta[1] = st.st_mtim.tv_sec, meta[2] = st.st_mtim.tv_nsec;
+        EVP_DigestUpdate(md, names[i], strlen(names[i]) + 1);
+        EVP_DigestUpdate(md, meta, sizeof meta);
+        free(names[i]);
+    }
+    free(names);
+    unsigned char digest[32];
+    KV_CHECK(EVP_DigestFinal_ex(md, digest, NULL) == 1);
+    EVP_MD_CTX_free(md);
+    KV_CHECK(out_size >= 2 * sizeof digest + 1);
+    for (size_t i = 0; i < sizeof digest; i++) snprintf(out + 2 * i, 3, "%02x", digest[i]);
+}
+
+/* KV pool size in blocks when num_gpu_blocks is 0. On CUDA: what gpu_memory_utilization leaves
+ * after the weights, taking the free memory before loading as the device's size (budget =
+ * util * before - (before - after)). On the CPU backend: half the RAM still available. Never more
+ * than max_num_seqs sequences of model_len tokens can fill. */
+static int kv_blocks_auto(const app *a, size_t free_before, size_t block_bytes, int model_len) {
+    size_t free_after = a->be->ops->dev_free_bytes(a->be);
+    double budget;
+    if (strcmp(a->be->name, "cpu") == 0)
+        budget = 0.5 * (double)free_after;
+    else
+        budget = (double)free_after - (1.0 - a->cfg.gpu_memory_utilization) * (double)free_before;
+    double n = budget > 0 ? floor(budget / (double)block_bytes) : 0;
+    int bs = a->cfg.block_size;
+    double cap = (double)a->cfg.max_num_seqs * (double)((model_len + bs - 1) / bs);
+    if (n > cap) n = cap;
+    return n > INT32_MAX / 2 ? INT32_MAX / 2 : (int)n;
+}
+
+/* Loads the model, the tokenizer and the engine, then marks the HTTP side ready. */
+static int app_load(app *a, kv_error *err) {
+    kv_config *cfg = &a->cfg;
+    const char *device = cfg->device == CONFIG_DEVICE_CUDA ? "cuda" : "cpu";
+    double t0 = kv_now();
+    a->be = backend_create(device, cfg->n_threads, err);
+    if (!a->be) return -1;
+    size_t free_before = a->be->ops->dev_free_bytes(a->be);
+
+    bool dummy = cfg->load_format == CONFIG_LOAD_DUMMY;
+    load_progress progress = {.a = a, .tty = isatty(STDERR_FILENO), .last_step = -1, .t0 = t0};
+    app_log(a, CONFIG_LOG_INFO, "loading %s from %s on %s", dummy ? "random weights" : "weights",
+            cfg->model, a->be->name);
+    if (llama_load(&a->model, a->be, cfg->model, dummy ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS,
+                   cfg->max_num_batched_tokens, on_load_progress, &progress, err))
+        return -1;
+    a->model_loaded = true;
+    app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model.weight_bytes / 1e6,
+            kv_now() - t0);
+    if (tokenizer_load(&a->tok, cfg->model, err)) return -1;
+    const hf_config *hc = &a->model.cfg;
+    if (tokenizer_vocab_size(a->tok) > hc->vocab_size)
+        app_log(a, CONFIG_LOG_WARN,
+                "the tokenizer has %d tokens but the model only %d: prompts holding the others "
+                "are refused",
+                tokenizer_vocab_size(a->tok), hc->vocab_size);
+
+    scheduler_model sm;
+    scheduler_model_llama(&sm, &a->model, cfg->block_size);
+    char shape[sizeof sm.fingerprint];
+    snprintf(shape, sizeof shape, "%s", sm.fingerprint);
+    model_fingerprint(cfg->model, shape, dummy, sm.fingerprint, sizeof sm.fingerprint);
+
+    int model_len = cfg->max_model_len > 0 ? cfg->max_model_len : hc->max_position_embeddings;
+    int n_blocks = cfg->num_gpu_blocks > 0
+                       ? cfg->num_gpu_blocks
+                       : kv_blocks_auto(a, free_before, sm.layout.block_bytes, model_len);
+    if (n_blocks < 1)
+        return kv_error_set(err,
+                            "no memory left for the KV cache after loading the weights (%zu MB "
+                            "free); lower the model size or raise gpu_memory_utilization",
+                            a->be->ops->dev_free_bytes(a->be) >> 20);
+    if ((long long)n_blocks * cfg->block_size < model_len) {
+        app_log(a, CONFIG_LOG_WARN,
+                "the KV cache holds %lld tokens, fewer than max_model_len %d: max_model_len "
+                "lowered to %lld",
+                (long long)n_blocks * cfg->block_size, model_len,
+                (long long)n_blocks * cfg->block_size);
+        model_len = n_blocks * cfg->block_size;
+    }
+
+    scheduler_config sc;
+    scheduler_config_from(&sc, cfg, n_blocks);
+    sc.n_gpu_blocks = n_blocks;
+    sc.max_model_len = model_len;
+    sc.metrics = &a->metrics;
+    sc.seed = cfg->seed;
+    while (sc.seed == 0) /* 0 = a fresh seed at every start */
+        if (getrandom(&sc.seed, sizeof sc.seed, 0) != sizeof sc.seed)
+            sc.seed = 0x9e3779b97f4a7c15ull;
+    scheduler *s = scheduler_create(&sm, &sc, err);
+    if (!s) return -1;
+    scheduler_start(s);
+    atomic_store(&a->sched, s);
+    http_server_set_model(a->http, a->tok, model_len, NULL);
+    app_log(a, CONFIG_LOG_INFO,
+            "ready on %s: model '%s', %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, "
+            "prefix caching %s, host tier %.1f GiB (%.2f s since start)",
+            a->be->name, config_served_model_name(cfg), n_blocks, cfg->block_size,
+            (double)n_blocks * (double)sm.layout.block_bytes / (double)(1 << 30), model_len,
+            cfg->enable_prefix_caching ? "on" : "off", cfg->offload.size_gib, kv_now() - t0);
+    return 0;
+}
+
+/* Frees everything in reverse order of creation. The HTTP server stops first: it ends its open
+ * requests (streams get their finish chunk and [DONE]) while the engine still runs to deliver the
+ * last events; then the engine stops and frees its pool. */
+static void app_free(app *a) {
+    if (a->http) http_server_stop(a->http);
+    scheduler_free(atomic_exchange(&a->sched, NULL));
+    tokenizer_free(a->tok);
+    if (a->model_loaded) llama_free(&a->model);
+    backend_destroy(a->be);
+    if (a->metrics_ready) metrics_free(&a->metrics);
+    if (a->demo_dir) demo_model_remove(a->demo_dir);
+    free(a->demo_dir);
+    config_free(&a->cfg);
+    if (a->signal_rd >= 0) close(a->signal_rd);
+}
+
+/* Parses the command line and fills in what the user left to kvserve: the demo model when no
+ * model is given, the device. Returns 0 to go on, 1 to exit 0 (help), -1 on a bad command line. */
+static int app_configure(app *a, int argc, char **argv, kv_error *err) {
+    kv_config *cfg = &a->cfg;
+    config_default(cfg);
+    bool help = false;
+    if (config_parse_args(cfg, argc, argv, &help, err)) return -1;
+    if (help) {
+        config_print_help(stdout, "kvserve");
+        return 1;
+    }
+    if (!cfg->model) {
+        if (demo_model_create(&a->demo_dir, err)) return -1;
+        fprintf(stderr,
+                "kvserve: no --model given: serving the built-in demo model (random weights; "
+                "output is gibberish). Point --model at a Hugging Face model directory for real "
+                "output.\n");
+        cfg->model = kv_strdup(a->demo_dir);
+        cfg->load_format = CONFIG_LOAD_DUMMY;
+        if (!cfg->served_model_name) cfg->served_model_name = kv_strdup(DEMO_MODEL_NAME);
+    }
+    if (cfg->load_format == CONFIG_LOAD_AUTO) cfg->load_format = CONFIG_LOAD_SAFETENSORS;
+    if (cfg->device == CONFIG_DEVICE_AUTO)
+        cfg->device = backend_cuda_available() ? CONFIG_DEVICE_CUDA : CONFIG_DEVICE_CPU;
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    app a = {.signal_rd = -1};
+    kv_error err = {{0}};
+    int rc = app_configure(&a, argc, argv, &err);
+    if (rc) {
+        if (rc < 0) fprintf(stderr, "kvserve: %s\n", err.msg);
+        app_free(&a);
+        return rc < 0 ? 2 : 0;
+    }
+    char *json = config_to_json(&a.cfg, true);
+    fprintf(stderr, "kvserve: effective configuration:\n%s\n", json);
+    free(json);
+
+    a.signal_rd = signals_install();
+    if (a.signal_rd < 0) {
+        fprintf(stderr, "kvserve: cannot install signal handlers: %s\n", strerror(errno));
+        app_free(&a);
+        return 1;
+    }
+    const char *name = config_served_model_name(&a.cfg);
+    metrics_init(&a.metrics, name);
+    a.metrics_ready = true;
+    server_engine engine = {.ctx = &a, .submit = app_submit, .cancel = app_cancel};
+    http_server_options opt = {.host = a.cfg.host,
+                               .port = a.cfg.port,
+                               .api_key = a.cfg.api_key,
+                               .max_body_bytes = a.cfg.max_body_bytes,
+                               .n_threads = a.cfg.http_threads,
+                               .max_connections = a.cfg.max_connections,
+                               .served_model_name = name,
+                               .model_root = a.demo_dir ? DEMO_MODEL_NAME : a.cfg.model};
+    if (http_server_start(&a.http, &opt, &engine, &a.metrics, &err)) {
+        fprintf(stderr, "kvserve: %s\n", err.msg);
+        app_free(&a);
+        return 1;
+    }
+    /* printed whatever the log level: scripts and tests read the port from this line */
+    fprintf(stderr,
+            "kvserve: listening on http://%s:%d (loading the model; /health answers 503 "
+            "until it is ready)\n",
+            a.cfg.host, http_server_port(a.http));
+
+    if (app_load(&a, &err)) {
+        fprintf(stderr, "kvserve: %s\n", err.msg);
+        app_free(&a);
+        return 1;
+    }
+    int sig;
+    while (!(sig = signal_wait(a.signal_rd, -1))) {
+    }
+    app_log(&a, CONFIG_LOG_INFO, "%s: shutting down (open streams end, the engine stops)",
+            strsignal(sig));
+    app_free(&a);
+    fprintf(stderr, "kvserve: stopped\n");
+    return 0;
+}
