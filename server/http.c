@@ -430,6 +430,19 @@ int http_server_port(const http_server *s) {
     return s->port;
 }
 
+/* Waits up to seconds for every live completion to be freed; true when none is left. */
+static bool wait_idle(http_server *s, int seconds) {
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += seconds;
+    pthread_mutex_lock(&s->lock);
+    int rc = 0;
+    while (s->n_live > 0 && rc == 0) rc = pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
+    bool idle = s->n_live == 0;
+    pthread_mutex_unlock(&s->lock);
+    return idle;
+}
+
 void http_server_stop(http_server *s) {
     /* 1. no new requests; 2. every live request ends (suspended ones are resumed: libmicrohttpd
      * refuses to stop with suspended connections); 3. close the connections; 4. wait for the engine
@@ -442,21 +455,16 @@ void http_server_stop(http_server *s) {
         completion_release(live[i]);
     }
     free(live);
+    /* the resumed streams write their finish chunks and [DONE] before the sockets close (bounded:
+     * a client that stopped reading cannot hold the shutdown) */
+    wait_idle(s, 5);
     MHD_stop_daemon(s->daemon);
 
     uint64_t one = 1;
     if (write(s->wake_fd, &one, sizeof one) != sizeof one) KV_CHECK(!"eventfd write");
     pthread_join(s->watcher, NULL);
 
-    struct timespec deadline;
-    clock_gettime(CLOCK_REALTIME, &deadline);
-    deadline.tv_sec += 5;
-    pthread_mutex_lock(&s->lock);
-    int rc = 0;
-    while (s->n_live > 0 && rc == 0) rc = pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
-    bool idle = s->n_live == 0;
-    pthread_mutex_unlock(&s->lock);
-    if (idle)
+    if (wait_idle(s, 5))
         server_free(s);
     else
         fprintf(stderr, "kvserve: http: %d requests still in the engine at shutdown\n", s->n_live);
