@@ -1,6 +1,8 @@
-/* Shared basics: dtype names, error formatting, checked allocation, half-float conversion. */
+/* Shared basics: dtype names, error formatting, checked allocation, whole-file reads, half-float
+ * conversion. */
 #include "model/common.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -79,6 +81,46 @@ char *kv_strdup(const char *s) {
     char *d = kv_malloc(n);
     memcpy(d, s, n);
     return d;
+}
+
+char *kv_read_file(const char *path, size_t max_bytes, size_t *len, kv_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        int e = errno;
+        kv_error_set(err, "%s: cannot open: %s", path, strerror(e));
+        errno = e;
+        return NULL;
+    }
+    size_t n = 0, cap = 0;
+    char *buf = NULL;
+    int e = 0;
+    for (;;) {
+        if (n == cap) {
+            if (n > max_bytes) break;
+            cap = cap ? cap * 2 : 4096;
+            buf = kv_realloc(buf, cap + 1);
+        }
+        size_t got = fread(buf + n, 1, cap - n, f);
+        n += got;
+        if (got == 0) break;
+    }
+    if (ferror(f)) {
+        e = errno ? errno : EIO;
+        kv_error_set(err, "%s: read error: %s", path, strerror(e));
+    } else if (n > max_bytes) {
+        e = EFBIG;
+        kv_error_set(err, "%s: larger than %zu bytes", path, max_bytes);
+    }
+    fclose(f);
+    if (e) {
+        free(buf);
+        errno = e;
+        return NULL;
+    }
+    if (!buf) buf = kv_malloc(1);
+    buf[n] = '\0';
+    *len = n;
+    return buf;
 }
 
 float kv_f16_to_f32(uint16_t h) {

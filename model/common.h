@@ -59,6 +59,11 @@ uint16_t kv_f32_to_f16(float f);
 /* Converts n elements of src (dtype) to f32. */
 void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n);
 
+/* Reads a whole file into a malloc'd, NUL-terminated buffer (*len bytes without the NUL; the
+ * caller frees it). NULL with err set, naming the path, when it cannot be opened or read or holds
+ * more than max_bytes; errno then says why (ENOENT: missing, EFBIG: too big). */
+char *kv_read_file(const char *path, size_t max_bytes, size_t *len, kv_error *err);
+
 /* Monotonic clock in seconds. */
 double kv_now(void);
 

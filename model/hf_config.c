@@ -412,59 +412,25 @@ int hf_config_apply_generation(hf_config *cfg, const char *json, size_t len, kv_
     return rc;
 }
 
-/* Reads a whole small file; returns NULL (and sets err) when it is missing, unreadable or too
- * big. *missing tells a missing file apart. */
-static char *read_small_file(const char *path, size_t *len, bool *missing, kv_error *err) {
-    *missing = false;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        *missing = errno == ENOENT;
-        kv_error_set(err, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    char *buf = NULL;
-    size_t n = 0, cap = 0;
-    for (;;) {
-        if (n == cap) {
-            if (cap >= CONFIG_MAX_FILE_BYTES) {
-                kv_error_set(err, "%s: larger than %u bytes", path, CONFIG_MAX_FILE_BYTES);
-                goto fail;
-            }
-            cap = cap ? cap * 2 : 4096;
-            buf = kv_realloc(buf, cap);
-        }
-        size_t got = fread(buf + n, 1, cap - n, f);
-        n += got;
-        if (got == 0) break;
-    }
-    if (ferror(f)) {
-        kv_error_set(err, "%s: read error", path);
-        goto fail;
-    }
-    fclose(f);
-    *len = n;
-    return buf;
-fail:
-    fclose(f);
-    free(buf);
-    return NULL;
-}
-
 int hf_config_load(hf_config *cfg, const char *dir, kv_error *err) {
     char path[4096];
     size_t len;
-    bool missing;
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return kv_error_set(err, "%s: path too long", dir);
-    char *text = read_small_file(path, &len, &missing, err);
+    char *text = kv_read_file(path, CONFIG_MAX_FILE_BYTES, &len, err);
     if (!text) return -1;
     int rc = hf_config_parse(cfg, text, len, err);
     free(text);
     if (rc) return -1;
 
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    text = read_small_file(path, &len, &missing, err);
-    if (!text) return missing ? 0 : -1;
+    kv_error gen_err;
+    text = kv_read_file(path, CONFIG_MAX_FILE_BYTES, &len, &gen_err);
+    if (!text) {
+        if (errno == ENOENT) return 0; /* generation_config.json is optional */
+        if (err) *err = gen_err;
+        return -1;
+    }
     rc = hf_config_apply_generation(cfg, text, len, err);
     free(text);
     return rc;

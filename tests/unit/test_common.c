@@ -1,7 +1,10 @@
-/* Unit tests for model/common: half-float conversions and dtype names. */
+/* Unit tests for model/common: half-float conversions, dtype names, whole-file reads. */
 #include <check.h>
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "model/common.h"
 
@@ -50,6 +53,33 @@ START_TEST(dtype_names_parse) {
 }
 END_TEST
 
+START_TEST(read_file_whole_missing_and_too_big) {
+    char path[] = "/tmp/kv_common_XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    /* 10000 bytes: more than the first 4096-byte read, with a NUL inside */
+    char data[10000];
+    for (size_t i = 0; i < sizeof data; i++) data[i] = (char)(i * 7);
+    ck_assert_int_eq(write(fd, data, sizeof data), (ssize_t)sizeof data);
+    close(fd);
+    size_t len = 0;
+    kv_error err = {{0}};
+    char *buf = kv_read_file(path, sizeof data, &len, &err);
+    ck_assert_ptr_nonnull(buf);
+    ck_assert_uint_eq(len, sizeof data);
+    ck_assert(memcmp(buf, data, sizeof data) == 0);
+    ck_assert_int_eq(buf[len], '\0');
+    free(buf);
+    ck_assert_ptr_null(kv_read_file(path, sizeof data - 1, &len, &err));
+    ck_assert_int_eq(errno, EFBIG);
+    ck_assert_ptr_nonnull(strstr(err.msg, path));
+    unlink(path);
+    ck_assert_ptr_null(kv_read_file(path, sizeof data, &len, &err));
+    ck_assert_int_eq(errno, ENOENT);
+    ck_assert_ptr_nonnull(strstr(err.msg, path));
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("common");
     TCase *tc = tcase_create("core");
@@ -58,6 +88,7 @@ int main(void) {
     tcase_add_test(tc, f16_round_trip_is_exact_for_representable_values);
     tcase_add_test(tc, f16_known_values);
     tcase_add_test(tc, dtype_names_parse);
+    tcase_add_test(tc, read_file_whole_missing_and_too_big);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
