@@ -177,10 +177,10 @@ static const char *config_token(json_t *cfg, const char *key) {
 static int apply_config(tokenizer *t, const char *cfg_text, size_t cfg_len, kv_error *err) {
     json_error_t jerr;
     json_t *cfg = json_loadb(cfg_text, cfg_len, 0, &jerr);
+    if (!cfg) return kv_error_set(err, "tokenizer_config.json: line %d: %s", jerr.line, jerr.text);
     if (!json_is_object(cfg)) {
         json_decref(cfg);
-        return kv_error_set(err, "tokenizer_config.json: line %d: %s", jerr.line,
-                            cfg ? "not a JSON object" : jerr.text);
+        return kv_error_set(err, "tokenizer_config.json: not a JSON object");
     }
     const char *bos = config_token(cfg, "bos_token"), *eos = config_token(cfg, "eos_token");
     int32_t bos_id = bos ? tokenizer_token_to_id(t, bos) : -1;
@@ -283,24 +283,9 @@ int tokenizer_load_json(tokenizer **out, const char *json, size_t len, const cha
     return 0;
 }
 
-static int read_file(const char *path, char **data, size_t *len, kv_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return kv_error_set(err, "%s: %s", path, strerror(errno));
-    tok_buf b = {0};
-    char chunk[65536];
-    size_t n;
-    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0) tok_buf_append(&b, chunk, n);
-    bool failed = ferror(f);
-    fclose(f);
-    if (failed) {
-        tok_buf_free(&b);
-        return kv_error_set(err, "%s: read error", path);
-    }
-    if (!b.data) tok_buf_append(&b, "", 0);
-    *data = b.data;
-    *len = b.len;
-    return 0;
-}
+/* tokenizer.json of a large vocabulary is tens of MB; this only stops a wrong path from filling
+ * memory. */
+#define TOKENIZER_MAX_FILE_BYTES ((size_t)1 << 30)
 
 int tokenizer_load(tokenizer **out, const char *path, kv_error *err) {
     *out = NULL;
@@ -322,16 +307,26 @@ int tokenizer_load(tokenizer **out, const char *path, kv_error *err) {
     tok_buf_append(&cfg_path, "/tokenizer_config.json", 22);
     char *json = NULL, *cfg = NULL;
     size_t json_len = 0, cfg_len = 0;
-    int rc = read_file(json_path.data, &json, &json_len, err);
-    if (rc == 0 && access(cfg_path.data, F_OK) == 0)
-        rc = read_file(cfg_path.data, &cfg, &cfg_len, err);
+    int rc = 0;
+    json = kv_read_file(json_path.data, TOKENIZER_MAX_FILE_BYTES, &json_len, err);
+    if (!json) rc = -1;
+    if (rc == 0 && access(cfg_path.data, F_OK) == 0) {
+        cfg = kv_read_file(cfg_path.data, TOKENIZER_MAX_FILE_BYTES, &cfg_len, err);
+        if (!cfg) rc = -1;
+    }
     if (rc == 0) {
         kv_error inner = {{0}};
         rc = tokenizer_load_json(out, json, json_len, cfg, cfg_len, &inner);
-        /* name the file instead of the generic "tokenizer.json: " prefix */
-        const char *msg = inner.msg;
-        if (!strncmp(msg, "tokenizer.json: ", 16)) msg += 16;
-        if (rc) kv_error_set(err, "%s: %s", json_path.data, msg);
+        /* name the file instead of the generic "tokenizer.json: " or "tokenizer_config.json: "
+         * prefix */
+        const char *msg = inner.msg, *file = json_path.data;
+        if (!strncmp(msg, "tokenizer.json: ", 16)) {
+            msg += 16;
+        } else if (!strncmp(msg, "tokenizer_config.json: ", 23)) {
+            msg += 23;
+            file = cfg_path.data;
+        }
+        if (rc) kv_error_set(err, "%s: %s", file, msg);
     }
     free(json);
     free(cfg);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <utf8proc.h>
 
 #include "model/tokenizer.h"
@@ -429,6 +430,41 @@ START_TEST(bad_input_is_an_error_not_a_crash) {
 }
 END_TEST
 
+/* An error in tokenizer_config.json names that file, not tokenizer.json. */
+START_TEST(config_error_names_the_config_file) {
+    char dir[] = "/tmp/kv_tokenizer_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char json_path[64], cfg_path[64], json[1024];
+    snprintf(json_path, sizeof json_path, "%s/tokenizer.json", dir);
+    snprintf(cfg_path, sizeof cfg_path, "%s/tokenizer_config.json", dir);
+    snprintf(json, sizeof json, TINY, "null", "null");
+    FILE *f = fopen(json_path, "w");
+    fputs(json, f);
+    fclose(f);
+    f = fopen(cfg_path, "w");
+    fputs("[1]", f);
+    fclose(f);
+    tokenizer *t = NULL;
+    kv_error err = {{0}};
+    ck_assert_int_eq(tokenizer_load(&t, dir, &err), -1);
+    ck_assert_msg(strncmp(err.msg, cfg_path, strlen(cfg_path)) == 0, "'%s' does not name %s",
+                  err.msg, cfg_path);
+    ck_assert_ptr_nonnull(strstr(err.msg, "not a JSON object"));
+    f = fopen(cfg_path, "w");
+    fputs("{\"add_bos_token\": true, \"bos_token\": \"<none>\"}", f);
+    fclose(f);
+    ck_assert_int_eq(tokenizer_load(&t, dir, &err), -1);
+    ck_assert_msg(strncmp(err.msg, cfg_path, strlen(cfg_path)) == 0, "'%s' does not name %s",
+                  err.msg, cfg_path);
+    ck_assert_ptr_nonnull(strstr(err.msg, "add_bos_token"));
+    unlink(cfg_path);
+    ck_assert_msg(tokenizer_load(&t, dir, &err) == 0, "%s", err.msg);
+    tokenizer_free(t);
+    unlink(json_path);
+    rmdir(dir);
+}
+END_TEST
+
 START_TEST(metaspace_splits_like_hugging_face) {
     /* metaspace.rs's multiple_spaces test: "Hey   friend!" -> ▁Hey ▁ ▁ ▁friend! */
     json_t *vocab = json_pack("{s:i, s:i, s:i}", "\xe2\x96\x81Hey", 0, "\xe2\x96\x81", 1,
@@ -491,6 +527,7 @@ int main(int argc, char **argv) {
     tcase_add_test(tc, unknown_component_type_is_a_load_error_naming_it);
     tcase_add_test(tc, bad_input_is_an_error_not_a_crash);
     tcase_add_test(tc, metaspace_splits_like_hugging_face);
+    tcase_add_test(tc, config_error_names_the_config_file);
     suite_add_tcase(s, tc);
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/tokenizers/llama3", testdata());
