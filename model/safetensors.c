@@ -333,8 +333,10 @@ static int open_index(safetensors_model *m, const char *dir, const char *index_p
             goto done;
         }
         if (file_index(m, path) < 0 && safetensors_open_file(m, path, err)) {
-            size_t n = strlen(err->msg);
-            snprintf(err->msg + n, sizeof err->msg - n, " (shard named by %s)", INDEX_NAME);
+            if (err) { /* err may be NULL, as for every kv_error */
+                size_t n = strlen(err->msg);
+                snprintf(err->msg + n, sizeof err->msg - n, " (shard named by %s)", INDEX_NAME);
+            }
             rc = -1;
             goto done;
         }
