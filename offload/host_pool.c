@@ -88,20 +88,22 @@ static void *pin_thread_main(void *arg) {
 host_pool *host_pool_create(backend *be, const host_pool_config *cfg, kv_error *err) {
     KV_CHECK(cfg->block_bytes > 0);
     if (cfg->total_bytes > 0 && cfg->total_bytes < cfg->block_bytes) {
-        kv_error_set(err, "offload: host tier size %zu bytes is smaller than one KV block (%zu bytes)",
+        kv_error_set(err,
+                     "offload.size_gib: a host tier of %zu bytes is smaller than one KV block "
+                     "(%zu bytes)",
                      cfg->total_bytes, cfg->block_bytes);
         return NULL;
     }
     size_t n_slots = cfg->total_bytes / cfg->block_bytes;
     if (n_slots > INT32_MAX / 2) {
-        kv_error_set(err, "offload: host tier of %zu bytes holds too many KV blocks (%zu)",
+        kv_error_set(err, "offload.size_gib: a host tier of %zu bytes holds too many KV blocks (%zu)",
                      cfg->total_bytes, n_slots);
         return NULL;
     }
     size_t chunk_bytes = cfg->chunk_bytes ? cfg->chunk_bytes : HOST_POOL_DEFAULT_CHUNK_BYTES;
     size_t per_chunk = chunk_bytes / cfg->block_bytes;
     if (per_chunk == 0) per_chunk = 1;
-    if (n_slots > 0 && per_chunk > n_slots) per_chunk = n_slots;
+    if (per_chunk > n_slots) per_chunk = n_slots > 0 ? n_slots : 1; /* fits an int */
 
     host_pool *hp = kv_calloc(1, sizeof *hp);
     hp->be = be;

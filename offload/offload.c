@@ -75,11 +75,11 @@ static uint64_t pow2_at_least(uint64_t n) {
 offload *offload_create(backend *be, const offload_config *cfg, size_t block_bytes,
                         host_pool_progress_fn progress, void *progress_user, kv_error *err) {
     if (!(cfg->size_gib >= 0) || cfg->size_gib > 1 << 20) {
-        kv_error_set(err, "offload: size_gib must be between 0 and 1048576 (got %g)", cfg->size_gib);
+        kv_error_set(err, "offload.size_gib must be between 0 and 1048576, got %g", cfg->size_gib);
         return NULL;
     }
     if (cfg->policy == OFFLOAD_POLICY_REUSE_GATED && cfg->reuse_threshold < 0) {
-        kv_error_set(err, "offload: reuse_threshold must be >= 0 (got %d)", cfg->reuse_threshold);
+        kv_error_set(err, "offload.reuse_threshold must be >= 0, got %d", cfg->reuse_threshold);
         return NULL;
     }
     host_pool_config hc = {
