@@ -11,18 +11,24 @@
 
 size_t kv_dtype_size(kv_dtype dt) {
     switch (dt) {
-    case KV_DTYPE_F32: return 4;
-    case KV_DTYPE_F16: return 2;
-    case KV_DTYPE_BF16: return 2;
+    case KV_DTYPE_F32:
+        return 4;
+    case KV_DTYPE_F16:
+        return 2;
+    case KV_DTYPE_BF16:
+        return 2;
     }
     KV_CHECK(!"unknown dtype");
 }
 
 const char *kv_dtype_name(kv_dtype dt) {
     switch (dt) {
-    case KV_DTYPE_F32: return "F32";
-    case KV_DTYPE_F16: return "F16";
-    case KV_DTYPE_BF16: return "BF16";
+    case KV_DTYPE_F32:
+        return "F32";
+    case KV_DTYPE_F16:
+        return "F16";
+    case KV_DTYPE_BF16:
+        return "BF16";
     }
     return "?";
 }
@@ -31,8 +37,8 @@ bool kv_dtype_parse(const char *s, kv_dtype *out) {
     static const struct {
         const char *name;
         kv_dtype dt;
-    } names[] = {{"F32", KV_DTYPE_F32},   {"float32", KV_DTYPE_F32}, {"F16", KV_DTYPE_F16},
-                 {"float16", KV_DTYPE_F16}, {"BF16", KV_DTYPE_BF16}, {"bfloat16", KV_DTYPE_BF16}};
+    } names[] = {{"F32", KV_DTYPE_F32},     {"float32", KV_DTYPE_F32}, {"F16", KV_DTYPE_F16},
+                 {"float16", KV_DTYPE_F16}, {"BF16", KV_DTYPE_BF16},   {"bfloat16", KV_DTYPE_BF16}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcasecmp(s, names[i].name) == 0) {
             *out = names[i].dt;
@@ -155,7 +161,7 @@ uint16_t kv_f32_to_f16(float f) {
     memcpy(&u, &f, 4);
     uint32_t sign = (u >> 16) & 0x8000;
     uint32_t absu = u & 0x7fffffffu;
-    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00); /* NaN */
+    if (absu > 0x7f800000u) return (uint16_t)(sign | 0x7e00);  /* NaN */
     if (absu >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* overflow to inf */
     if (absu < 0x38800000u) {                                  /* subnormal or zero */
         float af;
@@ -171,7 +177,9 @@ uint16_t kv_f32_to_f16(float f) {
 void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
     const uint16_t *h = src;
     switch (dtype) {
-    case KV_DTYPE_F32: memcpy(dst, src, n * 4); break;
+    case KV_DTYPE_F32:
+        memcpy(dst, src, n * 4);
+        break;
     case KV_DTYPE_F16:
         for (size_t i = 0; i < n; i++) dst[i] = kv_f16_to_f32(h[i]);
         break;

@@ -96,7 +96,8 @@ host_pool *host_pool_create(backend *be, const host_pool_config *cfg, kv_error *
     }
     size_t n_slots = cfg->total_bytes / cfg->block_bytes;
     if (n_slots > INT32_MAX / 2) {
-        kv_error_set(err, "offload.size_gib: a host tier of %zu bytes holds too many KV blocks (%zu)",
+        kv_error_set(err,
+                     "offload.size_gib: a host tier of %zu bytes holds too many KV blocks (%zu)",
                      cfg->total_bytes, n_slots);
         return NULL;
     }
@@ -158,8 +159,10 @@ void host_pool_free(host_pool *hp) {
 static void free_list_append(host_pool *hp, int32_t s) {
     hp->free_prev[s] = hp->free_tail;
     hp->free_next[s] = -1;
-    if (hp->free_tail >= 0) hp->free_next[hp->free_tail] = s;
-    else hp->free_head = s;
+    if (hp->free_tail >= 0)
+        hp->free_next[hp->free_tail] = s;
+    else
+        hp->free_head = s;
     hp->free_tail = s;
     hp->is_free[s] = 1;
     hp->n_slots_free++;
@@ -167,10 +170,14 @@ static void free_list_append(host_pool *hp, int32_t s) {
 
 static void free_list_remove(host_pool *hp, int32_t s) {
     int32_t p = hp->free_prev[s], n = hp->free_next[s];
-    if (p >= 0) hp->free_next[p] = n;
-    else hp->free_head = n;
-    if (n >= 0) hp->free_prev[n] = p;
-    else hp->free_tail = p;
+    if (p >= 0)
+        hp->free_next[p] = n;
+    else
+        hp->free_head = n;
+    if (n >= 0)
+        hp->free_prev[n] = p;
+    else
+        hp->free_tail = p;
     hp->is_free[s] = 0;
     hp->n_slots_free--;
 }
@@ -217,11 +224,21 @@ bool host_pool_slots_adjacent(const host_pool *hp, int32_t a, int32_t b) {
     return b == a + 1 && a / hp->slots_per_chunk == b / hp->slots_per_chunk;
 }
 
-size_t host_pool_block_bytes(const host_pool *hp) { return hp->block_bytes; }
-int host_pool_n_slots_total(const host_pool *hp) { return hp->n_slots_total; }
-int host_pool_n_slots_ready(const host_pool *hp) { return hp->n_slots_ready; }
-int host_pool_n_slots_free(const host_pool *hp) { return hp->n_slots_free; }
-int host_pool_slots_per_chunk(const host_pool *hp) { return hp->slots_per_chunk; }
+size_t host_pool_block_bytes(const host_pool *hp) {
+    return hp->block_bytes;
+}
+int host_pool_n_slots_total(const host_pool *hp) {
+    return hp->n_slots_total;
+}
+int host_pool_n_slots_ready(const host_pool *hp) {
+    return hp->n_slots_ready;
+}
+int host_pool_n_slots_free(const host_pool *hp) {
+    return hp->n_slots_free;
+}
+int host_pool_slots_per_chunk(const host_pool *hp) {
+    return hp->slots_per_chunk;
+}
 
 host_pool_stats host_pool_get_stats(host_pool *hp) {
     host_pool_stats st = {0};

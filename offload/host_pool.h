@@ -28,13 +28,13 @@ typedef struct host_pool_config {
 } host_pool_config;
 
 typedef struct host_pool_stats {
-    size_t bytes_total;  /* slots the tier will have, in bytes */
-    size_t bytes_ready;  /* slots handed to the engine so far (by host_pool_grow_poll) */
+    size_t bytes_total; /* slots the tier will have, in bytes */
+    size_t bytes_ready; /* slots handed to the engine so far (by host_pool_grow_poll) */
     int n_slots_total;
     int n_slots_ready;
     int n_slots_free;
-    bool growing;        /* the pinning thread is still running */
-    bool grow_failed;    /* host_alloc returned NULL: the tier stays smaller than configured */
+    bool growing;     /* the pinning thread is still running */
+    bool grow_failed; /* host_alloc returned NULL: the tier stays smaller than configured */
 } host_pool_stats;
 
 /* Starts the pinning thread (when total_bytes > 0) and returns at once with no usable slot.

@@ -13,7 +13,7 @@ typedef struct slot_meta {
     int32_t bucket_next; /* next slot in the same hash bucket, -1 ends */
     int32_t lru_prev;    /* LRU neighbours (valid slots only), -1 ends */
     int32_t lru_next;
-    int32_t n_readers;   /* loads in flight from this slot */
+    int32_t n_readers; /* loads in flight from this slot */
     uint8_t state;
 } slot_meta;
 
@@ -29,11 +29,11 @@ struct offload {
     host_pool *hp;
     int n_slots_total;
 
-    slot_meta *slots;  /* [n_slots_total] */
-    int32_t *buckets;  /* [bucket_mask + 1] first slot of each bucket, -1 when empty */
+    slot_meta *slots; /* [n_slots_total] */
+    int32_t *buckets; /* [bucket_mask + 1] first slot of each bucket, -1 when empty */
     uint64_t bucket_mask;
-    int32_t lru_head;  /* least recently used valid slot: the next victim */
-    int32_t lru_tail;  /* most recently used */
+    int32_t lru_head; /* least recently used valid slot: the next victim */
+    int32_t lru_tail; /* most recently used */
     int32_t last_store_slot;
 
     reuse_entry *reuse; /* [reuse_mask + 1], reuse_gated only */
@@ -121,10 +121,18 @@ void offload_free(offload *o) {
     free(o);
 }
 
-bool offload_enabled(const offload *o) { return o->n_slots_total > 0; }
-host_pool *offload_host_pool(offload *o) { return o->hp; }
-int offload_poll(offload *o) { return host_pool_grow_poll(o->hp); }
-void *offload_slot_ptr(const offload *o, int32_t slot) { return host_pool_slot_ptr(o->hp, slot); }
+bool offload_enabled(const offload *o) {
+    return o->n_slots_total > 0;
+}
+host_pool *offload_host_pool(offload *o) {
+    return o->hp;
+}
+int offload_poll(offload *o) {
+    return host_pool_grow_poll(o->hp);
+}
+void *offload_slot_ptr(const offload *o, int32_t slot) {
+    return host_pool_slot_ptr(o->hp, slot);
+}
 
 /* --- index --- */
 
@@ -160,17 +168,23 @@ static void lru_push_mru(offload *o, int32_t s) {
     slot_meta *m = &o->slots[s];
     m->lru_prev = o->lru_tail;
     m->lru_next = -1;
-    if (o->lru_tail >= 0) o->slots[o->lru_tail].lru_next = s;
-    else o->lru_head = s;
+    if (o->lru_tail >= 0)
+        o->slots[o->lru_tail].lru_next = s;
+    else
+        o->lru_head = s;
     o->lru_tail = s;
 }
 
 static void lru_remove(offload *o, int32_t s) {
     slot_meta *m = &o->slots[s];
-    if (m->lru_prev >= 0) o->slots[m->lru_prev].lru_next = m->lru_next;
-    else o->lru_head = m->lru_next;
-    if (m->lru_next >= 0) o->slots[m->lru_next].lru_prev = m->lru_prev;
-    else o->lru_tail = m->lru_prev;
+    if (m->lru_prev >= 0)
+        o->slots[m->lru_prev].lru_next = m->lru_next;
+    else
+        o->lru_head = m->lru_next;
+    if (m->lru_next >= 0)
+        o->slots[m->lru_next].lru_prev = m->lru_prev;
+    else
+        o->lru_tail = m->lru_prev;
     m->lru_prev = m->lru_next = -1;
 }
 
@@ -192,8 +206,10 @@ bool offload_should_store(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES], of
     if (o->n_slots_total == 0) return false;
     bool present = index_find(o, hash) >= 0;
     switch (o->cfg.policy) {
-    case OFFLOAD_POLICY_WRITE_THROUGH: return !present && ev == OFFLOAD_EVENT_BLOCK_FULL;
-    case OFFLOAD_POLICY_ON_EVICT: return !present && ev == OFFLOAD_EVENT_GPU_EVICT;
+    case OFFLOAD_POLICY_WRITE_THROUGH:
+        return !present && ev == OFFLOAD_EVENT_BLOCK_FULL;
+    case OFFLOAD_POLICY_ON_EVICT:
+        return !present && ev == OFFLOAD_EVENT_GPU_EVICT;
     case OFFLOAD_POLICY_REUSE_GATED: {
         uint32_t uses = reuse_count(o, hash, ev);
         return !present && uses >= 1 && uses - 1 >= (uint32_t)o->cfg.reuse_threshold;

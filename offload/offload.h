@@ -2,9 +2,9 @@
  * the store policies and the counters behind /metrics. Owns the host_pool. Issues no copies
  * (offload/transfer does) and knows nothing of requests: the engine thread calls every function.
  *
- * Slot life:  free --store_begin--> storing --store_done--> valid <--load_begin/load_done--> loading
- *             valid --evicted by a store_begin that finds no free slot--> free
- * Only valid slots with no reader are in the LRU list; storing and loading slots are never evicted. */
+ * Slot life:  free --store_begin--> storing --store_done--> valid <--load_begin/load_done-->
+ * loading valid --evicted by a store_begin that finds no free slot--> free Only valid slots with no
+ * reader are in the LRU list; storing and loading slots are never evicted. */
 #ifndef KVSERVE_OFFLOAD_H
 #define KVSERVE_OFFLOAD_H
 
@@ -22,10 +22,10 @@ typedef enum offload_policy {
 } offload_policy;
 
 typedef struct offload_config {
-    double size_gib;      /* host tier size in GiB; 0 turns the tier off */
+    double size_gib; /* host tier size in GiB; 0 turns the tier off */
     offload_policy policy;
-    int reuse_threshold;  /* reuse_gated: hits (reuses) before a store; 0 = like write_through */
-    size_t chunk_bytes;   /* pinning chunk; 0: HOST_POOL_DEFAULT_CHUNK_BYTES */
+    int reuse_threshold; /* reuse_gated: hits (reuses) before a store; 0 = like write_through */
+    size_t chunk_bytes;  /* pinning chunk; 0: HOST_POOL_DEFAULT_CHUNK_BYTES */
 } offload_config;
 
 /* "write_through", "on_evict", "reuse_gated"; false when unknown. */
@@ -40,18 +40,18 @@ typedef enum offload_event {
 } offload_event;
 
 typedef struct offload_stats {
-    uint64_t hits;          /* offload_lookup found a valid slot */
-    uint64_t misses;        /* offload_lookup found none */
-    uint64_t stored_bytes;  /* completed stores */
-    uint64_t loaded_bytes;  /* completed loads */
-    uint64_t evictions;     /* valid slots dropped to make room */
+    uint64_t hits;             /* offload_lookup found a valid slot */
+    uint64_t misses;           /* offload_lookup found none */
+    uint64_t stored_bytes;     /* completed stores */
+    uint64_t loaded_bytes;     /* completed loads */
+    uint64_t evictions;        /* valid slots dropped to make room */
     uint64_t n_stores_skipped; /* store_begin found every slot storing or loading */
-    int n_slots_total;      /* configured */
-    int n_slots_ready;      /* pinned so far */
+    int n_slots_total;         /* configured */
+    int n_slots_ready;         /* pinned so far */
     int n_free, n_storing, n_valid, n_loading;
     size_t block_bytes;
     size_t bytes_total, bytes_ready, bytes_used; /* used = valid + loading + storing slots */
-    bool growing;           /* slots still being pinned */
+    bool growing;                                /* slots still being pinned */
 } offload_stats;
 
 /* Creates the tier and starts pinning its memory in the background (see host_pool). block_bytes is

@@ -9,7 +9,7 @@ struct transfer_op {
     transfer_pair *pairs; /* [n_pairs], as given */
     int n_pairs;
     int n_copies;
-    backend_event *ev;    /* recorded on the op's stream after its copies; NULL once done */
+    backend_event *ev; /* recorded on the op's stream after its copies; NULL once done */
     bool done;
     transfer_op *prev, *next; /* every op not yet freed */
 };
@@ -57,15 +57,19 @@ static void op_finish(transfer *t, transfer_op *op) {
     t->n_inflight--;
     for (int i = 0; i < op->n_pairs; i++) {
         int32_t b = op->pairs[i].block;
-        if (op->dir == TRANSFER_LOAD) t->n_loading[b]--;
-        else t->n_storing[b]--;
+        if (op->dir == TRANSFER_LOAD)
+            t->n_loading[b]--;
+        else
+            t->n_storing[b]--;
         if (t->hooks.unpin) t->hooks.unpin(t->hooks.user, b);
     }
 }
 
 static void op_unlink_free(transfer *t, transfer_op *op) {
-    if (op->prev) op->prev->next = op->next;
-    else t->ops = op->next;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        t->ops = op->next;
     if (op->next) op->next->prev = op->prev;
     free(op->pairs);
     free(op);
@@ -151,8 +155,8 @@ static int batch_build(transfer *t, transfer_dir dir, const transfer_pair *pairs
     return n_copies;
 }
 
-static transfer_op *transfer_queue(transfer *t, transfer_dir dir, const transfer_pair *pairs,
-                                   int n, backend_event *after) {
+static transfer_op *transfer_queue(transfer *t, transfer_dir dir, const transfer_pair *pairs, int n,
+                                   backend_event *after) {
     KV_CHECK(n > 0);
     int n_copies = batch_build(t, dir, pairs, n);
     backend_stream stream = dir == TRANSFER_LOAD ? BACKEND_STREAM_LOAD : BACKEND_STREAM_STORE;
@@ -173,7 +177,8 @@ static transfer_op *transfer_queue(transfer *t, transfer_dir dir, const transfer
     t->n_inflight++;
     for (int i = 0; i < n; i++) {
         int32_t b = pairs[i].block;
-        if (dir == TRANSFER_LOAD) t->n_loading[b]++;
+        if (dir == TRANSFER_LOAD)
+            t->n_loading[b]++;
         else {
             KV_CHECK(t->n_storing[b] < UINT16_MAX);
             t->n_storing[b]++;
@@ -233,8 +238,12 @@ const transfer_pair *transfer_op_pairs(const transfer_op *op, int *n) {
     return op->pairs;
 }
 
-transfer_dir transfer_op_dir(const transfer_op *op) { return op->dir; }
-int transfer_op_n_copies(const transfer_op *op) { return op->n_copies; }
+transfer_dir transfer_op_dir(const transfer_op *op) {
+    return op->dir;
+}
+int transfer_op_n_copies(const transfer_op *op) {
+    return op->n_copies;
+}
 
 bool transfer_block_busy(const transfer *t, int32_t block) {
     KV_CHECK(block >= 0 && block < t->n_blocks);
