@@ -115,6 +115,8 @@ void block_pool_ref(block_pool *bp, int id) {
     KV_CHECK(id >= 0 && id < bp->n_blocks);
     if (bp->ref[id] == 0) {
         KV_CHECK(bp->cached[id]); /* a FREE block is taken with block_pool_alloc */
+        /* on the LRU list: not the block an evict hook is being told about (already off it) */
+        KV_CHECK(bp->lru_prev[id] >= 0 || bp->lru_head == id);
         lru_remove(bp, id);
     }
     bp->ref[id]++;

@@ -8,7 +8,8 @@
 #include "model/backend.h"
 
 /* Called just before a cached ref-0 block is recycled (its contents are about to be overwritten).
- * The prefix cache drops the block's hash here. */
+ * The prefix cache drops the block's hash here. The hook must not take a reference on the block
+ * (block_pool_ref aborts): it is already off the LRU list and goes to its new owner. */
 typedef void (*block_pool_evict_fn)(void *ctx, int block_id);
 
 /* Block states: IN_USE (ref > 0, cached or not), FREE (ref 0, not cached: on the free list),

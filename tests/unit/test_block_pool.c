@@ -229,6 +229,25 @@ START_TEST(ref_of_free_uncached_block_aborts) {
 }
 END_TEST
 
+/* The block being evicted is on its way to a new owner: the hook cannot keep it (it would
+ * otherwise be freed with ref 1 and the LRU list cut). */
+static void ref_in_hook(void *ctx, int id) {
+    block_pool_ref(ctx, id);
+}
+
+START_TEST(ref_from_evict_hook_aborts) {
+    block_pool bp;
+    block_pool_init(&bp, &be, &layout, 2);
+    int a = block_pool_alloc(&bp), b = block_pool_alloc(&bp);
+    block_pool_set_cached(&bp, a, true);
+    block_pool_set_cached(&bp, b, true);
+    block_pool_unref(&bp, a);
+    block_pool_unref(&bp, b);
+    block_pool_set_evict_hook(&bp, ref_in_hook, &bp);
+    block_pool_evict_lru(&bp);
+}
+END_TEST
+
 /* Random mix of alloc / ref / unref / cache / evict, checking the pool's invariants and an
  * independent model of every block's ref count after each operation. */
 START_TEST(random_ops_keep_invariants) {
@@ -302,6 +321,7 @@ int main(void) {
     tcase_add_test(tc, pool_over_the_cpu_backend);
     tcase_add_test_raise_signal(tc, unref_of_free_block_aborts, SIGABRT);
     tcase_add_test_raise_signal(tc, ref_of_free_uncached_block_aborts, SIGABRT);
+    tcase_add_test_raise_signal(tc, ref_from_evict_hook_aborts, SIGABRT);
     tcase_add_test(tc, random_ops_keep_invariants);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
