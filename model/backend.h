@@ -9,6 +9,7 @@
 
 typedef struct backend backend;
 typedef struct backend_event backend_event;
+typedef struct backend_graph backend_graph;
 
 /* Work queues. Copies on LOAD and STORE overlap work on COMPUTE (CUDA streams; the CPU backend
  * runs everything at once in call order and its events are always complete). */
@@ -123,6 +124,24 @@ typedef struct backend_ops {
                       const backend_kv_layout *l, int layer, int n_heads, float scale);
     /* out[r, :] = x[batch.out_rows[r], :], r < n_out. */
     void (*gather_rows)(backend *be, void *out, const void *x, int dim);
+
+    /* --- recorded steps (optional: NULL where the backend has none, e.g. the CPU backend) ---
+     * A step's forward-pass ops can be recorded once and replayed on later steps of the same
+     * shape, which saves the per-op launch cost (CUDA graphs). A recording keeps the pointers and
+     * sizes its ops were called with; on replay the ops read the metadata of the current step
+     * (the last step_begin), so only the values of tokens, positions, seq_len and block_table
+     * may differ. The caller keys recordings on everything else it passes (buffers, sizes). */
+    /* Starts recording: the forward-pass ops (embed .. gather_rows) queued from now on until
+     * graph_end are recorded, not run. No other op may be called in between. False when the
+     * backend cannot record now; then the ops run as usual and graph_end is not called. */
+    bool (*graph_begin)(backend *be);
+    /* Ends the recording, runs it once for the current step and returns it (caller frees). */
+    backend_graph *(*graph_end)(backend *be);
+    /* Replays g for the current step and returns true; returns false, queueing nothing, when
+     * g does not fit it (another batch shape: n_tokens, n_seqs, n_out, max_blocks; or the
+     * backend moved a buffer g reads since recording it). */
+    bool (*graph_launch)(backend *be, backend_graph *g);
+    void (*graph_free)(backend *be, backend_graph *g);
 } backend_ops;
 
 struct backend {

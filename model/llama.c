@@ -326,6 +326,8 @@ void llama_free(llama_model *m) {
         dev_free_all(be, w, sizeof w / sizeof *w);
     }
     free(m->layers);
+    for (int i = 0; i < LLAMA_N_GRAPHS; i++)
+        if (m->graphs[i].g) be->ops->graph_free(be, m->graphs[i].g);
     void *w[] = {m->embed,      m->lm_head != m->embed ? m->lm_head : NULL,
                  m->final_norm, m->inv_freq,
                  m->x,          m->h,
@@ -354,22 +356,47 @@ static void *act_at(const llama_model *m, void *p, size_t elems) {
     return (char *)p + elems * kv_dtype_size(m->be->act_dtype);
 }
 
-void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
-                   const backend_kv_layout *kvl, float *logits) {
+/* The recording slot for this step, NULL when the step is not recorded: only pure decode steps
+ * (every sequence one new token) whose logits fit one matmul, on backends with graph ops. A
+ * slot is found by its key or, for a new key, the least recently used one is refilled. */
+static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *pool,
+                               const backend_kv_layout *kvl) {
+    backend *be = m->be;
+    if (m->no_graphs || !be->ops->graph_begin || b->n_seqs != b->n_tokens ||
+        b->n_out > LLAMA_LOGIT_ROWS)
+        return NULL;
+    for (int s = 0; s < b->n_seqs; s++)
+        if (b->seq_start[s] != s) return NULL;
+    m->graph_clock++;
+    llama_graph *lru = &m->graphs[0];
+    for (int i = 0; i < LLAMA_N_GRAPHS; i++) {
+        llama_graph *g = &m->graphs[i];
+        if (g->n_tokens == b->n_tokens && g->n_out == b->n_out && g->pool == pool &&
+            memcmp(&g->kvl, kvl, sizeof *kvl) == 0) {
+            g->last_use = m->graph_clock;
+            return g;
+        }
+        if (g->last_use < lru->last_use) lru = g;
+    }
+    if (lru->g) be->ops->graph_free(be, lru->g);
+    memset(lru, 0, sizeof *lru);
+    lru->n_tokens = b->n_tokens, lru->n_out = b->n_out, lru->pool = pool, lru->kvl = *kvl;
+    lru->last_use = m->graph_clock;
+    return lru;
+}
+
+/* Every op of a step from the embeddings to the logits of out rows [0, min(n_out,
+ * LLAMA_LOGIT_ROWS)) in m->logits (device); llama_forward downloads them. */
+static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
+                        const backend_kv_layout *kvl) {
     const hf_config *c = &m->cfg;
     backend *be = m->be;
     const backend_ops *op = be->ops;
     int n = batch->n_tokens, dim = c->hidden_size, hd = c->head_dim, ff = c->intermediate_size;
     int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
     float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
-    KV_CHECK(n >= 1 && n <= m->max_tokens);
-    KV_CHECK(kvl->n_layers == c->n_layers && kvl->n_kv_heads == c->n_kv_heads &&
-             kvl->head_dim == hd && kvl->dtype == be->kv_dtype);
-    for (int t = 0; t < n; t++) KV_CHECK(batch->tokens[t] >= 0 && batch->tokens[t] < c->vocab_size);
     void *k = act_at(m, m->qkv, (size_t)q_dim), *v = act_at(m, m->qkv, (size_t)(q_dim + kv_dim));
 
-    // batch metadata (tokens, positions, block tables) to the device
-    op->step_begin(be, batch);
     // token embeddings into the residual stream x
     op->embed(be, m->x, m->embed, dim);
     // first layer's attention norm (later layers get theirs fused with the residual add)
@@ -402,12 +429,46 @@ void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
     // the rows whose logits are wanted, final norm
     op->gather_rows(be, m->out_x, m->x, dim);
     op->rmsnorm(be, m->out_x, m->out_x, m->final_norm, batch->n_out, dim, eps);
-    // logits = out_x @ lm_head^T, LLAMA_LOGIT_ROWS rows at a time, to the host as f32
+    // logits of the first LLAMA_LOGIT_ROWS rows = out_x @ lm_head^T
+    int rows = batch->n_out < LLAMA_LOGIT_ROWS ? batch->n_out : LLAMA_LOGIT_ROWS;
+    op->matmul(be, m->logits, m->out_x, m->lm_head, NULL, rows, dim, c->vocab_size);
+}
+
+void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
+                   const backend_kv_layout *kvl, float *logits) {
+    const hf_config *c = &m->cfg;
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    int n = batch->n_tokens, dim = c->hidden_size;
+    KV_CHECK(n >= 1 && n <= m->max_tokens);
+    KV_CHECK(kvl->n_layers == c->n_layers && kvl->n_kv_heads == c->n_kv_heads &&
+             kvl->head_dim == c->head_dim && kvl->dtype == be->kv_dtype);
+    for (int t = 0; t < n; t++) KV_CHECK(batch->tokens[t] >= 0 && batch->tokens[t] < c->vocab_size);
+
+    // batch metadata (tokens, positions, block tables) to the device
+    op->step_begin(be, batch);
+    // the step's ops: replayed from a recording, recorded, or run one by one
+    llama_graph *gr = graph_slot(m, batch, pool, kvl);
+    if (gr && gr->g && op->graph_launch(be, gr->g)) {
+        m->n_graph_replays++;
+    } else {
+        if (gr && gr->g) { /* recorded for another shape (block table width) or stale buffers */
+            op->graph_free(be, gr->g);
+            gr->g = NULL;
+            gr->seen = false;
+        }
+        bool record = gr && gr->seen && op->graph_begin(be);
+        forward_ops(m, batch, pool, kvl);
+        if (record) gr->g = op->graph_end(be);
+        if (gr) gr->seen = true;
+    }
+    // logits to the host as f32; rows past the first LLAMA_LOGIT_ROWS one matmul at a time
     size_t vocab = (size_t)c->vocab_size;
     for (int r = 0; r < batch->n_out; r += LLAMA_LOGIT_ROWS) {
         int rows = batch->n_out - r < LLAMA_LOGIT_ROWS ? batch->n_out - r : LLAMA_LOGIT_ROWS;
-        op->matmul(be, m->logits, act_at(m, m->out_x, (size_t)r * (size_t)dim), m->lm_head, NULL,
-                   rows, dim, (int)vocab);
+        if (r > 0)
+            op->matmul(be, m->logits, act_at(m, m->out_x, (size_t)r * (size_t)dim), m->lm_head,
+                       NULL, rows, dim, (int)vocab);
         op->act_download_f32(be, logits + (size_t)r * vocab, m->logits, (size_t)rows * vocab);
     }
 }

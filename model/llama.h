@@ -18,6 +18,19 @@ typedef struct llama_layer {
     void *wdown;     /* [dim, ff] */
 } llama_layer;
 
+/* A recorded decode step (backend graph ops), keyed on what the step's ops are called with
+ * beyond the batch metadata: batch size, logits rows, KV pool and its layout. */
+typedef struct llama_graph {
+    int n_tokens, n_out;
+    const void *pool;
+    backend_kv_layout kvl;
+    bool seen;         /* a step of this key ran op by op since the slot was (re)filled */
+    backend_graph *g;  /* NULL until the second step of this key records it */
+    uint64_t last_use; /* graph_clock at the last use (least recently used slot is refilled) */
+} llama_graph;
+
+#define LLAMA_N_GRAPHS 32
+
 typedef struct llama_model {
     hf_config cfg;
     backend *be;
@@ -38,6 +51,12 @@ typedef struct llama_model {
     void *ff;     /* [max_tokens, ff] */
     void *out_x;  /* [max_tokens, dim] rows whose logits are wanted */
     void *logits; /* [min(max_tokens, 256), vocab] */
+    /* pure decode steps (one new token per sequence) are recorded and replayed when the backend
+     * can (graph ops): the first step of a shape runs op by op, the second is recorded */
+    bool no_graphs; /* set to run every step op by op (tests compare both ways) */
+    llama_graph graphs[LLAMA_N_GRAPHS];
+    uint64_t graph_clock;
+    uint64_t n_graph_replays; /* steps run from a recording */
 } llama_model;
 
 /* LLAMA_LOAD_SAFETENSORS also ties lm_head to the embedding when the checkpoint has no

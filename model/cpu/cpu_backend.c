@@ -192,6 +192,11 @@ static const backend_ops cpu_ops = {
     .kv_write = cpu_op_kv_write,
     .attention = cpu_op_attention,
     .gather_rows = cpu_op_gather_rows,
+    /* ops run as they are called: nothing to record */
+    .graph_begin = NULL,
+    .graph_end = NULL,
+    .graph_launch = NULL,
+    .graph_free = NULL,
 };
 
 backend *cpu_backend_create(int n_threads) {

@@ -27,8 +27,8 @@ typedef struct attn_params {
     float scale_log2; /* softmax scale * log2(e): the kernels use exp2 */
     const int32_t *positions, *token_seq, *block_table;
     int max_blocks, n_tokens;
-    const cuda_attn_tile *tiles;
-    int split_len; /* context tokens per split (a multiple of ATTN_BN) */
+    const cuda_attn_tile *tiles; /* NULL: tile i is token i of sequence i (a pure decode step) */
+    int split_len; /* context tokens per split (a multiple of ATTN_BN); 0: per tile, see below */
     int n_splits;
     float *part_o;   /* [n_splits][n_tokens][n_heads][head_dim] when n_splits > 1 */
     float *part_lse; /* [n_splits][n_tokens][n_heads], log2 domain */
@@ -89,15 +89,30 @@ struct attn_block {
     const char *k_base, *v_base;
 };
 
+__device__ __forceinline__ cuda_attn_tile attn_tile(const attn_params &p, int i) {
+    return p.tiles ? p.tiles[i] : cuda_attn_tile{i, i, 1, 0};
+}
+
+/* Context tokens per split of a tile whose context is ctx: split_len, or with split_len 0 the
+ * tile's own context cut in n_splits pieces of at least ATTN_MIN_SPLIT (whole K/V tiles), so
+ * the grid never depends on the step's context lengths (recorded steps replay it) and short
+ * contexts leave their last splits empty. */
+__device__ __forceinline__ int attn_split_len(const attn_params &p, int ctx) {
+    if (p.split_len) return p.split_len;
+    int len = max((ctx + p.n_splits - 1) / p.n_splits, ATTN_MIN_SPLIT);
+    return (len + ATTN_BN - 1) / ATTN_BN * ATTN_BN;
+}
+
 __device__ __forceinline__ attn_block attn_block_init(const attn_params &p) {
     attn_block b;
-    b.tile = p.tiles[blockIdx.x];
+    b.tile = attn_tile(p, blockIdx.x);
     b.kh = blockIdx.y;
     b.split = blockIdx.z;
     b.G = p.group;
     b.min_pos = p.positions[b.tile.tok0]; /* new tokens sit at consecutive positions */
-    b.kv_lo = b.split * p.split_len;
-    b.kv_hi = min(b.min_pos + b.tile.n_tok, b.kv_lo + p.split_len);
+    const int ctx = b.min_pos + b.tile.n_tok, len = attn_split_len(p, ctx);
+    b.kv_lo = b.split * len;
+    b.kv_hi = min(ctx, b.kv_lo + len);
     b.n_rows = b.tile.n_tok * b.G;
     b.bt = p.block_table + (size_t)b.tile.seq * p.max_blocks;
     size_t head_bytes = (size_t)b.kh * p.block_size * p.head_dim * sizeof(bf16);
@@ -497,7 +512,7 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
  * outputs of one (token, head) by their log-sum-exp; the loads over splits are independent. */
 __global__ void attn_combine_kernel(attn_params p) {
     __shared__ float w[ATTN_MAX_SPLITS];
-    const cuda_attn_tile tile = p.tiles[blockIdx.x];
+    const cuda_attn_tile tile = attn_tile(p, blockIdx.x);
     const int kh = blockIdx.y, r = blockIdx.z, G = p.group, hd = p.head_dim;
     if (r >= tile.n_tok * G) return;
     const size_t split_stride = (size_t)p.n_tokens * p.n_heads;
@@ -621,6 +636,7 @@ static void attn_plan_build(cuda_impl *ci, int group) {
     }
     qsort(large, (size_t)n_large, sizeof *large, tile_cmp_desc);
     size_t n = (size_t)n_small + (size_t)n_large;
+    KV_CHECK(!ci->capturing); /* pure decode steps, the recorded ones, need no plan */
     if (pl->cap < n) {
         if (pl->d_tiles) CUDA_CHECK(cudaFree(pl->d_tiles));
         pl->cap = n + n / 2 + 64;
@@ -637,30 +653,38 @@ static void attn_plan_build(cuda_impl *ci, int group) {
 
 static void attn_scratch_reserve(cuda_impl *ci, size_t floats) {
     if (ci->attn_scratch_cap >= floats) return;
+    cuda_graph_buffers_moved(ci);
     if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
     ci->attn_scratch_cap = floats + floats / 2;
     CUDA_CHECK(cudaMalloc(&ci->attn_scratch, ci->attn_scratch_cap * sizeof(float)));
 }
 
 /* Splits the context across blocks. Prefill lists split only when their tiles leave SMs idle
- * (a split writes fp32 partials of every row, costly at 10K tokens). Decode lists pick the split
- * count s minimizing waves(ctas * s) / s, the time in units of one whole-context block, plus a
- * small price for the combine, so the last wave is not a ragged one. Pieces are no shorter than
- * ATTN_MIN_SPLIT tokens, at most ATTN_MAX_SPLITS. */
+ * (a split writes fp32 partials of every row, costly at 10K tokens), into pieces of one length.
+ * Decode lists split each tile's own context (split_len 0, see attn_split_len) and pick the
+ * split count s minimizing waves(ctas * s) / s, the time in units of one whole-context block,
+ * plus a small price for the combine, so the last wave is not a ragged one; at most 4 waves of
+ * blocks, since short contexts leave some splits empty. max_ctx bounds the contexts: pieces
+ * are no shorter than ATTN_MIN_SPLIT tokens, at most ATTN_MAX_SPLITS. */
 static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max_ctx,
-                       int blocks_per_sm, bool even_waves) {
+                       int blocks_per_sm, bool decode) {
     int ctas = n_tiles * p->n_kv_heads, slots = blocks_per_sm * ci->n_sms;
     int most = (max_ctx + ATTN_MIN_SPLIT - 1) / ATTN_MIN_SPLIT;
     if (most > ATTN_MAX_SPLITS) most = ATTN_MAX_SPLITS;
+    if (decode && most > 4 * slots / ctas) most = 4 * slots / ctas;
     if (most < 1) most = 1;
     int splits = 1;
-    if (even_waves) {
+    if (decode) {
         double best_t = 1e30;
         for (int s = 1; s <= most; s++) {
             double t = ceil((double)ctas * s / slots) / s + (s > 1 ? 0.03 : 0.0);
             if (t < best_t - 1e-9) best_t = t, splits = s;
         }
-    } else if (ctas < slots) {
+        p->split_len = 0;
+        p->n_splits = splits;
+        return;
+    }
+    if (ctas < slots) {
         splits = (slots + ctas - 1) / ctas;
         if (splits > most) splits = most;
     }
@@ -671,16 +695,17 @@ static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max
 
 /* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
 static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
-                             size_t smem, unsigned smem_bit, int blocks_per_sm, bool even_waves,
+                             size_t smem, unsigned smem_bit, int blocks_per_sm, bool decode,
                              const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
     if (!(ci->attn_smem_set & smem_bit)) {
+        KV_CHECK(!ci->capturing); /* the step ran once unrecorded first */
         CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         ci->attn_smem_set |= smem_bit;
     }
     cudaStream_t s = ci->streams[BACKEND_STREAM_COMPUTE];
     p.tiles = tiles;
-    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm, even_waves);
+    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm, decode);
     if (p.n_splits > 1) {
         size_t rows = (size_t)p.n_splits * p.n_tokens * p.n_heads;
         attn_scratch_reserve(ci, rows * (p.head_dim + 1));
@@ -698,14 +723,29 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_p
 }
 
 /* Decode tiles: 16 rows, 3 blocks per SM fit (70 KB of shared memory each at head dim 128).
- * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. */
-template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params &p) {
+ * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. A pure decode step needs no plan:
+ * one tile per sequence (implicit), split by a bound on the contexts that the step's shape
+ * gives (the block table's width), so a recorded step replays for any context lengths. */
+template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size) {
     const cuda_attn_plan *pl = &ci->plan;
+    const cuda_step *st = &ci->step;
     const unsigned hd_bit = HD == 128 ? 2 : 0;
-    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16),
-                     1u << hd_bit, 3, true, pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128,
-                     (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16), 2u << hd_bit, 2, false,
+    const size_t smem_dec = (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16);
+    const size_t smem_pre = (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16);
+    if (st->pure_decode) {
+        int bound = st->max_blocks * block_size;
+        if (p.group <= 16)
+            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, smem_dec, 1u << hd_bit, 3, true,
+                             NULL, st->n_seqs, bound);
+        else
+            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, smem_pre, 2u << hd_bit, 2,
+                             true, NULL, st->n_seqs, bound);
+        return;
+    }
+    if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
+    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, smem_dec, 1u << hd_bit, 3, true,
+                     pl->d_tiles, pl->n_small, pl->max_ctx_small);
+    attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, smem_pre, 2u << hd_bit, 2, false,
                      pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 
@@ -748,9 +788,8 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
         CUDA_LAUNCH_CHECK();
         return;
     }
-    if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
     if (l->head_dim == 128)
-        attn_launch_plan<128>(ci, p);
+        attn_launch_plan<128>(ci, p, l->block_size);
     else
-        attn_launch_plan<64>(ci, p);
+        attn_launch_plan<64>(ci, p, l->block_size);
 }

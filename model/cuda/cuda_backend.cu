@@ -115,11 +115,61 @@ static void *cuda_act_upload_f32(backend *be, const float *src, size_t n) {
     return cuda_weight_upload(be, src, KV_DTYPE_F32, n);
 }
 
+/* Floats per chunk of a download to pageable memory (4 MiB: its copy takes ~80 us at the pinned
+ * rate, the host's memcpy of the chunk before it a few times that, so the copies hide). */
+#define CUDA_DOWNLOAD_CHUNK ((size_t)1 << 20)
+
+/* Converts to f32 on the device, then copies straight into dst when it is pinned (host_alloc),
+ * else through two pinned chunks whose memcpy out overlaps the copy of the next. */
 static void cuda_act_download_f32(backend *be, float *dst, const void *src, size_t n) {
-    uint16_t *tmp = (uint16_t *)kv_malloc(n * 2 + 2);
-    cuda_to_host(be, tmp, src, n * 2);
-    kv_convert_to_f32(dst, tmp, KV_DTYPE_BF16, n);
-    free(tmp);
+    cuda_impl *ci = cuda_impl_of(be);
+    cuda_download *dl = &ci->download;
+    cudaStream_t s = cuda_compute_stream(be);
+    if (n == 0) return;
+    KV_CHECK(!ci->capturing);
+    if (dl->dev_cap < n) {
+        if (dl->dev) CUDA_CHECK(cudaFree(dl->dev));
+        dl->dev_cap = n;
+        CUDA_CHECK(cudaMalloc(&dl->dev, n * sizeof(float)));
+    }
+    cuda_convert_bf16_to_f32(s, dl->dev, (const __nv_bfloat16 *)src, n);
+
+    cudaPointerAttributes attr;
+    CUDA_CHECK(cudaPointerGetAttributes(&attr, dst)); /* unregistered memory: type Unregistered */
+    if (attr.type == cudaMemoryTypeHost) {
+        CUDA_CHECK(cudaMemcpyAsync(dst, dl->dev, n * sizeof(float), cudaMemcpyDeviceToHost, s));
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        return;
+    }
+    size_t n_chunks = (n + CUDA_DOWNLOAD_CHUNK - 1) / CUDA_DOWNLOAD_CHUNK;
+    for (int i = 0; i < CUDA_N_DOWNLOAD; i++) {
+        cuda_staging *st = &dl->host[i];
+        if (!st->host) {
+            CUDA_CHECK(cudaHostAlloc(&st->host, CUDA_DOWNLOAD_CHUNK * sizeof(float),
+                                     cudaHostAllocDefault));
+            st->cap = CUDA_DOWNLOAD_CHUNK * sizeof(float);
+        }
+    }
+    /* chunk c goes through buffer c % 2: queue the first two, then each memcpy out frees its
+     * buffer for chunk c + 2 */
+    for (size_t c = 0; c < n_chunks + CUDA_N_DOWNLOAD; c++) {
+        if (c >= CUDA_N_DOWNLOAD) {
+            size_t d = c - CUDA_N_DOWNLOAD, off = d * CUDA_DOWNLOAD_CHUNK;
+            if (d >= n_chunks) continue;
+            cuda_staging *st = &dl->host[d % CUDA_N_DOWNLOAD];
+            CUDA_CHECK(cudaEventSynchronize(st->done));
+            size_t len = n - off < CUDA_DOWNLOAD_CHUNK ? n - off : CUDA_DOWNLOAD_CHUNK;
+            memcpy(dst + off, st->host, len * sizeof(float));
+        }
+        if (c < n_chunks) {
+            size_t off = c * CUDA_DOWNLOAD_CHUNK;
+            size_t len = n - off < CUDA_DOWNLOAD_CHUNK ? n - off : CUDA_DOWNLOAD_CHUNK;
+            cuda_staging *st = &dl->host[c % CUDA_N_DOWNLOAD];
+            CUDA_CHECK(cudaMemcpyAsync(st->host, dl->dev + off, len * sizeof(float),
+                                       cudaMemcpyDeviceToHost, s));
+            CUDA_CHECK(cudaEventRecord(st->done, s));
+        }
+    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -187,7 +237,9 @@ static void cuda_step_begin(backend *be, const backend_batch *b) {
     size_t n_bt = ns * (size_t)b->max_blocks;
     size_t total = 3 * nt + (ns + 1) + ns + (size_t)b->n_out + n_bt;
 
+    KV_CHECK(!ci->capturing);
     if (st->d_meta_cap < total) {
+        cuda_graph_buffers_moved(ci);
         if (st->d_meta) CUDA_CHECK(cudaFree(st->d_meta)); /* synchronizes: no kernel still reads it */
         st->d_meta_cap = total + total / 2 + 1024;
         CUDA_CHECK(cudaMalloc(&st->d_meta, st->d_meta_cap * 4));
@@ -227,7 +279,71 @@ static void cuda_step_begin(backend *be, const backend_batch *b) {
     st->n_seqs = b->n_seqs;
     st->max_blocks = b->max_blocks;
     st->n_out = b->n_out;
+    st->pure_decode = b->n_seqs == b->n_tokens;
+    for (int i = 0; st->pure_decode && i < b->n_seqs; i++) st->pure_decode = b->seq_start[i] == i;
     ci->plan.group = 0; /* attention tiles are rebuilt for this step */
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* recorded steps (CUDA graphs)                                                                */
+
+/* A recorded step: the shape it was recorded for and the buffer generation it points into. */
+struct backend_graph {
+    cudaGraphExec_t exec;
+    int n_tokens, n_seqs, n_out, max_blocks;
+    unsigned gen;
+};
+
+void cuda_graph_buffers_moved(cuda_impl *ci) {
+    KV_CHECK(!ci->capturing); /* a recording would keep the old address */
+    ci->graph_gen++;
+}
+
+static bool graph_fits(const cuda_impl *ci, const backend_graph *g) {
+    const cuda_step *st = &ci->step;
+    return g->gen == ci->graph_gen && g->n_tokens == st->n_tokens && g->n_seqs == st->n_seqs &&
+           g->n_out == st->n_out && g->max_blocks == st->max_blocks;
+}
+
+static bool cuda_graph_begin(backend *be) {
+    cuda_impl *ci = cuda_impl_of(be);
+    if (!ci->graphs_enabled) return false;
+    KV_CHECK(!ci->capturing);
+    /* thread-local: another thread's unrelated CUDA calls (offload copies) stay legal */
+    CUDA_CHECK(cudaStreamBeginCapture(cuda_compute_stream(be), cudaStreamCaptureModeThreadLocal));
+    ci->capturing = true;
+    return true;
+}
+
+static backend_graph *cuda_graph_end(backend *be) {
+    cuda_impl *ci = cuda_impl_of(be);
+    KV_CHECK(ci->capturing);
+    cudaStream_t s = cuda_compute_stream(be);
+    cudaGraph_t graph;
+    CUDA_CHECK(cudaStreamEndCapture(s, &graph));
+    ci->capturing = false;
+    backend_graph *g = (backend_graph *)kv_calloc(1, sizeof *g);
+    CUDA_CHECK(cudaGraphInstantiate(&g->exec, graph, 0));
+    CUDA_CHECK(cudaGraphDestroy(graph));
+    const cuda_step *st = &ci->step;
+    g->n_tokens = st->n_tokens, g->n_seqs = st->n_seqs, g->n_out = st->n_out;
+    g->max_blocks = st->max_blocks, g->gen = ci->graph_gen;
+    CUDA_CHECK(cudaGraphLaunch(g->exec, s));
+    return g;
+}
+
+static bool cuda_graph_launch(backend *be, backend_graph *g) {
+    cuda_impl *ci = cuda_impl_of(be);
+    KV_CHECK(!ci->capturing);
+    if (!graph_fits(ci, g)) return false;
+    CUDA_CHECK(cudaGraphLaunch(g->exec, cuda_compute_stream(be)));
+    return true;
+}
+
+static void cuda_graph_free(backend *, backend_graph *g) {
+    if (!g) return;
+    CUDA_CHECK(cudaGraphExecDestroy(g->exec));
+    free(g);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -264,7 +380,17 @@ static const backend_ops cuda_ops = {
     .kv_write = cuda_op_kv_write,
     .attention = cuda_op_attention,
     .gather_rows = cuda_op_gather_rows,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
+
+/* "0" turns a KVSERVE_CUDA_* switch off; unset or anything else leaves it on. */
+static bool env_switch(const char *name) {
+    const char *v = getenv(name);
+    return !(v && strcmp(v, "0") == 0);
+}
 
 int cuda_backend_device_count(void) {
     int n = 0;
@@ -299,7 +425,11 @@ backend *cuda_backend_create(kv_error *err) {
         CUDA_CHECK(cudaEventCreateWithFlags(&ci->staging[i].done, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventRecord(ci->staging[i].done, ci->streams[BACKEND_STREAM_COMPUTE]));
     }
+    for (int i = 0; i < CUDA_N_DOWNLOAD; i++)
+        CUDA_CHECK(cudaEventCreateWithFlags(&ci->download.host[i].done, cudaEventDisableTiming));
     cuda_gemm_init(ci);
+    ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
+    ci->gemv_custom = env_switch("KVSERVE_CUDA_GEMV");
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);
     be->ops = &cuda_ops;
@@ -324,6 +454,11 @@ static void cuda_destroy(backend *be) {
     if (ci->step.d_meta) CUDA_CHECK(cudaFree(ci->step.d_meta));
     if (ci->plan.d_tiles) CUDA_CHECK(cudaFree(ci->plan.d_tiles));
     if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
+    if (ci->download.dev) CUDA_CHECK(cudaFree(ci->download.dev));
+    for (int i = 0; i < CUDA_N_DOWNLOAD; i++) {
+        if (ci->download.host[i].host) CUDA_CHECK(cudaFreeHost(ci->download.host[i].host));
+        CUDA_CHECK(cudaEventDestroy(ci->download.host[i].done));
+    }
     free(ci->step.h_seq_start);
     free(ci->step.h_seq_len);
     for (int i = 0; i < BACKEND_NUM_STREAMS; i++) CUDA_CHECK(cudaStreamDestroy(ci->streams[i]));

@@ -1,5 +1,6 @@
-/* matmul: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]) through cuBLASLt, bf16 in and out, fp32
- * accumulation, the bias fused as an epilogue. Row-major to cuBLAS's column-major: the same bytes
+/* matmul: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]), bf16 in and out, fp32 accumulation.
+ * Decode-sized n (a few rows: the weights are read once, a pure stream) goes to gemv_kernel;
+ * the rest to cuBLASLt with the bias fused as an epilogue. Row-major to cuBLAS's column-major: the same bytes
  * read column-major are out^T (m x n), w^T (k x m) and x^T (k x n), so out^T = op_T(w^T) x^T.
  * Descriptors and the chosen algorithm are cached per shape: the heuristic query costs tens of
  * microseconds, more than a decode-step GEMM itself. */
@@ -7,7 +8,15 @@
 
 #include <stdlib.h>
 
+typedef __nv_bfloat16 bf16;
+
 #define CUDA_GEMM_CACHE 64
+/* gemv_kernel: rows of x it takes, bytes of x it keeps hot in L1 (all its warps reread x) */
+#define GEMV_MAX_N 8
+#define GEMV_MAX_X_BYTES (64 << 10)
+#define GEMV_WARPS 4 /* per block */
+#define GEMV_ROWS 2  /* weight rows per warp */
+#define GEMV_UNROLL 4 /* 16-byte weight loads in flight per row and lane */
 #define CUDA_GEMM_WORKSPACE ((size_t)32 << 20)
 
 typedef struct cuda_gemm_plan {
@@ -108,11 +117,133 @@ static cuda_gemm_plan *gemm_plan_get(cuda_impl *ci, int n, int k, int m, bool bi
     return p;
 }
 
+/* ================================ GEMV ================================ */
+
+/* A weight load that bypasses L1: each weight byte is read once, x stays there instead. */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float2 bf2_to_f2(uint32_t u) {
+    return __bfloat1622float2(*(const __nv_bfloat162 *)&u);
+}
+
+/* acc += dot of 8 bf16 pairs (w, x in 16-byte vectors) */
+__device__ __forceinline__ float dot8(uint4 w, uint4 x, float acc) {
+    const uint32_t wu[4] = {w.x, w.y, w.z, w.w}, xu[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 a = bf2_to_f2(wu[i]), b = bf2_to_f2(xu[i]);
+        acc = fmaf(a.x, b.x, acc);
+        acc = fmaf(a.y, b.y, acc);
+    }
+    return acc;
+}
+
+/* out[n, m] = x[n, k] @ w[m, k]^T for N <= GEMV_MAX_N rows, k % 8 == 0, 16-byte aligned rows.
+ * Each warp owns GEMV_ROWS weight rows; every lane issues GEMV_UNROLL 16-byte loads per row
+ * before using any, so each SM keeps tens of KB of the stream in flight. x (n * k * 2 bytes,
+ * small) is read through L1 by every warp. The lanes' partial sums meet by shuffles. */
+template <int N>
+__global__ void __launch_bounds__(GEMV_WARPS * 32)
+    gemv_kernel(bf16 *out, const bf16 *x, const bf16 *w, const bf16 *bias, int k, int m) {
+    constexpr int R = GEMV_ROWS, U = GEMV_UNROLL;
+    const int lane = threadIdx.x % 32;
+    const int row0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * R;
+    if (row0 >= m) return;
+    const int kc = k / 8; /* 16-byte chunks per row */
+    const uint4 *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(w + (size_t)min(row0 + r, m - 1) * k);
+    const uint4 *xv = (const uint4 *)x;
+    float acc[R][N];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < N; n++) acc[r][n] = 0;
+    for (int c0 = lane; c0 < kc; c0 += 32 * U) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[u][r] = c0 + 32 * u < kc ? ld_stream(wr[r] + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + 32 * u;
+            if (c >= kc) break;
+#pragma unroll
+            for (int n = 0; n < N; n++) {
+                uint4 xx = __ldg(xv + (size_t)n * kc + c);
+#pragma unroll
+                for (int r = 0; r < R; r++) acc[r][n] = dot8(wv[u][r], xx, acc[r][n]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int n = 0; n < N; n++) {
+            float v = acc[r][n];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+            acc[r][n] = v;
+        }
+    if (lane < R * N) { /* lane (r, n) writes one output */
+        const int r = lane / N, n = lane % N, row = row0 + r;
+        float v = 0;
+#pragma unroll
+        for (int rr = 0; rr < R; rr++)
+#pragma unroll
+            for (int nn = 0; nn < N; nn++)
+                if (rr == r && nn == n) v = acc[rr][nn];
+        if (row < m) {
+            if (bias) v += __bfloat162float(bias[row]);
+            out[(size_t)n * m + row] = __float2bfloat16(v);
+        }
+    }
+}
+
+/* True when gemv_kernel takes this matmul (else cuBLASLt). */
+static bool gemv_fits(const cuda_impl *ci, const void *const *ptrs, int n, int k) {
+    if (!ci->gemv_custom || n > GEMV_MAX_N || k % 8 != 0) return false;
+    if ((size_t)n * (size_t)k * sizeof(bf16) > GEMV_MAX_X_BYTES) return false;
+    for (int i = 0; i < 3; i++) /* out, x, w; bias is read by element */
+        if ((uintptr_t)ptrs[i] & 15) return false;
+    return true;
+}
+
+static void gemv_launch(cudaStream_t s, bf16 *out, const bf16 *x, const bf16 *w, const bf16 *bias,
+                        int n, int k, int m) {
+    int rows_per_block = GEMV_WARPS * GEMV_ROWS;
+    dim3 grid((unsigned)((m + rows_per_block - 1) / rows_per_block)), block(GEMV_WARPS * 32);
+    switch (n) {
+#define GEMV_CASE(N)                                                                               \
+    case N: gemv_kernel<N><<<grid, block, 0, s>>>(out, x, w, bias, k, m); break;
+        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
+        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+#undef GEMV_CASE
+    default: KV_CHECK(!"gemv: n out of range");
+    }
+    CUDA_LAUNCH_CHECK();
+}
+
+/* ================================ the op ================================ */
+
 void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                     int k, int m) {
     if (n == 0 || m == 0) return;
     cuda_impl *ci = cuda_impl_of(be);
     const void *ptrs[4] = {out, x, w, bias};
+    if (gemv_fits(ci, ptrs, n, k)) {
+        gemv_launch(cuda_compute_stream(be), (bf16 *)out, (const bf16 *)x, (const bf16 *)w,
+                    (const bf16 *)bias, n, k, m);
+        return;
+    }
     cuda_gemm_plan *p = gemm_plan_get(ci, n, k, m, bias != NULL, gemm_alignment(ptrs, 4));
     if (bias)
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,

@@ -32,6 +32,15 @@ typedef struct cuda_staging {
 
 #define CUDA_N_STAGING 4
 
+/* Pinned buffers that logits pass through on their way to pageable host memory: the copy of
+ * one chunk overlaps the host's memcpy of the previous one. */
+#define CUDA_N_DOWNLOAD 2
+typedef struct cuda_download {
+    float *dev;     /* device f32 copy of the activations being downloaded */
+    size_t dev_cap; /* floats */
+    cuda_staging host[CUDA_N_DOWNLOAD];
+} cuda_download;
+
 /* Attention tiles of the current step for one GQA group size, split in two lists: sequences
  * with few new tokens (decode-shaped, small tiles) and the rest (prefill-shaped). */
 typedef struct cuda_attn_plan {
@@ -45,6 +54,7 @@ typedef struct cuda_attn_plan {
 /* The current step (set by step_begin). Device pointers point into d_meta. */
 typedef struct cuda_step {
     int n_tokens, n_seqs, max_blocks, n_out;
+    bool pure_decode; /* every sequence has exactly one new token: token s is sequence s's */
     const int32_t *tokens, *positions, *token_seq, *seq_start, *seq_len, *out_rows, *block_table;
     int32_t *h_seq_start, *h_seq_len; /* host copies [n_seqs + 1], [n_seqs] for attention plans */
     size_t h_cap;                     /* sequences the host copies hold */
@@ -71,6 +81,11 @@ typedef struct cuda_impl {
     void *lt_workspace;
     size_t lt_workspace_bytes;
     cuda_gemm_cache *gemm;
+    bool gemv_custom;   /* n <= 8 matmuls through gemv_kernel (else cuBLASLt); KVSERVE_CUDA_GEMV */
+    cuda_download download;
+    bool graphs_enabled; /* graph_begin records (KVSERVE_CUDA_GRAPHS=0 turns it off) */
+    bool capturing;      /* between graph_begin and graph_end: no allocation, no upload */
+    unsigned graph_gen;  /* bumped whenever a buffer recorded ops read moves; older graphs are stale */
 } cuda_impl;
 
 static inline cuda_impl *cuda_impl_of(backend *be) { return (cuda_impl *)be->impl; }
@@ -81,6 +96,10 @@ static inline cudaStream_t cuda_compute_stream(backend *be) {
 /* Copies bytes from host src into dst (device) on stream s through a pinned staging buffer, so
  * the caller may reuse src at once. */
 void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *src, size_t bytes);
+
+/* Device buffers that recorded graphs point into are reallocated only through this: it refuses
+ * while recording (a broken invariant) and marks every recorded graph stale. */
+void cuda_graph_buffers_moved(cuda_impl *ci);
 
 /* cuda_gemm.cu */
 void cuda_gemm_init(cuda_impl *ci);
@@ -104,6 +123,7 @@ void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim);
 /* f32 -> bf16 and back on the device (uploads, downloads). */
 void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *src, size_t n);
 void cuda_convert_f16_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const __half *src, size_t n);
+void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const __nv_bfloat16 *src, size_t n);
 
 /* cuda_attention.cu */
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,

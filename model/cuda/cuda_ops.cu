@@ -176,6 +176,27 @@ __global__ void f32_to_bf16_kernel(bf16 *dst, const float *src, size_t n) {
         dst[i] = __float2bfloat16(src[i]);
 }
 
+/* VEC = 8: 8 elements per thread (a 16-byte load, two 16-byte stores), the tail one by one. */
+template <int VEC> __global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, size_t n) {
+    size_t nv = n / VEC;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < nv;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float f[VEC];
+        vec_io<VEC>::load(src + VEC * i, f);
+#pragma unroll
+        for (int j = 0; j < VEC; j += 4)
+            *(float4 *)(dst + VEC * i + j) = make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
+    }
+    size_t tail = VEC * nv + (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (tail < n && tail < VEC * nv + VEC) dst[tail] = __bfloat162float(src[tail]);
+}
+
+template <> __global__ void bf16_to_f32_kernel<1>(float *dst, const bf16 *src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __bfloat162float(src[i]);
+}
+
 __global__ void f16_to_bf16_kernel(bf16 *dst, const __half *src, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x)
@@ -309,6 +330,18 @@ void cuda_convert_f32_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_
     if (n == 0) return;
     size_t blocks = (n + 255) / 256;
     f32_to_bf16_kernel<<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
+    CUDA_LAUNCH_CHECK();
+}
+
+void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const bf16 *src, size_t n) {
+    if (n == 0) return;
+    if (aligned16(dst) && aligned16(src)) {
+        size_t blocks = (n / 8 + 255) / 256 + 1;
+        bf16_to_f32_kernel<8><<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
+    } else {
+        size_t blocks = (n + 255) / 256;
+        bf16_to_f32_kernel<1><<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
+    }
     CUDA_LAUNCH_CHECK();
 }
 

@@ -1,14 +1,18 @@
-/* Every op of the CUDA backend against a plain double-precision reference on the host, on random
- * bf16-representable inputs (never zeros), outputs poisoned with NaN first so unwritten elements
- * fail. Tolerances (bf16 outputs, fp32 accumulation): per element |got - ref| <= atol + rtol |ref|
- * and ||got - ref|| / ||ref|| <= 1e-2; each check prints its worst element and the share of the
- * budget it used. Attention runs over scattered block tables, GQA 1/4/7/8, many sequences,
+/* Every op of the CUDA backend against a plain double-precision reference on the host and against
+ * the CPU backend (f32, model/cpu) on the same inputs: random bf16-representable values (never
+ * zeros), outputs poisoned with NaN first so unwritten elements fail. Tolerances (bf16 outputs,
+ * fp32 accumulation): per element |got - ref| <= atol + rtol |ref| and ||got - ref|| / ||ref|| <=
+ * 1e-2; the CPU backend computes in f32, within ~1e-6 of the double reference, so each op is held
+ * to the same budget against both; each check prints its worst element and the share of the
+ * budget it used. The logits download (act_download_f32) is checked into pageable and pinned
+ * memory, across its chunk size. Attention runs over scattered block tables, GQA 1/4/7/8, many sequences,
  * contexts 1..32K, prefill and chunked prefill over a cached prefix, and the generic head-dim path.
  * Skips (exit 77) when no GPU is present. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "model/cpu/cpu_backend.h"
 #include "model/cuda/cuda_backend.h"
 
 typedef struct rng {
@@ -53,7 +57,22 @@ static void check(const char *name, const float *got, const double *ref, size_t 
            nan ? " NON-FINITE" : "");
 }
 
+/* The same check against the CPU backend's f32 result. */
+static void check_cpu(const char *name, const float *got, const float *cpu, size_t n, double atol,
+                      double rtol) {
+    double *ref = kv_malloc(n * sizeof *ref + 8);
+    for (size_t i = 0; i < n; i++) ref[i] = cpu[i];
+    char full[128];
+    snprintf(full, sizeof full, "%s vs cpu", name);
+    check(full, got, ref, n, atol, rtol);
+    free(ref);
+}
+
 static void *upload(backend *be, const float *x, size_t n) { return be->ops->act_upload_f32(be, x, n); }
+
+static void *upload_w(backend *be, const float *x, size_t n) {
+    return be->ops->weight_upload(be, x, KV_DTYPE_F32, n);
+}
 
 static float *download(backend *be, const void *d, size_t n) {
     float *h = kv_malloc(n * sizeof *h + 4);
@@ -161,11 +180,12 @@ static size_t layout_index(const backend_kv_layout *l, int layer, int kv, int he
 
 /* ---------------------------------------------------------------------------------------- */
 
-static void test_embed_gather(backend *be, rng *r, int dim) {
+static void test_embed_gather(backend *be, backend *cpu, rng *r, int dim) {
     const int vocab = 1000, n = 37;
     test_batch tb;
     batch_simple(&tb, r, n, 5, 16, 64);
     be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
     float *table = rand_vec(r, (size_t)vocab * dim, 1.0f);
     void *d_table = be->ops->weight_upload(be, table, KV_DTYPE_F32, (size_t)vocab * dim);
     void *d_out = poisoned(be, (size_t)n * dim);
@@ -186,12 +206,25 @@ static void test_embed_gather(backend *be, rng *r, int dim) {
             ref[(size_t)o * dim + i] = got[(size_t)tb.out_rows[o] * dim + i];
     snprintf(name, sizeof name, "gather_rows dim=%d", dim);
     check(name, gg, ref, (size_t)n * dim, 0, 0);
+
+    void *c_table = upload_w(cpu, table, (size_t)vocab * dim);
+    void *c_out = cpu->ops->dev_alloc(cpu, (size_t)n * dim * 4);
+    void *c_g = cpu->ops->dev_alloc(cpu, (size_t)n * dim * 4);
+    cpu->ops->embed(cpu, c_out, c_table, dim);
+    cpu->ops->gather_rows(cpu, c_g, c_out, dim);
+    float *ce = download(cpu, c_out, (size_t)n * dim), *cg = download(cpu, c_g, (size_t)n * dim);
+    snprintf(name, sizeof name, "embed dim=%d", dim);
+    check_cpu(name, got, ce, (size_t)n * dim, 0, 0);
+    snprintf(name, sizeof name, "gather_rows dim=%d", dim);
+    check_cpu(name, gg, cg, (size_t)n * dim, 0, 0);
+    cpu->ops->dev_free(cpu, c_table), cpu->ops->dev_free(cpu, c_out), cpu->ops->dev_free(cpu, c_g);
+    free(ce), free(cg);
     be->ops->dev_free(be, d_table), be->ops->dev_free(be, d_out), be->ops->dev_free(be, d_g);
     free(table), free(got), free(gg), free(ref);
     batch_free(&tb);
 }
 
-static void test_rmsnorm(backend *be, rng *r, int n, int dim) {
+static void test_rmsnorm(backend *be, backend *cpu, rng *r, int n, int dim) {
     const float eps = 1e-5f;
     float *x = rand_vec(r, (size_t)n * dim, 2.0f), *d = rand_vec(r, (size_t)n * dim, 1.0f);
     float *w = rand_vec(r, (size_t)dim, 1.5f);
@@ -211,7 +244,12 @@ static void test_rmsnorm(backend *be, rng *r, int n, int dim) {
     }
     snprintf(name, sizeof name, "rmsnorm n=%d dim=%d", n, dim);
     check(name, got, ref, (size_t)n * dim, 1e-2, 1e-2);
-    free(got);
+    void *cx = upload(cpu, x, (size_t)n * dim), *cd = upload(cpu, d, (size_t)n * dim);
+    void *cw = upload_w(cpu, w, (size_t)dim), *cout = cpu->ops->dev_alloc(cpu, (size_t)n * dim * 4);
+    cpu->ops->rmsnorm(cpu, cout, cx, cw, n, dim, eps);
+    float *cg = download(cpu, cout, (size_t)n * dim);
+    check_cpu(name, got, cg, (size_t)n * dim, 1e-2, 1e-2);
+    free(got), free(cg);
 
     /* in place */
     be->ops->rmsnorm(be, dx, dx, dw, n, dim, eps);
@@ -240,12 +278,22 @@ static void test_rmsnorm(backend *be, rng *r, int n, int dim) {
     check(name, gx, refx, (size_t)n * dim, 1e-2, 1e-2);
     snprintf(name, sizeof name, "add_rmsnorm out n=%d dim=%d", n, dim);
     check(name, got, ref, (size_t)n * dim, 1e-2, 1e-2);
+    cpu->ops->add_rmsnorm(cpu, cout, cx, cd, cw, n, dim, eps);
+    float *cgx = download(cpu, cx, (size_t)n * dim);
+    cg = download(cpu, cout, (size_t)n * dim);
+    snprintf(name, sizeof name, "add_rmsnorm x n=%d dim=%d", n, dim);
+    check_cpu(name, gx, cgx, (size_t)n * dim, 1e-2, 1e-2);
+    snprintf(name, sizeof name, "add_rmsnorm out n=%d dim=%d", n, dim);
+    check_cpu(name, got, cg, (size_t)n * dim, 1e-2, 1e-2);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cd), cpu->ops->dev_free(cpu, cw);
+    cpu->ops->dev_free(cpu, cout);
+    free(cg), free(cgx);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, dd), be->ops->dev_free(be, dw);
     be->ops->dev_free(be, dout);
     free(x), free(d), free(w), free(ref), free(refx), free(got), free(gx);
 }
 
-static void test_add_swiglu(backend *be, rng *r, int n, int ff) {
+static void test_add_swiglu(backend *be, backend *cpu, rng *r, int n, int ff) {
     size_t len = (size_t)n * ff;
     float *x = rand_vec(r, len, 3.0f), *d = rand_vec(r, len, 3.0f);
     void *dx = upload(be, x, len), *dd = upload(be, d, len);
@@ -256,7 +304,12 @@ static void test_add_swiglu(backend *be, rng *r, int n, int ff) {
     char name[64];
     snprintf(name, sizeof name, "add n=%zu", len);
     check(name, got, ref, len, 1e-2, 1e-2);
-    free(got);
+    void *cx = upload(cpu, x, len), *cd = upload(cpu, d, len);
+    cpu->ops->add(cpu, cx, cd, len);
+    float *cg = download(cpu, cx, len);
+    check_cpu(name, got, cg, len, 1e-2, 1e-2);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cd);
+    free(got), free(cg);
 
     float *gu = rand_vec(r, len * 2, 4.0f);
     void *dgu = upload(be, gu, len * 2), *dout = poisoned(be, len);
@@ -269,12 +322,18 @@ static void test_add_swiglu(backend *be, rng *r, int n, int ff) {
         }
     snprintf(name, sizeof name, "swiglu n=%d ff=%d", n, ff);
     check(name, got, ref, len, 1e-2, 1e-2);
+    void *cgu = upload(cpu, gu, len * 2), *cout = cpu->ops->dev_alloc(cpu, len * 4);
+    cpu->ops->swiglu(cpu, cout, cgu, n, ff);
+    cg = download(cpu, cout, len);
+    check_cpu(name, got, cg, len, 1e-2, 1e-2);
+    cpu->ops->dev_free(cpu, cgu), cpu->ops->dev_free(cpu, cout);
+    free(cg);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, dd), be->ops->dev_free(be, dgu);
     be->ops->dev_free(be, dout);
     free(x), free(d), free(gu), free(got), free(ref);
 }
 
-static void test_matmul(backend *be, rng *r, int n, int k, int m, bool bias) {
+static void test_matmul(backend *be, backend *cpu, rng *r, int n, int k, int m, bool bias) {
     float *x = rand_vec(r, (size_t)n * k, 1.0f), *w = rand_vec(r, (size_t)m * k, 1.0f);
     float *b = rand_vec(r, (size_t)m, 4.0f);
     void *dx = upload(be, x, (size_t)n * k);
@@ -297,16 +356,26 @@ static void test_matmul(backend *be, rng *r, int n, int k, int m, bool bias) {
     /* fp32 accumulation, bf16 output: rtol covers the output rounding (2^-9), atol the
      * cancellation near zero relative to the typical magnitude */
     check(name, got, ref, (size_t)n * m, 2e-3 * rms, 1e-2);
+    void *cx = upload(cpu, x, (size_t)n * k), *cw = upload_w(cpu, w, (size_t)m * k);
+    void *cb = bias ? upload_w(cpu, b, (size_t)m) : NULL;
+    void *cout = cpu->ops->dev_alloc(cpu, (size_t)n * m * 4);
+    cpu->ops->matmul(cpu, cout, cx, cw, cb, n, k, m);
+    float *cg = download(cpu, cout, (size_t)n * m);
+    check_cpu(name, got, cg, (size_t)n * m, 2e-3 * rms, 1e-2);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cw), cpu->ops->dev_free(cpu, cout);
+    if (cb) cpu->ops->dev_free(cpu, cb);
+    free(cg);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, dw), be->ops->dev_free(be, dout);
     if (db) be->ops->dev_free(be, db);
     free(x), free(w), free(b), free(got), free(ref);
 }
 
-static void test_rope(backend *be, rng *r) {
+static void test_rope(backend *be, backend *cpu, rng *r) {
     const int n = 33, n_q = 32, n_kv = 8, hd = 128, stride = (n_q + 2 * n_kv) * hd;
     test_batch tb;
     batch_simple(&tb, r, n, 131000 - n, 16, 8192);
     be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
     float inv_freq[64];
     for (int i = 0; i < hd / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / hd);
     float *d_if = be->ops->dev_alloc(be, sizeof inv_freq);
@@ -328,12 +397,26 @@ static void test_rope(backend *be, rng *r) {
                 ref[p + hd / 2] = x1 * cos(a) + x0 * sin(a);
             }
     check("rope 40 heads hd=128 pos~131K stride=6144", got, ref, len, 1e-2, 1e-2);
+    void *cx = upload(cpu, x, len);
+    cpu->ops->rope(cpu, cx, stride, n_q + n_kv, hd, inv_freq);
+    float *cg = download(cpu, cx, len);
+    check_cpu("rope 40 heads hd=128 pos~131K stride=6144", got, cg, len, 1e-2, 1e-2);
+    cpu->ops->dev_free(cpu, cx);
+    free(cg);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, d_if);
     free(x), free(got), free(ref);
     batch_free(&tb);
 }
 
-static void test_kv_write(backend *be, rng *r, int n_kv, int hd, int block_size) {
+/* The CPU backend's copy of layout l (f32 elements) and of a bf16 pool of n elements. */
+static backend_kv_layout layout_f32(const backend_kv_layout *l) {
+    backend_kv_layout c = *l;
+    c.dtype = KV_DTYPE_F32;
+    c.block_bytes = layout_block_bytes(l) * 2;
+    return c;
+}
+
+static void test_kv_write(backend *be, backend *cpu, rng *r, int n_kv, int hd, int block_size) {
     backend_kv_layout l = {.n_layers = 3, .n_kv_heads = n_kv, .head_dim = hd,
                            .block_size = block_size, .dtype = KV_DTYPE_BF16};
     l.block_bytes = layout_block_bytes(&l);
@@ -342,6 +425,7 @@ static void test_kv_write(backend *be, rng *r, int n_kv, int hd, int block_size)
     test_batch tb;
     batch_make(&tb, r, 3, prefix, n_new, block_size, n_blocks);
     be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
     size_t pool_n = l.block_bytes / 2 * n_blocks;
     float *pool = rand_vec(r, pool_n, 1.0f);
     void *dpool = upload(be, pool, pool_n);
@@ -366,6 +450,14 @@ static void test_kv_write(backend *be, rng *r, int n_kv, int hd, int block_size)
     char name[64];
     snprintf(name, sizeof name, "kv_write kv_heads=%d hd=%d bs=%d", n_kv, hd, block_size);
     check(name, got, ref, pool_n, 0, 0);
+    backend_kv_layout cl = layout_f32(&l);
+    float *cpool = upload(cpu, pool, pool_n), *cqkv = upload(cpu, qkv, qn);
+    const float *ck = cqkv + (size_t)4 * n_kv * hd;
+    cpu->ops->kv_write(cpu, cpool, &cl, layer, ck, ck + (size_t)n_kv * hd, stride);
+    float *cg = download(cpu, cpool, pool_n);
+    check_cpu(name, got, cg, pool_n, 0, 0);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cqkv);
+    free(cg);
     be->ops->dev_free(be, dpool), be->ops->dev_free(be, dqkv);
     free(pool), free(qkv), free(got), free(ref);
     batch_free(&tb);
@@ -379,7 +471,7 @@ typedef struct attn_case {
     const int *prefix, *n_new;
 } attn_case;
 
-static void test_attention(backend *be, rng *r, const attn_case *c) {
+static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c) {
     backend_kv_layout l = {.n_layers = 2, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
                            .block_size = c->block_size, .dtype = KV_DTYPE_BF16};
     l.block_bytes = layout_block_bytes(&l);
@@ -439,9 +531,48 @@ static void test_attention(backend *be, rng *r, const attn_case *c) {
     /* bf16 output (2^-9 relative) and bf16 probabilities in the P V product: rtol 2e-2; atol
      * 2e-3 against values of V in [-1, 1] */
     check(c->name, got, ref, out_n, 2e-3, 2e-2);
+
+    cpu->ops->step_begin(cpu, &tb.b);
+    backend_kv_layout cl = layout_f32(&l);
+    float *pool32 = kv_malloc(pool_n * sizeof *pool32);
+    kv_convert_to_f32(pool32, pool, KV_DTYPE_BF16, pool_n);
+    void *cpool = upload(cpu, pool32, pool_n), *cq = upload(cpu, q, (size_t)nt * q_stride);
+    void *cout = cpu->ops->dev_alloc(cpu, out_n * 4);
+    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &cl, layer, nh, scale);
+    float *cg = download(cpu, cout, out_n);
+    check_cpu(c->name, got, cg, out_n, 2e-3, 2e-2);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cq), cpu->ops->dev_free(cpu, cout);
+    free(pool32), free(cg);
     be->ops->dev_free(be, dpool), be->ops->dev_free(be, dq), be->ops->dev_free(be, dout);
     free(pool), free(q), free(got), free(ref), free(sc);
     batch_free(&tb);
+}
+
+/* act_download_f32 into pageable memory (pinned chunks, several of them) and into pinned memory
+ * (host_alloc: one direct copy), against the uploaded bf16 values: exact. */
+static void test_download(backend *be, rng *r) {
+    const size_t sizes[3] = {5, ((size_t)1 << 20) + 3, ((size_t)5 << 20) + 1};
+    for (int i = 0; i < 3; i++) {
+        size_t n = sizes[i];
+        float *x = rand_vec(r, n, 8.0f);
+        void *d = upload(be, x, n);
+        double *ref = kv_malloc(n * sizeof *ref);
+        for (size_t j = 0; j < n; j++) ref[j] = x[j];
+        float *pageable = kv_malloc(n * sizeof *pageable);
+        float *pinned = be->ops->host_alloc(be, n * sizeof *pinned);
+        KV_CHECK(pinned != NULL);
+        for (size_t j = 0; j < n; j++) pageable[j] = pinned[j] = NAN;
+        be->ops->act_download_f32(be, pageable, d, n);
+        be->ops->act_download_f32(be, pinned, d, n);
+        char name[64];
+        snprintf(name, sizeof name, "act_download_f32 pageable n=%zu", n);
+        check(name, pageable, ref, n, 0, 0);
+        snprintf(name, sizeof name, "act_download_f32 pinned n=%zu", n);
+        check(name, pinned, ref, n, 0, 0);
+        be->ops->host_free(be, pinned);
+        be->ops->dev_free(be, d);
+        free(x), free(ref), free(pageable);
+    }
 }
 
 int main(void) {
@@ -455,21 +586,29 @@ int main(void) {
         printf("SKIP: %s\n", err.msg);
         return 77;
     }
+    backend *cpu = cpu_backend_create(0);
     rng r = {0x9e3779b97f4a7c15ull};
 
-    test_embed_gather(be, &r, 4096);
-    test_embed_gather(be, &r, 100);
-    test_rmsnorm(be, &r, 37, 4096);
-    test_rmsnorm(be, &r, 5, 100);
-    test_add_swiglu(be, &r, 37, 14336);
-    test_add_swiglu(be, &r, 3, 101);
-    test_rope(be, &r);
-    test_kv_write(be, &r, 8, 128, 16);
-    test_kv_write(be, &r, 4, 8, 16);
-    test_matmul(be, &r, 1, 4096, 6144, false);
-    test_matmul(be, &r, 37, 4096, 1024, false);
-    test_matmul(be, &r, 300, 896, 1152, true);
-    test_matmul(be, &r, 5, 100, 77, true);
+    test_download(be, &r);
+    test_embed_gather(be, cpu, &r, 4096);
+    test_embed_gather(be, cpu, &r, 100);
+    test_rmsnorm(be, cpu, &r, 37, 4096);
+    test_rmsnorm(be, cpu, &r, 5, 100);
+    test_add_swiglu(be, cpu, &r, 37, 14336);
+    test_add_swiglu(be, cpu, &r, 3, 101);
+    test_rope(be, cpu, &r);
+    test_kv_write(be, cpu, &r, 8, 128, 16);
+    test_kv_write(be, cpu, &r, 4, 8, 16);
+    /* n <= 8 with k % 8 == 0 take the GEMV kernel (n = 8 only while n * k * 2 <= 64 KiB), the
+     * rest cuBLASLt */
+    test_matmul(be, cpu, &r, 1, 4096, 6144, false);
+    test_matmul(be, cpu, &r, 1, 14336, 4096, false);
+    test_matmul(be, cpu, &r, 3, 4096, 1000, true);
+    test_matmul(be, cpu, &r, 8, 4096, 999, false);
+    test_matmul(be, cpu, &r, 8, 14336, 512, false);
+    test_matmul(be, cpu, &r, 37, 4096, 1024, false);
+    test_matmul(be, cpu, &r, 300, 896, 1152, true);
+    test_matmul(be, cpu, &r, 5, 100, 77, true);
 
     /* decode: many sequences, contexts 1..32K around block and tile edges, GQA 4 */
     static const int dec_prefix[] = {0, 1, 14, 15, 16, 62, 63, 64, 499, 1000, 4096, 32767};
@@ -507,8 +646,9 @@ int main(void) {
         {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new},
         {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(be, &r, &cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(be, cpu, &r, &cases[i]);
 
+    backend_destroy(cpu);
     be->ops->destroy(be);
     printf("%s: %d check(s) failed\n", n_failed ? "FAIL" : "PASS", n_failed);
     return n_failed ? 1 : 0;
