@@ -414,6 +414,7 @@ bool scheduler_step(scheduler *s) {
     sched_drain(s);
     if (s->tier) sched_tier_poll(s);
     int n_seqs = sched_schedule(s);
+    sched_tier_flush(s);
     if (n_seqs > 0) sched_run_batch(s, n_seqs);
     s->last_step_ran = n_seqs > 0;
     s->st.n_steps++;

@@ -93,6 +93,9 @@ bool scheduler_step(scheduler *s);
 void scheduler_run_until_idle(scheduler *s);
 
 scheduler_stats scheduler_get_stats(scheduler *s);
+/* Blocks until the host tier has pinned all its memory (tests, benchmarks; no-op without a tier).
+ * Only without the thread. */
+void scheduler_wait_tier_ready(scheduler *s);
 /* Checks the pool, the prefix cache and the tier against the requests' block lists; aborts on any
  * inconsistency (tests). Only without the thread, or from it. */
 void scheduler_check(scheduler *s);

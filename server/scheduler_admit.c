@@ -67,6 +67,8 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     int32_t *hits = kv_malloc(((size_t)n_full + 1) * sizeof *hits);
     int32_t *slots = kv_malloc(((size_t)n_full + 1) * sizeof *slots);
     int n_hit = 0, n_evictable = 0;
+    /* on_evict stores go first: they may take host slots a lookup below would count */
+    sched_tier_prepare_evict(s, sched_blocks_for(s, r->n_tokens) + 1);
     if (lookup && n_full > 0)
         n_hit = prefix_cache_lookup(&s->pc, r->hashes, r->tokens, n_full, hits, &n_evictable);
     bool cow = n_hit > 0 && n_hit * bs == r->n_tokens;
@@ -119,31 +121,34 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     r->n_sched = n_new;
     *extra_rows -= rows;
 
-    if (!r->admitted_once) {
+    /* cache counters at every admission (a resumed request asks again, as in vLLM) */
+    int gpu_tokens = cow ? r->n_tokens - 1 : n_hit * bs, host_tokens = n_ready - gpu_tokens;
+    prefix_cache_record(&s->pc, r->n_tokens, gpu_tokens);
+    if (s->tier) {
+        s->st.host_query_tokens += r->n_tokens - gpu_tokens;
+        s->st.host_hit_tokens += host_tokens;
+    }
+    metrics *m = s->cfg.metrics;
+    if (m) {
+        metrics_counter_add(&m->prefix_cache_queries, (uint64_t)r->n_tokens);
+        metrics_counter_add(&m->prefix_cache_hits, (uint64_t)gpu_tokens);
+        if (s->tier) {
+            metrics_counter_add(&m->host_cache_queries, (uint64_t)(r->n_tokens - gpu_tokens));
+            metrics_counter_add(&m->host_cache_hits, (uint64_t)host_tokens);
+        }
+    }
+    if (!r->admitted_once) { /* what the request reports: its prompt tokens not recomputed */
         r->admitted_once = true;
-        r->n_cached_gpu = (cow ? r->n_tokens - 1 : n_hit * bs);
-        r->n_cached_host = n_ready - r->n_cached_gpu;
-        if (r->n_cached_gpu > r->n_prompt) r->n_cached_gpu = r->n_prompt;
+        r->n_cached_gpu = gpu_tokens < r->n_prompt ? gpu_tokens : r->n_prompt;
+        r->n_cached_host = host_tokens;
         if (r->n_cached_gpu + r->n_cached_host > r->n_prompt)
             r->n_cached_host = r->n_prompt - r->n_cached_gpu;
-        prefix_cache_record(&s->pc, r->n_prompt, r->n_cached_gpu);
-        s->st.host_query_tokens += s->tier ? r->n_prompt - r->n_cached_gpu : 0;
-        s->st.host_hit_tokens += r->n_cached_host;
         s->st.n_prompt_tokens += r->n_prompt;
+        if (m) metrics_counter_add(&m->prompt_tokens, (uint64_t)r->n_prompt);
         sampler_state_init(&s->smp, &r->st, &r->params, r->tokens, r->n_prompt);
         pthread_mutex_lock(&s->lock);
         s->n_queued--;
         pthread_mutex_unlock(&s->lock);
-        metrics *m = s->cfg.metrics;
-        if (m) {
-            metrics_counter_add(&m->prefix_cache_queries, (uint64_t)r->n_prompt);
-            metrics_counter_add(&m->prefix_cache_hits, (uint64_t)r->n_cached_gpu);
-            metrics_counter_add(&m->prompt_tokens, (uint64_t)r->n_prompt);
-            if (s->tier) {
-                metrics_counter_add(&m->host_cache_queries, (uint64_t)(r->n_prompt - r->n_cached_gpu));
-                metrics_counter_add(&m->host_cache_hits, (uint64_t)r->n_cached_host);
-            }
-        }
     }
     r->state = n_host > 0 ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
     free(hits), free(slots);
@@ -164,14 +169,20 @@ int sched_schedule(scheduler *s) {
         int rows, n_new = sched_chunk(r, budget, extra_rows, &rows);
         if (n_new == 0) continue;
         int need = sched_blocks_for(s, r->n_computed + n_new) - r->n_blocks;
+        if (need > 0) sched_tier_prepare_evict(s, need);
+        if (need > 0 && !block_pool_can_alloc(&s->pool, need) &&
+            block_pool_can_alloc(&s->pool, need - sched_tier_soon_free(s)))
+            continue; /* blocks come back when on_evict stores finish: wait, do not preempt */
         while (need > 0 && !block_pool_can_alloc(&s->pool, need)) {
             sched_req *victim = s->running.v[s->running.n - 1];
-            if (victim == r && s->running.n == 1) break; /* alone and still too big */
+            if (victim == r && (s->running.n == 1 || sched_tier_busy(s)))
+                break; /* alone (or waiting for transfers to unpin blocks) */
             sched_preempt(s, victim);
             preempted = true;
             if (victim == r) break;
         }
         if (r->state != SCHED_REQ_RUNNING) break; /* r was the newest: nothing runs after it */
+        if (need > 0 && !block_pool_can_alloc(&s->pool, need) && sched_tier_busy(s)) continue;
         if (need > 0 && !block_pool_can_alloc(&s->pool, need)) {
             /* the only request and the pool cannot hold it: end it rather than spin */
             sched_list_remove(&s->running, r);

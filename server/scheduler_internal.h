@@ -47,6 +47,7 @@ typedef struct sched_req {
     int32_t *load_slots;    /* [n_load] slots read by load_op */
     int n_load;
     int n_stored;           /* leading full blocks already considered for a store */
+    double load_t0;         /* when load_op was queued */
 
     /* reporting */
     bool admitted_once;
@@ -61,11 +62,6 @@ typedef struct sched_list {
     sched_req **v;
     int n, cap;
 } sched_list;
-
-/* A store in flight: the op and which offload slots it fills. */
-typedef struct sched_store {
-    transfer_op *op;
-} sched_store;
 
 struct scheduler {
     scheduler_model model;
@@ -82,9 +78,7 @@ struct scheduler {
     offload *tier;
     transfer *xfer;
     backend_event *last_compute; /* event after the last forward, NULL before the first */
-    sched_store *stores;
-    int n_stores, stores_cap;
-    int32_t store_hint;
+    struct sched_tier *tier_state; /* ops in flight, pending stores (scheduler_tier.c) */
 
     /* engine-thread state */
     sched_list running, waiting;
@@ -151,8 +145,13 @@ int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_block
 void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots);
 /* After the step's forward: stores of blocks that became full (per the store policy). */
 void sched_tier_store_new(scheduler *s, int n_seqs);
-/* The prefix cache's evict hook (on_evict policy). */
-void sched_tier_on_evict(void *ctx, const block_hash *h, int block_id);
+/* Queues the stores reserved since the last flush (GPU hits under reuse_gated). */
+void sched_tier_flush(scheduler *s);
+/* on_evict: stores (and pins until stored) the LRU blocks that allocating n_blocks would recycle
+ * and that the tier does not hold yet. */
+void sched_tier_prepare_evict(scheduler *s, int n_blocks);
+/* Blocks pinned by on_evict stores in flight: available again once those complete. */
+int sched_tier_soon_free(const scheduler *s);
 /* Hit in the GPU cache (reuse_gated counts it). */
 void sched_tier_gpu_hit(scheduler *s, const block_hash *h, int block_id);
 bool sched_tier_busy(const scheduler *s);

@@ -153,6 +153,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_engine: %s\n", err.msg);
         return 1;
     }
+    scheduler_wait_tier_ready(s);
     int vocab = sm.vocab;
     int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
     probe p;
