@@ -1,0 +1,214 @@
+"""Integration-test support (Python 3 standard library only): starts the real kvserve binary on
+stories260K with the CPU backend on a free port, waits for /health, and talks HTTP to it.
+
+The binary comes from $KVSERVE_BIN (meson sets it), the model from $KVSERVE_TESTDATA; a test whose
+model is absent prints SKIP and exits 77, which meson counts as skipped."""
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import unittest
+
+SKIP = 77
+READY_TIMEOUT_S = 60
+
+
+def testdata_model(name="stories260K"):
+    """The model directory, or None when the test data is absent."""
+    root = os.environ.get("KVSERVE_TESTDATA", "")
+    path = os.path.join(root, "models", name)
+    return path if root and os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def expected(name="stories260K"):
+    with open(os.path.join(testdata_model(name), "expected.json")) as f:
+        return json.load(f)
+
+
+def kvserve_bin():
+    path = os.environ.get("KVSERVE_BIN")
+    if not path:
+        src = os.environ.get("KVSERVE_SOURCE", os.path.join(os.path.dirname(__file__), "..", ".."))
+        path = os.path.join(src, "build", "server", "kvserve")
+    return path
+
+
+def skip_unless_ready():
+    """Exits 77 (skip) when the model or the binary is missing."""
+    if not testdata_model():
+        print("SKIP: stories260K not found (set KVSERVE_TESTDATA)")
+        sys.exit(SKIP)
+    if not os.access(kvserve_bin(), os.X_OK):
+        print(f"SKIP: kvserve binary not found at {kvserve_bin()} (set KVSERVE_BIN)")
+        sys.exit(SKIP)
+
+
+class Server:
+    """A kvserve process on 127.0.0.1 and a port the kernel picked (--port 0; the port is read
+    from the "listening on" line of its stderr). Its stderr is kept in self.log."""
+
+    def __init__(self, *args, model="stories260K", name=None):
+        """args are extra flags; model None starts kvserve without --model (the demo model)."""
+        self.model = testdata_model(model) if model else None
+        self.name = name or self.model
+        cmd = [kvserve_bin(), "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
+               "--n-threads", "1", *args]
+        if self.model:
+            cmd += ["--model", self.model]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, errors="replace")
+        self.log = []
+        self.port = None
+        self._port_seen = threading.Event()
+        self._reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._reader.start()
+        if not self._port_seen.wait(READY_TIMEOUT_S) or self.port is None:
+            self.kill()
+            raise RuntimeError("kvserve did not start:\n" + "".join(self.log))
+        self.wait_ready()
+
+    def _read_stderr(self):
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if self.port is None and "listening on http://" in line:
+                self.port = int(line.split("listening on http://", 1)[1].split()[0].rsplit(":", 1)[1])
+                self._port_seen.set()
+        self._port_seen.set()
+
+    def wait_ready(self):
+        deadline = time.time() + READY_TIMEOUT_S
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("kvserve exited:\n" + "".join(self.log))
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("kvserve never became ready:\n" + "".join(self.log))
+
+    def connect(self, timeout=60):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, raw=None, conn=None):
+        """One request; body is JSON-encoded unless raw bytes are given. Returns (status,
+        headers dict with lower-case names, parsed JSON or text)."""
+        own = conn is None
+        conn = conn or self.connect()
+        try:
+            h = {"Content-Type": "application/json"}
+            h.update(headers or {})
+            data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+            conn.request(method, path, body=data, headers=h)
+            r = conn.getresponse()
+            text = r.read().decode("utf-8")
+            hdrs = {k.lower(): v for k, v in r.getheaders()}
+            try:
+                payload = json.loads(text)
+            except ValueError:
+                payload = text
+            return r.status, hdrs, payload
+        finally:
+            if own:
+                conn.close()
+
+    def complete(self, **body):
+        """POST /v1/completions, asserting 200; returns the JSON response."""
+        body.setdefault("model", self.name)
+        status, _, out = self.request("POST", "/v1/completions", body)
+        if status != 200:
+            raise AssertionError(f"completion failed: {status} {out}")
+        return out
+
+    def stream(self, body, headers=None, on_open=None):
+        """A streamed completion: returns (status, list of parsed data events, saw_done). The
+        events are JSON objects; "[DONE]" ends the list and sets saw_done. on_open(events) is
+        called after the first event."""
+        body = dict(body, stream=True)
+        body.setdefault("model", self.name)
+        conn = self.connect()
+        try:
+            h = {"Content-Type": "application/json"}
+            h.update(headers or {})
+            conn.request("POST", "/v1/completions", body=json.dumps(body), headers=h)
+            r = conn.getresponse()
+            if r.status != 200:
+                return r.status, [json.loads(r.read().decode())], False
+            events, done = [], False
+            for line in r:
+                line = line.decode("utf-8").rstrip("\r\n")
+                if not line.startswith("data: "):
+                    continue
+                data = line[len("data: "):]
+                if data == "[DONE]":
+                    done = True
+                    break
+                events.append(json.loads(data))
+                if on_open and len(events) == 1:
+                    on_open(events)
+            return r.status, events, done
+        finally:
+            conn.close()
+
+    def metrics(self):
+        """/metrics as {name{labels}: value}."""
+        status, _, text = self.request("GET", "/metrics")
+        assert status == 200, status
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, value = line.rsplit(" ", 1)
+                out[key] = float(value)
+        return out
+
+    def wait_idle(self, timeout=30):
+        """Waits until the engine reports nothing running or waiting (the gauges are published
+        at the end of an engine step, just after the last events went out); returns the last
+        metrics seen."""
+        deadline = time.time() + timeout
+        while True:
+            m = self.metrics()
+            idle = (metric(m, "kvserve:num_requests_running") == 0 and
+                    metric(m, "kvserve:num_requests_waiting") == 0)
+            if idle or time.time() > deadline:
+                return m
+            time.sleep(0.02)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        """Sends sig and waits; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+        self._reader.join(5)
+        return rc
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def metric(values, name, labels=None):
+    """The value of one sample; labels a substring that the label set must contain."""
+    for key, v in values.items():
+        base = key.split("{", 1)[0]
+        if base == name and (labels is None or labels in key):
+            return v
+    raise KeyError(name)
+
+
+def run_tests(module_name):
+    """Runs the module's unittest cases; exits 0 when all passed, 1 otherwise."""
+    skip_unless_ready()
+    suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
+    result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
+    sys.exit(0 if result.wasSuccessful() else 1)

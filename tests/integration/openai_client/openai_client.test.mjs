@@ -1,0 +1,115 @@
+// kvserve through the official OpenAI Node client: completions (plain and streaming), models.list,
+// cached-token usage, and errors surfacing as the client's typed exceptions with the server's
+// message. run_openai_client.py starts kvserve on stories260K and sets KVSERVE_URL, KVSERVE_MODEL,
+// KVSERVE_API_KEY and KVSERVE_EXPECTED (stories260K's expected.json).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import OpenAI from 'openai';
+
+const baseURL = `${process.env.KVSERVE_URL}/v1`;
+const model = process.env.KVSERVE_MODEL;
+const apiKey = process.env.KVSERVE_API_KEY;
+const expected = JSON.parse(fs.readFileSync(process.env.KVSERVE_EXPECTED, 'utf8'));
+const once = expected.prompt_once_upon_a_time;
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 60_000 });
+
+test('models.list returns the served model with its context length', async () => {
+  const models = [];
+  for await (const m of client.models.list()) models.push(m);
+  assert.equal(models.length, 1);
+  assert.equal(models[0].id, model);
+  assert.equal(models[0].object, 'model');
+  assert.equal(models[0].max_model_len, 512);
+});
+
+test('completions.create: greedy text equals the reference continuation', async () => {
+  const r = await client.completions.create({
+    model, prompt: once.prompt, max_tokens: once.max_tokens, temperature: 0,
+  });
+  assert.equal(r.object, 'text_completion');
+  assert.equal(r.model, model);
+  assert.equal(r.choices.length, 1);
+  assert.equal(r.choices[0].text, once.text);
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.usage.prompt_tokens, once.prompt_ids_with_bos.length);
+  assert.equal(r.usage.completion_tokens, once.max_tokens);
+  assert.equal(r.usage.total_tokens, once.prompt_ids_with_bos.length + once.max_tokens);
+});
+
+test('completions.create with stream: chunks concatenate to the same text', async () => {
+  const stream = await client.completions.create({
+    model, prompt: once.prompt, max_tokens: once.max_tokens, temperature: 0, stream: true,
+    stream_options: { include_usage: true },
+  });
+  let text = '';
+  const finishes = [];
+  let usage = null;
+  for await (const chunk of stream) {
+    for (const c of chunk.choices) {
+      text += c.text;
+      if (c.finish_reason) finishes.push(c.finish_reason);
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(text, once.text);
+  assert.deepEqual(finishes, ['length']);
+  assert.equal(usage.completion_tokens, once.max_tokens);
+});
+
+test('a stop string ends the text before it', async () => {
+  const r = await client.completions.create({
+    model, prompt: once.prompt, max_tokens: once.max_tokens, temperature: 0, stop: [' named'],
+  });
+  assert.equal(r.choices[0].text, once.text.slice(0, once.text.indexOf(' named')));
+  assert.equal(r.choices[0].finish_reason, 'stop');
+});
+
+test('a repeated long prompt reports cached tokens', async () => {
+  const prompt = 'Once upon a time, there was a little boy named Tim. Tim had a big red ball. '
+    + 'He liked to play with his ball in the park with his friends. One day, Tim saw a dog';
+  await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0 });
+  const r = await client.completions.create({ model, prompt, max_tokens: 4, temperature: 0 });
+  assert.ok(r.usage.prompt_tokens_details.cached_tokens >= 32,
+    JSON.stringify(r.usage));
+});
+
+test('400 raises BadRequestError with the server message', async () => {
+  await assert.rejects(
+    client.completions.create({ model, prompt: once.prompt, max_tokens: 600 }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.BadRequestError, `got ${e?.constructor?.name}`);
+      assert.equal(e.status, 400);
+      assert.match(e.message, /maximum context length is 512 tokens/);
+      assert.equal(e.code, 'context_length_exceeded');
+      assert.equal(e.param, 'max_tokens');
+      return true;
+    });
+  await assert.rejects(
+    client.completions.create({ model, prompt: 'x', temperature: -1 }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'temperature');
+});
+
+test('404 raises NotFoundError for an unknown model', async () => {
+  await assert.rejects(
+    client.completions.create({ model: 'gpt-nonexistent', prompt: 'x', max_tokens: 2 }),
+    (e) => {
+      assert.ok(e instanceof OpenAI.NotFoundError, `got ${e?.constructor?.name}`);
+      assert.equal(e.status, 404);
+      assert.match(e.message, /gpt-nonexistent/);
+      return true;
+    });
+});
+
+test('401 raises AuthenticationError for a wrong key', async () => {
+  const bad = new OpenAI({ baseURL, apiKey: 'sk-wrong', maxRetries: 0 });
+  await assert.rejects(bad.models.list(), (e) => e instanceof OpenAI.AuthenticationError
+    && e.status === 401);
+});
+
+test('the server still answers after the errors', async () => {
+  const r = await client.completions.create({
+    model, prompt: once.prompt, max_tokens: once.max_tokens, temperature: 0,
+  });
+  assert.equal(r.choices[0].text, once.text);
+});

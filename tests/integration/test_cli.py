@@ -1,0 +1,116 @@
+"""The kvserve command line: the built-in demo model when no --model is given, a config file with
+flags overriding it, the effective configuration printed at start-up, bad configurations refused
+with a message naming the knob, and --help."""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import kvserve_harness as kh  # noqa: E402
+
+DEMO_NAME = "kvserve-demo-random-weights"
+
+
+class Cli(unittest.TestCase):
+    def test_demo_model_without_model_flag(self):
+        srv = kh.Server(model=None, name=DEMO_NAME)
+        try:
+            log = "".join(srv.log)
+            self.assertIn("no --model given: serving the built-in demo model (random weights; "
+                          "output is gibberish)", log)
+            status, _, out = srv.request("GET", "/v1/models")
+            self.assertEqual(status, 200)
+            self.assertEqual(out["data"][0]["id"], DEMO_NAME)
+            out = srv.complete(prompt="Hello", max_tokens=8, ignore_eos=True)
+            self.assertEqual(out["model"], DEMO_NAME)
+            self.assertEqual(out["usage"]["completion_tokens"], 8)
+            # byte-level vocabulary: <s> (256), then one token per byte
+            status, _, tok = srv.request("POST", "/tokenize", {"prompt": "Hi!"})
+            self.assertEqual(tok["tokens"], [256, ord("H"), ord("i"), ord("!")])
+            status, events, done = srv.stream({"prompt": "Hello", "max_tokens": 8,
+                                               "ignore_eos": True})
+            self.assertEqual(status, 200)
+            self.assertTrue(done)
+            demo_dir = re.search(r"random weights from (\S+)", "".join(srv.log)).group(1)
+            self.assertTrue(os.path.isfile(os.path.join(demo_dir, "tokenizer.json")))
+        finally:
+            rc = srv.stop()
+        self.assertEqual(rc, 0, "".join(srv.log))
+        self.assertFalse(os.path.exists(demo_dir), "the demo model's temporary directory is left")
+
+    def test_config_file_and_flags_override(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"served_model_name": "from-file", "max_model_len": 256,
+                       "block_size": 32, "offload": {"reuse_threshold": 3}}, f)
+        try:
+            srv = kh.Server("--config", f.name, "--served-model-name", "from-flag",
+                            name="from-flag")
+            try:
+                status, _, out = srv.request("GET", "/v1/models")
+                self.assertEqual(out["data"][0]["id"], "from-flag")
+                self.assertEqual(out["data"][0]["max_model_len"], 256)
+                out = srv.complete(prompt="Once upon a time", max_tokens=16, temperature=0)
+                self.assertEqual(out["choices"][0]["text"],
+                                 kh.expected()["prompt_once_upon_a_time"]["text"])
+                # the effective configuration is printed as JSON at start-up
+                log = "".join(srv.log)
+                self.assertIn('"block_size": 32', log)
+                self.assertIn('"served_model_name": "from-flag"', log)
+                self.assertIn('"reuse_threshold": 3', log)
+                self.assertIn('"device": "cpu"', log)
+            finally:
+                rc = srv.stop()
+            self.assertEqual(rc, 0)
+        finally:
+            os.unlink(f.name)
+
+    def test_api_key_is_not_printed(self):
+        srv = kh.Server("--api-key", "sk-secret-123")
+        try:
+            self.assertNotIn("sk-secret-123", "".join(srv.log))
+        finally:
+            srv.stop()
+
+    def run_kvserve(self, *args):
+        return subprocess.run([kh.kvserve_bin(), *args], capture_output=True, text=True,
+                              timeout=60)
+
+    def test_bad_configuration_is_refused(self):
+        cases = [(["--block-size", "12"], "block_size"),
+                 (["--set", "block_szie=16"], "block_szie"),
+                 (["--port", "http"], "port"),
+                 (["--frobnicate"], "--frobnicate"),
+                 (["--config", "/nonexistent/kvserve.json"], "/nonexistent/kvserve.json")]
+        for args, named in cases:
+            with self.subTest(args=args):
+                r = self.run_kvserve(*args)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertIn(named, r.stderr)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            f.write('{"offload": {"store_policy": "sometimes"}}')
+        try:
+            r = self.run_kvserve("--config", f.name)
+            self.assertEqual(r.returncode, 2)
+            self.assertIn("offload.store_policy", r.stderr)
+        finally:
+            os.unlink(f.name)
+
+    def test_bad_model_directory_fails_cleanly(self):
+        with tempfile.TemporaryDirectory() as d:
+            r = self.run_kvserve("--model", d, "--device", "cpu", "--port", "0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("config.json", r.stderr)
+
+    def test_help(self):
+        r = self.run_kvserve("--help")
+        self.assertEqual(r.returncode, 0)
+        for flag in ["--config", "--model", "--port", "--block-size", "--offload-size-gib"]:
+            self.assertIn(flag, r.stdout)
+
+
+if __name__ == "__main__":
+    kh.run_tests(__name__)
