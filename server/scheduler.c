@@ -73,13 +73,14 @@ void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_bloc
     c->max_queue = cfg->max_queue;
     c->enable_prefix_caching = cfg->enable_prefix_caching;
     c->seed = cfg->seed;
-    c->offload = (offload_config){
-        .size_gib = cfg->offload.size_gib,
-        .policy = cfg->offload.store_policy == CONFIG_STORE_ON_EVICT       ? OFFLOAD_POLICY_ON_EVICT
-                  : cfg->offload.store_policy == CONFIG_STORE_REUSE_GATED ? OFFLOAD_POLICY_REUSE_GATED
-                                                                          : OFFLOAD_POLICY_WRITE_THROUGH,
-        .reuse_threshold = cfg->offload.reuse_threshold,
-        .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
+    c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
+                                  .policy = cfg->offload.store_policy == CONFIG_STORE_ON_EVICT
+                                                ? OFFLOAD_POLICY_ON_EVICT
+                                            : cfg->offload.store_policy == CONFIG_STORE_REUSE_GATED
+                                                ? OFFLOAD_POLICY_REUSE_GATED
+                                                : OFFLOAD_POLICY_WRITE_THROUGH,
+                                  .reuse_threshold = cfg->offload.reuse_threshold,
+                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
 }
 
 /* --- requests --- */
@@ -266,10 +267,12 @@ void scheduler_free(scheduler *s) {
 engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, uint64_t *id,
                                       kv_error *err) {
     int n = req->n_prompt, vocab = s->model.vocab;
-    if (n < 1) return kv_error_set(err, "prompt: must hold at least one token"), ENGINE_SUBMIT_REJECTED;
+    if (n < 1)
+        return kv_error_set(err, "prompt: must hold at least one token"), ENGINE_SUBMIT_REJECTED;
     for (int i = 0; i < n; i++)
         if (req->prompt[i] < 0 || req->prompt[i] >= vocab)
-            return kv_error_set(err, "prompt: token id %d at index %d is outside the vocabulary (%d)",
+            return kv_error_set(err,
+                                "prompt: token id %d at index %d is outside the vocabulary (%d)",
                                 req->prompt[i], i, vocab),
                    ENGINE_SUBMIT_REJECTED;
     if (n >= s->max_model_len)
@@ -335,7 +338,9 @@ static engine_submit_status api_submit(void *ctx, const engine_request *req, uin
     return scheduler_submit(ctx, req, id, err);
 }
 
-static void api_cancel(void *ctx, uint64_t id) { scheduler_cancel(ctx, id); }
+static void api_cancel(void *ctx, uint64_t id) {
+    scheduler_cancel(ctx, id);
+}
 
 server_engine scheduler_server_engine(scheduler *s) {
     return (server_engine){.ctx = s, .submit = api_submit, .cancel = api_cancel};
@@ -458,7 +463,9 @@ scheduler_stats scheduler_get_stats(scheduler *s) {
     return st;
 }
 
-prefix_cache *scheduler_prefix_cache(scheduler *s) { return &s->pc; }
+prefix_cache *scheduler_prefix_cache(scheduler *s) {
+    return &s->pc;
+}
 
 void scheduler_check(scheduler *s) {
     block_pool_check(&s->pool);

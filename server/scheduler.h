@@ -23,8 +23,8 @@ typedef struct scheduler_model {
                     const backend_kv_layout *layout, float *logits);
     backend_kv_layout layout; /* block_size set, block_bytes filled */
     int vocab;
-    int max_tokens;    /* tokens one forward accepts */
-    int max_position;  /* the model's context length (max_model_len when the config says 0) */
+    int max_tokens;   /* tokens one forward accepts */
+    int max_position; /* the model's context length (max_model_len when the config says 0) */
     int eos_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
     char fingerprint[160]; /* enters the prefix-cache hash root: architecture and shape */
@@ -40,9 +40,9 @@ typedef struct scheduler_config {
     int max_model_len;          /* prompt + generated tokens of one request; 0 = the model's */
     int max_queue;              /* requests waiting (not yet admitted once) before BUSY */
     bool enable_prefix_caching;
-    uint64_t seed;              /* hash root and unseeded sampling */
-    offload_config offload;     /* size_gib 0 = no host tier */
-    metrics *metrics;           /* NULL = none; updated by the engine thread */
+    uint64_t seed;          /* hash root and unseeded sampling */
+    offload_config offload; /* size_gib 0 = no host tier */
+    metrics *metrics;       /* NULL = none; updated by the engine thread */
 } scheduler_config;
 
 /* max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching on, seed 0, no

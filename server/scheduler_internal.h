@@ -26,7 +26,7 @@ typedef struct sched_req {
 
     int32_t *tokens; /* [cap] prompt, then generated tokens */
     int n_prompt, n_tokens, cap;
-    int n_computed;  /* leading tokens whose K/V are in blocks */
+    int n_computed; /* leading tokens whose K/V are in blocks */
 
     sampler_params params;
     sampler_state st;
@@ -36,25 +36,25 @@ typedef struct sched_req {
 
     int32_t *blocks; /* [blocks_cap] the sequence's blocks, position p in blocks[p / block_size] */
     int n_blocks, blocks_cap;
-    int n_registered;    /* leading blocks already in the prefix cache (or tried) */
-    block_hash root;     /* h_{-1} with this request's salt */
-    block_hash *hashes;  /* [hashes_cap] hashes of full blocks of tokens */
+    int n_registered;   /* leading blocks already in the prefix cache (or tried) */
+    block_hash root;    /* h_{-1} with this request's salt */
+    block_hash *hashes; /* [hashes_cap] hashes of full blocks of tokens */
     int n_hashed, hashes_cap;
-    int32_t cow_src;     /* cached block copied into the last block this step (ref held), or -1 */
+    int32_t cow_src; /* cached block copied into the last block this step (ref held), or -1 */
 
     /* host tier (scheduler_tier.c) */
-    transfer_op *load_op;   /* in flight while LOADING */
-    int32_t *load_slots;    /* [n_load] slots read by load_op */
+    transfer_op *load_op; /* in flight while LOADING */
+    int32_t *load_slots;  /* [n_load] slots read by load_op */
     int n_load;
-    int n_stored;           /* leading full blocks already considered for a store */
-    double load_t0;         /* when load_op was queued */
+    int n_stored;   /* leading full blocks already considered for a store */
+    double load_t0; /* when load_op was queued */
 
     /* reporting */
     bool admitted_once;
     int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache at first admission */
     int n_prompt_lp_sent;            /* prompt positions whose logprob event was sent */
     double arrival, last_token_time;
-    int n_sched;                     /* tokens scheduled in the current step */
+    int n_sched; /* tokens scheduled in the current step */
 } sched_req;
 
 /* A growable list of request pointers (running and waiting lists, in order). */
@@ -66,9 +66,9 @@ typedef struct sched_list {
 struct scheduler {
     scheduler_model model;
     scheduler_config cfg;
-    int budget;       /* tokens per step */
+    int budget; /* tokens per step */
     int max_model_len;
-    int out_cap;      /* logit rows per step */
+    int out_cap; /* logit rows per step */
 
     block_pool pool;
     prefix_cache pc;
@@ -77,7 +77,7 @@ struct scheduler {
     /* host tier (NULL when off) */
     offload *tier;
     transfer *xfer;
-    backend_event *last_compute; /* event after the last forward, NULL before the first */
+    backend_event *last_compute;   /* event after the last forward, NULL before the first */
     struct sched_tier *tier_state; /* ops in flight, pending stores (scheduler_tier.c) */
 
     /* engine-thread state */

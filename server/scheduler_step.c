@@ -6,7 +6,9 @@
 
 #include "server/scheduler_internal.h"
 
-static void sched_emit(sched_req *r, const engine_event *ev) { r->on_event(r->user, ev); }
+static void sched_emit(sched_req *r, const engine_event *ev) {
+    r->on_event(r->user, ev);
+}
 
 static void sched_fill_top(engine_event *ev, const sampler_logprobs *lp) {
     ev->logprob = lp->logprob;
@@ -36,7 +38,8 @@ static void sched_build_batch(scheduler *s, int n_seqs, backend_batch *b) {
         for (int p = c; p < end; p++) {
             s->b_tokens[n_tok] = r->tokens[p];
             s->b_positions[n_tok] = p;
-            if (plp && p >= r->n_prompt_lp_sent && p < r->n_prompt - 1) s->b_out_rows[n_out++] = n_tok;
+            if (plp && p >= r->n_prompt_lp_sent && p < r->n_prompt - 1)
+                s->b_out_rows[n_out++] = n_tok;
             n_tok++;
         }
         if (end == r->n_tokens) s->b_out_rows[n_out++] = n_tok - 1; /* the sampling row */

@@ -21,7 +21,7 @@ typedef struct tier_op {
     transfer_op *op;
     int32_t *slots; /* loads: slots read */
     int n_slots;
-    bool evict;     /* an on_evict store (its blocks count as soon available) */
+    bool evict; /* an on_evict store (its blocks count as soon available) */
     double t0;
 } tier_op;
 
@@ -30,18 +30,24 @@ typedef struct sched_tier {
     int n_ops, cap;
     transfer_pair *pending; /* stores to queue at the next flush */
     int n_pending, pending_cap;
-    int n_evict_pinned;     /* blocks held by on_evict stores in flight */
+    int n_evict_pinned; /* blocks held by on_evict stores in flight */
 } sched_tier;
 
-static sched_tier *tier_of(const scheduler *s) { return s->tier_state; }
+static sched_tier *tier_of(const scheduler *s) {
+    return s->tier_state;
+}
 
-static void tier_pin(void *user, int32_t block) { block_pool_ref(user, block); }
-static void tier_unpin(void *user, int32_t block) { block_pool_unref(user, block); }
+static void tier_pin(void *user, int32_t block) {
+    block_pool_ref(user, block);
+}
+static void tier_unpin(void *user, int32_t block) {
+    block_pool_unref(user, block);
+}
 
 int sched_tier_init(scheduler *s, kv_error *err) {
     if (s->cfg.offload.size_gib <= 0) return 0;
-    s->tier = offload_create(s->model.be, &s->cfg.offload, s->pool.layout.block_bytes, NULL, NULL,
-                             err);
+    s->tier =
+        offload_create(s->model.be, &s->cfg.offload, s->pool.layout.block_bytes, NULL, NULL, err);
     if (!s->tier) return -1;
     transfer_hooks hooks = {.user = &s->pool, .pin = tier_pin, .unpin = tier_unpin};
     s->xfer = transfer_create(s->model.be, offload_host_pool(s->tier), s->pool.base,
@@ -100,7 +106,9 @@ bool sched_tier_busy(const scheduler *s) {
     return false;
 }
 
-int sched_tier_soon_free(const scheduler *s) { return s->tier ? tier_of(s)->n_evict_pinned : 0; }
+int sched_tier_soon_free(const scheduler *s) {
+    return s->tier ? tier_of(s)->n_evict_pinned : 0;
+}
 
 void sched_tier_poll(scheduler *s) {
     sched_tier *t = tier_of(s);
@@ -130,8 +138,10 @@ void sched_tier_poll(scheduler *s) {
 }
 
 void sched_tier_abandon(scheduler *s, sched_req *r) {
-    tier_op_push(tier_of(s), (tier_op){.op = r->load_op, .slots = r->load_slots,
-                                       .n_slots = r->n_load, .t0 = r->load_t0});
+    tier_op_push(tier_of(s), (tier_op){.op = r->load_op,
+                                       .slots = r->load_slots,
+                                       .n_slots = r->n_load,
+                                       .t0 = r->load_t0});
     r->load_op = NULL;
     r->load_slots = NULL;
     r->n_load = 0;

@@ -45,8 +45,13 @@ static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, c
     sp.ignore_eos = true;
     sp.max_tokens = max_tokens;
     *p = (probe){.t_submit = kv_now()};
-    engine_request req = {.prompt = prompt, .n_prompt = n, .params = &sp, .cache_salt = salt,
-                          .arrival_time = p->t_submit, .on_event = on_event, .user = p};
+    engine_request req = {.prompt = prompt,
+                          .n_prompt = n,
+                          .params = &sp,
+                          .cache_salt = salt,
+                          .arrival_time = p->t_submit,
+                          .on_event = on_event,
+                          .user = p};
     uint64_t id;
     kv_error err;
     if (scheduler_submit(s, &req, &id, &err) != ENGINE_SUBMIT_OK) {
@@ -103,14 +108,22 @@ int main(int argc, char **argv) {
                                          {"offload-gib", required_argument, NULL, 'o'},
                                          {NULL, 0, NULL, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
-        if (c == 'm') model_dir = optarg;
-        else if (c == 'd') device = optarg;
-        else if (c == 'f') fmt = strcmp(optarg, "dummy") == 0 ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
-        else if (c == 'p') prompt_len = atoi(optarg);
-        else if (c == 's') steps = atoi(optarg);
-        else if (c == 'b') n_blocks = atoi(optarg);
-        else if (c == 'j') n_threads = atoi(optarg);
-        else if (c == 'o') offload_gib = atof(optarg);
+        if (c == 'm')
+            model_dir = optarg;
+        else if (c == 'd')
+            device = optarg;
+        else if (c == 'f')
+            fmt = strcmp(optarg, "dummy") == 0 ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+        else if (c == 'p')
+            prompt_len = atoi(optarg);
+        else if (c == 's')
+            steps = atoi(optarg);
+        else if (c == 'b')
+            n_blocks = atoi(optarg);
+        else if (c == 'j')
+            n_threads = atoi(optarg);
+        else if (c == 'o')
+            offload_gib = atof(optarg);
         else {
             fprintf(stderr, "usage: bench_engine --model DIR [--device cpu|cuda] [--load-format "
                             "dummy] [--prompt-len N] [--decode-steps N] [--blocks N] "
@@ -192,8 +205,8 @@ int main(int argc, char **argv) {
            t_hit * 1e3);
     printf("| TTFT ratio cold / GPU hit | %.1fx |\n", t_cold / t_hit);
     if (offload_gib > 0) {
-        printf("| TTFT %d tokens, host-tier hit (%d from host) | %.3f ms |\n", prompt_len,
-               hit_host, t_host * 1e3);
+        printf("| TTFT %d tokens, host-tier hit (%d from host) | %.3f ms |\n", prompt_len, hit_host,
+               t_host * 1e3);
         printf("| TTFT ratio cold / host hit | %.1fx |\n", t_cold / t_host);
         printf("| host tier stored / loaded | %.1f / %.1f MB |\n", st.host.stored_bytes / 1e6,
                st.host.loaded_bytes / 1e6);

@@ -83,9 +83,9 @@ static void engine_open(engine *e, engine_opts o) {
     e->be = backend_create("cpu", 1, &err);
     ck_assert_msg(e->be != NULL, "%s", err.msg);
     int budget = o.budget ? o.budget : 512;
-    ck_assert_msg(llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, budget, NULL, NULL,
-                             &err) == 0,
-                  "%s", err.msg);
+    ck_assert_msg(
+        llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, budget, NULL, NULL, &err) == 0,
+        "%s", err.msg);
     scheduler_model_llama(&e->sm, &e->m, 16);
     if (o.eos > 0) {
         e->sm.eos_ids[0] = o.eos;
@@ -123,8 +123,12 @@ static sampler_params greedy(int max_tokens) {
 static uint64_t submit(engine *e, const int32_t *prompt, int n, const sampler_params *p,
                        const char *salt, result *res) {
     memset(res, 0, sizeof *res);
-    engine_request req = {.prompt = prompt, .n_prompt = n, .params = p, .cache_salt = salt,
-                          .on_event = on_event, .user = res};
+    engine_request req = {.prompt = prompt,
+                          .n_prompt = n,
+                          .params = p,
+                          .cache_salt = salt,
+                          .on_event = on_event,
+                          .user = res};
     uint64_t id;
     kv_error err = {{0}};
     ck_assert_msg(scheduler_submit(e->s, &req, &id, &err) == ENGINE_SUBMIT_OK, "%s", err.msg);
@@ -470,7 +474,8 @@ START_TEST(prompt_logprobs_chunked) {
     scheduler_run_until_idle(e.s);
     ck_assert_int_eq(b.n_prompt_events, 99);
     ck_assert_int_eq(b.n_cached_gpu, 0);
-    for (int i = 0; i < 99; i++) ck_assert_float_le(fabsf(a.prompt_lps[i] - b.prompt_lps[i]), LP_ATOL);
+    for (int i = 0; i < 99; i++)
+        ck_assert_float_le(fabsf(a.prompt_lps[i] - b.prompt_lps[i]), LP_ATOL);
     assert_same(&a, &b, "prompt logprobs");
     assert_no_leak(&e);
     engine_close(&e);
@@ -522,8 +527,8 @@ START_TEST(queue_limit_and_rejections) {
     result r[3];
     submit(&e, prompt, 10, &p, NULL, &r[0]);
     submit(&e, prompt, 10, &p, NULL, &r[1]);
-    engine_request req = {.prompt = prompt, .n_prompt = 10, .params = &p, .on_event = on_event,
-                          .user = &r[2]};
+    engine_request req = {
+        .prompt = prompt, .n_prompt = 10, .params = &p, .on_event = on_event, .user = &r[2]};
     uint64_t id;
     kv_error err = {{0}};
     ck_assert_int_eq(scheduler_submit(e.s, &req, &id, &err), ENGINE_SUBMIT_BUSY);
@@ -557,8 +562,11 @@ START_TEST(engine_thread_serves_and_shuts_down) {
     kv_error err;
     for (int i = 0; i < 4; i++) {
         memset(&r[i], 0, sizeof r[i]);
-        engine_request req = {.prompt = prompt, .n_prompt = 50, .params = i < 2 ? &p : &plong,
-                              .on_event = on_event, .user = &r[i]};
+        engine_request req = {.prompt = prompt,
+                              .n_prompt = 50,
+                              .params = i < 2 ? &p : &plong,
+                              .on_event = on_event,
+                              .user = &r[i]};
         ck_assert_int_eq(api.submit(api.ctx, &req, &id[i], &err), ENGINE_SUBMIT_OK);
     }
     for (int t = 0; t < 10000 && !(r[0].done && r[1].done); t++) usleep(1000);

@@ -55,8 +55,8 @@ static sampler_params greedy(int max_tokens) {
 static uint64_t submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, result *res) {
     memset(res, 0, sizeof *res);
     sampler_params p = greedy(max_tokens);
-    engine_request req = {.prompt = prompt, .n_prompt = n, .params = &p, .on_event = on_event,
-                          .user = res};
+    engine_request req = {
+        .prompt = prompt, .n_prompt = n, .params = &p, .on_event = on_event, .user = res};
     uint64_t id;
     kv_error err = {{0}};
     ck_assert_msg(scheduler_submit(s, &req, &id, &err) == ENGINE_SUBMIT_OK, "%s", err.msg);
@@ -101,9 +101,9 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
     kv_error err = {{0}};
     e->be = backend_create("cpu", 1, &err);
     ck_assert(e->be != NULL);
-    ck_assert_msg(llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, 256, NULL, NULL,
-                             &err) == 0,
-                  "%s", err.msg);
+    ck_assert_msg(
+        llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, 256, NULL, NULL, &err) == 0,
+        "%s", err.msg);
     scheduler_model_llama(&e->sm, &e->m, 16);
     scheduler_config c;
     scheduler_config_default(&c);
@@ -111,8 +111,10 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
     c.max_num_seqs = max_seqs;
     c.max_num_batched_tokens = 256;
     c.max_model_len = 1024;
-    c.offload = (offload_config){.size_gib = tier_mib / 1024.0, .policy = pol,
-                                 .reuse_threshold = reuse_threshold, .chunk_bytes = 1 << 20};
+    c.offload = (offload_config){.size_gib = tier_mib / 1024.0,
+                                 .policy = pol,
+                                 .reuse_threshold = reuse_threshold,
+                                 .chunk_bytes = 1 << 20};
     e->s = scheduler_create(&e->sm, &c, &err);
     ck_assert_msg(e->s != NULL, "%s", err.msg);
     scheduler_wait_tier_ready(e->s);
@@ -301,7 +303,8 @@ static void fake_kernel(void *arg) {
     for (int s = 0; s < b->n_seqs; s++)
         for (int t = b->seq_start[s]; t < b->seq_start[s + 1]; t++) {
             int p = b->positions[t];
-            uint8_t *blk = pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
+            uint8_t *blk =
+                pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
             float *k = (float *)(blk + backend_kv_offset(&fm->l, 0, 0, 0, p % bs));
             float *v = (float *)(blk + backend_kv_offset(&fm->l, 0, 1, 0, p % bs));
             k[0] = (float)b->tokens[t];
@@ -313,7 +316,8 @@ static void fake_kernel(void *arg) {
         while (b->seq_start[s + 1] <= t) s++;
         uint64_t h = 1469598103934665603ull;
         for (int p = 0; p <= b->positions[t]; p++) {
-            uint8_t *blk = pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
+            uint8_t *blk =
+                pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
             float *k = (float *)(blk + backend_kv_offset(&fm->l, 0, 0, 0, p % bs));
             float *v = (float *)(blk + backend_kv_offset(&fm->l, 0, 1, 0, p % bs));
             if (k[1] != (float)p || v[0] != k[0] * 7 + (float)p) fm->n_corrupt++;
@@ -325,8 +329,8 @@ static void fake_kernel(void *arg) {
     }
 }
 
-static void fake_forward(void *ctx, const backend_batch *b, void *pool,
-                         const backend_kv_layout *l, float *logits) {
+static void fake_forward(void *ctx, const backend_batch *b, void *pool, const backend_kv_layout *l,
+                         float *logits) {
     fake_model *fm = ctx;
     ck_assert(b->n_tokens <= 512 && b->n_seqs <= 64 && b->n_seqs * b->max_blocks <= 64 * 256);
     memcpy(fm->tokens, b->tokens, (size_t)b->n_tokens * 4);
@@ -349,19 +353,24 @@ static void fake_forward(void *ctx, const backend_batch *b, void *pool,
 static scheduler *fake_engine(fake_model *fm, scheduler_model *sm, int n_blocks, double tier_mib,
                               offload_policy pol) {
     fm->be = fake_backend_create();
-    fm->l = (backend_kv_layout){.n_layers = 1, .n_kv_heads = 1, .head_dim = 2, .block_size = 4,
-                                .dtype = KV_DTYPE_F32};
+    fm->l = (backend_kv_layout){
+        .n_layers = 1, .n_kv_heads = 1, .head_dim = 2, .block_size = 4, .dtype = KV_DTYPE_F32};
     backend_kv_layout_finish(&fm->l);
-    *sm = (scheduler_model){.be = fm->be, .ctx = fm, .forward = fake_forward, .layout = fm->l,
-                            .vocab = FAKE_VOCAB, .max_tokens = 512, .max_position = 4096,
+    *sm = (scheduler_model){.be = fm->be,
+                            .ctx = fm,
+                            .forward = fake_forward,
+                            .layout = fm->l,
+                            .vocab = FAKE_VOCAB,
+                            .max_tokens = 512,
+                            .max_position = 4096,
                             .fingerprint = "fake"};
     scheduler_config c;
     scheduler_config_default(&c);
     c.n_gpu_blocks = n_blocks;
     c.max_num_seqs = 8;
     c.max_num_batched_tokens = 64;
-    c.offload = (offload_config){.size_gib = tier_mib / 1024.0, .policy = pol,
-                                 .reuse_threshold = 1, .chunk_bytes = 4096};
+    c.offload = (offload_config){
+        .size_gib = tier_mib / 1024.0, .policy = pol, .reuse_threshold = 1, .chunk_bytes = 4096};
     kv_error err = {{0}};
     scheduler *s = scheduler_create(sm, &c, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
@@ -380,7 +389,8 @@ static void fake_ordering_run(offload_policy pol) {
         lens[i] = 5 + (i * 37) % 110;
         maxt[i] = 1 + (i * 11) % 30;
         memcpy(prompts[i], bases[i % NP], sizeof prompts[i]);
-        random_tokens(prompts[i] + lens[i] - (i % 2) * 3, (i % 2) * 3, 500 + (uint64_t)i, FAKE_VOCAB);
+        random_tokens(prompts[i] + lens[i] - (i % 2) * 3, (i % 2) * 3, 500 + (uint64_t)i,
+                      FAKE_VOCAB);
     }
     fake_model fm = {0};
     scheduler_model sm;
@@ -402,7 +412,8 @@ static void fake_ordering_run(offload_policy pol) {
         rng = rng * 6364136223846793005ull + 1442695040888963407ull;
         int dice = (int)((rng >> 33) % 8);
         if (dice == 0 && hold_load < 0) hold_load = fake_backend_hold(fm.be, BACKEND_STREAM_LOAD);
-        if (dice == 1 && hold_store < 0) hold_store = fake_backend_hold(fm.be, BACKEND_STREAM_STORE);
+        if (dice == 1 && hold_store < 0)
+            hold_store = fake_backend_hold(fm.be, BACKEND_STREAM_STORE);
         if (dice >= 5 && hold_load >= 0) fake_backend_release(fm.be, hold_load), hold_load = -1;
         if (dice >= 5 && hold_store >= 0) fake_backend_release(fm.be, hold_store), hold_store = -1;
         bool busy = scheduler_step(s);
@@ -426,11 +437,17 @@ static void fake_ordering_run(offload_policy pol) {
     backend_destroy(fm.be);
 }
 
-START_TEST(held_streams_keep_order_write_through) { fake_ordering_run(OFFLOAD_POLICY_WRITE_THROUGH); }
+START_TEST(held_streams_keep_order_write_through) {
+    fake_ordering_run(OFFLOAD_POLICY_WRITE_THROUGH);
+}
 END_TEST
-START_TEST(held_streams_keep_order_on_evict) { fake_ordering_run(OFFLOAD_POLICY_ON_EVICT); }
+START_TEST(held_streams_keep_order_on_evict) {
+    fake_ordering_run(OFFLOAD_POLICY_ON_EVICT);
+}
 END_TEST
-START_TEST(held_streams_keep_order_reuse_gated) { fake_ordering_run(OFFLOAD_POLICY_REUSE_GATED); }
+START_TEST(held_streams_keep_order_reuse_gated) {
+    fake_ordering_run(OFFLOAD_POLICY_REUSE_GATED);
+}
 END_TEST
 
 int main(void) {
