@@ -125,17 +125,22 @@ class Api(unittest.TestCase):
                      "kvserve:time_to_first_token_seconds_count",
                      "kvserve:e2e_request_latency_seconds_count"]:
             kh.metric(before, name)  # raises KeyError when absent
+        # one request of 5 prompt tokens and 5 generated ones moves each counter by exactly that
+        # (the tests of this class run one at a time, so nothing else moves them meanwhile)
         self.srv.complete(prompt="Once upon a time", max_tokens=5, temperature=0, ignore_eos=True)
-        after = self.srv.metrics()
-        gen = "kvserve:generation_tokens_total"
-        self.assertGreaterEqual(kh.metric(after, gen) - kh.metric(before, gen), 5)
-        prm = "kvserve:prompt_tokens_total"
-        self.assertGreaterEqual(kh.metric(after, prm) - kh.metric(before, prm), 5)
-        ok = "kvserve:request_success_total"
-        self.assertGreaterEqual(kh.metric(after, ok, 'finished_reason="length"') -
-                                kh.metric(before, ok, 'finished_reason="length"'), 1)
-        ttft = "kvserve:time_to_first_token_seconds_count"
-        self.assertGreaterEqual(kh.metric(after, ttft) - kh.metric(before, ttft), 1)
+        after = self.srv.wait_idle()
+
+        def delta(name, labels=None):
+            return kh.metric(after, name, labels) - kh.metric(before, name, labels)
+
+        self.assertEqual(delta("kvserve:generation_tokens_total"), 5)
+        self.assertEqual(delta("kvserve:prompt_tokens_total"), 5)
+        self.assertEqual(delta("kvserve:request_success_total", 'finished_reason="length"'), 1)
+        self.assertEqual(delta("kvserve:time_to_first_token_seconds_count"), 1)
+        self.assertEqual(delta("kvserve:e2e_request_latency_seconds_count"), 1)
+        self.assertEqual(delta("kvserve:prefix_cache_queries_total"), 5)
+        self.assertEqual(kh.metric(after, "kvserve:num_requests_running"), 0)
+        self.assertEqual(kh.metric(after, "kvserve:kv_cache_usage_perc"), 0)
 
     def test_version_and_health(self):
         status, _, out = self.srv.request("GET", "/version")
