@@ -1,7 +1,8 @@
 /* The built-in demo model: its files are built here in code (jansson), so a fresh checkout serves
  * something with no download. The shape is a small Llama (4 layers, dim 256, GQA 8/4 heads); the
- * vocabulary is byte-level BPE without merges (token b is byte b), <s> and </s>, and unused
- * special tokens that round the vocabulary up to a multiple of 64 (friendlier GEMM shapes). */
+ * vocabulary is byte-level BPE without merges (token b is byte b), <s> and </s>, and 62 common
+ * English words as (non-special) added tokens, which round the vocabulary up to a multiple of 64
+ * (friendlier GEMM shapes) and make the random output at least partly readable. */
 #include "server/demo_model.h"
 
 #include <errno.h>
@@ -12,7 +13,7 @@
 
 #define DEMO_BOS   256
 #define DEMO_EOS   257
-#define DEMO_VOCAB 320 /* 256 bytes + <s> + </s> + 62 unused specials */
+#define DEMO_VOCAB 320 /* 256 bytes + <s> + </s> + 62 words */
 
 static const char *const demo_files[] = {"config.json", "generation_config.json", "tokenizer.json",
                                          "tokenizer_config.json"};
@@ -52,9 +53,19 @@ static json_t *demo_config(void) {
                      "torch_dtype", "bfloat16");
 }
 
-static json_t *added_token(int id, const char *content) {
+static const char *const demo_words[DEMO_VOCAB - DEMO_EOS - 1] = {
+    " the",    " a",      " and",    " of",    " to",   " in",   " is",   " was",  " it",
+    " that",   " he",     " she",    " they",  " we",   " you",  " I",    " with", " on",
+    " for",    " as",     " at",     " by",    " from", " up",   " out",  " day",  " time",
+    " little", " big",    " happy",  " sad",   " dog",  " cat",  " bird", " tree", " sun",
+    " house",  " ball",   " friend", " mom",   " dad",  " park", " saw",  " said", " went",
+    " played", " wanted", " loved",  " found", " had",  " not",  " but",  " so",   " very",
+    " one",    " two",    " all",    " new",   " old",  ".",     ",",     "\n"};
+
+static json_t *added_token(int id, const char *content, bool special) {
     return json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", id, "content", content,
-                     "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special", 1);
+                     "single_word", 0, "lstrip", 0, "rstrip", 0, "normalized", 0, "special",
+                     special);
 }
 
 static json_t *demo_tokenizer(void) {
@@ -65,13 +76,10 @@ static json_t *demo_tokenizer(void) {
         json_object_set_new(vocab, piece, json_integer(b));
     }
     json_t *added = json_array();
-    json_array_append_new(added, added_token(DEMO_BOS, "<s>"));
-    json_array_append_new(added, added_token(DEMO_EOS, "</s>"));
-    for (int id = DEMO_EOS + 1; id < DEMO_VOCAB; id++) {
-        char name[32];
-        snprintf(name, sizeof name, "<unused_%d>", id - DEMO_EOS - 1);
-        json_array_append_new(added, added_token(id, name));
-    }
+    json_array_append_new(added, added_token(DEMO_BOS, "<s>", true));
+    json_array_append_new(added, added_token(DEMO_EOS, "</s>", true));
+    for (int id = DEMO_EOS + 1; id < DEMO_VOCAB; id++)
+        json_array_append_new(added, added_token(id, demo_words[id - DEMO_EOS - 1], false));
     /* <s> before every encoded text, as Llama tokenizers do */
     json_t *post =
         json_pack("{s:s, s:[{s:{s:s, s:i}}, {s:{s:s, s:i}}], s:[], s:{s:{s:s, s:[i], "
