@@ -11,87 +11,7 @@
 #include <stdlib.h>
 
 #include "kvcache/prefix_cache.h"
-#include "server/scheduler.h"
-
-typedef struct probe {
-    double t_submit, t_first;
-    int n_tokens;
-    bool done;
-    int n_cached_gpu, n_cached_host;
-} probe;
-
-static void on_event(void *user, const engine_event *ev) {
-    probe *p = user;
-    if (ev->token >= 0 && !ev->is_prompt && p->n_tokens++ == 0) p->t_first = kv_now();
-    if (ev->finish != ENGINE_FINISH_NONE) {
-        p->done = true;
-        p->n_cached_gpu = ev->n_cached_gpu;
-        p->n_cached_host = ev->n_cached_host;
-    }
-}
-
-static void fill_random(int32_t *t, int n, int vocab, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = 3 + (int32_t)((seed >> 33) % (uint64_t)(vocab - 3));
-    }
-}
-
-static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, const char *salt,
-                   probe *p) {
-    sampler_params sp;
-    sampler_params_default(&sp);
-    sp.temperature = 0;
-    sp.ignore_eos = true;
-    sp.max_tokens = max_tokens;
-    *p = (probe){.t_submit = kv_now()};
-    engine_request req = {.prompt = prompt,
-                          .n_prompt = n,
-                          .params = &sp,
-                          .cache_salt = salt,
-                          .arrival_time = p->t_submit,
-                          .on_event = on_event,
-                          .user = p};
-    uint64_t id;
-    kv_error err;
-    if (scheduler_submit(s, &req, &id, &err) != ENGINE_SUBMIT_OK) {
-        fprintf(stderr, "bench_engine: submit: %s\n", err.msg);
-        exit(1);
-    }
-}
-
-/* TTFT of one request: submit, step until its first token. */
-static double ttft(scheduler *s, const int32_t *prompt, int n, const char *salt, probe *p) {
-    submit(s, prompt, n, 1, salt, p);
-    scheduler_run_until_idle(s);
-    return p->t_first - p->t_submit;
-}
-
-/* Decode tok/s with batch requests of 32-token prompts: steps until all have their first token,
- * then times the rest (steps decode tokens each). */
-static double decode_rate(scheduler *s, int batch, int steps, int vocab, int round) {
-    probe *p = calloc((size_t)batch, sizeof *p);
-    int32_t prompt[32];
-    char salt[64];
-    for (int i = 0; i < batch; i++) {
-        fill_random(prompt, 32, vocab, 900 + (uint64_t)i);
-        snprintf(salt, sizeof salt, "decode-%d-%d", round, i);
-        submit(s, prompt, 32, steps + 1, salt, &p[i]);
-    }
-    for (bool all = false; !all;) {
-        scheduler_step(s);
-        all = true;
-        for (int i = 0; i < batch; i++) all = all && p[i].n_tokens > 0;
-    }
-    int before = 0, after = 0;
-    for (int i = 0; i < batch; i++) before += p[i].n_tokens;
-    double t0 = kv_now();
-    scheduler_run_until_idle(s);
-    double t = kv_now() - t0;
-    for (int i = 0; i < batch; i++) after += p[i].n_tokens;
-    free(p);
-    return (after - before) / t;
-}
+#include "tests/bench/bench_util.h"
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *device = "cpu";
@@ -169,14 +89,14 @@ int main(int argc, char **argv) {
     scheduler_wait_tier_ready(s);
     int vocab = sm.vocab;
     int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
-    probe p;
+    bench_probe p = {0};
 
     /* warm-up (allocations, GEMM plans), then cold prefill = TTFT without a hit */
-    fill_random(prompt, prompt_len, vocab, 1);
-    ttft(s, prompt, prompt_len, "warm-up", &p);
-    fill_random(prompt, prompt_len, vocab, 2);
-    double t_cold = ttft(s, prompt, prompt_len, "cold", &p);
-    double t_hit = ttft(s, prompt, prompt_len, "cold", &p);
+    bench_fill_random(prompt, prompt_len, vocab, 1);
+    bench_ttft(s, prompt, prompt_len, "warm-up", &p);
+    bench_fill_random(prompt, prompt_len, vocab, 2);
+    double t_cold = bench_ttft(s, prompt, prompt_len, "cold", &p);
+    double t_hit = bench_ttft(s, prompt, prompt_len, "cold", &p);
     int hit_gpu = p.n_cached_gpu;
     double t_host = 0;
     int hit_host = 0;
@@ -184,11 +104,11 @@ int main(int argc, char **argv) {
         /* let the stores finish, drop the GPU cache, ask again: the blocks come from the host */
         scheduler_run_until_idle(s);
         prefix_cache_reset(scheduler_prefix_cache(s));
-        t_host = ttft(s, prompt, prompt_len, "cold", &p);
+        t_host = bench_ttft(s, prompt, prompt_len, "cold", &p);
         hit_host = p.n_cached_host;
     }
-    double dec1 = decode_rate(s, 1, steps, vocab, 1);
-    double dec32 = decode_rate(s, 32, steps, vocab, 2);
+    double dec1 = bench_decode_rate(s, 1, 32, steps, vocab, 900, "decode-1");
+    double dec32 = bench_decode_rate(s, 32, 32, steps, vocab, 900, "decode-2");
     scheduler_stats st = scheduler_get_stats(s);
 
     printf("bench_engine: %s, %s, %d layers, dim %d, kv %s, block 16, %d GPU blocks, "

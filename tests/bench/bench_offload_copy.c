@@ -13,9 +13,7 @@
 #include "model/backend.h"
 #include "offload/host_pool.h"
 #include "offload/transfer.h"
-
-#define COPY_BYTES ((size_t)16 << 20)
-#define COPIES_PER_REP 16
+#include "tests/bench/bench_util.h"
 
 typedef struct bench_args {
     const char *device;
@@ -23,51 +21,6 @@ typedef struct bench_args {
     int batch; /* blocks per transfer op; 0: all in one */
     int reps;
 } bench_args;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* GB/s of COPIES_PER_REP copies of 16 MiB between pinned host memory and the device, median of
- * reps after one warm-up. */
-static double pinned_rate(backend *be, bool h2d, int reps) {
-    size_t bytes = COPY_BYTES * COPIES_PER_REP;
-    uint8_t *host = be->ops->host_alloc(be, bytes);
-    KV_CHECK(host != NULL);
-    uint8_t *dev = be->ops->dev_alloc(be, bytes);
-    memset(host, 1, bytes);
-    void *dsts[COPIES_PER_REP];
-    const void *srcs[COPIES_PER_REP];
-    size_t sizes[COPIES_PER_REP];
-    for (int i = 0; i < COPIES_PER_REP; i++) {
-        dsts[i] = h2d ? (void *)(dev + i * COPY_BYTES) : (void *)(host + i * COPY_BYTES);
-        srcs[i] = h2d ? (const void *)(host + i * COPY_BYTES) : (const void *)(dev + i * COPY_BYTES);
-        sizes[i] = COPY_BYTES;
-    }
-    backend_stream s = h2d ? BACKEND_STREAM_LOAD : BACKEND_STREAM_STORE;
-    double *gbs = kv_malloc((size_t)reps * sizeof *gbs);
-    for (int r = -1; r < reps; r++) {
-        be->ops->sync(be);
-        double t0 = kv_now();
-        be->ops->copy_async(be, s, COPIES_PER_REP, dsts, srcs, sizes);
-        backend_event *ev = be->ops->event_record(be, s);
-        be->ops->event_sync(be, ev);
-        double dt = kv_now() - t0;
-        be->ops->event_free(be, ev);
-        if (r >= 0) gbs[r] = (double)bytes / dt / 1e9;
-    }
-    double rate = median(gbs, reps);
-    free(gbs);
-    be->ops->dev_free(be, dev);
-    be->ops->host_free(be, host);
-    return rate;
-}
 
 /* GB/s of moving every block once through the transfer module in ops of `batch` blocks, all queued
  * at once and waited for at the end; median of reps after one warm-up. */
@@ -93,7 +46,7 @@ static double transfer_rate(backend *be, transfer *t, const transfer_pair *pairs
         }
         if (r >= 0) gbs[r] = (double)n * (double)block_bytes / dt / 1e9;
     }
-    double rate = median(gbs, reps);
+    double rate = bench_median(gbs, reps);
     free(gbs);
     free(ops);
     return rate;
@@ -134,7 +87,8 @@ int main(int argc, char **argv) {
     backend_kv_layout_finish(&l);
     size_t total = (size_t)a.n_blocks * l.block_bytes;
 
-    double h2d = pinned_rate(be, true, a.reps), d2h = pinned_rate(be, false, a.reps);
+    double h2d = bench_pinned_rate(be, true, a.reps);
+    double d2h = bench_pinned_rate(be, false, a.reps);
 
     double t0 = kv_now();
     host_pool_config hc = {.total_bytes = total, .block_bytes = l.block_bytes};
