@@ -371,8 +371,11 @@ static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *poo
     llama_graph *lru = &m->graphs[0];
     for (int i = 0; i < LLAMA_N_GRAPHS; i++) {
         llama_graph *g = &m->graphs[i];
-        if (g->n_tokens == b->n_tokens && g->n_out == b->n_out && g->pool == pool &&
-            memcmp(&g->kvl, kvl, sizeof *kvl) == 0) {
+        if (g->n_tokens == b->n_tokens && g->n_out == b->n_out && g->max_blocks == b->max_blocks &&
+            g->pool == pool && g->kvl.n_layers == kvl->n_layers &&
+            g->kvl.n_kv_heads == kvl->n_kv_heads && g->kvl.head_dim == kvl->head_dim &&
+            g->kvl.block_size == kvl->block_size && g->kvl.dtype == kvl->dtype &&
+            g->kvl.block_bytes == kvl->block_bytes) {
             g->last_use = m->graph_clock;
             return g;
         }
@@ -380,7 +383,8 @@ static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *poo
     }
     if (lru->g) be->ops->graph_free(be, lru->g);
     memset(lru, 0, sizeof *lru);
-    lru->n_tokens = b->n_tokens, lru->n_out = b->n_out, lru->pool = pool, lru->kvl = *kvl;
+    lru->n_tokens = b->n_tokens, lru->n_out = b->n_out, lru->max_blocks = b->max_blocks;
+    lru->pool = pool, lru->kvl = *kvl;
     lru->last_use = m->graph_clock;
     return lru;
 }
@@ -452,7 +456,7 @@ void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
     if (gr && gr->g && op->graph_launch(be, gr->g)) {
         m->n_graph_replays++;
     } else {
-        if (gr && gr->g) { /* recorded for another shape (block table width) or stale buffers */
+        if (gr && gr->g) { /* the backend moved a buffer the recording reads */
             op->graph_free(be, gr->g);
             gr->g = NULL;
             gr->seen = false;

@@ -19,9 +19,9 @@ typedef struct llama_layer {
 } llama_layer;
 
 /* A recorded decode step (backend graph ops), keyed on what the step's ops are called with
- * beyond the batch metadata: batch size, logits rows, KV pool and its layout. */
+ * beyond the batch metadata: batch size, logits rows, block table width, KV pool and layout. */
 typedef struct llama_graph {
-    int n_tokens, n_out;
+    int n_tokens, n_out, max_blocks;
     const void *pool;
     backend_kv_layout kvl;
     bool seen;         /* a step of this key ran op by op since the slot was (re)filled */

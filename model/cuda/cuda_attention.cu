@@ -199,6 +199,8 @@ __device__ __forceinline__ float attn_softmax_row(float *s, float &m, float &l, 
  * warps share the K/V tiles, double-buffered through cp.async. */
 template <int HD, int WM, int NW>
 __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
+    pdl_wait();
+    pdl_trigger();
     constexpr int BM = NW * WM * 16, BN = ATTN_BN, THREADS = NW * 32;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ int sblk[2][BN];
@@ -377,6 +379,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
  * partial softmax states are merged through shared memory at the end. */
 template <int HD>
 __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
+    pdl_wait();
+    pdl_trigger();
     constexpr int BM = 16, BN = ATTN_BN, THREADS = 128, NW = 4, RED = HD + 4;
     extern __shared__ __align__(128) unsigned char smem_raw[];
     __shared__ int sblk[2][BN];
@@ -511,6 +515,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
 /* Grid (tile, kv head, row of the tile), head_dim threads: merges the splits' normalized
  * outputs of one (token, head) by their log-sum-exp; the loads over splits are independent. */
 __global__ void attn_combine_kernel(attn_params p) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float w[ATTN_MAX_SPLITS];
     const cuda_attn_tile tile = attn_tile(p, blockIdx.x);
     const int kh = blockIdx.y, r = blockIdx.z, G = p.group, hd = p.head_dim;
@@ -555,6 +561,8 @@ __device__ __forceinline__ float attn_block_reduce(float v, float *red, bool is_
 #define ATTN_GENERIC_THREADS 128
 #define ATTN_GENERIC_MAX_HD 512
 __global__ void attn_generic_kernel(attn_params p) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float qs[ATTN_GENERIC_MAX_HD];
     __shared__ float ps[ATTN_GENERIC_THREADS];
     __shared__ float red[32];
@@ -713,13 +721,11 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_p
         p.part_lse = ci->attn_scratch + rows * p.head_dim;
     }
     dim3 grid((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)p.n_splits);
-    kernel<<<grid, 128, smem, s>>>(p);
-    CUDA_LAUNCH_CHECK();
-    if (p.n_splits > 1) {
-        attn_combine_kernel<<<dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)bm),
-                              (unsigned)p.head_dim, 0, s>>>(p);
-        CUDA_LAUNCH_CHECK();
-    }
+    cuda_launch(ci->pdl, s, kernel, grid, dim3(128), smem, p);
+    if (p.n_splits > 1)
+        cuda_launch(ci->pdl, s, attn_combine_kernel,
+                    dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)bm),
+                    dim3((unsigned)p.head_dim), 0, p);
 }
 
 /* Decode tiles: 16 rows, 3 blocks per SM fit (70 KB of shared memory each at head dim 128).
@@ -783,9 +789,9 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
                 ((uintptr_t)q & 15) == 0 && ((uintptr_t)pool & 15) == 0 &&
                 l->block_bytes % 16 == 0 && ((uintptr_t)out & 3) == 0;
     if (!fast) {
-        attn_generic_kernel<<<dim3((unsigned)st->n_tokens, (unsigned)n_heads), ATTN_GENERIC_THREADS,
-                              0, ci->streams[BACKEND_STREAM_COMPUTE]>>>(p);
-        CUDA_LAUNCH_CHECK();
+        cuda_launch(ci->pdl, ci->streams[BACKEND_STREAM_COMPUTE], attn_generic_kernel,
+                    dim3((unsigned)st->n_tokens, (unsigned)n_heads), dim3(ATTN_GENERIC_THREADS), 0,
+                    p);
         return;
     }
     if (l->head_dim == 128)

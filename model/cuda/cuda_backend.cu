@@ -3,6 +3,7 @@
  * kernels of cuda_ops.cu, cuda_gemm.cu and cuda_attention.cu. Not here: any kernel math. */
 #include "model/cuda/cuda_internal.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 
 struct backend_event {
@@ -115,12 +116,30 @@ static void *cuda_act_upload_f32(backend *be, const float *src, size_t n) {
     return cuda_weight_upload(be, src, KV_DTYPE_F32, n);
 }
 
-/* Floats per chunk of a download to pageable memory (4 MiB: its copy takes ~80 us at the pinned
- * rate, the host's memcpy of the chunk before it a few times that, so the copies hide). */
-#define CUDA_DOWNLOAD_CHUNK ((size_t)1 << 20)
+/* Downloads to pageable memory of more than 2 parts of this size are split: part i is copied
+ * device -> pinned with its own event, and thread i copies it on (pinned -> pageable) as soon as
+ * that event fires, so the host copies (~8-10 GB/s per thread) overlap each other and the
+ * device-to-host copies of the later parts. */
+#define CUDA_DOWNLOAD_PART ((size_t)4 << 20)
+
+typedef struct download_part {
+    char *dst;
+    const char *src;
+    size_t n;
+    cudaEvent_t ready;
+    int device;
+} download_part;
+
+static void *download_part_run(void *arg) {
+    download_part *p = (download_part *)arg;
+    CUDA_CHECK(cudaSetDevice(p->device));
+    CUDA_CHECK(cudaEventSynchronize(p->ready));
+    memcpy(p->dst, p->src, p->n);
+    return NULL;
+}
 
 /* Converts to f32 on the device, then copies straight into dst when it is pinned (host_alloc),
- * else through two pinned chunks whose memcpy out overlaps the copy of the next. */
+ * else through a pinned buffer in parts, see CUDA_DOWNLOAD_PART. */
 static void cuda_act_download_f32(backend *be, float *dst, const void *src, size_t n) {
     cuda_impl *ci = cuda_impl_of(be);
     cuda_download *dl = &ci->download;
@@ -135,41 +154,47 @@ static void cuda_act_download_f32(backend *be, float *dst, const void *src, size
     cuda_convert_bf16_to_f32(s, dl->dev, (const __nv_bfloat16 *)src, n);
 
     cudaPointerAttributes attr;
-    CUDA_CHECK(cudaPointerGetAttributes(&attr, dst)); /* unregistered memory: type Unregistered */
+    CUDA_CHECK(cudaPointerGetAttributes(&attr, dst)); /* plain malloc: cudaMemoryTypeUnregistered */
     if (attr.type == cudaMemoryTypeHost) {
         CUDA_CHECK(cudaMemcpyAsync(dst, dl->dev, n * sizeof(float), cudaMemcpyDeviceToHost, s));
         CUDA_CHECK(cudaStreamSynchronize(s));
         return;
     }
-    size_t n_chunks = (n + CUDA_DOWNLOAD_CHUNK - 1) / CUDA_DOWNLOAD_CHUNK;
-    for (int i = 0; i < CUDA_N_DOWNLOAD; i++) {
-        cuda_staging *st = &dl->host[i];
-        if (!st->host) {
-            CUDA_CHECK(cudaHostAlloc(&st->host, CUDA_DOWNLOAD_CHUNK * sizeof(float),
-                                     cudaHostAllocDefault));
-            st->cap = CUDA_DOWNLOAD_CHUNK * sizeof(float);
-        }
+    if (dl->host_cap < n) {
+        if (dl->host) CUDA_CHECK(cudaFreeHost(dl->host));
+        dl->host_cap = n;
+        CUDA_CHECK(cudaHostAlloc(&dl->host, n * sizeof(float), cudaHostAllocDefault));
     }
-    /* chunk c goes through buffer c % 2: queue the first two, then each memcpy out frees its
-     * buffer for chunk c + 2 */
-    for (size_t c = 0; c < n_chunks + CUDA_N_DOWNLOAD; c++) {
-        if (c >= CUDA_N_DOWNLOAD) {
-            size_t d = c - CUDA_N_DOWNLOAD, off = d * CUDA_DOWNLOAD_CHUNK;
-            if (d >= n_chunks) continue;
-            cuda_staging *st = &dl->host[d % CUDA_N_DOWNLOAD];
-            CUDA_CHECK(cudaEventSynchronize(st->done));
-            size_t len = n - off < CUDA_DOWNLOAD_CHUNK ? n - off : CUDA_DOWNLOAD_CHUNK;
-            memcpy(dst + off, st->host, len * sizeof(float));
-        }
-        if (c < n_chunks) {
-            size_t off = c * CUDA_DOWNLOAD_CHUNK;
-            size_t len = n - off < CUDA_DOWNLOAD_CHUNK ? n - off : CUDA_DOWNLOAD_CHUNK;
-            cuda_staging *st = &dl->host[c % CUDA_N_DOWNLOAD];
-            CUDA_CHECK(cudaMemcpyAsync(st->host, dl->dev + off, len * sizeof(float),
+    size_t bytes = n * sizeof(float);
+    int k = (int)(bytes / CUDA_DOWNLOAD_PART);
+    if (k > CUDA_DOWNLOAD_PARTS) k = CUDA_DOWNLOAD_PARTS;
+    if (k < 2) {
+        CUDA_CHECK(cudaMemcpyAsync(dl->host, dl->dev, bytes, cudaMemcpyDeviceToHost, s));
+        CUDA_CHECK(cudaStreamSynchronize(s));
+        memcpy(dst, dl->host, bytes);
+        return;
+    }
+    download_part parts[CUDA_DOWNLOAD_PARTS];
+    pthread_t tid[CUDA_DOWNLOAD_PARTS];
+    bool started[CUDA_DOWNLOAD_PARTS] = {false};
+    size_t per = ((bytes + (size_t)k - 1) / (size_t)k + 63) / 64 * 64;
+    for (int i = 0; i < k; i++) {
+        size_t off = (size_t)i * per,
+               len = off >= bytes ? 0 : (bytes - off < per ? bytes - off : per);
+        parts[i] = (download_part){(char *)dst + off, (const char *)dl->host + off, len,
+                                   dl->part_ready[i], ci->device};
+        if (len)
+            CUDA_CHECK(cudaMemcpyAsync((char *)dl->host + off, (const char *)dl->dev + off, len,
                                        cudaMemcpyDeviceToHost, s));
-            CUDA_CHECK(cudaEventRecord(st->done, s));
-        }
+        CUDA_CHECK(cudaEventRecord(dl->part_ready[i], s));
     }
+    /* the caller takes part 0 and any part whose thread did not start */
+    for (int i = 1; i < k; i++)
+        started[i] = pthread_create(&tid[i], NULL, download_part_run, &parts[i]) == 0;
+    for (int i = 0; i < k; i++)
+        if (!started[i]) download_part_run(&parts[i]);
+    for (int i = 1; i < k; i++)
+        if (started[i]) pthread_join(tid[i], NULL);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -186,8 +211,8 @@ static backend_event *cuda_event_record(backend *be, backend_stream s) {
     cuda_impl *ci = cuda_impl_of(be);
     backend_event *e = (backend_event *)kv_malloc(sizeof *e);
     e->timing = ci->event_timing;
-    CUDA_CHECK(cudaEventCreateWithFlags(&e->ev, e->timing ? cudaEventDefault
-                                                          : cudaEventDisableTiming));
+    CUDA_CHECK(
+        cudaEventCreateWithFlags(&e->ev, e->timing ? cudaEventDefault : cudaEventDisableTiming));
     CUDA_CHECK(cudaEventRecord(e->ev, ci->streams[s]));
     return e;
 }
@@ -203,7 +228,9 @@ static void cuda_event_wait(backend *be, backend_stream s, backend_event *e) {
     CUDA_CHECK(cudaStreamWaitEvent(cuda_impl_of(be)->streams[s], e->ev, 0));
 }
 
-static void cuda_event_sync(backend *, backend_event *e) { CUDA_CHECK(cudaEventSynchronize(e->ev)); }
+static void cuda_event_sync(backend *, backend_event *e) {
+    CUDA_CHECK(cudaEventSynchronize(e->ev));
+}
 
 static void cuda_event_free(backend *, backend_event *e) {
     if (!e) return;
@@ -240,7 +267,8 @@ static void cuda_step_begin(backend *be, const backend_batch *b) {
     KV_CHECK(!ci->capturing);
     if (st->d_meta_cap < total) {
         cuda_graph_buffers_moved(ci);
-        if (st->d_meta) CUDA_CHECK(cudaFree(st->d_meta)); /* synchronizes: no kernel still reads it */
+        if (st->d_meta)
+            CUDA_CHECK(cudaFree(st->d_meta)); /* synchronizes: no kernel still reads it */
         st->d_meta_cap = total + total / 2 + 1024;
         CUDA_CHECK(cudaMalloc(&st->d_meta, st->d_meta_cap * 4));
     }
@@ -425,11 +453,14 @@ backend *cuda_backend_create(kv_error *err) {
         CUDA_CHECK(cudaEventCreateWithFlags(&ci->staging[i].done, cudaEventDisableTiming));
         CUDA_CHECK(cudaEventRecord(ci->staging[i].done, ci->streams[BACKEND_STREAM_COMPUTE]));
     }
-    for (int i = 0; i < CUDA_N_DOWNLOAD; i++)
-        CUDA_CHECK(cudaEventCreateWithFlags(&ci->download.host[i].done, cudaEventDisableTiming));
+    for (int i = 0; i < CUDA_DOWNLOAD_PARTS; i++)
+        CUDA_CHECK(cudaEventCreateWithFlags(&ci->download.part_ready[i], cudaEventDisableTiming));
     cuda_gemm_init(ci);
     ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
-    ci->gemv_custom = env_switch("KVSERVE_CUDA_GEMV");
+    ci->pdl = env_switch("KVSERVE_CUDA_PDL");
+    /* KVSERVE_CUDA_GEMV=N: the GEMV kernel for n <= N rows (0: cuBLASLt for every n) */
+    const char *gemv = getenv("KVSERVE_CUDA_GEMV");
+    ci->gemv_max_n = gemv ? atoi(gemv) : CUDA_GEMV_DEFAULT_MAX_N;
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);
     be->ops = &cuda_ops;
@@ -441,7 +472,9 @@ backend *cuda_backend_create(kv_error *err) {
     return be;
 }
 
-void cuda_backend_set_event_timing(backend *be, bool on) { cuda_impl_of(be)->event_timing = on; }
+void cuda_backend_set_event_timing(backend *be, bool on) {
+    cuda_impl_of(be)->event_timing = on;
+}
 
 static void cuda_destroy(backend *be) {
     cuda_impl *ci = cuda_impl_of(be);
@@ -455,10 +488,9 @@ static void cuda_destroy(backend *be) {
     if (ci->plan.d_tiles) CUDA_CHECK(cudaFree(ci->plan.d_tiles));
     if (ci->attn_scratch) CUDA_CHECK(cudaFree(ci->attn_scratch));
     if (ci->download.dev) CUDA_CHECK(cudaFree(ci->download.dev));
-    for (int i = 0; i < CUDA_N_DOWNLOAD; i++) {
-        if (ci->download.host[i].host) CUDA_CHECK(cudaFreeHost(ci->download.host[i].host));
-        CUDA_CHECK(cudaEventDestroy(ci->download.host[i].done));
-    }
+    if (ci->download.host) CUDA_CHECK(cudaFreeHost(ci->download.host));
+    for (int i = 0; i < CUDA_DOWNLOAD_PARTS; i++)
+        CUDA_CHECK(cudaEventDestroy(ci->download.part_ready[i]));
     free(ci->step.h_seq_start);
     free(ci->step.h_seq_len);
     for (int i = 0; i < BACKEND_NUM_STREAMS; i++) CUDA_CHECK(cudaStreamDestroy(ci->streams[i]));

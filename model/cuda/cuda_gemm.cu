@@ -1,8 +1,8 @@
 /* matmul: out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m]), bf16 in and out, fp32 accumulation.
  * Decode-sized n (a few rows: the weights are read once, a pure stream) goes to gemv_kernel;
- * the rest to cuBLASLt with the bias fused as an epilogue. Row-major to cuBLAS's column-major: the same bytes
- * read column-major are out^T (m x n), w^T (k x m) and x^T (k x n), so out^T = op_T(w^T) x^T.
- * Descriptors and the chosen algorithm are cached per shape: the heuristic query costs tens of
+ * the rest to cuBLASLt with the bias fused as an epilogue. Row-major to cuBLAS's column-major: the
+ * same bytes read column-major are out^T (m x n), w^T (k x m) and x^T (k x n), so out^T = op_T(w^T)
+ * x^T. Descriptors and the chosen algorithm are cached per shape: the heuristic query costs tens of
  * microseconds, more than a decode-step GEMM itself. */
 #include "model/cuda/cuda_internal.h"
 
@@ -12,11 +12,11 @@ typedef __nv_bfloat16 bf16;
 
 #define CUDA_GEMM_CACHE 64
 /* gemv_kernel: rows of x it takes, bytes of x it keeps hot in L1 (all its warps reread x) */
-#define GEMV_MAX_N 8
-#define GEMV_MAX_X_BYTES (64 << 10)
-#define GEMV_WARPS 4 /* per block */
-#define GEMV_ROWS 2  /* weight rows per warp */
-#define GEMV_UNROLL 4 /* 16-byte weight loads in flight per row and lane */
+#define GEMV_MAX_N          8
+#define GEMV_MAX_X_BYTES    (64 << 10)
+#define GEMV_WARPS          4 /* per block */
+#define GEMV_ROWS           2 /* weight rows per warp */
+#define GEMV_UNROLL         4 /* 16-byte weight loads in flight per row and lane */
 #define CUDA_GEMM_WORKSPACE ((size_t)32 << 20)
 
 typedef struct cuda_gemm_plan {
@@ -82,8 +82,8 @@ static cuda_gemm_plan *gemm_plan_get(cuda_impl *ci, int n, int k, int m, bool bi
     CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb));
     if (bias) {
         cublasLtEpilogue_t ep = CUBLASLT_EPILOGUE_BIAS;
-        CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep,
-                                                  sizeof ep));
+        CUDA_CHECK(
+            cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
         cudaDataType_t bt = CUDA_R_16BF;
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
                                                   sizeof bt));
@@ -154,11 +154,22 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
     constexpr int R = GEMV_ROWS, U = GEMV_UNROLL;
     const int lane = threadIdx.x % 32;
     const int row0 = (blockIdx.x * GEMV_WARPS + threadIdx.x / 32) * R;
-    if (row0 >= m) return;
     const int kc = k / 8; /* 16-byte chunks per row */
     const uint4 *wr[R];
 #pragma unroll
     for (int r = 0; r < R; r++) wr[r] = (const uint4 *)(w + (size_t)min(row0 + r, m - 1) * k);
+    /* the first weight loads go out before the wait: weights are never written, so they stream
+     * in while the kernel before this one finishes */
+    uint4 wv[U][R];
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            wv[u][r] = row0 < m && lane + 32 * u < kc ? ld_stream(wr[r] + lane + 32 * u)
+                                                      : make_uint4(0, 0, 0, 0);
+    pdl_wait();
+    pdl_trigger();
+    if (row0 >= m) return;
     const uint4 *xv = (const uint4 *)x;
     float acc[R][N];
 #pragma unroll
@@ -166,12 +177,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 #pragma unroll
         for (int n = 0; n < N; n++) acc[r][n] = 0;
     for (int c0 = lane; c0 < kc; c0 += 32 * U) {
-        uint4 wv[U][R];
+        if (c0 != lane) {
 #pragma unroll
-        for (int u = 0; u < U; u++)
+            for (int u = 0; u < U; u++)
 #pragma unroll
-            for (int r = 0; r < R; r++)
-                wv[u][r] = c0 + 32 * u < kc ? ld_stream(wr[r] + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+                for (int r = 0; r < R; r++)
+                    wv[u][r] =
+                        c0 + 32 * u < kc ? ld_stream(wr[r] + c0 + 32 * u) : make_uint4(0, 0, 0, 0);
+        }
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int c = c0 + 32 * u;
@@ -210,26 +223,27 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
 
 /* True when gemv_kernel takes this matmul (else cuBLASLt). */
 static bool gemv_fits(const cuda_impl *ci, const void *const *ptrs, int n, int k) {
-    if (!ci->gemv_custom || n > GEMV_MAX_N || k % 8 != 0) return false;
+    if (n > ci->gemv_max_n || n > GEMV_MAX_N || k % 8 != 0) return false;
     if ((size_t)n * (size_t)k * sizeof(bf16) > GEMV_MAX_X_BYTES) return false;
     for (int i = 0; i < 3; i++) /* out, x, w; bias is read by element */
         if ((uintptr_t)ptrs[i] & 15) return false;
     return true;
 }
 
-static void gemv_launch(cudaStream_t s, bf16 *out, const bf16 *x, const bf16 *w, const bf16 *bias,
-                        int n, int k, int m) {
+static void gemv_launch(bool pdl, cudaStream_t s, bf16 *out, const bf16 *x, const bf16 *w,
+                        const bf16 *bias, int n, int k, int m) {
     int rows_per_block = GEMV_WARPS * GEMV_ROWS;
     dim3 grid((unsigned)((m + rows_per_block - 1) / rows_per_block)), block(GEMV_WARPS * 32);
     switch (n) {
 #define GEMV_CASE(N)                                                                               \
-    case N: gemv_kernel<N><<<grid, block, 0, s>>>(out, x, w, bias, k, m); break;
-        GEMV_CASE(1) GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4)
-        GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
+    case N:                                                                                        \
+        cuda_launch(pdl, s, gemv_kernel<N>, grid, block, 0, out, x, w, bias, k, m);                \
+        break;
+        GEMV_CASE(1)
+        GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
 #undef GEMV_CASE
-    default: KV_CHECK(!"gemv: n out of range");
+            default : KV_CHECK(!"gemv: n out of range");
     }
-    CUDA_LAUNCH_CHECK();
 }
 
 /* ================================ the op ================================ */
@@ -240,7 +254,7 @@ void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const 
     cuda_impl *ci = cuda_impl_of(be);
     const void *ptrs[4] = {out, x, w, bias};
     if (gemv_fits(ci, ptrs, n, k)) {
-        gemv_launch(cuda_compute_stream(be), (bf16 *)out, (const bf16 *)x, (const bf16 *)w,
+        gemv_launch(ci->pdl, cuda_compute_stream(be), (bf16 *)out, (const bf16 *)x, (const bf16 *)w,
                     (const bf16 *)bias, n, k, m);
         return;
     }

@@ -17,6 +17,37 @@ extern "C" {
 
 #include "model/cuda/cuda_check.h"
 
+#include <utility>
+
+/* Programmatic dependent launch (sm_90): a kernel launched with cuda_launch(pdl = true) may start
+ * while the kernel before it on the stream is still running. Every kernel of this backend
+ * therefore calls pdl_wait() before it touches any memory another kernel writes (it returns
+ * once the previous kernel has finished and its writes are visible; a no-op for a plain
+ * launch), then pdl_trigger() to let the next kernel start. Only reads of never-written data
+ * (weights) may come before pdl_wait(). Since every kernel waits, each finishes after all the
+ * kernels before it, so a kernel may read what any earlier one wrote. */
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_trigger() {
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+
+/* kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when pdl. */
+template <typename... KArgs, typename... Args>
+static inline void cuda_launch(bool pdl, cudaStream_t s, void (*kernel)(KArgs...), dim3 grid,
+                               dim3 block, size_t smem, Args &&...args) {
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg;
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
 /* One attention work item: n_tok consecutive new tokens of sequence seq starting at token tok0
  * (all heads of one GQA group of each token become rows of one tile; see cuda_attention.cu). */
 typedef struct cuda_attn_tile {
@@ -32,13 +63,15 @@ typedef struct cuda_staging {
 
 #define CUDA_N_STAGING 4
 
-/* Pinned buffers that logits pass through on their way to pageable host memory: the copy of
- * one chunk overlaps the host's memcpy of the previous one. */
-#define CUDA_N_DOWNLOAD 2
+/* Where downloads to pageable host memory pass: a device f32 copy, then a pinned host one,
+ * copied on in parts by threads (cuda_backend.cu). */
+#define CUDA_DOWNLOAD_PARTS 8
 typedef struct cuda_download {
-    float *dev;     /* device f32 copy of the activations being downloaded */
-    size_t dev_cap; /* floats */
-    cuda_staging host[CUDA_N_DOWNLOAD];
+    float *dev;      /* device f32 copy of the activations being downloaded */
+    size_t dev_cap;  /* floats */
+    float *host;     /* pinned */
+    size_t host_cap; /* floats */
+    cudaEvent_t part_ready[CUDA_DOWNLOAD_PARTS]; /* part i is in host */
 } cuda_download;
 
 /* Attention tiles of the current step for one GQA group size, split in two lists: sequences
@@ -63,6 +96,9 @@ typedef struct cuda_step {
 } cuda_step;
 
 typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu */
+/* matmuls of at most this many rows take the GEMV kernel (KVSERVE_CUDA_GEMV=N overrides; 0:
+ * cuBLASLt always); see tests/bench/NOTES-cuda.md, run 7 */
+#define CUDA_GEMV_DEFAULT_MAX_N 4
 
 typedef struct cuda_impl {
     int device;
@@ -81,7 +117,8 @@ typedef struct cuda_impl {
     void *lt_workspace;
     size_t lt_workspace_bytes;
     cuda_gemm_cache *gemm;
-    bool gemv_custom;   /* n <= 8 matmuls through gemv_kernel (else cuBLASLt); KVSERVE_CUDA_GEMV */
+    int gemv_max_n;     /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
+    bool pdl;           /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
     cuda_download download;
     bool graphs_enabled; /* graph_begin records (KVSERVE_CUDA_GRAPHS=0 turns it off) */
     bool capturing;      /* between graph_begin and graph_end: no allocation, no upload */

@@ -31,14 +31,20 @@ template <> struct vec_io<8> {
 };
 
 template <> struct vec_io<1> {
-    static __device__ __forceinline__ void load(const bf16 *p, float *f) { f[0] = __bfloat162float(*p); }
-    static __device__ __forceinline__ void store(bf16 *p, const float *f) { *p = __float2bfloat16(f[0]); }
+    static __device__ __forceinline__ void load(const bf16 *p, float *f) {
+        f[0] = __bfloat162float(*p);
+    }
+    static __device__ __forceinline__ void store(bf16 *p, const float *f) {
+        *p = __float2bfloat16(f[0]);
+    }
 };
 
 /* ================================ kernels ================================ */
 
 template <int VEC>
 __global__ void embed_kernel(bf16 *out, const bf16 *table, const int32_t *tokens, int dim) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     const bf16 *src = table + (size_t)tokens[t] * dim;
     bf16 *dst = out + (size_t)t * dim;
@@ -66,6 +72,8 @@ __device__ __forceinline__ float block_sum(float v, float *red) {
 template <int VEC>
 __global__ void rmsnorm_kernel(bf16 *out, bf16 *x, const bf16 *delta, const bf16 *w, int dim,
                                float eps) {
+    pdl_wait();
+    pdl_trigger();
     __shared__ float red[32];
     size_t row = (size_t)blockIdx.x * dim;
     float ss = 0;
@@ -94,6 +102,8 @@ __global__ void rmsnorm_kernel(bf16 *out, bf16 *x, const bf16 *delta, const bf16
 }
 
 template <int VEC> __global__ void add_kernel(bf16 *x, const bf16 *d, size_t n) {
+    pdl_wait();
+    pdl_trigger();
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (i >= n) return;
     float a[VEC], b[VEC];
@@ -104,27 +114,29 @@ template <int VEC> __global__ void add_kernel(bf16 *x, const bf16 *d, size_t n) 
     vec_io<VEC>::store(x + i, a);
 }
 
-/* One block per token. The angle is formed in fp32 like the reference (position * inv_freq) and
- * its sine and cosine taken in double: --use_fast_math turns sincosf into an approximation that
- * is far off at angles of 1e4 rad and more. */
-__global__ void rope_kernel(bf16 *x, const int32_t *positions, int row_stride, int n_heads,
+/* Grid (token, group of blockDim pairs), one (head, pair) per thread. The angle is formed in fp32
+ * like the reference (position * inv_freq) and its sine and cosine taken in double:
+ * --use_fast_math turns sincosf into an approximation that is far off at angles of 1e4 rad, and a
+ * float sincos after reducing the angle in double (~4e-7 off) flipped bf16 roundings often enough
+ * to change a greedy id of stories260K at step 114 (run 7). */
+__global__ void rope_kernel(bf16 *x, const int32_t *positions, int row_stride, int n_pairs,
                             int head_dim, const float *inv_freq) {
-    int t = blockIdx.x;
-    int half = head_dim / 2;
-    float pos = (float)positions[t];
-    bf16 *row = x + (size_t)t * row_stride;
-    for (int i = threadIdx.x; i < n_heads * half; i += blockDim.x) {
-        int h = i / half, j = i % half;
-        double s, c;
-        sincos((double)(pos * inv_freq[j]), &s, &c);
-        bf16 *p = row + h * head_dim + j;
-        float x0 = __bfloat162float(p[0]), x1 = __bfloat162float(p[half]);
-        p[0] = __float2bfloat16(x0 * (float)c - x1 * (float)s);
-        p[half] = __float2bfloat16(x1 * (float)c + x0 * (float)s);
-    }
+    pdl_wait();
+    pdl_trigger();
+    const int t = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x, half = head_dim / 2;
+    if (i >= n_pairs) return;
+    const int h = i / half, j = i % half;
+    double s, c;
+    sincos((double)((float)positions[t] * inv_freq[j]), &s, &c);
+    bf16 *p = x + (size_t)t * row_stride + h * head_dim + j;
+    float x0 = __bfloat162float(p[0]), x1 = __bfloat162float(p[half]);
+    p[0] = __float2bfloat16(x0 * (float)c - x1 * (float)s);
+    p[half] = __float2bfloat16(x1 * (float)c + x0 * (float)s);
 }
 
 template <int VEC> __global__ void swiglu_kernel(bf16 *out, const bf16 *gu, int n, int ff) {
+    pdl_wait();
+    pdl_trigger();
     size_t i = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * VEC; /* index into out */
     if (i >= (size_t)n * ff) return;
     size_t r = i / ff, j = i % ff;
@@ -143,6 +155,8 @@ __global__ void kv_write_kernel(char *pool, size_t block_bytes, int n_kv_heads, 
                                 int block_size, int layer, const bf16 *k, const bf16 *v,
                                 int row_stride, const int32_t *positions, const int32_t *token_seq,
                                 const int32_t *block_table, int max_blocks) {
+    pdl_wait();
+    pdl_trigger();
     int t = blockIdx.x;
     int pos = positions[t];
     int block = block_table[(size_t)token_seq[t] * max_blocks + pos / block_size];
@@ -161,6 +175,8 @@ __global__ void kv_write_kernel(char *pool, size_t block_bytes, int n_kv_heads, 
 
 template <int VEC>
 __global__ void gather_rows_kernel(bf16 *out, const bf16 *x, const int32_t *rows, int dim) {
+    pdl_wait();
+    pdl_trigger();
     int r = blockIdx.x;
     const bf16 *src = x + (size_t)rows[r] * dim;
     for (int c = threadIdx.x * VEC; c < dim; c += blockDim.x * VEC) {
@@ -205,7 +221,9 @@ __global__ void f16_to_bf16_kernel(bf16 *dst, const __half *src, size_t n) {
 
 /* ================================ launchers ================================ */
 
-static inline bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+static inline bool aligned16(const void *p) {
+    return ((uintptr_t)p & 15) == 0;
+}
 
 /* Threads for a row kernel: enough 8-wide lanes to cover dim once, 32..1024. */
 static inline int row_threads(int dim) {
@@ -219,11 +237,11 @@ void cuda_op_embed(backend *be, void *out, const void *table, int dim) {
     if (st->n_tokens == 0) return;
     cudaStream_t s = cuda_compute_stream(be);
     if (dim % 8 == 0 && aligned16(out) && aligned16(table))
-        embed_kernel<8><<<st->n_tokens, row_threads(dim), 0, s>>>((bf16 *)out, (const bf16 *)table,
-                                                                  st->tokens, dim);
+        cuda_launch(cuda_impl_of(be)->pdl, s, embed_kernel<8>, dim3(st->n_tokens),
+                    dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)table, st->tokens, dim);
     else
-        embed_kernel<1><<<st->n_tokens, row_threads(dim), 0, s>>>((bf16 *)out, (const bf16 *)table,
-                                                                  st->tokens, dim);
+        cuda_launch(cuda_impl_of(be)->pdl, s, embed_kernel<1>, dim3(st->n_tokens),
+                    dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)table, st->tokens, dim);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -234,13 +252,11 @@ static void rmsnorm_launch(backend *be, void *out, void *x, const void *delta, c
     bool v8 = dim % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(w) &&
               (!delta || aligned16(delta));
     if (v8)
-        rmsnorm_kernel<8><<<n, row_threads(dim), 0, s>>>((bf16 *)out, (bf16 *)x,
-                                                         (const bf16 *)delta, (const bf16 *)w, dim,
-                                                         eps);
+        cuda_launch(cuda_impl_of(be)->pdl, s, rmsnorm_kernel<8>, dim3(n), dim3(row_threads(dim)), 0,
+                    (bf16 *)out, (bf16 *)x, (const bf16 *)delta, (const bf16 *)w, dim, eps);
     else
-        rmsnorm_kernel<1><<<n, row_threads(dim), 0, s>>>((bf16 *)out, (bf16 *)x,
-                                                         (const bf16 *)delta, (const bf16 *)w, dim,
-                                                         eps);
+        cuda_launch(cuda_impl_of(be)->pdl, s, rmsnorm_kernel<1>, dim3(n), dim3(row_threads(dim)), 0,
+                    (bf16 *)out, (bf16 *)x, (const bf16 *)delta, (const bf16 *)w, dim, eps);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -258,11 +274,11 @@ void cuda_op_add(backend *be, void *x, const void *delta, size_t n) {
     if (n == 0) return;
     cudaStream_t s = cuda_compute_stream(be);
     if (n % 8 == 0 && aligned16(x) && aligned16(delta))
-        add_kernel<8><<<(unsigned)((n / 8 + 255) / 256), 256, 0, s>>>((bf16 *)x,
-                                                                       (const bf16 *)delta, n);
+        cuda_launch(cuda_impl_of(be)->pdl, s, add_kernel<8>, dim3((unsigned)((n / 8 + 255) / 256)),
+                    dim3(256), 0, (bf16 *)x, (const bf16 *)delta, n);
     else
-        add_kernel<1><<<(unsigned)((n + 255) / 256), 256, 0, s>>>((bf16 *)x, (const bf16 *)delta,
-                                                                   n);
+        cuda_launch(cuda_impl_of(be)->pdl, s, add_kernel<1>, dim3((unsigned)((n + 255) / 256)),
+                    dim3(256), 0, (bf16 *)x, (const bf16 *)delta, n);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -270,11 +286,10 @@ void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_di
                   const float *inv_freq) {
     cuda_step *st = &cuda_impl_of(be)->step;
     if (st->n_tokens == 0) return;
-    int pairs = n_heads * head_dim / 2;
-    int threads = pairs < 256 ? (pairs + 31) / 32 * 32 : 256;
-    rope_kernel<<<st->n_tokens, threads, 0, cuda_compute_stream(be)>>>(
-        (bf16 *)x, st->positions, row_stride, n_heads, head_dim, inv_freq);
-    CUDA_LAUNCH_CHECK();
+    int pairs = n_heads * head_dim / 2, threads = pairs < 128 ? (pairs + 31) / 32 * 32 : 128;
+    dim3 grid((unsigned)st->n_tokens, (unsigned)((pairs + threads - 1) / threads));
+    cuda_launch(cuda_impl_of(be)->pdl, cuda_compute_stream(be), rope_kernel, grid, dim3(threads), 0,
+                (bf16 *)x, st->positions, row_stride, pairs, head_dim, inv_freq);
 }
 
 void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {
@@ -282,16 +297,18 @@ void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {
     if (total == 0) return;
     cudaStream_t s = cuda_compute_stream(be);
     if (ff % 8 == 0 && aligned16(out) && aligned16(gu))
-        swiglu_kernel<8><<<(unsigned)((total / 8 + 255) / 256), 256, 0, s>>>(
-            (bf16 *)out, (const bf16 *)gu, n, ff);
+        cuda_launch(cuda_impl_of(be)->pdl, s, swiglu_kernel<8>,
+                    dim3((unsigned)((total / 8 + 255) / 256)), dim3(256), 0, (bf16 *)out,
+                    (const bf16 *)gu, n, ff);
     else
-        swiglu_kernel<1><<<(unsigned)((total + 255) / 256), 256, 0, s>>>((bf16 *)out,
-                                                                          (const bf16 *)gu, n, ff);
+        cuda_launch(cuda_impl_of(be)->pdl, s, swiglu_kernel<1>,
+                    dim3((unsigned)((total + 255) / 256)), dim3(256), 0, (bf16 *)out,
+                    (const bf16 *)gu, n, ff);
     CUDA_LAUNCH_CHECK();
 }
 
-void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
-                      const void *k, const void *v, int row_stride) {
+void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
+                      const void *v, int row_stride) {
     cuda_step *st = &cuda_impl_of(be)->step;
     KV_CHECK(l->dtype == KV_DTYPE_BF16);
     if (st->n_tokens == 0) return;
@@ -301,15 +318,15 @@ void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int l
               aligned16(pool);
     int threads = row_threads(2 * row);
     if (v8)
-        kv_write_kernel<8><<<st->n_tokens, threads, 0, s>>>(
-            (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size, layer,
-            (const bf16 *)k, (const bf16 *)v, row_stride, st->positions, st->token_seq,
-            st->block_table, st->max_blocks);
+        cuda_launch(cuda_impl_of(be)->pdl, s, kv_write_kernel<8>, dim3(st->n_tokens), dim3(threads),
+                    0, (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size,
+                    layer, (const bf16 *)k, (const bf16 *)v, row_stride, st->positions,
+                    st->token_seq, st->block_table, st->max_blocks);
     else
-        kv_write_kernel<1><<<st->n_tokens, threads, 0, s>>>(
-            (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size, layer,
-            (const bf16 *)k, (const bf16 *)v, row_stride, st->positions, st->token_seq,
-            st->block_table, st->max_blocks);
+        cuda_launch(cuda_impl_of(be)->pdl, s, kv_write_kernel<1>, dim3(st->n_tokens), dim3(threads),
+                    0, (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size,
+                    layer, (const bf16 *)k, (const bf16 *)v, row_stride, st->positions,
+                    st->token_seq, st->block_table, st->max_blocks);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -318,11 +335,11 @@ void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim) {
     if (st->n_out == 0) return;
     cudaStream_t s = cuda_compute_stream(be);
     if (dim % 8 == 0 && aligned16(out) && aligned16(x))
-        gather_rows_kernel<8><<<st->n_out, row_threads(dim), 0, s>>>((bf16 *)out, (const bf16 *)x,
-                                                                     st->out_rows, dim);
+        cuda_launch(cuda_impl_of(be)->pdl, s, gather_rows_kernel<8>, dim3(st->n_out),
+                    dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)x, st->out_rows, dim);
     else
-        gather_rows_kernel<1><<<st->n_out, row_threads(dim), 0, s>>>((bf16 *)out, (const bf16 *)x,
-                                                                     st->out_rows, dim);
+        cuda_launch(cuda_impl_of(be)->pdl, s, gather_rows_kernel<1>, dim3(st->n_out),
+                    dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)x, st->out_rows, dim);
     CUDA_LAUNCH_CHECK();
 }
 
@@ -337,10 +354,12 @@ void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const bf16 *src, size_
     if (n == 0) return;
     if (aligned16(dst) && aligned16(src)) {
         size_t blocks = (n / 8 + 255) / 256 + 1;
-        bf16_to_f32_kernel<8><<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
+        bf16_to_f32_kernel<8>
+            <<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
     } else {
         size_t blocks = (n + 255) / 256;
-        bf16_to_f32_kernel<1><<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
+        bf16_to_f32_kernel<1>
+            <<<(unsigned)(blocks < 4096 ? blocks : 4096), 256, 0, s>>>(dst, src, n);
     }
     CUDA_LAUNCH_CHECK();
 }
