@@ -52,6 +52,7 @@ typedef struct bench_args {
 typedef struct ttft_row {
     int len, nominal; /* tokens measured; the length it stands for (scaled by --quick) */
     bool in_ttft, in_sweep;
+    bool measured;
     double cold_s, gpu_s, host_s; /* TTFT: recompute, full GPU prefix hit, host-tier hit */
     double load_s;                /* host hit: submit to the request runnable (median) */
     double engine_load_s;         /* the engine's host_load_latency_seconds of that load */
@@ -105,6 +106,8 @@ typedef struct bench {
     ident_run id[3];
     bool id_done;
 } bench;
+
+static int report_save(const bench *b);
 
 static void note(const bench *b, const char *fmt, ...) {
     va_list ap;
@@ -227,7 +230,8 @@ static void rows_add(bench *b, int nominal, bool ttft) {
     }
 }
 
-static void run_ttft(bench *b, scheduler *s, metrics *met) {
+/* Measures every length (shortest first), saving the report after each. Returns report_save's. */
+static int run_ttft(bench *b, scheduler *s, metrics *met) {
     static const int ttft_lens[] = {10000, 100000};
     static const int sweep_lens[] = {1024, 2048, 4096, 8192, 16384, 32768, 65536, 100000};
     if (b->a.parts & PART_TTFT)
@@ -236,7 +240,8 @@ static void run_ttft(bench *b, scheduler *s, metrics *met) {
     if (b->a.parts & PART_SWEEP)
         for (size_t i = 0; i < sizeof sweep_lens / sizeof *sweep_lens; i++)
             rows_add(b, sweep_lens[i], false);
-    if (b->n_rows == 0) return;
+    int rc = 0;
+    if (b->n_rows == 0) return 0;
     /* warm-up: every path once (chunked prefill, copied last block, host load) */
     int warm =
         b->rows[b->n_rows - 1].len < 2 * b->budget ? b->rows[b->n_rows - 1].len : 2 * b->budget;
@@ -245,54 +250,61 @@ static void run_ttft(bench *b, scheduler *s, metrics *met) {
     for (int i = 0; i < b->n_rows; i++) {
         ttft_row *r = &b->rows[i];
         ttft_measure(b, s, met, r, 1000 + (uint64_t)r->len);
+        r->measured = true;
         note(b,
              "TTFT %d tokens: cold %.1f ms, GPU hit %.2f ms, host hit %.2f ms (load %.2f ms, "
              "%.1f GB/s)",
              r->len, r->cold_s * 1e3, r->gpu_s * 1e3, r->host_s * 1e3, r->load_s * 1e3,
              r->load_s > 0 ? r->load_bytes / r->load_s / 1e9 : 0);
+        rc |= report_save(b);
     }
+    return rc;
 }
 
 /* --- 512-token prefill-only waves at host hit rates --- */
 
-static void run_prefill512(bench *b, scheduler *s) {
-    static const double fracs[] = {0, 0.5, 0.8, 1.0};
-    int bs = b->sm.layout.block_size, len = b->p512_len, nblk = len / bs, n = b->p512_n;
+/* One wave of n prefill-only requests of p512_len tokens whose first frac of blocks the host
+ * tier holds (stored by a wave of the prefixes alone, then dropped from the GPU cache). */
+static void p512_wave(bench *b, scheduler *s, double frac, int n, uint64_t seed, p512_row *row) {
+    int bs = b->sm.layout.block_size, len = b->p512_len;
     int32_t *prompts = kv_malloc((size_t)n * (size_t)len * sizeof *prompts);
     bench_probe *p = kv_calloc((size_t)n, sizeof *p);
-    for (int f = 0; f < 4; f++) {
-        p512_row *row = &b->p512[f];
-        row->want = fracs[f];
-        int k = (int)lround(fracs[f] * nblk) * bs;
-        row->n_prefix = k;
-        for (int i = 0; i < n; i++)
-            bench_fill_random(prompts + (size_t)i * len, len, b->vocab,
-                              ((uint64_t)f << 32) + 7919 * (uint64_t)i + 5);
-        /* the prefixes go to the host tier first (write_through), then leave the GPU cache */
-        if (k > 0) {
-            for (int i = 0; i < n; i++)
-                bench_submit(s, prompts + (size_t)i * len, k, 1, NULL, &p[i]);
-            scheduler_run_until_idle(s);
-        }
-        prefix_cache_reset(scheduler_prefix_cache(s));
-        scheduler_stats st0 = scheduler_get_stats(s);
-        double t0 = kv_now(), t1 = t0;
-        for (int i = 0; i < n; i++) bench_submit(s, prompts + (size_t)i * len, len, 1, NULL, &p[i]);
+    int k = (int)lround(frac * (len / bs)) * bs;
+    *row = (p512_row){.want = frac, .n_prefix = k};
+    for (int i = 0; i < n; i++)
+        bench_fill_random(prompts + (size_t)i * len, len, b->vocab, seed + 7919 * (uint64_t)i);
+    if (k > 0) {
+        for (int i = 0; i < n; i++) bench_submit(s, prompts + (size_t)i * len, k, 1, NULL, &p[i]);
         scheduler_run_until_idle(s);
-        for (int i = 0; i < n; i++)
-            if (p[i].t_last > t1) t1 = p[i].t_last;
-        scheduler_stats st1 = scheduler_get_stats(s);
-        row->s = t1 - t0;
-        row->hit = (double)(st1.host_hit_tokens - st0.host_hit_tokens) / ((double)n * len);
-        row->gpu_hit_tokens = st1.prefix_hit_tokens - st0.prefix_hit_tokens;
-        row->tok_s = (double)n * len / row->s;
-        row->kv_gbs = (double)(st1.host.loaded_bytes - st0.host.loaded_bytes) / row->s / 1e9;
-        b->n_p512 = f + 1;
-        note(b, "prefill %d x %d tokens, %.0f%% host hits: %.0f tok/s, KV %.1f GB/s", n, len,
-             row->hit * 100, row->tok_s, row->kv_gbs);
     }
+    prefix_cache_reset(scheduler_prefix_cache(s));
+    scheduler_stats st0 = scheduler_get_stats(s);
+    double t0 = kv_now(), t1 = t0;
+    for (int i = 0; i < n; i++) bench_submit(s, prompts + (size_t)i * len, len, 1, NULL, &p[i]);
+    scheduler_run_until_idle(s);
+    for (int i = 0; i < n; i++)
+        if (p[i].t_last > t1) t1 = p[i].t_last;
+    scheduler_stats st1 = scheduler_get_stats(s);
+    row->s = t1 - t0;
+    row->hit = (double)(st1.host_hit_tokens - st0.host_hit_tokens) / ((double)n * len);
+    row->gpu_hit_tokens = st1.prefix_hit_tokens - st0.prefix_hit_tokens;
+    row->tok_s = (double)n * len / row->s;
+    row->kv_gbs = (double)(st1.host.loaded_bytes - st0.host.loaded_bytes) / row->s / 1e9;
     free(prompts);
     free(p);
+}
+
+static void run_prefill512(bench *b, scheduler *s) {
+    static const double fracs[] = {0, 0.5, 0.8, 1.0};
+    p512_row warm; /* the shapes of the timed waves, once */
+    p512_wave(b, s, 0.5, b->p512_n / 8 > 1 ? b->p512_n / 8 : 1, 3, &warm);
+    for (int f = 0; f < 4; f++) {
+        p512_row *row = &b->p512[f];
+        p512_wave(b, s, fracs[f], b->p512_n, ((uint64_t)(f + 1) << 32) + 5, row);
+        b->n_p512 = f + 1;
+        note(b, "prefill %d x %d tokens, %.0f%% host hits: %.0f tok/s, KV %.1f GB/s", b->p512_n,
+             b->p512_len, row->hit * 100, row->tok_s, row->kv_gbs);
+    }
 }
 
 /* --- decode with the tier on vs off --- */
@@ -424,13 +436,16 @@ static const char *verdict(bool measured, bool pass) {
 
 static const ttft_row *row_for(const bench *b, int nominal) {
     for (int i = 0; i < b->n_rows; i++)
-        if (b->rows[i].in_ttft && b->rows[i].nominal == nominal) return &b->rows[i];
+        if (b->rows[i].measured && b->rows[i].in_ttft && b->rows[i].nominal == nominal)
+            return &b->rows[i];
     return NULL;
 }
 
 /* The load the rate target is judged on: the longest host hit measured. */
 static const ttft_row *row_longest(const bench *b) {
-    return b->n_rows > 0 && b->rows[b->n_rows - 1].load_s > 0 ? &b->rows[b->n_rows - 1] : NULL;
+    for (int i = b->n_rows - 1; i >= 0; i--)
+        if (b->rows[i].measured && b->rows[i].load_s > 0) return &b->rows[i];
+    return NULL;
 }
 
 static double load_gbs(const ttft_row *r) {
@@ -444,7 +459,7 @@ static void ttft_table(FILE *f, const bench *b, bool sweep) {
             "|---|---|---|---|---|---|---|---|\n");
     for (int i = 0; i < b->n_rows; i++) {
         const ttft_row *r = &b->rows[i];
-        if (sweep ? !r->in_sweep : !r->in_ttft) continue;
+        if (!r->measured || (sweep ? !r->in_sweep : !r->in_ttft)) continue;
         double gbs = load_gbs(r);
         fprintf(f, "| %d | %.1f | %.2f (%d) | %.2f (%d) | %.2f | %.1f | %.1f%% | %.2f |\n", r->len,
                 r->cold_s * 1e3, r->gpu_s * 1e3, r->n_gpu_cached, r->host_s * 1e3, r->n_host_cached,
@@ -602,9 +617,29 @@ static int plot_write(const bench *b) {
     fprintf(f, "# bench_offload TTFT, %s on %s\n# len recompute_ms host_ms gpu_hit_ms\n",
             b->a.model, b->a.hardware ? b->a.hardware : b->be->name);
     for (int i = 0; i < b->n_rows; i++)
-        fprintf(f, "%d %.4f %.4f %.4f\n", b->rows[i].len, b->rows[i].cold_s * 1e3,
-                b->rows[i].host_s * 1e3, b->rows[i].gpu_s * 1e3);
+        if (b->rows[i].measured)
+            fprintf(f, "%d %.4f %.4f %.4f\n", b->rows[i].len, b->rows[i].cold_s * 1e3,
+                    b->rows[i].host_s * 1e3, b->rows[i].gpu_s * 1e3);
     return fclose(f) ? -1 : 0;
+}
+
+/* Writes --out and --plot-data with what is measured so far (after every part, so that a run cut
+ * short by a time limit or a crash still leaves its tables). Returns 0, or 1 when a file fails. */
+static int report_save(const bench *b) {
+    int rc = 0;
+    if (b->a.out) {
+        FILE *f = fopen(b->a.out, "w");
+        if (f) report_print(f, b);
+        if (!f || fclose(f)) {
+            fprintf(stderr, "bench_offload: cannot write %s\n", b->a.out);
+            rc = 1;
+        }
+    }
+    if (b->a.plot && b->n_rows > 0 && plot_write(b)) {
+        fprintf(stderr, "bench_offload: cannot write %s\n", b->a.plot);
+        rc = 1;
+    }
+    return rc;
 }
 
 /* --- main --- */
@@ -733,7 +768,17 @@ int main(int argc, char **argv) {
     b->id_prefix = a->quick ? 128 : 1024, b->id_suffix = a->quick ? 16 : 64;
     b->id_gen = a->quick ? 32 : 48;
 
-    /* 2, 3, 5: one engine with the main tier */
+    /* 4, 6 first (engines of their own), then 5 and 2-3 on the engine with the main tier: the
+     * longest prompts come last, so a run cut short keeps every other table */
+    int rc = 0;
+    if (a->parts & PART_DECODE) {
+        run_decode(b);
+        rc |= report_save(b);
+    }
+    if (a->parts & PART_IDENTICAL) {
+        run_identical(b);
+        rc |= report_save(b);
+    }
     if (a->parts & (PART_TTFT | PART_SWEEP | PART_PREFILL)) {
         metrics met;
         metrics_init(&met, "bench_offload");
@@ -751,28 +796,16 @@ int main(int argc, char **argv) {
         b->tier_ready_gib = (double)scheduler_get_stats(s).host.bytes_ready / (1 << 30);
         note(b, "engine: %d GPU blocks, host tier %.1f GiB pinned in %.1f s", b->main_blocks,
              b->tier_ready_gib, b->pin_s);
-        if (a->parts & (PART_TTFT | PART_SWEEP)) run_ttft(b, s, &met);
-        if ((a->parts & PART_PREFILL) && b->p512_n > 0) run_prefill512(b, s);
+        if ((a->parts & PART_PREFILL) && b->p512_n > 0) {
+            run_prefill512(b, s);
+            rc |= report_save(b);
+        }
+        if (a->parts & (PART_TTFT | PART_SWEEP)) rc |= run_ttft(b, s, &met);
         scheduler_free(s);
         metrics_free(&met);
     }
-    if (a->parts & PART_DECODE) run_decode(b);       /* 4 */
-    if (a->parts & PART_IDENTICAL) run_identical(b); /* 6 */
-
     report_print(stdout, b);
-    int rc = 0;
-    if (a->out) {
-        FILE *f = fopen(a->out, "w");
-        if (f) report_print(f, b);
-        if (!f || fclose(f)) {
-            fprintf(stderr, "bench_offload: cannot write %s\n", a->out);
-            rc = 1;
-        }
-    }
-    if (a->plot && b->n_rows > 0 && plot_write(b)) {
-        fprintf(stderr, "bench_offload: cannot write %s\n", a->plot);
-        rc = 1;
-    }
+    rc |= report_save(b);
     note(b, "done");
     llama_free(&b->m);
     backend_destroy(b->be);

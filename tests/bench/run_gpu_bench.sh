@@ -35,9 +35,15 @@ step bench_kernels 80 "$B/tests/bench/bench_kernels" all
 step bench_offload_copy 60 "$B/tests/bench/bench_offload_copy" --device cuda
 step bench_engine 110 "$B/tests/bench/bench_engine" --device cuda --model "$MODEL" \
     --load-format dummy
+step bench_offload 300 "$B/tests/bench/bench_offload" --model "$MODEL" --load-format dummy \
+    --device cuda --hardware "${HW:-unknown GPU}" --plot-data "$OUT/ttft.dat" \
+    --out "$OUT/bench_offload.md"
+command -v gnuplot >/dev/null && [ -s "$OUT/ttft.dat" ] &&
+    gnuplot -e "data='$OUT/ttft.dat'; out='$OUT/ttft.png'" tests/bench/plot_ttft.gp
 
 echo
 cat "$OUT/summary.txt"
 echo
 [ -f "$OUT/bench_model.md" ] && cat "$OUT/bench_model.md"
+[ -f "$OUT/bench_offload.md" ] && cat "$OUT/bench_offload.md"
 exit 0
