@@ -74,6 +74,7 @@ typedef struct ident_run {
     int n_blocks;
     int64_t preemptions, gpu_evictions, blocks_loaded, blocks_stored, host_evictions;
     int64_t tokens;
+    int64_t computed; /* prompt tokens computed at admissions (not served by a cache) */
     int n_aborted;
     int mismatched_reqs; /* vs the tier-off run */
     int64_t mismatched_tokens;
@@ -382,6 +383,7 @@ static void ident_run_one(bench *b, ident_run *run, int32_t *tokens) {
         run->blocks_stored = (int64_t)(st.host.stored_bytes / st.host.block_bytes);
     }
     run->host_evictions = (int64_t)st.host.evictions;
+    run->computed = st.prefix_query_tokens - st.prefix_hit_tokens - st.host_hit_tokens;
     for (int i = 0; i < n; i++) {
         run->tokens += p[i].n_tokens;
         run->n_aborted += p[i].finish == ENGINE_FINISH_ABORT;
@@ -554,18 +556,18 @@ static void report_print(FILE *f, const bench *b) {
                 "differs from batch shapes alone.\n\n",
                 b->id_n, b->id_groups, b->id_prefix, b->id_suffix, b->id_gen, b->id_wave);
         fprintf(f, "| run | GPU blocks | preemptions | GPU evictions | blocks loaded | blocks "
-                   "stored | host evictions | tokens | aborted | requests differing | tokens "
-                   "differing | first differing position | s |\n"
-                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+                   "stored | host evictions | prompt tokens computed | tokens generated | aborted "
+                   "| requests differing | tokens differing | first differing position | s |\n"
+                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (int r = 0; r < 3; r++) {
             const ident_run *x = &b->id[r];
             fprintf(f,
-                    "| %s | %d | %lld | %lld | %lld | %lld | %lld | %lld | %d | %s%d | %lld | %d "
-                    "| %.2f |\n",
+                    "| %s | %d | %lld | %lld | %lld | %lld | %lld | %lld | %lld | %d | %s%d | "
+                    "%lld | %d | %.2f |\n",
                     x->name, x->n_blocks, (long long)x->preemptions, (long long)x->gpu_evictions,
                     (long long)x->blocks_loaded, (long long)x->blocks_stored,
-                    (long long)x->host_evictions, (long long)x->tokens, x->n_aborted,
-                    r == 0 ? "(reference) " : "", x->mismatched_reqs,
+                    (long long)x->host_evictions, (long long)x->computed, (long long)x->tokens,
+                    x->n_aborted, r == 0 ? "(reference) " : "", x->mismatched_reqs,
                     (long long)x->mismatched_tokens, x->first_mismatch, x->s);
         }
         fprintf(f, "\n");
