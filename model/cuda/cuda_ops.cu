@@ -117,8 +117,8 @@ template <int VEC> __global__ void add_kernel(bf16 *x, const bf16 *d, size_t n) 
 /* Grid (token, group of blockDim pairs), one (head, pair) per thread. The angle is formed in fp32
  * like the reference (position * inv_freq) and its sine and cosine taken in double:
  * --use_fast_math turns sincosf into an approximation that is far off at angles of 1e4 rad, and a
- * float sincos after reducing the angle in double (~4e-7 off) flipped bf16 roundings often enough
- * to change a greedy id of stories260K at step 114 (run 7). */
+ * float sincos of the angle reduced in double (~4e-7 off) flipped enough bf16 roundings that
+ * stories260K's greedy ids parted from llama2.c's at step 114 (NOTES-cuda.md, runs 7-8). */
 __global__ void rope_kernel(bf16 *x, const int32_t *positions, int row_stride, int n_pairs,
                             int head_dim, const float *inv_freq) {
     pdl_wait();
