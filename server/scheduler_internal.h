@@ -87,7 +87,8 @@ struct scheduler {
     /* step scratch */
     int32_t *b_tokens, *b_positions, *b_seq_start, *b_seq_len, *b_out_rows, *b_table;
     size_t b_table_cap;
-    float *logits;
+    float *logits;                 /* [out_cap, vocab] rows of one step */
+    bool logits_pinned;            /* logits came from the backend's host_alloc */
     sched_req **b_reqs;
     int *b_out_first; /* [seqs] first out row of each sequence */
     sampler_logprobs *lp;

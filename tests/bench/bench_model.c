@@ -494,7 +494,11 @@ int main(int argc, char **argv) {
     int32_t *tokens = kv_malloc((size_t)max_len * sizeof *tokens);
     uint64_t rng = 0x2545f4914f6cdd1dull;
     for (int i = 0; i < max_len; i++) tokens[i] = (int32_t)(xorshift64(&rng) % (uint64_t)vocab);
-    float *logits = kv_malloc((size_t)max_batch * (size_t)vocab * sizeof *logits);
+    /* logits land in pinned memory where the backend has it, as the engine's do */
+    size_t logits_bytes = (size_t)max_batch * (size_t)vocab * sizeof(float);
+    float *logits = op->host_alloc(be, logits_bytes);
+    bool logits_pinned = logits != NULL;
+    if (!logits_pinned) logits = kv_malloc(logits_bytes);
 
     // decode: a real prefill of ctx tokens into sequence 0's blocks, copied to every sequence's
     // own blocks, so attention reads real (finite) K/V from distinct memory
@@ -553,8 +557,10 @@ int main(int argc, char **argv) {
         }
     }
     op->dev_free(be, pool);
+    if (logits_pinned) op->host_free(be, logits);
+    else free(logits);
     llama_free(&m);
     backend_destroy(be);
-    free(table), free(tokens), free(logits);
+    free(table), free(tokens);
     return rc;
 }
