@@ -11,15 +11,22 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kvcache/prefix_cache.h"
 #include "server/scheduler.h"
 
 #define MAX_OUT 512
-#define LP_ATOL 1e-4f
+/* KVSERVE_TEST_DEVICE=cuda runs the same tests on the GPU (the gpu suite does): bf16 activations
+ * round each logit to ~3 significant digits, and batch composition changes the GEMM tiling, so
+ * logprobs of one request in different batches agree to ~1e-2 there; 0.1 still separates every
+ * greedy choice these tests make (stories260K's top-2 gaps on these prompts are far larger, and a
+ * flipped choice fails the token comparison anyway). */
+#define LP_ATOL (on_cuda ? 1e-1f : 1e-4f)
 
 static char model_dir[1024];
+static bool on_cuda; /* set once in main from KVSERVE_TEST_DEVICE */
 
 typedef struct result {
     int32_t toks[MAX_OUT];
@@ -80,7 +87,7 @@ typedef struct engine_opts {
 
 static void engine_open(engine *e, engine_opts o) {
     kv_error err = {{0}};
-    e->be = backend_create("cpu", 1, &err);
+    e->be = backend_create(on_cuda ? "cuda" : "cpu", 1, &err);
     ck_assert_msg(e->be != NULL, "%s", err.msg);
     int budget = o.budget ? o.budget : 512;
     ck_assert_msg(
@@ -586,6 +593,12 @@ START_TEST(engine_thread_serves_and_shuts_down) {
 END_TEST
 
 int main(void) {
+    const char *dev = getenv("KVSERVE_TEST_DEVICE");
+    on_cuda = dev && strcmp(dev, "cuda") == 0;
+    if (on_cuda && !backend_cuda_available()) {
+        printf("SKIP: KVSERVE_TEST_DEVICE=cuda but no GPU\n");
+        return 77;
+    }
     const char *td = getenv("KVSERVE_TESTDATA");
     snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", td ? td : "../shared/testdata");
     char probe[1100];

@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kvcache/prefix_cache.h"
@@ -17,6 +18,7 @@
 #define MAX_OUT 256
 
 static char model_dir[1024];
+static bool on_cuda; /* KVSERVE_TEST_DEVICE=cuda: the gpu suite runs these tests on the GPU */
 static bool have_model;
 
 typedef struct result {
@@ -99,7 +101,7 @@ typedef struct engine {
 static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy pol,
                         int reuse_threshold, int max_seqs) {
     kv_error err = {{0}};
-    e->be = backend_create("cpu", 1, &err);
+    e->be = backend_create(on_cuda ? "cuda" : "cpu", 1, &err);
     ck_assert(e->be != NULL);
     ck_assert_msg(
         llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, 256, NULL, NULL, &err) == 0,
@@ -451,6 +453,12 @@ START_TEST(held_streams_keep_order_reuse_gated) {
 END_TEST
 
 int main(void) {
+    const char *dev = getenv("KVSERVE_TEST_DEVICE");
+    on_cuda = dev && strcmp(dev, "cuda") == 0;
+    if (on_cuda && !backend_cuda_available()) {
+        printf("SKIP: KVSERVE_TEST_DEVICE=cuda but no GPU\n");
+        return 77;
+    }
     const char *td = getenv("KVSERVE_TESTDATA");
     snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", td ? td : "../shared/testdata");
     char probe[1100];
