@@ -23,6 +23,7 @@ static bool have_model;
 
 typedef struct result {
     int32_t toks[MAX_OUT];
+    float gap[MAX_OUT]; /* top-1 minus top-2 logprob of each step */
     int n;
     bool done;
     engine_finish finish;
@@ -36,7 +37,10 @@ static void on_event(void *user, const engine_event *ev) {
         r->after_done++;
         return;
     }
-    if (ev->token >= 0 && !ev->is_prompt) r->toks[r->n++] = ev->token;
+    if (ev->token >= 0 && !ev->is_prompt) {
+        r->gap[r->n] = ev->n_top >= 2 ? ev->top_logprobs[0] - ev->top_logprobs[1] : INFINITY;
+        r->toks[r->n++] = ev->token;
+    }
     if (ev->finish != ENGINE_FINISH_NONE) {
         r->done = true;
         r->finish = ev->finish;
@@ -51,6 +55,7 @@ static sampler_params greedy(int max_tokens) {
     p.temperature = 0;
     p.max_tokens = max_tokens;
     p.ignore_eos = true;
+    p.logprobs = 2; /* top-2 gaps for assert_same_tokens */
     return p;
 }
 
@@ -72,11 +77,21 @@ static void random_tokens(int32_t *t, int n, uint64_t seed, int vocab) {
     }
 }
 
+/* a is the reference (tier off). On the GPU the forward pass is not batch-invariant: a greedy
+ * choice may flip where a's top-2 logprobs are within bf16 noise (0.2); that divergence is
+ * accepted once and the rest is not compared. On the CPU backend none is accepted. A race that
+ * corrupts K/V changes the logits far beyond that and shows up away from near-ties. */
 static void assert_same_tokens(const result *a, const result *b, const char *what) {
     ck_assert_msg(a->done && b->done, "%s: not done", what);
-    ck_assert_msg(a->n == b->n, "%s: %d vs %d tokens", what, a->n, b->n);
-    for (int i = 0; i < a->n; i++)
+    for (int i = 0; i < a->n && i < b->n; i++) {
+        if (on_cuda && a->toks[i] != b->toks[i]) {
+            ck_assert_msg(a->gap[i] <= 0.2f, "%s: token %d differs, top-2 gap %g", what, i,
+                          a->gap[i]);
+            return;
+        }
         ck_assert_msg(a->toks[i] == b->toks[i], "%s: token %d differs", what, i);
+    }
+    ck_assert_msg(a->n == b->n, "%s: %d vs %d tokens", what, a->n, b->n);
 }
 
 static void assert_idle_no_leak(scheduler *s) {
