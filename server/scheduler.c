@@ -146,14 +146,6 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
         s->st.n_aborted++;
     else
         s->st.n_finished++;
-    metrics *m = s->cfg.metrics;
-    if (m) {
-        metrics_finish mf = finish == ENGINE_FINISH_STOP     ? METRICS_FINISH_STOP
-                            : finish == ENGINE_FINISH_LENGTH ? METRICS_FINISH_LENGTH
-                                                             : METRICS_FINISH_ABORT;
-        metrics_counter_add(&m->request_success[mf], 1);
-        metrics_histogram_observe(&m->e2e_request_latency_seconds, kv_now() - r->arrival);
-    }
     if (r->admitted_once) sampler_state_free(&r->st);
     sched_req_free(r);
 }

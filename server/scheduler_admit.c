@@ -144,7 +144,6 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         if (r->n_cached_gpu + r->n_cached_host > r->n_prompt)
             r->n_cached_host = r->n_prompt - r->n_cached_gpu;
         s->st.n_prompt_tokens += r->n_prompt;
-        if (m) metrics_counter_add(&m->prompt_tokens, (uint64_t)r->n_prompt);
         sampler_state_init(&s->smp, &r->st, &r->params, r->tokens, r->n_prompt);
         pthread_mutex_lock(&s->lock);
         s->n_queued--;

@@ -105,14 +105,6 @@ static bool sched_sample(scheduler *s, sched_req *r, float *row) {
     r->tokens[r->n_tokens++] = tok;
     s->st.n_generation_tokens++;
     double now = kv_now();
-    metrics *m = s->cfg.metrics;
-    if (m) {
-        metrics_counter_add(&m->generation_tokens, 1);
-        if (r->st.n_generated == 1)
-            metrics_histogram_observe(&m->time_to_first_token_seconds, now - r->arrival);
-        else
-            metrics_histogram_observe(&m->inter_token_latency_seconds, now - r->last_token_time);
-    }
     r->last_token_time = now;
 
     engine_finish finish = ENGINE_FINISH_NONE;
