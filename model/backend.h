@@ -81,6 +81,11 @@ typedef struct backend_ops {
      * the stream in order. The caller coalesces adjacent runs before calling. */
     void (*copy_async)(backend *be, backend_stream s, int n, void *const *dsts,
                        const void *const *srcs, const size_t *sizes);
+    /* Optional (NULL: the caller makes one copy_async per row): height rows of width bytes,
+     * row i from src + i * spitch to dst + i * dpitch, queued on the stream (one strided copy:
+     * near the full copy rate for rows of 512 KiB and more, unlike as many small copies). */
+    void (*copy_2d_async)(backend *be, backend_stream s, void *dst, size_t dpitch, const void *src,
+                          size_t spitch, size_t width, size_t height);
     backend_event *(*event_record)(backend *be, backend_stream s);
     bool (*event_done)(backend *be, backend_event *ev); /* polls; never blocks */
     void (*event_wait)(backend *be, backend_stream s, backend_event *ev); /* s waits on ev */

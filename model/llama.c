@@ -390,9 +390,10 @@ static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *poo
 }
 
 /* Every op of a step from the embeddings to the logits of out rows [0, min(n_out,
- * LLAMA_LOGIT_ROWS)) in m->logits (device); llama_forward downloads them. */
+ * LLAMA_LOGIT_ROWS)) in m->logits (device); llama_forward downloads them. layer_ready: see
+ * llama_forward_layers (NULL: none). */
 static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
-                        const backend_kv_layout *kvl) {
+                        const backend_kv_layout *kvl, backend_event *const *layer_ready) {
     const hf_config *c = &m->cfg;
     backend *be = m->be;
     const backend_ops *op = be->ops;
@@ -407,6 +408,9 @@ static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
     op->rmsnorm(be, m->h, m->x, m->layers[0].attn_norm, n, dim, eps);
     for (int l = 0; l < c->n_layers; l++) {
         const llama_layer *L = &m->layers[l];
+        // this layer's K/V blocks still loading from the host tier: wait for them (once a group)
+        if (layer_ready && layer_ready[l] && (l == 0 || layer_ready[l] != layer_ready[l - 1]))
+            op->event_wait(be, BACKEND_STREAM_COMPUTE, layer_ready[l]);
         // q, k, v projections as one matmul: rows [q | k | v]
         op->matmul(be, m->qkv, m->h, L->wqkv, L->bqkv, n, dim, qkv_dim);
         // rotary embedding of the q and k heads (adjacent in each row)
@@ -440,6 +444,12 @@ static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
 
 void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
                    const backend_kv_layout *kvl, float *logits) {
+    llama_forward_layers(m, batch, pool, kvl, logits, NULL);
+}
+
+void llama_forward_layers(llama_model *m, const backend_batch *batch, void *pool,
+                          const backend_kv_layout *kvl, float *logits,
+                          backend_event *const *layer_ready) {
     const hf_config *c = &m->cfg;
     backend *be = m->be;
     const backend_ops *op = be->ops;
@@ -451,8 +461,9 @@ void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
 
     // batch metadata (tokens, positions, block tables) to the device
     op->step_begin(be, batch);
-    // the step's ops: replayed from a recording, recorded, or run one by one
-    llama_graph *gr = graph_slot(m, batch, pool, kvl);
+    // the step's ops: replayed from a recording, recorded, or run one by one (a step with layer
+    // waits is neither: a recording would keep waits on events of this step only)
+    llama_graph *gr = layer_ready ? NULL : graph_slot(m, batch, pool, kvl);
     if (gr && gr->g && op->graph_launch(be, gr->g)) {
         m->n_graph_replays++;
     } else {
@@ -462,7 +473,7 @@ void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
             gr->seen = false;
         }
         bool record = gr && gr->seen && op->graph_begin(be);
-        forward_ops(m, batch, pool, kvl);
+        forward_ops(m, batch, pool, kvl, layer_ready);
         if (record) gr->g = op->graph_end(be);
         if (gr) gr->seen = true;
     }

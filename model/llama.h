@@ -78,5 +78,12 @@ backend_kv_layout llama_kv_layout(const llama_model *m, int block_size);
  * batch.out_rows rows in logits[n_out * vocab]. batch.n_tokens <= max_tokens. */
 void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
                    const backend_kv_layout *layout, float *logits);
+/* llama_forward for a step that reads KV blocks still being loaded, layer group by layer group
+ * (offload/transfer.h, transfer_load_layers): before layer l's ops, COMPUTE waits for
+ * layer_ready[l] when it is not NULL (once per run of equal events). Never recorded nor replayed
+ * (backend graphs). layer_ready is [n_layers], or NULL (= llama_forward). */
+void llama_forward_layers(llama_model *m, const backend_batch *batch, void *pool,
+                          const backend_kv_layout *layout, float *logits,
+                          backend_event *const *layer_ready);
 
 #endif

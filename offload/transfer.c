@@ -1,5 +1,6 @@
-/* Block copies between the device KV pool and host slots: coalescing, one copy_async per batch,
- * an event per op, per-block counts of the ops in flight. */
+/* Block copies between the device KV pool and host slots: coalescing, one copy_async per batch
+ * (or, for a load by layer groups, one strided copy per run and group), an event per op (per
+ * group), per-block counts of the ops in flight. */
 #include "offload/transfer.h"
 
 #include <stdlib.h>
@@ -9,7 +10,10 @@ struct transfer_op {
     transfer_pair *pairs; /* [n_pairs], as given */
     int n_pairs;
     int n_copies;
-    backend_event *ev; /* recorded on the op's stream after its copies; NULL once done */
+    int n_layers, n_groups; /* layer groups (1: the whole blocks at once) */
+    /* [n_groups] recorded on the op's stream after each group's copies; the last one ends the op;
+     * NULL once done */
+    backend_event **evs;
     bool done;
     transfer_op *prev, *next; /* every op not yet freed */
 };
@@ -52,8 +56,9 @@ transfer *transfer_create(backend *be, host_pool *hp, void *gpu_pool, int n_bloc
 
 static void op_finish(transfer *t, transfer_op *op) {
     op->done = true;
-    t->be->ops->event_free(t->be, op->ev);
-    op->ev = NULL;
+    for (int g = 0; g < op->n_groups; g++) t->be->ops->event_free(t->be, op->evs[g]);
+    free(op->evs);
+    op->evs = NULL;
     t->n_inflight--;
     for (int i = 0; i < op->n_pairs; i++) {
         int32_t b = op->pairs[i].block;
@@ -155,22 +160,62 @@ static int batch_build(transfer *t, transfer_dir dir, const transfer_pair *pairs
     return n_copies;
 }
 
+/* First layer of group g: group g holds layers [group_first(g), group_first(g + 1)). */
+static int group_first(int g, int n_layers, int n_groups) {
+    return g * n_layers / n_groups;
+}
+
+/* Queues the copies of layers [lo, hi) of every block of the n_copies runs in t->dsts/srcs/sizes:
+ * one strided copy per run (a row per block: the layers' bytes are contiguous in a block), or one
+ * copy per block where the backend has no copy_2d_async. */
+static void group_copy(transfer *t, int n_copies, size_t off, size_t width) {
+    backend *be = t->be;
+    size_t bb = t->block_bytes;
+    for (int i = 0; i < n_copies; i++) {
+        char *dst = (char *)t->dsts[i] + off;
+        const char *src = (const char *)t->srcs[i] + off;
+        size_t height = t->sizes[i] / bb;
+        if (be->ops->copy_2d_async) {
+            be->ops->copy_2d_async(be, BACKEND_STREAM_LOAD, dst, bb, src, bb, width, height);
+            continue;
+        }
+        for (size_t r = 0; r < height; r++) {
+            void *d = dst + r * bb;
+            const void *sp = src + r * bb;
+            be->ops->copy_async(be, BACKEND_STREAM_LOAD, 1, &d, &sp, &width);
+        }
+    }
+}
+
 static transfer_op *transfer_queue(transfer *t, transfer_dir dir, const transfer_pair *pairs, int n,
-                                   backend_event *after) {
+                                   backend_event *after, int n_layers, int n_groups) {
     KV_CHECK(n > 0);
     int n_copies = batch_build(t, dir, pairs, n);
     backend_stream stream = dir == TRANSFER_LOAD ? BACKEND_STREAM_LOAD : BACKEND_STREAM_STORE;
     const backend_ops *ops = t->be->ops;
     if (after) ops->event_wait(t->be, stream, after);
-    ops->copy_async(t->be, stream, n_copies, t->dsts, t->srcs, t->sizes);
 
     transfer_op *op = kv_calloc(1, sizeof *op);
     op->dir = dir;
     op->pairs = kv_malloc((size_t)n * sizeof *op->pairs);
     memcpy(op->pairs, pairs, (size_t)n * sizeof *pairs);
     op->n_pairs = n;
-    op->n_copies = n_copies;
-    op->ev = ops->event_record(t->be, stream);
+    op->n_copies = n_copies * n_groups;
+    op->n_layers = n_layers;
+    op->n_groups = n_groups;
+    op->evs = kv_malloc((size_t)n_groups * sizeof *op->evs);
+    if (n_groups == 1) {
+        ops->copy_async(t->be, stream, n_copies, t->dsts, t->srcs, t->sizes);
+        op->evs[0] = ops->event_record(t->be, stream);
+    } else {
+        size_t layer_bytes = t->block_bytes / (size_t)n_layers;
+        for (int g = 0; g < n_groups; g++) {
+            int lo = group_first(g, n_layers, n_groups),
+                hi = group_first(g + 1, n_layers, n_groups);
+            group_copy(t, n_copies, (size_t)lo * layer_bytes, (size_t)(hi - lo) * layer_bytes);
+            op->evs[g] = ops->event_record(t->be, stream);
+        }
+    }
     op->next = t->ops;
     if (t->ops) t->ops->prev = op;
     t->ops = op;
@@ -188,27 +233,51 @@ static transfer_op *transfer_queue(transfer *t, transfer_dir dir, const transfer
     uint64_t bytes = (uint64_t)n * t->block_bytes;
     if (dir == TRANSFER_LOAD) {
         t->stats.n_loads++;
-        t->stats.n_load_copies += (uint64_t)n_copies;
+        t->stats.n_layered_loads += n_groups > 1;
+        t->stats.n_load_copies += (uint64_t)op->n_copies;
         t->stats.load_bytes += bytes;
     } else {
         t->stats.n_stores++;
-        t->stats.n_store_copies += (uint64_t)n_copies;
+        t->stats.n_store_copies += (uint64_t)op->n_copies;
         t->stats.store_bytes += bytes;
     }
     return op;
 }
 
 transfer_op *transfer_load(transfer *t, const transfer_pair *pairs, int n, backend_event *after) {
-    return transfer_queue(t, TRANSFER_LOAD, pairs, n, after);
+    return transfer_queue(t, TRANSFER_LOAD, pairs, n, after, 1, 1);
+}
+
+transfer_op *transfer_load_layers(transfer *t, const transfer_pair *pairs, int n,
+                                  backend_event *after, int n_layers, int n_groups) {
+    KV_CHECK(n_layers >= 1 && t->block_bytes % (size_t)n_layers == 0);
+    if (n_groups > n_layers) n_groups = n_layers;
+    if (n_groups < 1) n_groups = 1;
+    return transfer_queue(t, TRANSFER_LOAD, pairs, n, after, n_layers, n_groups);
 }
 
 transfer_op *transfer_store(transfer *t, const transfer_pair *pairs, int n, backend_event *after) {
-    return transfer_queue(t, TRANSFER_STORE, pairs, n, after);
+    return transfer_queue(t, TRANSFER_STORE, pairs, n, after, 1, 1);
+}
+
+backend_event *transfer_op_layer_event(const transfer_op *op, int layer) {
+    KV_CHECK(op->dir == TRANSFER_LOAD && layer >= 0);
+    if (op->done) return NULL;
+    if (op->n_groups == 1) return op->evs[0];
+    KV_CHECK(layer < op->n_layers);
+    int g = op->n_groups - 1;
+    while (layer < group_first(g, op->n_layers, op->n_groups)) g--;
+    return op->evs[g];
+}
+
+/* The stream runs in order: the last event done means every group is. */
+static backend_event *op_last_event(const transfer_op *op) {
+    return op->evs[op->n_groups - 1];
 }
 
 bool transfer_poll(transfer *t, transfer_op *op) {
     if (op->done) return true;
-    if (!t->be->ops->event_done(t->be, op->ev)) return false;
+    if (!t->be->ops->event_done(t->be, op_last_event(op))) return false;
     op_finish(t, op);
     return true;
 }
@@ -219,12 +288,12 @@ int transfer_poll_all(transfer *t) {
 }
 
 void transfer_compute_wait(transfer *t, transfer_op *op) {
-    if (!op->done) t->be->ops->event_wait(t->be, BACKEND_STREAM_COMPUTE, op->ev);
+    if (!op->done) t->be->ops->event_wait(t->be, BACKEND_STREAM_COMPUTE, op_last_event(op));
 }
 
 void transfer_wait(transfer *t, transfer_op *op) {
     if (op->done) return;
-    t->be->ops->event_sync(t->be, op->ev);
+    t->be->ops->event_sync(t->be, op_last_event(op));
     op_finish(t, op);
 }
 

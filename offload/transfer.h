@@ -6,7 +6,8 @@
  *
  * Ordering rules (DESIGN.md, "Engine loop"), and how this API keeps them:
  *  1. A load completes before any kernel reads its blocks: the engine schedules the reading step
- *     only after transfer_poll says done, or calls transfer_compute_wait first.
+ *     only after transfer_poll says done, or calls transfer_compute_wait first, or (a load by
+ *     layer groups) makes each layer's kernels wait for transfer_op_layer_event.
  *  2. A load into a recycled block waits for the last kernel that read the old contents: `after`
  *     = the compute event of the last step launched; the LOAD stream waits on it.
  *  3. A store waits for the kernel that wrote the block (`after`, the STORE stream waits on it),
@@ -38,6 +39,7 @@ typedef struct transfer_hooks {
 
 typedef struct transfer_stats {
     uint64_t n_loads, n_stores;             /* ops queued */
+    uint64_t n_layered_loads;               /* loads queued by layer groups (of n_loads) */
     uint64_t n_load_copies, n_store_copies; /* copies after coalescing */
     uint64_t load_bytes, store_bytes;       /* queued */
     int n_inflight;
@@ -57,6 +59,19 @@ void transfer_free(transfer *t);
  * distinct and a store's slots distinct. Returns a handle owned by the transfer. */
 transfer_op *transfer_load(transfer *t, const transfer_pair *pairs, int n, backend_event *after);
 transfer_op *transfer_store(transfer *t, const transfer_pair *pairs, int n, backend_event *after);
+
+/* A load (same rules and checks as transfer_load) in layer groups: the blocks' layers
+ * [g * n_layers / n_groups, (g + 1) * n_layers / n_groups) of every block, group after group, each
+ * group a strided copy per run (copy_2d_async; one copy per block without it) with an event after
+ * it. A block is [layer][...] contiguous, so a group's bytes are one range of each block.
+ * n_groups is clamped to [1, n_layers]; block_bytes must be a multiple of n_layers. A step may then
+ * read the blocks while the load runs if its layer l kernels wait for transfer_op_layer_event. */
+transfer_op *transfer_load_layers(transfer *t, const transfer_pair *pairs, int n,
+                                  backend_event *after, int n_layers, int n_groups);
+/* The event after which layer `layer` of a load's blocks is in place (a load not by groups: its
+ * only event), borrowed: valid until a poll sees the op done, so queue the waits on it before the
+ * next poll. NULL once the op is seen done. */
+backend_event *transfer_op_layer_event(const transfer_op *op, int layer);
 
 /* True once the op's copies have completed; never blocks. The first true unpins its blocks. */
 bool transfer_poll(transfer *t, transfer_op *op);

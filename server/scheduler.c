@@ -41,11 +41,18 @@ static void llama_forward_adapter(void *ctx, const backend_batch *batch, void *p
     llama_forward(ctx, batch, pool, layout, logits);
 }
 
+static void llama_forward_layers_adapter(void *ctx, const backend_batch *batch, void *pool,
+                                         const backend_kv_layout *layout, float *logits,
+                                         backend_event *const *layer_ready) {
+    llama_forward_layers(ctx, batch, pool, layout, logits, layer_ready);
+}
+
 void scheduler_model_llama(scheduler_model *sm, llama_model *m, int block_size) {
     const hf_config *c = &m->cfg;
     *sm = (scheduler_model){.be = m->be,
                             .ctx = m,
                             .forward = llama_forward_adapter,
+                            .forward_layers = llama_forward_layers_adapter,
                             .layout = llama_kv_layout(m, block_size),
                             .vocab = c->vocab_size,
                             .max_tokens = m->max_tokens,
@@ -61,7 +68,8 @@ void scheduler_config_default(scheduler_config *c) {
     *c = (scheduler_config){.max_num_seqs = 256,
                             .max_num_batched_tokens = 8192,
                             .max_queue = 4096,
-                            .enable_prefix_caching = true};
+                            .enable_prefix_caching = true,
+                            .load_layer_groups = 4};
 }
 
 void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback) {
@@ -397,7 +405,9 @@ static void sched_publish(scheduler *s) {
     st->prefix_hit_tokens = s->pc.n_hit_tokens;
     if (s->tier) {
         st->host = offload_get_stats(s->tier);
-        st->n_transfers_inflight = transfer_get_stats(s->xfer).n_inflight;
+        transfer_stats ts = transfer_get_stats(s->xfer);
+        st->n_transfers_inflight = ts.n_inflight;
+        st->n_layered_loads = (int64_t)ts.n_layered_loads;
     }
     metrics *m = s->cfg.metrics;
     if (m) {

@@ -21,6 +21,11 @@ typedef struct scheduler_model {
     /* Same contract as llama_forward: writes the batch's K/V into pool, returns out-row logits. */
     void (*forward)(void *ctx, const backend_batch *batch, void *pool,
                     const backend_kv_layout *layout, float *logits);
+    /* Optional, same contract as llama_forward_layers: layer l's kernels first wait for
+     * layer_ready[l] ([layout.n_layers]). NULL: host-tier loads are never read while they run. */
+    void (*forward_layers)(void *ctx, const backend_batch *batch, void *pool,
+                           const backend_kv_layout *layout, float *logits,
+                           backend_event *const *layer_ready);
     backend_kv_layout layout; /* block_size set, block_bytes filled */
     int vocab;
     int max_tokens;   /* tokens one forward accepts */
@@ -42,11 +47,15 @@ typedef struct scheduler_config {
     bool enable_prefix_caching;
     uint64_t seed;          /* hash root and unseeded sampling */
     offload_config offload; /* size_gib 0 = no host tier */
-    metrics *metrics;       /* NULL = none; updated by the engine thread */
+    /* A prompt served from the host tier while the engine has nothing else to run is loaded in
+     * this many layer groups and computed in the same step, layer group g waiting only for its
+     * group's copies (scheduler_tier.c). 1 = off: the step waits for the whole load. */
+    int load_layer_groups;
+    metrics *metrics; /* NULL = none; updated by the engine thread */
 } scheduler_config;
 
 /* max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching on, seed 0, no
- * tier, no metrics; n_gpu_blocks must still be set. */
+ * tier, 4 load layer groups, no metrics; n_gpu_blocks must still be set. */
 void scheduler_config_default(scheduler_config *c);
 /* Takes the knobs of the server config (block count: num_gpu_blocks, else n_blocks_fallback). */
 void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback);
@@ -61,8 +70,9 @@ typedef struct scheduler_stats {
     int64_t n_preemptions;
     int64_t n_prompt_tokens, n_generation_tokens;
     int64_t n_finished, n_aborted;
-    int64_t n_cow_copies; /* full-prefix hits served by copying the last cached block */
-    offload_stats host;   /* zero when there is no tier */
+    int64_t n_cow_copies;    /* full-prefix hits served by copying the last cached block */
+    int64_t n_layered_loads; /* host-tier loads computed while they ran, by layer groups */
+    offload_stats host;      /* zero when there is no tier */
     int n_transfers_inflight;
 } scheduler_stats;
 

@@ -78,13 +78,16 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     if (lookup && !cow && s->tier) n_host = sched_tier_lookup(s, r, n_hit, n_full - n_hit, NULL);
     int n_ready = cow ? r->n_tokens - 1 : (n_hit + n_host) * bs;
     if (n_ready == r->n_tokens) n_ready--; /* the host tier held every token: recompute the last */
+    /* alone: computed in this step while its load runs by layer groups */
+    bool layered = n_host > 0 && sched_tier_can_layer(s, r);
 
     int rows = 0, n_new = 0;
-    if (n_host == 0) {
+    if (n_host == 0 || layered) {
         r->n_computed = n_ready;
         n_new = sched_chunk(r, budget, *extra_rows, &rows);
         r->n_computed = 0;
-        if (n_new == 0) goto fail;
+        if (n_new == 0 && n_host == 0) goto fail;
+        layered = layered && n_new > 0;
     }
     int n_total = sched_blocks_for(s, n_ready + n_new);
     if (n_total < n_hit + n_host) n_total = n_hit + n_host;
@@ -115,7 +118,7 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     }
     if (n_host > 0) {
         KV_CHECK(sched_tier_lookup(s, r, n_hit, n_host, slots) == n_host);
-        sched_tier_load(s, r, n_hit, n_host, slots);
+        sched_tier_load(s, r, n_hit, n_host, slots, layered);
     }
     r->n_computed = n_ready;
     r->n_sched = n_new;
@@ -149,7 +152,7 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         s->n_queued--;
         pthread_mutex_unlock(&s->lock);
     }
-    r->state = n_host > 0 ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
+    r->state = n_host > 0 && !layered ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
     free(hits), free(slots);
     return true;
 fail:

@@ -142,8 +142,18 @@ void sched_tier_poll(scheduler *s);
  * allocated for them. Returns how many blocks will come from the tier (r->blocks already holds
  * the GPU hits; the caller allocated enough blocks behind them). */
 int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots);
-/* Queues the load of r's blocks [first, first + n) from slots. */
-void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots);
+/* True when r, about to be admitted with host-tier hits, may be computed in this same step while
+ * its load runs by layer groups: nothing else would run or load meanwhile (rule in
+ * scheduler_tier.c). */
+bool sched_tier_can_layer(const scheduler *s, const sched_req *r);
+/* Queues the load of r's blocks [first, first + n) from slots. Layered (sched_tier_can_layer): by
+ * layer groups, r runs in this step (the forward waits per group: sched_tier_layer_ready), and
+ * the load is tracked by the tier until a poll sees it done; else r is LOADING until then. */
+void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots,
+                     bool layered);
+/* The per-layer events ([n_layers]) this step's forward must wait for, or NULL when no layered
+ * load was queued in this step. Valid until the next poll. */
+backend_event *const *sched_tier_layer_ready(scheduler *s);
 /* After the step's forward: stores of blocks that became full (per the store policy). */
 void sched_tier_store_new(scheduler *s, int n_seqs);
 /* Queues the stores reserved since the last flush (GPU hits under reuse_gated). */

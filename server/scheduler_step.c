@@ -129,7 +129,12 @@ static bool sched_sample(scheduler *s, sched_req *r, float *row) {
 void sched_run_batch(scheduler *s, int n_seqs) {
     backend_batch b;
     sched_build_batch(s, n_seqs, &b);
-    s->model.forward(s->model.ctx, &b, s->pool.base, &s->pool.layout, s->logits);
+    backend_event *const *layer_ready = sched_tier_layer_ready(s);
+    if (layer_ready)
+        s->model.forward_layers(s->model.ctx, &b, s->pool.base, &s->pool.layout, s->logits,
+                                layer_ready);
+    else
+        s->model.forward(s->model.ctx, &b, s->pool.base, &s->pool.layout, s->logits);
     /* the forward is queued: copied-from cached blocks may be recycled again */
     for (int i = 0; i < n_seqs; i++) {
         sched_req *r = s->b_reqs[i];

@@ -7,6 +7,17 @@
  * recycled block; a loading request is not scheduled until its load is seen complete. Stores wait
  * for the forward that wrote their blocks (the last one).
  *
+ * Layered loads (TTFT of a prompt served from the host tier): the load of a request admitted when
+ * the engine has nothing else (no other request running, loading or waiting) goes by layer groups
+ * (transfer_load_layers) and the request is computed in the same step, its layer l kernels
+ * waiting on COMPUTE for the copies of l's group, so the forward of the first groups overlaps the
+ * copies of the last ones. That step's forward returns when the load is done (the logits wait
+ * for every layer), so the engine thread is held for about the load; the rule makes sure no other
+ * request could have run meanwhile (one that arrives meanwhile is taken at the next step, at most
+ * about a load later): with anyone else about, the request waits LOADING as above and the others
+ * run while it loads. The op stays tracked (blocks pinned, slots loading) until a poll sees it
+ * done, like an abandoned load.
+ *
  * Store policies: write_through stores each block once when it becomes full; reuse_gated when its
  * hash has been used reuse_threshold times (full + GPU hits); on_evict stores a cached block before
  * the GPU pool recycles it. The prefix cache's evict hook cannot pin a block that is mid-recycle,
@@ -21,7 +32,8 @@ typedef struct tier_op {
     transfer_op *op;
     int32_t *slots; /* loads: slots read */
     int n_slots;
-    bool evict; /* an on_evict store (its blocks count as soon available) */
+    bool evict;   /* an on_evict store (its blocks count as soon available) */
+    bool layered; /* a layered load (its latency is observed when done) */
     double t0;
 } tier_op;
 
@@ -30,7 +42,9 @@ typedef struct sched_tier {
     int n_ops, cap;
     transfer_pair *pending; /* stores to queue at the next flush */
     int n_pending, pending_cap;
-    int n_evict_pinned; /* blocks held by on_evict stores in flight */
+    int n_evict_pinned;          /* blocks held by on_evict stores in flight */
+    transfer_op *layered;        /* a layered load queued in this step, until its forward */
+    backend_event **layer_ready; /* [n_layers] its events, for that forward */
 } sched_tier;
 
 static sched_tier *tier_of(const scheduler *s) {
@@ -53,6 +67,8 @@ int sched_tier_init(scheduler *s, kv_error *err) {
     s->xfer = transfer_create(s->model.be, offload_host_pool(s->tier), s->pool.base,
                               s->pool.n_blocks, &hooks);
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
+    tier_of(s)->layer_ready =
+        kv_calloc((size_t)s->model.layout.n_layers, sizeof *tier_of(s)->layer_ready);
     return 0;
 }
 
@@ -78,6 +94,8 @@ static void tier_op_done(scheduler *s, tier_op *o) {
     } else {
         for (int i = 0; i < o->n_slots; i++) offload_load_done(s->tier, o->slots[i]);
         if (m) metrics_counter_add(&m->host_loaded_bytes, bytes);
+        if (m && o->layered)
+            metrics_histogram_observe(&m->host_load_latency_seconds, kv_now() - o->t0);
     }
     transfer_op_free(s->xfer, o->op);
     free(o->slots);
@@ -94,7 +112,7 @@ void sched_tier_free(scheduler *s) {
     transfer_free(s->xfer);
     offload_free(s->tier);
     if (s->last_compute) s->model.be->ops->event_free(s->model.be, s->last_compute);
-    free(t->ops), free(t->pending), free(t);
+    free(t->ops), free(t->pending), free(t->layer_ready), free(t);
     s->tier = NULL;
 }
 
@@ -165,15 +183,43 @@ int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_block
     return n;
 }
 
-void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots) {
+bool sched_tier_can_layer(const scheduler *s, const sched_req *r) {
+    return s->model.forward_layers && s->cfg.load_layer_groups > 1 && s->running.n == 0 &&
+           s->waiting.n == 1 && s->waiting.v[0] == r;
+}
+
+void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots,
+                     bool layered) {
     transfer_pair *pairs = kv_malloc((size_t)n * sizeof *pairs);
     for (int i = 0; i < n; i++) pairs[i] = (transfer_pair){r->blocks[first + i], slots[i]};
-    r->load_op = transfer_load(s->xfer, pairs, n, s->last_compute);
-    r->load_slots = kv_malloc((size_t)n * sizeof *r->load_slots);
-    memcpy(r->load_slots, slots, (size_t)n * sizeof *slots);
-    r->n_load = n;
-    r->load_t0 = kv_now();
+    int32_t *own_slots = kv_malloc((size_t)n * sizeof *own_slots);
+    memcpy(own_slots, slots, (size_t)n * sizeof *slots);
+    if (layered) {
+        sched_tier *t = tier_of(s);
+        KV_CHECK(!t->layered);
+        t->layered = transfer_load_layers(s->xfer, pairs, n, s->last_compute,
+                                          s->model.layout.n_layers, s->cfg.load_layer_groups);
+        tier_op_push(t, (tier_op){.op = t->layered,
+                                  .slots = own_slots,
+                                  .n_slots = n,
+                                  .layered = true,
+                                  .t0 = kv_now()});
+    } else {
+        r->load_op = transfer_load(s->xfer, pairs, n, s->last_compute);
+        r->load_slots = own_slots;
+        r->n_load = n;
+        r->load_t0 = kv_now();
+    }
     free(pairs);
+}
+
+backend_event *const *sched_tier_layer_ready(scheduler *s) {
+    sched_tier *t = s->tier ? tier_of(s) : NULL;
+    if (!t || !t->layered) return NULL;
+    for (int l = 0; l < s->model.layout.n_layers; l++)
+        t->layer_ready[l] = transfer_op_layer_event(t->layered, l);
+    t->layered = NULL;
+    return t->layer_ready;
 }
 
 /* Reserves a slot for block's hash and queues the pair for the next flush. */

@@ -81,6 +81,12 @@ static void cpu_copy_async(backend *be, backend_stream s, int n, void *const *ds
     for (int i = 0; i < n; i++) cpu_copy(be, dsts[i], srcs[i], sizes[i]);
 }
 
+static void cpu_copy_2d_async(backend *be, backend_stream s, void *dst, size_t dpitch,
+                              const void *src, size_t spitch, size_t width, size_t height) {
+    for (size_t i = 0; i < height; i++)
+        cpu_copy(be, (char *)dst + i * dpitch, (const char *)src + i * spitch, width);
+}
+
 static backend_event *cpu_event_record(backend *be, backend_stream s) {
     backend_event *ev = kv_malloc(sizeof *ev);
     ev->t = kv_now();
@@ -174,6 +180,7 @@ static const backend_ops cpu_ops = {
     .act_upload_f32 = cpu_act_upload_f32,
     .act_download_f32 = cpu_act_download_f32,
     .copy_async = cpu_copy_async,
+    .copy_2d_async = cpu_copy_2d_async,
     .event_record = cpu_event_record,
     .event_done = cpu_event_done,
     .event_wait = cpu_event_wait,

@@ -207,6 +207,12 @@ static void cuda_copy_async(backend *be, backend_stream s, int n, void *const *d
         CUDA_CHECK(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, st));
 }
 
+static void cuda_copy_2d_async(backend *be, backend_stream s, void *dst, size_t dpitch,
+                               const void *src, size_t spitch, size_t width, size_t height) {
+    CUDA_CHECK(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, height, cudaMemcpyDefault,
+                                 cuda_impl_of(be)->streams[s]));
+}
+
 static backend_event *cuda_event_record(backend *be, backend_stream s) {
     cuda_impl *ci = cuda_impl_of(be);
     backend_event *e = (backend_event *)kv_malloc(sizeof *e);
@@ -390,6 +396,7 @@ static const backend_ops cuda_ops = {
     .act_upload_f32 = cuda_act_upload_f32,
     .act_download_f32 = cuda_act_download_f32,
     .copy_async = cuda_copy_async,
+    .copy_2d_async = cuda_copy_2d_async,
     .event_record = cuda_event_record,
     .event_done = cuda_event_done,
     .event_wait = cuda_event_wait,

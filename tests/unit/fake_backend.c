@@ -31,6 +31,7 @@ typedef struct fake_queue {
 
 typedef struct fake_impl {
     backend be;
+    backend_ops ops; /* fake_ops, less what the test turned off */
     bool manual;
     fake_queue queues[BACKEND_NUM_STREAMS];
     bool *released; /* [n_holds] */
@@ -83,13 +84,15 @@ static bool queue_step(fake_impl *f, backend_stream s) {
     return true;
 }
 
+/* One operation per stream per round, so that streams interleave as on a device: work that waits
+ * on an event runs as soon as the event completes, not after the other streams ran dry. */
 int fake_backend_run(backend *be) {
     fake_impl *f = impl_of(be);
     int n_run = 0;
     for (bool progress = true; progress;) {
         progress = false;
         for (int s = 0; s < BACKEND_NUM_STREAMS; s++) {
-            while (queue_step(f, (backend_stream)s)) {
+            if (queue_step(f, (backend_stream)s)) {
                 n_run++;
                 progress = true;
             }
@@ -173,6 +176,22 @@ static void fake_copy_async(backend *be, backend_stream s, int n, void *const *d
     maybe_run(f);
 }
 
+/* One copy call; each row is an operation of its own (interleaves with the other streams). */
+static void fake_copy_2d_async(backend *be, backend_stream s, void *dst, size_t dpitch,
+                               const void *src, size_t spitch, size_t width, size_t height) {
+    fake_impl *f = impl_of(be);
+    f->stats.n_copy_calls[s]++;
+    f->stats.n_copies[s]++;
+    f->stats.copy_bytes[s] += width * height;
+    for (size_t i = 0; i < height; i++)
+        queue_push(f, s,
+                   (fake_op){.kind = OP_COPY,
+                             .dst = (char *)dst + i * dpitch,
+                             .src = (const char *)src + i * spitch,
+                             .size = width});
+    maybe_run(f);
+}
+
 static backend_event *fake_event_record(backend *be, backend_stream s) {
     fake_impl *f = impl_of(be);
     backend_event *ev = kv_calloc(1, sizeof *ev);
@@ -224,6 +243,7 @@ static const backend_ops fake_ops = {
     .to_dev = fake_copy_sync,
     .to_host = fake_copy_sync,
     .copy_async = fake_copy_async,
+    .copy_2d_async = fake_copy_2d_async,
     .event_record = fake_event_record,
     .event_done = fake_event_done,
     .event_wait = fake_event_wait,
@@ -235,7 +255,8 @@ static const backend_ops fake_ops = {
 
 backend *fake_backend_create(void) {
     fake_impl *f = kv_calloc(1, sizeof *f);
-    f->be.ops = &fake_ops;
+    f->ops = fake_ops;
+    f->be.ops = &f->ops;
     f->be.name = "fake";
     f->be.act_dtype = KV_DTYPE_F32;
     f->be.weight_dtype = KV_DTYPE_F32;
@@ -246,6 +267,10 @@ backend *fake_backend_create(void) {
     KV_CHECK(pthread_mutex_init(&f->host_mu, NULL) == 0);
     KV_CHECK(pthread_cond_init(&f->host_cond, NULL) == 0);
     return &f->be;
+}
+
+void fake_backend_no_copy_2d(backend *be) {
+    impl_of(be)->ops.copy_2d_async = NULL;
 }
 
 void fake_backend_set_manual(backend *be, bool manual) {

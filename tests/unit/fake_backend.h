@@ -1,7 +1,7 @@
 /* A backend for tests of the offload tier and the engine: memory is malloc, copies are memcpy,
  * and each stream is a queue that the test can hold so that events complete only when it says.
- * Implements memory, async copies and events; the forward-pass ops are NULL (queue a
- * fake_backend_kernel callback on COMPUTE instead).
+ * Implements memory, async copies (copy_2d_async: one queued copy per row) and events; the
+ * forward-pass ops are NULL (queue a fake_backend_kernel callback on COMPUTE instead).
  *
  * Eager mode (the default): work runs as soon as it is queued, unless its stream is held or waits
  * on an event that is not complete. Manual mode: work runs only in fake_backend_run (and in
@@ -24,6 +24,8 @@ typedef struct fake_backend_stats {
 
 backend *fake_backend_create(void);
 void fake_backend_set_manual(backend *be, bool manual);
+/* Turns copy_2d_async off (NULL), as on a backend without it. */
+void fake_backend_no_copy_2d(backend *be);
 /* Runs queued work until every stream is empty, held, or waits on an incomplete event. Returns
  * the number of operations run. */
 int fake_backend_run(backend *be);

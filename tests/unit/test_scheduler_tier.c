@@ -20,10 +20,12 @@
 static char model_dir[1024];
 static bool on_cuda; /* KVSERVE_TEST_DEVICE=cuda: the gpu suite runs these tests on the GPU */
 static bool have_model;
+static int layer_groups = 4; /* scheduler_config.load_layer_groups of the engines opened next */
 
 typedef struct result {
     int32_t toks[MAX_OUT];
     float gap[MAX_OUT]; /* top-1 minus top-2 logprob of each step */
+    float lp[MAX_OUT];  /* logprob of each token */
     int n;
     bool done;
     engine_finish finish;
@@ -39,6 +41,7 @@ static void on_event(void *user, const engine_event *ev) {
     }
     if (ev->token >= 0 && !ev->is_prompt) {
         r->gap[r->n] = ev->n_top >= 2 ? ev->top_logprobs[0] - ev->top_logprobs[1] : INFINITY;
+        r->lp[r->n] = ev->logprob;
         r->toks[r->n++] = ev->token;
     }
     if (ev->finish != ENGINE_FINISH_NONE) {
@@ -128,6 +131,7 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
     c.max_num_seqs = max_seqs;
     c.max_num_batched_tokens = 256;
     c.max_model_len = 1024;
+    c.load_layer_groups = layer_groups;
     c.offload = (offload_config){.size_gib = tier_mib / 1024.0,
                                  .policy = pol,
                                  .reuse_threshold = reuse_threshold,
@@ -176,6 +180,56 @@ START_TEST(evicted_prompt_served_from_host_tier) {
         assert_idle_no_leak(e.s);
         engine_close(&e);
     }
+}
+END_TEST
+
+/* A prompt served from the host tier while the engine is otherwise idle is loaded by layer groups
+ * and computed during the load: the same tokens and logprobs as with whole loads (the same ops in
+ * the same order: equal on the CPU; on CUDA within the bf16 noise of assert_same_tokens). With two
+ * such prompts at once neither is layered (the rule of scheduler_tier.c), and the outputs are the
+ * same again. */
+START_TEST(layered_loads_match_whole_loads) {
+    if (!have_model) return;
+    const float tol = on_cuda ? 0.2f : 1e-6f;
+    int lens[] = {100, 96, 37};
+    static int32_t prompts[3][128];
+    static result r[2][3], both[2];
+    for (int k = 0; k < 3; k++) random_tokens(prompts[k], lens[k], 61 + (uint64_t)k, 512);
+    for (int mode = 0; mode < 2; mode++) { /* 0: whole loads, 1: by layer groups */
+        layer_groups = mode ? 4 : 1;
+        engine e;
+        engine_open(&e, 64, 8, OFFLOAD_POLICY_WRITE_THROUGH, 0, 8);
+        for (int k = 0; k < 3; k++) {
+            submit(e.s, prompts[k], lens[k], 20, &r[mode][k]);
+            scheduler_run_until_idle(e.s);
+            prefix_cache_reset(scheduler_prefix_cache(e.s));
+            submit(e.s, prompts[k], lens[k], 20, &r[mode][k]);
+            scheduler_run_until_idle(e.s);
+            ck_assert_int_eq(r[mode][k].n_cached_host,
+                             lens[k] % 16 ? lens[k] / 16 * 16 : lens[k] - 1);
+        }
+        int64_t n_layered = scheduler_get_stats(e.s).n_layered_loads;
+        ck_assert_int_eq(n_layered, mode ? 3 : 0);
+        prefix_cache_reset(scheduler_prefix_cache(e.s));
+        submit(e.s, prompts[0], lens[0], 20, &both[0]);
+        submit(e.s, prompts[2], lens[2], 20, &both[1]);
+        scheduler_run_until_idle(e.s);
+        ck_assert_int_eq(scheduler_get_stats(e.s).n_layered_loads, n_layered);
+        ck_assert_int_gt(both[1].n_cached_host, 0);
+        assert_same_tokens(&r[mode][0], &both[0], "two at once");
+        assert_same_tokens(&r[mode][2], &both[1], "two at once");
+        assert_idle_no_leak(e.s);
+        engine_close(&e);
+    }
+    layer_groups = 4;
+    float worst = 0;
+    for (int k = 0; k < 3; k++) {
+        assert_same_tokens(&r[0][k], &r[1][k], "layered vs whole");
+        for (int i = 0; i < r[0][k].n && r[0][k].toks[i] == r[1][k].toks[i]; i++)
+            worst = fmaxf(worst, fabsf(r[1][k].lp[i] - r[0][k].lp[i]));
+    }
+    printf("layered vs whole loads: worst logprob difference %.3g (tolerance %.3g)\n", worst, tol);
+    ck_assert(worst <= tol);
 }
 END_TEST
 
@@ -297,23 +351,37 @@ END_TEST
 
 /* --- the fake backend: held streams, a model that checks what it reads --- */
 
-#define FAKE_VOCAB 64
+#define FAKE_VOCAB  64
+#define FAKE_LAYERS 4
 
-typedef struct fake_model {
+typedef struct fake_model fake_model;
+typedef struct fake_layer {
+    fake_model *fm;
+    int layer;
+} fake_layer;
+
+struct fake_model {
     backend *be;
     backend_kv_layout l;
     int n_corrupt;
+    fake_layer layers[FAKE_LAYERS]; /* kernel arguments */
+    int hold;        /* a hold on LOAD that forward_layers releases before it syncs, or -1 */
+    bool wait_first; /* forward_layers waits for layer 0's event only (a broken model) */
     /* the batch, copied for the kernel */
     backend_batch b;
     int32_t tokens[512], positions[512], seq_start[65], seq_len[64], out_rows[512];
     int32_t table[64 * 256];
     void *pool;
     float *logits;
-} fake_model;
+};
 
-/* K of a slot holds (token, position) as floats; V holds token * 7 + position. */
+/* Layer l of the fake model: writes the new tokens' K/V at layer l, checks every slot its out rows
+ * read at layer l; the last layer writes the logits. K of a slot holds (token, position) as
+ * floats; V holds token * 7 + position + layer. */
 static void fake_kernel(void *arg) {
-    fake_model *fm = arg;
+    fake_layer *fl = arg;
+    fake_model *fm = fl->fm;
+    int l = fl->layer;
     const backend_batch *b = &fm->b;
     int bs = fm->l.block_size;
     uint8_t *pool = fm->pool;
@@ -322,11 +390,11 @@ static void fake_kernel(void *arg) {
             int p = b->positions[t];
             uint8_t *blk =
                 pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
-            float *k = (float *)(blk + backend_kv_offset(&fm->l, 0, 0, 0, p % bs));
-            float *v = (float *)(blk + backend_kv_offset(&fm->l, 0, 1, 0, p % bs));
+            float *k = (float *)(blk + backend_kv_offset(&fm->l, l, 0, 0, p % bs));
+            float *v = (float *)(blk + backend_kv_offset(&fm->l, l, 1, 0, p % bs));
             k[0] = (float)b->tokens[t];
             k[1] = (float)p;
-            v[0] = (float)(b->tokens[t] * 7 + p);
+            v[0] = (float)(b->tokens[t] * 7 + p + l);
         }
     for (int o = 0; o < b->n_out; o++) {
         int t = b->out_rows[o], s = 0;
@@ -335,19 +403,23 @@ static void fake_kernel(void *arg) {
         for (int p = 0; p <= b->positions[t]; p++) {
             uint8_t *blk =
                 pool + (size_t)b->block_table[s * b->max_blocks + p / bs] * fm->l.block_bytes;
-            float *k = (float *)(blk + backend_kv_offset(&fm->l, 0, 0, 0, p % bs));
-            float *v = (float *)(blk + backend_kv_offset(&fm->l, 0, 1, 0, p % bs));
-            if (k[1] != (float)p || v[0] != k[0] * 7 + (float)p) fm->n_corrupt++;
+            float *k = (float *)(blk + backend_kv_offset(&fm->l, l, 0, 0, p % bs));
+            float *v = (float *)(blk + backend_kv_offset(&fm->l, l, 1, 0, p % bs));
+            if (k[1] != (float)p || v[0] != k[0] * 7 + (float)(p + l)) fm->n_corrupt++;
             h = (h ^ (uint64_t)(int64_t)k[0]) * 1099511628211ull;
         }
+        if (l + 1 < FAKE_LAYERS) continue;
         float *row = fm->logits + (size_t)o * FAKE_VOCAB;
         for (int i = 0; i < FAKE_VOCAB; i++) row[i] = (float)((h >> (i % 48)) & 7) * 0.01f;
         row[3 + h % (FAKE_VOCAB - 3)] = 10.0f;
     }
 }
 
-static void fake_forward(void *ctx, const backend_batch *b, void *pool, const backend_kv_layout *l,
-                         float *logits) {
+/* The forward of both entry points: one kernel per layer, layer l after layer_ready[l] when given.
+ */
+static void fake_forward_layers(void *ctx, const backend_batch *b, void *pool,
+                                const backend_kv_layout *l, float *logits,
+                                backend_event *const *layer_ready) {
     fake_model *fm = ctx;
     ck_assert(b->n_tokens <= 512 && b->n_seqs <= 64 && b->n_seqs * b->max_blocks <= 64 * 256);
     memcpy(fm->tokens, b->tokens, (size_t)b->n_tokens * 4);
@@ -361,21 +433,40 @@ static void fake_forward(void *ctx, const backend_batch *b, void *pool, const ba
     fm->b.seq_len = fm->seq_len, fm->b.out_rows = fm->out_rows, fm->b.block_table = fm->table;
     fm->pool = pool;
     fm->logits = logits;
-    fake_backend_kernel(fm->be, fake_kernel, fm);
+    for (int i = 0; i < FAKE_LAYERS; i++) {
+        backend_event *ready = layer_ready ? layer_ready[fm->wait_first ? 0 : i] : NULL;
+        if (ready && (i == 0 || ready != layer_ready[i - 1]))
+            fm->be->ops->event_wait(fm->be, BACKEND_STREAM_COMPUTE, ready);
+        fm->layers[i] = (fake_layer){fm, i};
+        fake_backend_kernel(fm->be, fake_kernel, &fm->layers[i]);
+    }
+    if (fm->hold >= 0) fake_backend_release(fm->be, fm->hold); /* the device ends the slow copy */
+    fm->hold = -1;
     backend_event *ev = fm->be->ops->event_record(fm->be, BACKEND_STREAM_COMPUTE);
     fm->be->ops->event_sync(fm->be, ev); /* logits on the host when forward returns */
     fm->be->ops->event_free(fm->be, ev);
 }
 
+static void fake_forward(void *ctx, const backend_batch *b, void *pool, const backend_kv_layout *l,
+                         float *logits) {
+    fake_forward_layers(ctx, b, pool, l, logits, NULL);
+}
+
+/* layered: the model has forward_layers (the engine may load by layer groups). */
 static scheduler *fake_engine(fake_model *fm, scheduler_model *sm, int n_blocks, double tier_mib,
-                              offload_policy pol) {
+                              offload_policy pol, bool layered) {
     fm->be = fake_backend_create();
-    fm->l = (backend_kv_layout){
-        .n_layers = 1, .n_kv_heads = 1, .head_dim = 2, .block_size = 4, .dtype = KV_DTYPE_F32};
+    fm->hold = -1;
+    fm->l = (backend_kv_layout){.n_layers = FAKE_LAYERS,
+                                .n_kv_heads = 1,
+                                .head_dim = 2,
+                                .block_size = 4,
+                                .dtype = KV_DTYPE_F32};
     backend_kv_layout_finish(&fm->l);
     *sm = (scheduler_model){.be = fm->be,
                             .ctx = fm,
                             .forward = fake_forward,
+                            .forward_layers = layered ? fake_forward_layers : NULL,
                             .layout = fm->l,
                             .vocab = FAKE_VOCAB,
                             .max_tokens = 512,
@@ -411,7 +502,7 @@ static void fake_ordering_run(offload_policy pol) {
     }
     fake_model fm = {0};
     scheduler_model sm;
-    scheduler *s = fake_engine(&fm, &sm, 1024, 0, pol);
+    scheduler *s = fake_engine(&fm, &sm, 1024, 0, pol, false);
     for (int i = 0; i < N; i++) {
         submit(s, prompts[i], lens[i], maxt[i], &ref[i]);
         scheduler_run_until_idle(s);
@@ -421,7 +512,7 @@ static void fake_ordering_run(offload_policy pol) {
     ck_assert_int_eq(fm.n_corrupt, 0);
 
     memset(&fm, 0, sizeof fm);
-    s = fake_engine(&fm, &sm, 40, 0.0625 / 4, pol); /* 40 blocks of 4 tokens; 256 host slots */
+    s = fake_engine(&fm, &sm, 40, 0.25 / 4, pol, false); /* 40 blocks of 4 tokens; 256 slots */
     for (int i = 0; i < N; i++) submit(s, prompts[i], lens[i], maxt[i], &r[i]);
     int hold_load = -1, hold_store = -1;
     uint64_t rng = 77;
@@ -467,6 +558,65 @@ START_TEST(held_streams_keep_order_reuse_gated) {
 }
 END_TEST
 
+/* Layered loads on the fake device: each prompt, evicted from the GPU (whose blocks are then
+ * scrubbed), comes back from the host tier with the LOAD stream held, so its copies run only while
+ * the forward of the same step waits for them; the device interleaves streams, so a layer whose
+ * kernels ran before its group's copies would read scrubbed K/V. The outputs are the references'
+ * and no read is corrupt; a model that waits for the first group only is caught. */
+static int fake_layered_run(bool wait_first) {
+    enum { N = 12 };
+    static int32_t prompts[N][120];
+    static result ref[N], r[N];
+    int lens[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = 9 + (i * 41) % 110;
+        random_tokens(prompts[i], lens[i], 700 + (uint64_t)i, FAKE_VOCAB);
+    }
+    fake_model fm = {0};
+    scheduler_model sm;
+    scheduler *s = fake_engine(&fm, &sm, 1024, 0, OFFLOAD_POLICY_WRITE_THROUGH, false);
+    for (int i = 0; i < N; i++) {
+        submit(s, prompts[i], lens[i], 5, &ref[i]);
+        scheduler_run_until_idle(s);
+    }
+    scheduler_free(s);
+    backend_destroy(fm.be);
+    ck_assert_int_eq(fm.n_corrupt, 0);
+
+    memset(&fm, 0, sizeof fm);
+    s = fake_engine(&fm, &sm, 64, 0.25 / 4, OFFLOAD_POLICY_WRITE_THROUGH, true);
+    fm.wait_first = wait_first;
+    int n_host = 0;
+    for (int i = 0; i < N; i++) {
+        submit(s, prompts[i], lens[i], 5, &r[i]);
+        scheduler_run_until_idle(s);
+        prefix_cache_reset(scheduler_prefix_cache(s));
+        memset(fm.pool, 0xff, 64 * fm.l.block_bytes); /* NaN K/V: a read before its load fails */
+        fm.hold = fake_backend_hold(fm.be, BACKEND_STREAM_LOAD);
+        submit(s, prompts[i], lens[i], 5, &r[i]);
+        scheduler_run_until_idle(s);
+        ck_assert_int_eq(fm.hold, -1); /* released by the layered forward */
+        n_host += r[i].n_cached_host;
+        if (!wait_first) assert_same_tokens(&ref[i], &r[i], "fake layered");
+    }
+    scheduler_stats st = scheduler_get_stats(s);
+    printf("fake layered loads%s: %d corrupt reads, %lld layered loads, %d host tokens\n",
+           wait_first ? " (model waiting for group 0 only)" : "", fm.n_corrupt,
+           (long long)st.n_layered_loads, n_host);
+    ck_assert_int_eq(st.n_layered_loads, N);
+    ck_assert_int_gt(n_host, 0);
+    assert_idle_no_leak(s);
+    scheduler_free(s);
+    backend_destroy(fm.be);
+    return fm.n_corrupt;
+}
+
+START_TEST(held_load_stream_orders_layered_loads) {
+    ck_assert_int_eq(fake_layered_run(false), 0);
+    ck_assert_int_gt(fake_layered_run(true), 0);
+}
+END_TEST
+
 int main(void) {
     const char *dev = getenv("KVSERVE_TEST_DEVICE");
     on_cuda = dev && strcmp(dev, "cuda") == 0;
@@ -489,6 +639,7 @@ int main(void) {
         suite_add_tcase(s, tc);                                                                    \
     } while (0)
     ADD(evicted_prompt_served_from_host_tier);
+    ADD(layered_loads_match_whole_loads);
     ADD(store_policies_do_what_they_say);
     ADD(randomized_run_write_through);
     ADD(randomized_run_on_evict);
@@ -496,6 +647,7 @@ int main(void) {
     ADD(held_streams_keep_order_write_through);
     ADD(held_streams_keep_order_on_evict);
     ADD(held_streams_keep_order_reuse_gated);
+    ADD(held_load_stream_orders_layered_loads);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

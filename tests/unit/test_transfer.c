@@ -1,9 +1,10 @@
 /* Unit tests for offload/transfer on the fake backend: how many copies a batch becomes, data
- * round trips, and the ordering rules of DESIGN.md with device work that completes only when the
- * test releases it. */
+ * round trips, loads by layer groups, and the ordering rules of DESIGN.md with device work that
+ * completes only when the test releases it. */
 #include <check.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "offload/transfer.h"
 #include "tests/unit/fake_backend.h"
@@ -377,6 +378,116 @@ START_TEST(freeing_an_op_in_flight_aborts) {
 }
 END_TEST
 
+/* --- loads by layer groups --- */
+
+#define LAYERS 8 /* BLOCK / LAYERS bytes per layer of a block */
+
+typedef struct group_check {
+    rig *r;
+    const transfer_pair *pairs;
+    int n;
+    size_t lo, hi;        /* the group's bytes of each block */
+    size_t last_lo;       /* the last group's first byte */
+    int n_run, n_bad;     /* kernel runs; blocks whose group bytes differ from the slot */
+    int n_last_pending;   /* blocks whose last group was not in place yet when it ran */
+} group_check;
+
+static void check_group(void *arg) {
+    group_check *c = arg;
+    c->n_run++;
+    for (int i = 0; i < c->n; i++) {
+        const uint8_t *b = block_ptr(c->r, c->pairs[i].block);
+        const uint8_t *s = slot_ptr(c->r, c->pairs[i].slot);
+        if (memcmp(b + c->lo, s + c->lo, c->hi - c->lo)) c->n_bad++;
+        if (memcmp(b + c->last_lo, s + c->last_lo, BLOCK - c->last_lo)) c->n_last_pending++;
+    }
+}
+
+/* 3 groups of 8 layers ([0, 2), [2, 5), [5, 8)) over 3 runs: each group's event completes once
+ * that group's bytes of every block are in place, and a kernel waiting on it (the fake device
+ * interleaves streams) sees them while later groups are still being copied; the copies start
+ * after `after`. With copy_2d_async one copy call per run and group, without it one per block and
+ * group. */
+START_TEST(layered_load_orders_each_group_before_its_readers) {
+    const transfer_pair pairs[] = {{2, 4}, {3, 5}, {4, 6}, {5, 7}, {9, 1}, {10, 2}, {20, 12}};
+    const int n = 7, n_runs = 3, n_groups = 3, first[] = {0, 2, 5, LAYERS};
+    const size_t lb = BLOCK / LAYERS;
+    for (int with_2d = 1; with_2d >= 0; with_2d--) {
+        rig *r = rig_new();
+        if (!with_2d) fake_backend_no_copy_2d(r->be);
+        uint64_t rng = 99;
+        for (int s = 0; s < N_SLOTS; s++)
+            for (int i = 0; i < BLOCK; i++) slot_ptr(r, s)[i] = (uint8_t)(1 + rng_next(&rng) % 255);
+        int hold_compute = fake_backend_hold(r->be, BACKEND_STREAM_COMPUTE);
+        backend_event *after = r->be->ops->event_record(r->be, BACKEND_STREAM_COMPUTE);
+        transfer_op *op = transfer_load_layers(r->t, pairs, n, after, LAYERS, n_groups);
+        r->be->ops->event_free(r->be, after);
+        group_check gc[3];
+        for (int g = 0; g < n_groups; g++) {
+            for (int l = first[g]; l < first[g + 1]; l++)
+                ck_assert_ptr_eq(transfer_op_layer_event(op, l),
+                                 transfer_op_layer_event(op, first[g]));
+            if (g > 0)
+                ck_assert_ptr_ne(transfer_op_layer_event(op, first[g]),
+                                 transfer_op_layer_event(op, first[g - 1]));
+            gc[g] = (group_check){.r = r,
+                                  .pairs = pairs,
+                                  .n = n,
+                                  .lo = (size_t)first[g] * lb,
+                                  .hi = (size_t)first[g + 1] * lb,
+                                  .last_lo = (size_t)first[2] * lb};
+            r->be->ops->event_wait(r->be, BACKEND_STREAM_COMPUTE,
+                                   transfer_op_layer_event(op, first[g]));
+            fake_backend_kernel(r->be, check_group, &gc[g]);
+        }
+        /* `after` not reached: nothing copied, nothing read */
+        ck_assert(!transfer_poll(r->t, op));
+        ck_assert_int_eq(block_ptr(r, 2)[0], 0);
+        ck_assert_int_eq(gc[0].n_run, 0);
+        ck_assert(transfer_block_loading(r->t, 9));
+        fake_backend_release(r->be, hold_compute);
+        ck_assert(transfer_poll(r->t, op));
+        ck_assert_ptr_null(transfer_op_layer_event(op, 0));
+        for (int g = 0; g < n_groups; g++) {
+            ck_assert_int_eq(gc[g].n_run, 1);
+            ck_assert_int_eq(gc[g].n_bad, 0);
+        }
+        ck_assert_int_gt(gc[0].n_last_pending, 0); /* group 0 was read while group 2 was copied */
+        for (int i = 0; i < n; i++)
+            ck_assert(!memcmp(block_ptr(r, pairs[i].block), slot_ptr(r, pairs[i].slot), BLOCK));
+        fake_backend_stats st = fake_backend_get_stats(r->be);
+        ck_assert_int_eq(st.n_copy_calls[BACKEND_STREAM_LOAD], n_groups * (with_2d ? n_runs : n));
+        ck_assert_uint_eq(st.copy_bytes[BACKEND_STREAM_LOAD], (size_t)n * BLOCK);
+        transfer_stats ts = transfer_get_stats(r->t);
+        ck_assert_uint_eq(ts.n_layered_loads, 1);
+        ck_assert_uint_eq(ts.n_loads, 1);
+        ck_assert_uint_eq(ts.load_bytes, (size_t)n * BLOCK);
+        transfer_op_free(r->t, op);
+        rig_free(r);
+    }
+}
+END_TEST
+
+/* More groups than layers: one per layer; one group: a plain load (its event for every layer). */
+START_TEST(layered_load_group_count_is_clamped) {
+    rig *r = rig_new();
+    transfer_op *op = transfer_load_layers(r->t, (transfer_pair[]){{0, 0}}, 1, NULL, LAYERS, 64);
+    ck_assert_int_eq(transfer_op_n_copies(op), LAYERS);
+    ck_assert(transfer_poll(r->t, op));
+    transfer_op_free(r->t, op);
+    int hold = fake_backend_hold(r->be, BACKEND_STREAM_LOAD);
+    op = transfer_load_layers(r->t, (transfer_pair[]){{1, 1}}, 1, NULL, LAYERS, 1);
+    ck_assert_int_eq(transfer_op_n_copies(op), 1);
+    ck_assert_ptr_nonnull(transfer_op_layer_event(op, 0));
+    ck_assert_ptr_eq(transfer_op_layer_event(op, 0), transfer_op_layer_event(op, LAYERS - 1));
+    fake_backend_release(r->be, hold);
+    ck_assert(transfer_poll(r->t, op));
+    transfer_op_free(r->t, op);
+    ck_assert_uint_eq(transfer_get_stats(r->t).n_layered_loads, 1);
+    rig_free(r);
+}
+END_TEST
+
 START_TEST(duplicate_blocks_in_a_load_abort) {
     rig *r = rig_new();
     transfer_load(r->t, (transfer_pair[]){{3, 1}, {3, 2}}, 2, NULL);
@@ -407,6 +518,8 @@ int main(void) {
     tcase_add_test(tc, store_pins_its_blocks_until_complete);
     tcase_add_test(tc, compute_wait_orders_kernels_after_the_load);
     tcase_add_test(tc, free_waits_for_ops_in_flight);
+    tcase_add_test(tc, layered_load_orders_each_group_before_its_readers);
+    tcase_add_test(tc, layered_load_group_count_is_clamped);
     tcase_add_test_raise_signal(tc, load_into_block_a_store_still_reads_aborts, SIGABRT);
     tcase_add_test_raise_signal(tc, store_of_block_being_loaded_aborts, SIGABRT);
     tcase_add_test_raise_signal(tc, freeing_an_op_in_flight_aborts, SIGABRT);
