@@ -1,7 +1,8 @@
 /* Unit tests for model/llama on the CPU backend with Karpathy's stories260K (a real trained
  * Llama): greedy generation must reproduce the ids published by llama2.c and confirmed with
  * Hugging Face transformers (testdata/models/stories260K/expected.json); batching and chunked
- * prefill must not change logits; malformed model directories are errors naming the tensor. */
+ * prefill must not change logits, nor layer waits (never recorded as graphs); malformed model
+ * directories are errors naming the tensor. */
 #include <check.h>
 #include <jansson.h>
 #include <math.h>
@@ -245,6 +246,85 @@ START_TEST(chunked_prefill_equals_one_shot) {
 }
 END_TEST
 
+/* --- layer waits (host-tier loads by layer groups) --- */
+
+/* Counts of the ops a step queued, through a copy of the CPU backend's ops with graph ops that
+ * never record (graph_begin says it cannot). */
+static int n_event_waits, n_graph_begins;
+static void (*cpu_event_wait)(backend *be, backend_stream s, backend_event *ev);
+
+static void counting_event_wait(backend *be, backend_stream s, backend_event *ev) {
+    ck_assert_int_eq(s, BACKEND_STREAM_COMPUTE);
+    n_event_waits++;
+    cpu_event_wait(be, s, ev);
+}
+static bool counting_graph_begin(backend *be) {
+    n_graph_begins++;
+    return false;
+}
+static backend_graph *no_graph_end(backend *be) {
+    return NULL;
+}
+static bool no_graph_launch(backend *be, backend_graph *g) {
+    return false;
+}
+static void no_graph_free(backend *be, backend_graph *g) {}
+
+/* A decode step that would be recorded as a graph is not when it has layer waits; COMPUTE waits
+ * once per run of equal events, and the logits are the plain step's. */
+START_TEST(layer_waits_are_queued_and_never_recorded) {
+    runner r;
+    runner_init(&r, 1, 64, 4);
+    const backend_ops *cpu_ops = r.be->ops;
+    backend_ops ops = *cpu_ops;
+    cpu_event_wait = ops.event_wait;
+    ops.event_wait = counting_event_wait;
+    ops.graph_begin = counting_graph_begin;
+    ops.graph_end = no_graph_end;
+    ops.graph_launch = no_graph_launch;
+    ops.graph_free = no_graph_free;
+    r.be->ops = &ops;
+    int vocab = r.m.cfg.vocab_size, n_layers = r.m.cfg.n_layers;
+    ck_assert_int_ge(n_layers, 3);
+    const int32_t table[2] = {3, 1};
+    int32_t toks[20];
+    for (int i = 0; i < 20; i++) toks[i] = sample_token(i);
+    float *plain = malloc((size_t)vocab * sizeof(float)), *waited = malloc((size_t)vocab * 4);
+    run_seq(&r, toks, 17, 0, table, 2, false, plain);      /* prefill: never recorded */
+    run_seq(&r, toks + 17, 1, 17, table, 2, false, plain); /* decode: seen */
+    ck_assert_int_eq(n_graph_begins, 0);
+    run_seq(&r, toks + 18, 1, 18, table, 2, false, plain); /* decode again: recorded */
+    ck_assert_int_eq(n_graph_begins, 1);
+
+    /* the same step again, layer groups {0}, {1 .. n - 2}, {n - 1} */
+    backend_event *ev[3];
+    for (int g = 0; g < 3; g++) ev[g] = ops.event_record(r.be, BACKEND_STREAM_LOAD);
+    backend_event **ready = malloc((size_t)n_layers * sizeof *ready);
+    for (int l = 0; l < n_layers; l++) ready[l] = ev[l == 0 ? 0 : l < n_layers - 1 ? 1 : 2];
+    int32_t pos = 18, seq_start[2] = {0, 1}, seq_len = 19, row = 0;
+    backend_batch b = {.n_tokens = 1,
+                       .n_seqs = 1,
+                       .tokens = toks + 18,
+                       .positions = &pos,
+                       .seq_start = seq_start,
+                       .seq_len = &seq_len,
+                       .block_table = table,
+                       .max_blocks = 2,
+                       .n_out = 1,
+                       .out_rows = &row};
+    n_event_waits = 0;
+    llama_forward_layers(&r.m, &b, r.pool, &r.l, waited, ready);
+    ck_assert_int_eq(n_event_waits, 3);
+    ck_assert_int_eq(n_graph_begins, 1);
+    ck_assert_uint_eq(r.m.n_graph_replays, 0);
+    ck_assert(memcmp(plain, waited, (size_t)vocab * sizeof(float)) == 0);
+    for (int g = 0; g < 3; g++) ops.event_free(r.be, ev[g]);
+    free(ready), free(plain), free(waited);
+    r.be->ops = cpu_ops;
+    runner_free(&r);
+}
+END_TEST
+
 /* Records the last progress report. */
 static void record_progress(size_t done, size_t total, void *ctx) {
     size_t *last = ctx;
@@ -475,6 +555,7 @@ int main(void) {
     tcase_add_test(tc, greedy_once_upon_a_time_matches_transformers);
     tcase_add_test(tc, batch_of_sequences_equals_each_alone);
     tcase_add_test(tc, chunked_prefill_equals_one_shot);
+    tcase_add_test(tc, layer_waits_are_queued_and_never_recorded);
     tcase_add_test(tc, progress_reaches_total_weight_bytes);
     tcase_add_test(tc, dummy_weights_are_deterministic_and_finite);
     tcase_add_test(tc, rewritten_model_loads);
