@@ -15,6 +15,7 @@ typedef __nv_bfloat16 bf16;
 #define ATTN_BN 64          /* K/V tokens per tile */
 #define ATTN_MIN_SPLIT 128  /* shortest context piece one split-K block takes */
 #define ATTN_MAX_SPLITS 64
+#define ATTN_PREFILL_SPLIT_ALIGN 128 /* prefill split lengths: whole tiles of either kernel */
 
 typedef struct attn_params {
     bf16 *out;
@@ -373,6 +374,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
     }
 }
 
+#include "model/cuda/cuda_attention_sm90.cuh"
+
 /* Decode-shaped tiles (at most 16 rows: one token's GQA group, a few tokens of a small group).
  * Grid (tile, kv head, split). The 4 warps share the 16 rows and split each 64-token K/V tile
  * by columns, so one tile's math takes a quarter of the time a single warp would need; their
@@ -697,13 +700,13 @@ static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max
         if (splits > most) splits = most;
     }
     int len = (max_ctx + splits - 1) / splits;
-    p->split_len = (len + ATTN_BN - 1) / ATTN_BN * ATTN_BN;
+    p->split_len = (len + ATTN_PREFILL_SPLIT_ALIGN - 1) / ATTN_PREFILL_SPLIT_ALIGN * ATTN_PREFILL_SPLIT_ALIGN;
     p->n_splits = (max_ctx + p->split_len - 1) / p->split_len;
 }
 
 /* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
 static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
-                             size_t smem, unsigned smem_bit, int blocks_per_sm, bool decode,
+                             int threads, size_t smem, unsigned smem_bit, int blocks_per_sm, bool decode,
                              const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
     if (!(ci->attn_smem_set & smem_bit)) {
@@ -721,7 +724,7 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_p
         p.part_lse = ci->attn_scratch + rows * p.head_dim;
     }
     dim3 grid((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)p.n_splits);
-    cuda_launch(ci->pdl, s, kernel, grid, dim3(128), smem, p);
+    cuda_launch(ci->pdl, s, kernel, grid, dim3((unsigned)threads), smem, p);
     if (p.n_splits > 1)
         cuda_launch(ci->pdl, s, attn_combine_kernel,
                     dim3((unsigned)n_tiles, (unsigned)p.n_kv_heads, (unsigned)bm),
@@ -741,18 +744,32 @@ template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params 
     if (st->pure_decode) {
         int bound = st->max_blocks * block_size;
         if (p.group <= 16)
-            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, smem_dec, 1u << hd_bit, 3, true,
+            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3, true,
                              NULL, st->n_seqs, bound);
         else
-            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, smem_pre, 2u << hd_bit, 2,
+            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
                              true, NULL, st->n_seqs, bound);
         return;
     }
     if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
-    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, smem_dec, 1u << hd_bit, 3, true,
+    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3, true,
                      pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, smem_pre, 2u << hd_bit, 2, false,
-                     pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+    const char *wg = getenv("KVSERVE_ATTN_WGMMA"); /* measuring: 0 = mma.sync, 128, pipe */
+    const cuda_attn_tile *tl = pl->d_tiles + pl->n_small;
+    const size_t smem_wg128 = (size_t)(128 + 4 * 128) * 128 * sizeof(bf16) + 1024;
+    if (HD != 128 || (wg && strcmp(wg, "0") == 0))
+        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
+                         false, tl, pl->n_large, pl->max_ctx_large);
+    else if (wg && strcmp(wg, "128") == 0)
+        attn_launch_list(ci, p, attn_prefill_wgmma_kernel<128, 1>, 128, 256, smem_wg128, 32u, 1,
+                         false, tl, pl->n_large, pl->max_ctx_large);
+    else if (wg && strcmp(wg, "pipe") == 0)
+        attn_launch_list(ci, p, attn_prefill_wgmma_pipe_kernel, 128, 256, smem_wg128, 64u, 1,
+                         false, tl, pl->n_large, pl->max_ctx_large);
+    else
+        attn_launch_list(ci, p, attn_prefill_wgmma_kernel<64, 2>, 128, 256,
+                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, 16u, 2, false, tl,
+                         pl->n_large, pl->max_ctx_large);
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
