@@ -95,18 +95,8 @@ static int count_code_points(const char *s, size_t n) {
 
 /* ---- lifetime ---- */
 
-static void completion_free(completion *c) {
-    http_server *s = c->srv;
-    pthread_mutex_lock(&s->lock);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->live = c->next;
-    if (c->next) c->next->prev = c->prev;
-    s->n_live--;
-    pthread_cond_broadcast(&s->idle);
-    pthread_mutex_unlock(&s->lock);
-
+/* Frees c's own memory; c is on no list and nobody else holds it. */
+static void completion_destroy(completion *c) {
     for (int i = 0; i < c->n_choices; i++) {
         choice_state *ch = &c->choices[i];
         if (ch->ts) tokenizer_stream_free(ch->ts);
@@ -123,6 +113,21 @@ static void completion_free(completion *c) {
     openai_completion_request_free(&c->req);
     pthread_mutex_destroy(&c->lock);
     free(c);
+}
+
+/* The last reference went: leaves the live list (waking a shutdown that waits for it), frees. */
+static void completion_free(completion *c) {
+    http_server *s = c->srv;
+    pthread_mutex_lock(&s->lock);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->live = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->n_live--;
+    pthread_cond_broadcast(&s->idle);
+    pthread_mutex_unlock(&s->lock);
+    completion_destroy(c);
 }
 
 /* Drops one reference (c->lock not held). */
@@ -325,9 +330,12 @@ static bool completion_pump(completion *c) {
         pthread_mutex_unlock(&c->lock);
         if (n == 0) {
             free(q);
-            if (aborting)
+            if (aborting) {
+                /* a shutdown that came while submit_all ran did not see the later submits */
+                cancel_engine_requests(c);
                 for (int i = 0; i < c->n_choices; i++)
                     choice_finish(c, &c->choices[i], OPENAI_FINISH_ABORT, NULL);
+            }
             return aborting;
         }
         for (int i = 0; i < n; i++) {
@@ -568,6 +576,9 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
         pthread_mutex_unlock(&c->lock);
         if (st == ENGINE_SUBMIT_OK) continue;
         cancel_engine_requests(c);
+        /* refused: no choice counts as a finished request in the metrics */
+        for (int k = 0; k < c->n_choices; k++) c->choices[k].done = true;
+        c->n_done = c->n_choices;
         openai_error e;
         if (st == ENGINE_SUBMIT_BUSY)
             openai_error_set(&e, 503, "server_error", NULL, "server_overloaded",
@@ -605,24 +616,6 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
         free(c);
         return http_respond_error(conn, &e);
     }
-    /* join the live list unless shutting down (checked under the same lock http_server_stop
-     * takes, so no request slips past the shutdown) */
-    pthread_mutex_lock(&s->lock);
-    bool stopping = atomic_load(&s->stopping);
-    if (!stopping) {
-        c->next = s->live;
-        if (s->live) s->live->prev = c;
-        s->live = c;
-        s->n_live++;
-    }
-    pthread_mutex_unlock(&s->lock);
-    if (stopping) {
-        openai_completion_request_free(&c->req);
-        free(c);
-        openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
-                         "the server is shutting down");
-        return http_respond_error(conn, &e);
-    }
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;
@@ -636,6 +629,24 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     c->n_choices = c->req.n_prompts * c->req.n;
     c->choices = kv_calloc((size_t)c->n_choices, sizeof *c->choices);
     for (int i = 0; i < c->n_choices; i++) choice_init(c, &c->choices[i], i, i / c->req.n);
+    /* join the live list unless shutting down (checked under the same lock http_server_stop
+     * takes, so no request slips past the shutdown). Only now: http_server_stop takes a
+     * reference to (and locks) whatever is on the list. */
+    pthread_mutex_lock(&s->lock);
+    bool stopping = atomic_load(&s->stopping);
+    if (!stopping) {
+        c->next = s->live;
+        if (s->live) s->live->prev = c;
+        s->live = c;
+        s->n_live++;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (stopping) {
+        openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
+                         "the server is shutting down");
+        completion_destroy(c);
+        return http_respond_error(conn, &e);
+    }
     *c_out = c;
     return submit_all(c, conn);
 }
