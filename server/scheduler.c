@@ -82,11 +82,7 @@ void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_bloc
     c->enable_prefix_caching = cfg->enable_prefix_caching;
     c->seed = cfg->seed;
     c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
-                                  .policy = cfg->offload.store_policy == CONFIG_STORE_ON_EVICT
-                                                ? OFFLOAD_POLICY_ON_EVICT
-                                            : cfg->offload.store_policy == CONFIG_STORE_REUSE_GATED
-                                                ? OFFLOAD_POLICY_REUSE_GATED
-                                                : OFFLOAD_POLICY_WRITE_THROUGH,
+                                  .policy = cfg->offload.store_policy,
                                   .reuse_threshold = cfg->offload.reuse_threshold,
                                   .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
 }
@@ -296,16 +292,15 @@ engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, u
 
     sched_req *r = kv_calloc(1, sizeof *r);
     sampler_params_copy(&r->params, req->params);
-    int limit = n + r->params.max_tokens;
-    if (limit > s->max_model_len || limit < n) limit = s->max_model_len;
-    r->cap = limit + 1;
+    /* in 64 bits: max_tokens may be INT_MAX ("as many as fit") */
+    long long limit = (long long)n + r->params.max_tokens;
+    r->cap = (int)(limit < s->max_model_len ? limit : s->max_model_len) + 1;
     r->tokens = kv_malloc((size_t)r->cap * sizeof *r->tokens);
     memcpy(r->tokens, req->prompt, (size_t)n * sizeof *r->tokens);
     r->n_prompt = r->n_tokens = n;
     r->salt = req->cache_salt ? kv_strdup(req->cache_salt) : NULL;
     r->on_event = req->on_event;
     r->user = req->user;
-    r->arrival = req->arrival_time > 0 ? req->arrival_time : kv_now();
     r->cow_src = -1;
     block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model.fingerprint, r->salt);
 

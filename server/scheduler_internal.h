@@ -53,7 +53,6 @@ typedef struct sched_req {
     bool admitted_once;
     int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache at first admission */
     int n_prompt_lp_sent;            /* prompt positions whose logprob event was sent */
-    double arrival, last_token_time;
     int n_sched; /* tokens scheduled in the current step */
 } sched_req;
 

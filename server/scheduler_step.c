@@ -104,8 +104,6 @@ static bool sched_sample(scheduler *s, sched_req *r, float *row) {
     KV_CHECK(r->n_tokens < r->cap);
     r->tokens[r->n_tokens++] = tok;
     s->st.n_generation_tokens++;
-    double now = kv_now();
-    r->last_token_time = now;
 
     engine_finish finish = ENGINE_FINISH_NONE;
     int32_t stop_token = -1;
