@@ -43,11 +43,11 @@ struct offload {
     uint64_t hits, misses, stored_bytes, loaded_bytes, evictions, n_stores_skipped;
 };
 
-static const char *const policy_names[] = {"write_through", "on_evict", "reuse_gated"};
+const char *const offload_policy_names[] = {"write_through", "on_evict", "reuse_gated", NULL};
 
 bool offload_policy_parse(const char *s, offload_policy *out) {
-    for (int i = 0; i < 3; i++) {
-        if (strcasecmp(s, policy_names[i]) == 0) {
+    for (int i = 0; offload_policy_names[i]; i++) {
+        if (strcasecmp(s, offload_policy_names[i]) == 0) {
             *out = (offload_policy)i;
             return true;
         }
@@ -56,7 +56,7 @@ bool offload_policy_parse(const char *s, offload_policy *out) {
 }
 
 const char *offload_policy_name(offload_policy p) {
-    return (unsigned)p < 3 ? policy_names[p] : "?";
+    return (unsigned)p <= OFFLOAD_POLICY_REUSE_GATED ? offload_policy_names[p] : "?";
 }
 
 /* SHA-256 output is uniform: its leading bytes are a good table index as they are. */

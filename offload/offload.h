@@ -28,7 +28,9 @@ typedef struct offload_config {
     size_t chunk_bytes;  /* pinning chunk; 0: HOST_POOL_DEFAULT_CHUNK_BYTES */
 } offload_config;
 
-/* "write_through", "on_evict", "reuse_gated"; false when unknown. */
+/* The policy names in enum order, NULL-terminated ("write_through", "on_evict", "reuse_gated"). */
+extern const char *const offload_policy_names[];
+/* A policy by name (case-insensitive); false when unknown. */
 bool offload_policy_parse(const char *s, offload_policy *out);
 const char *offload_policy_name(offload_policy p);
 

@@ -33,7 +33,6 @@ typedef struct knob {
 } knob;
 
 static const char *const device_names[] = {"auto", "cuda", "cpu", NULL};
-static const char *const policy_names[] = {"write_through", "on_evict", "reuse_gated", NULL};
 static const char *const load_names[] = {"auto", "safetensors", "dummy", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 
@@ -80,7 +79,7 @@ static const knob knobs[] = {
      .help = "debug, info, warn, error"},
     {"offload.size_gib", KNOB_DOUBLE, OFF(offload.size_gib), .min = 0, .max = 1 << 20,
      .help = "host (CPU DRAM) KV tier size in GiB (0 = off)"},
-    {"offload.store_policy", KNOB_ENUM, OFF(offload.store_policy), .names = policy_names,
+    {"offload.store_policy", KNOB_ENUM, OFF(offload.store_policy), .names = offload_policy_names,
      .help = "write_through, on_evict or reuse_gated"},
     {"offload.reuse_threshold", KNOB_INT, OFF(offload.reuse_threshold), .min = 1, .max = 1000000,
      .help = "hits before reuse_gated stores a block"},
@@ -110,7 +109,7 @@ void config_default(kv_config *cfg) {
         .seed = 0,
         .log_level = CONFIG_LOG_INFO,
         .offload = {.size_gib = 0,
-                    .store_policy = CONFIG_STORE_WRITE_THROUGH,
+                    .store_policy = OFFLOAD_POLICY_WRITE_THROUGH,
                     .reuse_threshold = 2,
                     .pin_chunk_mib = 256},
     };

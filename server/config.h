@@ -7,18 +7,13 @@
 #include <stdio.h>
 
 #include "model/common.h"
+#include "offload/offload.h"
 
 typedef enum config_device {
     CONFIG_DEVICE_AUTO,
     CONFIG_DEVICE_CUDA,
     CONFIG_DEVICE_CPU
 } config_device;
-
-typedef enum config_store_policy {
-    CONFIG_STORE_WRITE_THROUGH, /* store each block once, when it becomes full */
-    CONFIG_STORE_ON_EVICT,      /* store a block when it leaves the GPU */
-    CONFIG_STORE_REUSE_GATED,   /* store a block once it has been hit reuse_threshold times */
-} config_store_policy;
 
 typedef enum config_load_format {
     CONFIG_LOAD_AUTO,
@@ -35,7 +30,7 @@ typedef enum config_log_level {
 
 typedef struct config_offload {
     double size_gib; /* host tier size; 0 = offload off */
-    config_store_policy store_policy;
+    offload_policy store_policy; /* offload/offload.h's names in the file */
     int reuse_threshold; /* hits before reuse_gated stores a block */
     int pin_chunk_mib;   /* host memory is pinned in chunks of this size, in the background */
 } config_offload;

@@ -68,7 +68,7 @@ START_TEST(json_round_trip_keeps_every_value) {
     ck_assert(!c.enable_prefix_caching);
     ck_assert_int_eq(c.max_body_bytes, 2048);
     ck_assert_double_eq(c.offload.size_gib, 1.5);
-    ck_assert_int_eq(c.offload.store_policy, CONFIG_STORE_REUSE_GATED);
+    ck_assert_int_eq(c.offload.store_policy, OFFLOAD_POLICY_REUSE_GATED);
     ck_assert_int_eq(c.offload.reuse_threshold, 3);
     ck_assert_int_eq(c.offload.pin_chunk_mib, 256); /* absent: default kept */
 
@@ -181,7 +181,7 @@ START_TEST(flags_override_the_file_whatever_their_order) {
     ck_assert_str_eq(c.model, "/models/x");
     ck_assert(!c.enable_prefix_caching);
     ck_assert_int_eq(c.max_queue, 5);
-    ck_assert_int_eq(c.offload.store_policy, CONFIG_STORE_ON_EVICT);
+    ck_assert_int_eq(c.offload.store_policy, OFFLOAD_POLICY_ON_EVICT);
     ck_assert_ptr_null(c.api_key); /* "" = null for nullable strings */
     ck_assert_str_eq(config_served_model_name(&c), "/models/x");
     config_free(&c);
