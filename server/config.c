@@ -344,24 +344,16 @@ int config_apply_json(kv_config *cfg, const char *text, size_t len, const char *
 }
 
 int config_load_file(kv_config *cfg, const char *path, kv_error *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return kv_error_set(err, "config: cannot open %s: %s", path, strerror(errno));
-    size_t cap = 4096, len = 0;
-    char *buf = kv_malloc(cap);
-    size_t got;
-    while ((got = fread(buf + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) buf = kv_realloc(buf, cap *= 2);
-        if (len > (16u << 20)) {
-            fclose(f);
-            free(buf);
-            return kv_error_set(err, "config: %s is larger than 16 MiB", path);
+    size_t len;
+    char *buf = kv_read_file(path, 16u << 20, &len, err);
+    if (!buf) {
+        if (err) { /* "config: FILE: cannot open: ..." */
+            kv_error inner = *err;
+            kv_error_set(err, "config: %s", inner.msg);
         }
+        return -1;
     }
-    bool bad = ferror(f);
-    fclose(f);
-    int rc = bad ? kv_error_set(err, "config: cannot read %s", path)
-                 : config_apply_json(cfg, buf, len, path, err);
+    int rc = config_apply_json(cfg, buf, len, path, err);
     free(buf);
     return rc;
 }
