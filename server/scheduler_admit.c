@@ -79,7 +79,7 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     int n_ready = cow ? r->n_tokens - 1 : (n_hit + n_host) * bs;
     if (n_ready == r->n_tokens) n_ready--; /* the host tier held every token: recompute the last */
     /* alone: computed in this step while its load runs by layer groups */
-    bool layered = n_host > 0 && sched_tier_can_layer(s, r);
+    bool layered = n_host > 0 && sched_tier_can_layer(s, r, n_host);
 
     int rows = 0, n_new = 0;
     if (n_host == 0 || layered) {
