@@ -141,9 +141,9 @@ void sched_tier_poll(scheduler *s);
  * allocated for them. Returns how many blocks will come from the tier (r->blocks already holds
  * the GPU hits; the caller allocated enough blocks behind them). */
 int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots);
-/* True when r, about to be admitted with n_host host-tier blocks, may be computed in this step while
- * its load runs by layer groups: nothing else would run or load meanwhile (rule in
- * scheduler_tier.c). */
+/* True when r, admitted with n_host host-tier blocks, may be computed in this step while its load
+ * runs by layer groups: nothing else would run or load meanwhile, and the load is not so large that
+ * whole-block copies win (rule in scheduler_tier.c). */
 bool sched_tier_can_layer(const scheduler *s, const sched_req *r, int n_host);
 /* Queues the load of r's blocks [first, first + n) from slots. Layered (sched_tier_can_layer): by
  * layer groups, r runs in this step (the forward waits per group: sched_tier_layer_ready), and
