@@ -108,25 +108,27 @@ static enum MHD_Result handle_completions(http_server *s, struct MHD_Connection 
     return completion_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
 }
 
-static enum MHD_Result handle_tokenize(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+/* /tokenize and /detokenize: a body in, a JSON body out, through one openai_* function. */
+typedef int (*token_endpoint_fn)(const openai_model_info *info, const char *body, size_t len,
+                                 char **out, openai_error *err);
+
+static enum MHD_Result handle_token_endpoint(http_server *s, struct MHD_Connection *conn,
+                                             conn_ctx *cx, token_endpoint_fn fn) {
     if (!atomic_load(&s->ready)) return not_ready(conn);
     openai_model_info info = http_model_info(s);
     openai_error e;
     char *out;
-    if (openai_tokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e))
-        return http_respond_error(conn, &e);
+    if (fn(&info, cx->body ? cx->body : "", cx->len, &out, &e)) return http_respond_error(conn, &e);
     return http_respond(conn, 200, out, "application/json");
+}
+
+static enum MHD_Result handle_tokenize(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+    return handle_token_endpoint(s, conn, cx, openai_tokenize);
 }
 
 static enum MHD_Result handle_detokenize(http_server *s, struct MHD_Connection *conn,
                                          conn_ctx *cx) {
-    if (!atomic_load(&s->ready)) return not_ready(conn);
-    openai_model_info info = http_model_info(s);
-    openai_error e;
-    char *out;
-    if (openai_detokenize(&info, cx->body ? cx->body : "", cx->len, &out, &e))
-        return http_respond_error(conn, &e);
-    return http_respond(conn, 200, out, "application/json");
+    return handle_token_endpoint(s, conn, cx, openai_detokenize);
 }
 
 static const route routes[] = {

@@ -244,7 +244,7 @@ static int parse_stop_token_ids(const openai_model_info *info, json_t *root, sam
 
 /* ---- the request ---- */
 
-static int parse_model(const openai_model_info *info, json_t *root, openai_error *e) {
+int openai_check_model(const openai_model_info *info, json_t *root, openai_error *e) {
     json_t *v = json_object_get(root, "model");
     if (!present(v)) return 0;
     if (!json_is_string(v)) return bad_type(e, "model", "a string");
@@ -428,7 +428,7 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
                          "the request body must be a JSON object");
         goto done;
     }
-    if (parse_model(info, root, e) || reject_unsupported(root, e) || parse_sampling(root, req, e) ||
+    if (openai_check_model(info, root, e) || reject_unsupported(root, e) || parse_sampling(root, req, e) ||
         parse_stream(root, req, e) || parse_stop(root, req, e) ||
         parse_stop_token_ids(info, root, &req->params, e))
         goto done;

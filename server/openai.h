@@ -76,6 +76,10 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
                             openai_completion_request *req, openai_error *err);
 void openai_completion_request_free(openai_completion_request *req);
 
+/* The body's optional "model" against the served name: 400 when not a string, 404
+ * model_not_found when another model; 0 when absent, null or ours. */
+int openai_check_model(const openai_model_info *info, json_t *root, openai_error *err);
+
 /* POST /tokenize {"prompt": str, "add_special_tokens": bool = true} (or "model" too): ids of the
  * prompt. POST /detokenize {"tokens": [int]}: the text. Bodies as malloc'd JSON text. */
 int openai_tokenize(const openai_model_info *info, const char *body, size_t len, char **out,

@@ -138,18 +138,6 @@ static json_t *load_object(const char *body, size_t len, openai_error *e) {
     return root;
 }
 
-static int check_model(const openai_model_info *info, json_t *root, openai_error *e) {
-    json_t *model = json_object_get(root, "model");
-    if (!model || json_is_null(model)) return 0;
-    if (!json_is_string(model))
-        return openai_error_set(e, 400, "invalid_request_error", "model", "invalid_type",
-                                "'model' must be a string");
-    if (strcmp(json_string_value(model), info->served_model_name) != 0)
-        return openai_error_set(e, 404, "invalid_request_error", "model", "model_not_found",
-                                "The model `%.200s` does not exist.", json_string_value(model));
-    return 0;
-}
-
 static char *dump_and_free(json_t *j) {
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
@@ -167,7 +155,7 @@ int openai_tokenize(const openai_model_info *info, const char *body, size_t len,
     bool add_special = true;
     json_t *prompt = json_object_get(root, "prompt");
     json_t *special = json_object_get(root, "add_special_tokens");
-    if (check_model(info, root, e)) goto done;
+    if (openai_check_model(info, root, e)) goto done;
     if (!prompt || json_is_null(prompt)) {
         openai_error_set(e, 400, "invalid_request_error", "prompt", "missing_required_parameter",
                          "'prompt' is required");
@@ -215,7 +203,7 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
     int rc = -1;
     int32_t *ids = NULL;
     json_t *tokens = json_object_get(root, "tokens");
-    if (check_model(info, root, e)) goto done;
+    if (openai_check_model(info, root, e)) goto done;
     if (!tokens || json_is_null(tokens)) {
         openai_error_set(e, 400, "invalid_request_error", "tokens", "missing_required_parameter",
                          "'tokens' is required");
