@@ -545,6 +545,13 @@ START_TEST(full_queue_is_503) {
     ck_assert_int_eq(http_do(fx.port, "POST", "/v1/completions", "", "{\"prompt\": [72]}", &r), 0);
     expect_error(&r, 503, "server_overloaded", NULL);
     http_reply_free(&r);
+    /* refused, so never counted as a finished (aborted) request */
+    ck_assert_int_eq(http_do(fx.port, "GET", "/metrics", "", NULL, &r), 0);
+    ck_assert_ptr_nonnull(strstr(
+        r.body,
+        "kvserve:request_success_total{model_name=\"test-model\",finished_reason=\"abort\"} 0"));
+    ck_assert_ptr_nonnull(strstr(r.body, "kvserve:prompt_tokens_total{model_name=\"test-model\"} 0"));
+    http_reply_free(&r);
     stop_server();
 }
 END_TEST

@@ -8,6 +8,7 @@
  * worst difference seen and far below any change in a greedy choice of this model. */
 #include <check.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -409,6 +410,12 @@ START_TEST(stop_conditions) {
     engine_close(&e);
     engine_open(&e, (engine_opts){.max_model_len = 28, .eos = target});
     submit(&e, prompt, 20, &p, NULL, &r);
+    scheduler_run_until_idle(e.s);
+    ck_assert_int_eq(r.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(r.n, 8);
+    /* max_tokens INT_MAX ("as many as fit", as the HTTP layer may pass): the same end */
+    sampler_params pall = greedy(INT_MAX);
+    submit(&e, prompt, 20, &pall, NULL, &r);
     scheduler_run_until_idle(e.s);
     ck_assert_int_eq(r.finish, ENGINE_FINISH_LENGTH);
     ck_assert_int_eq(r.n, 8);
