@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,7 +47,7 @@ typedef struct result {
     int32_t prompt_top[MAX_OUT];
     engine_finish finish;
     int32_t stop_token;
-    bool done;
+    atomic_bool done; /* polled from the test's thread while the engine thread runs */
     int n_cached_gpu, n_cached_host;
     int after_done; /* events after the last one: must stay 0 */
 } result;
@@ -71,11 +72,11 @@ static void on_event(void *user, const engine_event *ev) {
         r->lps[r->n++] = ev->logprob;
     }
     if (ev->finish != ENGINE_FINISH_NONE) {
-        r->done = true;
         r->finish = ev->finish;
         r->stop_token = ev->stop_token;
         r->n_cached_gpu = ev->n_cached_gpu;
         r->n_cached_host = ev->n_cached_host;
+        r->done = true; /* last: publishes the fields above to a polling thread */
     }
 }
 
