@@ -432,17 +432,17 @@ int http_server_port(const http_server *s) {
     return s->port;
 }
 
-/* Waits up to seconds for every live completion to be freed; true when none is left. */
-static bool wait_idle(http_server *s, int seconds) {
+/* Waits up to seconds for every live completion to be freed; returns how many are left. */
+static int wait_idle(http_server *s, int seconds) {
     struct timespec deadline;
     clock_gettime(CLOCK_REALTIME, &deadline);
     deadline.tv_sec += seconds;
     pthread_mutex_lock(&s->lock);
     int rc = 0;
     while (s->n_live > 0 && rc == 0) rc = pthread_cond_timedwait(&s->idle, &s->lock, &deadline);
-    bool idle = s->n_live == 0;
+    int n_left = s->n_live;
     pthread_mutex_unlock(&s->lock);
-    return idle;
+    return n_left;
 }
 
 void http_server_stop(http_server *s) {
@@ -466,8 +466,9 @@ void http_server_stop(http_server *s) {
     if (write(s->wake_fd, &one, sizeof one) != sizeof one) KV_CHECK(!"eventfd write");
     pthread_join(s->watcher, NULL);
 
-    if (wait_idle(s, 5))
+    int n_left = wait_idle(s, 5);
+    if (n_left == 0)
         server_free(s);
     else
-        fprintf(stderr, "kvserve: http: %d requests still in the engine at shutdown\n", s->n_live);
+        fprintf(stderr, "kvserve: http: %d requests still in the engine at shutdown\n", n_left);
 }

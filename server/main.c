@@ -277,10 +277,8 @@ static int app_load(app *a, kv_error *err) {
 
     scheduler_config sc;
     scheduler_config_from(&sc, cfg, n_blocks);
-    sc.n_gpu_blocks = n_blocks;
     sc.max_model_len = model_len;
     sc.metrics = &a->metrics;
-    sc.seed = cfg->seed;
     while (sc.seed == 0) /* 0 = a fresh seed at every start */
         if (getrandom(&sc.seed, sizeof sc.seed, 0) != sizeof sc.seed)
             sc.seed = 0x9e3779b97f4a7c15ull;
