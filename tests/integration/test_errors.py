@@ -183,6 +183,11 @@ class QueueFull(unittest.TestCase):
             m = srv.wait_idle()
             self.assertEqual(kh.metric(m, "kvserve:num_requests_running"), 0)
             self.assertEqual(kh.metric(m, "kvserve:num_requests_waiting"), 0)
+            # the refused requests never ran: not counted as finished (aborted) requests
+            self.assertEqual(kh.metric(m, "kvserve:request_success_total",
+                                       'finished_reason="abort"'), 0)
+            self.assertEqual(kh.metric(m, "kvserve:request_success_total",
+                                       'finished_reason="length"'), len(accepted) + 1)
         finally:
             rc = srv.stop()
         self.assertEqual(rc, 0, "".join(srv.log))
