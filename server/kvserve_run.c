@@ -1,6 +1,7 @@
 /* kvserve-run: a developer tool that loads a model and generates greedily from token ids, without
  * the server, the tokenizer or the block manager: the prompt is one prefill step, then one token
  * per step, in sequential blocks of a pool it allocates. Prints the ids (and top-N logprobs). */
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -30,6 +31,20 @@ static int parse_ids(const char *s, int32_t **ids, int *n) {
         s = *end ? end + 1 : end;
     }
     return *n > 0 ? 0 : -1;
+}
+
+/* A whole-number flag value in [lo, hi] into *out; false (with a message) otherwise. */
+static bool parse_int_arg(const char *flag, const char *text, int lo, int hi, int *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno || end == text || *end || v < lo || v > hi) {
+        fprintf(stderr, "kvserve-run: %s must be an integer in [%d, %d] (got '%s')\n", flag, lo, hi,
+                text);
+        return false;
+    }
+    *out = (int)v;
+    return true;
 }
 
 /* Prints the top n ids of logits with their log-softmax values. */
@@ -85,16 +100,16 @@ int main(int argc, char **argv) {
             prompt = optarg;
             break;
         case 'n':
-            n_gen = atoi(optarg);
+            if (!parse_int_arg("-n", optarg, 1, 1 << 24, &n_gen)) return 2;
             break;
         case 't':
-            n_top = atoi(optarg);
+            if (!parse_int_arg("--top", optarg, 0, 1 << 20, &n_top)) return 2;
             break;
         case 'b':
-            block_size = atoi(optarg);
+            if (!parse_int_arg("--block-size", optarg, 1, 1 << 16, &block_size)) return 2;
             break;
         case 'j':
-            n_threads = atoi(optarg);
+            if (!parse_int_arg("--threads", optarg, 0, 1024, &n_threads)) return 2;
             break;
         case 'f':
             if (strcmp(optarg, "dummy") == 0)
@@ -112,7 +127,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model || n_gen < 1 || n_top < 0 || block_size < 1) {
+    if (!model) {
         usage(stderr);
         return 2;
     }
