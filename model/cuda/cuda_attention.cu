@@ -2,9 +2,10 @@
  * softmax. Two FlashAttention-style tensor-core kernels (mma.sync m16n8k16) whose tile rows are
  * (token, query head of one GQA group) pairs, so a K/V tile loaded once feeds every head of the
  * group: a decode kernel (16-row tiles, the 4 warps split each K/V tile by columns) and a prefill
- * kernel (128-row tiles). Both split long contexts across blocks when the tiles alone would leave
- * SMs idle (split-K, then a combine kernel). Head dims other than 64/128 take a plain CUDA-core
- * kernel. Kernels first, launchers after. */
+ * kernel (128-row tiles; at head dim 128 its Hopper wgmma form, cuda_attention_sm90.cuh, which
+ * is why this file is built for sm_90a). Both split long contexts across blocks when the tiles
+ * alone would leave SMs idle (split-K, then a combine kernel). Head dims other than 64/128 take a
+ * plain CUDA-core kernel. Kernels first, launchers after. */
 #include "model/cuda/cuda_internal.h"
 
 #include <math.h>
@@ -15,7 +16,7 @@ typedef __nv_bfloat16 bf16;
 #define ATTN_BN 64          /* K/V tokens per tile */
 #define ATTN_MIN_SPLIT 128  /* shortest context piece one split-K block takes */
 #define ATTN_MAX_SPLITS 64
-#define ATTN_PREFILL_SPLIT_ALIGN 128 /* prefill split lengths: whole tiles of either kernel */
+#define ATTN_PREFILL_SPLIT_ALIGN 128 /* prefill split lengths: whole K/V tiles of up to 128 */
 
 typedef struct attn_params {
     bf16 *out;
@@ -754,22 +755,13 @@ template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params 
     if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
     attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3, true,
                      pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    const char *wg = getenv("KVSERVE_ATTN_WGMMA"); /* measuring: 0 = mma.sync, 128, pipe */
-    const cuda_attn_tile *tl = pl->d_tiles + pl->n_small;
-    const size_t smem_wg128 = (size_t)(128 + 4 * 128) * 128 * sizeof(bf16) + 1024;
-    if (HD != 128 || (wg && strcmp(wg, "0") == 0))
-        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
-                         false, tl, pl->n_large, pl->max_ctx_large);
-    else if (wg && strcmp(wg, "128") == 0)
-        attn_launch_list(ci, p, attn_prefill_wgmma_kernel<128, 1>, 128, 256, smem_wg128, 32u, 1,
-                         false, tl, pl->n_large, pl->max_ctx_large);
-    else if (wg && strcmp(wg, "pipe") == 0)
-        attn_launch_list(ci, p, attn_prefill_wgmma_pipe_kernel, 128, 256, smem_wg128, 64u, 1,
-                         false, tl, pl->n_large, pl->max_ctx_large);
-    else
+    if (HD == 128) /* wgmma: 2 warpgroups, 64-token K/V tiles, 2 blocks per SM */
         attn_launch_list(ci, p, attn_prefill_wgmma_kernel<64, 2>, 128, 256,
-                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, 16u, 2, false, tl,
-                         pl->n_large, pl->max_ctx_large);
+                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, 16u, 2, false,
+                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+    else
+        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
+                         false, pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
