@@ -3,6 +3,8 @@
  * kernels of cuda_ops.cu, cuda_gemm.cu and cuda_attention.cu. Not here: any kernel math. */
 #include "model/cuda/cuda_internal.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 
@@ -264,8 +266,10 @@ static void cuda_sync(backend *be) {
 static void cuda_step_begin(backend *be, const backend_batch *b) {
     cuda_impl *ci = cuda_impl_of(be);
     cuda_step *st = &ci->step;
-    KV_CHECK(b->n_tokens >= 0 && b->n_seqs >= 0 && b->n_out >= 0);
+    KV_CHECK(b->n_tokens >= 0 && b->n_seqs >= 0 && b->n_out >= 0 && b->max_blocks >= 0);
     KV_CHECK(b->seq_start[0] == 0 && b->seq_start[b->n_seqs] == b->n_tokens);
+    for (int s = 0; s < b->n_seqs; s++) /* token_seq below writes [seq_start[s], seq_start[s+1]) */
+        KV_CHECK(b->seq_start[s] <= b->seq_start[s + 1]);
     size_t nt = (size_t)b->n_tokens, ns = (size_t)b->n_seqs;
     size_t n_bt = ns * (size_t)b->max_blocks;
     size_t total = 3 * nt + (ns + 1) + ns + (size_t)b->n_out + n_bt;
@@ -421,10 +425,28 @@ static const backend_ops cuda_ops = {
     .graph_free = cuda_graph_free,
 };
 
-/* "0" turns a KVSERVE_CUDA_* switch off; unset or anything else leaves it on. */
+/* Switches for measuring (tests/bench/NOTES-cuda.md, README "Development"), read once here at
+ * create into cuda_impl:
+ *   KVSERVE_CUDA_GRAPHS=0  record no decode steps (graph_begin returns false)
+ *   KVSERVE_CUDA_PDL=0     launch kernels without programmatic dependent launch
+ *   KVSERVE_CUDA_GEMV=N    the GEMV kernel for matmuls of n <= N rows (0: cuBLASLt for every n)
+ * "0" turns a boolean switch off; unset or anything else leaves it on. */
 static bool env_switch(const char *name) {
     const char *v = getenv(name);
     return !(v && strcmp(v, "0") == 0);
+}
+
+/* KVSERVE_CUDA_GEMV as a row count; false when set to anything but an integer >= 0. */
+static bool env_gemv_max_n(int *out) {
+    const char *v = getenv("KVSERVE_CUDA_GEMV");
+    *out = CUDA_GEMV_DEFAULT_MAX_N;
+    if (!v) return true;
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end != '\0' || errno != 0 || n < 0 || n > INT_MAX) return false;
+    *out = (int)n;
+    return true;
 }
 
 int cuda_backend_device_count(void) {
@@ -441,14 +463,23 @@ backend *cuda_backend_create(kv_error *err) {
         kv_error_set(err, "no CUDA device found (driver missing or no GPU visible)");
         return NULL;
     }
+    int gemv_max_n;
+    if (!env_gemv_max_n(&gemv_max_n)) {
+        kv_error_set(err, "KVSERVE_CUDA_GEMV='%s': expected a row count (an integer >= 0)",
+                     getenv("KVSERVE_CUDA_GEMV"));
+        return NULL;
+    }
     cuda_impl *ci = (cuda_impl *)kv_calloc(1, sizeof *ci);
     ci->device = 0;
     CUDA_CHECK(cudaSetDevice(ci->device));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ci->device));
-    if (prop.major < 8) {
+    /* the attention kernels are built for sm_90a only (model/meson.build: wgmma), machine code
+     * that runs on compute capability 9.0 and nothing else; any other device would fail at the
+     * first attention launch ("no kernel image") instead of here */
+    if (prop.major != 9 || prop.minor != 0) {
         free(ci);
-        kv_error_set(err, "CUDA device %s (sm_%d%d) lacks bf16 tensor cores (needs sm_80+)",
+        kv_error_set(err, "CUDA device %s is sm_%d%d; this build's kernels need sm_90 (H100/H200)",
                      prop.name, prop.major, prop.minor);
         return NULL;
     }
@@ -465,9 +496,7 @@ backend *cuda_backend_create(kv_error *err) {
     cuda_gemm_init(ci);
     ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
     ci->pdl = env_switch("KVSERVE_CUDA_PDL");
-    /* KVSERVE_CUDA_GEMV=N: the GEMV kernel for n <= N rows (0: cuBLASLt for every n) */
-    const char *gemv = getenv("KVSERVE_CUDA_GEMV");
-    ci->gemv_max_n = gemv ? atoi(gemv) : CUDA_GEMV_DEFAULT_MAX_N;
+    ci->gemv_max_n = gemv_max_n;
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);
     be->ops = &cuda_ops;
