@@ -28,7 +28,8 @@ static inline void cuda_check_status(cublasStatus_t s, const char *what, const c
 /* CUDA_CHECK(cudaMalloc(&p, n)); CUDA_CHECK(cublasLtMatmul(...)); */
 #define CUDA_CHECK(stmt) cuda_check_status((stmt), #stmt, __FILE__, __LINE__)
 /* After every <<<...>>>: catches bad launch configurations at once (asynchronous faults surface
- * at the next synchronizing call, also checked). */
+ * at the next synchronizing call, also checked). Launches through cuda_launch (cuda_internal.h)
+ * check themselves. */
 #define CUDA_LAUNCH_CHECK() cuda_check_status(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
 #endif

@@ -31,7 +31,9 @@ __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 
-/* kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when pdl. */
+/* kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when pdl.
+ * This is the launch check too: cudaLaunchKernelEx returns the launch error that
+ * CUDA_LAUNCH_CHECK would read, so no CUDA_LAUNCH_CHECK follows a cuda_launch. */
 template <typename... KArgs, typename... Args>
 static inline void cuda_launch(bool pdl, cudaStream_t s, void (*kernel)(KArgs...), dim3 grid,
                                dim3 block, size_t smem, Args &&...args) {

@@ -242,7 +242,6 @@ void cuda_op_embed(backend *be, void *out, const void *table, int dim) {
     else
         cuda_launch(cuda_impl_of(be)->pdl, s, embed_kernel<1>, dim3(st->n_tokens),
                     dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)table, st->tokens, dim);
-    CUDA_LAUNCH_CHECK();
 }
 
 static void rmsnorm_launch(backend *be, void *out, void *x, const void *delta, const void *w, int n,
@@ -257,7 +256,6 @@ static void rmsnorm_launch(backend *be, void *out, void *x, const void *delta, c
     else
         cuda_launch(cuda_impl_of(be)->pdl, s, rmsnorm_kernel<1>, dim3(n), dim3(row_threads(dim)), 0,
                     (bf16 *)out, (bf16 *)x, (const bf16 *)delta, (const bf16 *)w, dim, eps);
-    CUDA_LAUNCH_CHECK();
 }
 
 void cuda_op_rmsnorm(backend *be, void *out, const void *x, const void *w, int n, int dim,
@@ -279,7 +277,6 @@ void cuda_op_add(backend *be, void *x, const void *delta, size_t n) {
     else
         cuda_launch(cuda_impl_of(be)->pdl, s, add_kernel<1>, dim3((unsigned)((n + 255) / 256)),
                     dim3(256), 0, (bf16 *)x, (const bf16 *)delta, n);
-    CUDA_LAUNCH_CHECK();
 }
 
 void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
@@ -304,7 +301,6 @@ void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {
         cuda_launch(cuda_impl_of(be)->pdl, s, swiglu_kernel<1>,
                     dim3((unsigned)((total + 255) / 256)), dim3(256), 0, (bf16 *)out,
                     (const bf16 *)gu, n, ff);
-    CUDA_LAUNCH_CHECK();
 }
 
 void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
@@ -327,7 +323,6 @@ void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int l
                     0, (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size,
                     layer, (const bf16 *)k, (const bf16 *)v, row_stride, st->positions,
                     st->token_seq, st->block_table, st->max_blocks);
-    CUDA_LAUNCH_CHECK();
 }
 
 void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim) {
@@ -340,7 +335,6 @@ void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim) {
     else
         cuda_launch(cuda_impl_of(be)->pdl, s, gather_rows_kernel<1>, dim3(st->n_out),
                     dim3(row_threads(dim)), 0, (bf16 *)out, (const bf16 *)x, st->out_rows, dim);
-    CUDA_LAUNCH_CHECK();
 }
 
 void cuda_convert_f32_to_bf16(cudaStream_t s, bf16 *dst, const float *src, size_t n) {
