@@ -1,6 +1,7 @@
 /* Prefill attention on Hopper (sm_90a): the tensor-core kernel of cuda_attention.cu rewritten
- * with warpgroup MMAs (wgmma). Included by cuda_attention.cu only (it uses attn_params,
- * attn_block and the cp.async helpers there); that file is built for sm_90a. Head dim 128. */
+ * with warpgroup MMAs (wgmma). Included by cuda_attention.cu only, which is built for sm_90a.
+ * Head dim 128. */
+#include "model/cuda/cuda_attention_common.cuh"
 
 /* ---- wgmma primitives (PTX ISA 8.0, "Asynchronous Warpgroup Level Matrix Multiply") ---- */
 
@@ -37,13 +38,6 @@ __device__ __forceinline__ void wgmma_ss_m64n64k16(float d[32], uint64_t da, uin
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
                  : "l"(da), "l"(db), "r"(accumulate));
 }
-/* d (64 x 128) = or += A (64 x 16, smem desc) * B (16 x 128, smem desc), both K-major. */
-__device__ __forceinline__ void wgmma_ss_m64n128k16(float d[64], uint64_t da, uint64_t db, int accumulate) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "l"(da), "l"(db), "r"(accumulate));
-}
 /* d (64 x 128) += A (64 x 16, registers, the mma.sync m16n8k16 A layout per warp) * B (16 x 128,
  * smem desc, MN-major: stored [k][n]). */
 __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float d[64], const uint32_t a[4], uint64_t db) {
@@ -62,6 +56,8 @@ template <int BN, int MIN_BLOCKS>
 __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
+    /* S is one m64n64 product per warpgroup (the BN-128 variant was removed, NOTES-cuda.md run 9) */
+    static_assert(BN == 64, "S = Q K^T is issued as wgmma m64n64k16");
     constexpr int HD = 128, BM = 128, THREADS = 256, CH = HD / 8;
     constexpr int Q_BYTES = BM * HD * 2, KV_BYTES = BN * HD * 2;
     extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -135,10 +131,7 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
             for (int kk = 0; kk < HD / 16; kk++) {
                 uint64_t da = wgmma_desc(sq + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
                 uint64_t db = wgmma_desc(ks + (kk / 4) * BN * 128 + (kk % 4) * 32, 16, 1024);
-                if constexpr (BN == 128)
-                    wgmma_ss_m64n128k16(s, da, db, kk > 0);
-                else
-                    wgmma_ss_m64n64k16(s, da, db, kk > 0);
+                wgmma_ss_m64n64k16(s, da, db, kk > 0);
             }
             wgmma_commit();
             wgmma_wait0();
