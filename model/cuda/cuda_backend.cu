@@ -337,15 +337,20 @@ void cuda_graph_buffers_moved(cuda_impl *ci) {
     ci->graph_gen++;
 }
 
+/* Recordings are of pure decode steps only (cuda_graph_begin), so a step fits when it is one
+ * too and has the recorded shape. */
 static bool graph_fits(const cuda_impl *ci, const backend_graph *g) {
     const cuda_step *st = &ci->step;
-    return g->gen == ci->graph_gen && g->n_tokens == st->n_tokens && g->n_seqs == st->n_seqs &&
-           g->n_out == st->n_out && g->max_blocks == st->max_blocks;
+    return g->gen == ci->graph_gen && st->pure_decode && g->n_tokens == st->n_tokens &&
+           g->n_seqs == st->n_seqs && g->n_out == st->n_out && g->max_blocks == st->max_blocks;
 }
 
+/* Records pure decode steps only: their attention grid comes from the step's shape alone
+ * (cuda_attention.cu), while any other step's attention tiles are built on the host from its
+ * lengths (attn_plan_build, which refuses to run while recording). */
 static bool cuda_graph_begin(backend *be) {
     cuda_impl *ci = cuda_impl_of(be);
-    if (!ci->graphs_enabled) return false;
+    if (!ci->graphs_enabled || !ci->step.pure_decode) return false;
     KV_CHECK(!ci->capturing);
     /* thread-local: another thread's unrelated CUDA calls (offload copies) stay legal */
     CUDA_CHECK(cudaStreamBeginCapture(cuda_compute_stream(be), cudaStreamCaptureModeThreadLocal));
