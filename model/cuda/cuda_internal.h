@@ -97,7 +97,8 @@ typedef struct cuda_step {
     size_t d_meta_cap;                /* int32 elements */
 } cuda_step;
 
-typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu */
+typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu: the cuBLASLt handle, workspace and plan cache (init/free with the backend);
+ * the matmul op. The cuda_op_* functions here are backend ops: their contracts are in backend.h. */
 /* matmuls of at most this many rows take the GEMV kernel (KVSERVE_CUDA_GEMV=N overrides; 0:
  * cuBLASLt always); see tests/bench/NOTES-cuda.md, run 7 */
 #define CUDA_GEMV_DEFAULT_MAX_N 4
@@ -140,13 +141,14 @@ void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *sr
  * while recording (a broken invariant) and marks every recorded graph stale. */
 void cuda_graph_buffers_moved(cuda_impl *ci);
 
-/* cuda_gemm.cu */
+/* cuda_gemm.cu: the cuBLASLt handle, workspace and plan cache (init/free with the backend);
+ * the matmul op. The cuda_op_* functions here are backend ops: their contracts are in backend.h. */
 void cuda_gemm_init(cuda_impl *ci);
 void cuda_gemm_free(cuda_impl *ci);
 void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                     int k, int m);
 
-/* cuda_ops.cu */
+/* cuda_ops.cu: the element-wise and row-wise ops */
 void cuda_op_embed(backend *be, void *out, const void *table, int dim);
 void cuda_op_rmsnorm(backend *be, void *out, const void *x, const void *w, int n, int dim,
                      float eps);
@@ -164,7 +166,8 @@ void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *s
 void cuda_convert_f16_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const __half *src, size_t n);
 void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const __nv_bfloat16 *src, size_t n);
 
-/* cuda_attention.cu */
+/* cuda_attention.cu: paged attention. Grows attn_scratch and raises kernels' shared-memory limits
+ * on first use, which a recording cannot do: it relies on its shape's unrecorded first run. */
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
                        const backend_kv_layout *l, int layer, int n_heads, float scale);
 
