@@ -108,7 +108,10 @@ static void run_attn(bench *b, void *ctx, int rep) {
 static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n_layers,
                               double *kv_bytes) {
     backend *be = b->be;
-    attn_ctx a = {.l = {.n_layers = n_layers, .n_kv_heads = 8, .head_dim = 128, .block_size = 16,
+    attn_ctx a = {.l = {.n_layers = n_layers,
+                        .n_kv_heads = 8,
+                        .head_dim = 128,
+                        .block_size = 16,
                         .dtype = KV_DTYPE_BF16},
                   .q_stride = 48 * 128,
                   .n_heads = 32};
@@ -116,18 +119,27 @@ static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n
     int len = prefix + n_new, nb = (len + 15) / 16, n_tokens = n_seqs * n_new;
     int n_blocks = n_seqs * nb;
     int32_t *tokens = kv_calloc((size_t)n_tokens, 4), *pos = kv_malloc((size_t)n_tokens * 4);
-    int32_t *seq_start = kv_malloc((size_t)(n_seqs + 1) * 4), *seq_len = kv_malloc((size_t)n_seqs * 4);
+    int32_t *seq_start = kv_malloc((size_t)(n_seqs + 1) * 4),
+            *seq_len = kv_malloc((size_t)n_seqs * 4);
     int32_t *bt = kv_malloc((size_t)n_blocks * 4), *out_rows = kv_calloc(1, 4);
     for (int s = 0; s < n_seqs; s++) {
         seq_start[s] = s * n_new;
         seq_len[s] = len;
         for (int i = 0; i < n_new; i++) pos[s * n_new + i] = prefix + i;
-        for (int i = 0; i < nb; i++) bt[s * nb + i] = (int32_t)(((size_t)(s * nb + i) * 7919) % (size_t)n_blocks);
+        for (int i = 0; i < nb; i++)
+            bt[s * nb + i] = (int32_t)(((size_t)(s * nb + i) * 7919) % (size_t)n_blocks);
     }
     seq_start[n_seqs] = n_tokens;
-    backend_batch batch = {.n_tokens = n_tokens, .n_seqs = n_seqs, .tokens = tokens,
-                           .positions = pos, .seq_start = seq_start, .seq_len = seq_len,
-                           .block_table = bt, .max_blocks = nb, .n_out = 0, .out_rows = out_rows};
+    backend_batch batch = {.n_tokens = n_tokens,
+                           .n_seqs = n_seqs,
+                           .tokens = tokens,
+                           .positions = pos,
+                           .seq_start = seq_start,
+                           .seq_len = seq_len,
+                           .block_table = bt,
+                           .max_blocks = nb,
+                           .n_out = 0,
+                           .out_rows = out_rows};
     be->ops->step_begin(be, &batch);
     a.pool = rand_dev(b, a.l.block_bytes * (size_t)n_blocks);
     a.q = rand_dev(b, (size_t)n_tokens * a.q_stride * 2);
@@ -174,39 +186,42 @@ int main(int argc, char **argv) {
     }
     double copy_gbs = 2998, gemm_tf = 782; /* measured on the H100 (run 5), when skipped */
     if (all) {
-    copy_ctx c = {.bytes = (size_t)1 << 30};
-    c.a = rand_dev(&b, c.bytes);
-    c.b = rand_dev(&b, c.bytes);
-    double t_copy = time_median(&b, run_copy, &c, 20);
-    copy_gbs = 2.0 * (double)c.bytes / t_copy / 1e9;
-    be->ops->dev_free(be, c.a), be->ops->dev_free(be, c.b);
-    printf("%-46s %9.3f ms  %8.1f GB/s (read+write)\n", "copy D2D 1 GiB", t_copy * 1e3, copy_gbs);
+        copy_ctx c = {.bytes = (size_t)1 << 30};
+        c.a = rand_dev(&b, c.bytes);
+        c.b = rand_dev(&b, c.bytes);
+        double t_copy = time_median(&b, run_copy, &c, 20);
+        copy_gbs = 2.0 * (double)c.bytes / t_copy / 1e9;
+        be->ops->dev_free(be, c.a), be->ops->dev_free(be, c.b);
+        printf("%-46s %9.3f ms  %8.1f GB/s (read+write)\n", "copy D2D 1 GiB", t_copy * 1e3,
+               copy_gbs);
 
-    gemm_ctx g = {.n = 8192, .k = 8192, .m = 8192};
-    g.x = rand_dev(&b, (size_t)g.n * g.k * 2);
-    g.w = rand_dev(&b, (size_t)g.m * g.k * 2);
-    g.out = be->ops->dev_alloc(be, (size_t)g.n * g.m * 2);
-    double t_gemm = time_median(&b, run_gemm, &g, 20);
-    gemm_tf = 2.0 * g.n * (double)g.k * g.m / t_gemm / 1e12;
-    be->ops->dev_free(be, g.x), be->ops->dev_free(be, g.w), be->ops->dev_free(be, g.out);
-    printf("%-46s %9.3f ms  %8.1f TFLOP/s\n", "matmul bf16 8192^3 (cuBLASLt)", t_gemm * 1e3, gemm_tf);
+        gemm_ctx g = {.n = 8192, .k = 8192, .m = 8192};
+        g.x = rand_dev(&b, (size_t)g.n * g.k * 2);
+        g.w = rand_dev(&b, (size_t)g.m * g.k * 2);
+        g.out = be->ops->dev_alloc(be, (size_t)g.n * g.m * 2);
+        double t_gemm = time_median(&b, run_gemm, &g, 20);
+        gemm_tf = 2.0 * g.n * (double)g.k * g.m / t_gemm / 1e12;
+        be->ops->dev_free(be, g.x), be->ops->dev_free(be, g.w), be->ops->dev_free(be, g.out);
+        printf("%-46s %9.3f ms  %8.1f TFLOP/s\n", "matmul bf16 8192^3 (cuBLASLt)", t_gemm * 1e3,
+               gemm_tf);
 
-    /* decode GEMV shapes of Llama-3.1-8B: fused gate|up (28672 x 4096), and the lm_head */
-    int gemv_m[2] = {28672, 128256}, gemv_n[3] = {1, 8, 64};
-    for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 3; j++) {
-            gemm_ctx v = {.n = gemv_n[j], .k = 4096, .m = gemv_m[i]};
-            v.x = rand_dev(&b, (size_t)v.n * v.k * 2);
-            v.w = rand_dev(&b, (size_t)v.m * v.k * 2);
-            v.out = be->ops->dev_alloc(be, (size_t)v.n * v.m * 2);
-            double t = time_median(&b, run_gemm, &v, 50);
-            double gbs = (double)v.m * v.k * 2 / t / 1e9;
-            char name[64];
-            snprintf(name, sizeof name, "matmul n=%d k=4096 m=%d (weights)", v.n, v.m);
-            printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, gbs,
-                   100 * gbs / copy_gbs);
-            be->ops->dev_free(be, v.x), be->ops->dev_free(be, v.w), be->ops->dev_free(be, v.out);
-        }
+        /* decode GEMV shapes of Llama-3.1-8B: fused gate|up (28672 x 4096), and the lm_head */
+        int gemv_m[2] = {28672, 128256}, gemv_n[3] = {1, 8, 64};
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < 3; j++) {
+                gemm_ctx v = {.n = gemv_n[j], .k = 4096, .m = gemv_m[i]};
+                v.x = rand_dev(&b, (size_t)v.n * v.k * 2);
+                v.w = rand_dev(&b, (size_t)v.m * v.k * 2);
+                v.out = be->ops->dev_alloc(be, (size_t)v.n * v.m * 2);
+                double t = time_median(&b, run_gemm, &v, 50);
+                double gbs = (double)v.m * v.k * 2 / t / 1e9;
+                char name[64];
+                snprintf(name, sizeof name, "matmul n=%d k=4096 m=%d (weights)", v.n, v.m);
+                printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, gbs,
+                       100 * gbs / copy_gbs);
+                be->ops->dev_free(be, v.x), be->ops->dev_free(be, v.w),
+                    be->ops->dev_free(be, v.out);
+            }
     }
 
     int batches[3] = {1, 8, 64};
