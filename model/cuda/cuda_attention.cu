@@ -51,7 +51,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
 #pragma unroll
     for (int mi = 0; mi < WM; mi++) {
 #pragma unroll
-        for (int dt = 0; dt < HD / 8; dt++) o[mi][dt][0] = o[mi][dt][1] = o[mi][dt][2] = o[mi][dt][3] = 0;
+        for (int dt = 0; dt < HD / 8; dt++)
+            o[mi][dt][0] = o[mi][dt][1] = o[mi][dt][2] = o[mi][dt][3] = 0;
         m_r[mi][0] = m_r[mi][1] = -INFINITY;
         l_r[mi][0] = l_r[mi][1] = 0;
     }
@@ -61,7 +62,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
         const int j0 = b.kv_lo + it * BN;
         if (it + 1 < n_iter) {
             int st = (it + 1) & 1;
-            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st], j0 + BN);
+            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
+                                      j0 + BN);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -75,14 +77,16 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
 #pragma unroll
             for (int mi = 0; mi < WM; mi++)
 #pragma unroll
-                for (int nt = 0; nt < BN / 8; nt++) s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0;
-            /* S = Q K^T */
+                for (int nt = 0; nt < BN / 8; nt++)
+                    s[mi][nt][0] = s[mi][nt][1] = s[mi][nt][2] = s[mi][nt][3] = 0;
+                    /* S = Q K^T */
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) {
                 uint32_t a[WM][4];
 #pragma unroll
                 for (int mi = 0; mi < WM; mi++)
-                    ldmatrix_x4(a[mi], sq + swz<HD>(row0 + mi * 16 + (lane & 15), kk * 2 + (lane >> 4)));
+                    ldmatrix_x4(a[mi],
+                                sq + swz<HD>(row0 + mi * 16 + (lane & 15), kk * 2 + (lane >> 4)));
 #pragma unroll
                 for (int np = 0; np < BN / 16; np++) {
                     uint32_t bb[4];
@@ -101,12 +105,14 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
                 for (int mi = 0; mi < WM; mi++)
 #pragma unroll
                     for (int h = 0; h < 2; h++) {
-                        int lim = min(attn_row_pos(b, row0 + mi * 16 + lane / 4 + 8 * h), b.kv_hi - 1);
+                        int lim =
+                            min(attn_row_pos(b, row0 + mi * 16 + lane / 4 + 8 * h), b.kv_hi - 1);
 #pragma unroll
                         for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
                             for (int e = 0; e < 2; e++)
-                                if (j0 + nt * 8 + 2 * (lane & 3) + e > lim) s[mi][nt][2 * h + e] = -INFINITY;
+                                if (j0 + nt * 8 + 2 * (lane & 3) + e > lim)
+                                    s[mi][nt][2 * h + e] = -INFINITY;
                     }
             }
             /* online softmax; O is rescaled only when some row's max moved */
@@ -188,7 +194,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
                 for (int dt = 0; dt < HD / 8; dt++)
                     *(float2 *)(dst + dt * 8) =
                         make_float2(o[mi][dt][2 * h] * inv, o[mi][dt][2 * h + 1] * inv);
-                if ((lane & 3) == 0) p.part_lse[ts] = l > 0 ? m_r[mi][h] * scale + log2f(l) : -INFINITY;
+                if ((lane & 3) == 0)
+                    p.part_lse[ts] = l > 0 ? m_r[mi][h] * scale + log2f(l) : -INFINITY;
             }
         }
     }
@@ -200,8 +207,7 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
  * Grid (tile, kv head, split). The 4 warps share the 16 rows and split each 64-token K/V tile
  * by columns, so one tile's math takes a quarter of the time a single warp would need; their
  * partial softmax states are merged through shared memory at the end. */
-template <int HD>
-__global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
+template <int HD> __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
     constexpr int BM = 16, BN = ATTN_BN, THREADS = 128, NW = 4, RED = HD + 4;
@@ -241,7 +247,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
         const int j0 = b.kv_lo + it * BN;
         if (it + 1 < n_iter) {
             int st = (it + 1) & 1;
-            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st], j0 + BN);
+            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
+                                      j0 + BN);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -255,7 +262,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
         for (int kk = 0; kk < HD / 16; kk++) {
             uint32_t a[4], bb[4];
             ldmatrix_x4(a, sq + swz<HD>(lane & 15, kk * 2 + (lane >> 4)));
-            ldmatrix_x4(bb, ks + swz<HD>(col0 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
+            ldmatrix_x4(
+                bb, ks + swz<HD>(col0 + (lane & 7) + (lane >> 4) * 8, kk * 2 + ((lane >> 3) & 1)));
             mma_16816(s[0], a, bb[0], bb[1]);
             mma_16816(s[1], a, bb[2], bb[3]);
         }
@@ -266,14 +274,16 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
                 for (int nt = 0; nt < 2; nt++)
 #pragma unroll
                     for (int e = 0; e < 2; e++)
-                        if (j0 + col0 + nt * 8 + 2 * (lane & 3) + e > lim_r[h]) s[nt][2 * h + e] = -INFINITY;
+                        if (j0 + col0 + nt * 8 + 2 * (lane & 3) + e > lim_r[h])
+                            s[nt][2 * h + e] = -INFINITY;
         }
         float alpha[2];
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             float row[4] = {s[0][2 * h], s[0][2 * h + 1], s[1][2 * h], s[1][2 * h + 1]};
             alpha[h] = attn_softmax_row<4>(row, m_r[h], l_r[h], scale);
-            s[0][2 * h] = row[0], s[0][2 * h + 1] = row[1], s[1][2 * h] = row[2], s[1][2 * h + 1] = row[3];
+            s[0][2 * h] = row[0], s[0][2 * h + 1] = row[1], s[1][2 * h] = row[2],
+                     s[1][2 * h + 1] = row[3];
         }
         if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
@@ -287,8 +297,8 @@ __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
 #pragma unroll
         for (int dp = 0; dp < HD / 16; dp++) {
             uint32_t bb[4];
-            ldmatrix_x4_trans(bb, vs + swz<HD>(col0 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                               dp * 2 + (lane >> 4)));
+            ldmatrix_x4_trans(
+                bb, vs + swz<HD>(col0 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 2 + (lane >> 4)));
             mma_16816(o[2 * dp], pa, bb[0], bb[1]);
             mma_16816(o[2 * dp + 1], pa, bb[2], bb[3]);
         }
@@ -346,7 +356,8 @@ __global__ void attn_combine_kernel(attn_params p) {
     if (r >= tile.n_tok * G) return;
     const size_t split_stride = (size_t)p.n_tokens * p.n_heads;
     const size_t th = (size_t)(tile.tok0 + r / G) * p.n_heads + kh * G + r % G;
-    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x) w[s] = p.part_lse[s * split_stride + th];
+    for (int s = threadIdx.x; s < p.n_splits; s += blockDim.x)
+        w[s] = p.part_lse[s * split_stride + th];
     __syncthreads();
     float mx = -INFINITY;
     for (int s = 0; s < p.n_splits; s++) mx = fmaxf(mx, w[s]);
@@ -382,7 +393,7 @@ __device__ __forceinline__ float attn_block_reduce(float v, float *red, bool is_
 /* Any head dim (tiny models): grid (token, head), 128 threads; thread j scores context position
  * j0 + j, then each thread accumulates head dims tid, tid + 128, ... Slow but simple. */
 #define ATTN_GENERIC_THREADS 128
-#define ATTN_GENERIC_MAX_HD 512
+#define ATTN_GENERIC_MAX_HD  512
 __global__ void attn_generic_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
@@ -474,7 +485,9 @@ static void attn_plan_build(cuda_impl *ci, int group) {
         CUDA_CHECK(cudaMalloc(&pl->d_tiles, pl->cap * sizeof(cuda_attn_tile)));
     }
     memcpy(small + n_small, large, (size_t)n_large * sizeof *large);
-    if (n) cuda_upload_staged(ci, ci->streams[BACKEND_STREAM_COMPUTE], pl->d_tiles, small, n * sizeof *small);
+    if (n)
+        cuda_upload_staged(ci, ci->streams[BACKEND_STREAM_COMPUTE], pl->d_tiles, small,
+                           n * sizeof *small);
     free(small);
     free(large);
     pl->n_small = n_small;
@@ -520,18 +533,20 @@ static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max
         if (splits > most) splits = most;
     }
     int len = (max_ctx + splits - 1) / splits;
-    p->split_len = (len + ATTN_PREFILL_SPLIT_ALIGN - 1) / ATTN_PREFILL_SPLIT_ALIGN * ATTN_PREFILL_SPLIT_ALIGN;
+    p->split_len =
+        (len + ATTN_PREFILL_SPLIT_ALIGN - 1) / ATTN_PREFILL_SPLIT_ALIGN * ATTN_PREFILL_SPLIT_ALIGN;
     p->n_splits = (max_ctx + p->split_len - 1) / p->split_len;
 }
 
 /* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
 static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
-                             int threads, size_t smem, unsigned smem_bit, int blocks_per_sm, bool decode,
-                             const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
+                             int threads, size_t smem, unsigned smem_bit, int blocks_per_sm,
+                             bool decode, const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
     if (!(ci->attn_smem_set & smem_bit)) {
         KV_CHECK(!ci->capturing); /* the step ran once unrecorded first */
-        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_CHECK(
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         ci->attn_smem_set |= smem_bit;
     }
     cudaStream_t s = ci->streams[BACKEND_STREAM_COMPUTE];
@@ -555,7 +570,8 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_p
  * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. A pure decode step needs no plan:
  * one tile per sequence (implicit), split by a bound on the contexts that the step's shape
  * gives (the block table's width), so a recorded step replays for any context lengths. */
-template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size) {
+template <int HD>
+static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size) {
     const cuda_attn_plan *pl = &ci->plan;
     const cuda_step *st = &ci->step;
     const unsigned hd_bit = HD == 128 ? 2 : 0;
@@ -564,11 +580,11 @@ template <int HD> static void attn_launch_plan(cuda_impl *ci, const attn_params 
     if (st->pure_decode) {
         int bound = st->max_blocks * block_size;
         if (p.group <= 16)
-            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3, true,
-                             NULL, st->n_seqs, bound);
-        else
-            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
+            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3,
                              true, NULL, st->n_seqs, bound);
+        else
+            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit,
+                             2, true, NULL, st->n_seqs, bound);
         return;
     }
     if (ci->plan.group != p.group) attn_plan_build(ci, p.group);

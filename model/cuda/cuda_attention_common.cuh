@@ -11,8 +11,8 @@
 
 typedef __nv_bfloat16 bf16;
 
-#define ATTN_BN 64          /* K/V tokens per tile */
-#define ATTN_MIN_SPLIT 128  /* shortest context piece one split-K block takes */
+#define ATTN_BN         64  /* K/V tokens per tile */
+#define ATTN_MIN_SPLIT  128 /* shortest context piece one split-K block takes */
 #define ATTN_MAX_SPLITS 64
 
 typedef struct attn_params {
@@ -38,7 +38,9 @@ __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool va
     int n = valid ? 16 : 0; /* 0: zero-fill, nothing read */
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n"); }
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n");
+}
 template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
@@ -161,8 +163,8 @@ __device__ __forceinline__ void attn_load_kv(const attn_params &p, const attn_bl
     for (int idx = threadIdx.x; idx < ATTN_BN * CH; idx += THREADS) {
         int r = idx / CH, c = idx % CH, j = j0 + r;
         bool valid = j < b.kv_hi;
-        size_t off = (size_t)blk[r] * p.block_bytes + (size_t)(j % p.block_size) * HD * sizeof(bf16) +
-                     c * 16;
+        size_t off = (size_t)blk[r] * p.block_bytes +
+                     (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
         cp_async16(sk + swz<HD>(r, c), valid ? b.k_base + off : p.pool, valid);
         cp_async16(sv + swz<HD>(r, c), valid ? b.v_base + off : p.pool, valid);
     }

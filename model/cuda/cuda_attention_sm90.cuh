@@ -5,7 +5,9 @@
 
 /* ---- wgmma primitives (PTX ISA 8.0, "Asynchronous Warpgroup Level Matrix Multiply") ---- */
 
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() {
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
@@ -32,19 +34,42 @@ __device__ __forceinline__ int sw128_off(int r, int c, int rows) {
     return (c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4);
 }
 /* d (64 x 64) = or += A (64 x 16, smem desc) * B (16 x 64, smem desc), both K-major. */
-__device__ __forceinline__ void wgmma_ss_m64n64k16(float d[32], uint64_t da, uint64_t db, int accumulate) {
+__device__ __forceinline__ void wgmma_ss_m64n64k16(float d[32], uint64_t da, uint64_t db,
+                                                   int accumulate) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, "
+                 "%6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+                 "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+                   "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+                   "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+                   "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                   "+f"(d[30]), "+f"(d[31])
                  : "l"(da), "l"(db), "r"(accumulate));
 }
 /* d (64 x 128) += A (64 x 16, registers, the mma.sync m16n8k16 A layout per warp) * B (16 x 128,
  * smem desc, MN-major: stored [k][n]). */
-__device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float d[64], const uint32_t a[4], uint64_t db) {
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+__device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float d[64], const uint32_t a[4],
+                                                       uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, "
+        "%8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, "
+        "%26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "
+        "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, "
+        "%62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+          "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+          "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+          "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+          "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+          "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+          "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
 /* Prefill-shaped tiles of 128 rows at head dim 128, same grid, splits and outputs as
@@ -56,7 +81,7 @@ template <int BN, int MIN_BLOCKS>
 __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
-    /* S is one m64n64 product per warpgroup (the BN-128 variant was removed, NOTES-cuda.md run 9) */
+    /* S is one m64n64 product per warpgroup (BN 128 was removed: NOTES-cuda.md, run 9) */
     static_assert(BN == 64, "S = Q K^T is issued as wgmma m64n64k16");
     constexpr int HD = 128, BM = 128, THREADS = 256, CH = HD / 8;
     constexpr int Q_BYTES = BM * HD * 2, KV_BYTES = BN * HD * 2;
@@ -64,8 +89,8 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
     __shared__ int sblk[2][BN];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw);
     unsigned char *sq = smem_raw + (((raw + 1023) & ~1023u) - raw); /* swizzle atoms: 1 KiB */
-    unsigned char *sk = sq + Q_BYTES;                              /* [2][KV_BYTES] */
-    unsigned char *sv = sk + 2 * KV_BYTES;                         /* [2][KV_BYTES] */
+    unsigned char *sk = sq + Q_BYTES;                               /* [2][KV_BYTES] */
+    unsigned char *sv = sk + 2 * KV_BYTES;                          /* [2][KV_BYTES] */
     const attn_block b = attn_block_init(p);
     if (b.kv_lo >= b.kv_hi) {
         attn_block_mark_empty(p, b);
@@ -129,13 +154,15 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
             wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) {
-                uint64_t da = wgmma_desc(sq + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
+                uint64_t da =
+                    wgmma_desc(sq + (kk / 4) * BM * 128 + wg * 64 * 128 + (kk % 4) * 32, 16, 1024);
                 uint64_t db = wgmma_desc(ks + (kk / 4) * BN * 128 + (kk % 4) * 32, 16, 1024);
                 wgmma_ss_m64n64k16(s, da, db, kk > 0);
             }
             wgmma_commit();
             wgmma_wait0();
-            /* s[nt * 4 + 2 * h + e]: row row0 + lane / 4 + 8 * h, column nt * 8 + 2 * (lane & 3) + e */
+            /* s[nt * 4 + 2 * h + e]: row row0 + lane / 4 + 8 * h, column nt * 8 + 2 * (lane & 3) +
+             * e */
             if (j0 + BN > b.kv_hi || j0 + BN - 1 > b.min_pos) {
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
@@ -144,7 +171,8 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
                     for (int nt = 0; nt < BN / 8; nt++)
 #pragma unroll
                         for (int e = 0; e < 2; e++)
-                            if (j0 + nt * 8 + 2 * (lane & 3) + e > lim) s[nt * 4 + 2 * h + e] = -INFINITY;
+                            if (j0 + nt * 8 + 2 * (lane & 3) + e > lim)
+                                s[nt * 4 + 2 * h + e] = -INFINITY;
                 }
             }
             float alpha[2];
@@ -210,7 +238,8 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
             float *dst = p.part_o + ts * HD + 2 * (lane & 3);
 #pragma unroll
             for (int dt = 0; dt < HD / 8; dt++)
-                *(float2 *)(dst + dt * 8) = make_float2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
+                *(float2 *)(dst + dt * 8) =
+                    make_float2(o[dt * 4 + 2 * h] * inv, o[dt * 4 + 2 * h + 1] * inv);
             if ((lane & 3) == 0) p.part_lse[ts] = l > 0 ? m_r[h] * scale + log2f(l) : -INFINITY;
         }
     }

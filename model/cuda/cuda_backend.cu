@@ -270,13 +270,15 @@ static void cuda_step_begin(backend *be, const backend_batch *b) {
     KV_CHECK(b->n_tokens >= 0 && b->n_seqs >= 0 && b->n_out >= 0 && b->n_out <= b->n_tokens);
     KV_CHECK(b->max_blocks >= 0);
     KV_CHECK(b->seq_start[0] == 0 && b->seq_start[b->n_seqs] == b->n_tokens);
-    for (int s = 0; s < b->n_seqs; s++) { /* token_seq below writes [seq_start[s], seq_start[s+1]) */
+    for (int s = 0; s < b->n_seqs;
+         s++) { /* token_seq below writes [seq_start[s], seq_start[s+1]) */
         int first = b->seq_start[s], end = b->seq_start[s + 1];
         KV_CHECK(first <= end && end <= b->n_tokens && end - first <= b->seq_len[s]);
         for (int t = first; t < end; t++) /* attention: new tokens at consecutive positions */
             KV_CHECK(b->positions[t] == b->seq_len[s] - (end - t));
     }
-    for (int r = 0; r < b->n_out; r++) KV_CHECK(b->out_rows[r] >= 0 && b->out_rows[r] < b->n_tokens);
+    for (int r = 0; r < b->n_out; r++)
+        KV_CHECK(b->out_rows[r] >= 0 && b->out_rows[r] < b->n_tokens);
     size_t nt = (size_t)b->n_tokens, ns = (size_t)b->n_seqs;
     size_t n_bt = ns * (size_t)b->max_blocks;
     size_t total = 3 * nt + (ns + 1) + ns + (size_t)b->n_out + n_bt;

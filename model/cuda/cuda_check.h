@@ -30,6 +30,7 @@ static inline void cuda_check_status(cublasStatus_t s, const char *what, const c
 /* After every <<<...>>>: catches bad launch configurations at once (asynchronous faults surface
  * at the next synchronizing call, also checked). Launches through cuda_launch (cuda_internal.h)
  * check themselves. */
-#define CUDA_LAUNCH_CHECK() cuda_check_status(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+#define CUDA_LAUNCH_CHECK()                                                                        \
+    cuda_check_status(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
 #endif

@@ -237,16 +237,13 @@ static void gemv_launch(bool pdl, cudaStream_t s, bf16 *out, const bf16 *x, cons
                         const bf16 *bias, int n, int k, int m) {
     int rows_per_block = GEMV_WARPS * GEMV_ROWS;
     dim3 grid((unsigned)((m + rows_per_block - 1) / rows_per_block)), block(GEMV_WARPS * 32);
-    switch (n) {
-#define GEMV_CASE(N)                                                                               \
-    case N:                                                                                        \
-        cuda_launch(pdl, s, gemv_kernel<N>, grid, block, 0, out, x, w, bias, k, m);                \
-        break;
-        GEMV_CASE(1)
-        GEMV_CASE(2) GEMV_CASE(3) GEMV_CASE(4) GEMV_CASE(5) GEMV_CASE(6) GEMV_CASE(7) GEMV_CASE(8)
-#undef GEMV_CASE
-            default : KV_CHECK(!"gemv: n out of range");
-    }
+    /* gemv_kernel<N> for n = N rows */
+    typedef void (*gemv_fn)(bf16 *, const bf16 *, const bf16 *, const bf16 *, int, int);
+    static const gemv_fn kernels[GEMV_MAX_N] = {gemv_kernel<1>, gemv_kernel<2>, gemv_kernel<3>,
+                                                gemv_kernel<4>, gemv_kernel<5>, gemv_kernel<6>,
+                                                gemv_kernel<7>, gemv_kernel<8>};
+    KV_CHECK(n >= 1 && n <= GEMV_MAX_N);
+    cuda_launch(pdl, s, kernels[n - 1], grid, block, 0, out, x, w, bias, k, m);
 }
 
 /* The backend's matmul (contract in backend.h): gemv_kernel when gemv_fits, else cuBLASLt. */

@@ -26,7 +26,9 @@ extern "C" {
  * launch), then pdl_trigger() to let the next kernel start. Only reads of never-written data
  * (weights) may come before pdl_wait(). Since every kernel waits, each finishes after all the
  * kernels before it, so a kernel may read what any earlier one wrote. */
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() {
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+}
 __device__ __forceinline__ void pdl_trigger() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
@@ -79,7 +81,7 @@ typedef struct cuda_download {
 /* Attention tiles of the current step for one GQA group size, split in two lists: sequences
  * with few new tokens (decode-shaped, small tiles) and the rest (prefill-shaped). */
 typedef struct cuda_attn_plan {
-    int group;          /* n_heads / n_kv_heads the lists were built for; 0 = not built */
+    int group; /* n_heads / n_kv_heads the lists were built for; 0 = not built */
     int n_small, n_large;
     int max_ctx_small, max_ctx_large; /* longest context in each list */
     cuda_attn_tile *d_tiles;          /* device: small tiles, then large ones */
@@ -97,8 +99,7 @@ typedef struct cuda_step {
     size_t d_meta_cap;                /* int32 elements */
 } cuda_step;
 
-typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu: the cuBLASLt handle, workspace and plan cache (init/free with the backend);
- * the matmul op. The cuda_op_* functions here are backend ops: their contracts are in backend.h. */
+typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu */
 /* matmuls of at most this many rows take the GEMV kernel (KVSERVE_CUDA_GEMV=N overrides; 0:
  * cuBLASLt always); see tests/bench/NOTES-cuda.md, run 7 */
 #define CUDA_GEMV_DEFAULT_MAX_N 4
@@ -113,22 +114,25 @@ typedef struct cuda_impl {
     int staging_next;
     cuda_step step;
     cuda_attn_plan plan;
-    unsigned attn_smem_set; /* attention kernel variants whose shared-memory limit was raised */
-    float *attn_scratch; /* split-K partial outputs */
+    unsigned attn_smem_set;  /* attention kernel variants whose shared-memory limit was raised */
+    float *attn_scratch;     /* split-K partial outputs */
     size_t attn_scratch_cap; /* floats */
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;
     cuda_gemm_cache *gemm;
-    int gemv_max_n;     /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
-    bool pdl;           /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
+    int gemv_max_n; /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
+    bool pdl;       /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
     cuda_download download;
     bool graphs_enabled; /* graph_begin records (KVSERVE_CUDA_GRAPHS=0 turns it off) */
     bool capturing;      /* between graph_begin and graph_end: no allocation, no upload */
-    unsigned graph_gen;  /* bumped whenever a buffer recorded ops read moves; older graphs are stale */
+    unsigned
+        graph_gen; /* bumped whenever a buffer recorded ops read moves; older graphs are stale */
 } cuda_impl;
 
-static inline cuda_impl *cuda_impl_of(backend *be) { return (cuda_impl *)be->impl; }
+static inline cuda_impl *cuda_impl_of(backend *be) {
+    return (cuda_impl *)be->impl;
+}
 static inline cudaStream_t cuda_compute_stream(backend *be) {
     return cuda_impl_of(be)->streams[BACKEND_STREAM_COMPUTE];
 }
@@ -158,8 +162,8 @@ void cuda_op_add(backend *be, void *x, const void *delta, size_t n);
 void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
                   const float *inv_freq);
 void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
-void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer,
-                      const void *k, const void *v, int row_stride);
+void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
+                      const void *v, int row_stride);
 void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim);
 /* f32 -> bf16 and back on the device (uploads, downloads). */
 void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *src, size_t n);
