@@ -5,9 +5,9 @@
  * 1e-2; the CPU backend computes in f32, within ~1e-6 of the double reference, so each op is held
  * to the same budget against both; each check prints its worst element and the share of the
  * budget it used. The logits download (act_download_f32) is checked into pageable and pinned
- * memory, across its chunk size. Attention runs over scattered block tables, GQA 1/4/7/8, many sequences,
- * contexts 1..32K, prefill and chunked prefill over a cached prefix, and the generic head-dim path.
- * Skips (exit 77) when no GPU is present. */
+ * memory, across its chunk size. Attention runs over scattered block tables, GQA 1/4/7/8, many
+ * sequences, contexts 1..32K, prefill and chunked prefill over a cached prefix, and the generic
+ * head-dim path. Skips (exit 77) when no GPU is present. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,7 +68,9 @@ static void check_cpu(const char *name, const float *got, const float *cpu, size
     free(ref);
 }
 
-static void *upload(backend *be, const float *x, size_t n) { return be->ops->act_upload_f32(be, x, n); }
+static void *upload(backend *be, const float *x, size_t n) {
+    return be->ops->act_upload_f32(be, x, n);
+}
 
 static void *upload_w(backend *be, const float *x, size_t n) {
     return be->ops->weight_upload(be, x, KV_DTYPE_F32, n);
@@ -174,8 +176,7 @@ static size_t layout_block_bytes(const backend_kv_layout *l) {
 }
 
 static size_t layout_index(const backend_kv_layout *l, int layer, int kv, int head, int slot) {
-    return ((((size_t)layer * 2 + kv) * l->n_kv_heads + head) * l->block_size + slot) *
-           l->head_dim;
+    return ((((size_t)layer * 2 + kv) * l->n_kv_heads + head) * l->block_size + slot) * l->head_dim;
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -193,7 +194,8 @@ static void test_embed_gather(backend *be, backend *cpu, rng *r, int dim) {
     float *got = download(be, d_out, (size_t)n * dim);
     double *ref = kv_malloc((size_t)n * dim * sizeof *ref);
     for (int t = 0; t < n; t++)
-        for (int i = 0; i < dim; i++) ref[(size_t)t * dim + i] = table[(size_t)tb.tokens[t] * dim + i];
+        for (int i = 0; i < dim; i++)
+            ref[(size_t)t * dim + i] = table[(size_t)tb.tokens[t] * dim + i];
     char name[64];
     snprintf(name, sizeof name, "embed dim=%d", dim);
     check(name, got, ref, (size_t)n * dim, 0, 0);
@@ -231,7 +233,8 @@ static void test_rmsnorm(backend *be, backend *cpu, rng *r, int n, int dim) {
     void *dx = upload(be, x, (size_t)n * dim), *dd = upload(be, d, (size_t)n * dim);
     void *dw = be->ops->weight_upload(be, w, KV_DTYPE_F32, (size_t)dim);
     void *dout = poisoned(be, (size_t)n * dim);
-    double *ref = kv_malloc((size_t)n * dim * sizeof *ref), *refx = kv_malloc((size_t)n * dim * sizeof *refx);
+    double *ref = kv_malloc((size_t)n * dim * sizeof *ref),
+           *refx = kv_malloc((size_t)n * dim * sizeof *refx);
     char name[64];
 
     be->ops->rmsnorm(be, dout, dx, dw, n, dim, eps);
@@ -272,7 +275,8 @@ static void test_rmsnorm(backend *be, backend *cpu, rng *r, int n, int dim) {
             ss += refx[k] * refx[k];
         }
         double rr = 1.0 / sqrt(ss / dim + eps);
-        for (int j = 0; j < dim; j++) ref[(size_t)i * dim + j] = refx[(size_t)i * dim + j] * rr * w[j];
+        for (int j = 0; j < dim; j++)
+            ref[(size_t)i * dim + j] = refx[(size_t)i * dim + j] * rr * w[j];
     }
     snprintf(name, sizeof name, "add_rmsnorm x n=%d dim=%d", n, dim);
     check(name, gx, refx, (size_t)n * dim, 1e-2, 1e-2);
@@ -417,8 +421,11 @@ static backend_kv_layout layout_f32(const backend_kv_layout *l) {
 }
 
 static void test_kv_write(backend *be, backend *cpu, rng *r, int n_kv, int hd, int block_size) {
-    backend_kv_layout l = {.n_layers = 3, .n_kv_heads = n_kv, .head_dim = hd,
-                           .block_size = block_size, .dtype = KV_DTYPE_BF16};
+    backend_kv_layout l = {.n_layers = 3,
+                           .n_kv_heads = n_kv,
+                           .head_dim = hd,
+                           .block_size = block_size,
+                           .dtype = KV_DTYPE_BF16};
     l.block_bytes = layout_block_bytes(&l);
     const int n_blocks = 64, layer = 1, stride = (4 + 2) * n_kv * hd;
     int prefix[3] = {0, 40, 7}, n_new[3] = {50, 1, 20};
@@ -440,7 +447,8 @@ static void test_kv_write(backend *be, backend *cpu, rng *r, int n_kv, int hd, i
     for (int s = 0; s < 3; s++)
         for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++) {
             int pos = tb.positions[t];
-            size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + pos / block_size] * (l.block_bytes / 2);
+            size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + pos / block_size] *
+                          (l.block_bytes / 2);
             for (int kv = 0; kv < 2; kv++)
                 for (int h = 0; h < n_kv; h++)
                     for (int d = 0; d < hd; d++)
@@ -472,8 +480,11 @@ typedef struct attn_case {
 } attn_case;
 
 static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c) {
-    backend_kv_layout l = {.n_layers = 2, .n_kv_heads = c->n_kv_heads, .head_dim = c->head_dim,
-                           .block_size = c->block_size, .dtype = KV_DTYPE_BF16};
+    backend_kv_layout l = {.n_layers = 2,
+                           .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim,
+                           .block_size = c->block_size,
+                           .dtype = KV_DTYPE_BF16};
     l.block_bytes = layout_block_bytes(&l);
     int n_blocks = 0;
     for (int s = 0; s < c->n_seqs; s++)
@@ -511,7 +522,8 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
                 for (int j = 0; j <= pos; j++) {
                     size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
                                   (l.block_bytes / 2);
-                    const uint16_t *k = pool + base + layout_index(&l, layer, 0, kh, j % c->block_size);
+                    const uint16_t *k =
+                        pool + base + layout_index(&l, layer, 0, kh, j % c->block_size);
                     double dot = 0;
                     for (int d = 0; d < hd; d++) dot += (double)qv[d] * kv_bf16_to_f32(k[d]);
                     sc[j] = dot * scale;
@@ -523,7 +535,8 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
                 for (int j = 0; j <= pos; j++) {
                     size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
                                   (l.block_bytes / 2);
-                    const uint16_t *v = pool + base + layout_index(&l, layer, 1, kh, j % c->block_size);
+                    const uint16_t *v =
+                        pool + base + layout_index(&l, layer, 1, kh, j % c->block_size);
                     double pj = sc[j] / sum;
                     for (int d = 0; d < hd; d++) o[d] += pj * kv_bf16_to_f32(v[d]);
                 }
@@ -646,7 +659,8 @@ int main(void) {
         {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new},
         {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) test_attention(be, cpu, &r, &cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        test_attention(be, cpu, &r, &cases[i]);
 
     backend_destroy(cpu);
     be->ops->destroy(be);

@@ -366,7 +366,8 @@ static void cuda_vs_cpu(const char *dir, llama_load_format fmt, const char *name
     const int new2[N_SEQS] = {20, 1, 9, 1};
     const int *prefixes[2] = {zero, pre}, *news[2] = {pre, new2};
     step *st = malloc(sizeof *st);
-    float *a = malloc((size_t)128 * vocab * sizeof *a), *b = malloc((size_t)128 * vocab * sizeof *b);
+    float *a = malloc((size_t)128 * vocab * sizeof *a),
+          *b = malloc((size_t)128 * vocab * sizeof *b);
     for (int k = 0; k < 2; k++) {
         /* a sequence with no new tokens in step 1 is left out of it */
         int n = 0, pfx[N_SEQS], nn[N_SEQS];
@@ -441,10 +442,12 @@ START_TEST(graph_steps_equal_op_by_op) {
     int len[N_SEQS] = {3, 40, 17, 100, 64, 0};
     for (int s = 0; s < N_SEQS; s++) {
         ids[s] = malloc(MAX_BLOCKS * BLOCK * sizeof(int32_t));
-        for (int i = 0; i < MAX_BLOCKS * BLOCK; i++) ids[s][i] = (int32_t)((s * 31 + i * 17) % vocab);
+        for (int i = 0; i < MAX_BLOCKS * BLOCK; i++)
+            ids[s][i] = (int32_t)((s * 31 + i * 17) % vocab);
     }
     step *st = malloc(sizeof *st);
-    float *a = malloc((size_t)256 * vocab * sizeof *a), *b = malloc((size_t)256 * vocab * sizeof *b);
+    float *a = malloc((size_t)256 * vocab * sizeof *a),
+          *b = malloc((size_t)256 * vocab * sizeof *b);
     int zero[N_SEQS] = {0};
 
     /* runs one step on both models and compares every logits row bit for bit */
@@ -454,7 +457,7 @@ START_TEST(graph_steps_equal_op_by_op) {
         step_make(st, n_seqs, pfx, nn, sid, tab, mb);                                              \
         llama_forward(&mg, &st->b, pg, &l, a);                                                     \
         llama_forward(&mo, &st->b, po, &l, b);                                                     \
-        ck_assert_msg(memcmp(a, b, (size_t)st->b.n_out * vocab * sizeof *a) == 0,                  \
+        ck_assert_msg(memcmp(a, b, (size_t)st->b.n_out *vocab * sizeof *a) == 0,                   \
                       "step %d: logits differ with and without graphs", n_compared);               \
         n_compared++;                                                                              \
     } while (0)
