@@ -38,7 +38,7 @@ void backend_destroy(backend *be) {
 
 bool backend_cuda_available(void) {
 #ifdef KVSERVE_CUDA
-    return cuda_backend_device_count() > 0;
+    return cuda_backend_usable();
 #else
     return false;
 #endif

@@ -161,7 +161,7 @@ struct backend {
 /* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built). */
 backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
-/* True when this build has the CUDA backend and a device is present. */
+/* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);
 
 #endif

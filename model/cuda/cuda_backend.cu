@@ -472,6 +472,24 @@ int cuda_backend_device_count(void) {
     return n;
 }
 
+/* The attention kernels are built for sm_90a only (model/meson.build: wgmma), machine code that
+ * runs on compute capability 9.0 and nothing else; on any other device the first attention
+ * launch would fail ("no kernel image"). */
+static bool cuda_runs_on(int major, int minor) {
+    return major == 9 && minor == 0;
+}
+
+bool cuda_backend_usable(void) {
+    int major = 0, minor = 0;
+    if (cuda_backend_device_count() <= 0 ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return cuda_runs_on(major, minor);
+}
+
 backend *cuda_backend_create(kv_error *err) {
     if (cuda_backend_device_count() <= 0) {
         kv_error_set(err, "no CUDA device found (driver missing or no GPU visible)");
@@ -488,10 +506,7 @@ backend *cuda_backend_create(kv_error *err) {
     CUDA_CHECK(cudaSetDevice(ci->device));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ci->device));
-    /* the attention kernels are built for sm_90a only (model/meson.build: wgmma), machine code
-     * that runs on compute capability 9.0 and nothing else; any other device would fail at the
-     * first attention launch ("no kernel image") instead of here */
-    if (prop.major != 9 || prop.minor != 0) {
+    if (!cuda_runs_on(prop.major, prop.minor)) {
         free(ci);
         kv_error_set(err, "CUDA device %s is sm_%d%d; this build's kernels need sm_90 (H100/H200)",
                      prop.name, prop.major, prop.minor);

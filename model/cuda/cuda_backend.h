@@ -13,6 +13,9 @@ extern "C" {
 backend *cuda_backend_create(kv_error *err);
 /* Number of CUDA devices; 0 when there is no driver or device (never aborts). */
 int cuda_backend_device_count(void);
+/* True when device 0, the one cuda_backend_create opens, is one this build's kernels run on
+ * (compute capability 9.0: H100, H200); never aborts. */
+bool cuda_backend_usable(void);
 /* Events recorded from now on can be timed with event_elapsed (off by default: timing events
  * cost more to record). */
 void cuda_backend_set_event_timing(backend *be, bool on);
