@@ -270,8 +270,8 @@ static void cuda_step_begin(backend *be, const backend_batch *b) {
     KV_CHECK(b->n_tokens >= 0 && b->n_seqs >= 0 && b->n_out >= 0 && b->n_out <= b->n_tokens);
     KV_CHECK(b->max_blocks >= 0);
     KV_CHECK(b->seq_start[0] == 0 && b->seq_start[b->n_seqs] == b->n_tokens);
-    for (int s = 0; s < b->n_seqs;
-         s++) { /* token_seq below writes [seq_start[s], seq_start[s+1]) */
+    /* token_seq below writes [seq_start[s], seq_start[s + 1]): in bounds once these hold */
+    for (int s = 0; s < b->n_seqs; s++) {
         int first = b->seq_start[s], end = b->seq_start[s + 1];
         KV_CHECK(first <= end && end <= b->n_tokens && end - first <= b->seq_len[s]);
         for (int t = first; t < end; t++) /* attention: new tokens at consecutive positions */
