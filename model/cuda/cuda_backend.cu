@@ -202,9 +202,27 @@ static void cuda_act_download_f32(backend *be, float *dst, const void *src, size
 /* ------------------------------------------------------------------------------------------ */
 /* async copies and events                                                                     */
 
+/* n > 1 copies go as one cudaMemcpyBatchAsync (one call into the driver, which may spread them
+ * over the copy engines) unless KVSERVE_CUDA_MEMCPY_BATCH=0 chose one cudaMemcpyAsync each. The
+ * batch as a whole is in stream order, so events recorded or waited on around it mean what they
+ * did; srcAccessOrder Stream keeps the source reads in stream order too (the store stream reads
+ * device blocks only after waiting on a compute event). Copies within a batch run in no set
+ * order: the entries never overlap (distinct blocks and host slots). */
 static void cuda_copy_async(backend *be, backend_stream s, int n, void *const *dsts,
                             const void *const *srcs, const size_t *sizes) {
-    cudaStream_t st = cuda_impl_of(be)->streams[s];
+    cuda_impl *ci = cuda_impl_of(be);
+    cudaStream_t st = ci->streams[s];
+/* the call as CUDA 13 declares it; 12.8-12.9 had an extra failIdx argument, older none at all */
+#if CUDART_VERSION >= 13000
+    if (n > 1 && ci->memcpy_batch) {
+        cudaMemcpyAttributes attr = {};
+        attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+        attr.flags = cudaMemcpyFlagPreferOverlapWithCompute; /* a hint: copy engines, not SMs */
+        size_t attr_first = 0;                               /* attr covers copies 0..n-1 */
+        CUDA_CHECK(cudaMemcpyBatchAsync(dsts, srcs, sizes, (size_t)n, &attr, &attr_first, 1, st));
+        return;
+    }
+#endif
     for (int i = 0; i < n; i++)
         CUDA_CHECK(cudaMemcpyAsync(dsts[i], srcs[i], sizes[i], cudaMemcpyDefault, st));
 }
@@ -444,6 +462,8 @@ static const backend_ops cuda_ops = {
  *   KVSERVE_CUDA_GRAPHS=0  record no decode steps (graph_begin returns false)
  *   KVSERVE_CUDA_PDL=0     launch kernels without programmatic dependent launch
  *   KVSERVE_CUDA_GEMV=N    the GEMV kernel for matmuls of n <= N rows (0: cuBLASLt for every n)
+ *   KVSERVE_CUDA_MEMCPY_BATCH=0  copy_async issues one cudaMemcpyAsync per copy, not one
+ *                          cudaMemcpyBatchAsync for them all
  * "0" turns a boolean switch off; unset or anything else leaves it on. */
 static bool env_switch(const char *name) {
     const char *v = getenv(name);
@@ -525,6 +545,7 @@ backend *cuda_backend_create(kv_error *err) {
     cuda_gemm_init(ci);
     ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
     ci->pdl = env_switch("KVSERVE_CUDA_PDL");
+    ci->memcpy_batch = env_switch("KVSERVE_CUDA_MEMCPY_BATCH");
     ci->gemv_max_n = gemv_max_n;
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);

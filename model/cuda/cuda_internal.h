@@ -123,6 +123,8 @@ typedef struct cuda_impl {
     cuda_gemm_cache *gemm;
     int gemv_max_n; /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
     bool pdl;       /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
+    /* copy_async of n > 1 copies is one cudaMemcpyBatchAsync (KVSERVE_CUDA_MEMCPY_BATCH) */
+    bool memcpy_batch;
     cuda_download download;
     bool graphs_enabled; /* graph_begin records (KVSERVE_CUDA_GRAPHS=0 turns it off) */
     bool capturing;      /* between graph_begin and graph_end: no allocation, no upload */
