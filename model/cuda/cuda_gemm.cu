@@ -3,13 +3,10 @@
  * the rest to cuBLASLt with the bias fused as an epilogue. Row-major to cuBLAS's column-major: the
  * same bytes read column-major are out^T (m x n), w^T (k x m) and x^T (k x n), so out^T = op_T(w^T)
  * x^T. Descriptors and the chosen algorithm are cached per shape: the heuristic query costs tens of
- * microseconds, more than a decode-step GEMM itself. For prefill-sized n the heuristic's first
- * algorithm is often not the fastest, so the first matmul of a shape times its candidates
- * (KVSERVE_CUDA_GEMM_TUNE, see cuda_gemm_init). Kernels first, launchers after. */
+ * microseconds, more than a decode-step GEMM itself. Kernels first, launchers after. */
 #include "model/cuda/cuda_internal.h"
 
 #include <stdlib.h>
-#include <string.h>
 
 typedef __nv_bfloat16 bf16;
 
@@ -21,10 +18,6 @@ typedef __nv_bfloat16 bf16;
 #define GEMV_ROWS           2 /* weight rows per warp */
 #define GEMV_UNROLL         4 /* 16-byte weight loads in flight per row and lane */
 #define CUDA_GEMM_WORKSPACE ((size_t)32 << 20)
-/* autotuning: matmuls of n >= TUNE_MIN_N rows; candidates from the heuristic, timed runs each */
-#define GEMM_TUNE_MIN_N      256
-#define GEMM_TUNE_CANDIDATES 8
-#define GEMM_TUNE_RUNS       3
 
 /* ================================ kernels ================================ */
 
@@ -140,23 +133,11 @@ typedef struct cuda_gemm_plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
-    bool untuned; /* algo is the heuristic's first, pending gemm_plan_tune */
 } cuda_gemm_plan;
-
-/* The algorithm timed fastest for n in (bucket / 2, bucket] (bucket: a power of two). */
-typedef struct cuda_gemm_tuned {
-    int64_t bucket;
-    int k, m, align;
-    bool bias;
-    cublasLtMatmulAlgo_t algo;
-} cuda_gemm_tuned;
 
 struct cuda_gemm_cache {
     cuda_gemm_plan plans[CUDA_GEMM_CACHE];
-    int next;  /* slot replaced on the next miss (round robin) */
-    bool tune; /* KVSERVE_CUDA_GEMM_TUNE */
-    cuda_gemm_tuned tuned[CUDA_GEMM_CACHE];
-    int n_tuned; /* when full, new buckets keep the heuristic's first */
+    int next; /* slot replaced on the next miss (round robin) */
 };
 
 static void gemm_plan_release(cuda_gemm_plan *p) {
@@ -168,16 +149,11 @@ static void gemm_plan_release(cuda_gemm_plan *p) {
     p->used = false;
 }
 
-/* Reads the switch KVSERVE_CUDA_GEMM_TUNE once, at backend create (README "Development"):
- * "0" keeps the heuristic's first algorithm for every matmul; unset or anything else times the
- * candidates of each prefill-sized shape on its first use (gemm_plan_tune). */
 void cuda_gemm_init(cuda_impl *ci) {
     CUDA_CHECK(cublasLtCreate(&ci->lt));
     ci->lt_workspace_bytes = CUDA_GEMM_WORKSPACE;
     CUDA_CHECK(cudaMalloc(&ci->lt_workspace, ci->lt_workspace_bytes));
     ci->gemm = (cuda_gemm_cache *)kv_calloc(1, sizeof *ci->gemm);
-    const char *tune = getenv("KVSERVE_CUDA_GEMM_TUNE");
-    ci->gemm->tune = !(tune && strcmp(tune, "0") == 0);
 }
 
 void cuda_gemm_free(cuda_impl *ci) {
@@ -193,28 +169,6 @@ static int gemm_alignment(const void *const *ptrs, int n) {
     for (int i = 0; i < n; i++)
         if (ptrs[i]) bits |= (uintptr_t)ptrs[i];
     return (int)(bits & (~bits + 1));
-}
-
-/* Up to max algorithms for p's shape and alignment, best first by cuBLASLt's estimate, each
- * needing at most the backend's workspace; returns how many. */
-static int gemm_heuristic(cuda_impl *ci, const cuda_gemm_plan *p,
-                          cublasLtMatmulHeuristicResult_t *res, int max) {
-    cublasLtMatmulPreference_t pref;
-    CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &ci->lt_workspace_bytes,
-                                                    sizeof ci->lt_workspace_bytes));
-    uint32_t al = (uint32_t)p->align;
-    cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-    for (int i = 0; i < 4; i++)
-        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof al));
-    int n_res = 0;
-    CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(ci->lt, p->op, p->a, p->b, p->c, p->c, pref, max, res,
-                                              &n_res));
-    CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-    return n_res;
 }
 
 static cuda_gemm_plan *gemm_plan_get(cuda_impl *ci, int n, int k, int m, bool bias, int align) {
@@ -245,78 +199,29 @@ static cuda_gemm_plan *gemm_plan_get(cuda_impl *ci, int n, int k, int m, bool bi
     CUDA_CHECK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, k, n, k)); /* x^T */
     CUDA_CHECK(cublasLtMatrixLayoutCreate(&p->c, CUDA_R_16BF, m, n, m)); /* out^T */
 
+    cublasLtMatmulPreference_t pref;
+    CUDA_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ci->lt_workspace_bytes,
+                                                    sizeof ci->lt_workspace_bytes));
+    uint32_t al = (uint32_t)align;
+    cublasLtMatmulPreferenceAttributes_t al_attrs[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    for (int i = 0; i < 4; i++)
+        CUDA_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, al_attrs[i], &al, sizeof al));
     cublasLtMatmulHeuristicResult_t res;
-    if (gemm_heuristic(ci, p, &res, 1) < 1) {
+    int n_res = 0;
+    CUDA_CHECK(cublasLtMatmulAlgoGetHeuristic(ci->lt, p->op, p->a, p->b, p->c, p->c, pref, 1, &res,
+                                              &n_res));
+    CUDA_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    if (n_res < 1) {
         fprintf(stderr, "cuBLASLt has no bf16 algorithm for n=%d k=%d m=%d\n", n, k, m);
         abort();
     }
     p->algo = res.algo;
-    p->untuned = ci->gemm->tune && n >= GEMM_TUNE_MIN_N;
     p->used = true;
     return p;
-}
-
-/* One cuBLASLt matmul of p's shape with algo, on s; returns its status for the caller to check. */
-static cublasStatus_t gemm_run(cuda_impl *ci, const cuda_gemm_plan *p,
-                               const cublasLtMatmulAlgo_t *algo, void *out, const void *x,
-                               const void *w, cudaStream_t s) {
-    float alpha = 1.0f, beta = 0.0f;
-    return cublasLtMatmul(ci->lt, p->op, &alpha, w, p->a, x, p->b, &beta, out, p->c, out, p->c,
-                          algo, ci->lt_workspace, ci->lt_workspace_bytes, s);
-}
-
-/* Gives p the algorithm tuned for its bucket (n rounded up to a power of two >= GEMM_TUNE_MIN_N).
- * A new bucket times the heuristic's candidates on these operands (one warm-up run, then
- * GEMM_TUNE_RUNS timed) and waits for them; every run writes out with the same math, and the
- * caller's matmul follows with the winner. Nothing happens while s is capturing a graph (no
- * waiting there): p keeps the heuristic's first and stays untuned for the next uncaptured call. */
-static void gemm_plan_tune(cuda_impl *ci, cuda_gemm_plan *p, void *out, const void *x,
-                           const void *w, cudaStream_t s) {
-    cudaStreamCaptureStatus capture;
-    CUDA_CHECK(cudaStreamIsCapturing(s, &capture));
-    if (capture != cudaStreamCaptureStatusNone) return;
-    p->untuned = false;
-    cuda_gemm_cache *gc = ci->gemm;
-    int64_t bucket = GEMM_TUNE_MIN_N;
-    while (bucket < p->n) bucket *= 2;
-    for (int i = 0; i < gc->n_tuned; i++) {
-        const cuda_gemm_tuned *t = &gc->tuned[i];
-        if (t->bucket != bucket || t->k != p->k || t->m != p->m || t->bias != p->bias ||
-            t->align != p->align)
-            continue;
-        /* tuned on another n of the bucket: use it where it supports this n */
-        cublasLtMatmulHeuristicResult_t check;
-        if (cublasLtMatmulAlgoCheck(ci->lt, p->op, p->a, p->b, p->c, p->c, &t->algo, &check) ==
-                CUBLAS_STATUS_SUCCESS &&
-            check.workspaceSize <= ci->lt_workspace_bytes)
-            p->algo = t->algo;
-        return;
-    }
-    if (gc->n_tuned == CUDA_GEMM_CACHE) return;
-
-    cublasLtMatmulHeuristicResult_t res[GEMM_TUNE_CANDIDATES];
-    int n_res = gemm_heuristic(ci, p, res, GEMM_TUNE_CANDIDATES), best = 0;
-    float best_ms = -1;
-    cudaEvent_t start, stop;
-    CUDA_CHECK(cudaEventCreate(&start));
-    CUDA_CHECK(cudaEventCreate(&stop));
-    for (int i = 0; i < n_res; i++) {
-        /* a candidate that refuses to run is skipped */
-        if (gemm_run(ci, p, &res[i].algo, out, x, w, s) != CUBLAS_STATUS_SUCCESS) continue;
-        CUDA_CHECK(cudaEventRecord(start, s));
-        for (int r = 0; r < GEMM_TUNE_RUNS; r++)
-            CUDA_CHECK(gemm_run(ci, p, &res[i].algo, out, x, w, s));
-        CUDA_CHECK(cudaEventRecord(stop, s));
-        CUDA_CHECK(cudaEventSynchronize(stop));
-        float ms;
-        CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-        if (best_ms < 0 || ms < best_ms) best_ms = ms, best = i;
-    }
-    CUDA_CHECK(cudaEventDestroy(start));
-    CUDA_CHECK(cudaEventDestroy(stop));
-    if (best_ms < 0) return; /* none ran: the heuristic's first, as untuned */
-    p->algo = res[best].algo;
-    gc->tuned[gc->n_tuned++] = (cuda_gemm_tuned){bucket, p->k, p->m, p->align, p->bias, p->algo};
 }
 
 /* True when gemv_kernel takes this matmul (else cuBLASLt). */
@@ -356,7 +261,8 @@ void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const 
     if (bias)
         CUDA_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
                                                   sizeof bias));
-    cudaStream_t s = cuda_compute_stream(be);
-    if (p->untuned) gemm_plan_tune(ci, p, out, x, w, s);
-    CUDA_CHECK(gemm_run(ci, p, &p->algo, out, x, w, s));
+    float alpha = 1.0f, beta = 0.0f;
+    CUDA_CHECK(cublasLtMatmul(ci->lt, p->op, &alpha, w, p->a, x, p->b, &beta, out, p->c, out, p->c,
+                              &p->algo, ci->lt_workspace, ci->lt_workspace_bytes,
+                              cuda_compute_stream(be)));
 }
