@@ -18,6 +18,7 @@
 
 #include "kvcache/prefix_cache.h"
 #include "server/scheduler.h"
+#include "tests/unit/engine_test_env.h"
 
 #define MAX_OUT 512
 /* KVSERVE_TEST_DEVICE=cuda runs the same tests on the GPU (the gpu suite does): bf16 activations
@@ -629,20 +630,9 @@ START_TEST(engine_thread_serves_and_shuts_down) {
 END_TEST
 
 int main(void) {
-    const char *dev = getenv("KVSERVE_TEST_DEVICE");
-    on_cuda = dev && strcmp(dev, "cuda") == 0;
-    if (on_cuda && !backend_cuda_available()) {
-        printf("SKIP: KVSERVE_TEST_DEVICE=cuda but no GPU\n");
+    bool have_model;
+    if (!engine_test_env(&on_cuda, model_dir, sizeof model_dir, &have_model) || !have_model)
         return 77;
-    }
-    const char *td = getenv("KVSERVE_TESTDATA");
-    snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", td ? td : "../shared/testdata");
-    char probe[1100];
-    snprintf(probe, sizeof probe, "%s/config.json", model_dir);
-    if (access(probe, R_OK) != 0) {
-        printf("SKIP: %s not found (set KVSERVE_TESTDATA)\n", probe);
-        return 77;
-    }
     Suite *s = suite_create("scheduler");
     /* one case per test: CK_RUN_CASE=<test name> runs one */
 #define ADD(fn)                                                                                    \

@@ -13,6 +13,7 @@
 
 #include "kvcache/prefix_cache.h"
 #include "server/scheduler.h"
+#include "tests/unit/engine_test_env.h"
 #include "tests/unit/fake_backend.h"
 
 #define MAX_OUT 256
@@ -618,18 +619,7 @@ START_TEST(held_load_stream_orders_layered_loads) {
 END_TEST
 
 int main(void) {
-    const char *dev = getenv("KVSERVE_TEST_DEVICE");
-    on_cuda = dev && strcmp(dev, "cuda") == 0;
-    if (on_cuda && !backend_cuda_available()) {
-        printf("SKIP: KVSERVE_TEST_DEVICE=cuda but no GPU\n");
-        return 77;
-    }
-    const char *td = getenv("KVSERVE_TESTDATA");
-    snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", td ? td : "../shared/testdata");
-    char probe[1100];
-    snprintf(probe, sizeof probe, "%s/config.json", model_dir);
-    have_model = access(probe, R_OK) == 0;
-    if (!have_model) printf("SKIP (stories260K tests): %s not found\n", probe);
+    if (!engine_test_env(&on_cuda, model_dir, sizeof model_dir, &have_model)) return 77;
     Suite *s = suite_create("scheduler_tier");
 #define ADD(fn)                                                                                    \
     do {                                                                                           \
