@@ -49,8 +49,6 @@ typedef struct engine_request {
     int n_prompt;
     const sampler_params *params; /* copied by submit */
     const char *cache_salt;       /* NULL = none; copied by submit */
-    double arrival_time;          /* kv_now() at arrival; for the caller's latencies (the engine
-                                   * does not read it: per-request metrics are the HTTP layer's) */
     engine_event_fn on_event;
     void *user;
 } engine_request;

@@ -556,7 +556,6 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
                              .n_prompt = p->n_ids,
                              .params = &params,
                              .cache_salt = req->cache_salt,
-                             .arrival_time = c->arrival,
                              .on_event = on_engine_event,
                              .user = ch};
         pthread_mutex_lock(&c->lock);

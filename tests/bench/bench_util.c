@@ -41,7 +41,6 @@ void bench_submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, co
                           .n_prompt = n,
                           .params = &sp,
                           .cache_salt = salt,
-                          .arrival_time = p->t_submit,
                           .on_event = bench_on_event,
                           .user = p};
     uint64_t id;
