@@ -25,25 +25,23 @@
  * bound 4 x tolerance x rms(row) (the largest element error of a row is a few times its rms).
  * Skips (77) without a CUDA device; parts whose data is absent say SKIP and pass. */
 #include <check.h>
-#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model/cpu/cpu_backend.h"
 #include "model/cuda/cuda_backend.h"
 #include "model/llama.h"
+#include "tests/unit/fixture_support.h"
 
-#define ROW_REL_L2   3e-2
-#define ELEM_FACTOR  4.0
-#define BLOCK        16
-#define MAX_FIXTURES 32
+#define ROW_REL_L2  3e-2
+#define ELEM_FACTOR 4.0
+#define BLOCK       16
 
 static char testdata[4096], source[4096];
-static char fixtures[MAX_FIXTURES][4600];
+static char fixtures[FIXTURE_MAX][FIXTURE_PATH_MAX];
 static int n_fixtures;
 
 /* --- helpers --- */
@@ -62,13 +60,6 @@ static void model_load(llama_model *m, backend *be, const char *dir, llama_load_
                   err.msg);
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 /* ||got - ref|| / ||ref|| of one row (NaN anywhere: infinity) */
 static double row_rel_l2(const float *got, const float *ref, int n) {
     double e = 0, r = 0;
@@ -84,14 +75,6 @@ static double row_rms(const float *x, int n) {
     double s = 0;
     for (int i = 0; i < n; i++) s += (double)x[i] * x[i];
     return sqrt(s / n);
-}
-
-static int32_t *json_ids(const json_t *arr, int *n) {
-    *n = (int)json_array_size(arr);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids + 1);
-    for (int i = 0; i < *n; i++)
-        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
-    return ids;
 }
 
 /* A step of several sequences: seq s adds n_new[s] tokens after prefix[s] cached ones. */
@@ -134,8 +117,8 @@ static void stories_case(backend *be, const char *dir, const char *name, const c
     ck_assert_msg(root != NULL, "%s: %s", path, jerr.text);
     json_t *c = json_object_get(root, name);
     int n_prompt, n_expect;
-    int32_t *prompt = json_ids(json_object_get(c, prompt_key), &n_prompt);
-    int32_t *expect = json_ids(json_object_get(c, "ids"), &n_expect);
+    int32_t *prompt = fixture_json_ids(json_object_get(c, prompt_key), &n_prompt);
+    int32_t *expect = fixture_json_ids(json_object_get(c, "ids"), &n_expect);
 
     llama_model m;
     model_load(&m, be, dir, LLAMA_LOAD_SAFETENSORS, 64);
@@ -157,7 +140,7 @@ static void stories_case(backend *be, const char *dir, const char *name, const c
         st.b.n_out = 1;
         st.rows[0] = n_new - 1;
         llama_forward(&m, &st.b, pool, &l, logits);
-        got[i] = all[n_prompt + i] = argmax(logits, vocab);
+        got[i] = all[n_prompt + i] = fixture_argmax(logits, vocab);
     }
     int n_same = 0;
     while (n_same < n_expect && got[n_same] == expect[n_same]) n_same++;
@@ -191,48 +174,23 @@ END_TEST
 
 /* --- 2. transformers fixtures --- */
 
-static float *read_f32(const char *dir, const char *name, size_t n) {
-    char path[4700];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    float *x = malloc(n * sizeof *x);
-    size_t got = fread(x, sizeof *x, n, f);
-    ck_assert_msg(got == n && fgetc(f) == EOF, "%s: expected %zu floats", path, n);
-    fclose(f);
-    return x;
-}
-
 START_TEST(fixture_matches_transformers) {
     const char *dir = fixtures[_i];
-    char path[4500];
-    snprintf(path, sizeof path, "%s/expected.json", dir);
-    json_error_t jerr;
-    json_t *ex = json_load_file(path, 0, &jerr);
-    ck_assert_msg(ex != NULL, "%s: %s", path, jerr.text);
-    const char *name = json_string_value(json_object_get(ex, "fixture"));
-    int vocab = (int)json_integer_value(json_object_get(ex, "vocab_size"));
-    int n_greedy = (int)json_integer_value(json_object_get(ex, "n_greedy"));
-    json_t *jp = json_object_get(ex, "prompts");
-    int n_prompts = (int)json_array_size(jp);
-    ck_assert(n_prompts > 0 && n_prompts <= 8 && vocab > 0 && n_greedy > 0);
-    const char *stored = json_string_value(json_object_get(ex, "stored_dtype"));
+    fixture fx;
+    fixture_load(dir, &fx);
+    const char *name = fx.name;
+    const int vocab = fx.vocab, n_greedy = fx.n_greedy, n_prompts = fx.n_prompts;
+    const int total = fx.n_rows, longest = fx.longest;
+    const char *stored = fx.stored_dtype;
     const double tol =
         stored && strcmp(stored, "bfloat16") == 0 ? ROW_REL_L2 : ROW_REL_L2 * sqrt(2.0);
-    int32_t *ids[8], *greedy[8], n_ids[8], prefix[8] = {0};
-    int total = 0, longest = 0;
-    for (int s = 0; s < n_prompts; s++) {
-        json_t *o = json_array_get(jp, (size_t)s);
-        int ng;
-        ids[s] = json_ids(json_object_get(o, "ids"), &n_ids[s]);
-        greedy[s] = json_ids(json_object_get(o, "greedy_ids"), &ng);
-        ck_assert_int_eq(ng, n_greedy);
-        ck_assert_int_eq((int)json_integer_value(json_object_get(o, "logits_row_offset")), total);
-        total += n_ids[s];
-        longest = n_ids[s] + n_greedy > longest ? n_ids[s] + n_greedy : longest;
-    }
-    float *ref = read_f32(dir, "logits.bin", (size_t)total * vocab);
-    float *ref_dec = read_f32(dir, "decode_logits.bin", (size_t)n_prompts * n_greedy * vocab);
+    int32_t *ids[FIXTURE_MAX_PROMPTS], *greedy[FIXTURE_MAX_PROMPTS];
+    int n_ids[FIXTURE_MAX_PROMPTS], prefix[FIXTURE_MAX_PROMPTS] = {0};
+    for (int s = 0; s < n_prompts; s++) /* step_make takes them as arrays */
+        ids[s] = fx.prompts[s].ids, n_ids[s] = fx.prompts[s].n, greedy[s] = fx.prompts[s].greedy;
+    float *ref = fixture_read_f32(dir, "logits.bin", (size_t)total * vocab);
+    float *ref_dec =
+        fixture_read_f32(dir, "decode_logits.bin", (size_t)n_prompts * n_greedy * vocab);
 
     backend *be = cuda_new();
     llama_model m;
@@ -280,10 +238,9 @@ START_TEST(fixture_matches_transformers) {
             }
             double e = row_rel_l2(have, want, vocab);
             dec_worst = e > dec_worst || isnan(e) ? e : dec_worst;
-            double gap = json_number_value(json_array_get(
-                json_object_get(json_array_get(jp, (size_t)s), "greedy_top2_gap"), (size_t)i));
+            double gap = fx.prompts[s].gap[i];
             double clear = 2 * ELEM_FACTOR * tol * row_rms(want, vocab);
-            int mine = argmax(have, vocab);
+            int mine = fixture_argmax(have, vocab);
             n_steps++;
             if (gap > clear) {
                 n_clear++;
@@ -302,12 +259,11 @@ START_TEST(fixture_matches_transformers) {
     fflush(stdout);
     ck_assert_msg(dec_worst <= tol, "%s: decode row rel-L2 %g", name, dec_worst);
 
-    for (int s = 0; s < n_prompts; s++) free(ids[s]), free(greedy[s]);
     free(ref), free(ref_dec), free(table), free(got), free(step_logits), free(st);
     be->ops->dev_free(be, pool);
     llama_free(&m);
     backend_destroy(be);
-    json_decref(ex);
+    fixture_free(&fx);
 }
 END_TEST
 
@@ -494,7 +450,7 @@ START_TEST(graph_steps_equal_op_by_op) {
             /* the next tokens: the greedy choice of each sequence */
             for (int r = 0; r < st->b.n_out; r++) {
                 int32_t *seq = phase == 1 ? sub_ids[r] : ids[r];
-                seq[st->pos[r] + 1] = argmax(a + (size_t)r * vocab, vocab);
+                seq[st->pos[r] + 1] = fixture_argmax(a + (size_t)r * vocab, vocab);
             }
         }
     }
@@ -518,10 +474,6 @@ START_TEST(graph_steps_equal_op_by_op) {
 }
 END_TEST
 
-static int name_cmp(const void *a, const void *b) {
-    return strcmp(a, b);
-}
-
 int main(void) {
     /* no CUDA call here: Check would otherwise run the tests in children of a process that
      * initialized CUDA; they run in this process (CK_NOFORK) anyway */
@@ -532,21 +484,12 @@ int main(void) {
         printf("SKIP: no CUDA device\n");
         return 77;
     }
-    char root[4200];
-    snprintf(root, sizeof root, "%s/tests/fixtures/models", source);
-    root[4000] = 0; /* leaves room for an entry name */
-    DIR *d = opendir(root);
-    struct dirent *e;
-    while (d && (e = readdir(d)) && n_fixtures < MAX_FIXTURES) {
-        struct stat sb;
-        char probe[4500];
-        snprintf(probe, sizeof probe, "%s/%s/expected.json", root, e->d_name);
-        if (e->d_name[0] != '.' && stat(probe, &sb) == 0)
-            snprintf(fixtures[n_fixtures++], sizeof fixtures[0], "%s/%s", root, e->d_name);
+    n_fixtures = fixture_list(source, fixtures, FIXTURE_MAX);
+    if (n_fixtures == 0) {
+        char root[4200];
+        fixture_root(root, sizeof root, source);
+        printf("SKIP (fixtures): none in %s\n", root);
     }
-    if (d) closedir(d);
-    qsort(fixtures, (size_t)n_fixtures, sizeof fixtures[0], name_cmp);
-    if (n_fixtures == 0) printf("SKIP (fixtures): none in %s\n", root);
 
     Suite *s = suite_create("gpu_model");
     TCase *tc = tcase_create("cuda");

@@ -11,45 +11,21 @@
  * next to ours). 1e-4 leaves that margin 10-100x while any real bug (a wrong RoPE frequency, a
  * missing bias, a wrong KV slot) moves logits by 1e-2 or more. */
 #include <check.h>
-#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 
 #include "model/cpu/cpu_backend.h"
 #include "model/llama.h"
+#include "tests/unit/fixture_support.h"
 
-#define ATOL         1e-4
-#define RTOL         1e-4
-#define BLOCK        16
-#define MAX_FIXTURES 32
+#define ATOL  1e-4
+#define RTOL  1e-4
+#define BLOCK 16
 
-static char fixtures[MAX_FIXTURES][4400];
+static char fixtures[FIXTURE_MAX][FIXTURE_PATH_MAX];
 static int n_fixtures;
-
-/* --- reading a fixture --- */
-
-static float *read_f32(const char *dir, const char *name, size_t n) {
-    char path[4700];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "rb");
-    ck_assert_msg(f != NULL, "cannot open %s", path);
-    float *x = malloc(n * sizeof *x);
-    size_t got = fread(x, sizeof *x, n, f);
-    ck_assert_msg(got == n && fgetc(f) == EOF, "%s: expected %zu floats", path, n);
-    fclose(f);
-    return x; /* little-endian f32, as this host */
-}
-
-static int32_t *json_ids(const json_t *arr, int *n) {
-    *n = (int)json_array_size(arr);
-    int32_t *ids = malloc((size_t)*n * sizeof *ids + 1);
-    for (int i = 0; i < *n; i++)
-        ids[i] = (int32_t)json_integer_value(json_array_get(arr, (size_t)i));
-    return ids;
-}
 
 /* Worst share of the budget |got - ref| / (ATOL + RTOL |ref|) over n values (NaN counts as
  * infinite); *worst_diff receives that element's |got - ref|. */
@@ -63,56 +39,19 @@ static double budget_share(const float *got, const float *ref, size_t n, double 
     return worst;
 }
 
-static int argmax(const float *x, int n) {
-    int best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best]) best = i;
-    return best;
-}
-
 /* --- the check --- */
 
-typedef struct fixture_prompt {
-    int32_t *ids; /* [n] */
-    int n;
-    int32_t *greedy; /* [n_greedy] reference greedy ids */
-    int n_greedy;
-    double *gap;    /* [n_greedy] reference top1 - top2 */
-    int row_offset; /* first row in logits.bin */
-    double noise;   /* transformers' own cache-vs-full and prefix-vs-full noise (max) */
-} fixture_prompt;
-
 static void check_fixture(const char *dir) {
-    char path[4500];
-    snprintf(path, sizeof path, "%s/expected.json", dir);
-    json_error_t jerr;
-    json_t *ex = json_load_file(path, 0, &jerr);
-    ck_assert_msg(ex != NULL, "%s: %s", path, jerr.text);
-    const char *name = json_string_value(json_object_get(ex, "fixture"));
-    int vocab = (int)json_integer_value(json_object_get(ex, "vocab_size"));
-    int n_greedy = (int)json_integer_value(json_object_get(ex, "n_greedy"));
-    json_t *jp = json_object_get(ex, "prompts");
-    int n_prompts = (int)json_array_size(jp);
-    ck_assert(n_prompts > 0 && n_prompts <= 8 && vocab > 0 && n_greedy > 0);
-    fixture_prompt p[8];
-    int total = 0, longest = 0;
-    for (int i = 0; i < n_prompts; i++) {
-        json_t *o = json_array_get(jp, (size_t)i), *g = json_object_get(o, "greedy_top2_gap");
-        p[i].ids = json_ids(json_object_get(o, "ids"), &p[i].n);
-        p[i].greedy = json_ids(json_object_get(o, "greedy_ids"), &p[i].n_greedy);
-        ck_assert_int_eq(p[i].n_greedy, n_greedy);
-        p[i].gap = malloc((size_t)n_greedy * sizeof(double));
-        for (int s = 0; s < n_greedy; s++)
-            p[i].gap[s] = json_number_value(json_array_get(g, (size_t)s));
-        p[i].row_offset = (int)json_integer_value(json_object_get(o, "logits_row_offset"));
-        p[i].noise = fmax(json_number_value(json_object_get(o, "noise_cache_vs_full_max_abs")),
-                          json_number_value(json_object_get(o, "noise_prefix_vs_full_max_abs")));
-        ck_assert_int_eq(p[i].row_offset, total);
-        total += p[i].n;
-        longest = p[i].n + n_greedy > longest ? p[i].n + n_greedy : longest;
-    }
-    float *ref = read_f32(dir, "logits.bin", (size_t)total * vocab);
-    float *ref_dec = read_f32(dir, "decode_logits.bin", (size_t)n_prompts * n_greedy * vocab);
+    fixture fx;
+    fixture_load(dir, &fx);
+    const char *name = fx.name;
+    const int vocab = fx.vocab, n_greedy = fx.n_greedy, n_prompts = fx.n_prompts;
+    const int total = fx.n_rows, longest = fx.longest;
+    const fixture_prompt *p = fx.prompts;
+    json_t *ex = fx.expected;
+    float *ref = fixture_read_f32(dir, "logits.bin", (size_t)total * vocab);
+    float *ref_dec =
+        fixture_read_f32(dir, "decode_logits.bin", (size_t)n_prompts * n_greedy * vocab);
 
     backend *be = cpu_backend_create(2);
     llama_model m;
@@ -201,7 +140,7 @@ static void check_fixture(const char *dir) {
             }
             double d, sh = budget_share(have, want, (size_t)vocab, &d);
             if (sh > dec_share) dec_share = sh, dec_diff = d;
-            int mine = argmax(have, vocab);
+            int mine = fixture_argmax(have, vocab);
             double clear = 2 * (ATOL + RTOL * fabs(want[p[s].greedy[i]]));
             n_ids++;
             n_same += mine == p[s].greedy[i];
@@ -216,13 +155,12 @@ static void check_fixture(const char *dir) {
     fflush(stdout);
     ck_assert_msg(dec_share <= 1, "%s: decode logits differ by %g", name, dec_diff);
 
-    for (int s = 0; s < n_prompts; s++) free(p[s].ids), free(p[s].greedy), free(p[s].gap);
     free(ref), free(ref_dec), free(inv), free(table), free(tokens), free(pos), free(rows),
         free(got);
     be->ops->dev_free(be, pool);
     llama_free(&m);
     backend_destroy(be);
-    json_decref(ex);
+    fixture_free(&fx);
 }
 
 START_TEST(fixture_matches_transformers) {
@@ -230,29 +168,15 @@ START_TEST(fixture_matches_transformers) {
 }
 END_TEST
 
-static int name_cmp(const void *a, const void *b) {
-    return strcmp(a, b);
-}
-
 int main(void) {
     const char *src = getenv("KVSERVE_SOURCE");
-    char root[3900];
-    snprintf(root, sizeof root, "%s/tests/fixtures/models", src ? src : ".");
-    DIR *d = opendir(root);
-    struct dirent *e;
-    while (d && (e = readdir(d)) && n_fixtures < MAX_FIXTURES) {
-        struct stat sb;
-        char probe[4300];
-        snprintf(probe, sizeof probe, "%s/%s/expected.json", root, e->d_name);
-        if (e->d_name[0] != '.' && stat(probe, &sb) == 0)
-            snprintf(fixtures[n_fixtures++], sizeof fixtures[0], "%s/%s", root, e->d_name);
-    }
-    if (d) closedir(d);
+    n_fixtures = fixture_list(src ? src : ".", fixtures, FIXTURE_MAX);
     if (n_fixtures == 0) {
+        char root[4200];
+        fixture_root(root, sizeof root, src ? src : ".");
         printf("SKIP: no fixture in %s (make them with make_fixtures.py)\n", root);
         return 77;
     }
-    qsort(fixtures, (size_t)n_fixtures, sizeof fixtures[0], name_cmp);
     Suite *s = suite_create("llama_fixtures");
     TCase *tc = tcase_create("transformers");
     tcase_set_timeout(tc, 600);
