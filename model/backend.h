@@ -42,7 +42,7 @@ size_t backend_kv_offset(const backend_kv_layout *l, int layer, int kv, int head
  * positions are already in the KV pool. Token at position p of sequence s lives in block
  * block_table[s * max_blocks + p / block_size], slot p % block_size. */
 typedef struct backend_batch {
-    int n_tokens;               /* new tokens in this step, all sequences */
+    int n_tokens; /* new tokens in this step, all sequences */
     int n_seqs;
     const int32_t *tokens;      /* [n_tokens] token ids */
     const int32_t *positions;   /* [n_tokens] absolute position of each token */
@@ -60,10 +60,11 @@ typedef struct backend_ops {
     void (*destroy)(backend *be);
 
     /* --- memory --- */
-    void *(*dev_alloc)(backend *be, size_t bytes);  /* aborts on failure; NULL never returned */
+    void *(*dev_alloc)(backend *be, size_t bytes); /* aborts on failure; NULL never returned */
     void (*dev_free)(backend *be, void *p);
-    size_t (*dev_free_bytes)(backend *be);          /* device memory still free */
-    void *(*host_alloc)(backend *be, size_t bytes); /* pinned when the device can DMA; NULL if none */
+    size_t (*dev_free_bytes)(backend *be); /* device memory still free */
+    void *(*host_alloc)(backend *be,
+                        size_t bytes); /* pinned when the device can DMA; NULL if none */
     void (*host_free)(backend *be, void *p);
     /* Synchronous copies (set-up, tests). */
     void (*to_dev)(backend *be, void *dst, const void *src, size_t bytes);
@@ -87,7 +88,7 @@ typedef struct backend_ops {
     void (*copy_2d_async)(backend *be, backend_stream s, void *dst, size_t dpitch, const void *src,
                           size_t spitch, size_t width, size_t height);
     backend_event *(*event_record)(backend *be, backend_stream s);
-    bool (*event_done)(backend *be, backend_event *ev); /* polls; never blocks */
+    bool (*event_done)(backend *be, backend_event *ev);                   /* polls; never blocks */
     void (*event_wait)(backend *be, backend_stream s, backend_event *ev); /* s waits on ev */
     void (*event_sync)(backend *be, backend_event *ev);                   /* host waits */
     void (*event_free)(backend *be, backend_event *ev);
@@ -122,8 +123,8 @@ typedef struct backend_ops {
     /* Writes k and v rows of every batch token into the pool at its (block, slot), layer. */
     void (*kv_write)(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                      const void *v, int row_stride);
-    /* Causal attention: the query of token t (n_heads heads of head_dim at q + t * q_stride) attends
-     * to positions [0, positions[t]] of its sequence, read from the pool. out is [n_tokens,
+    /* Causal attention: the query of token t (n_heads heads of head_dim at q + t * q_stride)
+     * attends to positions [0, positions[t]] of its sequence, read from the pool. out is [n_tokens,
      * n_heads * head_dim]. GQA: head h reads kv head h / (n_heads / n_kv_heads). */
     void (*attention)(backend *be, void *out, const void *q, int q_stride, const void *pool,
                       const backend_kv_layout *l, int layer, int n_heads, float scale);
@@ -151,14 +152,15 @@ typedef struct backend_ops {
 
 struct backend {
     const backend_ops *ops;
-    const char *name;    /* "cpu", "cuda" */
-    kv_dtype act_dtype;  /* activations */
+    const char *name;   /* "cpu", "cuda" */
+    kv_dtype act_dtype; /* activations */
     kv_dtype weight_dtype;
-    kv_dtype kv_dtype;   /* KV pool elements */
-    void *impl;          /* the implementation's own state */
+    kv_dtype kv_dtype; /* KV pool elements */
+    void *impl;        /* the implementation's own state */
 };
 
-/* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built). */
+/* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built).
+ */
 backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
 /* True when this build has the CUDA backend and a device it runs on is present. */

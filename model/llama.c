@@ -23,7 +23,7 @@ typedef enum weight_init { WEIGHT_RANDOM, WEIGHT_ONES } weight_init;
 typedef struct loader {
     llama_model *m;
     const char *dir;
-    llama_load_format format;
+    model_load_format format;
     safetensors_model st;
     void *staging; /* host bytes for stacking, staging_cap bytes */
     size_t staging_cap;
@@ -139,14 +139,14 @@ static const safetensors_tensor *tensor_find(loader *ld, const char *name, int64
 
 /* Uploads the weight made of n_parts tensors names[i] of rows[i] × cols (cols 0: vectors),
  * stacked along rows, as one device tensor. NULL and err set when a tensor is missing or has
- * the wrong shape. With LLAMA_LOAD_DUMMY the values are random (or ones). */
+ * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). */
 static void *weight_load(loader *ld, int n_parts, char names[][128], const int64_t *rows,
                          int64_t cols, weight_init init, kv_error *err) {
     backend *be = ld->m->be;
     size_t n = 0;
     for (int i = 0; i < n_parts; i++) n += (size_t)rows[i] * (size_t)(cols ? cols : 1);
     void *dev;
-    if (ld->format == LLAMA_LOAD_DUMMY) {
+    if (ld->format == MODEL_LOAD_DUMMY) {
         dev = weight_dummy(ld, n, init);
     } else {
         const safetensors_tensor *parts[3];
@@ -244,7 +244,7 @@ static void *scratch(backend *be, size_t rows, size_t cols) {
     return be->ops->dev_alloc(be, rows * cols * kv_dtype_size(be->act_dtype));
 }
 
-int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format format,
+int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err) {
     memset(m, 0, sizeof *m);
@@ -260,13 +260,13 @@ int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format f
 
     loader ld = {
         .m = m, .dir = dir, .format = format, .progress = progress, .progress_ctx = progress_ctx};
-    if (format == LLAMA_LOAD_DUMMY)
+    if (format == MODEL_LOAD_DUMMY)
         dummy_table_init(&ld);
     else if (safetensors_open(&ld.st, dir, err))
         return -1;
     /* tied when the config says so or the checkpoint has no lm_head (llama2.c exports) */
     bool tied = c->tie_word_embeddings ||
-                (format == LLAMA_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight"));
+                (format == MODEL_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight"));
     ld.total = weight_elems(c, tied) * kv_dtype_size(be->weight_dtype);
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;
@@ -304,7 +304,7 @@ int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format f
     m->logits = scratch(be, T < LLAMA_LOGIT_ROWS ? T : LLAMA_LOGIT_ROWS, (size_t)vocab);
     rc = 0;
 out:
-    if (format == LLAMA_LOAD_SAFETENSORS) safetensors_close(&ld.st);
+    if (format == MODEL_LOAD_SAFETENSORS) safetensors_close(&ld.st);
     free(ld.staging);
     free(ld.normal_table);
     if (rc) llama_free(m);
@@ -486,4 +486,40 @@ void llama_forward_layers(llama_model *m, const backend_batch *batch, void *pool
                        NULL, rows, dim, (int)vocab);
         op->act_download_f32(be, logits + (size_t)r * vocab, m->logits, (size_t)rows * vocab);
     }
+}
+
+/* --- the family entry (model/model.h) --- */
+
+static void llama_ops_forward(model *mm, const backend_batch *batch, void *pool,
+                              const backend_kv_layout *layout, float *logits) {
+    llama_forward(mm->impl, batch, pool, layout, logits);
+}
+
+static void llama_ops_forward_layers(model *mm, const backend_batch *batch, void *pool,
+                                     const backend_kv_layout *layout, float *logits,
+                                     backend_event *const *layer_ready) {
+    llama_forward_layers(mm->impl, batch, pool, layout, logits, layer_ready);
+}
+
+static void llama_ops_free(model *mm) {
+    llama_free(mm->impl);
+    free(mm->impl);
+}
+
+static const model_ops llama_model_ops = {.forward = llama_ops_forward,
+                                          .forward_layers = llama_ops_forward_layers,
+                                          .free = llama_ops_free};
+
+int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,
+                     kv_error *err) {
+    llama_model *m = kv_calloc(1, sizeof *m);
+    if (llama_load(m, be, dir, opt->format, opt->max_tokens, opt->progress, opt->progress_ctx,
+                   err)) {
+        free(m);
+        return -1;
+    }
+    out->ops = &llama_model_ops;
+    out->impl = m;
+    out->weight_bytes = m->weight_bytes;
+    return 0;
 }

@@ -4,8 +4,7 @@
 #ifndef KVSERVE_LLAMA_H
 #define KVSERVE_LLAMA_H
 
-#include "model/backend.h"
-#include "model/hf_config.h"
+#include "model/model.h"
 
 typedef struct llama_layer {
     void *attn_norm; /* [dim] */
@@ -59,17 +58,18 @@ typedef struct llama_model {
     uint64_t n_graph_replays; /* steps run from a recording */
 } llama_model;
 
-/* LLAMA_LOAD_SAFETENSORS also ties lm_head to the embedding when the checkpoint has no
- * lm_head.weight. q/k/v biases are loaded when config.json asks for them (attention_bias, Qwen2).
- */
-typedef enum llama_load_format { LLAMA_LOAD_SAFETENSORS, LLAMA_LOAD_DUMMY } llama_load_format;
-
-/* Loads dir (config.json + safetensors, or config.json alone with LLAMA_LOAD_DUMMY: random
+/* Loads dir (config.json + safetensors, or config.json alone with MODEL_LOAD_DUMMY: random
  * weights from a fixed seed) onto be. max_tokens bounds the tokens of one forward step.
- * progress, when not NULL, is called with (bytes done, bytes total). */
-int llama_load(llama_model *m, backend *be, const char *dir, llama_load_format format,
+ * progress, when not NULL, is called with (bytes done, bytes total). Safetensors loading ties
+ * lm_head to the embedding when the checkpoint has no lm_head.weight; q/k/v biases are loaded
+ * when config.json asks for them (attention_bias, Qwen2). */
+int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err);
+/* The family entry for model_load (model/model.c): loads dir with llama_load and fills out
+ * (ops, impl, shape). */
+int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,
+                     kv_error *err);
 void llama_free(llama_model *m);
 
 backend_kv_layout llama_kv_layout(const llama_model *m, int block_size);

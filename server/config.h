@@ -29,10 +29,10 @@ typedef enum config_log_level {
 } config_log_level;
 
 typedef struct config_offload {
-    double size_gib; /* host tier size; 0 = offload off */
+    double size_gib;             /* host tier size; 0 = offload off */
     offload_policy store_policy; /* offload/offload.h's names in the file */
-    int reuse_threshold; /* hits before reuse_gated stores a block */
-    int pin_chunk_mib;   /* host memory is pinned in chunks of this size, in the background */
+    int reuse_threshold;         /* hits before reuse_gated stores a block */
+    int pin_chunk_mib; /* host memory is pinned in chunks of this size, in the background */
 } config_offload;
 
 typedef struct kv_config {

@@ -16,8 +16,8 @@
 
 #include "model/common.h"
 #include "model/sampler.h"
-#include "model/tokenizer.h"
-#include "server/engine_api.h"
+#include "model/tokenizer/tokenizer.h"
+#include "server/engine/engine_api.h"
 #include "server/metrics.h"
 
 typedef struct http_server_options {

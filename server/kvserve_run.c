@@ -7,7 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "model/llama.h"
+#include "model/model.h"
 
 static void usage(FILE *f) {
     fprintf(
@@ -75,9 +75,9 @@ static int argmax(const float *x, int n) {
 }
 
 int main(int argc, char **argv) {
-    const char *model = NULL, *device = "cpu", *prompt = NULL;
+    const char *model_dir = NULL, *device = "cpu", *prompt = NULL;
     int n_gen = 32, n_top = 0, block_size = 16, n_threads = 0;
-    llama_load_format format = LLAMA_LOAD_SAFETENSORS;
+    model_load_format format = MODEL_LOAD_SAFETENSORS;
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
                                          {"device", required_argument, NULL, 'd'},
                                          {"prompt-ids", required_argument, NULL, 'p'},
@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "n:h", opts, NULL)) != -1) {
         switch (c) {
         case 'm':
-            model = optarg;
+            model_dir = optarg;
             break;
         case 'd':
             device = optarg;
@@ -113,7 +113,7 @@ int main(int argc, char **argv) {
             break;
         case 'f':
             if (strcmp(optarg, "dummy") == 0)
-                format = LLAMA_LOAD_DUMMY;
+                format = MODEL_LOAD_DUMMY;
             else if (strcmp(optarg, "safetensors") != 0) {
                 fprintf(stderr, "kvserve-run: --load-format must be safetensors or dummy\n");
                 return 2;
@@ -127,7 +127,7 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (!model) {
+    if (!model_dir) {
         usage(stderr);
         return 2;
     }
@@ -141,34 +141,38 @@ int main(int argc, char **argv) {
     }
     kv_error err = {{0}};
     backend *be = backend_create(device, n_threads, &err);
-    llama_model m;
+    model *m = NULL;
     double t0 = kv_now();
     /* max_tokens: the prompt is one step (a BOS-only prompt when none is given) */
-    if (!be || llama_load(&m, be, model, format, n_prompt > 0 ? n_prompt : 1, NULL, NULL, &err)) {
+    if (be) {
+        model_load_options opt = {.format = format, .max_tokens = n_prompt > 0 ? n_prompt : 1};
+        m = model_load(model_dir, be, &opt, &err);
+    }
+    if (!m) {
         fprintf(stderr, "kvserve-run: %s\n", err.msg);
         backend_destroy(be);
         free(ids);
         return 1;
     }
     double t_load = kv_now() - t0;
-    int vocab = m.cfg.vocab_size;
+    int vocab = m->vocab;
     if (!ids) {
         ids = kv_malloc(sizeof *ids);
-        ids[0] = m.cfg.bos_token_id >= 0 ? m.cfg.bos_token_id : 0;
+        ids[0] = m->cfg.bos_token_id >= 0 ? m->cfg.bos_token_id : 0;
         n_prompt = 1;
     }
     for (int i = 0; i < n_prompt; i++)
         if (ids[i] >= vocab) {
             fprintf(stderr, "kvserve-run: prompt id %d is outside the vocabulary (%d)\n", ids[i],
                     vocab);
-            llama_free(&m);
+            model_free(m);
             backend_destroy(be);
             free(ids);
             return 2;
         }
 
     /* one sequence in blocks 0, 1, 2, ... of a pool just large enough */
-    backend_kv_layout l = llama_kv_layout(&m, block_size);
+    backend_kv_layout l = model_kv_layout(m, block_size);
     int n_blocks = (n_prompt + n_gen + block_size - 1) / block_size;
     void *pool = be->ops->dev_alloc(be, l.block_bytes * (size_t)n_blocks);
     int32_t *table = kv_malloc((size_t)n_blocks * sizeof *table);
@@ -189,7 +193,7 @@ int main(int argc, char **argv) {
                        .n_out = 1,
                        .out_rows = &last};
     double t1 = kv_now();
-    llama_forward(&m, &b, pool, &l, logits);
+    model_forward(m, &b, pool, &l, logits);
     double t_prefill = kv_now() - t1, t2 = kv_now();
     for (int i = 0; i < n_gen; i++) {
         tok = argmax(logits, vocab);
@@ -214,18 +218,18 @@ int main(int argc, char **argv) {
                             .max_blocks = n_blocks,
                             .n_out = 1,
                             .out_rows = &zero};
-        llama_forward(&m, &b, pool, &l, logits);
+        model_forward(m, &b, pool, &l, logits);
     }
     if (!n_top) printf("\n");
     double t_decode = kv_now() - t2;
     fprintf(stderr,
             "kvserve-run: %s, %.1f MB of weights loaded in %.2f s; prefill %d tokens %.2f ms; "
             "%d decode steps %.1f ms (%.1f tok/s)\n",
-            be->name, m.weight_bytes / 1e6, t_load, n_prompt, t_prefill * 1e3, n_gen - 1,
+            be->name, m->weight_bytes / 1e6, t_load, n_prompt, t_prefill * 1e3, n_gen - 1,
             t_decode * 1e3, n_gen > 1 ? (n_gen - 1) / t_decode : 0.0);
 
     be->ops->dev_free(be, pool);
-    llama_free(&m);
+    model_free(m);
     backend_destroy(be);
     free(ids), free(table), free(positions), free(logits);
     return 0;

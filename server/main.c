@@ -3,11 +3,9 @@
  * creates the engine, flips the HTTP side to ready, and on SIGINT/SIGTERM shuts down in order:
  * HTTP (no new connections; open streams end with a finish chunk and [DONE]), the engine, the
  * model. With no --model it serves the built-in demo model (server/demo_model.h). */
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
-#include <openssl/evp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -15,16 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include "model/llama.h"
-#include "model/tokenizer.h"
+#include "model/model.h"
+#include "model/tokenizer/tokenizer.h"
 #include "server/config.h"
 #include "server/demo_model.h"
 #include "server/http.h"
 #include "server/metrics.h"
-#include "server/scheduler.h"
+#include "server/engine/scheduler.h"
 
 /* The write end of the self-pipe that turns SIGINT/SIGTERM into a readable byte. It is kvserve's
  * only global mutable state: a signal handler gets no context argument, so the pipe can be reached
@@ -78,8 +75,7 @@ typedef struct app {
     bool metrics_ready;
     http_server *http;
     backend *be;
-    llama_model model;
-    bool model_loaded;
+    model *model;
     tokenizer *tok;
     /* The engine. HTTP threads read it through app_submit/app_cancel; it is set before the HTTP
      * side is marked ready and cleared only after the HTTP server has stopped. */
@@ -149,61 +145,21 @@ static void on_load_progress(size_t done, size_t total, void *ctx) {
     if (p->tty && done == total) fputc('\n', stderr);
 }
 
-static int name_cmp(const void *x, const void *y) {
-    return strcmp(*(char *const *)x, *(char *const *)y);
-}
-
-static bool ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), k = strlen(suffix);
-    return n >= k && strcmp(s + n - k, suffix) == 0;
-}
-
-/* The model's identity for the prefix-cache hash root, as hex SHA-256 of: the engine's shape
- * string (architecture, sizes, KV dtype, backend), the load format, config.json's bytes, and the
- * name, size and mtime of every safetensors file (not the weights themselves: hashing 16 GB would
- * cost seconds at every start, and a changed file changes its size or mtime). */
-static void model_fingerprint(const char *dir, const char *shape, bool dummy, char *out,
-                              size_t out_size) {
-    EVP_MD_CTX *md = EVP_MD_CTX_new();
-    KV_CHECK(md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1);
-    EVP_DigestUpdate(md, shape, strlen(shape) + 1);
-    EVP_DigestUpdate(md, dummy ? "dummy" : "safetensors", dummy ? 6 : 12);
-
-    char path[4096];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *f = fopen(path, "rb");
-    if (f) {
-        char buf[8192];
-        size_t n;
-        while ((n = fread(buf, 1, sizeof buf, f)) > 0) EVP_DigestUpdate(md, buf, n);
-        fclose(f);
-    }
-    char **names = NULL;
-    int n_names = 0;
-    DIR *d = opendir(dir);
-    for (struct dirent *e; d && (e = readdir(d));)
-        if (ends_with(e->d_name, ".safetensors")) {
-            names = kv_realloc(names, (size_t)(n_names + 1) * sizeof *names);
-            names[n_names++] = kv_strdup(e->d_name);
-        }
-    if (d) closedir(d);
-    if (n_names) qsort(names, (size_t)n_names, sizeof *names, name_cmp);
-    for (int i = 0; i < n_names; i++) {
-        struct stat st;
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        long long meta[3] = {0, 0, 0};
-        if (stat(path, &st) == 0)
-            meta[0] = st.st_size, meta[1] = st.st_mtim.tv_sec, meta[2] = st.st_mtim.tv_nsec;
-        EVP_DigestUpdate(md, names[i], strlen(names[i]) + 1);
-        EVP_DigestUpdate(md, meta, sizeof meta);
-        free(names[i]);
-    }
-    free(names);
-    unsigned char digest[32];
-    KV_CHECK(EVP_DigestFinal_ex(md, digest, NULL) == 1);
-    EVP_MD_CTX_free(md);
-    KV_CHECK(out_size >= 2 * sizeof digest + 1);
-    for (size_t i = 0; i < sizeof digest; i++) snprintf(out + 2 * i, 3, "%02x", digest[i]);
+/* The engine's knobs from the server config; the KV pool gets n_blocks blocks. */
+static void engine_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks) {
+    scheduler_config_default(c);
+    c->n_gpu_blocks = n_blocks;
+    c->block_size = cfg->block_size;
+    c->max_num_seqs = cfg->max_num_seqs;
+    c->max_num_batched_tokens = cfg->max_num_batched_tokens;
+    c->max_model_len = cfg->max_model_len;
+    c->max_queue = cfg->max_queue;
+    c->enable_prefix_caching = cfg->enable_prefix_caching;
+    c->seed = cfg->seed;
+    c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
+                                  .policy = cfg->offload.store_policy,
+                                  .reuse_threshold = cfg->offload.reuse_threshold,
+                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
 }
 
 /* KV pool size in blocks when num_gpu_blocks is 0. On CUDA: what gpu_memory_utilization leaves
@@ -237,30 +193,26 @@ static int app_load(app *a, kv_error *err) {
     load_progress progress = {.a = a, .tty = isatty(STDERR_FILENO), .last_step = -1, .t0 = t0};
     app_log(a, CONFIG_LOG_INFO, "loading %s from %s on %s", dummy ? "random weights" : "weights",
             cfg->model, a->be->name);
-    if (llama_load(&a->model, a->be, cfg->model, dummy ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS,
-                   cfg->max_num_batched_tokens, on_load_progress, &progress, err))
-        return -1;
-    a->model_loaded = true;
-    app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model.weight_bytes / 1e6,
+    model_load_options lo = {.format = dummy ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS,
+                             .max_tokens = cfg->max_num_batched_tokens,
+                             .progress = on_load_progress,
+                             .progress_ctx = &progress};
+    a->model = model_load(cfg->model, a->be, &lo, err);
+    if (!a->model) return -1;
+    app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model->weight_bytes / 1e6,
             kv_now() - t0);
     if (tokenizer_load(&a->tok, cfg->model, err)) return -1;
-    const hf_config *hc = &a->model.cfg;
+    const hf_config *hc = &a->model->cfg;
     if (tokenizer_vocab_size(a->tok) > hc->vocab_size)
         app_log(a, CONFIG_LOG_WARN,
                 "the tokenizer has %d tokens but the model only %d: prompts holding the others "
                 "are refused",
                 tokenizer_vocab_size(a->tok), hc->vocab_size);
 
-    scheduler_model sm;
-    scheduler_model_llama(&sm, &a->model, cfg->block_size);
-    char shape[sizeof sm.fingerprint];
-    snprintf(shape, sizeof shape, "%s", sm.fingerprint);
-    model_fingerprint(cfg->model, shape, dummy, sm.fingerprint, sizeof sm.fingerprint);
-
+    size_t block_bytes = model_kv_layout(a->model, cfg->block_size).block_bytes;
     int model_len = cfg->max_model_len > 0 ? cfg->max_model_len : hc->max_position_embeddings;
-    int n_blocks = cfg->num_gpu_blocks > 0
-                       ? cfg->num_gpu_blocks
-                       : kv_blocks_auto(a, free_before, sm.layout.block_bytes, model_len);
+    int n_blocks = cfg->num_gpu_blocks > 0 ? cfg->num_gpu_blocks
+                                           : kv_blocks_auto(a, free_before, block_bytes, model_len);
     if (n_blocks < 1)
         return kv_error_set(err,
                             "no memory left for the KV cache after loading the weights (%zu MB "
@@ -276,13 +228,13 @@ static int app_load(app *a, kv_error *err) {
     }
 
     scheduler_config sc;
-    scheduler_config_from(&sc, cfg, n_blocks);
+    engine_config_from(&sc, cfg, n_blocks);
     sc.max_model_len = model_len;
     sc.metrics = &a->metrics;
     while (sc.seed == 0) /* 0 = a fresh seed at every start */
         if (getrandom(&sc.seed, sizeof sc.seed, 0) != sizeof sc.seed)
             sc.seed = 0x9e3779b97f4a7c15ull;
-    scheduler *s = scheduler_create(&sm, &sc, err);
+    scheduler *s = scheduler_create(a->model, &sc, err);
     if (!s) return -1;
     scheduler_start(s);
     atomic_store(&a->sched, s);
@@ -291,7 +243,7 @@ static int app_load(app *a, kv_error *err) {
             "ready on %s: model '%s', %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, "
             "prefix caching %s, host tier %.1f GiB (%.2f s since start)",
             a->be->name, config_served_model_name(cfg), n_blocks, cfg->block_size,
-            (double)n_blocks * (double)sm.layout.block_bytes / (double)(1 << 30), model_len,
+            (double)n_blocks * (double)block_bytes / (double)(1 << 30), model_len,
             cfg->enable_prefix_caching ? "on" : "off", cfg->offload.size_gib, kv_now() - t0);
     return 0;
 }
@@ -303,7 +255,7 @@ static void app_free(app *a) {
     if (a->http) http_server_stop(a->http);
     scheduler_free(atomic_exchange(&a->sched, NULL));
     tokenizer_free(a->tok);
-    if (a->model_loaded) llama_free(&a->model);
+    model_free(a->model);
     backend_destroy(a->be);
     if (a->metrics_ready) metrics_free(&a->metrics);
     if (a->demo_dir) demo_model_remove(a->demo_dir);

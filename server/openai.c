@@ -428,8 +428,8 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
                          "the request body must be a JSON object");
         goto done;
     }
-    if (openai_check_model(info, root, e) || reject_unsupported(root, e) || parse_sampling(root, req, e) ||
-        parse_stream(root, req, e) || parse_stop(root, req, e) ||
+    if (openai_check_model(info, root, e) || reject_unsupported(root, e) ||
+        parse_sampling(root, req, e) || parse_stream(root, req, e) || parse_stop(root, req, e) ||
         parse_stop_token_ids(info, root, &req->params, e))
         goto done;
     if (get_int(root, "n", 1, OPENAI_MAX_CHOICES, &n, NULL, e)) goto done;

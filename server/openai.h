@@ -9,7 +9,7 @@
 
 #include "model/common.h"
 #include "model/sampler.h"
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 /* An error for the client: HTTP status and the body {"error": {message, type, param, code}}. */
 typedef struct openai_error {

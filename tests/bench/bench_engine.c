@@ -15,7 +15,7 @@
 
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *device = "cpu";
-    llama_load_format fmt = LLAMA_LOAD_SAFETENSORS;
+    model_load_format fmt = MODEL_LOAD_SAFETENSORS;
     int prompt_len = 2000, steps = 64, n_blocks = 0, n_threads = 0, budget = 4096;
     double offload_gib = 0;
     static const struct option opts[] = {{"model", required_argument, NULL, 'm'},
@@ -33,7 +33,7 @@ int main(int argc, char **argv) {
         else if (c == 'd')
             device = optarg;
         else if (c == 'f')
-            fmt = strcmp(optarg, "dummy") == 0 ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+            fmt = strcmp(optarg, "dummy") == 0 ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS;
         else if (c == 'p')
             prompt_len = atoi(optarg);
         else if (c == 's')
@@ -60,17 +60,16 @@ int main(int argc, char **argv) {
     if (prompt_len < 2 || prompt_len > budget) budget = prompt_len > budget ? prompt_len : budget;
     kv_error err = {{0}};
     backend *be = backend_create(device, n_threads, &err);
-    llama_model m;
-    if (!be || llama_load(&m, be, model_dir, fmt, budget, NULL, NULL, &err)) {
+    model *m = be ? model_load(model_dir, be,
+                               &(model_load_options){.format = fmt, .max_tokens = budget}, &err)
+                  : NULL;
+    if (!m) {
         fprintf(stderr, "bench_engine: %s (skipped)\n", err.msg);
         backend_destroy(be);
         return 77;
     }
-    scheduler_model sm;
-    scheduler_model_llama(&sm, &m, 16);
     if (n_blocks <= 0) {
-        backend_kv_layout l = sm.layout;
-        backend_kv_layout_finish(&l);
+        backend_kv_layout l = model_kv_layout(m, 16);
         n_blocks = block_pool_blocks_for_memory(be, &l, 0.8, &err);
         int want = 4 * (prompt_len + 64) / 16 + 32 * (32 + steps + 16) / 16 + 64;
         if (n_blocks < 0 || n_blocks > 4 * want) n_blocks = 4 * want; /* enough, not all memory */
@@ -81,13 +80,13 @@ int main(int argc, char **argv) {
     cfg.max_num_batched_tokens = budget;
     cfg.max_model_len = prompt_len + steps + 64;
     cfg.offload.size_gib = offload_gib;
-    scheduler *s = scheduler_create(&sm, &cfg, &err);
+    scheduler *s = scheduler_create(m, &cfg, &err);
     if (!s) {
         fprintf(stderr, "bench_engine: %s\n", err.msg);
         return 1;
     }
     scheduler_wait_tier_ready(s);
-    int vocab = sm.vocab;
+    int vocab = m->vocab;
     int32_t *prompt = malloc((size_t)prompt_len * sizeof *prompt);
     bench_probe p = {0};
 
@@ -113,12 +112,12 @@ int main(int argc, char **argv) {
 
     printf("bench_engine: %s, %s, %d layers, dim %d, kv %s, block 16, %d GPU blocks, "
            "budget %d tokens/step, %.0f MB weights\n",
-           model_dir, be->name, m.cfg.n_layers, m.cfg.hidden_size, kv_dtype_name(be->kv_dtype),
-           n_blocks, budget, m.weight_bytes / 1e6);
+           model_dir, be->name, m->cfg.n_layers, m->cfg.hidden_size, kv_dtype_name(be->kv_dtype),
+           n_blocks, budget, m->weight_bytes / 1e6);
     printf("| measure | value |\n|---|---|\n");
     printf("| prefill, %d-token prompt | %.0f tok/s |\n", prompt_len, prompt_len / t_cold);
     printf("| decode, batch 1 | %.1f tok/s (weights %.1f GB/s) |\n", dec1,
-           dec1 * m.weight_bytes / 1e9);
+           dec1 * m->weight_bytes / 1e9);
     printf("| decode, batch 32 | %.1f tok/s |\n", dec32);
     printf("| TTFT %d tokens, no cache | %.3f ms |\n", prompt_len, t_cold * 1e3);
     printf("| TTFT %d tokens, full GPU prefix hit (%d cached) | %.3f ms |\n", prompt_len, hit_gpu,
@@ -133,7 +132,7 @@ int main(int argc, char **argv) {
     }
     free(prompt);
     scheduler_free(s);
-    llama_free(&m);
+    model_free(m);
     backend_destroy(be);
     return 0;
 }

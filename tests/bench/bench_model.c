@@ -24,7 +24,7 @@
 
 typedef struct bench_args {
     const char *model, *device, *out, *hardware;
-    llama_load_format format;
+    model_load_format format;
     int batches[BENCH_MAX_LIST], n_batches; /* decode batch sizes */
     int prefill[BENCH_MAX_LIST], n_prefill; /* prompt lengths */
     int ctx;                                /* decode: tokens already cached per sequence */
@@ -116,9 +116,9 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             a->hardware = v;
         else if (strcmp(k, "--load-format") == 0) {
             if (strcmp(v, "dummy") == 0)
-                a->format = LLAMA_LOAD_DUMMY;
+                a->format = MODEL_LOAD_DUMMY;
             else if (strcmp(v, "safetensors") == 0)
-                a->format = LLAMA_LOAD_SAFETENSORS;
+                a->format = MODEL_LOAD_SAFETENSORS;
             else
                 goto bad;
         } else if (strcmp(k, "--decode-batches") == 0) {
@@ -370,7 +370,7 @@ static void report_print(FILE *f, const bench_report *r) {
     char name[256];
     model_name(a->model, name, sizeof name);
     fprintf(f, "### bench_model: %s%s on %s\n\n", name,
-            a->format == LLAMA_LOAD_DUMMY ? " (dummy weights)" : "",
+            a->format == MODEL_LOAD_DUMMY ? " (dummy weights)" : "",
             a->hardware ? a->hardware : r->be->name);
     fprintf(f,
             "Backend `%s`: weights %s, activations %s, KV %s; %d layers, dim %d, %d/%d heads, "
@@ -434,7 +434,7 @@ static int max_of(const int *v, int n) {
 
 int main(int argc, char **argv) {
     bench_args a = {.device = backend_cuda_available() ? "cuda" : "cpu",
-                    .format = LLAMA_LOAD_SAFETENSORS,
+                    .format = MODEL_LOAD_SAFETENSORS,
                     .batches = {1, 8, 64},
                     .n_batches = 3,
                     .prefill = {1024, 10240, 32768},
@@ -557,8 +557,10 @@ int main(int argc, char **argv) {
         }
     }
     op->dev_free(be, pool);
-    if (logits_pinned) op->host_free(be, logits);
-    else free(logits);
+    if (logits_pinned)
+        op->host_free(be, logits);
+    else
+        free(logits);
     llama_free(&m);
     backend_destroy(be);
     free(table), free(tokens);

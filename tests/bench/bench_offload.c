@@ -44,7 +44,7 @@ enum {
 
 typedef struct bench_args {
     const char *model, *device, *plot, *out, *hardware;
-    llama_load_format format;
+    model_load_format format;
     double offload_gib; /* main tier; < 0: the default for the device */
     bool quick;
     unsigned parts;
@@ -89,10 +89,10 @@ typedef struct ident_run {
 typedef struct bench {
     bench_args a;
     backend *be;
-    llama_model m;
-    scheduler_model sm;
-    int vocab, budget, cap; /* cap: the longest block-aligned prompt the model takes */
-    double scale;           /* prompt-length scale (--quick), 1 otherwise */
+    model *m;
+    backend_kv_layout layout; /* blocks of 16 tokens */
+    int vocab, budget, cap;   /* cap: the longest block-aligned prompt the model takes */
+    double scale;             /* prompt-length scale (--quick), 1 otherwise */
     double t_start;
     double h2d, d2h; /* pinned copy rates, GB/s */
     double tier_gib, pin_s, tier_ready_gib;
@@ -127,7 +127,7 @@ static void note(const bench *b, const char *fmt, ...) {
 
 static scheduler *engine_new(bench *b, int n_blocks, double tier_gib, metrics *met) {
     kv_error err = {{0}};
-    int fit = block_pool_blocks_for_memory(b->be, &b->sm.layout, 0.9, &err);
+    int fit = block_pool_blocks_for_memory(b->be, &b->layout, 0.9, &err);
     if (fit > 0 && n_blocks > fit) {
         note(b, "only %d of the %d KV blocks wanted fit in device memory", fit, n_blocks);
         n_blocks = fit;
@@ -140,7 +140,7 @@ static scheduler *engine_new(bench *b, int n_blocks, double tier_gib, metrics *m
     cfg.offload.policy = OFFLOAD_POLICY_WRITE_THROUGH;
     if (b->a.load_layer_groups > 0) cfg.load_layer_groups = b->a.load_layer_groups;
     cfg.metrics = met;
-    scheduler *s = scheduler_create(&b->sm, &cfg, &err);
+    scheduler *s = scheduler_create(b->m, &cfg, &err);
     if (!s) {
         fprintf(stderr, "bench_offload: %s\n", err.msg);
         exit(1);
@@ -208,7 +208,7 @@ static void ttft_measure(bench *b, scheduler *s, metrics *met, ttft_row *row, ui
 /* The prompt length standing for `nominal` tokens: scaled under --quick (a multiple of the block
  * size), -1 when the model cannot take it. */
 static int length_for(const bench *b, int nominal) {
-    int bs = b->sm.layout.block_size;
+    int bs = b->layout.block_size;
     int n = (int)lround(nominal * b->scale / bs) * bs;
     if (n < bs) n = bs;
     return n <= b->cap ? n : -1;
@@ -272,7 +272,7 @@ static int run_ttft(bench *b, scheduler *s, metrics *met) {
 /* One wave of n prefill-only requests of p512_len tokens whose first frac of blocks the host
  * tier holds (stored by a wave of the prefixes alone, then dropped from the GPU cache). */
 static void p512_wave(bench *b, scheduler *s, double frac, int n, uint64_t seed, p512_row *row) {
-    int bs = b->sm.layout.block_size, len = b->p512_len;
+    int bs = b->layout.block_size, len = b->p512_len;
     int32_t *prompts = kv_malloc((size_t)n * (size_t)len * sizeof *prompts);
     bench_probe *p = kv_calloc((size_t)n, sizeof *p);
     int k = (int)lround(frac * (len / bs)) * bs;
@@ -316,7 +316,7 @@ static void run_prefill512(bench *b, scheduler *s) {
 /* --- decode with the tier on vs off --- */
 
 static void run_decode(bench *b) {
-    int bs = b->sm.layout.block_size;
+    int bs = b->layout.block_size;
     int per_req = (b->dec_prompt + b->dec_steps + 1 + bs - 1) / bs;
     int n_blocks = 2 * b->dec_batch * per_req + 64;
     double tier = b->tier_gib < 4 ? b->tier_gib : 4;
@@ -399,7 +399,7 @@ static void ident_run_one(bench *b, ident_run *run, int32_t *tokens) {
 }
 
 static void run_identical(bench *b) {
-    int bs = b->sm.layout.block_size, n = b->id_n, m = b->id_gen;
+    int bs = b->layout.block_size, n = b->id_n, m = b->id_gen;
     /* a pool for half the blocks one wave touches: prefixes get evicted (and come back from the
      * host tier), decoding requests run out of blocks (preemption) */
     int set = b->id_groups * b->id_prefix / bs + b->id_wave * ((b->id_suffix + m) / bs + 1);
@@ -477,10 +477,10 @@ static void ttft_table(FILE *f, const bench *b, bool sweep) {
 
 static void report_print(FILE *f, const bench *b) {
     const bench_args *a = &b->a;
-    const hf_config *c = &b->m.cfg;
-    const backend_kv_layout *l = &b->sm.layout;
+    const hf_config *c = &b->m->cfg;
+    const backend_kv_layout *l = &b->layout;
     fprintf(f, "### bench_offload: %s%s on %s\n\n", a->model,
-            a->format == LLAMA_LOAD_DUMMY ? " (dummy weights)" : "",
+            a->format == MODEL_LOAD_DUMMY ? " (dummy weights)" : "",
             a->hardware ? a->hardware : b->be->name);
     fprintf(f,
             "Backend `%s`, KV %s, %d layers, %d KV heads, head_dim %d; KV block %d tokens = %zu "
@@ -692,7 +692,7 @@ static int args_parse(int argc, char **argv, bench_args *a) {
         else if (c == 'd')
             a->device = optarg;
         else if (c == 'f')
-            a->format = strcmp(optarg, "dummy") == 0 ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+            a->format = strcmp(optarg, "dummy") == 0 ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS;
         else if (c == 'o')
             a->offload_gib = atof(optarg);
         else if (c == 'q')
@@ -729,7 +729,7 @@ int main(int argc, char **argv) {
     bench *b = kv_calloc(1, sizeof *b);
     bench_args *a = &b->a;
     *a = (bench_args){.device = backend_cuda_available() ? "cuda" : "cpu",
-                      .format = LLAMA_LOAD_SAFETENSORS,
+                      .format = MODEL_LOAD_SAFETENSORS,
                       .offload_gib = -1,
                       .parts = PART_ALL};
     if (args_parse(argc, argv, a)) return 2;
@@ -758,22 +758,23 @@ int main(int argc, char **argv) {
     b->h2d = bench_pinned_rate(b->be, true, 5);
     b->d2h = bench_pinned_rate(b->be, false, 5);
     note(b, "pinned copy 16 MiB: H2D %.1f GB/s, D2H %.1f GB/s", b->h2d, b->d2h);
-    if (llama_load(&b->m, b->be, a->model, a->format, b->budget, NULL, NULL, &err)) {
+    b->m = model_load(a->model, b->be,
+                      &(model_load_options){.format = a->format, .max_tokens = b->budget}, &err);
+    if (!b->m) {
         fprintf(stderr, "bench_offload: %s (skipped)\n", err.msg);
         backend_destroy(b->be);
         return 77;
     }
-    note(b, "model loaded: %s, %.1f GB of weights", a->model, b->m.weight_bytes / 1e9);
-    scheduler_model_llama(&b->sm, &b->m, 16);
-    backend_kv_layout_finish(&b->sm.layout);
-    int bs = b->sm.layout.block_size;
-    b->vocab = b->sm.vocab;
-    b->cap = (b->sm.max_position - 2) / bs * bs;
+    note(b, "model loaded: %s, %.1f GB of weights", a->model, b->m->weight_bytes / 1e9);
+    b->layout = model_kv_layout(b->m, 16);
+    int bs = b->layout.block_size;
+    b->vocab = b->m->vocab;
+    b->cap = (b->m->max_position - 2) / bs * bs;
     b->scale = a->quick && b->cap < 100000 ? b->cap / 100000.0 : 1;
     b->p512_len = 512 <= b->cap ? 512 : 256;
     b->p512_n = a->quick ? 32 : 256;
     b->dec_batch = 32, b->dec_prompt = 128, b->dec_steps = 256;
-    if (b->dec_prompt + b->dec_steps + 1 > b->sm.max_position) b->dec_steps = b->cap / 2;
+    if (b->dec_prompt + b->dec_steps + 1 > b->m->max_position) b->dec_steps = b->cap / 2;
     b->id_n = 200, b->id_groups = 8, b->id_wave = 40;
     b->id_prefix = a->quick ? 128 : 1024, b->id_suffix = a->quick ? 16 : 64;
     b->id_gen = a->quick ? 32 : 48;
@@ -792,7 +793,7 @@ int main(int argc, char **argv) {
     if (a->parts & (PART_TTFT | PART_SWEEP | PART_PREFILL)) {
         metrics met;
         metrics_init(&met, "bench_offload");
-        int n_tier_slots = (int)(b->tier_gib * (1 << 30) / (double)b->sm.layout.block_bytes);
+        int n_tier_slots = (int)(b->tier_gib * (1 << 30) / (double)b->layout.block_bytes);
         int per_prompt = b->p512_len / bs + 1;
         if (b->p512_n > 9 * n_tier_slots / (10 * per_prompt))
             b->p512_n = 9 * n_tier_slots / (10 * per_prompt);
@@ -817,7 +818,7 @@ int main(int argc, char **argv) {
     report_print(stdout, b);
     rc |= report_save(b);
     note(b, "done");
-    llama_free(&b->m);
+    model_free(b->m);
     backend_destroy(b->be);
     free(b);
     return rc;

@@ -24,8 +24,8 @@ typedef struct bench_args {
 
 /* GB/s of moving every block once through the transfer module in ops of `batch` blocks, all queued
  * at once and waited for at the end; median of reps after one warm-up. */
-static double transfer_rate(backend *be, transfer *t, const transfer_pair *pairs, int n,
-                            int batch, bool load, int reps, size_t block_bytes, int *n_copies) {
+static double transfer_rate(backend *be, transfer *t, const transfer_pair *pairs, int n, int batch,
+                            bool load, int reps, size_t block_bytes, int *n_copies) {
     int n_ops = (n + batch - 1) / batch;
     transfer_op **ops = kv_malloc((size_t)n_ops * sizeof *ops);
     double *gbs = kv_malloc((size_t)reps * sizeof *gbs);
@@ -55,10 +55,14 @@ static double transfer_rate(backend *be, transfer *t, const transfer_pair *pairs
 static int parse_args(int argc, char **argv, bench_args *a) {
     for (int i = 1; i < argc; i++) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (strcmp(argv[i], "--device") == 0 && v) a->device = v;
-        else if (strcmp(argv[i], "--blocks") == 0 && v) a->n_blocks = atoi(v);
-        else if (strcmp(argv[i], "--batch") == 0 && v) a->batch = atoi(v);
-        else if (strcmp(argv[i], "--reps") == 0 && v) a->reps = atoi(v);
+        if (strcmp(argv[i], "--device") == 0 && v)
+            a->device = v;
+        else if (strcmp(argv[i], "--blocks") == 0 && v)
+            a->n_blocks = atoi(v);
+        else if (strcmp(argv[i], "--batch") == 0 && v)
+            a->batch = atoi(v);
+        else if (strcmp(argv[i], "--reps") == 0 && v)
+            a->reps = atoi(v);
         else {
             fprintf(stderr, "usage: %s [--device cuda|cpu] [--blocks N] [--batch K] [--reps R]\n",
                     argv[0]);
@@ -82,8 +86,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     /* Llama-3.1-8B, 16-token blocks, bf16: 32 x 2 x 8 x 16 x 128 x 2 = 2 MiB */
-    backend_kv_layout l = {.n_layers = 32, .n_kv_heads = 8, .head_dim = 128, .block_size = 16,
-                           .dtype = KV_DTYPE_BF16};
+    backend_kv_layout l = {
+        .n_layers = 32, .n_kv_heads = 8, .head_dim = 128, .block_size = 16, .dtype = KV_DTYPE_BF16};
     backend_kv_layout_finish(&l);
     size_t total = (size_t)a.n_blocks * l.block_bytes;
 

@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 /* xorshift64*: deterministic text across runs */
 static uint64_t next_rand(uint64_t *s) {

@@ -5,7 +5,7 @@
 #ifndef KVSERVE_BENCH_UTIL_H
 #define KVSERVE_BENCH_UTIL_H
 
-#include "server/scheduler.h"
+#include "server/engine/scheduler.h"
 
 /* What a benchmark request saw; filled by the engine's events. */
 typedef struct bench_probe {

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <utf8proc.h>
 
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 static char *builtin_json(void) {
     json_t *vocab = json_object();

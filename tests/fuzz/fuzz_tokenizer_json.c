@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 static const char TEXT[] = "Hello World! it's 12345 \xe4\xb8\xad\xe6\x96\x87 \xf0\x9f\xa6\x99 <s>"
                            "  tabs\tand\r\nnewlines \xc3\xa9\xcc\x81 <|endoftext|>";

@@ -53,8 +53,8 @@ static backend *cuda_new(void) {
     return be;
 }
 
-static void model_load(llama_model *m, backend *be, const char *dir, llama_load_format fmt,
-                       int max_tokens) {
+static void gpu_model_load(llama_model *m, backend *be, const char *dir, model_load_format fmt,
+                           int max_tokens) {
     kv_error err = {{0}};
     ck_assert_msg(llama_load(m, be, dir, fmt, max_tokens, NULL, NULL, &err) == 0, "%s: %s", dir,
                   err.msg);
@@ -121,7 +121,7 @@ static void stories_case(backend *be, const char *dir, const char *name, const c
     int32_t *expect = fixture_json_ids(json_object_get(c, "ids"), &n_expect);
 
     llama_model m;
-    model_load(&m, be, dir, LLAMA_LOAD_SAFETENSORS, 64);
+    gpu_model_load(&m, be, dir, MODEL_LOAD_SAFETENSORS, 64);
     backend_kv_layout l = llama_kv_layout(&m, BLOCK);
     int max_blocks = (n_prompt + n_expect + BLOCK - 1) / BLOCK;
     void *pool = be->ops->dev_alloc(be, l.block_bytes * (size_t)max_blocks);
@@ -194,7 +194,7 @@ START_TEST(fixture_matches_transformers) {
 
     backend *be = cuda_new();
     llama_model m;
-    model_load(&m, be, dir, LLAMA_LOAD_SAFETENSORS, total);
+    gpu_model_load(&m, be, dir, MODEL_LOAD_SAFETENSORS, total);
     backend_kv_layout l = llama_kv_layout(&m, BLOCK);
     int max_blocks = (longest + BLOCK - 1) / BLOCK, n_blocks = max_blocks * n_prompts;
     void *pool = be->ops->dev_alloc(be, l.block_bytes * (size_t)n_blocks);
@@ -270,7 +270,7 @@ END_TEST
 /* --- a synthetic model with the shapes of the fast kernels --- */
 
 /* Writes config.json of a 2-layer Llama with head_dim 128, 4 query heads per KV head, into a
- * fresh temporary directory (weights come from LLAMA_LOAD_DUMMY). */
+ * fresh temporary directory (weights come from MODEL_LOAD_DUMMY). */
 static void synthetic_dir(char *dir, size_t cap) {
     snprintf(dir, cap, "/tmp/kvserve_gpu_model_XXXXXX");
     ck_assert_ptr_nonnull(mkdtemp(dir));
@@ -298,11 +298,11 @@ static void synthetic_remove(const char *dir) {
 
 /* Both backends run the same two steps over the same scattered block table: first the cached
  * prefixes, then one mixed step; every row of both steps is compared. */
-static void cuda_vs_cpu(const char *dir, llama_load_format fmt, const char *name) {
+static void cuda_vs_cpu(const char *dir, model_load_format fmt, const char *name) {
     backend *gpu = cuda_new(), *cpu = cpu_backend_create(0);
     llama_model mg, mc;
-    model_load(&mg, gpu, dir, fmt, 128);
-    model_load(&mc, cpu, dir, fmt, 128);
+    gpu_model_load(&mg, gpu, dir, fmt, 128);
+    gpu_model_load(&mc, cpu, dir, fmt, 128);
     int vocab = mg.cfg.vocab_size;
     backend_kv_layout lg = llama_kv_layout(&mg, BLOCK), lc = llama_kv_layout(&mc, BLOCK);
     enum { N_SEQS = 4, MAX_BLOCKS = 8 };
@@ -361,13 +361,13 @@ static void cuda_vs_cpu(const char *dir, llama_load_format fmt, const char *name
 START_TEST(cuda_matches_cpu_backend) {
     char dir[4200];
     synthetic_dir(dir, sizeof dir);
-    cuda_vs_cpu(dir, LLAMA_LOAD_DUMMY, "synthetic hd128 GQA4");
+    cuda_vs_cpu(dir, MODEL_LOAD_DUMMY, "synthetic hd128 GQA4");
     synthetic_remove(dir);
     snprintf(dir, sizeof dir, "%s/tests/fixtures/models/qwen2-bf16", source);
     char probe[4400];
     snprintf(probe, sizeof probe, "%s/config.json", dir);
     if (access(probe, R_OK) == 0)
-        cuda_vs_cpu(dir, LLAMA_LOAD_SAFETENSORS, "qwen2-bf16 fixture");
+        cuda_vs_cpu(dir, MODEL_LOAD_SAFETENSORS, "qwen2-bf16 fixture");
     else
         printf("SKIP: %s not found\n", probe);
 }
@@ -380,8 +380,8 @@ START_TEST(graph_steps_equal_op_by_op) {
     synthetic_dir(dir, sizeof dir);
     backend *be = cuda_new();
     llama_model mg, mo; /* graphs, op by op: the same weights (one seed) */
-    model_load(&mg, be, dir, LLAMA_LOAD_DUMMY, 256);
-    model_load(&mo, be, dir, LLAMA_LOAD_DUMMY, 256);
+    gpu_model_load(&mg, be, dir, MODEL_LOAD_DUMMY, 256);
+    gpu_model_load(&mo, be, dir, MODEL_LOAD_DUMMY, 256);
     mo.no_graphs = true;
     int vocab = mg.cfg.vocab_size;
     backend_kv_layout l = llama_kv_layout(&mg, BLOCK);

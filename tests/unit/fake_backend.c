@@ -43,7 +43,9 @@ typedef struct fake_impl {
     int host_fail_after;
 } fake_impl;
 
-static fake_impl *impl_of(backend *be) { return be->impl; }
+static fake_impl *impl_of(backend *be) {
+    return be->impl;
+}
 
 static void event_unref(fake_impl *f, backend_event *ev) {
     if (--ev->n_refs == 0 && ev->freed) {
@@ -74,11 +76,18 @@ static bool queue_step(fake_impl *f, backend_stream s) {
     q->head++;
     f->stats.n_queued--;
     switch (op.kind) {
-    case OP_COPY: memcpy(op.dst, op.src, op.size); break;
-    case OP_RECORD: op.ev->done = true; break;
-    case OP_KERNEL: op.fn(op.arg); break;
+    case OP_COPY:
+        memcpy(op.dst, op.src, op.size);
+        break;
+    case OP_RECORD:
+        op.ev->done = true;
+        break;
+    case OP_KERNEL:
+        op.fn(op.arg);
+        break;
     case OP_WAIT:
-    case OP_HOLD: break;
+    case OP_HOLD:
+        break;
     }
     if (op.ev) event_unref(f, op.ev);
     return true;
@@ -127,7 +136,9 @@ static void fake_dev_free(backend *be, void *p) {
     free(p);
 }
 
-static size_t fake_dev_free_bytes(backend *be) { return (size_t)1 << 40; }
+static size_t fake_dev_free_bytes(backend *be) {
+    return (size_t)1 << 40;
+}
 
 /* Host blocks carry their size in a header so host_free can count live bytes. */
 static void *fake_host_alloc(backend *be, size_t bytes) {
@@ -171,7 +182,8 @@ static void fake_copy_async(backend *be, backend_stream s, int n, void *const *d
     f->stats.n_copies[s] += n;
     for (int i = 0; i < n; i++) {
         f->stats.copy_bytes[s] += sizes[i];
-        queue_push(f, s, (fake_op){.kind = OP_COPY, .dst = dsts[i], .src = srcs[i], .size = sizes[i]});
+        queue_push(f, s,
+                   (fake_op){.kind = OP_COPY, .dst = dsts[i], .src = srcs[i], .size = sizes[i]});
     }
     maybe_run(f);
 }
@@ -201,7 +213,9 @@ static backend_event *fake_event_record(backend *be, backend_stream s) {
     return ev;
 }
 
-static bool fake_event_done(backend *be, backend_event *ev) { return ev->done; }
+static bool fake_event_done(backend *be, backend_event *ev) {
+    return ev->done;
+}
 
 static void fake_event_wait(backend *be, backend_stream s, backend_event *ev) {
     fake_impl *f = impl_of(be);
@@ -226,7 +240,9 @@ static void fake_event_free(backend *be, backend_event *ev) {
     }
 }
 
-static double fake_event_elapsed(backend *be, backend_event *a, backend_event *b) { return 0.0; }
+static double fake_event_elapsed(backend *be, backend_event *a, backend_event *b) {
+    return 0.0;
+}
 
 static void fake_sync(backend *be) {
     fake_backend_run(be);

@@ -18,8 +18,8 @@ typedef struct fake_backend_stats {
     int n_copy_calls[BACKEND_NUM_STREAMS]; /* copy_async calls */
     int n_copies[BACKEND_NUM_STREAMS];     /* copies in them */
     size_t copy_bytes[BACKEND_NUM_STREAMS];
-    int n_events_live;                     /* recorded and not yet freed (or still queued) */
-    int n_queued;                          /* operations not yet run, all streams */
+    int n_events_live; /* recorded and not yet freed (or still queued) */
+    int n_queued;      /* operations not yet run, all streams */
 } fake_backend_stats;
 
 backend *fake_backend_create(void);

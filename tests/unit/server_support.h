@@ -5,8 +5,8 @@
 
 #include <pthread.h>
 
-#include "model/tokenizer.h"
-#include "server/engine_api.h"
+#include "model/tokenizer/tokenizer.h"
+#include "server/engine/engine_api.h"
 
 /* ---- byte tokenizer: Hugging Face ByteLevel BPE with no merges: token id b is byte b ---- */
 #define BYTE_TOK_EOS 256

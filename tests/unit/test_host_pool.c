@@ -69,8 +69,10 @@ START_TEST(grows_in_chunks_of_whole_slots) {
     kv_error err;
     progress_log log = {.monotonic = true};
     /* 10 slots (the extra 500 bytes are not a slot); chunks of 3.5 blocks hold 3 slots: 3+3+3+1 */
-    host_pool_config cfg = {.total_bytes = 10 * BLOCK + 500, .block_bytes = BLOCK,
-                            .chunk_bytes = 3 * BLOCK + 500, .progress = on_progress,
+    host_pool_config cfg = {.total_bytes = 10 * BLOCK + 500,
+                            .block_bytes = BLOCK,
+                            .chunk_bytes = 3 * BLOCK + 500,
+                            .progress = on_progress,
                             .progress_user = &log};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     ck_assert_ptr_nonnull(hp);
@@ -112,8 +114,8 @@ START_TEST(slots_become_usable_as_chunks_arrive) {
     backend *be = fake_backend_create();
     fake_backend_host_gate(be, 1);
     kv_error err;
-    host_pool_config cfg = {.total_bytes = 8 * BLOCK, .block_bytes = BLOCK,
-                            .chunk_bytes = 2 * BLOCK};
+    host_pool_config cfg = {
+        .total_bytes = 8 * BLOCK, .block_bytes = BLOCK, .chunk_bytes = 2 * BLOCK};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     poll_until_ready(hp, 2);
     ck_assert(host_pool_get_stats(hp).growing);
@@ -142,8 +144,8 @@ END_TEST
 START_TEST(slot_accounting_and_hints) {
     backend *be = fake_backend_create();
     kv_error err;
-    host_pool_config cfg = {.total_bytes = 16 * BLOCK, .block_bytes = BLOCK,
-                            .chunk_bytes = 4 * BLOCK};
+    host_pool_config cfg = {
+        .total_bytes = 16 * BLOCK, .block_bytes = BLOCK, .chunk_bytes = 4 * BLOCK};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     host_pool_wait_grown(hp);
     host_pool_grow_poll(hp);
@@ -177,7 +179,9 @@ static void double_free_body(void) {
     host_pool_slot_free(hp, s); /* aborts */
 }
 
-START_TEST(double_free_aborts) { double_free_body(); }
+START_TEST(double_free_aborts) {
+    double_free_body();
+}
 END_TEST
 
 START_TEST(stop_mid_growth_frees_everything) {
@@ -185,8 +189,11 @@ START_TEST(stop_mid_growth_frees_everything) {
     fake_backend_host_gate(be, 2);
     kv_error err;
     progress_log log = {.monotonic = true};
-    host_pool_config cfg = {.total_bytes = 100 * BLOCK, .block_bytes = BLOCK,
-                            .chunk_bytes = BLOCK, .progress = on_progress, .progress_user = &log};
+    host_pool_config cfg = {.total_bytes = 100 * BLOCK,
+                            .block_bytes = BLOCK,
+                            .chunk_bytes = BLOCK,
+                            .progress = on_progress,
+                            .progress_user = &log};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     poll_until_ready(hp, 2);
     /* the thread now waits inside its third host_alloc: stop, then let that call return */
@@ -207,8 +214,8 @@ END_TEST
 START_TEST(free_while_growing_frees_everything) {
     backend *be = fake_backend_create();
     kv_error err;
-    host_pool_config cfg = {.total_bytes = 20000 * (size_t)BLOCK, .block_bytes = BLOCK,
-                            .chunk_bytes = BLOCK};
+    host_pool_config cfg = {
+        .total_bytes = 20000 * (size_t)BLOCK, .block_bytes = BLOCK, .chunk_bytes = BLOCK};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     host_pool_grow_poll(hp);
     host_pool_free(hp); /* most likely mid-growth; correct either way */
@@ -221,8 +228,8 @@ START_TEST(host_alloc_failure_keeps_what_was_pinned) {
     backend *be = fake_backend_create();
     fake_backend_host_fail_after(be, 2);
     kv_error err;
-    host_pool_config cfg = {.total_bytes = 12 * BLOCK, .block_bytes = BLOCK,
-                            .chunk_bytes = 3 * BLOCK};
+    host_pool_config cfg = {
+        .total_bytes = 12 * BLOCK, .block_bytes = BLOCK, .chunk_bytes = 3 * BLOCK};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     host_pool_wait_grown(hp);
     ck_assert_int_eq(host_pool_grow_poll(hp), 6);

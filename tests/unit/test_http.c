@@ -550,7 +550,8 @@ START_TEST(full_queue_is_503) {
     ck_assert_ptr_nonnull(strstr(
         r.body,
         "kvserve:request_success_total{model_name=\"test-model\",finished_reason=\"abort\"} 0"));
-    ck_assert_ptr_nonnull(strstr(r.body, "kvserve:prompt_tokens_total{model_name=\"test-model\"} 0"));
+    ck_assert_ptr_nonnull(
+        strstr(r.body, "kvserve:prompt_tokens_total{model_name=\"test-model\"} 0"));
     http_reply_free(&r);
     stop_server();
 }

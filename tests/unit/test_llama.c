@@ -32,7 +32,7 @@ static void runner_init(runner *r, int n_threads, int max_tokens, int n_blocks) 
     kv_error err = {{0}};
     r->be = cpu_backend_create(n_threads);
     int rc =
-        llama_load(&r->m, r->be, model_dir, LLAMA_LOAD_SAFETENSORS, max_tokens, NULL, NULL, &err);
+        llama_load(&r->m, r->be, model_dir, MODEL_LOAD_SAFETENSORS, max_tokens, NULL, NULL, &err);
     ck_assert_msg(rc == 0, "llama_load: %s", err.msg);
     r->l = llama_kv_layout(&r->m, 16);
     r->n_blocks = n_blocks;
@@ -338,7 +338,7 @@ START_TEST(progress_reaches_total_weight_bytes) {
         llama_model m;
         kv_error err = {{0}};
         size_t last[2] = {0, 0};
-        llama_load_format fmt = f ? LLAMA_LOAD_DUMMY : LLAMA_LOAD_SAFETENSORS;
+        model_load_format fmt = f ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS;
         ck_assert_msg(llama_load(&m, be, model_dir, fmt, 4, record_progress, last, &err) == 0, "%s",
                       err.msg);
         /* stories260K: tied, 5 layers of dim 64, 8 + 2 * 4 heads of 8, ff 172, vocab 512, f32 */
@@ -359,7 +359,7 @@ START_TEST(dummy_weights_are_deterministic_and_finite) {
     kv_error err = {{0}};
     float *logits[2];
     for (int i = 0; i < 2; i++) {
-        ck_assert_msg(llama_load(&m[i], be, model_dir, LLAMA_LOAD_DUMMY, 8, NULL, NULL, &err) == 0,
+        ck_assert_msg(llama_load(&m[i], be, model_dir, MODEL_LOAD_DUMMY, 8, NULL, NULL, &err) == 0,
                       "%s", err.msg);
         backend_kv_layout l = llama_kv_layout(&m[i], 16);
         void *pool = be->ops->dev_alloc(be, l.block_bytes);
@@ -465,7 +465,7 @@ static int load_edited(bool (*edit)(st_entry *e, void *buf), kv_error *err) {
     write_safetensors(dir, e, n);
     backend *be = cpu_backend_create(1);
     llama_model m;
-    int rc = llama_load(&m, be, dir, LLAMA_LOAD_SAFETENSORS, 8, NULL, NULL, err);
+    int rc = llama_load(&m, be, dir, MODEL_LOAD_SAFETENSORS, 8, NULL, NULL, err);
     if (rc == 0) llama_free(&m);
     backend_destroy(be);
     safetensors_close(&st);

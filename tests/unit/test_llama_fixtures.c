@@ -56,7 +56,7 @@ static void check_fixture(const char *dir) {
     backend *be = cpu_backend_create(2);
     llama_model m;
     kv_error err = {{0}};
-    ck_assert_msg(llama_load(&m, be, dir, LLAMA_LOAD_SAFETENSORS, total, NULL, NULL, &err) == 0,
+    ck_assert_msg(llama_load(&m, be, dir, MODEL_LOAD_SAFETENSORS, total, NULL, NULL, &err) == 0,
                   "%s: %s", name, err.msg);
     ck_assert_int_eq(m.cfg.vocab_size, vocab);
 

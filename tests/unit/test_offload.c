@@ -209,8 +209,8 @@ START_TEST(policy_reuse_gated_waits_for_n_hits) {
     tier t = tier_new(4, OFFLOAD_POLICY_REUSE_GATED, 2);
     ck_assert(!should(t.o, 1, OFFLOAD_EVENT_BLOCK_FULL)); /* first use */
     ck_assert(!should(t.o, 1, OFFLOAD_EVENT_GPU_EVICT));
-    ck_assert(!should(t.o, 1, OFFLOAD_EVENT_GPU_HIT)); /* hit 1 */
-    ck_assert(should(t.o, 1, OFFLOAD_EVENT_GPU_HIT));  /* hit 2 */
+    ck_assert(!should(t.o, 1, OFFLOAD_EVENT_GPU_HIT));  /* hit 1 */
+    ck_assert(should(t.o, 1, OFFLOAD_EVENT_GPU_HIT));   /* hit 2 */
     ck_assert(should(t.o, 1, OFFLOAD_EVENT_GPU_EVICT)); /* retry if that store found no slot */
     store(t.o, 1);
     ck_assert(!should(t.o, 1, OFFLOAD_EVENT_GPU_HIT));
@@ -252,8 +252,8 @@ START_TEST(bad_config_is_an_error) {
     offload_config cfg = {.size_gib = -1};
     ck_assert_ptr_null(offload_create(be, &cfg, BLOCK, NULL, NULL, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "size_gib"));
-    cfg = (offload_config){.size_gib = 1, .policy = OFFLOAD_POLICY_REUSE_GATED,
-                           .reuse_threshold = -2};
+    cfg = (offload_config){
+        .size_gib = 1, .policy = OFFLOAD_POLICY_REUSE_GATED, .reuse_threshold = -2};
     ck_assert_ptr_null(offload_create(be, &cfg, BLOCK, NULL, NULL, &err));
     ck_assert_ptr_nonnull(strstr(err.msg, "reuse_threshold"));
     be->ops->destroy(be);
@@ -298,9 +298,9 @@ typedef struct ref_entry {
     uint64_t last_use; /* for valid entries: when it last became most recently used */
 } ref_entry;
 
-#define MIX_SLOTS 16
+#define MIX_SLOTS  16
 #define MIX_HASHES 48
-#define MIX_OPS 20000
+#define MIX_OPS    20000
 
 START_TEST(random_mix_matches_reference_and_leaks_nothing) {
     tier t = tier_new(MIX_SLOTS, OFFLOAD_POLICY_WRITE_THROUGH, 0);
@@ -317,10 +317,12 @@ START_TEST(random_mix_matches_reference_and_leaks_nothing) {
             int n_used = 0, victim = -1;
             for (int j = 0; j < MIX_HASHES; j++) {
                 if (ref[j].state != REF_ABSENT) n_used++;
-                if (ref[j].state == REF_VALID && (victim < 0 || ref[j].last_use < ref[victim].last_use))
+                if (ref[j].state == REF_VALID &&
+                    (victim < 0 || ref[j].last_use < ref[victim].last_use))
                     victim = j;
             }
-            ck_assert(offload_should_store(t.o, h, OFFLOAD_EVENT_BLOCK_FULL) == (e->state == REF_ABSENT));
+            ck_assert(offload_should_store(t.o, h, OFFLOAD_EVENT_BLOCK_FULL) ==
+                      (e->state == REF_ABSENT));
             int32_t s = offload_store_begin(t.o, h);
             if (e->state != REF_ABSENT || (n_used == MIX_SLOTS && victim < 0)) {
                 ck_assert_int_eq(s, -1);
@@ -407,7 +409,9 @@ static void load_done_without_begin_body(void) {
     offload_load_done(t.o, s); /* aborts: no load in flight */
 }
 
-START_TEST(load_done_without_begin_aborts) { load_done_without_begin_body(); }
+START_TEST(load_done_without_begin_aborts) {
+    load_done_without_begin_body();
+}
 END_TEST
 
 int main(void) {

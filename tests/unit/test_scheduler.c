@@ -17,7 +17,7 @@
 #include <unistd.h>
 
 #include "kvcache/prefix_cache.h"
-#include "server/scheduler.h"
+#include "server/engine/scheduler.h"
 #include "tests/unit/engine_test_env.h"
 
 #define MAX_OUT 512
@@ -85,8 +85,7 @@ static void on_event(void *user, const engine_event *ev) {
 
 typedef struct engine {
     backend *be;
-    llama_model m;
-    scheduler_model sm;
+    model *m;
     scheduler *s;
 } engine;
 
@@ -101,13 +100,11 @@ static void engine_open(engine *e, engine_opts o) {
     e->be = backend_create(on_cuda ? "cuda" : "cpu", 1, &err);
     ck_assert_msg(e->be != NULL, "%s", err.msg);
     int budget = o.budget ? o.budget : 512;
-    ck_assert_msg(
-        llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, budget, NULL, NULL, &err) == 0,
-        "%s", err.msg);
-    scheduler_model_llama(&e->sm, &e->m, 16);
+    e->m = model_load(model_dir, e->be, &(model_load_options){.max_tokens = budget}, &err);
+    ck_assert_msg(e->m != NULL, "%s", err.msg);
     if (o.eos > 0) {
-        e->sm.eos_ids[0] = o.eos;
-        e->sm.n_eos = 1;
+        e->m->eos_ids[0] = o.eos;
+        e->m->n_eos = 1;
     }
     scheduler_config c;
     scheduler_config_default(&c);
@@ -118,13 +115,13 @@ static void engine_open(engine *e, engine_opts o) {
     if (o.max_queue) c.max_queue = o.max_queue;
     c.enable_prefix_caching = !o.no_prefix_cache;
     c.seed = 7;
-    e->s = scheduler_create(&e->sm, &c, &err);
+    e->s = scheduler_create(e->m, &c, &err);
     ck_assert_msg(e->s != NULL, "%s", err.msg);
 }
 
 static void engine_close(engine *e) {
     scheduler_free(e->s);
-    llama_free(&e->m);
+    model_free(e->m);
     backend_destroy(e->be);
 }
 
@@ -345,7 +342,7 @@ START_TEST(running_request_shares_its_prefix) {
     block_hash h[62];
     block_hash root;
     uint64_t seed = 7;
-    block_hash_root(&root, &seed, sizeof seed, e.sm.fingerprint, NULL);
+    block_hash_root(&root, &seed, sizeof seed, e.m->fingerprint, NULL);
     block_hash_chain(&root, a, 992, 16, h);
     for (int i = 0; i < 62; i++) {
         int id = prefix_cache_find(pc, &h[i]);
@@ -624,7 +621,7 @@ START_TEST(engine_thread_serves_and_shuts_down) {
     e.s = NULL;
     ck_assert(r[3].done);
     ck_assert_int_eq(r[3].after_done, 0);
-    llama_free(&e.m);
+    model_free(e.m);
     backend_destroy(e.be);
 }
 END_TEST

@@ -12,7 +12,7 @@
 #include <unistd.h>
 
 #include "kvcache/prefix_cache.h"
-#include "server/scheduler.h"
+#include "server/engine/scheduler.h"
 #include "tests/unit/engine_test_env.h"
 #include "tests/unit/fake_backend.h"
 
@@ -112,8 +112,7 @@ static void assert_idle_no_leak(scheduler *s) {
 
 typedef struct engine {
     backend *be;
-    llama_model m;
-    scheduler_model sm;
+    model *m;
     scheduler *s;
 } engine;
 
@@ -122,10 +121,8 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
     kv_error err = {{0}};
     e->be = backend_create(on_cuda ? "cuda" : "cpu", 1, &err);
     ck_assert(e->be != NULL);
-    ck_assert_msg(
-        llama_load(&e->m, e->be, model_dir, LLAMA_LOAD_SAFETENSORS, 256, NULL, NULL, &err) == 0,
-        "%s", err.msg);
-    scheduler_model_llama(&e->sm, &e->m, 16);
+    e->m = model_load(model_dir, e->be, &(model_load_options){.max_tokens = 256}, &err);
+    ck_assert_msg(e->m != NULL, "%s", err.msg);
     scheduler_config c;
     scheduler_config_default(&c);
     c.n_gpu_blocks = n_blocks;
@@ -137,14 +134,14 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
                                  .policy = pol,
                                  .reuse_threshold = reuse_threshold,
                                  .chunk_bytes = 1 << 20};
-    e->s = scheduler_create(&e->sm, &c, &err);
+    e->s = scheduler_create(e->m, &c, &err);
     ck_assert_msg(e->s != NULL, "%s", err.msg);
     scheduler_wait_tier_ready(e->s);
 }
 
 static void engine_close(engine *e) {
     scheduler_free(e->s);
-    llama_free(&e->m);
+    model_free(e->m);
     backend_destroy(e->be);
 }
 
@@ -418,10 +415,10 @@ static void fake_kernel(void *arg) {
 
 /* The forward of both entry points: one kernel per layer, layer l after layer_ready[l] when given.
  */
-static void fake_forward_layers(void *ctx, const backend_batch *b, void *pool,
+static void fake_forward_layers(model *m, const backend_batch *b, void *pool,
                                 const backend_kv_layout *l, float *logits,
                                 backend_event *const *layer_ready) {
-    fake_model *fm = ctx;
+    fake_model *fm = m->impl;
     ck_assert(b->n_tokens <= 512 && b->n_seqs <= 64 && b->n_seqs * b->max_blocks <= 64 * 256);
     memcpy(fm->tokens, b->tokens, (size_t)b->n_tokens * 4);
     memcpy(fm->positions, b->positions, (size_t)b->n_tokens * 4);
@@ -448,13 +445,13 @@ static void fake_forward_layers(void *ctx, const backend_batch *b, void *pool,
     fm->be->ops->event_free(fm->be, ev);
 }
 
-static void fake_forward(void *ctx, const backend_batch *b, void *pool, const backend_kv_layout *l,
+static void fake_forward(model *m, const backend_batch *b, void *pool, const backend_kv_layout *l,
                          float *logits) {
-    fake_forward_layers(ctx, b, pool, l, logits, NULL);
+    fake_forward_layers(m, b, pool, l, logits, NULL);
 }
 
 /* layered: the model has forward_layers (the engine may load by layer groups). */
-static scheduler *fake_engine(fake_model *fm, scheduler_model *sm, int n_blocks, double tier_mib,
+static scheduler *fake_engine(fake_model *fm, model *sm, int n_blocks, double tier_mib,
                               offload_policy pol, bool layered) {
     fm->be = fake_backend_create();
     fm->hold = -1;
@@ -464,20 +461,25 @@ static scheduler *fake_engine(fake_model *fm, scheduler_model *sm, int n_blocks,
                                 .block_size = 4,
                                 .dtype = KV_DTYPE_F32};
     backend_kv_layout_finish(&fm->l);
-    *sm = (scheduler_model){.be = fm->be,
-                            .ctx = fm,
-                            .forward = fake_forward,
-                            .forward_layers = layered ? fake_forward_layers : NULL,
-                            .layout = fm->l,
-                            .vocab = FAKE_VOCAB,
-                            .max_tokens = 512,
-                            .max_position = 4096,
-                            .fingerprint = "fake"};
+    static const model_ops flat = {.forward = fake_forward};
+    static const model_ops layered_ops = {.forward = fake_forward,
+                                          .forward_layers = fake_forward_layers};
+    *sm = (model){.ops = layered ? &layered_ops : &flat,
+                  .impl = fm,
+                  .be = fm->be,
+                  .n_layers = fm->l.n_layers,
+                  .n_kv_heads = fm->l.n_kv_heads,
+                  .head_dim = fm->l.head_dim,
+                  .vocab = FAKE_VOCAB,
+                  .max_tokens = 512,
+                  .max_position = 4096,
+                  .fingerprint = "fake"};
     scheduler_config c;
     scheduler_config_default(&c);
     c.n_gpu_blocks = n_blocks;
     c.max_num_seqs = 8;
     c.max_num_batched_tokens = 64;
+    c.block_size = fm->l.block_size;
     c.offload = (offload_config){
         .size_gib = tier_mib / 1024.0, .policy = pol, .reuse_threshold = 1, .chunk_bytes = 4096};
     kv_error err = {{0}};
@@ -502,7 +504,7 @@ static void fake_ordering_run(offload_policy pol) {
                       FAKE_VOCAB);
     }
     fake_model fm = {0};
-    scheduler_model sm;
+    model sm;
     scheduler *s = fake_engine(&fm, &sm, 1024, 0, pol, false);
     for (int i = 0; i < N; i++) {
         submit(s, prompts[i], lens[i], maxt[i], &ref[i]);
@@ -574,7 +576,7 @@ static int fake_layered_run(bool wait_first) {
         random_tokens(prompts[i], lens[i], 700 + (uint64_t)i, FAKE_VOCAB);
     }
     fake_model fm = {0};
-    scheduler_model sm;
+    model sm;
     scheduler *s = fake_engine(&fm, &sm, 1024, 0, OFFLOAD_POLICY_WRITE_THROUGH, false);
     for (int i = 0; i < N; i++) {
         submit(s, prompts[i], lens[i], 5, &ref[i]);

@@ -14,7 +14,7 @@
 #include <unistd.h>
 #include <utf8proc.h>
 
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 static const char *testdata(void) {
     const char *d = getenv("KVSERVE_TESTDATA");

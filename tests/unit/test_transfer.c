@@ -9,9 +9,9 @@
 #include "offload/transfer.h"
 #include "tests/unit/fake_backend.h"
 
-#define BLOCK 256
-#define N_BLOCKS 32
-#define N_SLOTS 32
+#define BLOCK           256
+#define N_BLOCKS        32
+#define N_SLOTS         32
 #define SLOTS_PER_CHUNK 4
 
 typedef struct rig {
@@ -22,14 +22,19 @@ typedef struct rig {
     int pins[N_BLOCKS]; /* net pins per block, from the hooks */
 } rig;
 
-static void on_pin(void *user, int32_t block) { ((rig *)user)->pins[block]++; }
-static void on_unpin(void *user, int32_t block) { ((rig *)user)->pins[block]--; }
+static void on_pin(void *user, int32_t block) {
+    ((rig *)user)->pins[block]++;
+}
+static void on_unpin(void *user, int32_t block) {
+    ((rig *)user)->pins[block]--;
+}
 
 static rig *rig_new(void) {
     rig *r = kv_calloc(1, sizeof *r);
     r->be = fake_backend_create();
     kv_error err;
-    host_pool_config cfg = {.total_bytes = N_SLOTS * BLOCK, .block_bytes = BLOCK,
+    host_pool_config cfg = {.total_bytes = N_SLOTS * BLOCK,
+                            .block_bytes = BLOCK,
                             .chunk_bytes = SLOTS_PER_CHUNK * BLOCK};
     r->hp = host_pool_create(r->be, &cfg, &err);
     host_pool_wait_grown(r->hp);
@@ -53,18 +58,24 @@ static void rig_free(rig *r) {
     free(r);
 }
 
-static uint8_t *block_ptr(rig *r, int32_t b) { return r->pool + (size_t)b * BLOCK; }
-static uint8_t *slot_ptr(rig *r, int32_t s) { return host_pool_slot_ptr(r->hp, s); }
+static uint8_t *block_ptr(rig *r, int32_t b) {
+    return r->pool + (size_t)b * BLOCK;
+}
+static uint8_t *slot_ptr(rig *r, int32_t s) {
+    return host_pool_slot_ptr(r->hp, s);
+}
 
 /* Queues one store batch and returns its number of copies, checking that it took one call. */
 static int store_copies(rig *r, const transfer_pair *pairs, int n) {
     fake_backend_stats before = fake_backend_get_stats(r->be);
     transfer_op *op = transfer_store(r->t, pairs, n, NULL);
     fake_backend_stats after = fake_backend_get_stats(r->be);
-    ck_assert_int_eq(after.n_copy_calls[BACKEND_STREAM_STORE] - before.n_copy_calls[BACKEND_STREAM_STORE], 1);
+    ck_assert_int_eq(
+        after.n_copy_calls[BACKEND_STREAM_STORE] - before.n_copy_calls[BACKEND_STREAM_STORE], 1);
     int n_copies = after.n_copies[BACKEND_STREAM_STORE] - before.n_copies[BACKEND_STREAM_STORE];
     ck_assert_int_eq(n_copies, transfer_op_n_copies(op));
-    ck_assert_uint_eq(after.copy_bytes[BACKEND_STREAM_STORE] - before.copy_bytes[BACKEND_STREAM_STORE],
+    ck_assert_uint_eq(after.copy_bytes[BACKEND_STREAM_STORE] -
+                          before.copy_bytes[BACKEND_STREAM_STORE],
                       (size_t)n * BLOCK);
     ck_assert(transfer_poll(r->t, op));
     transfer_op_free(r->t, op);
@@ -84,8 +95,10 @@ START_TEST(coalesces_runs_adjacent_on_both_sides) {
     /* consecutive slots, blocks apart */
     ck_assert_int_eq(store_copies(r, (transfer_pair[]){{0, 0}, {2, 1}}, 2), 2);
     /* two runs in one batch: 12..15 -> 16..19 and 20..21 -> 24..25 */
-    ck_assert_int_eq(store_copies(r, (transfer_pair[]){{12, 16}, {13, 17}, {14, 18}, {15, 19},
-                                                       {20, 24}, {21, 25}}, 6), 2);
+    ck_assert_int_eq(
+        store_copies(
+            r, (transfer_pair[]){{12, 16}, {13, 17}, {14, 18}, {15, 19}, {20, 24}, {21, 25}}, 6),
+        2);
     /* loads coalesce the same way */
     transfer_op *op = transfer_load(r->t, (transfer_pair[]){{1, 1}, {0, 0}, {2, 2}}, 3, NULL);
     ck_assert_int_eq(transfer_op_n_copies(op), 1);
@@ -138,8 +151,7 @@ START_TEST(store_then_load_into_other_blocks_round_trips) {
     transfer_wait(r->t, st2);
     transfer_op_free(r->t, st1);
     transfer_op_free(r->t, st2);
-    for (int b = 0; b < N_BLOCKS; b++)
-        ck_assert_mem_eq(slot_ptr(r, of_block[b]), orig[b], BLOCK);
+    for (int b = 0; b < N_BLOCKS; b++) ck_assert_mem_eq(slot_ptr(r, of_block[b]), orig[b], BLOCK);
 
     /* reload into a different block each: data of block b lands in block dest[b] */
     memset(r->pool, 0, N_BLOCKS * BLOCK);
@@ -160,7 +172,8 @@ START_TEST(cpu_backend_round_trip) {
     kv_error err;
     backend *be = backend_create("cpu", 1, &err);
     ck_assert_ptr_nonnull(be);
-    host_pool_config cfg = {.total_bytes = N_SLOTS * BLOCK, .block_bytes = BLOCK,
+    host_pool_config cfg = {.total_bytes = N_SLOTS * BLOCK,
+                            .block_bytes = BLOCK,
                             .chunk_bytes = SLOTS_PER_CHUNK * BLOCK};
     host_pool *hp = host_pool_create(be, &cfg, &err);
     host_pool_wait_grown(hp);
@@ -232,8 +245,7 @@ static void load_into_recycled_block(bool pass_after) {
     int hold = fake_backend_hold(r->be, BACKEND_STREAM_COMPUTE); /* the step still runs */
     fake_backend_kernel(r->be, kernel_read, &k);
     backend_event *step = r->be->ops->event_record(r->be, BACKEND_STREAM_COMPUTE);
-    transfer_op *op =
-        transfer_load(r->t, (transfer_pair[]){{3, 7}}, 1, pass_after ? step : NULL);
+    transfer_op *op = transfer_load(r->t, (transfer_pair[]){{3, 7}}, 1, pass_after ? step : NULL);
     r->be->ops->event_free(r->be, step); /* borrowed: may go at once */
     fake_backend_run(r->be);
     if (pass_after) {
@@ -251,10 +263,14 @@ static void load_into_recycled_block(bool pass_after) {
     rig_free(r);
 }
 
-START_TEST(load_into_recycled_block_waits_for_last_reader) { load_into_recycled_block(true); }
+START_TEST(load_into_recycled_block_waits_for_last_reader) {
+    load_into_recycled_block(true);
+}
 END_TEST
 
-START_TEST(control_load_without_after_races_the_reader) { load_into_recycled_block(false); }
+START_TEST(control_load_without_after_races_the_reader) {
+    load_into_recycled_block(false);
+}
 END_TEST
 
 /* Rule 3a: a store queued behind the step that writes the block copies what that step wrote. */
@@ -386,10 +402,10 @@ typedef struct group_check {
     rig *r;
     const transfer_pair *pairs;
     int n;
-    size_t lo, hi;        /* the group's bytes of each block */
-    size_t last_lo;       /* the last group's first byte */
-    int n_run, n_bad;     /* kernel runs; blocks whose group bytes differ from the slot */
-    int n_last_pending;   /* blocks whose last group was not in place yet when it ran */
+    size_t lo, hi;      /* the group's bytes of each block */
+    size_t last_lo;     /* the last group's first byte */
+    int n_run, n_bad;   /* kernel runs; blocks whose group bytes differ from the slot */
+    int n_last_pending; /* blocks whose last group was not in place yet when it ran */
 } group_check;
 
 static void check_group(void *arg) {

@@ -8,7 +8,7 @@
 
 #include "kvcache/prefix_cache.h"
 #include "offload/transfer.h"
-#include "server/scheduler.h"
+#include "server/engine/scheduler.h"
 
 /* Rows of prompt logprobs one step may ask for on top of one row per sequence. */
 #define SCHED_PROMPT_LP_ROWS 256
@@ -53,7 +53,7 @@ typedef struct sched_req {
     bool admitted_once;
     int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache at first admission */
     int n_prompt_lp_sent;            /* prompt positions whose logprob event was sent */
-    int n_sched; /* tokens scheduled in the current step */
+    int n_sched;                     /* tokens scheduled in the current step */
 } sched_req;
 
 /* A growable list of request pointers (running and waiting lists, in order). */
@@ -63,7 +63,7 @@ typedef struct sched_list {
 } sched_list;
 
 struct scheduler {
-    scheduler_model model;
+    model *model; /* borrowed */
     scheduler_config cfg;
     int budget; /* tokens per step */
     int max_model_len;
@@ -86,8 +86,8 @@ struct scheduler {
     /* step scratch */
     int32_t *b_tokens, *b_positions, *b_seq_start, *b_seq_len, *b_out_rows, *b_table;
     size_t b_table_cap;
-    float *logits;                 /* [out_cap, vocab] rows of one step */
-    bool logits_pinned;            /* logits came from the backend's host_alloc */
+    float *logits;      /* [out_cap, vocab] rows of one step */
+    bool logits_pinned; /* logits came from the backend's host_alloc */
     sched_req **b_reqs;
     int *b_out_first; /* [seqs] first out row of each sequence */
     sampler_logprobs *lp;

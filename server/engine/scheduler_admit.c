@@ -13,7 +13,7 @@
  * copy. Shared blocks are never written. */
 #include <stdlib.h>
 
-#include "server/scheduler_internal.h"
+#include "server/engine/scheduler_internal.h"
 
 /* Tokens of r to compute this step within budget, and the prompt-logprob rows they need within
  * extra_rows (*rows). 0 when the rows do not fit. */
@@ -57,7 +57,7 @@ static void sched_preempt(scheduler *s, sched_req *r) {
 /* Takes r from the waiting list's head into the running list if its blocks and first chunk fit.
  * Returns false (nothing taken, no counter touched) when they do not. */
 static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows) {
-    int bs = s->model.layout.block_size;
+    int bs = s->pool.layout.block_size;
     sched_req_hash_upto(s, r, r->n_tokens);
     int n_full = r->n_tokens / bs;
     /* prompt logprobs need every prompt row computed: such a request skips the cache until they
@@ -112,7 +112,7 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         void *d = block_pool_ptr(&s->pool, dst);
         const void *sp = block_pool_ptr(&s->pool, src);
         size_t bytes = s->pool.layout.block_bytes;
-        s->model.be->ops->copy_async(s->model.be, BACKEND_STREAM_COMPUTE, 1, &d, &sp, &bytes);
+        s->model->be->ops->copy_async(s->model->be, BACKEND_STREAM_COMPUTE, 1, &d, &sp, &bytes);
         r->cow_src = src; /* released once the step's forward is queued */
         s->st.n_cow_copies++;
     }

@@ -5,7 +5,7 @@
 
 #include <utf8proc.h>
 
-#include "model/tokenizer_internal.h"
+#include "model/tokenizer/tokenizer_internal.h"
 
 /* The GPT-2 split regex Hugging Face's ByteLevel pre-tokenizer uses. */
 static const char GPT2_PATTERN[] =

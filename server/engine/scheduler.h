@@ -6,40 +6,14 @@
 #ifndef KVSERVE_SCHEDULER_H
 #define KVSERVE_SCHEDULER_H
 
-#include "model/llama.h"
+#include "model/model.h"
 #include "offload/offload.h"
-#include "server/config.h"
-#include "server/engine_api.h"
+#include "server/engine/engine_api.h"
 #include "server/metrics.h"
-
-/* The model as the engine sees it: a forward pass over a backend_batch into a paged KV pool. The
- * llama adapter fills it from a loaded llama_model; tests plug in fakes (a forward that queues
- * kernels on the fake backend) to check ordering without a real model. */
-typedef struct scheduler_model {
-    backend *be;
-    void *ctx;
-    /* Same contract as llama_forward: writes the batch's K/V into pool, returns out-row logits. */
-    void (*forward)(void *ctx, const backend_batch *batch, void *pool,
-                    const backend_kv_layout *layout, float *logits);
-    /* Optional, same contract as llama_forward_layers: layer l's kernels first wait for
-     * layer_ready[l] ([layout.n_layers]). NULL: host-tier loads are never read while they run. */
-    void (*forward_layers)(void *ctx, const backend_batch *batch, void *pool,
-                           const backend_kv_layout *layout, float *logits,
-                           backend_event *const *layer_ready);
-    backend_kv_layout layout; /* block_size set, block_bytes filled */
-    int vocab;
-    int max_tokens;   /* tokens one forward accepts */
-    int max_position; /* the model's context length (max_model_len when the config says 0) */
-    int eos_ids[HF_CONFIG_MAX_EOS];
-    int n_eos;
-    char fingerprint[160]; /* enters the prefix-cache hash root: architecture and shape */
-} scheduler_model;
-
-/* Fills sm from a loaded model (borrowed: it must outlive the scheduler). */
-void scheduler_model_llama(scheduler_model *sm, llama_model *m, int block_size);
 
 typedef struct scheduler_config {
     int n_gpu_blocks;           /* KV pool size in blocks (> 0) */
+    int block_size;             /* tokens per KV block (a power of two) */
     int max_num_seqs;           /* requests running at once */
     int max_num_batched_tokens; /* tokens per step (clamped to the model's max_tokens) */
     int max_model_len;          /* prompt + generated tokens of one request; 0 = the model's */
@@ -54,11 +28,9 @@ typedef struct scheduler_config {
     metrics *metrics; /* NULL = none; updated by the engine thread */
 } scheduler_config;
 
-/* max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching on, seed 0, no
- * tier, 4 load layer groups, no metrics; n_gpu_blocks must still be set. */
+/* block_size 16, max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching
+ * on, seed 0, no tier, 4 load layer groups, no metrics; n_gpu_blocks must still be set. */
 void scheduler_config_default(scheduler_config *c);
-/* Takes the knobs of the server config (block count: num_gpu_blocks, else n_blocks_fallback). */
-void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback);
 
 /* A snapshot of the engine's state (consistent as of the end of the last step). */
 typedef struct scheduler_stats {
@@ -78,10 +50,10 @@ typedef struct scheduler_stats {
 
 typedef struct scheduler scheduler;
 
-/* Creates the engine over a model (borrowed) with its own KV pool of cfg->n_gpu_blocks blocks.
- * NULL and err set on a bad config (no blocks, zero budget, tier size). No thread yet. */
-scheduler *scheduler_create(const scheduler_model *model, const scheduler_config *cfg,
-                            kv_error *err);
+/* Creates the engine over a model (borrowed: it must outlive the engine, which calls its forward
+ * from the engine thread) with its own KV pool of cfg->n_gpu_blocks blocks. NULL and err set on a
+ * bad config (no blocks, zero budget, tier size). No thread yet. */
+scheduler *scheduler_create(model *m, const scheduler_config *cfg, kv_error *err);
 /* Starts the engine thread. Without it, the caller drives the engine with scheduler_step (tests,
  * benchmarks) from one thread. */
 void scheduler_start(scheduler *s);

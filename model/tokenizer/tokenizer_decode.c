@@ -3,7 +3,7 @@
  * BertProcessing, RobertaProcessing, ByteLevel, Sequence), and streaming detokenization. */
 #include <stdlib.h>
 
-#include "model/tokenizer_internal.h"
+#include "model/tokenizer/tokenizer_internal.h"
 
 /* ---- decoders: parsing ---- */
 

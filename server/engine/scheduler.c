@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
-#include "server/scheduler_internal.h"
+#include "server/engine/scheduler_internal.h"
 
 /* --- lists --- */
 
@@ -36,66 +36,24 @@ void sched_list_remove(sched_list *l, sched_req *r) {
 
 /* --- model and config --- */
 
-static void llama_forward_adapter(void *ctx, const backend_batch *batch, void *pool,
-                                  const backend_kv_layout *layout, float *logits) {
-    llama_forward(ctx, batch, pool, layout, logits);
-}
-
-static void llama_forward_layers_adapter(void *ctx, const backend_batch *batch, void *pool,
-                                         const backend_kv_layout *layout, float *logits,
-                                         backend_event *const *layer_ready) {
-    llama_forward_layers(ctx, batch, pool, layout, logits, layer_ready);
-}
-
-void scheduler_model_llama(scheduler_model *sm, llama_model *m, int block_size) {
-    const hf_config *c = &m->cfg;
-    *sm = (scheduler_model){.be = m->be,
-                            .ctx = m,
-                            .forward = llama_forward_adapter,
-                            .forward_layers = llama_forward_layers_adapter,
-                            .layout = llama_kv_layout(m, block_size),
-                            .vocab = c->vocab_size,
-                            .max_tokens = m->max_tokens,
-                            .max_position = c->max_position_embeddings,
-                            .n_eos = c->n_eos};
-    for (int i = 0; i < c->n_eos; i++) sm->eos_ids[i] = c->eos_token_ids[i];
-    snprintf(sm->fingerprint, sizeof sm->fingerprint, "%s L%d d%d h%d kv%d hd%d v%d %s %s",
-             c->arch_name, c->n_layers, c->hidden_size, c->n_heads, c->n_kv_heads, c->head_dim,
-             c->vocab_size, kv_dtype_name(m->be->kv_dtype), m->be->name);
-}
-
 void scheduler_config_default(scheduler_config *c) {
-    *c = (scheduler_config){.max_num_seqs = 256,
+    *c = (scheduler_config){.block_size = 16,
+                            .max_num_seqs = 256,
                             .max_num_batched_tokens = 8192,
                             .max_queue = 4096,
                             .enable_prefix_caching = true,
                             .load_layer_groups = 4};
 }
 
-void scheduler_config_from(scheduler_config *c, const kv_config *cfg, int n_blocks_fallback) {
-    scheduler_config_default(c);
-    c->n_gpu_blocks = cfg->num_gpu_blocks > 0 ? cfg->num_gpu_blocks : n_blocks_fallback;
-    c->max_num_seqs = cfg->max_num_seqs;
-    c->max_num_batched_tokens = cfg->max_num_batched_tokens;
-    c->max_model_len = cfg->max_model_len;
-    c->max_queue = cfg->max_queue;
-    c->enable_prefix_caching = cfg->enable_prefix_caching;
-    c->seed = cfg->seed;
-    c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
-                                  .policy = cfg->offload.store_policy,
-                                  .reuse_threshold = cfg->offload.reuse_threshold,
-                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
-}
-
 /* --- requests --- */
 
 int sched_blocks_for(const scheduler *s, int n_tokens) {
-    int bs = s->model.layout.block_size;
+    int bs = s->pool.layout.block_size;
     return (n_tokens + bs - 1) / bs;
 }
 
 void sched_req_hash_upto(scheduler *s, sched_req *r, int n_tokens) {
-    int bs = s->model.layout.block_size, n_full = n_tokens / bs;
+    int bs = s->pool.layout.block_size, n_full = n_tokens / bs;
     if (n_full <= r->n_hashed) return;
     if (n_full > r->hashes_cap) {
         r->hashes_cap = n_full + 8;
@@ -156,16 +114,19 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
 
 /* --- creation --- */
 
-scheduler *scheduler_create(const scheduler_model *model, const scheduler_config *cfg,
-                            kv_error *err) {
+scheduler *scheduler_create(model *model, const scheduler_config *cfg, kv_error *err) {
     if (cfg->n_gpu_blocks < 1)
         return kv_error_set(err, "scheduler: num_gpu_blocks must be at least 1"), NULL;
+    if (cfg->block_size < 1 || (cfg->block_size & (cfg->block_size - 1)))
+        return kv_error_set(err, "scheduler: block_size must be a power of two, got %d",
+                            cfg->block_size),
+               NULL;
     if (cfg->max_num_seqs < 1 || cfg->max_num_batched_tokens < 1 || cfg->max_queue < 1)
         return kv_error_set(err, "scheduler: max_num_seqs, max_num_batched_tokens and max_queue "
                                  "must be at least 1"),
                NULL;
     scheduler *s = kv_calloc(1, sizeof *s);
-    s->model = *model;
+    s->model = model;
     s->cfg = *cfg;
     s->budget = cfg->max_num_batched_tokens < model->max_tokens ? cfg->max_num_batched_tokens
                                                                 : model->max_tokens;
@@ -174,9 +135,7 @@ scheduler *scheduler_create(const scheduler_model *model, const scheduler_config
     s->out_cap = cfg->max_num_seqs + SCHED_PROMPT_LP_ROWS;
     if (s->out_cap > s->budget) s->out_cap = s->budget;
 
-    backend_kv_layout l = model->layout;
-    backend_kv_layout_finish(&l);
-    s->model.layout = l;
+    backend_kv_layout l = model_kv_layout(model, cfg->block_size);
     block_pool_init(&s->pool, model->be, &l, cfg->n_gpu_blocks);
     prefix_cache_init(&s->pc, &s->pool);
     sampler_init(&s->smp, model->vocab, model->eos_ids, model->n_eos, cfg->seed);
@@ -256,8 +215,10 @@ void scheduler_free(scheduler *s) {
     free(s->running.v), free(s->waiting.v), free(s->cancels);
     free(s->b_tokens), free(s->b_positions), free(s->b_out_rows), free(s->b_seq_start);
     free(s->b_seq_len), free(s->b_reqs), free(s->b_out_first), free(s->b_table);
-    if (s->logits_pinned) s->model.be->ops->host_free(s->model.be, s->logits);
-    else free(s->logits);
+    if (s->logits_pinned)
+        s->model->be->ops->host_free(s->model->be, s->logits);
+    else
+        free(s->logits);
     free(s->lp);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->wake);
@@ -269,7 +230,7 @@ void scheduler_free(scheduler *s) {
 
 engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, uint64_t *id,
                                       kv_error *err) {
-    int n = req->n_prompt, vocab = s->model.vocab;
+    int n = req->n_prompt, vocab = s->model->vocab;
     if (n < 1)
         return kv_error_set(err, "prompt: must hold at least one token"), ENGINE_SUBMIT_REJECTED;
     for (int i = 0; i < n; i++)
@@ -286,7 +247,7 @@ engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, u
                ENGINE_SUBMIT_REJECTED;
     if (sched_blocks_for(s, n + 1) > s->pool.n_blocks)
         return kv_error_set(err, "prompt: %d tokens do not fit in the KV cache (%d blocks of %d)",
-                            n, s->pool.n_blocks, s->model.layout.block_size),
+                            n, s->pool.n_blocks, s->pool.layout.block_size),
                ENGINE_SUBMIT_REJECTED;
     if (sampler_params_validate(req->params, vocab, err)) return ENGINE_SUBMIT_REJECTED;
 
@@ -302,7 +263,7 @@ engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, u
     r->on_event = req->on_event;
     r->user = req->user;
     r->cow_src = -1;
-    block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model.fingerprint, r->salt);
+    block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model->fingerprint, r->salt);
 
     pthread_mutex_lock(&s->lock);
     if (s->n_queued >= s->cfg.max_queue) {
@@ -479,7 +440,7 @@ void scheduler_check(scheduler *s) {
         sched_req *r = s->running.v[i];
         KV_CHECK(r->state != SCHED_REQ_WAITING);
         for (int b = 0; b < r->n_blocks; b++) holders[r->blocks[b]]++;
-        KV_CHECK(r->n_computed <= r->n_blocks * s->model.layout.block_size);
+        KV_CHECK(r->n_computed <= r->n_blocks * s->pool.layout.block_size);
     }
     for (int i = 0; i < s->waiting.n; i++) {
         KV_CHECK(s->waiting.v[i]->state == SCHED_REQ_WAITING);

@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <pcre2.h>
 
-#include "model/tokenizer.h"
+#include "model/tokenizer/tokenizer.h"
 
 /* ---- growable byte buffer (always NUL-terminated when data != NULL) ---- */
 typedef struct tok_buf {

@@ -5,7 +5,7 @@
 
 #include <utf8proc.h>
 
-#include "model/tokenizer_internal.h"
+#include "model/tokenizer/tokenizer_internal.h"
 
 static const char *json_type_name(json_t *j) {
     json_t *t = json_is_object(j) ? json_object_get(j, "type") : NULL;

@@ -4,7 +4,7 @@
  * last token was computed, and the end of requests that stop. */
 #include <stdlib.h>
 
-#include "server/scheduler_internal.h"
+#include "server/engine/scheduler_internal.h"
 
 static void sched_emit(sched_req *r, const engine_event *ev) {
     r->on_event(r->user, ev);
@@ -68,7 +68,7 @@ static void sched_build_batch(scheduler *s, int n_seqs, backend_batch *b) {
  * private. */
 static void sched_register_full(scheduler *s, sched_req *r) {
     if (!s->cfg.enable_prefix_caching) return;
-    int bs = s->model.layout.block_size, n_full = r->n_computed / bs;
+    int bs = s->pool.layout.block_size, n_full = r->n_computed / bs;
     sched_req_hash_upto(s, r, r->n_computed);
     for (int b = r->n_registered; b < n_full; b++)
         if (!block_pool_is_cached(&s->pool, r->blocks[b]))
@@ -81,7 +81,7 @@ static void sched_prompt_logprobs(scheduler *s, sched_req *r, int c, int *row) {
     int lo = c > r->n_prompt_lp_sent ? c : r->n_prompt_lp_sent, hi = c + r->n_sched;
     if (hi > r->n_prompt - 1) hi = r->n_prompt - 1;
     if (lo >= hi) return;
-    int n = hi - lo, n_top = r->params.prompt_logprobs, vocab = s->model.vocab;
+    int n = hi - lo, n_top = r->params.prompt_logprobs, vocab = s->model->vocab;
     if (n_top > vocab) n_top = vocab;
     sampler_prompt_logprobs(s->logits + (size_t)*row * vocab, n, vocab, r->tokens + lo + 1, n_top,
                             s->lp);
@@ -129,10 +129,10 @@ void sched_run_batch(scheduler *s, int n_seqs) {
     sched_build_batch(s, n_seqs, &b);
     backend_event *const *layer_ready = sched_tier_layer_ready(s);
     if (layer_ready)
-        s->model.forward_layers(s->model.ctx, &b, s->pool.base, &s->pool.layout, s->logits,
-                                layer_ready);
+        s->model->ops->forward_layers(s->model, &b, s->pool.base, &s->pool.layout, s->logits,
+                                      layer_ready);
     else
-        s->model.forward(s->model.ctx, &b, s->pool.base, &s->pool.layout, s->logits);
+        model_forward(s->model, &b, s->pool.base, &s->pool.layout, s->logits);
     /* the forward is queued: copied-from cached blocks may be recycled again */
     for (int i = 0; i < n_seqs; i++) {
         sched_req *r = s->b_reqs[i];
@@ -140,8 +140,8 @@ void sched_run_batch(scheduler *s, int n_seqs) {
         r->cow_src = -1;
     }
     if (s->tier) {
-        if (s->last_compute) s->model.be->ops->event_free(s->model.be, s->last_compute);
-        s->last_compute = s->model.be->ops->event_record(s->model.be, BACKEND_STREAM_COMPUTE);
+        if (s->last_compute) s->model->be->ops->event_free(s->model->be, s->last_compute);
+        s->last_compute = s->model->be->ops->event_record(s->model->be, BACKEND_STREAM_COMPUTE);
     }
     /* K/V are written: full blocks join the prefix cache, then the host tier (after the event) */
     int *c0 = kv_malloc((size_t)n_seqs * sizeof *c0);
@@ -153,7 +153,7 @@ void sched_run_batch(scheduler *s, int n_seqs) {
     }
     if (s->tier) sched_tier_store_new(s, n_seqs);
     /* sample; a request may finish (and be freed) here, so nothing reads b_reqs after */
-    int vocab = s->model.vocab;
+    int vocab = s->model->vocab;
     for (int i = 0; i < n_seqs; i++) {
         sched_req *r = s->b_reqs[i];
         int row = s->b_out_first[i];

@@ -28,7 +28,7 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool skip_special_tokens,
                      char **text, size_t *len, kv_error *err);
 
-int tokenizer_vocab_size(const tokenizer *tok);     /* largest id + 1, added tokens included */
+int tokenizer_vocab_size(const tokenizer *tok); /* largest id + 1, added tokens included */
 const char *tokenizer_id_to_token(const tokenizer *tok, int32_t id); /* raw piece; NULL if none */
 int32_t tokenizer_token_to_id(const tokenizer *tok, const char *piece); /* -1 if none */
 bool tokenizer_is_special(const tokenizer *tok, int32_t id);

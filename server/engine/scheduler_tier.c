@@ -26,7 +26,7 @@
  * store completes, and the allocation waits a step rather than recycle a block being read. */
 #include <stdlib.h>
 
-#include "server/scheduler_internal.h"
+#include "server/engine/scheduler_internal.h"
 
 typedef struct tier_op {
     transfer_op *op;
@@ -61,14 +61,14 @@ static void tier_unpin(void *user, int32_t block) {
 int sched_tier_init(scheduler *s, kv_error *err) {
     if (s->cfg.offload.size_gib <= 0) return 0;
     s->tier =
-        offload_create(s->model.be, &s->cfg.offload, s->pool.layout.block_bytes, NULL, NULL, err);
+        offload_create(s->model->be, &s->cfg.offload, s->pool.layout.block_bytes, NULL, NULL, err);
     if (!s->tier) return -1;
     transfer_hooks hooks = {.user = &s->pool, .pin = tier_pin, .unpin = tier_unpin};
-    s->xfer = transfer_create(s->model.be, offload_host_pool(s->tier), s->pool.base,
+    s->xfer = transfer_create(s->model->be, offload_host_pool(s->tier), s->pool.base,
                               s->pool.n_blocks, &hooks);
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
     tier_of(s)->layer_ready =
-        kv_calloc((size_t)s->model.layout.n_layers, sizeof *tier_of(s)->layer_ready);
+        kv_calloc((size_t)s->pool.layout.n_layers, sizeof *tier_of(s)->layer_ready);
     return 0;
 }
 
@@ -111,7 +111,7 @@ void sched_tier_free(scheduler *s) {
     for (int i = 0; i < t->n_pending; i++) offload_store_abort(s->tier, t->pending[i].slot);
     transfer_free(s->xfer);
     offload_free(s->tier);
-    if (s->last_compute) s->model.be->ops->event_free(s->model.be, s->last_compute);
+    if (s->last_compute) s->model->be->ops->event_free(s->model->be, s->last_compute);
     free(t->ops), free(t->pending), free(t->layer_ready), free(t);
     s->tier = NULL;
 }
@@ -191,7 +191,7 @@ int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_block
 #define SCHED_LAYERED_MAX_BYTES ((size_t)4 << 30)
 
 bool sched_tier_can_layer(const scheduler *s, const sched_req *r, int n_host) {
-    return s->model.forward_layers && s->cfg.load_layer_groups > 1 && s->running.n == 0 &&
+    return s->model->ops->forward_layers && s->cfg.load_layer_groups > 1 && s->running.n == 0 &&
            s->waiting.n == 1 && s->waiting.v[0] == r &&
            (size_t)n_host * s->pool.layout.block_bytes <= SCHED_LAYERED_MAX_BYTES;
 }
@@ -206,7 +206,7 @@ void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t
         sched_tier *t = tier_of(s);
         KV_CHECK(!t->layered);
         t->layered = transfer_load_layers(s->xfer, pairs, n, s->last_compute,
-                                          s->model.layout.n_layers, s->cfg.load_layer_groups);
+                                          s->pool.layout.n_layers, s->cfg.load_layer_groups);
         tier_op_push(t, (tier_op){.op = t->layered,
                                   .slots = own_slots,
                                   .n_slots = n,
@@ -224,7 +224,7 @@ void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t
 backend_event *const *sched_tier_layer_ready(scheduler *s) {
     sched_tier *t = s->tier ? tier_of(s) : NULL;
     if (!t || !t->layered) return NULL;
-    for (int l = 0; l < s->model.layout.n_layers; l++)
+    for (int l = 0; l < s->pool.layout.n_layers; l++)
         t->layer_ready[l] = transfer_op_layer_event(t->layered, l);
     t->layered = NULL;
     return t->layer_ready;
@@ -263,7 +263,7 @@ void sched_tier_gpu_hit(scheduler *s, const block_hash *h, int block_id) {
 
 void sched_tier_store_new(scheduler *s, int n_seqs) {
     if (!s->cfg.enable_prefix_caching) return;
-    int bs = s->model.layout.block_size;
+    int bs = s->pool.layout.block_size;
     for (int i = 0; i < n_seqs; i++) {
         sched_req *r = s->b_reqs[i];
         int n_full = r->n_computed / bs;

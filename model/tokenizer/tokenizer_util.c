@@ -6,7 +6,7 @@
 
 #include <utf8proc.h>
 
-#include "model/tokenizer_internal.h"
+#include "model/tokenizer/tokenizer_internal.h"
 
 /* ---- buffers ---- */
 
