@@ -33,6 +33,21 @@ const char *kv_dtype_name(kv_dtype dt) {
     return "?";
 }
 
+const char *kv_finish_name(kv_finish f) {
+    switch (f) {
+    case KV_FINISH_STOP:
+        return "stop";
+    case KV_FINISH_LENGTH:
+        return "length";
+    case KV_FINISH_ABORT:
+        return "abort";
+    case KV_FINISH_NONE:
+    case KV_FINISH_COUNT:
+        break;
+    }
+    return NULL;
+}
+
 bool kv_dtype_parse(const char *s, kv_dtype *out) {
     static const struct {
         const char *name;

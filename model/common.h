@@ -13,6 +13,17 @@ typedef enum kv_dtype { KV_DTYPE_F32, KV_DTYPE_F16, KV_DTYPE_BF16 } kv_dtype;
 
 size_t kv_dtype_size(kv_dtype dt);
 const char *kv_dtype_name(kv_dtype dt);
+
+/* Why a sequence ended: one enum from the sampler through the engine to the reply and /metrics. */
+typedef enum kv_finish {
+    KV_FINISH_NONE,   /* not ended (not the last event) */
+    KV_FINISH_STOP,   /* an eos id, a stop_token_ids entry, or a stop string */
+    KV_FINISH_LENGTH, /* max_tokens generated, or max_model_len reached */
+    KV_FINISH_ABORT,  /* cancelled, or the engine failed */
+    KV_FINISH_COUNT
+} kv_finish;
+/* "stop", "length", "abort" (OpenAI's finish_reason); NULL for NONE. */
+const char *kv_finish_name(kv_finish f);
 /* "F32"/"float32", "F16"/"float16", "BF16"/"bfloat16" (either case); false when unknown. */
 bool kv_dtype_parse(const char *s, kv_dtype *out);
 

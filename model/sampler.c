@@ -529,16 +529,16 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
     return token;
 }
 
-sampler_finish sampler_check_finish(const sampler *s, const sampler_params *p,
+kv_finish sampler_check_finish(const sampler *s, const sampler_params *p,
                                     const sampler_state *st, int32_t token) {
-    if (st->n_generated >= p->max_tokens) return SAMPLER_FINISH_LENGTH;
-    if (st->n_generated < p->min_tokens) return SAMPLER_FINISH_NONE;
+    if (st->n_generated >= p->max_tokens) return KV_FINISH_LENGTH;
+    if (st->n_generated < p->min_tokens) return KV_FINISH_NONE;
     if (!p->ignore_eos)
         for (int i = 0; i < s->n_eos; i++)
-            if (token == s->eos_ids[i]) return SAMPLER_FINISH_EOS;
+            if (token == s->eos_ids[i]) return KV_FINISH_STOP;
     for (int i = 0; i < p->n_stop_token_ids; i++)
-        if (token == p->stop_token_ids[i]) return SAMPLER_FINISH_STOP_TOKEN;
-    return SAMPLER_FINISH_NONE;
+        if (token == p->stop_token_ids[i]) return KV_FINISH_STOP;
+    return KV_FINISH_NONE;
 }
 
 /* --- logprobs --- */

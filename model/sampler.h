@@ -106,13 +106,6 @@ typedef struct sampler_logprobs {
     sampler_logprob top[SAMPLER_MAX_LOGPROBS];
 } sampler_logprobs;
 
-typedef enum sampler_finish {
-    SAMPLER_FINISH_NONE,
-    SAMPLER_FINISH_LENGTH,     /* max_tokens generated */
-    SAMPLER_FINISH_EOS,        /* an eos id (unless ignore_eos) */
-    SAMPLER_FINISH_STOP_TOKEN, /* one of stop_token_ids */
-} sampler_finish;
-
 /* eos_ids is copied. seed seeds the engine RNG (requests without a seed draw their own seed from
  * it when their state is made). */
 void sampler_init(sampler *s, int vocab, const int32_t *eos_ids, int n_eos, uint64_t seed);
@@ -136,10 +129,11 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
  * repetition divides positive logits and multiplies the others for tokens in the prompt or the
  * output, then logit -= frequency * n_out + presence * (n_out > 0) for output tokens. */
 void sampler_apply_penalties(const sampler_params *p, const sampler_state *st, float *logits);
-/* Whether the request ends after generating token (already recorded by sampler_sample). Checked
- * as vLLM v1 does: length first, nothing else before min_tokens, then eos, then stop ids. */
-sampler_finish sampler_check_finish(const sampler *s, const sampler_params *p,
-                                    const sampler_state *st, int32_t token);
+/* Whether the request ends after generating token (already recorded by sampler_sample): LENGTH,
+ * STOP (eos or a stop id) or NONE. Checked as vLLM v1 does: length first, nothing else before
+ * min_tokens, then eos, then stop ids. */
+kv_finish sampler_check_finish(const sampler *s, const sampler_params *p, const sampler_state *st,
+                               int32_t token);
 
 /* Raw logprobs of token at one row of logits [vocab] (not modified), with the n_top best. */
 void sampler_logprobs_of(const float *logits, int vocab, int32_t token, int n_top,

@@ -42,7 +42,7 @@ typedef struct choice_state {
     int text_offset;  /* code points so far, for logprobs.text_offset */
     int32_t *ids;     /* generated tokens */
     int n_ids, cap_ids, n_ids_sent;
-    openai_finish finish;
+    kv_finish finish;
     json_t *stop_reason;
     int n_prompt_tokens, n_cached_gpu, n_cached_host;
 } choice_state;
@@ -157,7 +157,7 @@ static void on_engine_event(void *user, const engine_event *ev) {
     choice_state *ch = user;
     completion *c = ch->c;
     double now = kv_now();
-    bool last = ev->finish != ENGINE_FINISH_NONE;
+    bool last = ev->finish != KV_FINISH_NONE;
 
     pthread_mutex_lock(&c->lock);
     if (ev->token >= 0 && !ev->is_prompt) {
@@ -217,8 +217,7 @@ static void choice_add_logprobs(completion *c, choice_state *ch, const engine_ev
     free(t);
 }
 
-static void choice_finish(completion *c, choice_state *ch, openai_finish finish,
-                          json_t *stop_reason) {
+static void choice_finish(completion *c, choice_state *ch, kv_finish finish, json_t *stop_reason) {
     if (ch->done) {
         json_decref(stop_reason);
         return;
@@ -227,10 +226,7 @@ static void choice_finish(completion *c, choice_state *ch, openai_finish finish,
     ch->finish = finish;
     ch->stop_reason = stop_reason;
     c->n_done++;
-    metrics_finish mf = finish == OPENAI_FINISH_STOP     ? METRICS_FINISH_STOP
-                        : finish == OPENAI_FINISH_LENGTH ? METRICS_FINISH_LENGTH
-                                                         : METRICS_FINISH_ABORT;
-    metrics_counter_add(&c->metrics->request_success[mf], 1);
+    metrics_counter_add(&c->metrics->request_success[finish], 1);
     metrics_counter_add(&c->metrics->prompt_tokens,
                         (uint64_t)c->req.prompts[ch->prompt_index].n_ids);
     metrics_counter_add(&c->metrics->generation_tokens, (uint64_t)ch->n_ids);
@@ -245,7 +241,7 @@ static bool choice_push_text(completion *c, choice_state *ch, const char *s, siz
     bool hit = stop_matcher_push(&ch->stop, s, n, check, &out, &out_len);
     choice_add_text(ch, out, out_len);
     free(out);
-    if (hit) choice_finish(c, ch, OPENAI_FINISH_STOP, json_string(stop_matcher_matched(&ch->stop)));
+    if (hit) choice_finish(c, ch, KV_FINISH_STOP, json_string(stop_matcher_matched(&ch->stop)));
     return hit;
 }
 
@@ -267,7 +263,7 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
         ch->n_cached_gpu = ev->n_cached_gpu;
         ch->n_cached_host = ev->n_cached_host;
     }
-    bool last = ev->finish != ENGINE_FINISH_NONE;
+    bool last = ev->finish != KV_FINISH_NONE;
     if (ev->token >= 0) {
         if (ch->n_ids == ch->cap_ids) {
             ch->cap_ids = ch->cap_ids ? ch->cap_ids * 2 : 64;
@@ -275,7 +271,7 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
         }
         ch->ids[ch->n_ids++] = ev->token;
         if (ch->logprobs) choice_add_logprobs(c, ch, ev);
-        bool stop_token = ev->finish == ENGINE_FINISH_STOP && ev->stop_token == ev->token;
+        bool stop_token = ev->finish == KV_FINISH_STOP && ev->stop_token == ev->token;
         if (!stop_token) {
             char *piece = NULL;
             size_t n = 0;
@@ -287,7 +283,7 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
             } else {
                 free(piece);
                 if (!c->error) c->error = kv_strdup(err.msg);
-                choice_finish(c, ch, OPENAI_FINISH_ABORT, NULL);
+                choice_finish(c, ch, KV_FINISH_ABORT, NULL);
                 return !last;
             }
         }
@@ -304,15 +300,15 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
     choice_add_text(ch, rest, n);
     free(rest);
     switch (ev->finish) {
-    case ENGINE_FINISH_STOP:
-        choice_finish(c, ch, OPENAI_FINISH_STOP,
+    case KV_FINISH_STOP:
+        choice_finish(c, ch, KV_FINISH_STOP,
                       is_stop_token_id(c, ev->stop_token) ? json_integer(ev->stop_token) : NULL);
         break;
-    case ENGINE_FINISH_LENGTH:
-        choice_finish(c, ch, OPENAI_FINISH_LENGTH, NULL);
+    case KV_FINISH_LENGTH:
+        choice_finish(c, ch, KV_FINISH_LENGTH, NULL);
         break;
     default:
-        choice_finish(c, ch, OPENAI_FINISH_ABORT, NULL);
+        choice_finish(c, ch, KV_FINISH_ABORT, NULL);
         break;
     }
     return false;
@@ -334,7 +330,7 @@ static bool completion_pump(completion *c) {
                 /* a shutdown that came while submit_all ran did not see the later submits */
                 cancel_engine_requests(c);
                 for (int i = 0; i < c->n_choices; i++)
-                    choice_finish(c, &c->choices[i], OPENAI_FINISH_ABORT, NULL);
+                    choice_finish(c, &c->choices[i], KV_FINISH_ABORT, NULL);
             }
             return aborting;
         }
@@ -435,7 +431,7 @@ static void stream_emit(completion *c) {
         bool first = !ch->prompt_ids_sent;
         json_t *choice = openai_choice_json(
             ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
-            ch->done ? ch->finish : OPENAI_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
+            ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
             ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
             ch->n_ids - ch->n_ids_sent);
         if (has_lp) ch->logprobs = openai_logprobs_new();
@@ -519,7 +515,7 @@ static void choice_init(completion *c, choice_state *ch, int index, int prompt_i
     ch->c = c;
     ch->index = index;
     ch->prompt_index = prompt_index;
-    ch->finish = OPENAI_FINISH_NONE;
+    ch->finish = KV_FINISH_NONE;
     ch->ts = tokenizer_stream_new(tok, req->skip_special_tokens);
     stop_matcher_init(&ch->stop, (const char *const *)req->stop, req->n_stop,
                       req->include_stop_str_in_output);
@@ -662,7 +658,7 @@ void completion_connection_closed(completion *c, bool ok) {
     pthread_mutex_unlock(&c->lock);
     cancel_engine_requests(c);
     for (int i = 0; i < c->n_choices; i++) /* whatever did not finish was aborted */
-        choice_finish(c, &c->choices[i], OPENAI_FINISH_ABORT, NULL);
+        choice_finish(c, &c->choices[i], KV_FINISH_ABORT, NULL);
     completion_unref(c);
 }
 

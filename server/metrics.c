@@ -179,12 +179,11 @@ char *metrics_render(metrics *m) {
     render_counter(&r, "kvserve:generation_tokens", "Number of generation tokens processed.",
                    &m->generation_tokens);
 
-    static const char *const reasons[METRICS_FINISH_COUNT] = {"stop", "length", "abort"};
     render_header(&r, "kvserve:request_success_total", "counter",
                   "Count of successfully processed requests.");
-    for (int i = 0; i < METRICS_FINISH_COUNT; i++)
+    for (int i = KV_FINISH_STOP; i < KV_FINISH_COUNT; i++)
         buf_printf(&r.buf, "kvserve:request_success_total{%s,finished_reason=\"%s\"} %llu\n",
-                   r.labels, reasons[i],
+                   r.labels, kv_finish_name((kv_finish)i),
                    (unsigned long long)metrics_counter_get(&m->request_success[i]));
 
     render_gauge(&r, "kvserve:host_kv_cache_usage_perc",

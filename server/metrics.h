@@ -29,13 +29,6 @@ typedef struct metrics_histogram {
     uint64_t count;
 } metrics_histogram;
 
-typedef enum metrics_finish {
-    METRICS_FINISH_STOP,
-    METRICS_FINISH_LENGTH,
-    METRICS_FINISH_ABORT,
-    METRICS_FINISH_COUNT
-} metrics_finish;
-
 typedef struct metrics {
     char *model_name; /* the model_name label */
     /* scheduler state (set by the engine each step) */
@@ -49,7 +42,7 @@ typedef struct metrics {
     /* tokens */
     metrics_counter prompt_tokens;
     metrics_counter generation_tokens;
-    metrics_counter request_success[METRICS_FINISH_COUNT]; /* by finished_reason */
+    metrics_counter request_success[KV_FINISH_COUNT]; /* by finished_reason */
     /* host (offload) tier */
     metrics_gauge host_cache_usage_perc; /* host slots in use, 0..1 */
     metrics_counter host_cache_queries;  /* tokens looked up in the host tier */

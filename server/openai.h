@@ -89,14 +89,6 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
 
 /* ---- response building ---- */
 
-typedef enum openai_finish {
-    OPENAI_FINISH_NONE,
-    OPENAI_FINISH_STOP,
-    OPENAI_FINISH_LENGTH,
-    OPENAI_FINISH_ABORT
-} openai_finish;
-const char *openai_finish_name(openai_finish f); /* "stop", "length", "abort"; NULL for NONE */
-
 typedef struct openai_usage {
     int prompt_tokens;
     int completion_tokens;
@@ -120,7 +112,7 @@ double openai_logprob_value(double lp);
  * null; a string or an integer), token_ids and prompt_token_ids when ids != NULL. Steals logprobs
  * and stop_reason. */
 json_t *openai_choice_json(int index, const char *text, size_t text_len, json_t *logprobs,
-                           openai_finish finish, json_t *stop_reason, const int32_t *prompt_ids,
+                           kv_finish finish, json_t *stop_reason, const int32_t *prompt_ids,
                            int n_prompt_ids, const int32_t *ids, int n_ids);
 /* {"id", "object": "text_completion", "created", "model", "choices", "usage"}; steals choices
  * and usage (usage NULL -> omitted, json_null() -> null). */

@@ -6,20 +6,6 @@
 
 #include "server/openai.h"
 
-const char *openai_finish_name(openai_finish f) {
-    switch (f) {
-    case OPENAI_FINISH_NONE:
-        return NULL;
-    case OPENAI_FINISH_STOP:
-        return "stop";
-    case OPENAI_FINISH_LENGTH:
-        return "length";
-    case OPENAI_FINISH_ABORT:
-        return "abort";
-    }
-    return NULL;
-}
-
 json_t *openai_usage_json(const openai_usage *u) {
     json_t *details = json_pack("{s:i, s:i, s:i}", "cached_tokens",
                                 u->cached_tokens_gpu + u->cached_tokens_host, "cached_tokens_gpu",
@@ -70,9 +56,9 @@ static json_t *ids_json(const int32_t *ids, int n) {
 }
 
 json_t *openai_choice_json(int index, const char *text, size_t text_len, json_t *logprobs,
-                           openai_finish finish, json_t *stop_reason, const int32_t *prompt_ids,
+                           kv_finish finish, json_t *stop_reason, const int32_t *prompt_ids,
                            int n_prompt_ids, const int32_t *ids, int n_ids) {
-    const char *fin = openai_finish_name(finish);
+    const char *fin = kv_finish_name(finish);
     json_t *c = json_object();
     json_object_set_new(c, "index", json_integer(index));
     json_t *jtext = json_stringn(text ? text : "", text ? text_len : 0);

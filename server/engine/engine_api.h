@@ -8,13 +8,6 @@
 #include "model/common.h"
 #include "model/sampler.h"
 
-typedef enum engine_finish {
-    ENGINE_FINISH_NONE,   /* not the last event */
-    ENGINE_FINISH_STOP,   /* eos or a stop_token_ids entry (stop_token says which) */
-    ENGINE_FINISH_LENGTH, /* max_tokens reached, or max_model_len */
-    ENGINE_FINISH_ABORT,  /* cancelled, or the engine failed (error says why) */
-} engine_finish;
-
 /* One event of a request. Events of a request arrive in order: prompt-logprob events first (only
  * when params.prompt_logprobs >= 0: one per prompt token from the second on), then one event per
  * generated token; the last event has finish != NONE and may carry a token too. */
@@ -27,7 +20,7 @@ typedef struct engine_event {
     int32_t top_ids[SAMPLER_MAX_LOGPROBS];
     float top_logprobs[SAMPLER_MAX_LOGPROBS];
 
-    engine_finish finish;
+    kv_finish finish;
     /* With finish == STOP: the token that stopped the request (an eos id or a stop_token_ids
      * entry); when it is this event's token, its text is not part of the output. */
     int32_t stop_token;

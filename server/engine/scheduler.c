@@ -80,7 +80,7 @@ static void sched_req_free(sched_req *r) {
 }
 
 void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_logprobs *lp,
-                      engine_finish finish, int32_t stop_token, const char *error) {
+                      kv_finish finish, int32_t stop_token, const char *error) {
     if (r->state == SCHED_REQ_LOADING) sched_tier_abandon(s, r);
     sched_req_release_blocks(s, r);
     if (!r->admitted_once) {
@@ -104,7 +104,7 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
         }
     }
     r->on_event(r->user, &ev);
-    if (finish == ENGINE_FINISH_ABORT)
+    if (finish == KV_FINISH_ABORT)
         s->st.n_aborted++;
     else
         s->st.n_finished++;
@@ -184,17 +184,17 @@ static void sched_abort_all(scheduler *s, const char *why) {
     pthread_mutex_unlock(&s->lock);
     for (sched_req *r = in, *next; r; r = next) {
         next = r->next;
-        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+        sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1, why);
     }
     while (s->running.n) {
         sched_req *r = s->running.v[s->running.n - 1];
         s->running.n--;
-        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+        sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1, why);
     }
     while (s->waiting.n) {
         sched_req *r = s->waiting.v[s->waiting.n - 1];
         s->waiting.n--;
-        sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, why);
+        sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1, why);
     }
 }
 
@@ -336,7 +336,7 @@ static void sched_drain(scheduler *s) {
                 if (lists[k]->v[i]->id == cancels[c]) {
                     sched_req *r = lists[k]->v[i];
                     sched_list_remove(lists[k], r);
-                    sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1, NULL);
+                    sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1, NULL);
                     k = 2;
                     break;
                 }

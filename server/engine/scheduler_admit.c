@@ -188,7 +188,7 @@ int sched_schedule(scheduler *s) {
         if (need > 0 && !block_pool_can_alloc(&s->pool, need)) {
             /* the only request and the pool cannot hold it: end it rather than spin */
             sched_list_remove(&s->running, r);
-            sched_req_finish(s, r, -1, NULL, ENGINE_FINISH_ABORT, -1,
+            sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1,
                              "the KV cache is too small for this request");
             i--;
             continue;

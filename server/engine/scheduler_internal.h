@@ -122,7 +122,7 @@ void sched_req_hash_upto(scheduler *s, sched_req *r, int n_tokens);
 void sched_req_release_blocks(scheduler *s, sched_req *r);
 /* Sends the last event (token may be -1) and frees the request; it must be in no list. */
 void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_logprobs *lp,
-                      engine_finish finish, int32_t stop_token, const char *error);
+                      kv_finish finish, int32_t stop_token, const char *error);
 
 /* --- scheduling (scheduler_admit.c) --- */
 /* Decides this step's tokens for running and waiting requests (r->n_sched), allocating blocks,

@@ -100,20 +100,20 @@ static bool sched_sample(scheduler *s, sched_req *r, float *row) {
     sampler_logprobs lp;
     bool want_lp = r->params.logprobs >= 0;
     int32_t tok = sampler_sample(&s->smp, &r->params, &r->st, row, want_lp ? &lp : NULL);
-    sampler_finish f = sampler_check_finish(&s->smp, &r->params, &r->st, tok);
+    kv_finish f = sampler_check_finish(&s->smp, &r->params, &r->st, tok);
     KV_CHECK(r->n_tokens < r->cap);
     r->tokens[r->n_tokens++] = tok;
     s->st.n_generation_tokens++;
 
-    engine_finish finish = ENGINE_FINISH_NONE;
+    kv_finish finish = KV_FINISH_NONE;
     int32_t stop_token = -1;
-    if (f == SAMPLER_FINISH_EOS || f == SAMPLER_FINISH_STOP_TOKEN) {
-        finish = ENGINE_FINISH_STOP;
+    if (f == KV_FINISH_STOP) {
+        finish = KV_FINISH_STOP;
         stop_token = tok;
-    } else if (f == SAMPLER_FINISH_LENGTH || r->n_tokens >= s->max_model_len) {
-        finish = ENGINE_FINISH_LENGTH;
+    } else if (f == KV_FINISH_LENGTH || r->n_tokens >= s->max_model_len) {
+        finish = KV_FINISH_LENGTH;
     }
-    if (finish != ENGINE_FINISH_NONE) {
+    if (finish != KV_FINISH_NONE) {
         sched_list_remove(&s->running, r);
         sched_req_finish(s, r, tok, want_lp ? &lp : NULL, finish, stop_token, NULL);
         return true;

@@ -391,7 +391,7 @@ static void ident_run_one(bench *b, ident_run *run, int32_t *tokens) {
     run->computed = st.prefix_query_tokens - st.prefix_hit_tokens - st.host_hit_tokens;
     for (int i = 0; i < n; i++) {
         run->tokens += p[i].n_tokens;
-        run->n_aborted += p[i].finish == ENGINE_FINISH_ABORT;
+        run->n_aborted += p[i].finish == KV_FINISH_ABORT;
     }
     free(prompt);
     free(p);

@@ -14,7 +14,7 @@ static void bench_on_event(void *user, const engine_event *ev) {
         p->n_tokens++;
     }
     p->t_last = now;
-    if (ev->finish != ENGINE_FINISH_NONE) {
+    if (ev->finish != KV_FINISH_NONE) {
         p->done = true;
         p->finish = ev->finish;
         p->n_cached_gpu = ev->n_cached_gpu;

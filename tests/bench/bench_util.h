@@ -12,7 +12,7 @@ typedef struct bench_probe {
     double t_submit, t_first, t_last; /* kv_now() at submit, first generated token, last event */
     int n_tokens;                     /* generated tokens seen */
     bool done;
-    engine_finish finish;
+    kv_finish finish;
     int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache (last event) */
     int32_t *out;                    /* NULL, or [out_cap] generated ids (kept by bench_submit) */
     int out_cap;

@@ -77,7 +77,7 @@ static engine_event fake_base_event(const fake_request *r) {
 static bool fake_step(fake_engine *e, fake_request *r) {
     if (r->cancelled) {
         engine_event ev = fake_base_event(r);
-        ev.finish = ENGINE_FINISH_ABORT;
+        ev.finish = KV_FINISH_ABORT;
         fake_send(r, &ev);
         return true;
     }
@@ -112,13 +112,13 @@ static bool fake_step(fake_engine *e, fake_request *r) {
         stop_id |= r->params.stop_token_ids[k] == tok;
     bool gen_ok = r->n_sent >= r->params.min_tokens;
     if (gen_ok && (stop_id || (tok == BYTE_TOK_EOS && !r->params.ignore_eos))) {
-        ev.finish = ENGINE_FINISH_STOP;
+        ev.finish = KV_FINISH_STOP;
         ev.stop_token = tok;
     } else if (r->n_sent >= r->params.max_tokens) {
-        ev.finish = ENGINE_FINISH_LENGTH;
+        ev.finish = KV_FINISH_LENGTH;
     }
     fake_send(r, &ev);
-    return ev.finish != ENGINE_FINISH_NONE;
+    return ev.finish != KV_FINISH_NONE;
 }
 
 static void fake_request_free(fake_request *r) {
@@ -158,7 +158,7 @@ static void *fake_main(void *arg) {
     /* whatever is left ends as aborted, so the server frees its channels */
     for (int i = 0; i < e->n_active; i++) {
         engine_event ev = fake_base_event(e->active[i]);
-        ev.finish = ENGINE_FINISH_ABORT;
+        ev.finish = KV_FINISH_ABORT;
         fake_send(e->active[i], &ev);
         fake_request_free(e->active[i]);
     }

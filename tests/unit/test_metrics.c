@@ -58,7 +58,7 @@ START_TEST(counters_gauges_and_names) {
     metrics_init(&m, "llama");
     metrics_counter_add(&m.prompt_tokens, 12);
     metrics_counter_add(&m.prefix_cache_hits, 32);
-    metrics_counter_add(&m.request_success[METRICS_FINISH_LENGTH], 2);
+    metrics_counter_add(&m.request_success[KV_FINISH_LENGTH], 2);
     metrics_gauge_set(&m.kv_cache_usage_perc, 0.25);
     metrics_gauge_set(&m.num_requests_running, 3);
     metrics_counter_add(&m.host_loaded_bytes, 1u << 21);

@@ -249,7 +249,7 @@ START_TEST(response_shapes) {
 
     int32_t pids[] = {1, 2}, ids[] = {7};
     json_t *choice =
-        openai_choice_json(0, "xy", 2, lp, OPENAI_FINISH_STOP, json_string("\n"), pids, 2, ids, 1);
+        openai_choice_json(0, "xy", 2, lp, KV_FINISH_STOP, json_string("\n"), pids, 2, ids, 1);
     json_t *resp =
         openai_completion_json("cmpl-1", 1700000000, "m", json_pack("[o]", choice), usage);
     char *text = json_dumps(resp, JSON_COMPACT);

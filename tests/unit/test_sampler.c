@@ -354,20 +354,20 @@ START_TEST(min_tokens_and_finish_rules) {
         memcpy(row, row0, sizeof(row));
         int32_t t = sampler_sample(&s, &p, &st, row, NULL);
         ck_assert_int_eq(t, 1); /* best token that is not eos or a stop id */
-        ck_assert_int_eq(sampler_check_finish(&s, &p, &st, t), SAMPLER_FINISH_NONE);
+        ck_assert_int_eq(sampler_check_finish(&s, &p, &st, t), KV_FINISH_NONE);
     }
     memcpy(row, row0, sizeof(row));
     int32_t t = sampler_sample(&s, &p, &st, row, NULL);
     ck_assert_int_eq(t, 2);
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, t), SAMPLER_FINISH_EOS);
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 3), SAMPLER_FINISH_EOS);
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 4), SAMPLER_FINISH_STOP_TOKEN);
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 0), SAMPLER_FINISH_NONE);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, t), KV_FINISH_STOP);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 3), KV_FINISH_STOP);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 4), KV_FINISH_STOP);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 0), KV_FINISH_NONE);
     p.ignore_eos = true;
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 2), SAMPLER_FINISH_NONE);
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 4), SAMPLER_FINISH_STOP_TOKEN);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 2), KV_FINISH_NONE);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 4), KV_FINISH_STOP);
     p.max_tokens = 4; /* length is checked first, as vLLM v1 does */
-    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 2), SAMPLER_FINISH_LENGTH);
+    ck_assert_int_eq(sampler_check_finish(&s, &p, &st, 2), KV_FINISH_LENGTH);
 
     sampler_params copy;
     sampler_params_copy(&copy, &p);

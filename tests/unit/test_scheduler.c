@@ -46,7 +46,7 @@ typedef struct result {
     int32_t prompt_toks[MAX_OUT];
     float prompt_lps[MAX_OUT];
     int32_t prompt_top[MAX_OUT];
-    engine_finish finish;
+    kv_finish finish;
     int32_t stop_token;
     atomic_bool done; /* polled from the test's thread while the engine thread runs */
     int n_cached_gpu, n_cached_host;
@@ -72,7 +72,7 @@ static void on_event(void *user, const engine_event *ev) {
         r->gap[r->n] = ev->n_top >= 2 ? ev->top_logprobs[0] - ev->top_logprobs[1] : INFINITY;
         r->lps[r->n++] = ev->logprob;
     }
-    if (ev->finish != ENGINE_FINISH_NONE) {
+    if (ev->finish != KV_FINISH_NONE) {
         r->finish = ev->finish;
         r->stop_token = ev->stop_token;
         r->n_cached_gpu = ev->n_cached_gpu;
@@ -216,7 +216,7 @@ START_TEST(greedy_from_bos_matches_llama2c) {
     scheduler_run_until_idle(e.s);
     ck_assert(r.done);
     ck_assert_int_eq(r.n, n);
-    ck_assert_int_eq(r.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(r.finish, KV_FINISH_LENGTH);
     for (int i = 0; i < n; i++)
         ck_assert_int_eq(r.toks[i], (int32_t)json_integer_value(json_array_get(ids, (size_t)i)));
     ck_assert_int_eq(r.after_done, 0);
@@ -386,7 +386,7 @@ START_TEST(stop_conditions) {
     sampler_params p = greedy(30);
     result ref, r;
     run_alone(prompt, 20, &p, &ref);
-    ck_assert_int_eq(ref.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(ref.finish, KV_FINISH_LENGTH);
     ck_assert_int_eq(ref.n, 30);
     int32_t target = ref.toks[12];
     int first = 0;
@@ -401,7 +401,7 @@ START_TEST(stop_conditions) {
     ps.n_stop_token_ids = 1;
     submit(&e, prompt, 20, &ps, NULL, &r);
     scheduler_run_until_idle(e.s);
-    ck_assert_int_eq(r.finish, ENGINE_FINISH_STOP);
+    ck_assert_int_eq(r.finish, KV_FINISH_STOP);
     ck_assert_int_eq(r.stop_token, target);
     ck_assert_int_eq(r.n, first + 1);
     sampler_params_free(&ps);
@@ -410,13 +410,13 @@ START_TEST(stop_conditions) {
     engine_open(&e, (engine_opts){.max_model_len = 28, .eos = target});
     submit(&e, prompt, 20, &p, NULL, &r);
     scheduler_run_until_idle(e.s);
-    ck_assert_int_eq(r.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(r.finish, KV_FINISH_LENGTH);
     ck_assert_int_eq(r.n, 8);
     /* max_tokens INT_MAX ("as many as fit", as the HTTP layer may pass): the same end */
     sampler_params pall = greedy(INT_MAX);
     submit(&e, prompt, 20, &pall, NULL, &r);
     scheduler_run_until_idle(e.s);
-    ck_assert_int_eq(r.finish, ENGINE_FINISH_LENGTH);
+    ck_assert_int_eq(r.finish, KV_FINISH_LENGTH);
     ck_assert_int_eq(r.n, 8);
     /* eos (target made the model's eos here): ignored with ignore_eos, else it stops */
     sampler_params pe = greedy(30);
@@ -425,7 +425,7 @@ START_TEST(stop_conditions) {
     engine_open(&e, (engine_opts){.eos = target});
     submit(&e, prompt, 20, &pe, NULL, &r);
     scheduler_run_until_idle(e.s);
-    ck_assert_int_eq(r.finish, ENGINE_FINISH_STOP);
+    ck_assert_int_eq(r.finish, KV_FINISH_STOP);
     ck_assert_int_eq(r.n, first + 1);
     /* min_tokens masks eos before it */
     pe.min_tokens = first + 2;
@@ -548,7 +548,7 @@ START_TEST(no_leaks_after_mixed_fates) {
     for (int i = 0; i < N; i++) {
         ck_assert(r[i].done);
         ck_assert_int_eq(r[i].after_done, 0);
-        n_abort += r[i].finish == ENGINE_FINISH_ABORT;
+        n_abort += r[i].finish == KV_FINISH_ABORT;
     }
     scheduler_stats st = scheduler_get_stats(e.s);
     printf("mixed fates: %d aborted, %lld preemptions\n", n_abort, (long long)st.n_preemptions);
@@ -616,7 +616,7 @@ START_TEST(engine_thread_serves_and_shuts_down) {
     api.cancel(api.ctx, id[2]);
     for (int t = 0; t < 10000 && !r[2].done; t++) usleep(1000);
     ck_assert(r[2].done);
-    ck_assert_int_eq(r[2].finish, ENGINE_FINISH_ABORT);
+    ck_assert_int_eq(r[2].finish, KV_FINISH_ABORT);
     scheduler_free(e.s); /* r[3] may still run: it ends with ABORT */
     e.s = NULL;
     ck_assert(r[3].done);

@@ -29,7 +29,7 @@ typedef struct result {
     float lp[MAX_OUT];  /* logprob of each token */
     int n;
     bool done;
-    engine_finish finish;
+    kv_finish finish;
     int n_cached_gpu, n_cached_host;
     int after_done;
 } result;
@@ -45,7 +45,7 @@ static void on_event(void *user, const engine_event *ev) {
         r->lp[r->n] = ev->logprob;
         r->toks[r->n++] = ev->token;
     }
-    if (ev->finish != ENGINE_FINISH_NONE) {
+    if (ev->finish != KV_FINISH_NONE) {
         r->done = true;
         r->finish = ev->finish;
         r->n_cached_gpu = ev->n_cached_gpu;
@@ -319,7 +319,7 @@ static void randomized_run(offload_policy pol) {
     for (int i = 0; i < N; i++) {
         ck_assert(r[i].done);
         ck_assert_int_eq(r[i].after_done, 0);
-        if (r[i].finish == ENGINE_FINISH_ABORT) continue;
+        if (r[i].finish == KV_FINISH_ABORT) continue;
         assert_same_tokens(&r[i], &ref[i], "randomized");
         n_same++;
     }
