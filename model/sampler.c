@@ -529,8 +529,8 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
     return token;
 }
 
-kv_finish sampler_check_finish(const sampler *s, const sampler_params *p,
-                                    const sampler_state *st, int32_t token) {
+kv_finish sampler_check_finish(const sampler *s, const sampler_params *p, const sampler_state *st,
+                               int32_t token) {
     if (st->n_generated >= p->max_tokens) return KV_FINISH_LENGTH;
     if (st->n_generated < p->min_tokens) return KV_FINISH_NONE;
     if (!p->ignore_eos)

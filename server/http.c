@@ -14,8 +14,7 @@
 
 #include "server/http_internal.h"
 
-#define KVSERVE_VERSION "0.1.0"
-#define WATCH_WAKE      UINT64_MAX
+#define WATCH_WAKE UINT64_MAX
 
 /* Per-connection, per-request state (libmicrohttpd's con_cls). */
 typedef struct conn_ctx {

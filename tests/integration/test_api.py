@@ -146,6 +146,8 @@ class Api(unittest.TestCase):
         status, _, out = self.srv.request("GET", "/version")
         self.assertEqual(status, 200)
         self.assertRegex(out["version"], r"^\d+\.\d+\.\d+")
+        if os.environ.get("KVSERVE_VERSION"):  # meson.build's project version
+            self.assertEqual(out["version"], os.environ["KVSERVE_VERSION"])
         status, _, _ = self.srv.request("GET", "/health")
         self.assertEqual(status, 200)
 
