@@ -3,23 +3,6 @@
 
 #include <stdlib.h>
 
-int block_pool_blocks_for_memory(backend *be, const backend_kv_layout *l, double mem_fraction,
-                                 kv_error *err) {
-    if (!(mem_fraction > 0.0 && mem_fraction <= 1.0))
-        return kv_error_set(err, "kv_cache.memory_fraction must be in (0, 1], got %g",
-                            mem_fraction);
-    KV_CHECK(l->block_bytes > 0);
-    size_t free_bytes = be->ops->dev_free_bytes(be);
-    double n = (double)free_bytes * mem_fraction / (double)l->block_bytes;
-    if (n < 1.0)
-        return kv_error_set(
-            err,
-            "kv_cache.memory_fraction %g of %zu free device bytes holds no KV block "
-            "of %zu bytes; raise it or set kv_cache.num_blocks",
-            mem_fraction, free_bytes, l->block_bytes);
-    return n > (double)(INT32_MAX / 2) ? INT32_MAX / 2 : (int)n;
-}
-
 void block_pool_init(block_pool *bp, backend *be, const backend_kv_layout *l, int n_blocks) {
     KV_CHECK(n_blocks > 0);
     KV_CHECK(l->block_bytes > 0);

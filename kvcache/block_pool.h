@@ -37,10 +37,6 @@ typedef struct block_pool {
 
 /* --- lifecycle --- */
 
-/* Number of blocks that fit in mem_fraction (0, 1] of the device memory still free. Returns -1 and
- * sets err (naming the config fields) when the fraction is out of range or not one block fits. */
-int block_pool_blocks_for_memory(backend *be, const backend_kv_layout *l, double mem_fraction,
-                                 kv_error *err);
 /* Allocates the pool: n_blocks > 0 blocks of l->block_bytes (backend_kv_layout_finish called by
  * the caller). Every block starts FREE. */
 void block_pool_init(block_pool *bp, backend *be, const backend_kv_layout *l, int n_blocks);

@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     }
     if (n_blocks <= 0) {
         backend_kv_layout l = model_kv_layout(m, 16);
-        n_blocks = block_pool_blocks_for_memory(be, &l, 0.8, &err);
+        n_blocks = bench_blocks_fitting(be, &l, 0.8);
         int want = 4 * (prompt_len + 64) / 16 + 32 * (32 + steps + 16) / 16 + 64;
         if (n_blocks < 0 || n_blocks > 4 * want) n_blocks = 4 * want; /* enough, not all memory */
     }

@@ -127,7 +127,7 @@ static void note(const bench *b, const char *fmt, ...) {
 
 static scheduler *engine_new(bench *b, int n_blocks, double tier_gib, metrics *met) {
     kv_error err = {{0}};
-    int fit = block_pool_blocks_for_memory(b->be, &b->layout, 0.9, &err);
+    int fit = bench_blocks_fitting(b->be, &b->layout, 0.9);
     if (fit > 0 && n_blocks > fit) {
         note(b, "only %d of the %d KV blocks wanted fit in device memory", fit, n_blocks);
         n_blocks = fit;

@@ -131,3 +131,8 @@ double bench_pinned_rate(backend *be, bool h2d, int reps) {
     be->ops->host_free(be, host);
     return rate;
 }
+
+int bench_blocks_fitting(backend *be, const backend_kv_layout *l, double fraction) {
+    double n = (double)be->ops->dev_free_bytes(be) * fraction / (double)l->block_bytes;
+    return n > INT32_MAX / 2 ? INT32_MAX / 2 : (int)n;
+}

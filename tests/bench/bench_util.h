@@ -44,4 +44,7 @@ double bench_median(double *v, int n);
  * reps after one warm-up. */
 double bench_pinned_rate(backend *be, bool h2d, int reps);
 
+/* KV blocks of layout l that fit in fraction of the device memory still free (0 when none). */
+int bench_blocks_fitting(backend *be, const backend_kv_layout *l, double fraction);
+
 #endif
