@@ -84,7 +84,11 @@ class Cli(unittest.TestCase):
                  (["--set", "block_szie=16"], "block_szie"),
                  (["--port", "http"], "port"),
                  (["--frobnicate"], "--frobnicate"),
-                 (["--config", "/nonexistent/kvserve.json"], "/nonexistent/kvserve.json")]
+                 (["--config", "/nonexistent/kvserve.json"], "/nonexistent/kvserve.json"),
+                 # nan / inf parse as doubles but aborted in the JSON step (issue 20)
+                 (["--offload-size-gib", "nan"], "offload.size_gib"),
+                 (["--gpu-memory-utilization", "nan"], "gpu_memory_utilization"),
+                 (["--set", "offload.size_gib=inf"], "offload.size_gib")]
         for args, named in cases:
             with self.subTest(args=args):
                 r = self.run_kvserve(*args)
