@@ -264,9 +264,18 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
         dummy_table_init(&ld);
     else if (safetensors_open(&ld.st, dir, err))
         return -1;
-    /* tied when the config says so or the checkpoint has no lm_head (llama2.c exports) */
-    bool tied = c->tie_word_embeddings ||
-                (format == MODEL_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight"));
+    /* An untied config without lm_head.weight is a broken checkpoint: using the embedding
+     * instead would serve a different model than the one the config describes. */
+    bool tied = c->tie_word_embeddings;
+    if (!tied && format == MODEL_LOAD_SAFETENSORS && !safetensors_find(&ld.st, "lm_head.weight")) {
+        kv_error_set(err,
+                     "%s/model.safetensors: no tensor lm_head.weight, but %s/config.json has "
+                     "tie_word_embeddings false (or absent); set it true if the output layer "
+                     "shares the embedding",
+                     dir, dir);
+        safetensors_close(&ld.st);
+        return -1;
+    }
     ld.total = weight_elems(c, tied) * kv_dtype_size(be->weight_dtype);
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;

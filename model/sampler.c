@@ -448,7 +448,8 @@ static int32_t draw_cand(const sampler_cand *c, int n, double u) {
  * the buffer holds `limit` of them it is cut to those >= its k-th largest, which becomes the
  * threshold. c has room for the whole vocabulary, so ties can always grow the buffer. */
 static int collect_top_k(sampler_cand *c, const float *logits, int vocab, float lower, int k) {
-    int n = 0, limit = 4 * k + 64;
+    if (k > vocab) k = vocab; /* k comes from a request: any int; 4 * k must not overflow */
+    int n = 0, limit = k <= (vocab - 64) / 4 ? 4 * k + 64 : vocab;
     float thr = lower;
     for (int i = 0; i < vocab; i++) {
         if (!(logits[i] >= thr)) continue;
@@ -459,7 +460,7 @@ static int collect_top_k(sampler_cand *c, const float *logits, int vocab, float 
         for (int j = 0; j < n; j++)
             if (c[j].logit >= thr) c[kept++] = c[j];
         n = kept;
-        if (n > limit / 2) limit = 2 * n < vocab ? 2 * n : vocab; /* ties: make room */
+        if (n > limit / 2) limit = n < vocab / 2 ? 2 * n : vocab; /* ties: make room */
     }
     if (n <= k) return n;
     float kth = kth_largest(c, n, k);
@@ -483,7 +484,8 @@ static int32_t sample_random(sampler *s, const sampler_params *p, float *logits,
     int n;
     double z;
 
-    if (p->top_k > 0) { /* a few candidates: weights for them alone */
+    /* top_k >= vocab keeps every token: the same as off */
+    if (p->top_k > 0 && p->top_k < vocab) { /* a few candidates: weights for them alone */
         n = collect_top_k(c, logits, vocab, p->min_p > 0.0f ? m + t * lower_exp : -FLT_MAX,
                           p->top_k);
         z = 0.0;

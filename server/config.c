@@ -271,7 +271,8 @@ static json_t *knob_text_to_json(const knob *k, const char *text) {
     case KNOB_DOUBLE: {
         errno = 0;
         double x = strtod(text, &end);
-        if (errno || end == text || *end) return json_string(text);
+        /* nan and inf parse but are no JSON number (json_real refuses them) */
+        if (errno || end == text || *end || !isfinite(x)) return json_string(text);
         return json_real(x);
     }
     case KNOB_BOOL:

@@ -175,7 +175,8 @@ static int kv_blocks_auto(const app *a, size_t free_before, size_t block_bytes, 
         budget = (double)free_after - (1.0 - a->cfg.gpu_memory_utilization) * (double)free_before;
     double n = budget > 0 ? floor(budget / (double)block_bytes) : 0;
     int bs = a->cfg.block_size;
-    double cap = (double)a->cfg.max_num_seqs * (double)((model_len + bs - 1) / bs);
+    /* in long long: max_position_embeddings may be INT_MAX */
+    double cap = (double)a->cfg.max_num_seqs * (double)(((long long)model_len + bs - 1) / bs);
     if (n > cap) n = cap;
     return n > INT32_MAX / 2 ? INT32_MAX / 2 : (int)n;
 }

@@ -4,6 +4,7 @@ with a message naming the knob, and --help."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,7 +85,11 @@ class Cli(unittest.TestCase):
                  (["--set", "block_szie=16"], "block_szie"),
                  (["--port", "http"], "port"),
                  (["--frobnicate"], "--frobnicate"),
-                 (["--config", "/nonexistent/kvserve.json"], "/nonexistent/kvserve.json")]
+                 (["--config", "/nonexistent/kvserve.json"], "/nonexistent/kvserve.json"),
+                 # nan / inf parse as doubles but aborted in the JSON step (issue 20)
+                 (["--offload-size-gib", "nan"], "offload.size_gib"),
+                 (["--gpu-memory-utilization", "nan"], "gpu_memory_utilization"),
+                 (["--set", "offload.size_gib=inf"], "offload.size_gib")]
         for args, named in cases:
             with self.subTest(args=args):
                 r = self.run_kvserve(*args)
@@ -104,6 +109,48 @@ class Cli(unittest.TestCase):
             r = self.run_kvserve("--model", d, "--device", "cpu", "--port", "0")
         self.assertEqual(r.returncode, 1)
         self.assertIn("config.json", r.stderr)
+
+    def crafted_model(self, d, **config):
+        """A copy of stories260K in d whose config.json has the given keys replaced."""
+        src = kh.testdata_model()
+        for name in os.listdir(src):
+            shutil.copyfile(os.path.join(src, name), os.path.join(d, name))
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        cfg.update(config)
+        with open(os.path.join(d, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        return d
+
+    def test_untied_config_without_lm_head_is_refused(self):
+        # used to serve the embedding as the output layer without a word (issue 20)
+        with tempfile.TemporaryDirectory() as d:
+            self.crafted_model(d, tie_word_embeddings=False)
+            r = self.run_kvserve("--model", d, "--device", "cpu", "--port", "0")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn(os.path.join(d, "model.safetensors"), r.stderr)
+        self.assertIn("lm_head.weight", r.stderr)
+        self.assertIn("tie_word_embeddings", r.stderr)
+
+    def test_huge_max_position_embeddings_is_clamped(self):
+        # 2^31 - 1 overflowed int in the KV sizing and failed with "no memory left" (issue 20)
+        with tempfile.TemporaryDirectory() as d:
+            self.crafted_model(d, max_position_embeddings=2**31 - 1)
+            # The CPU pool is then half the available RAM, allocated but untouched; meson's
+            # MALLOC_PERTURB_ would write all of it, so this server runs without it.
+            perturb = os.environ.pop("MALLOC_PERTURB_", None)
+            try:
+                srv = kh.Server("--max-num-seqs", "1", "--model", d, model=None, name=d)
+            finally:
+                if perturb is not None:
+                    os.environ["MALLOC_PERTURB_"] = perturb
+            try:
+                log = "".join(srv.log)
+                self.assertRegex(log, r"fewer than max_model_len 2147483647: max_model_len lowered")
+                out = srv.complete(prompt="Once upon a time", max_tokens=4, ignore_eos=True)
+                self.assertEqual(out["usage"]["completion_tokens"], 4)
+            finally:
+                srv.stop()
 
     def test_help(self):
         r = self.run_kvserve("--help")

@@ -228,6 +228,32 @@ START_TEST(bad_flags_are_errors) {
 }
 END_TEST
 
+/* Issue 20: nan and inf parse as doubles but are no JSON number; they aborted the process. */
+START_TEST(nan_and_inf_flags_are_errors_naming_the_knob) {
+    kv_config c;
+    bool help;
+    kv_error err;
+    const char *cases[][3] = {
+        {"kvserve", "--offload-size-gib", "nan"},
+        {"kvserve", "--gpu-memory-utilization", "nan"},
+        {"kvserve", "--set", "offload.size_gib=inf"},
+        {"kvserve", "--offload-size-gib", "-inf"},
+        {"kvserve", "--gpu-memory-utilization", "NAN"},
+    };
+    const char *knob[] = {"offload.size_gib", "gpu_memory_utilization", "offload.size_gib",
+                          "offload.size_gib", "gpu_memory_utilization"};
+    for (int i = 0; i < 5; i++) {
+        ck_assert_int_eq(parse(&c, 3, cases[i], &help, &err), -1);
+        ck_assert_msg(strstr(err.msg, knob[i]) != NULL, "%s", err.msg);
+        config_free(&c);
+    }
+    config_default(&c);
+    ck_assert_int_eq(config_set(&c, "offload.size_gib", "infinity", &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "offload.size_gib"));
+    config_free(&c);
+}
+END_TEST
+
 START_TEST(help_lists_every_knob) {
     char *path = strdup("/tmp/kvserve_help_XXXXXX");
     int fd = mkstemp(path);
@@ -257,6 +283,7 @@ int main(void) {
     tcase_add_test(tc, file_errors_name_the_file);
     tcase_add_test(tc, flags_override_the_file_whatever_their_order);
     tcase_add_test(tc, bad_flags_are_errors);
+    tcase_add_test(tc, nan_and_inf_flags_are_errors_naming_the_knob);
     tcase_add_test(tc, help_lists_every_knob);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);

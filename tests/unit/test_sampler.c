@@ -3,6 +3,7 @@
  * definitions), penalties against hand-computed logits, min_tokens and finish rules, raw logprobs
  * against a long-double log_softmax, and parameter validation. */
 #include <check.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 
@@ -444,6 +445,41 @@ START_TEST(logprobs_are_the_raw_log_softmax) {
 }
 END_TEST
 
+/* Issue 20: top_k from a request is any int; 4 * k + 64 overflowed int and crashed the draw.
+ * A top_k at or above the vocabulary keeps every token: the same draw as top_k off. */
+START_TEST(huge_top_k_is_clamped_to_the_vocabulary) {
+    enum { V = 300 };
+    sampler s;
+    sampler_init(&s, V, NULL, 0, 1);
+    float logits[V], row[V];
+    lcg_state = 7;
+    for (int i = 0; i < V; i++) logits[i] = rand_logit(8.0f);
+    int ks[] = {V, V + 1, 536870896, INT_MAX};
+    for (size_t j = 0; j < sizeof ks / sizeof ks[0]; j++) {
+        sampler_params p, off;
+        sampler_params_default(&p);
+        p.top_k = ks[j];
+        p.seed = 42;
+        p.has_seed = true;
+        off = p;
+        off.top_k = 0;
+        sampler_state a, b;
+        sampler_state_init(&s, &a, &p, NULL, 0);
+        sampler_state_init(&s, &b, &off, NULL, 0);
+        for (int d = 0; d < 50; d++) {
+            memcpy(row, logits, sizeof row);
+            int32_t t = sampler_sample(&s, &p, &a, row, NULL);
+            memcpy(row, logits, sizeof row);
+            int32_t u = sampler_sample(&s, &off, &b, row, NULL);
+            ck_assert_int_eq(t, u);
+        }
+        sampler_state_free(&a);
+        sampler_state_free(&b);
+    }
+    sampler_free(&s);
+}
+END_TEST
+
 START_TEST(validate_names_the_field) {
     sampler_params p;
     kv_error err;
@@ -490,6 +526,7 @@ int main(void) {
     tcase_add_test(tc, min_tokens_and_finish_rules);
     tcase_add_test(tc, logprobs_are_the_raw_log_softmax);
     tcase_add_test(tc, validate_names_the_field);
+    tcase_add_test(tc, huge_top_k_is_clamped_to_the_vocabulary);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
