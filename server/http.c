@@ -67,6 +67,9 @@ openai_model_info http_model_info(http_server *s) {
         .max_model_len = s->max_model_len,
         .vocab_size = s->tok ? tokenizer_vocab_size(s->tok) : 0,
         .defaults = &s->defaults,
+        .max_prompt_bytes = s->max_prompt_bytes,
+        .max_logprobs = s->opt.max_logprobs,
+        .max_logprob_entries = s->opt.max_logprob_entries,
     };
 }
 
@@ -278,8 +281,11 @@ int http_watch(http_server *s, struct MHD_Connection *conn, completion *c) {
     w->c = c;
     w->gen++;
     w->fd = ci->connect_fd;
-    /* EPOLLRDHUP: the peer closed its end; one-shot, so a dead socket reports once */
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT,
+    /* no events asked: EPOLLHUP and EPOLLERR (a real hang-up or a reset) are always reported.
+     * Not EPOLLRDHUP: a client may shut down its sending side after the request and still read
+     * the answer. A client that closes both sides is seen at the first write (a stream) or when
+     * the answer is sent. One-shot, so a dead socket reports once. */
+    struct epoll_event ev = {.events = EPOLLONESHOT,
                              .data.u64 = (uint64_t)slot | ((uint64_t)w->gen << 32)};
     if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, w->fd, &ev) != 0) {
         w->c = NULL;
@@ -330,6 +336,19 @@ static void raise_fd_limit(int max_connections) {
     if (rl.rlim_cur >= want) return;
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
+}
+
+/* After libmicrohttpd failed to start (it keeps no errno): binds the address the same way (with
+ * SO_REUSEADDR, never SO_REUSEPORT, so a port another server listens on is refused) and returns
+ * the errno, 0 when the bind works. */
+static int probe_bind(const struct addrinfo *ai) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+    close(fd);
+    return rc;
 }
 
 static void server_free(http_server *s) {
@@ -392,20 +411,27 @@ int http_server_start(http_server **out, const http_server_options *opt,
      * start-up failures come back as err */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->daemon = MHD_start_daemon(flags, (uint16_t)opt->port, NULL, NULL, on_request, s,
-                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-                                 (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
-                                 MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
-    freeaddrinfo(ai);
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)opt->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)(opt->connection_timeout_s > 0 ? opt->connection_timeout_s : 0),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)(opt->max_connections_per_ip > 0 ? opt->max_connections_per_ip : 0),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->daemon) {
-        kv_error_set(err, "http: cannot listen on %s:%d (address in use, or not permitted)",
-                     s->opt.host, opt->port);
+        int bind_errno = probe_bind(ai);
+        freeaddrinfo(ai);
+        kv_error_set(err, "http: cannot listen on %s:%d: %s", s->opt.host, opt->port,
+                     bind_errno == EADDRINUSE ? "address already in use"
+                     : bind_errno             ? strerror(bind_errno)
+                                              : "libmicrohttpd refused to start");
         server_free(s);
         return -1;
     }
+    freeaddrinfo(ai);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : opt->port;
     if (pthread_create(&s->watcher, NULL, watcher_main, s) != 0) {
@@ -417,10 +443,27 @@ int http_server_start(http_server **out, const http_server_options *opt,
     return 0;
 }
 
+/* The most bytes of text that max_model_len tokens can cover: every token covers at most as many
+ * bytes as its longest decoded form; doubled (+4) for normalization that shrinks the text (NFC
+ * composition) and decoders that drop a leading space. 0 = unknown (no check). */
+static long long prompt_byte_bound(const tokenizer *tok, int max_model_len) {
+    if (!tok || max_model_len <= 0) return 0;
+    size_t longest = 0;
+    int n_vocab = tokenizer_vocab_size(tok);
+    for (int32_t id = 0; id < n_vocab; id++) {
+        char *text = NULL;
+        size_t n = 0;
+        if (tokenizer_decode(tok, &id, 1, false, &text, &n, NULL) == 0 && n > longest) longest = n;
+        free(text);
+    }
+    return (long long)max_model_len * (2 * (long long)longest + 4);
+}
+
 void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,
                            const sampler_params *defaults) {
     s->tok = tok;
     s->max_model_len = max_model_len;
+    s->max_prompt_bytes = prompt_byte_bound(tok, max_model_len);
     if (defaults) {
         sampler_params_free(&s->defaults);
         sampler_params_copy(&s->defaults, defaults);

@@ -30,6 +30,7 @@ struct http_server {
     /* model: written once by http_server_set_model before ready is set */
     const tokenizer *tok;
     int max_model_len;
+    long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
     atomic_bool ready;
     atomic_bool stopping;
