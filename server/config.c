@@ -47,6 +47,8 @@ static const knob knobs[] = {
      .help = "model name clients send and see (null = the model argument)"},
     {"api_key", KNOB_STRING, OFF(api_key), .nullable = true,
      .help = "require 'Authorization: Bearer KEY' on /v1/* (null = open)"},
+    {"allowed_origins", KNOB_STRING, OFF(allowed_origins), .nullable = true,
+     .help = "CORS: \"*\" (any origin) or comma-separated origins; null = no CORS headers"},
     {"device", KNOB_ENUM, OFF(device), .names = device_names, .help = "auto, cuda or cpu"},
     {"max_model_len", KNOB_INT, OFF(max_model_len), .min = 0, .max = 1 << 24,
      .help = "longest prompt + completion in tokens (0 = from config.json)"},
@@ -99,6 +101,7 @@ static const knob knobs[] = {
 void config_default(kv_config *cfg) {
     *cfg = (kv_config){
         .host = kv_strdup("0.0.0.0"),
+        .allowed_origins = kv_strdup("*"),
         .port = 8000,
         .device = CONFIG_DEVICE_AUTO,
         .max_model_len = 0,

@@ -41,6 +41,7 @@ typedef struct kv_config {
     char *model;             /* Hugging Face model directory; NULL until given */
     char *served_model_name; /* name clients use; NULL = the model argument */
     char *api_key;           /* NULL = no authentication */
+    char *allowed_origins;   /* CORS: "*" or comma-separated origins; NULL = no CORS headers */
     config_device device;
     int max_model_len;             /* 0 = from the model's config.json */
     int block_size;                /* tokens per KV block, a power of two */

@@ -36,6 +36,53 @@ typedef struct route {
 
 /* ---- responses ---- */
 
+/* The server of a connection (its socket context, set in on_connection). */
+static http_server *conn_server(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The Origin header when allowed_origins lets it in (as vLLM's --allowed-origins), else NULL. */
+static const char *cors_origin(struct MHD_Connection *conn) {
+    http_server *s = conn_server(conn);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (!s || !s->opt.allowed_origins || !origin) return NULL;
+    const char *list = s->opt.allowed_origins;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        size_t len = strcspn(p, ", ");
+        if ((len == 1 && *p == '*') || (len == n && len && !strncmp(p, origin, n))) return origin;
+        p += len;
+    }
+    return NULL;
+}
+
+void http_add_cors(struct MHD_Connection *conn, struct MHD_Response *r) {
+    const char *origin = cors_origin(conn);
+    if (!origin) return;
+    bool any = !strcmp(conn_server(conn)->opt.allowed_origins, "*");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, any ? "*" : origin);
+    if (!any) MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+}
+
+/* A CORS preflight (OPTIONS with an allowed Origin): 204 with the methods and headers allowed. */
+static enum MHD_Result respond_preflight(struct MHD_Connection *conn) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+    KV_CHECK(r);
+    http_add_cors(conn, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, HEAD, OPTIONS");
+    const char *want =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                            want ? want : "Authorization, Content-Type");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 enum MHD_Result http_respond(struct MHD_Connection *conn, int status, char *body,
                              const char *content_type) {
     struct MHD_Response *r =
@@ -44,6 +91,7 @@ enum MHD_Result http_respond(struct MHD_Connection *conn, int status, char *body
     if (content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    http_add_cors(conn, r);
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -168,6 +216,8 @@ static bool authorized(http_server *s, struct MHD_Connection *conn, const char *
 static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn, conn_ctx *cx,
                                      const char *url, const char *method) {
     openai_error e;
+    /* a browser's preflight carries no credentials: answered before the key check, as vLLM */
+    if (!strcmp(method, "OPTIONS") && cors_origin(conn)) return respond_preflight(conn);
     if (!authorized(s, conn, url)) {
         openai_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                          "Incorrect or missing API key (send 'Authorization: Bearer <key>')");
@@ -190,6 +240,7 @@ static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn
             MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, get ? "GET, HEAD" : r->method);
+        http_add_cors(conn, resp);
         enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
         MHD_destroy_response(resp);
         return ret;
@@ -261,6 +312,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     free(cx->body);
     free(cx);
     *con_cls = NULL;
+}
+
+/* A new connection: its socket context is the server (for conn_server). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) *socket_context = cls;
 }
 
 /* ---- disconnect watcher ---- */
@@ -354,6 +411,7 @@ static int probe_bind(const struct addrinfo *ai) {
 static void server_free(http_server *s) {
     free((char *)s->opt.host);
     free((char *)s->opt.api_key);
+    free((char *)s->opt.allowed_origins);
     free((char *)s->opt.served_model_name);
     free((char *)s->opt.model_root);
     if (s->epoll_fd >= 0) close(s->epoll_fd);
@@ -372,6 +430,8 @@ int http_server_start(http_server **out, const http_server_options *opt,
     s->opt = *opt;
     s->opt.host = kv_strdup(opt->host ? opt->host : "0.0.0.0");
     s->opt.api_key = opt->api_key && opt->api_key[0] ? kv_strdup(opt->api_key) : NULL;
+    s->opt.allowed_origins =
+        opt->allowed_origins && opt->allowed_origins[0] ? kv_strdup(opt->allowed_origins) : NULL;
     s->opt.served_model_name = kv_strdup(opt->served_model_name ? opt->served_model_name : "");
     s->opt.model_root = opt->model_root ? kv_strdup(opt->model_root) : NULL;
     s->engine = *engine;
@@ -420,7 +480,8 @@ int http_server_start(http_server **out, const http_server_options *opt,
         (unsigned)(opt->connection_timeout_s > 0 ? opt->connection_timeout_s : 0),
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         (unsigned)(opt->max_connections_per_ip > 0 ? opt->max_connections_per_ip : 0),
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_END);
     if (!s->daemon) {
         int bind_errno = probe_bind(ai);
         freeaddrinfo(ai);

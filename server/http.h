@@ -22,11 +22,12 @@
 #include "server/metrics.h"
 
 typedef struct http_server_options {
-    const char *host;         /* "0.0.0.0", "127.0.0.1", "::" ... */
-    int port;                 /* 0 = any free port (see http_server_port) */
-    const char *api_key;      /* NULL = open; else required on /v1 paths as "Bearer KEY" */
-    long long max_body_bytes; /* larger bodies get 413 */
-    int n_threads;            /* polling threads */
+    const char *host;            /* "0.0.0.0", "127.0.0.1", "::" ... */
+    int port;                    /* 0 = any free port (see http_server_port) */
+    const char *api_key;         /* NULL = open; else required on /v1 paths as "Bearer KEY" */
+    const char *allowed_origins; /* CORS: "*" or comma-separated origins; NULL = no CORS */
+    long long max_body_bytes;    /* larger bodies get 413 */
+    int n_threads;               /* polling threads */
     int max_connections;
     int connection_timeout_s;   /* idle or stalled connections close after this (0 = never) */
     int max_connections_per_ip; /* open connections from one client address (0 = no limit) */

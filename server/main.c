@@ -317,6 +317,7 @@ int main(int argc, char **argv) {
     http_server_options opt = {.host = a.cfg.host,
                                .port = a.cfg.port,
                                .api_key = a.cfg.api_key,
+                               .allowed_origins = a.cfg.allowed_origins,
                                .max_body_bytes = a.cfg.max_body_bytes,
                                .n_threads = a.cfg.http_threads,
                                .max_connections = a.cfg.max_connections,

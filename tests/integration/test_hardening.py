@@ -178,6 +178,20 @@ class Hardening(unittest.TestCase):
                                 n=2)
         self.assertEqual(len(out["choices"][0]["logprobs"]["top_logprobs"][-1]), 10)
 
+    # item 9
+    def test_cors_preflight_and_header(self):
+        origin = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
+                  "Access-Control-Request-Headers": "content-type, authorization"}
+        status, h, _ = self.srv.request("OPTIONS", "/v1/completions", headers=origin)
+        self.assertEqual(status, 204)
+        self.assertEqual(h.get("access-control-allow-origin"), "*")
+        self.assertIn("POST", h.get("access-control-allow-methods", ""))
+        self.assertIn("authorization", h.get("access-control-allow-headers", ""))
+        status, h, _ = self.srv.request("POST", "/v1/completions", self.body(max_tokens=2),
+                                        headers={"Origin": "http://example.test"})
+        self.assertEqual(status, 200)
+        self.assertEqual(h.get("access-control-allow-origin"), "*")
+
 
 if __name__ == "__main__":
     kh.run_tests(__name__)
