@@ -35,6 +35,53 @@ typedef struct route {
 
 /* ---- responses ---- */
 
+/* The server of a connection (its socket context, set in on_connection). */
+static http_server *conn_server(struct MHD_Connection *conn) {
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The Origin header when allowed_origins lets it in (as vLLM's --allowed-origins), else NULL. */
+static const char *cors_origin(struct MHD_Connection *conn) {
+    http_server *s = conn_server(conn);
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    if (!s || !s->opt.allowed_origins || !origin) return NULL;
+    const char *list = s->opt.allowed_origins;
+    size_t n = strlen(origin);
+    for (const char *p = list; *p;) {
+        while (*p == ' ' || *p == ',') p++;
+        size_t len = strcspn(p, ", ");
+        if ((len == 1 && *p == '*') || (len == n && len && !strncmp(p, origin, n))) return origin;
+        p += len;
+    }
+    return NULL;
+}
+
+void http_add_cors(struct MHD_Connection *conn, struct MHD_Response *r) {
+    const char *origin = cors_origin(conn);
+    if (!origin) return;
+    bool any = !strcmp(conn_server(conn)->opt.allowed_origins, "*");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, any ? "*" : origin);
+    if (!any) MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+}
+
+/* A CORS preflight (OPTIONS with an allowed Origin): 204 with the methods and headers allowed. */
+static enum MHD_Result respond_preflight(struct MHD_Connection *conn) {
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT);
+    KV_CHECK(r);
+    http_add_cors(conn, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, HEAD, OPTIONS");
+    const char *want =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Access-Control-Request-Headers");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                            want ? want : "Authorization, Content-Type");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_NO_CONTENT, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 enum MHD_Result http_respond(struct MHD_Connection *conn, int status, char *body,
                              const char *content_type) {
     struct MHD_Response *r =
@@ -43,6 +90,7 @@ enum MHD_Result http_respond(struct MHD_Connection *conn, int status, char *body
     if (content_type) MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, content_type);
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer");
+    http_add_cors(conn, r);
     enum MHD_Result ret = MHD_queue_response(conn, (unsigned)status, r);
     MHD_destroy_response(r);
     return ret;
@@ -66,6 +114,9 @@ openai_model_info http_model_info(http_server *s) {
         .max_model_len = s->max_model_len,
         .vocab_size = s->tok ? tokenizer_vocab_size(s->tok) : 0,
         .defaults = &s->defaults,
+        .max_prompt_bytes = s->max_prompt_bytes,
+        .max_logprobs = s->opt.max_logprobs,
+        .max_logprob_entries = s->opt.max_logprob_entries,
     };
 }
 
@@ -164,6 +215,8 @@ static bool authorized(http_server *s, struct MHD_Connection *conn, const char *
 static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn, conn_ctx *cx,
                                      const char *url, const char *method) {
     openai_error e;
+    /* a browser's preflight carries no credentials: answered before the key check, as vLLM */
+    if (!strcmp(method, "OPTIONS") && cors_origin(conn)) return respond_preflight(conn);
     if (!authorized(s, conn, url)) {
         openai_error_set(&e, 401, "invalid_request_error", NULL, "invalid_api_key",
                          "Incorrect or missing API key (send 'Authorization: Bearer <key>')");
@@ -186,6 +239,7 @@ static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn
             MHD_create_response_from_buffer(strlen(body), body, MHD_RESPMEM_MUST_FREE);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, "application/json");
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW, get ? "GET, HEAD" : r->method);
+        http_add_cors(conn, resp);
         enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_METHOD_NOT_ALLOWED, resp);
         MHD_destroy_response(resp);
         return ret;
@@ -259,6 +313,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
 }
 
+/* A new connection: its socket context is the server (for conn_server). */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode toe) {
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) *socket_context = cls;
+}
+
 /* ---- disconnect watcher ---- */
 
 int http_watch(http_server *s, struct MHD_Connection *conn, completion *c) {
@@ -277,8 +337,11 @@ int http_watch(http_server *s, struct MHD_Connection *conn, completion *c) {
     w->c = c;
     w->gen++;
     w->fd = ci->connect_fd;
-    /* EPOLLRDHUP: the peer closed its end; one-shot, so a dead socket reports once */
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLONESHOT,
+    /* no events asked: EPOLLHUP and EPOLLERR (a real hang-up or a reset) are always reported.
+     * Not EPOLLRDHUP: a client may shut down its sending side after the request and still read
+     * the answer. A client that closes both sides is seen at the first write (a stream) or when
+     * the answer is sent. One-shot, so a dead socket reports once. */
+    struct epoll_event ev = {.events = EPOLLONESHOT,
                              .data.u64 = (uint64_t)slot | ((uint64_t)w->gen << 32)};
     if (epoll_ctl(s->epoll_fd, EPOLL_CTL_ADD, w->fd, &ev) != 0) {
         w->c = NULL;
@@ -331,9 +394,23 @@ static void raise_fd_limit(int max_connections) {
     setrlimit(RLIMIT_NOFILE, &rl);
 }
 
+/* After libmicrohttpd failed to start (it keeps no errno): binds the address the same way (with
+ * SO_REUSEADDR, never SO_REUSEPORT, so a port another server listens on is refused) and returns
+ * the errno, 0 when the bind works. */
+static int probe_bind(const struct addrinfo *ai) {
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    int rc = bind(fd, ai->ai_addr, ai->ai_addrlen) == 0 ? 0 : errno;
+    close(fd);
+    return rc;
+}
+
 static void server_free(http_server *s) {
     free((char *)s->opt.host);
     free((char *)s->opt.api_key);
+    free((char *)s->opt.allowed_origins);
     free((char *)s->opt.served_model_name);
     free((char *)s->opt.model_root);
     if (s->epoll_fd >= 0) close(s->epoll_fd);
@@ -352,6 +429,8 @@ int http_server_start(http_server **out, const http_server_options *opt,
     s->opt = *opt;
     s->opt.host = kv_strdup(opt->host ? opt->host : "0.0.0.0");
     s->opt.api_key = opt->api_key && opt->api_key[0] ? kv_strdup(opt->api_key) : NULL;
+    s->opt.allowed_origins =
+        opt->allowed_origins && opt->allowed_origins[0] ? kv_strdup(opt->allowed_origins) : NULL;
     s->opt.served_model_name = kv_strdup(opt->served_model_name ? opt->served_model_name : "");
     s->opt.model_root = opt->model_root ? kv_strdup(opt->model_root) : NULL;
     s->engine = *engine;
@@ -391,20 +470,28 @@ int http_server_start(http_server **out, const http_server_options *opt,
      * start-up failures come back as err */
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    s->daemon = MHD_start_daemon(flags, (uint16_t)opt->port, NULL, NULL, on_request, s,
-                                 MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_THREAD_POOL_SIZE,
-                                 (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
-                                 MHD_OPTION_CONNECTION_LIMIT,
-                                 (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
-                                 MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
-                                 MHD_OPTION_LISTENING_ADDRESS_REUSE, 1, MHD_OPTION_END);
-    freeaddrinfo(ai);
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)opt->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)(opt->n_threads > 0 ? opt->n_threads : 1),
+        MHD_OPTION_CONNECTION_LIMIT,
+        (unsigned)(opt->max_connections > 0 ? opt->max_connections : 4096),
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)(opt->connection_timeout_s > 0 ? opt->connection_timeout_s : 0),
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned)(opt->max_connections_per_ip > 0 ? opt->max_connections_per_ip : 0),
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
+        s, MHD_OPTION_END);
     if (!s->daemon) {
-        kv_error_set(err, "http: cannot listen on %s:%d (address in use, or not permitted)",
-                     s->opt.host, opt->port);
+        int bind_errno = probe_bind(ai);
+        freeaddrinfo(ai);
+        kv_error_set(err, "http: cannot listen on %s:%d: %s", s->opt.host, opt->port,
+                     bind_errno == EADDRINUSE ? "address already in use"
+                     : bind_errno             ? strerror(bind_errno)
+                                              : "libmicrohttpd refused to start");
         server_free(s);
         return -1;
     }
+    freeaddrinfo(ai);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : opt->port;
     if (pthread_create(&s->watcher, NULL, watcher_main, s) != 0) {
@@ -416,10 +503,27 @@ int http_server_start(http_server **out, const http_server_options *opt,
     return 0;
 }
 
+/* The most bytes of text that max_model_len tokens can cover: every token covers at most as many
+ * bytes as its longest decoded form; doubled (+4) for normalization that shrinks the text (NFC
+ * composition) and decoders that drop a leading space. 0 = unknown (no check). */
+static long long prompt_byte_bound(const tokenizer *tok, int max_model_len) {
+    if (!tok || max_model_len <= 0) return 0;
+    size_t longest = 0;
+    int n_vocab = tokenizer_vocab_size(tok);
+    for (int32_t id = 0; id < n_vocab; id++) {
+        char *text = NULL;
+        size_t n = 0;
+        if (tokenizer_decode(tok, &id, 1, false, &text, &n, NULL) == 0 && n > longest) longest = n;
+        free(text);
+    }
+    return (long long)max_model_len * (2 * (long long)longest + 4);
+}
+
 void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,
                            const sampler_params *defaults) {
     s->tok = tok;
     s->max_model_len = max_model_len;
+    s->max_prompt_bytes = prompt_byte_bound(tok, max_model_len);
     if (defaults) {
         sampler_params_free(&s->defaults);
         sampler_params_copy(&s->defaults, defaults);

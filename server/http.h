@@ -8,7 +8,8 @@
  * (MHD_suspend_connection) and resumed by the engine's event callback; thread-per-connection would
  * block a thread per stream (a content reader returning 0 blocks its thread) and cannot hold
  * thousands of idle connections. Suspended connections are invisible to libmicrohttpd's own
- * disconnect detection, so a watcher thread polls their sockets for hang-ups (EPOLLRDHUP) and
+ * disconnect detection, so a watcher thread polls their sockets for hang-ups (EPOLLHUP/EPOLLERR,
+ * not EPOLLRDHUP: a client that half-closes after its request still reads the answer) and
  * cancels their engine requests; a failed write or any abnormal end (NOTIFY_COMPLETED with a code
  * other than COMPLETED_OK) cancels too. */
 #ifndef KVSERVE_HTTP_H
@@ -21,12 +22,17 @@
 #include "server/metrics.h"
 
 typedef struct http_server_options {
-    const char *host;         /* "0.0.0.0", "127.0.0.1", "::" ... */
-    int port;                 /* 0 = any free port (see http_server_port) */
-    const char *api_key;      /* NULL = open; else required on /v1 paths as "Bearer KEY" */
-    long long max_body_bytes; /* larger bodies get 413 */
-    int n_threads;            /* polling threads */
+    const char *host;            /* "0.0.0.0", "127.0.0.1", "::" ... */
+    int port;                    /* 0 = any free port (see http_server_port) */
+    const char *api_key;         /* NULL = open; else required on /v1 paths as "Bearer KEY" */
+    const char *allowed_origins; /* CORS: "*" or comma-separated origins; NULL = no CORS */
+    long long max_body_bytes;    /* larger bodies get 413 */
+    int n_threads;               /* polling threads */
     int max_connections;
+    int connection_timeout_s;   /* idle or stalled connections close after this (0 = never) */
+    int max_connections_per_ip; /* open connections from one client address (0 = no limit) */
+    int max_logprobs;           /* largest logprobs a request may ask (0 = SAMPLER_MAX_LOGPROBS) */
+    long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
     const char *served_model_name; /* the name in /v1/models and responses */
     const char *model_root;        /* "root" in /v1/models (the model path); may be NULL */
 } http_server_options;

@@ -591,6 +591,7 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
     KV_CHECK(r);
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    http_add_cors(conn, r);
     enum MHD_Result ret = MHD_queue_response(conn, MHD_HTTP_OK, r);
     MHD_destroy_response(r);
     return ret;

@@ -30,6 +30,7 @@ struct http_server {
     /* model: written once by http_server_set_model before ready is set */
     const tokenizer *tok;
     int max_model_len;
+    long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
     atomic_bool ready;
     atomic_bool stopping;
@@ -55,6 +56,8 @@ openai_model_info http_model_info(http_server *s);
 /* Queues a JSON (or text) response that owns body. Returns MHD's result. */
 enum MHD_Result http_respond(struct MHD_Connection *conn, int status, char *body,
                              const char *content_type);
+/* Adds the CORS headers (Access-Control-Allow-Origin) when the request's Origin is allowed. */
+void http_add_cors(struct MHD_Connection *conn, struct MHD_Response *r);
 enum MHD_Result http_respond_error(struct MHD_Connection *conn, const openai_error *e);
 
 /* Socket watching: http.c. watch returns a slot id (-1 when the socket cannot be watched). */

@@ -318,9 +318,14 @@ int main(int argc, char **argv) {
     http_server_options opt = {.host = a.cfg.host,
                                .port = a.cfg.port,
                                .api_key = a.cfg.api_key,
+                               .allowed_origins = a.cfg.allowed_origins,
                                .max_body_bytes = a.cfg.max_body_bytes,
                                .n_threads = a.cfg.http_threads,
                                .max_connections = a.cfg.max_connections,
+                               .connection_timeout_s = a.cfg.http_timeout_s,
+                               .max_connections_per_ip = a.cfg.max_connections_per_ip,
+                               .max_logprobs = a.cfg.max_logprobs,
+                               .max_logprob_entries = a.cfg.max_logprob_entries,
                                .served_model_name = name,
                                .model_root = a.demo_dir ? DEMO_MODEL_NAME : a.cfg.model};
     if (http_server_start(&a.http, &opt, &engine, &a.metrics, &err)) {

@@ -142,11 +142,20 @@ static int prompt_from_ids(const openai_model_info *info, json_t *arr, openai_pr
     return 0;
 }
 
+int openai_check_prompt_bytes(const openai_model_info *info, size_t len, openai_error *e) {
+    if (info->max_prompt_bytes <= 0 || (long long)len <= info->max_prompt_bytes) return 0;
+    return bad_value(e, "prompt",
+                     "This model's maximum context length is %d tokens, and a prompt of %zu "
+                     "bytes is longer than any %d tokens can be (at most %lld bytes)",
+                     info->max_model_len, len, info->max_model_len, info->max_prompt_bytes);
+}
+
 static int prompt_from_text(const openai_model_info *info, json_t *s, openai_prompt *p,
                             openai_error *e) {
     if (!info->tok)
         return openai_error_set(e, 503, "server_error", NULL, "model_not_ready",
                                 "the tokenizer is not loaded yet");
+    if (openai_check_prompt_bytes(info, json_string_length(s), e)) return -1;
     p->text = kv_strdup(json_string_value(s));
     kv_error kerr;
     if (tokenizer_encode(info->tok, json_string_value(s), json_string_length(s), true, &p->ids,
@@ -404,6 +413,30 @@ static int check_lengths(const openai_model_info *info, openai_completion_reques
     return 0;
 }
 
+/* Bounds the logprobs work (and body size) of one request, as vLLM's max_logprobs does: each
+ * token of each choice carries logprobs + 1 entries, the echoed prompt included. */
+static int check_logprobs_work(const openai_model_info *info, const openai_completion_request *req,
+                               openai_error *e) {
+    if (req->logprobs < 0) return 0;
+    int max_lp = info->max_logprobs > 0 ? info->max_logprobs : SAMPLER_MAX_LOGPROBS;
+    if (req->logprobs > max_lp)
+        return bad_value(e, "logprobs", "logprobs must be at most %d (max_logprobs), got %d",
+                         max_lp, req->logprobs);
+    if (info->max_logprob_entries <= 0) return 0;
+    long long entries = 0;
+    for (int k = 0; k < req->n_prompts; k++) {
+        const openai_prompt *p = &req->prompts[k];
+        long long tokens = (long long)p->max_tokens + (req->echo ? p->n_ids : 0);
+        entries += (long long)req->n * tokens * (req->logprobs + 1);
+    }
+    if (entries > info->max_logprob_entries)
+        return bad_value(e, "logprobs",
+                         "n x tokens x (logprobs + 1) is %lld, over the limit of %lld "
+                         "(max_logprob_entries): lower n, max_tokens or logprobs",
+                         entries, info->max_logprob_entries);
+    return 0;
+}
+
 int openai_parse_completion(const openai_model_info *info, const char *body, size_t len,
                             openai_completion_request *req, openai_error *e) {
     memset(req, 0, sizeof *req);
@@ -457,6 +490,7 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
         goto done;
     }
     rc = check_lengths(info, req, e);
+    if (rc == 0) rc = check_logprobs_work(info, req, e);
 done:
     json_decref(root);
     if (rc) openai_completion_request_free(req);

@@ -37,7 +37,15 @@ typedef struct openai_model_info {
     int max_model_len;
     int vocab_size;                 /* token ids must be below it (0 = unchecked) */
     const sampler_params *defaults; /* server defaults (generation_config.json); NULL = OpenAI's */
+    /* A text prompt longer than this many bytes cannot fit max_model_len whatever it tokenizes
+     * to, so it is refused before tokenizing (0 = unchecked). */
+    long long max_prompt_bytes;
+    int max_logprobs;              /* largest logprobs accepted (0 = SAMPLER_MAX_LOGPROBS) */
+    long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = unchecked) */
 } openai_model_info;
+
+/* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */
+int openai_check_prompt_bytes(const openai_model_info *info, size_t len, openai_error *e);
 
 /* One prompt of a request. */
 typedef struct openai_prompt {

@@ -165,6 +165,7 @@ int openai_tokenize(const openai_model_info *info, const char *body, size_t len,
                          "the tokenizer is not loaded yet");
         goto done;
     }
+    if (openai_check_prompt_bytes(info, json_string_length(prompt), e)) goto done;
     kv_error kerr;
     if (tokenizer_encode(info->tok, json_string_value(prompt), json_string_length(prompt),
                          add_special, &ids, &n_ids, &kerr)) {

@@ -6,6 +6,7 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "server/http.h"
@@ -421,10 +422,13 @@ START_TEST(closed_connection_cancels_its_request) {
     ck_assert(fake_engine_wait_active(&fx.engine, 1));
     close(fd);
     ck_assert(fake_engine_wait_cancelled(&fx.engine, 1));
-    /* a plain request waiting for its whole output */
+    /* a plain request waiting for its whole output, its client reset (a FIN alone is not a
+     * hang-up: a half-closed client still reads the answer; tests/integration/test_hardening) */
     fd = http_connect_local(fx.port);
     http_send(fd, "POST", "/v1/completions", "", "{\"prompt\": [72], \"max_tokens\": 50}");
     ck_assert(fake_engine_wait_active(&fx.engine, 1));
+    struct linger rst = {.l_onoff = 1, .l_linger = 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &rst, sizeof rst);
     close(fd);
     ck_assert(fake_engine_wait_cancelled(&fx.engine, 2));
     /* a stream that already sent tokens */
