@@ -65,7 +65,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         int32_t t = sampler_sample(&s, &p, &st, row, &lp);
         KV_CHECK(t >= 0 && t < vocab);
         if (p.logprobs >= 0) KV_CHECK(lp.token == t && lp.n_top <= p.logprobs);
-        if (sampler_check_finish(&s, &p, &st, t) != SAMPLER_FINISH_NONE) break;
+        if (sampler_check_finish(&s, &p, &st, t) != KV_FINISH_NONE) break;
     }
     sampler_state_free(&st);
     sampler_free(&s);
