@@ -96,10 +96,9 @@ static void table_remove_slot(prefix_cache *pc, uint32_t i) {
     pc->table[i] = -1;
 }
 
-/* The pool recycles cached block id: tell the owner of the hook, then forget the hash. */
+/* The pool recycles cached block id: forget the hash it held. */
 static void on_pool_evict(void *ctx, int id) {
     prefix_cache *pc = ctx;
-    if (pc->evict_fn) pc->evict_fn(pc->evict_ctx, &pc->hashes[id], id);
     int64_t s = table_find(pc, &pc->hashes[id]);
     KV_CHECK(s >= 0 && pc->table[s] == id);
     table_remove_slot(pc, (uint32_t)s);
@@ -129,11 +128,6 @@ void prefix_cache_free(prefix_cache *pc) {
     free(pc->tokens);
     free(pc->table);
     memset(pc, 0, sizeof(*pc));
-}
-
-void prefix_cache_set_evict_hook(prefix_cache *pc, prefix_cache_evict_fn fn, void *ctx) {
-    pc->evict_fn = fn;
-    pc->evict_ctx = ctx;
 }
 
 int prefix_cache_find(const prefix_cache *pc, const block_hash *h) {

@@ -32,11 +32,6 @@ int block_hash_chain(const block_hash *prev, const int32_t *tokens, int n_tokens
 
 /* --- the cache --- */
 
-/* Told, before a cached block is recycled, which hash it held: the on_evict store policy copies
- * the block out here. The block's contents stay valid until the hook returns; a copy queued
- * asynchronously must be ordered before the block's next writer (the caller's job). */
-typedef void (*prefix_cache_evict_fn)(void *ctx, const block_hash *h, int block_id);
-
 typedef struct prefix_cache {
     block_pool *pool;
     int block_size;
@@ -46,9 +41,6 @@ typedef struct prefix_cache {
     uint32_t table_mask;
     int n_cached; /* blocks in the table (in use or on the pool's LRU) */
 
-    prefix_cache_evict_fn evict_fn;
-    void *evict_ctx;
-
     /* Counters in tokens, for metrics (prefix cache hit rate = n_hit_tokens / n_query_tokens). */
     int64_t n_query_tokens;
     int64_t n_hit_tokens;
@@ -57,8 +49,6 @@ typedef struct prefix_cache {
 /* Sets up the cache over the pool and installs itself as the pool's evict hook. */
 void prefix_cache_init(prefix_cache *pc, block_pool *pool);
 void prefix_cache_free(prefix_cache *pc);
-/* The hook told about every cached block before it is recycled (the offload tier's). */
-void prefix_cache_set_evict_hook(prefix_cache *pc, prefix_cache_evict_fn fn, void *ctx);
 
 /* Longest run of leading blocks that hit: for i = 0, 1, ... while hashes[i] is cached AND the
  * block's stored ids equal tokens[i * block_size, (i + 1) * block_size), ids[i] = that block.
