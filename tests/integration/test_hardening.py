@@ -192,6 +192,20 @@ class Hardening(unittest.TestCase):
         self.assertEqual(status, 200)
         self.assertEqual(h.get("access-control-allow-origin"), "*")
 
+    def test_one_log_line_per_request(self):
+        out = self.srv.complete(prompt="Once upon a time", max_tokens=5, temperature=0)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            lines = [line for line in self.srv.log if out["id"] in line]
+            if lines:
+                break
+            time.sleep(0.05)
+        self.assertEqual(len(lines), 1, "".join(self.srv.log[-20:]))
+        line = lines[0]
+        for part in ("status 200", "prompt_tokens 5", "completion_tokens 5",
+                     "cached_tokens gpu", "ttft ", "total "):
+            self.assertIn(part, line)
+
 
 if __name__ == "__main__":
     kh.run_tests(__name__)
