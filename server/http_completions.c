@@ -66,6 +66,8 @@ struct completion {
     char id[48];
     long long created;
     double arrival;
+    double first_token; /* kv_now() of the first generated token; 0 = none yet */
+    int status;         /* HTTP status answered, for the request log line */
     int watch_slot;
     char *error; /* the first engine failure */
     /* streamed output waiting for the socket */
@@ -115,9 +117,26 @@ static void completion_destroy(completion *c) {
     free(c);
 }
 
+static openai_usage completion_usage(const completion *c);
+
+/* One line per request at info level, as vLLM and llama-server log. */
+static void completion_log(const completion *c) {
+    if (!c->srv->opt.log_requests) return;
+    openai_usage u = completion_usage(c);
+    double now = kv_now();
+    char ttft[32] = "-";
+    if (c->first_token > 0) snprintf(ttft, sizeof ttft, "%.3f s", c->first_token - c->arrival);
+    fprintf(stderr,
+            "kvserve: %s status %d prompt_tokens %d completion_tokens %d cached_tokens gpu %d "
+            "host %d ttft %s total %.3f s%s\n",
+            c->id, c->status, u.prompt_tokens, u.completion_tokens, u.cached_tokens_gpu,
+            u.cached_tokens_host, ttft, now - c->arrival, c->client_gone ? " (client gone)" : "");
+}
+
 /* The last reference went: leaves the live list (waking a shutdown that waits for it), frees. */
 static void completion_free(completion *c) {
     http_server *s = c->srv;
+    completion_log(c);
     pthread_mutex_lock(&s->lock);
     if (c->prev)
         c->prev->next = c->next;
@@ -161,6 +180,7 @@ static void on_engine_event(void *user, const engine_event *ev) {
 
     pthread_mutex_lock(&c->lock);
     if (ev->token >= 0 && !ev->is_prompt) {
+        if (c->first_token == 0) c->first_token = now;
         if (ch->n_timed == 0)
             metrics_histogram_observe(&c->metrics->time_to_first_token_seconds, now - c->arrival);
         else
@@ -372,11 +392,13 @@ static openai_usage completion_usage(const completion *c) {
 static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, bool aborting) {
     openai_error e;
     if (aborting) {
+        c->status = 503;
         openai_error_set(&e, 503, "server_error", NULL, "shutting_down",
                          "the server is shutting down");
         return http_respond_error(conn, &e);
     }
     if (c->error) {
+        c->status = 500;
         openai_error_set(&e, 500, "server_error", NULL, "engine_error", "%s", c->error);
         return http_respond_error(conn, &e);
     }
@@ -575,6 +597,7 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
         for (int k = 0; k < c->n_choices; k++) c->choices[k].done = true;
         c->n_done = c->n_choices;
         openai_error e;
+        c->status = st == ENGINE_SUBMIT_BUSY ? 503 : 400;
         if (st == ENGINE_SUBMIT_BUSY)
             openai_error_set(&e, 503, "server_error", NULL, "server_overloaded",
                              "the server is overloaded (queue full): retry later");
@@ -618,6 +641,7 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     c->refs = 1;
     c->conn = conn;
     c->watch_slot = -1;
+    c->status = 200;
     c->arrival = kv_now();
     c->created = (long long)time(NULL);
     make_id(c->id, sizeof c->id);

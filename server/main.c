@@ -319,6 +319,7 @@ int main(int argc, char **argv) {
                                .port = a.cfg.port,
                                .api_key = a.cfg.api_key,
                                .allowed_origins = a.cfg.allowed_origins,
+                               .log_requests = a.cfg.log_level <= CONFIG_LOG_INFO,
                                .max_body_bytes = a.cfg.max_body_bytes,
                                .n_threads = a.cfg.http_threads,
                                .max_connections = a.cfg.max_connections,

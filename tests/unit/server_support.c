@@ -269,6 +269,10 @@ bool fake_engine_wait_cancelled(fake_engine *e, int n) {
     return fake_wait(e, &e->n_cancelled, n);
 }
 
+bool fake_engine_wait_submitted(fake_engine *e, int n) {
+    return fake_wait(e, &e->n_submitted, n);
+}
+
 /* ---- HTTP client ---- */
 
 int http_connect_local(int port) {

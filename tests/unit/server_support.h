@@ -59,6 +59,7 @@ void fake_engine_allow(fake_engine *e, int n);
 /* Waits (up to 20 s) until pred holds; returns whether it did. */
 bool fake_engine_wait_active(fake_engine *e, int n_active);
 bool fake_engine_wait_cancelled(fake_engine *e, int n_cancelled);
+bool fake_engine_wait_submitted(fake_engine *e, int n_submitted);
 
 /* ---- HTTP client ---- */
 
