@@ -3,6 +3,7 @@
  * creates the engine, flips the HTTP side to ready, and on SIGINT/SIGTERM shuts down in order:
  * HTTP (no new connections; open streams end with a finish chunk and [DONE]), the engine, the
  * model. With no --model it serves the built-in demo model (server/demo_model.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "model/model.h"
@@ -181,6 +183,39 @@ static int kv_blocks_auto(const app *a, size_t free_before, size_t block_bytes, 
     return n > INT32_MAX / 2 ? INT32_MAX / 2 : (int)n;
 }
 
+/* MemAvailable of /proc/meminfo in bytes (what can be allocated without swapping), or 0 when it
+ * cannot be read (then no check is made). */
+static size_t mem_available_bytes(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    unsigned long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) break;
+    fclose(f);
+    return (size_t)kib * 1024;
+}
+
+/* The bytes of the *.safetensors files in dir (0 when none can be read). */
+static size_t safetensors_bytes(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    size_t total = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n < 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0) continue;
+        char path[4096];
+        struct stat st;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) total += (size_t)st.st_size;
+    }
+    closedir(d);
+    return total;
+}
+
+#define GIB(x) ((double)(x) / (double)(1ull << 30))
+
 /* Loads the model, the tokenizer and the engine, then marks the HTTP side ready. */
 static int app_load(app *a, kv_error *err) {
     kv_config *cfg = &a->cfg;
@@ -194,6 +229,14 @@ static int app_load(app *a, kv_error *err) {
     load_progress progress = {.a = a, .tty = isatty(STDERR_FILENO), .last_step = -1, .t0 = t0};
     app_log(a, CONFIG_LOG_INFO, "loading %s from %s on %s", dummy ? "random weights" : "weights",
             cfg->model, a->be->name);
+    /* The CPU backend copies the weights into RAM: refuse a model that cannot fit, with the
+     * sizes, rather than abort in the middle of loading it. */
+    size_t avail = mem_available_bytes(), weights = dummy ? 0 : safetensors_bytes(cfg->model);
+    if (strcmp(a->be->name, "cpu") == 0 && avail > 0 && weights > avail)
+        return kv_error_set(err,
+                            "%s: the weights take %.2f GiB but only %.2f GiB of memory is "
+                            "available (MemAvailable): use a smaller model or free memory",
+                            cfg->model, GIB(weights), GIB(avail));
     model_load_options lo = {.format = dummy ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS,
                              .max_tokens = cfg->max_num_batched_tokens,
                              .progress = on_load_progress,
@@ -227,6 +270,22 @@ static int app_load(app *a, kv_error *err) {
                 (long long)n_blocks * cfg->block_size);
         model_len = n_blocks * cfg->block_size;
     }
+
+    /* The host tier is pinned in the background after ready: one larger than the memory left
+     * would be pinned until the OOM killer ends the process. On the CPU backend the KV pool is
+     * in the same RAM (allocated, not yet touched, so MemAvailable does not show it yet). */
+    size_t tier_bytes = (size_t)(cfg->offload.size_gib * (double)(1ull << 30));
+    avail = mem_available_bytes();
+    if (avail > 0 && strcmp(a->be->name, "cpu") == 0) {
+        size_t pool = (size_t)n_blocks * block_bytes;
+        avail = avail > pool ? avail - pool : 0;
+    }
+    if (tier_bytes > 0 && mem_available_bytes() > 0 && tier_bytes > avail)
+        return kv_error_set(err,
+                            "offload.size_gib %g is more than the %.2f GiB of memory available "
+                            "for the host tier (MemAvailable%s): lower --offload-size-gib",
+                            cfg->offload.size_gib, GIB(avail),
+                            strcmp(a->be->name, "cpu") == 0 ? " less the CPU KV pool" : "");
 
     scheduler_config sc;
     engine_config_from(&sc, cfg, n_blocks);

@@ -152,6 +152,15 @@ class Cli(unittest.TestCase):
             finally:
                 srv.stop()
 
+    def test_host_tier_larger_than_memory_is_refused(self):
+        # said ready, then pinned until the OOM killer came (issue 20)
+        r = self.run_kvserve("--model", kh.testdata_model(), "--device", "cpu", "--port", "0",
+                             "--offload-size-gib", "100000")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"offload.size_gib 100000 is more than the [0-9.]+ GiB of "
+                                   r"memory available")
+        self.assertNotIn("ready on", r.stderr)
+
     def test_help(self):
         r = self.run_kvserve("--help")
         self.assertEqual(r.returncode, 0)

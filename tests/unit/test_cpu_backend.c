@@ -119,6 +119,19 @@ static void check_matmul(backend *be, int n, int k, int m, bool with_bias, const
     free(x), free(w), free(bias), free(ref), free(out);
 }
 
+/* Issue 20: a host allocation the machine cannot give is NULL (the host tier stays smaller than
+ * asked), not an abort after ready. */
+START_TEST(host_alloc_failure_is_null_not_an_abort) {
+    backend *be = cpu_backend_create(1);
+    void *p = be->ops->host_alloc(be, SIZE_MAX / 2);
+    ck_assert_ptr_null(p);
+    p = be->ops->host_alloc(be, 4096);
+    ck_assert_ptr_nonnull(p);
+    be->ops->host_free(be, p);
+    backend_destroy(be);
+}
+END_TEST
+
 START_TEST(matmul_matches_reference) {
     backend *be = cpu_backend_create(3);
     check_matmul(be, 1, 64, 64, false, "matmul 1x64x64");
@@ -547,6 +560,7 @@ int main(void) {
     Suite *s = suite_create("cpu_backend");
     TCase *tc = tcase_create("ops");
     tcase_add_test(tc, matmul_matches_reference);
+    tcase_add_test(tc, host_alloc_failure_is_null_not_an_abort);
     tcase_add_test(tc, weight_upload_converts_half_types);
     tcase_add_test(tc, rmsnorm_add_swiglu_embed_gather_match_reference);
     tcase_add_test(tc, rope_matches_reference);
