@@ -25,7 +25,7 @@ void *ct_fail(ct_ctx *c, int line, const char *fmt, ...) {
 }
 
 chat_template_limits chat_template_default_limits(void) {
-    return (chat_template_limits){16u << 20, 1000000, 64};
+    return (chat_template_limits){16u << 20, 1000000, 64, 0};
 }
 
 /* Frames below `barrier` other than frame 0 are invisible (a macro body sees only the globals). */

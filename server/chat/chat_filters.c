@@ -179,7 +179,7 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
         if (!strcmp(name, "strftime_now")) {
             if (!a0 || !json_is_string(a0))
                 return ct_fail(c, n->line, "strftime_now needs a format");
-            time_t now = time(NULL);
+            time_t now = c->lim.now ? (time_t)c->lim.now : time(NULL);
             struct tm tm;
             localtime_r(&now, &tm);
             char buf[256];

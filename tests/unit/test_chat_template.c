@@ -2,8 +2,10 @@
  * exactly as transformers' apply_chat_template does (goldens made with Jinja2), extra templates
  * in tests/data/chat_templates, single features, and malformed or hostile templates. */
 #include <check.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server/chat/chat_template.h"
@@ -90,7 +92,11 @@ static int run_template_dir(const char *dir, int *n_cases) {
         json_object_update(vars, json_object_get(cs, "chat_template_kwargs"));
         char *out = NULL;
         kv_error rerr = {{0}};
-        int rc = chat_template_render(t, vars, NULL, &out, NULL, &rerr);
+        /* make_goldens.py pins strftime_now to 2024-07-26 12:00 local time */
+        chat_template_limits lim = chat_template_default_limits();
+        struct tm tm = {.tm_year = 124, .tm_mon = 6, .tm_mday = 26, .tm_hour = 12, .tm_isdst = -1};
+        lim.now = (long long)mktime(&tm);
+        int rc = chat_template_render(t, vars, &lim, &out, NULL, &rerr);
         const char *name = json_string_value(json_object_get(cs, "name"));
         const char *want = json_string_value(json_object_get(cs, "expected_text"));
         if (json_is_true(json_object_get(cs, "expected_error"))) {
@@ -149,6 +155,25 @@ START_TEST(shared_real_templates) {
         return;
     }
     run_template_root(root, dirs, 4);
+}
+END_TEST
+
+/* Templates of other models (tests/data/chat_templates, goldens by its make_goldens.py). */
+START_TEST(extra_real_templates) {
+    const char *src = getenv("KVSERVE_SOURCE");
+    char root[2048];
+    snprintf(root, sizeof root, "%s/tests/data/chat_templates", src ? src : ".");
+    DIR *d = opendir(root);
+    ck_assert_msg(d, "cannot list %s (set KVSERVE_SOURCE)", root);
+    const char *dirs[64];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 63)
+        if (e->d_name[0] != '.') dirs[n++] = strdup(e->d_name);
+    closedir(d);
+    dirs[n] = NULL;
+    run_template_root(root, dirs, 1);
+    for (int i = 0; i < n; i++) free((char *)dirs[i]);
 }
 END_TEST
 
@@ -310,6 +335,7 @@ Suite *chat_suite(void) {
     Suite *s = suite_create("chat_template");
     TCase *tc = tcase_create("real");
     tcase_add_test(tc, shared_real_templates);
+    tcase_add_test(tc, extra_real_templates);
     tcase_add_test(tc, whitespace_control);
     tcase_add_test(tc, loops);
     tcase_add_test(tc, expressions);
