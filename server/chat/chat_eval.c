@@ -35,6 +35,38 @@ static int frame_barrier(ct_ctx *c) {
     return 1;
 }
 
+/* Nesting depth of v, counting up to limit (values a template builds stay shallow enough that
+ * printing and freeing them, both recursive, cannot exhaust the stack). */
+static int value_depth(json_t *v, int limit) {
+    if (!v || limit <= 0 || !(json_is_array(v) || json_is_object(v))) return 0;
+    int d = 0;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v) && d < limit; i++) {
+            int k = value_depth(json_array_get(v, i), limit - 1);
+            if (k > d) d = k;
+        }
+    } else {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            int k = value_depth(x, limit - 1);
+            if (k > d) d = k;
+            if (d >= limit) break;
+        }
+    }
+    return d + 1;
+}
+
+#define CT_MAX_VALUE_DEPTH 512
+
+json_t *ct_check_nested(ct_ctx *c, int line, json_t *v) {
+    if (v && value_depth(v, CT_MAX_VALUE_DEPTH) >= CT_MAX_VALUE_DEPTH) {
+        json_decref(v);
+        return ct_fail(c, line, "value nested more than %d deep", CT_MAX_VALUE_DEPTH);
+    }
+    return v;
+}
+
 static json_t *lookup(ct_ctx *c, const char *name) {
     int barrier = frame_barrier(c);
     for (int i = c->n_frames - 1; i >= barrier; i--) {
@@ -331,7 +363,7 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     case CT_TUPLE: {
         json_t *a = json_array();
         for (int i = 0; i < n->args.n; i++) {
-            json_t *x = ct_eval(c, n->args.v[i]);
+            json_t *x = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i]));
             json_array_append_new(a, x ? x : json_null());
         }
         return a;
@@ -340,7 +372,7 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n) {
         json_t *d = json_object();
         for (int i = 0; i + 1 < n->args.n; i += 2) {
             json_t *k = ct_eval(c, n->args.v[i]);
-            json_t *v = ct_eval(c, n->args.v[i + 1]);
+            json_t *v = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i + 1]));
             if (k && json_is_string(k))
                 json_object_set_new(d, json_string_value(k), v ? v : json_null());
             else {
@@ -548,7 +580,10 @@ static void exec(ct_ctx *c, const ct_node *n) {
                         n->name);
                 break;
             }
-            json_object_set_new(ns, n->attr, v);
+            /* a copy: `set ns.a = ns` or `[ns]` would make a reference cycle */
+            json_t *copy = ct_check_nested(c, n->line, json_deep_copy(v));
+            json_decref(v);
+            if (copy) json_object_set_new(ns, n->attr, copy);
         } else if (n->n_names) {
             bind_targets(c, n, f, v);
             json_decref(v);

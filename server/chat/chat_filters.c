@@ -187,10 +187,13 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             return ct_string(buf, k);
         }
         if (!strcmp(name, "namespace") || !strcmp(name, "dict")) {
-            json_t *ns = a0 && json_is_object(a0) ? json_copy(a0) : json_object();
+            json_t *ns = a0 && json_is_object(a0) ? json_deep_copy(a0) : json_object();
             for (int i = 0; i < n->kw.n; i++) {
                 json_t *v = ct_eval(c, n->kw.v[i]);
-                json_object_set_new(ns, n->kw_names[i], v ? v : json_null());
+                json_t *copy = v ? json_deep_copy(v) : json_null(); /* no cycles through ns */
+                json_decref(v);
+                copy = ct_check_nested(c, n->line, copy);
+                if (copy) json_object_set_new(ns, n->kw_names[i], copy);
             }
             return ns;
         }

@@ -153,6 +153,9 @@ bool ct_test(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **
  * when there is no such method. */
 json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *name, json_t **args,
                        int n_args, bool *found);
+/* For a value about to go inside a new list, dict or namespace: NULL with the error set when it
+ * would nest too deeply; takes v's reference either way. */
+json_t *ct_check_nested(ct_ctx *c, int line, json_t *v);
 /* Keyword argument `name` of call node n, evaluated (new ref), or NULL when absent. */
 json_t *ct_kwarg(ct_ctx *c, const ct_node *n, const char *name);
 

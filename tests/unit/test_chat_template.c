@@ -289,6 +289,11 @@ START_TEST(errors) {
         "{% set s = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' %}"
         "{% for a in range(1000) %}{% for b in range(1000) %}{{ s }}{% endfor %}{% endfor %}",
         NULL, "output larger");
+    check_error("{% set ns = namespace(x=1) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+                "{% endfor %}{{ ns.x }}",
+                NULL, "nested more than");
+    check_render("{% set ns = namespace(a=1) %}{% set ns.me = ns %}{% set ns.a = 2 %}{{ ns.me.a }}",
+                 NULL, "1");
     kv_error err = {{0}};
     char *nested = malloc(20001);
     for (int i = 0; i < 10000; i++) {
