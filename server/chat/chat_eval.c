@@ -352,8 +352,20 @@ static json_t *eval_call(ct_ctx *c, const ct_node *n) {
     return ct_fail(c, n->line, "this expression is not callable");
 }
 
+static json_t *eval_node(ct_ctx *c, const ct_node *n);
+
+/* Never a value once an error is set, so callers need not free one on their error paths. */
 json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     if (c->failed) return NULL;
+    json_t *r = eval_node(c, n);
+    if (c->failed) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static json_t *eval_node(ct_ctx *c, const ct_node *n) {
     switch (n->kind) {
     case CT_LIT:
         return json_incref(n->lit);
