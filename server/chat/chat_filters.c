@@ -288,6 +288,30 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
     return NULL;
 }
 
+static const char *const known_filters[] = {
+    "tojson", "default", "d",          "safe",    "length", "count",   "string",     "list",
+    "items",  "first",   "last",       "join",    "select", "reject",  "selectattr", "rejectattr",
+    "map",    "int",     "float",      "abs",     "unique", "reverse", "trim",       "lower",
+    "upper",  "title",   "capitalize", "replace", "indent", NULL};
+static const char *const known_tests[] = {
+    "defined",     "undefined", "none",    "string", "mapping", "iterable", "sequence", "number",
+    "integer",     "float",     "boolean", "true",   "false",   "callable", "equalto",  "eq",
+    "==",          "sameas",    "ne",      "!=",     "lower",   "upper",    "odd",      "even",
+    "divisibleby", "in",        "gt",      "lt",     "ge",      "le",       NULL};
+
+static bool known(const char *const *names, const char *name) {
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(names[i], name)) return true;
+    return false;
+}
+
+bool ct_filter_known(const char *name) {
+    return known(known_filters, name);
+}
+bool ct_test_known(const char *name) {
+    return known(known_tests, name);
+}
+
 /* The value of attribute path "a.b" of x (borrowed), or NULL. */
 static json_t *attr_path(json_t *x, const char *path) {
     char part[128];

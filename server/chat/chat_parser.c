@@ -280,6 +280,7 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             next(p);
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a filter name", NULL);
+            if (!ct_filter_known(f->text)) return fail(p, f->line, "unknown filter", f->text);
             ct_node *x = node(p, CT_FILTER, f->line);
             x->name = kv_strdup(f->text);
             x->a = n;
@@ -291,6 +292,7 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             x->negate = accept_name(p, "not");
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a test name", NULL);
+            if (!ct_test_known(f->text)) return fail(p, f->line, "unknown test", f->text);
             x->name = kv_strdup(f->text);
             x->a = n;
             ct_tok *nx = peek(p);

@@ -273,7 +273,8 @@ START_TEST(macros) {
 END_TEST
 
 START_TEST(errors) {
-    check_error("{{ x | no_such_filter }}", NULL, "unknown filter 'no_such_filter'");
+    check_error("{{ x | no_such_filter }}", NULL, "line 1: unknown filter 'no_such_filter'");
+    check_error("a\n\n{{ [1] | map('no_such') }}", NULL, "line 3: unknown filter 'no_such'");
     check_error("a\n{% if true %}x", NULL, "line 2");
     check_error("{% for x in y %}", NULL, "unclosed");
     check_error("{{ x", NULL, "line 1");
