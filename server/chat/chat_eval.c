@@ -167,6 +167,59 @@ static json_t *item(ct_ctx *c, const ct_node *n, json_t *v, json_t *key) {
     return NULL;
 }
 
+/* Python's "fmt" % args for %s %r %d %i %f (with a precision) and %%. */
+static json_t *percent_format(ct_ctx *c, const ct_node *n, json_t *fmt, json_t *b) {
+    const char *f = json_string_value(fmt);
+    size_t len = json_string_length(fmt), k = 0;
+    size_t n_args = b && json_is_array(b) ? json_array_size(b) : 1;
+    ct_buf out = {.limit = c->lim.max_output_bytes};
+    for (size_t i = 0; i < len; i++) {
+        if (f[i] != '%') {
+            ct_buf_add(&out, f + i, 1);
+            continue;
+        }
+        int prec = -1;
+        if (i + 2 < len && f[i + 1] == '.' && f[i + 2] >= '0' && f[i + 2] <= '9') {
+            prec = f[i + 2] - '0';
+            i += 2;
+        }
+        char conv = i + 1 < len ? f[++i] : 0;
+        if (conv == '%') {
+            ct_buf_adds(&out, "%");
+            continue;
+        }
+        if (k >= n_args || !strchr("srdif", conv)) {
+            free(out.p);
+            return ct_fail(c, n->line, "bad %% format or not enough arguments");
+        }
+        json_t *x = b && json_is_array(b) ? json_array_get(b, k) : b;
+        k++;
+        char tmp[64];
+        if (conv == 's')
+            ct_str(&out, x);
+        else if (conv == 'r')
+            ct_repr(&out, x);
+        else if (x && (json_is_number(x) || json_is_boolean(x))) {
+            double v = json_is_number(x) ? json_number_value(x) : json_is_true(x);
+            if (conv == 'f')
+                snprintf(tmp, sizeof tmp, "%.*f", prec < 0 ? 6 : prec, v);
+            else
+                snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+            ct_buf_adds(&out, tmp);
+        } else {
+            free(out.p);
+            return ct_fail(c, n->line, "%%%c needs a number", conv);
+        }
+    }
+    if (k < n_args && b && json_is_array(b)) {
+        free(out.p);
+        return ct_fail(c, n->line, "not all arguments converted during string formatting");
+    }
+    json_t *r = ct_string(out.p ? out.p : "", out.n);
+    free(out.p);
+    return r;
+}
+
 static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, json_t *b) {
     if (!strcmp(op, "~")) {
         ct_buf s = {0};
@@ -220,6 +273,7 @@ static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, jso
         free(s.p);
         return r;
     }
+    if (!strcmp(op, "%") && a && json_is_string(a)) return percent_format(c, n, a, b);
     bool num = a && b && (json_is_number(a) || json_is_boolean(a)) &&
                (json_is_number(b) || json_is_boolean(b));
     if (!num) return ct_fail(c, n->line, "unsupported operand types for '%s'", op);
@@ -354,6 +408,14 @@ static json_t *eval_call(ct_ctx *c, const ct_node *n) {
 
 static json_t *eval_node(ct_ctx *c, const ct_node *n);
 
+/* Like Jinja: an attribute or item of an undefined value is an error (of None it is undefined). */
+static json_t *undefined_base(ct_ctx *c, const ct_node *n) {
+    const ct_node *b = n->a;
+    if (b->kind == CT_NAME) return ct_fail(c, n->line, "'%s' is undefined", b->name);
+    if (b->kind == CT_ATTR) return ct_fail(c, n->line, "no attribute '%s'", b->name);
+    return ct_fail(c, n->line, "subscript of an undefined value");
+}
+
 /* Never a value once an error is set, so callers need not free one on their error paths. */
 json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     if (c->failed) return NULL;
@@ -397,12 +459,15 @@ static json_t *eval_node(ct_ctx *c, const ct_node *n) {
     }
     case CT_ATTR: {
         json_t *v = ct_eval(c, n->a);
+        if (!v && !c->failed) return undefined_base(c, n);
         json_t *r = v && json_is_object(v) ? json_incref(json_object_get(v, n->name)) : NULL;
         json_decref(v);
         return r;
     }
     case CT_ITEM: {
-        json_t *v = ct_eval(c, n->a), *k = ct_eval(c, n->b);
+        json_t *v = ct_eval(c, n->a);
+        if (!v && !c->failed) return undefined_base(c, n);
+        json_t *k = ct_eval(c, n->b);
         json_t *r = item(c, n, v, k);
         json_decref(v);
         json_decref(k);

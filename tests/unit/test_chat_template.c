@@ -229,6 +229,9 @@ START_TEST(expressions) {
     check_render("{{ 1200.0 }} {{ 4.1 }} {{ 1e20 }} {{ 0.00001 }} {{ true }} {{ none }}", NULL,
                  "1200.0 4.1 1e+20 1e-05 True None");
     check_render("{{ {'a': \"it's\", 'b': [1, none]} }}", NULL, "{'a': \"it's\", 'b': [1, None]}");
+    check_render("{{ '%s-%d %.2f %r %%' % ('a', 3, 2.5, 'q') }}|{{ 'n=%s' % none }}", NULL,
+                 "a-3 2.50 'q' %|n=None");
+    check_render("{{ z.y }}|{{ d.q }}", "{\"z\": null, \"d\": {}}", "|");
     check_render("{{ x | default('z') }}|{{ undefined_thing }}|{{ 'a' | upper | length }}", NULL,
                  "z||1");
 }
@@ -284,6 +287,9 @@ START_TEST(errors) {
     check_error("{{ raise_exception('Roles must alternate') }}", NULL, "Roles must alternate");
     check_error("{{ x is no_such_test }}", NULL, "unknown test");
     check_error("{{ 1 / 0 }}", NULL, "division by zero");
+    check_error("{{ x.y }}", NULL, "'x' is undefined");
+    check_error("{{ messages[3].content }}", "{\"messages\": []}", "undefined");
+    check_error("{{ '%d' % 'a' }}", NULL, "needs a number");
     check_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", NULL, "nested too deeply");
     check_error("{% for a in range(2000) %}{% for b in range(2000) %}{% endfor %}{% endfor %}",
                 NULL, "loop iterations");
