@@ -697,7 +697,23 @@ static void exec(ct_ctx *c, const ct_node *n) {
         c->brk = 2;
         break;
     case CT_SEQ:
-        exec_list(c, &n->body);
+        if (n->name) { /* filter block */
+            ct_buf saved = c->out;
+            c->out = (ct_buf){.limit = c->lim.max_output_bytes};
+            exec_list(c, &n->body);
+            ct_buf mine = c->out;
+            c->out = saved;
+            json_t *text = ct_string(mine.p ? mine.p : "", mine.n), *args[16];
+            free(mine.p);
+            int na = n->args.n <= 16 ? eval_args(c, n, args) : 0;
+            json_t *r = c->failed ? NULL : ct_filter(c, n, n->name, text, args, na);
+            free_args(args, na);
+            ct_str(&c->out, r);
+            json_decref(r);
+            json_decref(text);
+        } else {
+            exec_list(c, &n->body);
+        }
         break;
     default:
         ct_fail(c, n->line, "not a statement");

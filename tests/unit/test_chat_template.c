@@ -231,6 +231,10 @@ START_TEST(expressions) {
     check_render("{{ {'a': \"it's\", 'b': [1, none]} }}", NULL, "{'a': \"it's\", 'b': [1, None]}");
     check_render("{{ '%s-%d %.2f %r %%' % ('a', 3, 2.5, 'q') }}|{{ 'n=%s' % none }}", NULL,
                  "a-3 2.50 'q' %|n=None");
+    check_render("{% for k, v in {'b': 1, 'A': 2, 'c': 0} | dictsort %}{{ k }}{{ v }}{% endfor %}|"
+                 "{{ none | selectattr('x') | list }}{{ none | map(attribute='x') | list }}|"
+                 "{% filter upper %}a{{ 'b' }}{% endfilter %}",
+                 NULL, "A2b1c0|[][]|AB");
     check_render("{{ '\\u00e9\\x41\\t' | tojson }}", NULL, "\"\u00e9A\\t\"");
     check_render("{{ z.y }}|{{ d.q }}", "{\"z\": null, \"d\": {}}", "|");
     check_render("{{ x | default('z') }}|{{ undefined_thing }}|{{ 'a' | upper | length }}", NULL,
