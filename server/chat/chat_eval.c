@@ -25,7 +25,7 @@ void *ct_fail(ct_ctx *c, int line, const char *fmt, ...) {
 }
 
 chat_template_limits chat_template_default_limits(void) {
-    return (chat_template_limits){16u << 20, 1000000, 64};
+    return (chat_template_limits){16u << 20, 1000000, 64, 0};
 }
 
 /* Frames below `barrier` other than frame 0 are invisible (a macro body sees only the globals). */
@@ -33,6 +33,38 @@ static int frame_barrier(ct_ctx *c) {
     for (int i = c->n_frames - 1; i > 0; i--)
         if (json_object_get(c->frames[i], "\001barrier")) return i;
     return 1;
+}
+
+/* Nesting depth of v, counting up to limit (values a template builds stay shallow enough that
+ * printing and freeing them, both recursive, cannot exhaust the stack). */
+static int value_depth(json_t *v, int limit) {
+    if (!v || limit <= 0 || !(json_is_array(v) || json_is_object(v))) return 0;
+    int d = 0;
+    if (json_is_array(v)) {
+        for (size_t i = 0; i < json_array_size(v) && d < limit; i++) {
+            int k = value_depth(json_array_get(v, i), limit - 1);
+            if (k > d) d = k;
+        }
+    } else {
+        const char *key;
+        json_t *x;
+        json_object_foreach(v, key, x) {
+            int k = value_depth(x, limit - 1);
+            if (k > d) d = k;
+            if (d >= limit) break;
+        }
+    }
+    return d + 1;
+}
+
+#define CT_MAX_VALUE_DEPTH 512
+
+json_t *ct_check_nested(ct_ctx *c, int line, json_t *v) {
+    if (v && value_depth(v, CT_MAX_VALUE_DEPTH) >= CT_MAX_VALUE_DEPTH) {
+        json_decref(v);
+        return ct_fail(c, line, "value nested more than %d deep", CT_MAX_VALUE_DEPTH);
+    }
+    return v;
 }
 
 static json_t *lookup(ct_ctx *c, const char *name) {
@@ -135,6 +167,59 @@ static json_t *item(ct_ctx *c, const ct_node *n, json_t *v, json_t *key) {
     return NULL;
 }
 
+/* Python's "fmt" % args for %s %r %d %i %f (with a precision) and %%. */
+static json_t *percent_format(ct_ctx *c, const ct_node *n, json_t *fmt, json_t *b) {
+    const char *f = json_string_value(fmt);
+    size_t len = json_string_length(fmt), k = 0;
+    size_t n_args = b && json_is_array(b) ? json_array_size(b) : 1;
+    ct_buf out = {.limit = c->lim.max_output_bytes};
+    for (size_t i = 0; i < len; i++) {
+        if (f[i] != '%') {
+            ct_buf_add(&out, f + i, 1);
+            continue;
+        }
+        int prec = -1;
+        if (i + 2 < len && f[i + 1] == '.' && f[i + 2] >= '0' && f[i + 2] <= '9') {
+            prec = f[i + 2] - '0';
+            i += 2;
+        }
+        char conv = i + 1 < len ? f[++i] : 0;
+        if (conv == '%') {
+            ct_buf_adds(&out, "%");
+            continue;
+        }
+        if (k >= n_args || !strchr("srdif", conv)) {
+            free(out.p);
+            return ct_fail(c, n->line, "bad %% format or not enough arguments");
+        }
+        json_t *x = b && json_is_array(b) ? json_array_get(b, k) : b;
+        k++;
+        char tmp[64];
+        if (conv == 's')
+            ct_str(&out, x);
+        else if (conv == 'r')
+            ct_repr(&out, x);
+        else if (x && (json_is_number(x) || json_is_boolean(x))) {
+            double v = json_is_number(x) ? json_number_value(x) : json_is_true(x);
+            if (conv == 'f')
+                snprintf(tmp, sizeof tmp, "%.*f", prec < 0 ? 6 : prec, v);
+            else
+                snprintf(tmp, sizeof tmp, "%lld", (long long)v);
+            ct_buf_adds(&out, tmp);
+        } else {
+            free(out.p);
+            return ct_fail(c, n->line, "%%%c needs a number", conv);
+        }
+    }
+    if (k < n_args && b && json_is_array(b)) {
+        free(out.p);
+        return ct_fail(c, n->line, "not all arguments converted during string formatting");
+    }
+    json_t *r = ct_string(out.p ? out.p : "", out.n);
+    free(out.p);
+    return r;
+}
+
 static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, json_t *b) {
     if (!strcmp(op, "~")) {
         ct_buf s = {0};
@@ -188,6 +273,7 @@ static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, jso
         free(s.p);
         return r;
     }
+    if (!strcmp(op, "%") && a && json_is_string(a)) return percent_format(c, n, a, b);
     bool num = a && b && (json_is_number(a) || json_is_boolean(a)) &&
                (json_is_number(b) || json_is_boolean(b));
     if (!num) return ct_fail(c, n->line, "unsupported operand types for '%s'", op);
@@ -320,8 +406,28 @@ static json_t *eval_call(ct_ctx *c, const ct_node *n) {
     return ct_fail(c, n->line, "this expression is not callable");
 }
 
+static json_t *eval_node(ct_ctx *c, const ct_node *n);
+
+/* Like Jinja: an attribute or item of an undefined value is an error (of None it is undefined). */
+static json_t *undefined_base(ct_ctx *c, const ct_node *n) {
+    const ct_node *b = n->a;
+    if (b->kind == CT_NAME) return ct_fail(c, n->line, "'%s' is undefined", b->name);
+    if (b->kind == CT_ATTR) return ct_fail(c, n->line, "no attribute '%s'", b->name);
+    return ct_fail(c, n->line, "subscript of an undefined value");
+}
+
+/* Never a value once an error is set, so callers need not free one on their error paths. */
 json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     if (c->failed) return NULL;
+    json_t *r = eval_node(c, n);
+    if (c->failed) {
+        json_decref(r);
+        return NULL;
+    }
+    return r;
+}
+
+static json_t *eval_node(ct_ctx *c, const ct_node *n) {
     switch (n->kind) {
     case CT_LIT:
         return json_incref(n->lit);
@@ -331,7 +437,7 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     case CT_TUPLE: {
         json_t *a = json_array();
         for (int i = 0; i < n->args.n; i++) {
-            json_t *x = ct_eval(c, n->args.v[i]);
+            json_t *x = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i]));
             json_array_append_new(a, x ? x : json_null());
         }
         return a;
@@ -340,7 +446,7 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n) {
         json_t *d = json_object();
         for (int i = 0; i + 1 < n->args.n; i += 2) {
             json_t *k = ct_eval(c, n->args.v[i]);
-            json_t *v = ct_eval(c, n->args.v[i + 1]);
+            json_t *v = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i + 1]));
             if (k && json_is_string(k))
                 json_object_set_new(d, json_string_value(k), v ? v : json_null());
             else {
@@ -353,12 +459,15 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n) {
     }
     case CT_ATTR: {
         json_t *v = ct_eval(c, n->a);
+        if (!v && !c->failed) return undefined_base(c, n);
         json_t *r = v && json_is_object(v) ? json_incref(json_object_get(v, n->name)) : NULL;
         json_decref(v);
         return r;
     }
     case CT_ITEM: {
-        json_t *v = ct_eval(c, n->a), *k = ct_eval(c, n->b);
+        json_t *v = ct_eval(c, n->a);
+        if (!v && !c->failed) return undefined_base(c, n);
+        json_t *k = ct_eval(c, n->b);
         json_t *r = item(c, n, v, k);
         json_decref(v);
         json_decref(k);
@@ -548,7 +657,10 @@ static void exec(ct_ctx *c, const ct_node *n) {
                         n->name);
                 break;
             }
-            json_object_set_new(ns, n->attr, v);
+            /* a copy: `set ns.a = ns` or `[ns]` would make a reference cycle */
+            json_t *copy = ct_check_nested(c, n->line, json_deep_copy(v));
+            json_decref(v);
+            if (copy) json_object_set_new(ns, n->attr, copy);
         } else if (n->n_names) {
             bind_targets(c, n, f, v);
             json_decref(v);
@@ -585,7 +697,23 @@ static void exec(ct_ctx *c, const ct_node *n) {
         c->brk = 2;
         break;
     case CT_SEQ:
-        exec_list(c, &n->body);
+        if (n->name) { /* filter block */
+            ct_buf saved = c->out;
+            c->out = (ct_buf){.limit = c->lim.max_output_bytes};
+            exec_list(c, &n->body);
+            ct_buf mine = c->out;
+            c->out = saved;
+            json_t *text = ct_string(mine.p ? mine.p : "", mine.n), *args[16];
+            free(mine.p);
+            int na = n->args.n <= 16 ? eval_args(c, n, args) : 0;
+            json_t *r = c->failed ? NULL : ct_filter(c, n, n->name, text, args, na);
+            free_args(args, na);
+            ct_str(&c->out, r);
+            json_decref(r);
+            json_decref(text);
+        } else {
+            exec_list(c, &n->body);
+        }
         break;
     default:
         ct_fail(c, n->line, "not a statement");

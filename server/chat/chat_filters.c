@@ -179,7 +179,7 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
         if (!strcmp(name, "strftime_now")) {
             if (!a0 || !json_is_string(a0))
                 return ct_fail(c, n->line, "strftime_now needs a format");
-            time_t now = time(NULL);
+            time_t now = c->lim.now ? (time_t)c->lim.now : time(NULL);
             struct tm tm;
             localtime_r(&now, &tm);
             char buf[256];
@@ -187,10 +187,13 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             return ct_string(buf, k);
         }
         if (!strcmp(name, "namespace") || !strcmp(name, "dict")) {
-            json_t *ns = a0 && json_is_object(a0) ? json_copy(a0) : json_object();
+            json_t *ns = a0 && json_is_object(a0) ? json_deep_copy(a0) : json_object();
             for (int i = 0; i < n->kw.n; i++) {
                 json_t *v = ct_eval(c, n->kw.v[i]);
-                json_object_set_new(ns, n->kw_names[i], v ? v : json_null());
+                json_t *copy = v ? json_deep_copy(v) : json_null(); /* no cycles through ns */
+                json_decref(v);
+                copy = ct_check_nested(c, n->line, copy);
+                if (copy) json_object_set_new(ns, n->kw_names[i], copy);
             }
             return ns;
         }
@@ -285,6 +288,30 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
     return NULL;
 }
 
+static const char *const known_filters[] = {
+    "tojson", "default", "d",     "safe",       "length",  "count",   "string",     "list",
+    "items",  "first",   "last",  "join",       "select",  "reject",  "selectattr", "rejectattr",
+    "map",    "int",     "float", "abs",        "unique",  "reverse", "dictsort",   "trim",
+    "lower",  "upper",   "title", "capitalize", "replace", "indent",  NULL};
+static const char *const known_tests[] = {
+    "defined",     "undefined", "none",    "string", "mapping", "iterable", "sequence", "number",
+    "integer",     "float",     "boolean", "true",   "false",   "callable", "equalto",  "eq",
+    "==",          "sameas",    "ne",      "!=",     "lower",   "upper",    "odd",      "even",
+    "divisibleby", "in",        "gt",      "lt",     "ge",      "le",       NULL};
+
+static bool known(const char *const *names, const char *name) {
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(names[i], name)) return true;
+    return false;
+}
+
+bool ct_filter_known(const char *name) {
+    return known(known_filters, name);
+}
+bool ct_test_known(const char *name) {
+    return known(known_tests, name);
+}
+
 /* The value of attribute path "a.b" of x (borrowed), or NULL. */
 static json_t *attr_path(json_t *x, const char *path) {
     char part[128];
@@ -367,7 +394,7 @@ bool ct_test(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **
 /* select / reject / selectattr / rejectattr */
 static json_t *select_items(ct_ctx *c, const ct_node *n, json_t *v, json_t **args, int n_args,
                             bool keep, bool by_attr) {
-    json_t *items = ct_iter_list(v);
+    json_t *items = ct_truthy(v) ? ct_iter_list(v) : json_array(); /* Jinja: falsy → empty */
     if (!items) return ct_fail(c, n->line, "value is not iterable");
     json_t *out = json_array();
     int first = by_attr ? 1 : 0;
@@ -487,12 +514,49 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
         json_decref(items);
         return buf_string(&b);
     }
+    if (!strcmp(name, "dictsort")) { /* [key, value] pairs by key (case-insensitive) */
+        if (!v || !json_is_object(v)) return ct_fail(c, n->line, "dictsort needs a mapping");
+        json_t *by_value = ct_kwarg(c, n, "by");
+        bool rev = a1 ? ct_truthy(a1) : false;
+        json_t *rk = ct_kwarg(c, n, "reverse");
+        if (rk) rev = ct_truthy(rk);
+        json_decref(rk);
+        bool cs = a0 ? ct_truthy(a0) : false;
+        bool val =
+            by_value && json_is_string(by_value) && !strcmp(json_string_value(by_value), "value");
+        json_decref(by_value);
+        bool found;
+        json_t *pairs = ct_call_method(c, n, v, "items", NULL, 0, &found);
+        size_t np = json_array_size(pairs);
+        for (size_t i = 1; i < np; i++) /* insertion sort: small dicts, stable */
+            for (size_t k = i; k > 0; k--) {
+                json_t *x = json_array_get(json_array_get(pairs, k - 1), val);
+                json_t *y = json_array_get(json_array_get(pairs, k), val);
+                json_t *lx = x, *ly = y;
+                if (!cs && json_is_string(x) && json_is_string(y)) {
+                    lx = case_map(x, 0);
+                    ly = case_map(y, 0);
+                } else {
+                    json_incref(lx);
+                    json_incref(ly);
+                }
+                bool ok;
+                int r = ct_compare(lx, ly, &ok);
+                json_decref(lx);
+                json_decref(ly);
+                if (!(rev ? r < 0 : r > 0)) break;
+                json_t *tmp = json_incref(json_array_get(pairs, k - 1));
+                json_array_set(pairs, k - 1, json_array_get(pairs, k));
+                json_array_set_new(pairs, k, tmp);
+            }
+        return pairs;
+    }
     if (!strcmp(name, "select") || !strcmp(name, "reject"))
         return select_items(c, n, v, args, n_args, name[0] == 's', false);
     if (!strcmp(name, "selectattr") || !strcmp(name, "rejectattr"))
         return select_items(c, n, v, args, n_args, name[0] == 's', true);
     if (!strcmp(name, "map")) {
-        json_t *items = ct_iter_list(v);
+        json_t *items = ct_truthy(v) ? ct_iter_list(v) : json_array();
         if (!items) return ct_fail(c, n->line, "value is not iterable");
         json_t *attr = ct_kwarg(c, n, "attribute"), *def = ct_kwarg(c, n, "default");
         json_t *out = json_array();

@@ -148,11 +148,17 @@ json_t *ct_eval(ct_ctx *c, const ct_node *n); /* new reference or NULL (undefine
 /* v | name(args, kw of n): new reference or NULL. */
 json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **args,
                   int n_args);
+/* Whether a filter / test of that name exists (the parser refuses unknown ones). */
+bool ct_filter_known(const char *name);
+bool ct_test_known(const char *name);
 bool ct_test(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **args, int n_args);
 /* obj.name(args): string, dict and list methods, or the globals when obj is NULL. *found false
  * when there is no such method. */
 json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *name, json_t **args,
                        int n_args, bool *found);
+/* For a value about to go inside a new list, dict or namespace: NULL with the error set when it
+ * would nest too deeply; takes v's reference either way. */
+json_t *ct_check_nested(ct_ctx *c, int line, json_t *v);
 /* Keyword argument `name` of call node n, evaluated (new ref), or NULL when absent. */
 json_t *ct_kwarg(ct_ctx *c, const ct_node *n, const char *name);
 

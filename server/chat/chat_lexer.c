@@ -49,6 +49,31 @@ static void emit_text(ct_toks *t, const char *s, size_t n, int line, bool strip_
     if (e > b) push(t, CT_TOK_TEXT, s + b, e - b, line + count_lines(s, b));
 }
 
+static void add_utf8(ct_buf *b, uint32_t cp) {
+    char u[4];
+    size_t n;
+    if (cp < 0x80) {
+        u[0] = (char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        u[0] = (char)(0xc0 | (cp >> 6));
+        u[1] = (char)(0x80 | (cp & 0x3f));
+        n = 2;
+    } else if (cp < 0x10000) {
+        u[0] = (char)(0xe0 | (cp >> 12));
+        u[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[2] = (char)(0x80 | (cp & 0x3f));
+        n = 3;
+    } else {
+        u[0] = (char)(0xf0 | (cp >> 18));
+        u[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
+        u[2] = (char)(0x80 | ((cp >> 6) & 0x3f));
+        u[3] = (char)(0x80 | (cp & 0x3f));
+        n = 4;
+    }
+    ct_buf_add(b, u, n);
+}
+
 static int lex_tag(const char *src, size_t len, size_t *pos, int *line, ct_toks *out,
                    const char *end, kv_error *err) {
     size_t i = *pos;
@@ -124,6 +149,41 @@ static int lex_tag(const char *src, size_t len, size_t *pos, int *line, ct_toks 
                     case '\n':
                         (*line)++;
                         break;
+                    case 'a':
+                        ct_buf_add(&b, "\a", 1);
+                        break;
+                    case 'b':
+                        ct_buf_add(&b, "\b", 1);
+                        break;
+                    case 'f':
+                        ct_buf_add(&b, "\f", 1);
+                        break;
+                    case 'v':
+                        ct_buf_add(&b, "\v", 1);
+                        break;
+                    case '0':
+                        ct_buf_add(&b, "", 1);
+                        break;
+                    case 'x':
+                    case 'u':
+                    case 'U': {
+                        int nd = e == 'x' ? 2 : e == 'u' ? 4 : 8;
+                        uint32_t cp = 0;
+                        int k = 0;
+                        for (; k < nd && i + 1 < len && isxdigit((unsigned char)src[i + 1]); k++) {
+                            char h = src[++i];
+                            cp = cp * 16 + (uint32_t)(isdigit((unsigned char)h)
+                                                          ? h - '0'
+                                                          : (h | 0x20) - 'a' + 10);
+                        }
+                        if (k != nd || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+                            free(b.p);
+                            return kv_error_set(err, "line %d: bad \\%c escape in a string", *line,
+                                                e);
+                        }
+                        add_utf8(&b, cp);
+                        break;
+                    }
                     default:
                         ct_buf_add(&b, src + i - 1, 2);
                         break;

@@ -280,6 +280,7 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             next(p);
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a filter name", NULL);
+            if (!ct_filter_known(f->text)) return fail(p, f->line, "unknown filter", f->text);
             ct_node *x = node(p, CT_FILTER, f->line);
             x->name = kv_strdup(f->text);
             x->a = n;
@@ -291,6 +292,7 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             x->negate = accept_name(p, "not");
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a test name", NULL);
+            if (!ct_test_known(f->text)) return fail(p, f->line, "unknown test", f->text);
             x->name = kv_strdup(f->text);
             x->a = n;
             ct_tok *nx = peek(p);
@@ -595,10 +597,20 @@ static ct_node *parse_stmt(parser *p) {
         n = node(p, k[0] == 'b' ? CT_BREAK : CT_CONTINUE, line);
     } else if (!strcmp(k, "generation") || !strcmp(k, "filter")) {
         /* transformers' {% generation %} only marks assistant text: render the body */
-        if (k[0] == 'f') return fail(p, line, "filter blocks are not supported", NULL);
         n = node(p, CT_SEQ, line);
+        if (k[0] ==
+            'f') { /* {% filter name(args) %}body{% endfilter %}: the body's text, filtered */
+            ct_tok *f = next(p);
+            if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a filter name", NULL);
+            if (!ct_filter_known(f->text)) return fail(p, f->line, "unknown filter", f->text);
+            n->name = kv_strdup(f->text);
+            if (accept_op(p, "(")) parse_call_args(p, n);
+            if (p->failed) return NULL;
+        }
         static const char *const ends[] = {"endgeneration", NULL};
-        if (!expect_block_end(p) || !parse_body(p, &n->body, ends, "generation", line)) return NULL;
+        static const char *const fends[] = {"endfilter", NULL};
+        if (!expect_block_end(p) || !parse_body(p, &n->body, k[0] == 'f' ? fends : ends, k, line))
+            return NULL;
     } else {
         return fail(p, line, "unknown statement", k);
     }

@@ -17,9 +17,11 @@ typedef struct chat_template_limits {
     size_t max_output_bytes; /* rendered text */
     long max_iterations;     /* for-loop bodies, all loops together */
     int max_depth;           /* nested macro calls */
+    long long now;           /* strftime_now's time, seconds since the epoch (shown in local
+                                time); 0: the clock. Tests pin it. */
 } chat_template_limits;
 
-/* Defaults: 16 MiB of output, 1,000,000 loop iterations, macro depth 64. */
+/* Defaults: 16 MiB of output, 1,000,000 loop iterations, macro depth 64, the clock. */
 chat_template_limits chat_template_default_limits(void);
 
 /* Parses src[0..len). NULL with err set ("line N: ...") on a malformed template. */

@@ -20,7 +20,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         "\"add_generation_prompt\": true, \"bos_token\": \"<s>\", \"eos_token\": \"</s>\"}",
         0, NULL);
     KV_CHECK(vars);
-    chat_template_limits lim = {1 << 20, 10000, 16};
+    chat_template_limits lim = {1 << 20, 10000, 16, 1721995200};
     char *out = NULL;
     size_t n = 0;
     if (chat_template_render(t, vars, &lim, &out, &n, &err) == 0) {

@@ -2,11 +2,14 @@
  * exactly as transformers' apply_chat_template does (goldens made with Jinja2), extra templates
  * in tests/data/chat_templates, single features, and malformed or hostile templates. */
 #include <check.h>
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server/chat/chat_template.h"
+#include "server/chat/chat_template_load.h"
 
 /* Renders src with vars (a JSON text); returns the malloc'd text or NULL with err set. */
 static char *render_vars(const char *src, const char *vars_json, kv_error *err) {
@@ -90,7 +93,11 @@ static int run_template_dir(const char *dir, int *n_cases) {
         json_object_update(vars, json_object_get(cs, "chat_template_kwargs"));
         char *out = NULL;
         kv_error rerr = {{0}};
-        int rc = chat_template_render(t, vars, NULL, &out, NULL, &rerr);
+        /* make_goldens.py pins strftime_now to 2024-07-26 12:00 local time */
+        chat_template_limits lim = chat_template_default_limits();
+        struct tm tm = {.tm_year = 124, .tm_mon = 6, .tm_mday = 26, .tm_hour = 12, .tm_isdst = -1};
+        lim.now = (long long)mktime(&tm);
+        int rc = chat_template_render(t, vars, &lim, &out, NULL, &rerr);
         const char *name = json_string_value(json_object_get(cs, "name"));
         const char *want = json_string_value(json_object_get(cs, "expected_text"));
         if (json_is_true(json_object_get(cs, "expected_error"))) {
@@ -152,6 +159,25 @@ START_TEST(shared_real_templates) {
 }
 END_TEST
 
+/* Templates of other models (tests/data/chat_templates, goldens by its make_goldens.py). */
+START_TEST(extra_real_templates) {
+    const char *src = getenv("KVSERVE_SOURCE");
+    char root[2048];
+    snprintf(root, sizeof root, "%s/tests/data/chat_templates", src ? src : ".");
+    DIR *d = opendir(root);
+    ck_assert_msg(d, "cannot list %s (set KVSERVE_SOURCE)", root);
+    const char *dirs[64];
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) && n < 63)
+        if (e->d_name[0] != '.') dirs[n++] = strdup(e->d_name);
+    closedir(d);
+    dirs[n] = NULL;
+    run_template_root(root, dirs, 1);
+    for (int i = 0; i < n; i++) free((char *)dirs[i]);
+}
+END_TEST
+
 /* ---- single features ---- */
 
 START_TEST(whitespace_control) {
@@ -203,6 +229,14 @@ START_TEST(expressions) {
     check_render("{{ 1200.0 }} {{ 4.1 }} {{ 1e20 }} {{ 0.00001 }} {{ true }} {{ none }}", NULL,
                  "1200.0 4.1 1e+20 1e-05 True None");
     check_render("{{ {'a': \"it's\", 'b': [1, none]} }}", NULL, "{'a': \"it's\", 'b': [1, None]}");
+    check_render("{{ '%s-%d %.2f %r %%' % ('a', 3, 2.5, 'q') }}|{{ 'n=%s' % none }}", NULL,
+                 "a-3 2.50 'q' %|n=None");
+    check_render("{% for k, v in {'b': 1, 'A': 2, 'c': 0} | dictsort %}{{ k }}{{ v }}{% endfor %}|"
+                 "{{ none | selectattr('x') | list }}{{ none | map(attribute='x') | list }}|"
+                 "{% filter upper %}a{{ 'b' }}{% endfilter %}",
+                 NULL, "A2b1c0|[][]|AB");
+    check_render("{{ '\\u00e9\\x41\\t' | tojson }}", NULL, "\"\u00e9A\\t\"");
+    check_render("{{ z.y }}|{{ d.q }}", "{\"z\": null, \"d\": {}}", "|");
     check_render("{{ x | default('z') }}|{{ undefined_thing }}|{{ 'a' | upper | length }}", NULL,
                  "z||1");
 }
@@ -247,7 +281,8 @@ START_TEST(macros) {
 END_TEST
 
 START_TEST(errors) {
-    check_error("{{ x | no_such_filter }}", NULL, "unknown filter 'no_such_filter'");
+    check_error("{{ x | no_such_filter }}", NULL, "line 1: unknown filter 'no_such_filter'");
+    check_error("a\n\n{{ [1] | map('no_such') }}", NULL, "line 3: unknown filter 'no_such'");
     check_error("a\n{% if true %}x", NULL, "line 2");
     check_error("{% for x in y %}", NULL, "unclosed");
     check_error("{{ x", NULL, "line 1");
@@ -257,6 +292,9 @@ START_TEST(errors) {
     check_error("{{ raise_exception('Roles must alternate') }}", NULL, "Roles must alternate");
     check_error("{{ x is no_such_test }}", NULL, "unknown test");
     check_error("{{ 1 / 0 }}", NULL, "division by zero");
+    check_error("{{ x.y }}", NULL, "'x' is undefined");
+    check_error("{{ messages[3].content }}", "{\"messages\": []}", "undefined");
+    check_error("{{ '%d' % 'a' }}", NULL, "needs a number");
     check_error("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", NULL, "nested too deeply");
     check_error("{% for a in range(2000) %}{% for b in range(2000) %}{% endfor %}{% endfor %}",
                 NULL, "loop iterations");
@@ -264,6 +302,11 @@ START_TEST(errors) {
         "{% set s = 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' %}"
         "{% for a in range(1000) %}{% for b in range(1000) %}{{ s }}{% endfor %}{% endfor %}",
         NULL, "output larger");
+    check_error("{% set ns = namespace(x=1) %}{% for i in range(100000) %}{% set ns.x = [ns.x] %}"
+                "{% endfor %}{{ ns.x }}",
+                NULL, "nested more than");
+    check_render("{% set ns = namespace(a=1) %}{% set ns.me = ns %}{% set ns.a = 2 %}{{ ns.me.a }}",
+                 NULL, "1");
     kv_error err = {{0}};
     char *nested = malloc(20001);
     for (int i = 0; i < 10000; i++) {
@@ -305,11 +348,88 @@ START_TEST(limits) {
 }
 END_TEST
 
+/* ---- where the template comes from ---- */
+
+static void write_file(const char *dir, const char *name, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "wb");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_files(const char *dir) {
+    const char *names[] = {"tokenizer_config.json", "chat_template.jinja"};
+    for (int i = 0; i < 2; i++) {
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        unlink(path);
+    }
+}
+
+START_TEST(load_sources) {
+    char dir[] = "/tmp/kv_chat_load_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    chat_template_files f;
+    kv_error err = {{0}};
+    /* nothing at all: no template, no error */
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
+    ck_assert_ptr_null(chat_template_files_pick(&f, false));
+    chat_template_files_free(&f);
+    /* a string template; tokens as strings and as AddedToken objects */
+    write_file(dir, "tokenizer_config.json",
+               "{\"chat_template\": \"{{ bos_token }}hi\", \"bos_token\": {\"__type\": "
+               "\"AddedToken\", \"content\": \"<s>\"}, \"eos_token\": \"</s>\", "
+               "\"pad_token\": null}");
+    write_file(dir, "chat_template.jinja", "from the jinja file");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
+    ck_assert_str_eq(chat_template_files_pick(&f, true), "{{ bos_token }}hi");
+    ck_assert_str_eq(f.bos_token, "<s>");
+    ck_assert_str_eq(f.eos_token, "</s>");
+    ck_assert_ptr_null(f.pad_token);
+    json_t *vars = json_object();
+    chat_template_files_set_tokens(&f, vars);
+    ck_assert_str_eq(json_string_value(json_object_get(vars, "bos_token")), "<s>");
+    ck_assert_ptr_null(json_object_get(vars, "unk_token"));
+    json_decref(vars);
+    chat_template_files_free(&f);
+    /* named templates: tool_use only when tools are sent */
+    write_file(dir, "tokenizer_config.json",
+               "{\"chat_template\": [{\"name\": \"default\", \"template\": \"D\"}, "
+               "{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"rag\", "
+               "\"template\": \"R\"}]}");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
+    ck_assert_str_eq(chat_template_files_pick(&f, false), "D");
+    ck_assert_str_eq(chat_template_files_pick(&f, true), "T");
+    chat_template_files_free(&f);
+    /* no chat_template key: chat_template.jinja */
+    write_file(dir, "tokenizer_config.json", "{\"eos_token\": \"<|end|>\"}");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
+    ck_assert_str_eq(chat_template_files_pick(&f, false), "from the jinja file");
+    ck_assert_str_eq(f.eos_token, "<|end|>");
+    chat_template_files_free(&f);
+    /* malformed files name themselves */
+    write_file(dir, "tokenizer_config.json", "{\"chat_template\": 3}");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "tokenizer_config.json"));
+    write_file(dir, "tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\"}]}");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "chat_template[0]"));
+    write_file(dir, "tokenizer_config.json", "{not json");
+    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
+    ck_assert_ptr_nonnull(strstr(err.msg, "tokenizer_config.json"));
+    remove_files(dir);
+    rmdir(dir);
+}
+END_TEST
+
 Suite *chat_suite(void);
 Suite *chat_suite(void) {
     Suite *s = suite_create("chat_template");
     TCase *tc = tcase_create("real");
     tcase_add_test(tc, shared_real_templates);
+    tcase_add_test(tc, extra_real_templates);
     tcase_add_test(tc, whitespace_control);
     tcase_add_test(tc, loops);
     tcase_add_test(tc, expressions);
@@ -317,6 +437,7 @@ Suite *chat_suite(void) {
     tcase_add_test(tc, macros);
     tcase_add_test(tc, errors);
     tcase_add_test(tc, limits);
+    tcase_add_test(tc, load_sources);
     suite_add_tcase(s, tc);
     return s;
 }
