@@ -137,10 +137,13 @@ int sched_tier_init(scheduler *s, kv_error *err);
 void sched_tier_free(scheduler *s);
 /* Polls loads and stores: finished loads make requests runnable, finished stores mark slots. */
 void sched_tier_poll(scheduler *s);
-/* After GPU hits at admission: the next blocks found in the host tier, loaded into blocks just
- * allocated for them. Returns how many blocks will come from the tier (r->blocks already holds
- * the GPU hits; the caller allocated enough blocks behind them). */
-int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots);
+/* Admission's plan: how many blocks from first_block on are in the host tier (a leading run, at
+ * most max_blocks). No side effect: nothing is pinned or counted. */
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks);
+/* Admission's apply, before anything that may store into the tier: pins the n blocks counted by
+ * sched_tier_count (slots loading, never evicted, until their load completes) and returns their
+ * slots. Counts n hits. */
+void sched_tier_pin(scheduler *s, sched_req *r, int first_block, int n, int32_t *slots);
 /* True when r, admitted with n_host host-tier blocks, may be computed in this step while its load
  * runs by layer groups: nothing else would run or load meanwhile, and the load is not so large that
  * whole-block copies win (rule in scheduler_tier.c). */

@@ -165,22 +165,20 @@ void sched_tier_abandon(scheduler *s, sched_req *r) {
     r->n_load = 0;
 }
 
-int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots) {
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks) {
     if (!s->tier) return 0;
     int n = 0;
-    for (int i = 0; i < max_blocks; i++) {
-        const uint8_t *h = r->hashes[first_block + i].b;
-        if (!slots) {
-            if (!offload_contains(s->tier, h)) break;
-        } else {
-            int32_t slot = offload_lookup(s->tier, h);
-            KV_CHECK(slot >= 0); /* counted present in this same step */
-            offload_load_begin(s->tier, slot);
-            slots[i] = slot;
-        }
-        n++;
-    }
+    while (n < max_blocks && offload_contains(s->tier, r->hashes[first_block + n].b)) n++;
     return n;
+}
+
+void sched_tier_pin(scheduler *s, sched_req *r, int first_block, int n, int32_t *slots) {
+    for (int i = 0; i < n; i++) {
+        int32_t slot = offload_lookup(s->tier, r->hashes[first_block + i].b);
+        KV_CHECK(slot >= 0); /* counted by sched_tier_count with nothing stored since */
+        offload_load_begin(s->tier, slot);
+        slots[i] = slot;
+    }
 }
 
 /* Layer groups pay while the one-token forward they overlap (~6 ms for an 8B model) is a fair
@@ -279,10 +277,14 @@ void sched_tier_store_new(scheduler *s, int n_seqs) {
 void sched_tier_prepare_evict(scheduler *s, int n_blocks) {
     if (!s->tier || s->cfg.offload.policy != OFFLOAD_POLICY_ON_EVICT) return;
     int n = n_blocks - s->pool.n_free;
-    for (int id = s->pool.lru_head; id >= 0 && n > 0; id = s->pool.lru_next[id], n--) {
+    int32_t *ids = kv_malloc((size_t)(n > 0 ? n : 1) * sizeof *ids);
+    n = block_pool_lru_peek(&s->pool, n, ids);
+    for (int i = 0; i < n; i++) {
+        int32_t id = ids[i];
         const block_hash *h = prefix_cache_block_hash(&s->pc, id);
         if (h && offload_should_store(s->tier, h->b, OFFLOAD_EVENT_GPU_EVICT)) tier_pend(s, h, id);
     }
+    free(ids);
     tier_flush(s, true); /* pins them: off the LRU until stored */
 }
 
