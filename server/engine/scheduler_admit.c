@@ -58,7 +58,6 @@ static void sched_preempt(scheduler *s, sched_req *r) {
  * (sched_admit_plan), then done in one order (sched_admit_apply). */
 typedef struct sched_admit_plan {
     int32_t *hits;   /* [n_hit] GPU prefix hits */
-    int32_t *slots;  /* [n_host] host slots, filled when they are pinned */
     int n_hit;       /* leading full blocks found in the GPU prefix cache */
     int n_evictable; /* of the hits, how many are CACHED (ref 0) and so count against can_alloc */
     bool cow;        /* every token hit: copy the last hit block and recompute its last token */
@@ -105,11 +104,10 @@ static bool sched_admit_plan_make(scheduler *s, sched_req *r, int budget, int ex
     return block_pool_can_alloc(&s->pool, p->n_alloc + p->n_evictable);
 }
 
-/* The order is the invariant: the host hits are pinned (loading, never evicted) before anything
- * that may store into the tier (reuse_gated stores of GPU hits) and before blocks are allocated;
- * the load is queued last, into the blocks just allocated. */
+/* The invariant "what the plan counted in the tier stays there until loaded" holds by
+ * construction: nothing here stores into the tier (GPU-hit stores are only pended, queued at the
+ * next flush), and the load pins the counted blocks as it is queued (tier.h). */
 static void sched_admit_apply(scheduler *s, sched_req *r, const sched_admit_plan *p) {
-    if (p->n_host > 0) sched_tier_pin(s, r, p->n_hit, p->n_host, p->slots);
     for (int i = 0; i < p->n_hit; i++) block_pool_ref(&s->pool, p->hits[i]);
     if (r->blocks_cap < p->n_total) {
         r->blocks_cap = p->n_total + 4;
@@ -130,7 +128,7 @@ static void sched_admit_apply(scheduler *s, sched_req *r, const sched_admit_plan
         r->cow_src = src; /* released once the step's forward is queued */
         s->st.n_cow_copies++;
     }
-    if (p->n_host > 0) sched_tier_load(s, r, p->n_hit, p->n_host, p->slots, p->layered);
+    if (p->n_host > 0) sched_tier_load(s, r, p->n_hit, p->n_host, p->layered);
 }
 
 /* Takes r from the waiting list's head into the running list if its blocks and first chunk fit.
@@ -143,12 +141,10 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
     sched_tier_prepare_evict(s, sched_blocks_for(s, r->n_tokens) + 1);
     sched_admit_plan p = {
         .hits = kv_malloc(((size_t)n_full + 1) * sizeof *p.hits),
-        .slots = kv_malloc(((size_t)n_full + 1) * sizeof *p.slots),
     };
     bool ok = sched_admit_plan_make(s, r, budget, *extra_rows, &p);
     if (ok) sched_admit_apply(s, r, &p);
     free(p.hits);
-    free(p.slots);
     if (!ok) return false;
     int n_hit = p.n_hit, n_ready = p.n_ready, n_new = p.n_new, rows = p.rows;
     bool cow = p.cow;
