@@ -157,3 +157,9 @@ void block_pool_check(const block_pool *bp) {
     }
     free(seen);
 }
+
+int block_pool_lru_peek(const block_pool *bp, int n, int32_t *ids) {
+    int k = 0;
+    for (int id = bp->lru_head; id >= 0 && k < n; id = bp->lru_next[id]) ids[k++] = id;
+    return k;
+}

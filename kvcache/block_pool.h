@@ -88,6 +88,9 @@ static inline bool block_pool_is_cached(const block_pool *bp, int id) {
 static inline int block_pool_n_in_use(const block_pool *bp) {
     return bp->n_blocks - bp->n_free - bp->n_lru;
 }
+/* The first n (at most) CACHED blocks that allocation would evict, least recently released first,
+ * into ids; returns how many. Changes nothing. */
+int block_pool_lru_peek(const block_pool *bp, int n, int32_t *ids);
 /* Walks every list and count; aborts (KV_CHECK) on any inconsistency. For tests and debug. */
 void block_pool_check(const block_pool *bp);
 

@@ -75,7 +75,7 @@ void sched_req_release_blocks(scheduler *s, sched_req *r) {
 
 static void sched_req_free(sched_req *r) {
     sampler_params_free(&r->params);
-    free(r->tokens), free(r->salt), free(r->blocks), free(r->hashes), free(r->load_slots);
+    free(r->tokens), free(r->salt), free(r->blocks), free(r->hashes);
     free(r);
 }
 
@@ -360,10 +360,9 @@ static void sched_publish(scheduler *s) {
     st->prefix_query_tokens = s->pc.n_query_tokens;
     st->prefix_hit_tokens = s->pc.n_hit_tokens;
     if (s->tier) {
-        st->host = offload_get_stats(s->tier);
-        transfer_stats ts = transfer_get_stats(s->xfer);
-        st->n_transfers_inflight = ts.n_inflight;
-        st->n_layered_loads = (int64_t)ts.n_layered_loads;
+        st->host = s->tier->ops->stats(s->tier);
+        st->n_transfers_inflight = st->host.n_inflight;
+        st->n_layered_loads = (int64_t)st->host.n_layered_loads;
     }
     metrics *m = s->cfg.metrics;
     if (m) {
@@ -454,5 +453,5 @@ void scheduler_check(scheduler *s) {
             KV_CHECK(s->pool.ref[b] == holders[b]);
     }
     free(holders);
-    if (s->tier) offload_check_invariants(s->tier);
+    if (s->tier) s->tier->ops->check(s->tier);
 }

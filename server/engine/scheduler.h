@@ -7,7 +7,8 @@
 #define KVSERVE_SCHEDULER_H
 
 #include "model/model.h"
-#include "offload/offload.h"
+#include "offload/offload.h" /* offload_config: the host tier's config */
+#include "offload/tier.h"
 #include "server/engine/engine_api.h"
 #include "server/metrics.h"
 
@@ -44,7 +45,7 @@ typedef struct scheduler_stats {
     int64_t n_finished, n_aborted;
     int64_t n_cow_copies;    /* full-prefix hits served by copying the last cached block */
     int64_t n_layered_loads; /* host-tier loads computed while they ran, by layer groups */
-    offload_stats host;      /* zero when there is no tier */
+    kv_tier_stats host;      /* zero when there is no tier */
     int n_transfers_inflight;
 } scheduler_stats;
 

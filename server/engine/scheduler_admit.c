@@ -54,61 +54,73 @@ static void sched_preempt(scheduler *s, sched_req *r) {
     if (s->cfg.metrics) metrics_counter_add(&s->cfg.metrics->num_preemptions, 1);
 }
 
-/* Takes r from the waiting list's head into the running list if its blocks and first chunk fit.
- * Returns false (nothing taken, no counter touched) when they do not. */
-static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows) {
+/* What admitting r would take, decided without touching the pool, the prefix cache or the tier
+ * (sched_admit_plan), then done in one order (sched_admit_apply). */
+typedef struct sched_admit_plan {
+    int32_t *hits;   /* [n_hit] GPU prefix hits */
+    int n_hit;       /* leading full blocks found in the GPU prefix cache */
+    int n_evictable; /* of the hits, how many are CACHED (ref 0) and so count against can_alloc */
+    bool cow;        /* every token hit: copy the last hit block and recompute its last token */
+    int n_shared;    /* hits shared as they are (cow: all but the last) */
+    int n_host;      /* blocks after the hits found in the host tier */
+    bool layered;    /* the host load runs by layer groups and r computes in this step */
+    int n_ready;     /* tokens whose K/V will be in blocks once loads are done */
+    int n_new;       /* tokens to compute in this step (0 while loading) */
+    int rows;        /* prompt-logprob rows they need */
+    int n_total;     /* blocks r will hold */
+    int n_alloc;     /* of them, new blocks */
+} sched_admit_plan;
+
+/* Side-effect free: false when r's blocks or first chunk do not fit. */
+static bool sched_admit_plan_make(scheduler *s, sched_req *r, int budget, int extra_rows,
+                                  sched_admit_plan *p) {
     int bs = s->pool.layout.block_size;
-    sched_req_hash_upto(s, r, r->n_tokens);
     int n_full = r->n_tokens / bs;
     /* prompt logprobs need every prompt row computed: such a request skips the cache until they
      * are all sent (as vLLM does) */
     bool lookup = s->cfg.enable_prefix_caching &&
                   !(r->params.prompt_logprobs >= 0 && r->n_prompt_lp_sent < r->n_prompt - 1);
-    int32_t *hits = kv_malloc(((size_t)n_full + 1) * sizeof *hits);
-    int32_t *slots = kv_malloc(((size_t)n_full + 1) * sizeof *slots);
-    int n_hit = 0, n_evictable = 0;
-    /* on_evict stores go first: they may take host slots a lookup below would count */
-    sched_tier_prepare_evict(s, sched_blocks_for(s, r->n_tokens) + 1);
     if (lookup && n_full > 0)
-        n_hit = prefix_cache_lookup(&s->pc, r->hashes, r->tokens, n_full, hits, &n_evictable);
-    bool cow = n_hit > 0 && n_hit * bs == r->n_tokens;
-    int n_shared = cow ? n_hit - 1 : n_hit;
-    /* host tier: the blocks after the GPU hits (not counted yet: admission may still fail) */
-    int n_host = 0;
-    if (lookup && !cow && s->tier) n_host = sched_tier_lookup(s, r, n_hit, n_full - n_hit, NULL);
-    int n_ready = cow ? r->n_tokens - 1 : (n_hit + n_host) * bs;
-    if (n_ready == r->n_tokens) n_ready--; /* the host tier held every token: recompute the last */
+        p->n_hit =
+            prefix_cache_lookup(&s->pc, r->hashes, r->tokens, n_full, p->hits, &p->n_evictable);
+    p->cow = p->n_hit > 0 && p->n_hit * bs == r->n_tokens;
+    p->n_shared = p->cow ? p->n_hit - 1 : p->n_hit;
+    if (lookup && !p->cow) p->n_host = sched_tier_count(s, r, p->n_hit, n_full - p->n_hit);
+    p->n_ready = p->cow ? r->n_tokens - 1 : (p->n_hit + p->n_host) * bs;
+    if (p->n_ready == r->n_tokens) p->n_ready--; /* the host tier held every token */
     /* alone: computed in this step while its load runs by layer groups */
-    bool layered = n_host > 0 && sched_tier_can_layer(s, r, n_host);
-
-    int rows = 0, n_new = 0;
-    if (n_host == 0 || layered) {
-        r->n_computed = n_ready;
-        n_new = sched_chunk(r, budget, *extra_rows, &rows);
-        r->n_computed = 0;
-        if (n_new == 0 && n_host == 0) goto fail;
-        layered = layered && n_new > 0;
+    p->layered = p->n_host > 0 && sched_tier_can_layer(s, r, p->n_host);
+    if (p->n_host == 0 || p->layered) {
+        int saved = r->n_computed;
+        r->n_computed = p->n_ready;
+        p->n_new = sched_chunk(r, budget, extra_rows, &p->rows);
+        r->n_computed = saved;
+        if (p->n_new == 0 && p->n_host == 0) return false;
+        p->layered = p->layered && p->n_new > 0;
     }
-    int n_total = sched_blocks_for(s, n_ready + n_new);
-    if (n_total < n_hit + n_host) n_total = n_hit + n_host;
-    int n_alloc = n_total - n_shared;
-    if (!block_pool_can_alloc(&s->pool, n_alloc + n_evictable)) goto fail;
+    p->n_total = sched_blocks_for(s, p->n_ready + p->n_new);
+    if (p->n_total < p->n_hit + p->n_host) p->n_total = p->n_hit + p->n_host;
+    p->n_alloc = p->n_total - p->n_shared;
+    return block_pool_can_alloc(&s->pool, p->n_alloc + p->n_evictable);
+}
 
-    /* admitted: take the hits, then the new blocks */
-    for (int i = 0; i < n_hit; i++) block_pool_ref(&s->pool, hits[i]);
-    r->n_blocks = 0;
-    if (r->blocks_cap < n_total) {
-        r->blocks_cap = n_total + 4;
+/* The invariant "what the plan counted in the tier stays there until loaded" holds by
+ * construction: nothing here stores into the tier (GPU-hit stores are only pended, queued at the
+ * next flush), and the load pins the counted blocks as it is queued (tier.h). */
+static void sched_admit_apply(scheduler *s, sched_req *r, const sched_admit_plan *p) {
+    for (int i = 0; i < p->n_hit; i++) block_pool_ref(&s->pool, p->hits[i]);
+    if (r->blocks_cap < p->n_total) {
+        r->blocks_cap = p->n_total + 4;
         r->blocks = kv_realloc(r->blocks, (size_t)r->blocks_cap * sizeof *r->blocks);
     }
-    memcpy(r->blocks, hits, (size_t)n_shared * sizeof *hits);
-    r->n_blocks = n_shared;
-    r->n_registered = n_hit;
+    memcpy(r->blocks, p->hits, (size_t)p->n_shared * sizeof *p->hits);
+    r->n_blocks = p->n_shared;
+    r->n_registered = p->n_hit;
     r->n_stored = 0;
-    for (int i = 0; i < n_shared; i++) sched_tier_gpu_hit(s, &r->hashes[i], hits[i]);
-    sched_req_grow(s, r, n_alloc);
-    if (cow) {
-        int32_t src = hits[n_hit - 1], dst = r->blocks[n_shared];
+    for (int i = 0; i < p->n_shared; i++) sched_tier_gpu_hit(s, &r->hashes[i], p->hits[i]);
+    sched_req_grow(s, r, p->n_alloc);
+    if (p->cow) {
+        int32_t src = p->hits[p->n_hit - 1], dst = r->blocks[p->n_shared];
         void *d = block_pool_ptr(&s->pool, dst);
         const void *sp = block_pool_ptr(&s->pool, src);
         size_t bytes = s->pool.layout.block_bytes;
@@ -116,10 +128,26 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         r->cow_src = src; /* released once the step's forward is queued */
         s->st.n_cow_copies++;
     }
-    if (n_host > 0) {
-        KV_CHECK(sched_tier_lookup(s, r, n_hit, n_host, slots) == n_host);
-        sched_tier_load(s, r, n_hit, n_host, slots, layered);
-    }
+    if (p->n_host > 0) sched_tier_load(s, r, p->n_hit, p->n_host, p->layered);
+}
+
+/* Takes r from the waiting list's head into the running list if its blocks and first chunk fit.
+ * Returns false (nothing taken, no counter touched) when they do not. */
+static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows) {
+    int bs = s->pool.layout.block_size;
+    sched_req_hash_upto(s, r, r->n_tokens);
+    int n_full = r->n_tokens / bs;
+    /* on_evict stores go first: they may take host slots the plan would count */
+    sched_tier_prepare_evict(s, sched_blocks_for(s, r->n_tokens) + 1);
+    sched_admit_plan p = {
+        .hits = kv_malloc(((size_t)n_full + 1) * sizeof *p.hits),
+    };
+    bool ok = sched_admit_plan_make(s, r, budget, *extra_rows, &p);
+    if (ok) sched_admit_apply(s, r, &p);
+    free(p.hits);
+    if (!ok) return false;
+    int n_hit = p.n_hit, n_ready = p.n_ready, n_new = p.n_new, rows = p.rows;
+    bool cow = p.cow;
     r->n_computed = n_ready;
     r->n_sched = n_new;
     *extra_rows -= rows;
@@ -152,12 +180,8 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         s->n_queued--;
         pthread_mutex_unlock(&s->lock);
     }
-    r->state = n_host > 0 && !layered ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
-    free(hits), free(slots);
+    r->state = p.n_host > 0 && !p.layered ? SCHED_REQ_LOADING : SCHED_REQ_RUNNING;
     return true;
-fail:
-    free(hits), free(slots);
-    return false;
 }
 
 int sched_schedule(scheduler *s) {

@@ -7,7 +7,7 @@
 #include <pthread.h>
 
 #include "kvcache/prefix_cache.h"
-#include "offload/transfer.h"
+#include "offload/tier.h"
 #include "server/engine/scheduler.h"
 
 /* Rows of prompt logprobs one step may ask for on top of one row per sequence. */
@@ -43,11 +43,8 @@ typedef struct sched_req {
     int32_t cow_src; /* cached block copied into the last block this step (ref held), or -1 */
 
     /* host tier (scheduler_tier.c) */
-    transfer_op *load_op; /* in flight while LOADING */
-    int32_t *load_slots;  /* [n_load] slots read by load_op */
-    int n_load;
-    int n_stored;   /* leading full blocks already considered for a store */
-    double load_t0; /* when load_op was queued */
+    kv_tier_load *load; /* in flight while LOADING */
+    int n_stored;       /* leading full blocks already considered for a store */
 
     /* reporting */
     bool admitted_once;
@@ -73,9 +70,8 @@ struct scheduler {
     prefix_cache pc;
     sampler smp;
 
-    /* host tier (NULL when off) */
-    offload *tier;
-    transfer *xfer;
+    /* offload tier (NULL when off) */
+    kv_tier *tier;
     backend_event *last_compute;   /* event after the last forward, NULL before the first */
     struct sched_tier *tier_state; /* ops in flight, pending stores (scheduler_tier.c) */
 
@@ -137,25 +133,25 @@ int sched_tier_init(scheduler *s, kv_error *err);
 void sched_tier_free(scheduler *s);
 /* Polls loads and stores: finished loads make requests runnable, finished stores mark slots. */
 void sched_tier_poll(scheduler *s);
-/* After GPU hits at admission: the next blocks found in the host tier, loaded into blocks just
- * allocated for them. Returns how many blocks will come from the tier (r->blocks already holds
- * the GPU hits; the caller allocated enough blocks behind them). */
-int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots);
+/* Admission's plan: how many blocks from first_block on are in the host tier (a leading run, at
+ * most max_blocks). No side effect: nothing is pinned or counted. */
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks);
 /* True when r, admitted with n_host host-tier blocks, may be computed in this step while its load
  * runs by layer groups: nothing else would run or load meanwhile, and the load is not so large that
  * whole-block copies win (rule in scheduler_tier.c). */
 bool sched_tier_can_layer(const scheduler *s, const sched_req *r, int n_host);
-/* Queues the load of r's blocks [first, first + n) from slots. Layered (sched_tier_can_layer): by
- * layer groups, r runs in this step (the forward waits per group: sched_tier_layer_ready), and
- * the load is tracked by the tier until a poll sees it done; else r is LOADING until then. */
-void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots,
-                     bool layered);
+/* Queues the load of r's blocks [first, first + n) (counted by sched_tier_count in this step;
+ * the tier pins them at once, and stores are only queued at flushes, so nothing evicts them).
+ * Layered (sched_tier_can_layer): by layer groups, r runs in this step (the forward waits per
+ * group: sched_tier_layer_ready), and the load is tracked by the tier until a poll sees it done;
+ * else r is LOADING until then. */
+void sched_tier_load(scheduler *s, sched_req *r, int first, int n, bool layered);
 /* The per-layer events ([n_layers]) this step's forward must wait for, or NULL when no layered
  * load was queued in this step. Valid until the next poll. */
 backend_event *const *sched_tier_layer_ready(scheduler *s);
 /* After the step's forward: stores of blocks that became full (per the store policy). */
 void sched_tier_store_new(scheduler *s, int n_seqs);
-/* Queues the stores reserved since the last flush (GPU hits under reuse_gated). */
+/* Queues the stores pended since the last flush (GPU hits under reuse_gated). */
 void sched_tier_flush(scheduler *s);
 /* on_evict: stores (and pins until stored) the LRU blocks that allocating n_blocks would recycle
  * and that the tier does not hold yet. */

@@ -1,5 +1,6 @@
-/* The engine's side of the host tier (offload/): lookups after GPU prefix hits, loads on the LOAD
- * stream, stores on the STORE stream, and polling of both; the engine never waits for a copy.
+/* The engine's side of the offload tier (offload/tier.h, the only offload/ interface it uses):
+ * lookups after GPU prefix hits, loads on the LOAD stream, stores on the STORE stream, and polling
+ * of both; the engine never waits for a copy.
  *
  * Ordering (DESIGN.md): every transfer pins its GPU blocks (a block-pool reference, through the
  * transfer hooks) until a poll sees it complete, so a block is never recycled while a copy touches
@@ -26,24 +27,14 @@
  * store completes, and the allocation waits a step rather than recycle a block being read. */
 #include <stdlib.h>
 
+#include "offload/host_tier.h"
 #include "server/engine/scheduler_internal.h"
 
-typedef struct tier_op {
-    transfer_op *op;
-    int32_t *slots; /* loads: slots read */
-    int n_slots;
-    bool evict;   /* an on_evict store (its blocks count as soon available) */
-    bool layered; /* a layered load (its latency is observed when done) */
-    double t0;
-} tier_op;
-
 typedef struct sched_tier {
-    tier_op *ops; /* stores and abandoned loads in flight */
-    int n_ops, cap;
-    transfer_pair *pending; /* stores to queue at the next flush */
+    block_hash *pend_h; /* reuse_gated stores of GPU hits, queued at the next flush */
+    int32_t *pend_b;
     int n_pending, pending_cap;
-    int n_evict_pinned;          /* blocks held by on_evict stores in flight */
-    transfer_op *layered;        /* a layered load queued in this step, until its forward */
+    kv_tier_load *layered;       /* a layered load queued in this step, until its forward */
     backend_event **layer_ready; /* [n_layers] its events, for that forward */
 } sched_tier;
 
@@ -58,129 +49,71 @@ static void tier_unpin(void *user, int32_t block) {
     block_pool_unref(user, block);
 }
 
+static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds, bool layered) {
+    metrics *m = user;
+    (void)layered;
+    if (!m) return;
+    if (dir == KV_TIER_STORE) {
+        metrics_counter_add(&m->host_stored_bytes, bytes);
+    } else {
+        metrics_counter_add(&m->host_loaded_bytes, bytes);
+        metrics_histogram_observe(&m->host_load_latency_seconds, seconds);
+    }
+}
+
 int sched_tier_init(scheduler *s, kv_error *err) {
     if (s->cfg.offload.size_gib <= 0) return 0;
-    s->tier =
-        offload_create(s->model->be, &s->cfg.offload, s->pool.layout.block_bytes, NULL, NULL, err);
+    kv_tier_pin_hooks pins = {.user = &s->pool, .pin = tier_pin, .unpin = tier_unpin};
+    s->tier = host_tier_create(s->model->be, &s->cfg.offload, s->pool.layout.block_bytes,
+                               s->pool.layout.n_layers, s->pool.base, s->pool.n_blocks, &pins,
+                               tier_done, s->cfg.metrics, err);
     if (!s->tier) return -1;
-    transfer_hooks hooks = {.user = &s->pool, .pin = tier_pin, .unpin = tier_unpin};
-    s->xfer = transfer_create(s->model->be, offload_host_pool(s->tier), s->pool.base,
-                              s->pool.n_blocks, &hooks);
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
     tier_of(s)->layer_ready =
         kv_calloc((size_t)s->pool.layout.n_layers, sizeof *tier_of(s)->layer_ready);
     return 0;
 }
 
-static void tier_op_push(sched_tier *t, tier_op op) {
-    if (t->n_ops == t->cap) {
-        t->cap = t->cap ? 2 * t->cap : 16;
-        t->ops = kv_realloc(t->ops, (size_t)t->cap * sizeof *t->ops);
-    }
-    t->ops[t->n_ops++] = op;
-}
-
-/* A completed op: slots marked, counters, handle freed. */
-static void tier_op_done(scheduler *s, tier_op *o) {
-    sched_tier *t = tier_of(s);
-    int n;
-    const transfer_pair *pairs = transfer_op_pairs(o->op, &n);
-    size_t bytes = (size_t)n * s->pool.layout.block_bytes;
-    metrics *m = s->cfg.metrics;
-    if (transfer_op_dir(o->op) == TRANSFER_STORE) {
-        for (int i = 0; i < n; i++) offload_store_done(s->tier, pairs[i].slot);
-        if (o->evict) t->n_evict_pinned -= n;
-        if (m) metrics_counter_add(&m->host_stored_bytes, bytes);
-    } else {
-        for (int i = 0; i < o->n_slots; i++) offload_load_done(s->tier, o->slots[i]);
-        if (m) metrics_counter_add(&m->host_loaded_bytes, bytes);
-        if (m && o->layered)
-            metrics_histogram_observe(&m->host_load_latency_seconds, kv_now() - o->t0);
-    }
-    transfer_op_free(s->xfer, o->op);
-    free(o->slots);
-}
-
 void sched_tier_free(scheduler *s) {
     if (!s->tier) return;
     sched_tier *t = tier_of(s);
-    for (int i = 0; i < t->n_ops; i++) {
-        transfer_wait(s->xfer, t->ops[i].op);
-        tier_op_done(s, &t->ops[i]);
-    }
-    for (int i = 0; i < t->n_pending; i++) offload_store_abort(s->tier, t->pending[i].slot);
-    transfer_free(s->xfer);
-    offload_free(s->tier);
+    s->tier->ops->destroy(s->tier);
     if (s->last_compute) s->model->be->ops->event_free(s->model->be, s->last_compute);
-    free(t->ops), free(t->pending), free(t->layer_ready), free(t);
+    free(t->pend_h), free(t->pend_b), free(t->layer_ready), free(t);
     s->tier = NULL;
 }
 
 bool sched_tier_busy(const scheduler *s) {
     if (!s->tier) return false;
-    if (tier_of(s)->n_ops > 0) return true;
+    if (s->tier->ops->busy(s->tier)) return true;
     for (int i = 0; i < s->running.n; i++)
         if (s->running.v[i]->state == SCHED_REQ_LOADING) return true;
     return false;
 }
 
 int sched_tier_soon_free(const scheduler *s) {
-    return s->tier ? tier_of(s)->n_evict_pinned : 0;
+    return s->tier ? s->tier->ops->stats(s->tier).n_evict_pinned : 0;
 }
 
 void sched_tier_poll(scheduler *s) {
-    sched_tier *t = tier_of(s);
-    offload_poll(s->tier);
-    for (int i = 0; i < t->n_ops;) {
-        if (!transfer_poll(s->xfer, t->ops[i].op)) {
-            i++;
-            continue;
-        }
-        tier_op_done(s, &t->ops[i]);
-        t->ops[i] = t->ops[--t->n_ops];
-    }
+    s->tier->ops->poll(s->tier);
     /* finished loads make their requests runnable */
     for (int i = 0; i < s->running.n; i++) {
         sched_req *r = s->running.v[i];
-        if (r->state != SCHED_REQ_LOADING || !transfer_poll(s->xfer, r->load_op)) continue;
-        tier_op o = {.op = r->load_op, .slots = r->load_slots, .n_slots = r->n_load};
-        if (s->cfg.metrics)
-            metrics_histogram_observe(&s->cfg.metrics->host_load_latency_seconds,
-                                      kv_now() - r->load_t0);
-        tier_op_done(s, &o);
-        r->load_op = NULL;
-        r->load_slots = NULL;
-        r->n_load = 0;
+        if (r->state != SCHED_REQ_LOADING || !s->tier->ops->load_poll(s->tier, r->load)) continue;
+        r->load = NULL;
         r->state = SCHED_REQ_RUNNING;
     }
 }
 
 void sched_tier_abandon(scheduler *s, sched_req *r) {
-    tier_op_push(tier_of(s), (tier_op){.op = r->load_op,
-                                       .slots = r->load_slots,
-                                       .n_slots = r->n_load,
-                                       .t0 = r->load_t0});
-    r->load_op = NULL;
-    r->load_slots = NULL;
-    r->n_load = 0;
+    s->tier->ops->load_abandon(s->tier, r->load);
+    r->load = NULL;
 }
 
-int sched_tier_lookup(scheduler *s, sched_req *r, int first_block, int max_blocks, int32_t *slots) {
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks) {
     if (!s->tier) return 0;
-    int n = 0;
-    for (int i = 0; i < max_blocks; i++) {
-        const uint8_t *h = r->hashes[first_block + i].b;
-        if (!slots) {
-            if (!offload_contains(s->tier, h)) break;
-        } else {
-            int32_t slot = offload_lookup(s->tier, h);
-            KV_CHECK(slot >= 0); /* counted present in this same step */
-            offload_load_begin(s->tier, slot);
-            slots[i] = slot;
-        }
-        n++;
-    }
-    return n;
+    return s->tier->ops->lookup(s->tier, r->hashes + first_block, max_blocks);
 }
 
 /* Layer groups pay while the one-token forward they overlap (~6 ms for an 8B model) is a fair
@@ -196,59 +129,45 @@ bool sched_tier_can_layer(const scheduler *s, const sched_req *r, int n_host) {
            (size_t)n_host * s->pool.layout.block_bytes <= SCHED_LAYERED_MAX_BYTES;
 }
 
-void sched_tier_load(scheduler *s, sched_req *r, int first, int n, const int32_t *slots,
-                     bool layered) {
-    transfer_pair *pairs = kv_malloc((size_t)n * sizeof *pairs);
-    for (int i = 0; i < n; i++) pairs[i] = (transfer_pair){r->blocks[first + i], slots[i]};
-    int32_t *own_slots = kv_malloc((size_t)n * sizeof *own_slots);
-    memcpy(own_slots, slots, (size_t)n * sizeof *slots);
+void sched_tier_load(scheduler *s, sched_req *r, int first, int n, bool layered) {
+    kv_tier_load *ld = s->tier->ops->load(s->tier, r->hashes + first, r->blocks + first, n,
+                                          s->last_compute, layered ? s->cfg.load_layer_groups : 1);
     if (layered) {
-        sched_tier *t = tier_of(s);
-        KV_CHECK(!t->layered);
-        t->layered = transfer_load_layers(s->xfer, pairs, n, s->last_compute,
-                                          s->pool.layout.n_layers, s->cfg.load_layer_groups);
-        tier_op_push(t, (tier_op){.op = t->layered,
-                                  .slots = own_slots,
-                                  .n_slots = n,
-                                  .layered = true,
-                                  .t0 = kv_now()});
+        KV_CHECK(!tier_of(s)->layered);
+        tier_of(s)->layered = ld;
     } else {
-        r->load_op = transfer_load(s->xfer, pairs, n, s->last_compute);
-        r->load_slots = own_slots;
-        r->n_load = n;
-        r->load_t0 = kv_now();
+        r->load = ld;
     }
-    free(pairs);
 }
 
 backend_event *const *sched_tier_layer_ready(scheduler *s) {
     sched_tier *t = s->tier ? tier_of(s) : NULL;
     if (!t || !t->layered) return NULL;
     for (int l = 0; l < s->pool.layout.n_layers; l++)
-        t->layer_ready[l] = transfer_op_layer_event(t->layered, l);
+        t->layer_ready[l] = s->tier->ops->load_layer_event(s->tier, t->layered, l);
+    /* tracked by the tier until a poll sees it done: the events stay valid until then */
+    s->tier->ops->load_abandon(s->tier, t->layered);
     t->layered = NULL;
     return t->layer_ready;
 }
 
-/* Reserves a slot for block's hash and queues the pair for the next flush. */
+/* Queues the pair for the next flush. */
 static void tier_pend(scheduler *s, const block_hash *h, int32_t block) {
     sched_tier *t = tier_of(s);
-    int32_t slot = offload_store_begin(s->tier, h->b);
-    if (slot < 0) return;
     if (t->n_pending == t->pending_cap) {
         t->pending_cap = t->pending_cap ? 2 * t->pending_cap : 64;
-        t->pending = kv_realloc(t->pending, (size_t)t->pending_cap * sizeof *t->pending);
+        t->pend_h = kv_realloc(t->pend_h, (size_t)t->pending_cap * sizeof *t->pend_h);
+        t->pend_b = kv_realloc(t->pend_b, (size_t)t->pending_cap * sizeof *t->pend_b);
     }
-    t->pending[t->n_pending++] = (transfer_pair){block, slot};
+    t->pend_h[t->n_pending] = *h;
+    t->pend_b[t->n_pending++] = block;
 }
 
-/* Queues every pending store as one op after the last forward (which wrote their blocks). */
+/* Stores every pending block as one op after the last forward (which wrote their blocks). */
 static void tier_flush(scheduler *s, bool evict) {
     sched_tier *t = tier_of(s);
     if (t->n_pending == 0) return;
-    transfer_op *op = transfer_store(s->xfer, t->pending, t->n_pending, s->last_compute);
-    if (evict) t->n_evict_pinned += t->n_pending;
-    tier_op_push(t, (tier_op){.op = op, .evict = evict, .t0 = kv_now()});
+    s->tier->ops->store(s->tier, t->pend_h, t->pend_b, t->n_pending, s->last_compute, evict);
     t->n_pending = 0;
 }
 
@@ -257,7 +176,7 @@ void sched_tier_flush(scheduler *s) {
 }
 
 void sched_tier_gpu_hit(scheduler *s, const block_hash *h, int block_id) {
-    if (s->tier && offload_should_store(s->tier, h->b, OFFLOAD_EVENT_GPU_HIT))
+    if (s->tier && s->tier->ops->should_store(s->tier, h, KV_TIER_EVENT_GPU_HIT))
         tier_pend(s, h, block_id);
 }
 
@@ -269,7 +188,7 @@ void sched_tier_store_new(scheduler *s, int n_seqs) {
         int n_full = r->n_computed / bs;
         sched_req_hash_upto(s, r, r->n_computed);
         for (int b = r->n_stored; b < n_full; b++)
-            if (offload_should_store(s->tier, r->hashes[b].b, OFFLOAD_EVENT_BLOCK_FULL))
+            if (s->tier->ops->should_store(s->tier, &r->hashes[b], KV_TIER_EVENT_BLOCK_FULL))
                 tier_pend(s, &r->hashes[b], r->blocks[b]);
         if (n_full > r->n_stored) r->n_stored = n_full;
     }
@@ -279,15 +198,20 @@ void sched_tier_store_new(scheduler *s, int n_seqs) {
 void sched_tier_prepare_evict(scheduler *s, int n_blocks) {
     if (!s->tier || s->cfg.offload.policy != OFFLOAD_POLICY_ON_EVICT) return;
     int n = n_blocks - s->pool.n_free;
-    for (int id = s->pool.lru_head; id >= 0 && n > 0; id = s->pool.lru_next[id], n--) {
-        const block_hash *h = prefix_cache_block_hash(&s->pc, id);
-        if (h && offload_should_store(s->tier, h->b, OFFLOAD_EVENT_GPU_EVICT)) tier_pend(s, h, id);
+    if (n <= 0) return;
+    /* gpu_hit stores pended in this step are flushed first so both lists do not mix */
+    tier_flush(s, false);
+    int32_t *ids = kv_malloc((size_t)n * sizeof *ids);
+    n = block_pool_lru_peek(&s->pool, n, ids);
+    for (int i = 0; i < n; i++) {
+        const block_hash *h = prefix_cache_block_hash(&s->pc, ids[i]);
+        if (h && s->tier->ops->should_store(s->tier, h, KV_TIER_EVENT_GPU_EVICT))
+            tier_pend(s, h, ids[i]);
     }
+    free(ids);
     tier_flush(s, true); /* pins them: off the LRU until stored */
 }
 
 void scheduler_wait_tier_ready(scheduler *s) {
-    if (!s->tier) return;
-    host_pool_wait_grown(offload_host_pool(s->tier));
-    offload_poll(s->tier);
+    if (s->tier) s->tier->ops->wait_ready(s->tier);
 }

@@ -142,6 +142,16 @@ START_TEST(cached_blocks_are_reused_last_and_in_lru_order) {
     block_pool_ref(&bp, seq[1]);
     ck_assert_int_eq(block_pool_n_available(&bp), 3);
 
+    /* lru_peek names the next victims in order and evicts nothing */
+    int32_t peek[8];
+    ck_assert_int_eq(block_pool_lru_peek(&bp, 2, peek), 2);
+    ck_assert_int_eq(peek[0], seq[3]);
+    ck_assert_int_eq(peek[1], seq[2]);
+    ck_assert_int_eq(block_pool_lru_peek(&bp, 8, peek), 3);
+    ck_assert_int_eq(peek[2], seq[0]);
+    ck_assert_int_eq(log.n, 0);
+    ck_assert_int_eq(block_pool_n_available(&bp), 3);
+
     int e1 = block_pool_alloc(&bp), e2 = block_pool_alloc(&bp), e3 = block_pool_alloc(&bp);
     ck_assert_int_eq(e1, seq[3]);
     ck_assert_int_eq(e2, seq[2]);

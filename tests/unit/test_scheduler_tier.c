@@ -347,6 +347,39 @@ START_TEST(randomized_run_reuse_gated) {
 }
 END_TEST
 
+/* Issue 10: eight ordinary requests through 8 GPU blocks and a 3-slot host tier under reuse_gated
+ * (threshold 1) aborted the server: admission counted host hits, a GPU hit's store then evicted one
+ * of them, and the load found it gone. Each request must finish with the tier-off output. */
+START_TEST(reuse_gated_store_never_evicts_counted_hits) {
+    if (!have_model) return;
+    static int32_t z[33], w[17], w2[17], e_[66];
+    for (int i = 0; i < 33; i++) z[i] = 10 + i;
+    for (int i = 0; i < 17; i++) w[i] = 100 + i, w2[i] = 200 + i;
+    for (int i = 0; i < 66; i++) e_[i] = 300 + i;
+    const int32_t *seq[8] = {z, z, w, w, w2, w2, e_, z};
+    const int len[8] = {33, 33, 17, 17, 17, 17, 66, 33};
+    static result ref[8], r[8];
+    for (int i = 0; i < 8; i++) run_ref(seq[i], len[i], 2, &ref[i]);
+    engine e;
+    /* 5.73e-05 GiB as in the issue: 3 slots of stories260K's 20 KiB blocks */
+    engine_open(&e, 8, 5.73e-05 * 1024, OFFLOAD_POLICY_REUSE_GATED, 1, 8);
+    for (int i = 0; i < 8; i++) {
+        submit(e.s, seq[i], len[i], 2, &r[i]);
+        scheduler_run_until_idle(e.s);
+        assert_same_tokens(&r[i], &ref[i], "issue 10 sequence");
+        ck_assert_int_ne(r[i].finish, ENGINE_FINISH_ABORT);
+    }
+    scheduler_stats st = scheduler_get_stats(e.s);
+    printf("issue 10 sequence: %d host slots, %llu tier evictions, %lld host hit tokens\n",
+           st.host.n_slots_total, (unsigned long long)st.host.evictions,
+           (long long)st.host_hit_tokens);
+    ck_assert_int_eq(st.host.n_slots_total, 3);
+    ck_assert_int_gt(st.host.evictions, 0);
+    assert_idle_no_leak(e.s);
+    engine_close(&e);
+}
+END_TEST
+
 /* --- the fake backend: held streams, a model that checks what it reads --- */
 
 #define FAKE_VOCAB  64
@@ -633,6 +666,7 @@ int main(void) {
     ADD(evicted_prompt_served_from_host_tier);
     ADD(layered_loads_match_whole_loads);
     ADD(store_policies_do_what_they_say);
+    ADD(reuse_gated_store_never_evicts_counted_hits);
     ADD(randomized_run_write_through);
     ADD(randomized_run_on_evict);
     ADD(randomized_run_reuse_gated);
