@@ -367,7 +367,7 @@ START_TEST(reuse_gated_store_never_evicts_counted_hits) {
         submit(e.s, seq[i], len[i], 2, &r[i]);
         scheduler_run_until_idle(e.s);
         assert_same_tokens(&r[i], &ref[i], "issue 10 sequence");
-        ck_assert_int_ne(r[i].finish, ENGINE_FINISH_ABORT);
+        ck_assert_int_ne(r[i].finish, KV_FINISH_ABORT);
     }
     scheduler_stats st = scheduler_get_stats(e.s);
     printf("issue 10 sequence: %d host slots, %llu tier evictions, %lld host hit tokens\n",

@@ -23,7 +23,7 @@ typedef struct result {
     float gap[MAX_OUT];
     int n;
     bool done;
-    engine_finish finish;
+    kv_finish finish;
 } result;
 
 static void on_event(void *user, const engine_event *ev) {
@@ -33,7 +33,7 @@ static void on_event(void *user, const engine_event *ev) {
         r->gap[r->n] = ev->n_top >= 2 ? ev->top_logprobs[0] - ev->top_logprobs[1] : INFINITY;
         r->toks[r->n++] = ev->token;
     }
-    if (ev->finish != ENGINE_FINISH_NONE) r->done = true, r->finish = ev->finish;
+    if (ev->finish != KV_FINISH_NONE) r->done = true, r->finish = ev->finish;
 }
 
 static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, result *res) {
@@ -54,7 +54,7 @@ static void submit(scheduler *s, const int32_t *prompt, int n, int max_tokens, r
 /* As test_scheduler_tier.c: exact on the CPU; on CUDA one flip at a bf16 near-tie is accepted. */
 static void assert_same_tokens(const result *a, const result *b, int i) {
     ck_assert_msg(a->done && b->done, "request %d: not done", i);
-    ck_assert_msg(b->finish != ENGINE_FINISH_ABORT, "request %d aborted", i);
+    ck_assert_msg(b->finish != KV_FINISH_ABORT, "request %d aborted", i);
     for (int k = 0; k < a->n && k < b->n; k++) {
         if (on_cuda && a->toks[k] != b->toks[k]) {
             ck_assert_msg(a->gap[k] <= 0.2f, "request %d: token %d differs", i, k);
