@@ -130,6 +130,8 @@ static void engine_open(engine *e, int n_blocks, double tier_mib, offload_policy
     c.max_num_batched_tokens = 256;
     c.max_model_len = 1024;
     c.load_layer_groups = layer_groups;
+    if (tier_mib < 0) /* -n: a tier of n blocks of the backend's KV dtype */
+        tier_mib = -tier_mib * (double)model_kv_layout(e->m, 16).block_bytes / (1 << 20) * 1.001;
     c.offload = (offload_config){.size_gib = tier_mib / 1024.0,
                                  .policy = pol,
                                  .reuse_threshold = reuse_threshold,
@@ -361,8 +363,8 @@ START_TEST(reuse_gated_store_never_evicts_counted_hits) {
     static result ref[8], r[8];
     for (int i = 0; i < 8; i++) run_ref(seq[i], len[i], 2, &ref[i]);
     engine e;
-    /* 5.73e-05 GiB as in the issue: 3 slots of stories260K's 20 KiB blocks */
-    engine_open(&e, 8, 5.73e-05 * 1024, OFFLOAD_POLICY_REUSE_GATED, 1, 8);
+    /* 3 slots, as the issue's 5.73e-05 GiB gives with the CPU's f32 blocks of 20 KiB */
+    engine_open(&e, 8, -3, OFFLOAD_POLICY_REUSE_GATED, 1, 8);
     for (int i = 0; i < 8; i++) {
         submit(e.s, seq[i], len[i], 2, &r[i]);
         scheduler_run_until_idle(e.s);

@@ -11,9 +11,8 @@
 #include "server/engine/scheduler.h"
 #include "tests/unit/engine_test_env.h"
 
-#define MAX_OUT       16
-#define N_REQ         40
-#define STORIES_BLOCK 20480 /* stories260K: 5 layers x 2 x 4 kv heads x 16 tokens x 8 x f32 */
+#define MAX_OUT 16
+#define N_REQ   40
 
 static char model_dir[1024];
 static bool on_cuda, have_model;
@@ -84,8 +83,10 @@ static void engine_open(engine *e, int n_blocks, int n_slots, offload_policy pol
     c.max_num_seqs = max_seqs;
     c.max_num_batched_tokens = 256;
     c.max_model_len = 1024;
+    /* n_slots blocks of the backend's KV dtype (f32 on the CPU, bf16 on CUDA) */
+    double block_bytes = (double)model_kv_layout(e->m, 16).block_bytes;
     c.offload =
-        (offload_config){.size_gib = (double)n_slots * STORIES_BLOCK / (double)(1ull << 30) * 1.001,
+        (offload_config){.size_gib = (double)n_slots * block_bytes / (double)(1ull << 30) * 1.001,
                          .policy = pol,
                          .reuse_threshold = threshold,
                          .chunk_bytes = 1 << 20};
