@@ -17,6 +17,7 @@
 
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
+#include "server/chat/chat_source.h"
 #include "server/config.h"
 #include "server/demo_model.h"
 #include "server/http.h"
@@ -77,6 +78,7 @@ typedef struct app {
     backend *be;
     model *model;
     tokenizer *tok;
+    chat_source chat; /* the chat template (tmpl NULL = none) */
     /* The engine. HTTP threads read it through app_submit/app_cancel; it is set before the HTTP
      * side is marked ready and cleared only after the HTTP server has stopped. */
     _Atomic(scheduler *) sched;
@@ -203,6 +205,14 @@ static int app_load(app *a, kv_error *err) {
     app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model->weight_bytes / 1e6,
             kv_now() - t0);
     if (tokenizer_load(&a->tok, cfg->model, err)) return -1;
+    if (chat_source_load(&a->chat, cfg->model, cfg->chat_template, err)) return -1;
+    if (a->chat.tmpl)
+        app_log(a, CONFIG_LOG_INFO, "chat template from %s", a->chat.origin);
+    else
+        app_log(a, CONFIG_LOG_INFO,
+                "the model has no chat template: /v1/chat/completions "
+                "answers 400 (give one with --chat-template FILE)");
+    http_server_set_chat(a->http, &a->chat);
     const hf_config *hc = &a->model->cfg;
     if (tokenizer_vocab_size(a->tok) > hc->vocab_size)
         app_log(a, CONFIG_LOG_WARN,
@@ -256,6 +266,7 @@ static void app_free(app *a) {
     if (a->http) http_server_stop(a->http);
     scheduler_free(atomic_exchange(&a->sched, NULL));
     tokenizer_free(a->tok);
+    chat_source_free(&a->chat);
     model_free(a->model);
     backend_destroy(a->be);
     if (a->metrics_ready) metrics_free(&a->metrics);
