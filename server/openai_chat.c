@@ -133,11 +133,12 @@ static int parse_tools(json_t *root, openai_chat_request *req, openai_error *e) 
             if (!json_is_object(fn) || !json_is_string(json_object_get(fn, "name")))
                 return bad(e, "tools", "%s: each tool needs a function with a name", "tools");
         }
-        if (json_array_size(tools) > 0) {
-            json_object_set(req->vars, "tools", tools);
-            req->has_tools = true;
-        }
+        json_object_set(req->vars, "tools", tools);
+        req->has_tools = json_array_size(tools) > 0;
+    } else { /* as transformers: defined, and none */
+        json_object_set_new(req->vars, "tools", json_null());
     }
+    json_object_set_new(req->vars, "documents", json_null());
     json_t *choice = json_object_get(root, "tool_choice");
     if (!present(choice)) return 0;
     if (json_is_string(choice) &&
