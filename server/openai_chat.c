@@ -312,6 +312,9 @@ int openai_chat_to_completion(const openai_model_info *info, openai_chat_request
     KV_CHECK(body);
     int rc = openai_parse_completion(info, body, strlen(body), out, e);
     free(body);
+    /* name the parameters as the client sent them */
+    if (rc && !strcmp(e->param, "prompt")) snprintf(e->param, sizeof e->param, "messages");
+    if (rc && !strcmp(e->param, "logprobs")) snprintf(e->param, sizeof e->param, "top_logprobs");
     return rc;
 }
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -236,6 +237,7 @@ class Chat(unittest.TestCase):
                                                          "tool_choice": "auto"})
         self.assertEqual(status, 400, out)
         self.assertEqual(out["error"]["code"], "context_length_exceeded")
+        self.assertEqual(out["error"]["param"], "messages")
         bad = [dict(m) for m in case["messages"]]
         for m in bad:
             for call in m.get("tool_calls") or []:
@@ -243,6 +245,26 @@ class Chat(unittest.TestCase):
         status, out = self.post("/v1/chat/completions", {"messages": bad, "tools": case["tools"]})
         self.assertEqual(status, 400, out)
         self.assertIn("arguments", out["error"]["message"])
+
+    def test_concurrent_renders_agree(self):
+        """One parsed template rendered by several HTTP threads at once gives the same ids."""
+        cases = load_cases("qwen2.5-7b-instruct")
+        bodies = [{"messages": c["messages"], "tools": c.get("tools"),
+                   "add_generation_prompt": c["add_generation_prompt"]} for c in cases]
+        want = [self.post("/tokenize", b)[1]["tokens"] for b in bodies]
+        results = {}
+
+        def worker(k):
+            results[k] = [self.post("/tokenize", b)[1].get("tokens") for b in bodies]
+
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        self.assertEqual(len(results), 6)
+        for got in results.values():
+            self.assertEqual(got, want)
 
     def test_bad_requests(self):
         cases = [
@@ -255,6 +277,8 @@ class Chat(unittest.TestCase):
                                                     "function": {"name": "f"}}}, "tool_choice"),
             ({"messages": MESSAGES, "temperature": -1}, "temperature"),
             ({"messages": MESSAGES, "max_tokens": 100000}, "max_tokens"),
+            ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 1000}, "top_logprobs"),
+            ({"messages": MESSAGES, "echo": True}, "echo"),
             ({"messages": MESSAGES, "chat_template_kwargs": 3}, "chat_template_kwargs"),
             ({"messages": MESSAGES, "continue_final_message": True}, "continue_final_message"),
         ]
