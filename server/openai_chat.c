@@ -169,7 +169,7 @@ static const char *const chat_only[] = {"messages",
                                         "echo"};
 
 /* logprobs (bool) + top_logprobs (int) -> the completions parser's logprobs; max_completion_tokens
- * over max_tokens. */
+ * over max_tokens, and neither = all that fits. */
 static int completion_body(json_t *root, openai_chat_request *req, openai_error *e) {
     bool logprobs;
     if (get_bool(root, "logprobs", false, &logprobs, e)) return -1;
@@ -189,6 +189,9 @@ static int completion_body(json_t *root, openai_chat_request *req, openai_error 
         json_object_set_new(body, "logprobs", present(top) ? json_incref(top) : json_integer(0));
     json_t *mct = json_object_get(root, "max_completion_tokens");
     if (present(mct)) json_object_set(body, "max_tokens", mct);
+    /* chat has no default of 16 tokens: all that fits (OpenAI, vLLM) */
+    if (!present(json_object_get(body, "max_tokens")))
+        json_object_set_new(body, "max_tokens", json_null());
     req->completion = body;
     return 0;
 }

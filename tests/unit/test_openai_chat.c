@@ -205,6 +205,13 @@ START_TEST(completion_request_from_chat) {
     ck_assert(cr.stream && cr.include_usage && !cr.echo);
     openai_completion_request_free(&cr);
     openai_chat_request_free(&req);
+    /* no max_tokens: all that fits, not completions' 16 */
+    body = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}";
+    ck_assert(openai_chat_parse(&info, &chatml, LIT(body), false, &req, &e) == 0);
+    ck_assert(openai_chat_to_completion(&info, &req, ids, 5, &cr, &e) == 0);
+    ck_assert_int_eq(cr.prompts[0].max_tokens, 64 - 5);
+    openai_completion_request_free(&cr);
+    openai_chat_request_free(&req);
     /* over the context: named as the client sent it */
     int32_t many[64] = {0};
     body = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}]}";
