@@ -1,6 +1,7 @@
 /* POST /v1/completions: one engine request per choice (prompts x n), a per-request channel that the
  * engine fills from its thread, and the HTTP side that turns token events into text (streaming
- * detokenizer, stop strings), logprobs and JSON, either as one body or as SSE chunks.
+ * detokenizer, stop strings), logprobs and JSON, either as one body or as SSE chunks. POST
+ * /v1/chat/completions runs the same flow (http_chat.c renders its prompt) with chat-shaped JSON.
  *
  * Locking: completion.lock guards the event queue, suspended/aborting/conn and the engine_done
  * flags; everything else of a choice belongs to the connection's MHD thread. Engine calls (submit,
