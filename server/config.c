@@ -45,6 +45,11 @@ static const knob knobs[] = {
      .help = "Hugging Face model directory (config.json, safetensors, tokenizer.json)"},
     {"served_model_name", KNOB_STRING, OFF(served_model_name), .nullable = true,
      .help = "model name clients send and see (null = the model argument)"},
+    {"chat_template", KNOB_STRING, OFF(chat_template), .nullable = true,
+     .help = "Jinja file overriding the model's chat template (null = the model's own)"},
+    {"generation_config", KNOB_STRING, OFF(generation_config), .nullable = true,
+     .help = "default sampling parameters: null or \"auto\" = the model's generation_config.json, "
+             "\"vllm\" = OpenAI's, or a folder holding a generation_config.json"},
     {"api_key", KNOB_STRING, OFF(api_key), .nullable = true,
      .help = "require 'Authorization: Bearer KEY' on /v1/* (null = open)"},
     {"allowed_origins", KNOB_STRING, OFF(allowed_origins), .nullable = true,

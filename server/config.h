@@ -40,6 +40,9 @@ typedef struct kv_config {
     int port;                /* 0 = any free port */
     char *model;             /* Hugging Face model directory; NULL until given */
     char *served_model_name; /* name clients use; NULL = the model argument */
+    char *chat_template;     /* a Jinja file overriding the model's chat template; NULL = none */
+    char *generation_config; /* sampling defaults: NULL/"auto" = the model's, "vllm" = none, or a
+                                folder holding a generation_config.json */
     char *api_key;           /* NULL = no authentication */
     char *allowed_origins;   /* CORS: "*" or comma-separated origins; NULL = no CORS headers */
     config_device device;

@@ -158,6 +158,10 @@ static enum MHD_Result handle_completions(http_server *s, struct MHD_Connection 
     return completion_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
 }
 
+static enum MHD_Result handle_chat(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+    return chat_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
+}
+
 /* /tokenize and /detokenize: a body in, a JSON body out, through one openai_* function. */
 typedef int (*token_endpoint_fn)(const openai_model_info *info, const char *body, size_t len,
                                  char **out, openai_error *err);
@@ -173,6 +177,8 @@ static enum MHD_Result handle_token_endpoint(http_server *s, struct MHD_Connecti
 }
 
 static enum MHD_Result handle_tokenize(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+    if (chat_tokenize_wanted(cx->body ? cx->body : "", cx->len))
+        return chat_tokenize(s, conn, cx->body ? cx->body : "", cx->len);
     return handle_token_endpoint(s, conn, cx, openai_tokenize);
 }
 
@@ -187,6 +193,7 @@ static const route routes[] = {
     {"/metrics", "GET", handle_metrics},
     {"/v1/models", "GET", handle_models},
     {"/v1/completions", "POST", handle_completions},
+    {"/v1/chat/completions", "POST", handle_chat},
     {"/tokenize", "POST", handle_tokenize},
     {"/detokenize", "POST", handle_detokenize},
 };

@@ -48,6 +48,10 @@ int http_server_start(http_server **out, const http_server_options *opt,
  * sampling parameters (copied; NULL = OpenAI defaults). Call once. */
 void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,
                            const sampler_params *defaults);
+/* The model's chat template for /v1/chat/completions and /tokenize with messages (borrowed,
+ * outlives the server; NULL = none: chat requests get 400). Call before http_server_set_model. */
+struct chat_source;
+void http_server_set_chat(http_server *s, const struct chat_source *cs);
 /* The port actually bound (useful with port 0). */
 int http_server_port(const http_server *s);
 /* Cancels running requests, closes every connection and frees the server. Call before stopping the

@@ -1,6 +1,7 @@
 /* POST /v1/completions: one engine request per choice (prompts x n), a per-request channel that the
  * engine fills from its thread, and the HTTP side that turns token events into text (streaming
- * detokenizer, stop strings), logprobs and JSON, either as one body or as SSE chunks.
+ * detokenizer, stop strings), logprobs and JSON, either as one body or as SSE chunks. POST
+ * /v1/chat/completions runs the same flow (http_chat.c renders its prompt) with chat-shaped JSON.
  *
  * Locking: completion.lock guards the event queue, suspended/aborting/conn and the engine_done
  * flags; everything else of a choice belongs to the connection's MHD thread. Engine calls (submit,
@@ -13,6 +14,7 @@
 #include <time.h>
 
 #include "server/http_internal.h"
+#include "server/openai_chat.h"
 #include "server/stop_strings.h"
 
 typedef struct queued_event {
@@ -61,6 +63,7 @@ struct completion {
     int n_queue, cap_queue;
 
     openai_completion_request req;
+    bool chat; /* /v1/chat/completions: chat JSON (openai_chat.h) */
     choice_state *choices;
     int n_choices, n_done;
     char id[48];
@@ -222,6 +225,17 @@ static void choice_add_text(choice_state *ch, const char *s, size_t n) {
 static void choice_add_logprobs(completion *c, choice_state *ch, const engine_event *ev) {
     const tokenizer *tok = c->srv->tok;
     bool as_ids = c->req.return_tokens_as_token_ids;
+    if (c->chat) {
+        char *tops[SAMPLER_MAX_LOGPROBS];
+        int n_top = ev->n_top < c->req.logprobs ? ev->n_top : c->req.logprobs;
+        for (int i = 0; i < n_top; i++) tops[i] = openai_token_text(tok, ev->top_ids[i], as_ids);
+        char *t = openai_token_text(tok, ev->token, as_ids);
+        openai_chat_logprobs_append(ch->logprobs, t, ev->logprob, n_top, (const char *const *)tops,
+                                    ev->top_logprobs);
+        free(t);
+        for (int i = 0; i < n_top; i++) free(tops[i]);
+        return;
+    }
     json_t *top = json_object();
     for (int i = 0; i < ev->n_top && i < SAMPLER_MAX_LOGPROBS; i++) {
         char *t = openai_token_text(tok, ev->top_ids[i], as_ids);
@@ -407,16 +421,23 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         choice_state *ch = &c->choices[i];
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
-        json_array_append_new(choices,
-                              openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
-                                                 ch->finish, ch->stop_reason, ids ? p->ids : NULL,
-                                                 p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
+        if (c->chat)
+            json_array_append_new(
+                choices, openai_chat_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
+                                                 ch->finish, ch->stop_reason, false));
+        else
+            json_array_append_new(
+                choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
+                                            ch->finish, ch->stop_reason, ids ? p->ids : NULL,
+                                            p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
         ch->logprobs = NULL;
         ch->stop_reason = NULL;
     }
     openai_usage u = completion_usage(c);
-    json_t *body = openai_completion_json(c->id, c->created, c->srv->opt.served_model_name, choices,
-                                          openai_usage_json(&u));
+    const char *model = c->srv->opt.served_model_name;
+    json_t *body =
+        c->chat ? openai_chat_json(c->id, c->created, model, choices, openai_usage_json(&u), false)
+                : openai_completion_json(c->id, c->created, model, choices, openai_usage_json(&u));
     char *text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     KV_CHECK(text);
@@ -440,23 +461,37 @@ static void stream_append(completion *c, json_t *j) {
     free(ev);
 }
 
+/* A streamed chunk's body in the request's shape. */
+static json_t *completion_body_json(completion *c, json_t *choices, json_t *usage) {
+    const char *model = c->srv->opt.served_model_name;
+    if (c->chat) return openai_chat_json(c->id, c->created, model, choices, usage, true);
+    return openai_completion_json(c->id, c->created, model, choices, usage);
+}
+
 /* Turns what the choices have gathered into SSE chunks; ends the stream when every choice is done.
  */
 static void stream_emit(completion *c) {
     for (int i = 0; i < c->n_choices; i++) {
         choice_state *ch = &c->choices[i];
         if (ch->finish_sent) continue;
-        bool has_lp = ch->logprobs && json_array_size(json_object_get(ch->logprobs, "tokens")) > 0;
+        bool has_lp = ch->logprobs &&
+                      (c->chat ? openai_chat_logprobs_count(ch->logprobs)
+                               : json_array_size(json_object_get(ch->logprobs, "tokens"))) > 0;
         if (ch->text_len == 0 && !has_lp && !ch->done) continue;
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
         bool first = !ch->prompt_ids_sent;
-        json_t *choice = openai_choice_json(
-            ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
-            ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
-            ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
-            ch->n_ids - ch->n_ids_sent);
-        if (has_lp) ch->logprobs = openai_logprobs_new();
+        json_t *choice =
+            c->chat ? openai_chat_choice_json(ch->index, ch->text, ch->text_len,
+                                              has_lp ? ch->logprobs : NULL,
+                                              ch->done ? ch->finish : KV_FINISH_NONE,
+                                              ch->done ? ch->stop_reason : NULL, true)
+                    : openai_choice_json(
+                          ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
+                          ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
+                          ids && first ? p->ids : NULL, p->n_ids,
+                          ids ? ch->ids + ch->n_ids_sent : NULL, ch->n_ids - ch->n_ids_sent);
+        if (has_lp) ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
         if (ch->done) ch->stop_reason = NULL;
         json_t *usage = NULL;
         if (c->req.continuous_usage) {
@@ -466,8 +501,7 @@ static void stream_emit(completion *c) {
                               .cached_tokens_host = ch->n_cached_host};
             usage = openai_usage_json(&u);
         }
-        stream_append(c, openai_completion_json(c->id, c->created, c->srv->opt.served_model_name,
-                                                json_pack("[o]", choice), usage));
+        stream_append(c, completion_body_json(c, json_pack("[o]", choice), usage));
         ch->text_len = 0;
         ch->n_ids_sent = ch->n_ids;
         ch->prompt_ids_sent = true;
@@ -487,8 +521,7 @@ static void stream_emit(completion *c) {
     }
     if (c->req.include_usage) {
         openai_usage u = completion_usage(c);
-        stream_append(c, openai_completion_json(c->id, c->created, c->srv->opt.served_model_name,
-                                                json_array(), openai_usage_json(&u)));
+        stream_append(c, completion_body_json(c, json_array(), openai_usage_json(&u)));
     }
     static const char done[] = "data: [DONE]\n\n";
     append_bytes(&c->out, &c->out_len, &c->out_cap, done, sizeof done - 1);
@@ -518,14 +551,14 @@ static ssize_t stream_reader(void *cls, uint64_t pos, char *buf, size_t max) {
 
 /* ---- start ---- */
 
-static void make_id(char *out, size_t size) {
+static void make_id(char *out, size_t size, const char *prefix) {
     unsigned char r[16];
     if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) { /* unique enough without entropy */
         uint64_t a = (uint64_t)(kv_now() * 1e9), b = (uint64_t)(uintptr_t)out;
         memcpy(r, &a, 8);
         memcpy(r + 8, &b, 8);
     }
-    int n = snprintf(out, size, "cmpl-");
+    int n = snprintf(out, size, "%s", prefix);
     for (int i = 0; i < 16 && (size_t)n + 2 < size; i++)
         n += snprintf(out + n, size - (size_t)n, "%02x", r[i]);
 }
@@ -541,7 +574,8 @@ static void choice_init(completion *c, choice_state *ch, int index, int prompt_i
     ch->ts = tokenizer_stream_new(tok, req->skip_special_tokens);
     stop_matcher_init(&ch->stop, (const char *const *)req->stop, req->n_stop,
                       req->include_stop_str_in_output);
-    if (req->logprobs >= 0) ch->logprobs = openai_logprobs_new();
+    if (req->logprobs >= 0)
+        ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
     if (!req->echo) return;
     if (p->text) {
         choice_add_text(ch, p->text, strlen(p->text));
@@ -608,6 +642,10 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
     }
     c->watch_slot = http_watch(c->srv, conn, c);
     if (!req->stream) return completion_continue(c, conn);
+    if (c->chat) /* chat streams open with the role of every choice */
+        for (int i = 0; i < c->n_choices; i++)
+            stream_append(c, completion_body_json(
+                                 c, json_pack("[o]", openai_chat_role_choice_json(i)), NULL));
 
     struct MHD_Response *r =
         MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16 * 1024, stream_reader, c, NULL);
@@ -630,11 +668,20 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
         return http_respond_error(conn, &e);
     }
     openai_model_info info = http_model_info(s);
+    openai_completion_request req;
+    if (openai_parse_completion(&info, body, len, &req, &e)) return http_respond_error(conn, &e);
+    return completion_start_request(s, conn, &req, false, c_out);
+}
+
+enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
+                                         openai_completion_request *req, bool chat,
+                                         completion **c_out) {
+    *c_out = NULL;
+    openai_error e;
     completion *c = kv_calloc(1, sizeof *c);
-    if (openai_parse_completion(&info, body, len, &c->req, &e)) {
-        free(c);
-        return http_respond_error(conn, &e);
-    }
+    c->req = *req;
+    memset(req, 0, sizeof *req);
+    c->chat = chat;
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;
@@ -644,7 +691,7 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     c->status = 200;
     c->arrival = kv_now();
     c->created = (long long)time(NULL);
-    make_id(c->id, sizeof c->id);
+    make_id(c->id, sizeof c->id, chat ? "chatcmpl-" : "cmpl-");
     KV_CHECK(pthread_mutex_init(&c->lock, NULL) == 0);
     c->n_choices = c->req.n_prompts * c->req.n;
     c->choices = kv_calloc((size_t)c->n_choices, sizeof *c->choices);

@@ -32,6 +32,8 @@ struct http_server {
     int max_model_len;
     long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
+    const struct chat_source
+        *chat; /* borrowed; NULL = no chat template (see http_server_set_chat) */
     atomic_bool ready;
     atomic_bool stopping;
 
@@ -69,6 +71,18 @@ void http_unwatch(http_server *s, int slot);
  * request was answered at once, e.g. an error). */
 enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, const char *body,
                                  size_t len, completion **c_out);
+/* The same flow for a request already parsed (moved into the completion: *req is left empty);
+ * chat selects the chat JSON shapes. */
+enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
+                                         openai_completion_request *req, bool chat,
+                                         completion **c_out);
+/* POST /v1/chat/completions (http_chat.c): renders the messages, then completion_start_request. */
+enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const char *body,
+                           size_t len, completion **c_out);
+/* POST /tokenize whose body holds "messages" (http_chat.c); false when it holds none. */
+bool chat_tokenize_wanted(const char *body, size_t len);
+enum MHD_Result chat_tokenize(http_server *s, struct MHD_Connection *conn, const char *body,
+                              size_t len);
 /* Called when the access handler runs again for a non-streamed completion (after a resume). */
 enum MHD_Result completion_continue(completion *c, struct MHD_Connection *conn);
 /* The connection ended (normally or not): cancels what is left and drops the connection's ref. */

@@ -19,8 +19,10 @@
 
 #include "model/model.h"
 #include "model/tokenizer/tokenizer.h"
+#include "server/chat/chat_source.h"
 #include "server/config.h"
 #include "server/demo_model.h"
+#include "server/generation_defaults.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/engine/scheduler.h"
@@ -79,6 +81,9 @@ typedef struct app {
     backend *be;
     model *model;
     tokenizer *tok;
+    chat_source chat;        /* the chat template (tmpl NULL = none) */
+    sampler_params defaults; /* request defaults (generation_config.json) */
+    bool defaults_loaded;
     /* The engine. HTTP threads read it through app_submit/app_cancel; it is set before the HTTP
      * side is marked ready and cleared only after the HTTP server has stopped. */
     _Atomic(scheduler *) sched;
@@ -246,6 +251,22 @@ static int app_load(app *a, kv_error *err) {
     app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model->weight_bytes / 1e6,
             kv_now() - t0);
     if (tokenizer_load(&a->tok, cfg->model, err)) return -1;
+    if (chat_source_load(&a->chat, cfg->model, cfg->chat_template, err)) return -1;
+    if (a->chat.tmpl)
+        app_log(a, CONFIG_LOG_INFO, "chat template from %s", a->chat.origin);
+    else
+        app_log(a, CONFIG_LOG_INFO,
+                "the model has no chat template: /v1/chat/completions "
+                "answers 400 (give one with --chat-template FILE)");
+    http_server_set_chat(a->http, &a->chat);
+    char taken[256];
+    if (generation_defaults_load(cfg->generation_config, cfg->model, &a->defaults, taken,
+                                 sizeof taken, err))
+        return -1;
+    a->defaults_loaded = true;
+    if (taken[0])
+        app_log(a, CONFIG_LOG_INFO, "default sampling parameters from generation_config.json: %s",
+                taken);
     const hf_config *hc = &a->model->cfg;
     if (tokenizer_vocab_size(a->tok) > hc->vocab_size)
         app_log(a, CONFIG_LOG_WARN,
@@ -298,7 +319,7 @@ static int app_load(app *a, kv_error *err) {
     if (!s) return -1;
     scheduler_start(s);
     atomic_store(&a->sched, s);
-    http_server_set_model(a->http, a->tok, model_len, NULL);
+    http_server_set_model(a->http, a->tok, model_len, &a->defaults);
     app_log(a, CONFIG_LOG_INFO,
             "ready on %s: model '%s', %d KV blocks of %d tokens (%.2f GiB), max_model_len %d, "
             "prefix caching %s, host tier %.1f GiB (%.2f s since start)",
@@ -315,6 +336,8 @@ static void app_free(app *a) {
     if (a->http) http_server_stop(a->http);
     scheduler_free(atomic_exchange(&a->sched, NULL));
     tokenizer_free(a->tok);
+    chat_source_free(&a->chat);
+    if (a->defaults_loaded) sampler_params_free(&a->defaults);
     model_free(a->model);
     backend_destroy(a->be);
     if (a->metrics_ready) metrics_free(&a->metrics);

@@ -1,7 +1,7 @@
 """Runs the official OpenAI Node client's test (openai_client/) against the real kvserve on
-stories260K: installs the pinned client with `npm ci` when node_modules is absent, starts kvserve
-with an API key, then `node --test`. Skips (77) without node >= 18 and npm, or when the npm registry
-cannot be reached for the install."""
+stories260K (with Qwen2.5's chat template for the chat cases): installs the pinned client with
+`npm ci` when node_modules is absent, starts kvserve with an API key, then `node --test`. Skips
+(77) without node >= 18 and npm, or when the npm registry cannot be reached for the install."""
 import os
 import shutil
 import subprocess
@@ -44,7 +44,13 @@ def ensure_client():
 def main():
     kh.skip_unless_ready()
     node = ensure_client()
-    srv = kh.Server("--api-key", KEY, "--served-model-name", MODEL_NAME, name=MODEL_NAME)
+    # stories260K has no chat template: Qwen2.5's real one (testdata) serves the chat cases
+    template = os.path.join(os.environ.get("KVSERVE_TESTDATA", ""), "chat_templates",
+                            "qwen2.5-7b-instruct", "template.jinja")
+    if not os.path.isfile(template):
+        skip(f"{template} not found")
+    srv = kh.Server("--api-key", KEY, "--served-model-name", MODEL_NAME, "--chat-template",
+                    template, name=MODEL_NAME)
     try:
         env = dict(os.environ, KVSERVE_URL=f"http://127.0.0.1:{srv.port}",
                    KVSERVE_MODEL=MODEL_NAME, KVSERVE_API_KEY=KEY,

@@ -1,4 +1,5 @@
-// kvserve through the official OpenAI Node client: completions (plain and streaming), models.list,
+// kvserve through the official OpenAI Node client: completions and chat completions (plain and
+// streaming), models.list,
 // cached-token usage, and errors surfacing as the client's typed exceptions with the server's
 // message. run_openai_client.py starts kvserve on stories260K and sets KVSERVE_URL, KVSERVE_MODEL,
 // KVSERVE_API_KEY and KVSERVE_EXPECTED (stories260K's expected.json).
@@ -105,6 +106,77 @@ test('401 raises AuthenticationError for a wrong key', async () => {
   const bad = new OpenAI({ baseURL, apiKey: 'sk-wrong', maxRetries: 0 });
   await assert.rejects(bad.models.list(), (e) => e instanceof OpenAI.AuthenticationError
     && e.status === 401);
+});
+
+const messages = [
+  { role: 'system', content: 'You are a storyteller.' },
+  { role: 'user', content: 'Tell me about a cat.' },
+];
+
+test('chat.completions.create: greedy chat equals completions on the rendered prompt', async () => {
+  // POST /tokenize with messages is vLLM's extension: not in the client
+  const res = await fetch(`${process.env.KVSERVE_URL}/tokenize`, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ model, messages }),
+  });
+  assert.equal(res.status, 200);
+  const ids = (await res.json()).tokens;
+  const c = await client.completions.create({
+    model, prompt: ids, max_tokens: 16, temperature: 0, ignore_eos: true,
+  });
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 16, temperature: 0, ignore_eos: true,
+  });
+  assert.equal(r.object, 'chat.completion');
+  assert.match(r.id, /^chatcmpl-/);
+  assert.equal(r.model, model);
+  assert.equal(r.choices[0].message.role, 'assistant');
+  assert.equal(r.choices[0].message.content, c.choices[0].text);
+  assert.equal(r.choices[0].finish_reason, 'length');
+  assert.equal(r.usage.prompt_tokens, ids.length);
+  assert.equal(r.usage.completion_tokens, 16);
+});
+
+test('chat.completions.create with stream: deltas concatenate to the same content', async () => {
+  const body = { model, messages, max_completion_tokens: 16, temperature: 0, ignore_eos: true };
+  const full = await client.chat.completions.create(body);
+  const stream = await client.chat.completions.create({
+    ...body, stream: true, stream_options: { include_usage: true },
+  });
+  let text = '';
+  let role = null;
+  const finishes = [];
+  let usage = null;
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, 'chat.completion.chunk');
+    for (const c of chunk.choices) {
+      if (c.delta.role) role = c.delta.role;
+      text += c.delta.content ?? '';
+      if (c.finish_reason) finishes.push(c.finish_reason);
+    }
+    if (chunk.usage) usage = chunk.usage;
+  }
+  assert.equal(role, 'assistant');
+  assert.equal(text, full.choices[0].message.content);
+  assert.deepEqual(finishes, ['length']);
+  assert.equal(usage.completion_tokens, 16);
+});
+
+test('chat logprobs come in the chat shape', async () => {
+  const r = await client.chat.completions.create({
+    model, messages, max_tokens: 3, temperature: 0, logprobs: true, top_logprobs: 2,
+  });
+  const content = r.choices[0].logprobs.content;
+  assert.equal(content.length, r.usage.completion_tokens);
+  assert.equal(content[0].top_logprobs.length, 2);
+});
+
+test('chat tool_choice required is a BadRequestError', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model, messages, tool_choice: 'required',
+      tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'tool_choice'
+      && /not supported/.test(e.message));
 });
 
 test('the server still answers after the errors', async () => {
