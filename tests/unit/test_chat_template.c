@@ -9,7 +9,6 @@
 #include <unistd.h>
 
 #include "server/chat/chat_template.h"
-#include "server/chat/chat_template_load.h"
 
 /* Renders src with vars (a JSON text); returns the malloc'd text or NULL with err set. */
 static char *render_vars(const char *src, const char *vars_json, kv_error *err) {
@@ -350,80 +349,6 @@ END_TEST
 
 /* ---- where the template comes from ---- */
 
-static void write_file(const char *dir, const char *name, const char *text) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "wb");
-    ck_assert_ptr_nonnull(f);
-    fputs(text, f);
-    fclose(f);
-}
-
-static void remove_files(const char *dir) {
-    const char *names[] = {"tokenizer_config.json", "chat_template.jinja"};
-    for (int i = 0; i < 2; i++) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        unlink(path);
-    }
-}
-
-START_TEST(load_sources) {
-    char dir[] = "/tmp/kv_chat_load_XXXXXX";
-    ck_assert_ptr_nonnull(mkdtemp(dir));
-    chat_template_files f;
-    kv_error err = {{0}};
-    /* nothing at all: no template, no error */
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
-    ck_assert_ptr_null(chat_template_files_pick(&f, false));
-    chat_template_files_free(&f);
-    /* a string template; tokens as strings and as AddedToken objects */
-    write_file(dir, "tokenizer_config.json",
-               "{\"chat_template\": \"{{ bos_token }}hi\", \"bos_token\": {\"__type\": "
-               "\"AddedToken\", \"content\": \"<s>\"}, \"eos_token\": \"</s>\", "
-               "\"pad_token\": null}");
-    write_file(dir, "chat_template.jinja", "from the jinja file");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
-    ck_assert_str_eq(chat_template_files_pick(&f, true), "{{ bos_token }}hi");
-    ck_assert_str_eq(f.bos_token, "<s>");
-    ck_assert_str_eq(f.eos_token, "</s>");
-    ck_assert_ptr_null(f.pad_token);
-    json_t *vars = json_object();
-    chat_template_files_set_tokens(&f, vars);
-    ck_assert_str_eq(json_string_value(json_object_get(vars, "bos_token")), "<s>");
-    ck_assert_ptr_null(json_object_get(vars, "unk_token"));
-    json_decref(vars);
-    chat_template_files_free(&f);
-    /* named templates: tool_use only when tools are sent */
-    write_file(dir, "tokenizer_config.json",
-               "{\"chat_template\": [{\"name\": \"default\", \"template\": \"D\"}, "
-               "{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": \"rag\", "
-               "\"template\": \"R\"}]}");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
-    ck_assert_str_eq(chat_template_files_pick(&f, false), "D");
-    ck_assert_str_eq(chat_template_files_pick(&f, true), "T");
-    chat_template_files_free(&f);
-    /* no chat_template key: chat_template.jinja */
-    write_file(dir, "tokenizer_config.json", "{\"eos_token\": \"<|end|>\"}");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), 0);
-    ck_assert_str_eq(chat_template_files_pick(&f, false), "from the jinja file");
-    ck_assert_str_eq(f.eos_token, "<|end|>");
-    chat_template_files_free(&f);
-    /* malformed files name themselves */
-    write_file(dir, "tokenizer_config.json", "{\"chat_template\": 3}");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
-    ck_assert_ptr_nonnull(strstr(err.msg, "tokenizer_config.json"));
-    write_file(dir, "tokenizer_config.json", "{\"chat_template\": [{\"name\": \"default\"}]}");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
-    ck_assert_ptr_nonnull(strstr(err.msg, "chat_template[0]"));
-    write_file(dir, "tokenizer_config.json", "{not json");
-    ck_assert_int_eq(chat_template_load(dir, &f, &err), -1);
-    ck_assert_ptr_nonnull(strstr(err.msg, "tokenizer_config.json"));
-    remove_files(dir);
-    rmdir(dir);
-}
-END_TEST
-
 Suite *chat_suite(void);
 Suite *chat_suite(void) {
     Suite *s = suite_create("chat_template");
@@ -437,7 +362,6 @@ Suite *chat_suite(void) {
     tcase_add_test(tc, macros);
     tcase_add_test(tc, errors);
     tcase_add_test(tc, limits);
-    tcase_add_test(tc, load_sources);
     suite_add_tcase(s, tc);
     return s;
 }
