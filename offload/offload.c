@@ -121,9 +121,6 @@ void offload_free(offload *o) {
     free(o);
 }
 
-bool offload_enabled(const offload *o) {
-    return o->n_slots_total > 0;
-}
 host_pool *offload_host_pool(offload *o) {
     return o->hp;
 }

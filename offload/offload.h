@@ -63,7 +63,6 @@ offload *offload_create(backend *be, const offload_config *cfg, size_t block_byt
                         host_pool_progress_fn progress, void *progress_user, kv_error *err);
 /* No transfer may be in flight. Stops the pinning thread and frees every chunk. */
 void offload_free(offload *o);
-bool offload_enabled(const offload *o);
 host_pool *offload_host_pool(offload *o);
 /* Once per engine step: takes the slots pinned since the last call. Returns how many. */
 int offload_poll(offload *o);

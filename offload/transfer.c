@@ -282,15 +282,6 @@ bool transfer_poll(transfer *t, transfer_op *op) {
     return true;
 }
 
-int transfer_poll_all(transfer *t) {
-    for (transfer_op *op = t->ops; op; op = op->next) transfer_poll(t, op);
-    return t->n_inflight;
-}
-
-void transfer_compute_wait(transfer *t, transfer_op *op) {
-    if (!op->done) t->be->ops->event_wait(t->be, BACKEND_STREAM_COMPUTE, op_last_event(op));
-}
-
 void transfer_wait(transfer *t, transfer_op *op) {
     if (op->done) return;
     t->be->ops->event_sync(t->be, op_last_event(op));

@@ -6,8 +6,8 @@
  *
  * Ordering rules (DESIGN.md, "Engine loop"), and how this API keeps them:
  *  1. A load completes before any kernel reads its blocks: the engine schedules the reading step
- *     only after transfer_poll says done, or calls transfer_compute_wait first, or (a load by
- *     layer groups) makes each layer's kernels wait for transfer_op_layer_event.
+ *     only after transfer_poll says done, or (a load by layer groups) makes each layer's kernels
+ *     wait for transfer_op_layer_event.
  *  2. A load into a recycled block waits for the last kernel that read the old contents: `after`
  *     = the compute event of the last step launched; the LOAD stream waits on it.
  *  3. A store waits for the kernel that wrote the block (`after`, the STORE stream waits on it),
@@ -75,11 +75,6 @@ backend_event *transfer_op_layer_event(const transfer_op *op, int layer);
 
 /* True once the op's copies have completed; never blocks. The first true unpins its blocks. */
 bool transfer_poll(transfer *t, transfer_op *op);
-/* Polls every op in flight (unpins the finished ones); returns how many are still in flight. */
-int transfer_poll_all(transfer *t);
-/* Makes the COMPUTE stream wait for a load, so a step reading its blocks may be queued before the
- * load is done (rule 1 without the round trip through transfer_poll). */
-void transfer_compute_wait(transfer *t, transfer_op *op);
 /* Blocks the host until the op is done (shutdown, tests, benchmarks; never the engine loop). */
 void transfer_wait(transfer *t, transfer_op *op);
 /* Frees a done op's handle. Freeing an op still in flight aborts: the engine keeps it until done
