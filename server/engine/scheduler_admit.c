@@ -39,6 +39,7 @@ static void sched_req_grow(scheduler *s, sched_req *r, int n) {
         r->blocks = kv_realloc(r->blocks, (size_t)r->blocks_cap * sizeof *r->blocks);
     }
     KV_CHECK(block_pool_alloc_n(&s->pool, n, r->blocks + r->n_blocks) == 0);
+    for (int i = 0; i < n; i++) sched_tier_block_used(s, r->blocks[r->n_blocks + i]);
     r->n_blocks += n;
 }
 
@@ -108,7 +109,10 @@ static bool sched_admit_plan_make(scheduler *s, sched_req *r, int budget, int ex
  * construction: nothing here stores into the tier (GPU-hit stores are only pended, queued at the
  * next flush), and the load pins the counted blocks as it is queued (tier.h). */
 static void sched_admit_apply(scheduler *s, sched_req *r, const sched_admit_plan *p) {
-    for (int i = 0; i < p->n_hit; i++) block_pool_ref(&s->pool, p->hits[i]);
+    for (int i = 0; i < p->n_hit; i++) {
+        block_pool_ref(&s->pool, p->hits[i]);
+        sched_tier_block_used(s, p->hits[i]);
+    }
     if (r->blocks_cap < p->n_total) {
         r->blocks_cap = p->n_total + 4;
         r->blocks = kv_realloc(r->blocks, (size_t)r->blocks_cap * sizeof *r->blocks);

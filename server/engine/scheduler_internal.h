@@ -154,8 +154,12 @@ void sched_tier_store_new(scheduler *s, int n_seqs);
 /* Queues the stores pended since the last flush (GPU hits under reuse_gated). */
 void sched_tier_flush(scheduler *s);
 /* on_evict: stores (and pins until stored) the LRU blocks that allocating n_blocks would recycle
- * and that the tier does not hold yet. */
+ * and that the tier does not hold yet, each at most once while it stays cached and unused (so
+ * that the wait for those stores is bounded: see scheduler_tier.c). */
 void sched_tier_prepare_evict(scheduler *s, int n_blocks);
+/* Block id was taken from the free list or the LRU (allocated, or a GPU prefix hit): a later
+ * eviction of it may be stored again. */
+void sched_tier_block_used(scheduler *s, int32_t block_id);
 /* Blocks pinned by on_evict stores in flight: available again once those complete. */
 int sched_tier_soon_free(const scheduler *s);
 /* Hit in the GPU cache (reuse_gated counts it). */

@@ -24,7 +24,13 @@
  * the GPU pool recycles it. The prefix cache's evict hook cannot pin a block that is mid-recycle,
  * so on_evict works ahead: before blocks are allocated, the LRU blocks that allocation would evict
  * are stored first and pinned; they return to the LRU tail (now also in the host tier) when the
- * store completes, and the allocation waits a step rather than recycle a block being read. */
+ * store completes, and the allocation waits a step rather than recycle a block being read.
+ * Each cached block is offered once per stay in the LRU (evict_offered, cleared when the block is
+ * used again): the host tier may have evicted its copy again by the time the store is done (a
+ * batch larger than the free slots evicts its own first blocks), and storing it again on the next
+ * try would pin it again, so an allocation needing more blocks than the tier keeps would wait for
+ * stores forever (found by test_scheduler_tier_fill: 8 GPU blocks, 4 slots). Offered once, the
+ * wait is bounded by the blocks in the LRU, and the allocation then recycles them unstored. */
 #include <stdlib.h>
 
 #include "offload/host_tier.h"
@@ -36,6 +42,7 @@ typedef struct sched_tier {
     int n_pending, pending_cap;
     kv_tier_load *layered;       /* a layered load queued in this step, until its forward */
     backend_event **layer_ready; /* [n_layers] its events, for that forward */
+    bool *evict_offered;         /* [n_blocks] on_evict store tried since the block was used */
 } sched_tier;
 
 static sched_tier *tier_of(const scheduler *s) {
@@ -71,6 +78,8 @@ int sched_tier_init(scheduler *s, kv_error *err) {
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
     tier_of(s)->layer_ready =
         kv_calloc((size_t)s->pool.layout.n_layers, sizeof *tier_of(s)->layer_ready);
+    tier_of(s)->evict_offered =
+        kv_calloc((size_t)s->pool.n_blocks, sizeof *tier_of(s)->evict_offered);
     return 0;
 }
 
@@ -79,7 +88,7 @@ void sched_tier_free(scheduler *s) {
     sched_tier *t = tier_of(s);
     s->tier->ops->destroy(s->tier);
     if (s->last_compute) s->model->be->ops->event_free(s->model->be, s->last_compute);
-    free(t->pend_h), free(t->pend_b), free(t->layer_ready), free(t);
+    free(t->pend_h), free(t->pend_b), free(t->layer_ready), free(t->evict_offered), free(t);
     s->tier = NULL;
 }
 
@@ -203,13 +212,21 @@ void sched_tier_prepare_evict(scheduler *s, int n_blocks) {
     tier_flush(s, false);
     int32_t *ids = kv_malloc((size_t)n * sizeof *ids);
     n = block_pool_lru_peek(&s->pool, n, ids);
+    sched_tier *t = tier_of(s);
     for (int i = 0; i < n; i++) {
         const block_hash *h = prefix_cache_block_hash(&s->pc, ids[i]);
-        if (h && s->tier->ops->should_store(s->tier, h, KV_TIER_EVENT_GPU_EVICT))
-            tier_pend(s, h, ids[i]);
+        if (!h || t->evict_offered[ids[i]] ||
+            !s->tier->ops->should_store(s->tier, h, KV_TIER_EVENT_GPU_EVICT))
+            continue;
+        t->evict_offered[ids[i]] = true; /* stored or skipped, it is not offered again */
+        tier_pend(s, h, ids[i]);
     }
     free(ids);
     tier_flush(s, true); /* pins them: off the LRU until stored */
+}
+
+void sched_tier_block_used(scheduler *s, int32_t block_id) {
+    if (s->tier) tier_of(s)->evict_offered[block_id] = false;
 }
 
 void scheduler_wait_tier_ready(scheduler *s) {

@@ -485,9 +485,10 @@ static void fake_forward(model *m, const backend_batch *b, void *pool, const bac
     fake_forward_layers(m, b, pool, l, logits, NULL);
 }
 
-/* layered: the model has forward_layers (the engine may load by layer groups). */
-static scheduler *fake_engine(fake_model *fm, model *sm, int n_blocks, double tier_mib,
-                              offload_policy pol, bool layered) {
+/* layered: the model has forward_layers (the engine may load by layer groups). threshold: of
+ * reuse_gated. */
+static scheduler *fake_engine_t(fake_model *fm, model *sm, int n_blocks, double tier_mib,
+                                offload_policy pol, int threshold, bool layered) {
     fm->be = fake_backend_create();
     fm->hold = -1;
     fm->l = (backend_kv_layout){.n_layers = FAKE_LAYERS,
@@ -515,13 +516,20 @@ static scheduler *fake_engine(fake_model *fm, model *sm, int n_blocks, double ti
     c.max_num_seqs = 8;
     c.max_num_batched_tokens = 64;
     c.block_size = fm->l.block_size;
-    c.offload = (offload_config){
-        .size_gib = tier_mib / 1024.0, .policy = pol, .reuse_threshold = 1, .chunk_bytes = 4096};
+    c.offload = (offload_config){.size_gib = tier_mib / 1024.0,
+                                 .policy = pol,
+                                 .reuse_threshold = threshold,
+                                 .chunk_bytes = 4096};
     kv_error err = {{0}};
     scheduler *s = scheduler_create(sm, &c, &err);
     ck_assert_msg(s != NULL, "%s", err.msg);
     scheduler_wait_tier_ready(s);
     return s;
+}
+
+static scheduler *fake_engine(fake_model *fm, model *sm, int n_blocks, double tier_mib,
+                              offload_policy pol, bool layered) {
+    return fake_engine_t(fm, sm, n_blocks, tier_mib, pol, 1, layered);
 }
 
 /* Loads and stores complete only when the test releases their streams, at random steps. */
@@ -582,6 +590,85 @@ static void fake_ordering_run(offload_policy pol) {
     scheduler_free(s);
     backend_destroy(fm.be);
 }
+
+/* The fill of test_scheduler_tier_fill.c on the fake device, with both copy streams held at
+ * random steps: 10-14 GPU blocks of 4 tokens, host tiers of 2-6 slots, 24 prompts of 5-28 tokens
+ * over 3 bases, up to 8 at a time. Every request ends with the tier-off output, none aborts, no
+ * read is corrupt, the tier evicts and nothing leaks. */
+static void fake_fill_run(offload_policy pol, int threshold) {
+    enum { N = 24, NP = 3 };
+    static int32_t prompts[N][28], bases[NP][28];
+    static result ref[N], r[N];
+    int lens[N], maxt[N];
+    for (int b = 0; b < NP; b++) random_tokens(bases[b], 28, 90 + (uint64_t)b, FAKE_VOCAB);
+    for (int i = 0; i < N; i++) {
+        lens[i] = 5 + (i * 13) % 24;
+        maxt[i] = 1 + (i * 5) % 7;
+        memcpy(prompts[i], bases[i % NP], sizeof prompts[i]);
+        if (i % 3 == 2) prompts[i][lens[i] - 1] = 3 + i % (FAKE_VOCAB - 3); /* a fresh last token */
+    }
+    fake_model fm = {0};
+    model sm;
+    scheduler *s = fake_engine(&fm, &sm, 1024, 0, pol, false);
+    for (int i = 0; i < N; i++) {
+        submit(s, prompts[i], lens[i], maxt[i], &ref[i]);
+        scheduler_run_until_idle(s);
+    }
+    scheduler_free(s);
+    backend_destroy(fm.be);
+    static const int blocks[] = {10, 14}, slots[] = {2, 4, 6};
+    for (int bi = 0; bi < 2; bi++)
+        for (int si = 0; si < 3; si++) {
+            memset(&fm, 0, sizeof fm);
+            double mib = (double)slots[si] * FAKE_LAYERS * 2 * 2 * 4 * sizeof(float) / (1 << 20);
+            s = fake_engine_t(&fm, &sm, blocks[bi], mib * 1.001, pol, threshold, false);
+            for (int i = 0; i < N; i++) submit(s, prompts[i], lens[i], maxt[i], &r[i]);
+            int hold_load = -1, hold_store = -1, step = 0;
+            uint64_t rng = 99 + (uint64_t)(bi * 3 + si);
+            for (;; step++) {
+                ck_assert_msg(step < 20000, "%s, %d blocks, %d slots: no end",
+                              offload_policy_name(pol), blocks[bi], slots[si]);
+                rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+                int dice = (int)((rng >> 33) % 8);
+                if (dice == 0 && hold_load < 0)
+                    hold_load = fake_backend_hold(fm.be, BACKEND_STREAM_LOAD);
+                if (dice == 1 && hold_store < 0)
+                    hold_store = fake_backend_hold(fm.be, BACKEND_STREAM_STORE);
+                if (dice >= 5 && hold_load >= 0)
+                    fake_backend_release(fm.be, hold_load), hold_load = -1;
+                if (dice >= 5 && hold_store >= 0)
+                    fake_backend_release(fm.be, hold_store), hold_store = -1;
+                bool busy = scheduler_step(s);
+                if (step % 5 == 0) scheduler_check(s);
+                if (!busy && hold_load < 0 && hold_store < 0) break;
+            }
+            for (int i = 0; i < N; i++) {
+                assert_same_tokens(&ref[i], &r[i], "fake fill");
+                ck_assert_msg(r[i].finish != KV_FINISH_ABORT, "fake fill: request %d aborted", i);
+            }
+            scheduler_stats st = scheduler_get_stats(s);
+            printf("fake fill (%s t%d): %2d blocks %d slots: %3llu evictions, %3llu skipped, %lld "
+                   "host hit tokens, %lld preemptions, %d steps\n",
+                   offload_policy_name(pol), threshold, blocks[bi], slots[si],
+                   (unsigned long long)st.host.evictions,
+                   (unsigned long long)st.host.n_stores_skipped, (long long)st.host_hit_tokens,
+                   (long long)st.n_preemptions, step);
+            ck_assert_int_eq(fm.n_corrupt, 0);
+            ck_assert_int_eq(st.host.n_slots_total, slots[si]);
+            ck_assert_int_gt(st.host.evictions, 0);
+            assert_idle_no_leak(s);
+            scheduler_free(s);
+            backend_destroy(fm.be);
+        }
+}
+
+START_TEST(held_streams_fill_small_tiers) {
+    fake_fill_run(OFFLOAD_POLICY_WRITE_THROUGH, 0);
+    fake_fill_run(OFFLOAD_POLICY_ON_EVICT, 0);
+    fake_fill_run(OFFLOAD_POLICY_REUSE_GATED, 1);
+    fake_fill_run(OFFLOAD_POLICY_REUSE_GATED, 2);
+}
+END_TEST
 
 START_TEST(held_streams_keep_order_write_through) {
     fake_ordering_run(OFFLOAD_POLICY_WRITE_THROUGH);
@@ -676,6 +763,7 @@ int main(void) {
     ADD(held_streams_keep_order_on_evict);
     ADD(held_streams_keep_order_reuse_gated);
     ADD(held_load_stream_orders_layered_loads);
+    ADD(held_streams_fill_small_tiers);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

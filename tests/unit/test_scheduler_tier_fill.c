@@ -13,6 +13,8 @@
 
 #define MAX_OUT 16
 #define N_REQ   40
+/* far above what 40 requests of at most 104 tokens take, one step per token */
+#define FILL_MAX_STEPS 20000
 
 static char model_dir[1024];
 static bool on_cuda, have_model;
@@ -130,6 +132,20 @@ static void make_prompts(void) {
     engine_close(&e);
 }
 
+/* Steps until idle, failing (rather than hanging) when the engine does not get there. */
+static void drain(scheduler *s, offload_policy pol, int threshold, int n_blocks, int n_slots) {
+    for (int step = 0; scheduler_step(s); step++) {
+        if (step % 3 == 0) scheduler_check(s);
+        scheduler_stats st = scheduler_get_stats(s);
+        ck_assert_msg(step < FILL_MAX_STEPS,
+                      "%s t%d, %d blocks, %d slots: no end after %d steps (%d running, %d "
+                      "waiting, %d loading, %d blocks in use, %d storing, %llu evictions)",
+                      offload_policy_name(pol), threshold, n_blocks, n_slots, step, st.n_running,
+                      st.n_waiting, st.n_loading, st.n_blocks_in_use, st.host.n_storing,
+                      (unsigned long long)st.host.evictions);
+    }
+}
+
 static void fill_run(offload_policy pol, int threshold, bool concurrent) {
     if (!have_model) return;
     make_prompts();
@@ -142,10 +158,9 @@ static void fill_run(offload_policy pol, int threshold, bool concurrent) {
             static result r[N_REQ];
             for (int i = 0; i < N_REQ; i++) {
                 submit(e.s, prompts[i], lens[i], maxt[i], &r[i]);
-                if (!concurrent) scheduler_run_until_idle(e.s);
+                if (!concurrent) drain(e.s, pol, threshold, blocks[bi], slots[si]);
             }
-            for (int step = 0; scheduler_step(e.s); step++)
-                if (step % 3 == 0) scheduler_check(e.s);
+            drain(e.s, pol, threshold, blocks[bi], slots[si]);
             for (int i = 0; i < N_REQ; i++) assert_same_tokens(&ref[i], &r[i], i);
             scheduler_stats st = scheduler_get_stats(e.s);
             ck_assert_int_eq(st.host.n_slots_total, slots[si]);
@@ -178,18 +193,36 @@ static void fill_run(offload_policy pol, int threshold, bool concurrent) {
     END_TEST
 FILL_TEST(fill_write_through_sequential, OFFLOAD_POLICY_WRITE_THROUGH, 0, false)
 FILL_TEST(fill_write_through_concurrent, OFFLOAD_POLICY_WRITE_THROUGH, 0, true)
-/* Not registered yet: fill_run(OFFLOAD_POLICY_ON_EVICT, 0, false) did not finish within 8 minutes
- * on the 2-core dev machine (a livelock of on_evict with 8 GPU blocks and 2 slots is suspected;
- * once one run completed). reuse_gated with thresholds 1 and 2 not run yet. */
+FILL_TEST(fill_on_evict_sequential, OFFLOAD_POLICY_ON_EVICT, 0, false)
+FILL_TEST(fill_on_evict_concurrent, OFFLOAD_POLICY_ON_EVICT, 0, true)
+FILL_TEST(fill_reuse_gated_t1_sequential, OFFLOAD_POLICY_REUSE_GATED, 1, false)
+FILL_TEST(fill_reuse_gated_t1_concurrent, OFFLOAD_POLICY_REUSE_GATED, 1, true)
+FILL_TEST(fill_reuse_gated_t2_sequential, OFFLOAD_POLICY_REUSE_GATED, 2, false)
+FILL_TEST(fill_reuse_gated_t2_concurrent, OFFLOAD_POLICY_REUSE_GATED, 2, true)
 
 int main(void) {
     if (!engine_test_env(&on_cuda, model_dir, sizeof model_dir, &have_model)) return 77;
     Suite *s = suite_create("scheduler_tier_fill");
-    TCase *tc = tcase_create("fill");
-    tcase_set_timeout(tc, 600);
-    tcase_add_test(tc, fill_write_through_sequential);
-    tcase_add_test(tc, fill_write_through_concurrent);
-    suite_add_tcase(s, tc);
+    /* one case per run: CK_RUN_CASE=on_evict_sequential runs one */
+    const struct {
+        const char *name;
+        const TTest *test;
+    } runs[] = {
+        {"write_through_sequential", fill_write_through_sequential},
+        {"write_through_concurrent", fill_write_through_concurrent},
+        {"on_evict_sequential", fill_on_evict_sequential},
+        {"on_evict_concurrent", fill_on_evict_concurrent},
+        {"reuse_gated_t1_sequential", fill_reuse_gated_t1_sequential},
+        {"reuse_gated_t1_concurrent", fill_reuse_gated_t1_concurrent},
+        {"reuse_gated_t2_sequential", fill_reuse_gated_t2_sequential},
+        {"reuse_gated_t2_concurrent", fill_reuse_gated_t2_concurrent},
+    };
+    for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
+        TCase *tc = tcase_create(runs[i].name);
+        tcase_set_timeout(tc, 600);
+        tcase_add_test(tc, runs[i].test);
+        suite_add_tcase(s, tc);
+    }
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
