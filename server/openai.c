@@ -1,5 +1,6 @@
 /* /v1/completions request validation. Every parameter is read by a typed getter that names the
- * parameter in its error; limits follow vLLM's SamplingParams checks where vLLM has one. Unknown
+ * parameter in its error; limits follow vLLM's SamplingParams checks where vLLM has one (the
+ * sampling ranges are model/sampler.c's table, checked here on the value as sent). Unknown
  * keys are ignored, as vLLM does; known but unsupported ones with a non-default value are errors.
  */
 #include "server/openai.h"
