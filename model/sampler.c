@@ -80,10 +80,11 @@ int sampler_param_check(const char *name, double value, kv_error *err) {
     format_double(sent, sizeof sent, value);
     if (!sampler_range_holds(r, value))
         return kv_error_set(err, "'%s' must be %s, got %s", name, r->text, sent);
-    if (r->is_float && !sampler_range_holds(r, (double)(float)value)) {
-        if (fabs(value) > FLT_MAX)
-            return kv_error_set(err, "'%s' must be %s and fit a 32-bit float, got %s", name,
-                                r->text, sent);
+    if (!r->is_float) return 0;
+    if (fabs(value) > FLT_MAX) /* checked before the cast: out of float's range it is undefined */
+        return kv_error_set(err, "'%s' must be %s and fit a 32-bit float, got %s", name, r->text,
+                            sent);
+    if (!sampler_range_holds(r, (double)(float)value)) {
         char narrowed[40];
         format_double(narrowed, sizeof narrowed, (double)(float)value);
         return kv_error_set(err, "'%s' must be %s, got %s (%s as a 32-bit float)", name, r->text,
