@@ -4,8 +4,11 @@
 #include "model/sampler.h"
 
 #include <float.h>
+#include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* Temperatures below this are greedy (vLLM's _SAMPLING_EPS). */
 #define SAMPLER_GREEDY_EPS 1e-5f
@@ -42,25 +45,63 @@ void sampler_params_copy(sampler_params *dst, const sampler_params *src) {
     }
 }
 
+static const sampler_range sampler_ranges[] = {
+    {"temperature", 0, INFINITY, false, true, true, "a number >= 0"},
+    {"top_p", 0, 1, true, false, true, "in (0, 1]"},
+    {"top_k", -1, INT_MAX, false, false, false, "-1 or 0 (disabled) or at least 1"},
+    {"min_p", 0, 1, false, false, true, "in [0, 1]"},
+    {"presence_penalty", -2, 2, false, false, true, "in [-2, 2]"},
+    {"frequency_penalty", -2, 2, false, false, true, "in [-2, 2]"},
+    {"repetition_penalty", 0, 2, true, false, true, "in (0, 2]"},
+};
+
+const sampler_range *sampler_range_of(const char *name) {
+    for (size_t i = 0; i < sizeof sampler_ranges / sizeof sampler_ranges[0]; i++)
+        if (strcmp(sampler_ranges[i].name, name) == 0) return &sampler_ranges[i];
+    return NULL;
+}
+
+static bool sampler_range_holds(const sampler_range *r, double x) {
+    bool lo_ok = r->lo_open ? x > r->lo : x >= r->lo; /* false for NaN */
+    bool hi_ok = r->hi_open ? x < r->hi : x <= r->hi;
+    return lo_ok && hi_ok;
+}
+
+/* The shortest of %.15g / %.17g that reads back as x, so 0.1 prints as the client wrote it. */
+static void format_double(char *buf, size_t n, double x) {
+    snprintf(buf, n, "%.15g", x);
+    if (strtod(buf, NULL) != x) snprintf(buf, n, "%.17g", x);
+}
+
+int sampler_param_check(const char *name, double value, kv_error *err) {
+    const sampler_range *r = sampler_range_of(name);
+    KV_CHECK(r);
+    char sent[40];
+    format_double(sent, sizeof sent, value);
+    if (!sampler_range_holds(r, value))
+        return kv_error_set(err, "'%s' must be %s, got %s", name, r->text, sent);
+    if (!r->is_float) return 0;
+    if (fabs(value) > FLT_MAX) /* checked before the cast: out of float's range it is undefined */
+        return kv_error_set(err, "'%s' must be %s and fit a 32-bit float, got %s", name, r->text,
+                            sent);
+    if (!sampler_range_holds(r, (double)(float)value)) {
+        char narrowed[40];
+        format_double(narrowed, sizeof narrowed, (double)(float)value);
+        return kv_error_set(err, "'%s' must be %s, got %s (%s as a 32-bit float)", name, r->text,
+                            sent, narrowed);
+    }
+    return 0;
+}
+
 int sampler_params_validate(const sampler_params *p, int vocab, kv_error *err) {
-    if (!(p->temperature >= 0.0f && isfinite(p->temperature)))
-        return kv_error_set(err, "temperature must be a number >= 0, got %g", p->temperature);
-    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
-        return kv_error_set(err, "top_p must be in (0, 1], got %g", p->top_p);
-    if (p->top_k < -1)
-        return kv_error_set(err, "top_k must be -1 or 0 (disabled) or at least 1, got %d",
-                            p->top_k);
-    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
-        return kv_error_set(err, "min_p must be in [0, 1], got %g", p->min_p);
-    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
-        return kv_error_set(err, "presence_penalty must be in [-2, 2], got %g",
-                            p->presence_penalty);
-    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
-        return kv_error_set(err, "frequency_penalty must be in [-2, 2], got %g",
-                            p->frequency_penalty);
-    if (!(p->repetition_penalty > 0.0f && p->repetition_penalty <= 2.0f))
-        return kv_error_set(err, "repetition_penalty must be in (0, 2], got %g",
-                            p->repetition_penalty);
+    if (sampler_param_check("temperature", p->temperature, err) ||
+        sampler_param_check("top_p", p->top_p, err) ||
+        sampler_param_check("top_k", p->top_k, err) ||
+        sampler_param_check("min_p", p->min_p, err) ||
+        sampler_param_check("presence_penalty", p->presence_penalty, err) ||
+        sampler_param_check("frequency_penalty", p->frequency_penalty, err) ||
+        sampler_param_check("repetition_penalty", p->repetition_penalty, err))
+        return -1;
     if (p->max_tokens < 1)
         return kv_error_set(err, "max_tokens must be at least 1, got %d", p->max_tokens);
     if (p->min_tokens < 0 || p->min_tokens > p->max_tokens)

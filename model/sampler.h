@@ -39,10 +39,27 @@ void sampler_params_default(sampler_params *p);
 void sampler_params_free(sampler_params *p);
 /* Deep copy (dst gets its own stop_token_ids); dst must not hold anything. */
 void sampler_params_copy(sampler_params *dst, const sampler_params *src);
-/* Checks ranges the way vLLM does (temperature >= 0, top_p in (0, 1], top_k >= -1, min_p in
- * [0, 1], presence/frequency in [-2, 2], repetition in (0, 2], max_tokens >= 1, 0 <= min_tokens
- * <= max_tokens, logprobs in [-1, SAMPLER_MAX_LOGPROBS], stop ids in [0, vocab)). Returns -1 with
- * a message naming the request field when one is out of range. */
+/* The ranges of the numeric sampling parameters, written here and nowhere else (the HTTP layer
+ * checks request values against them with sampler_param_check). vLLM's SamplingParams limits,
+ * except repetition_penalty: vLLM takes any value > 0, kvserve keeps (0, 2]. */
+typedef struct sampler_range {
+    const char *name; /* the request field and the sampler_params member */
+    double lo, hi;
+    bool lo_open, hi_open; /* lo (hi) itself is out of range */
+    bool is_float;         /* stored as float: the value must also survive narrowing */
+    const char *text;      /* the range in words, for the message: "in (0, 1]" */
+} sampler_range;
+
+/* NULL when name is not a ranged parameter. */
+const sampler_range *sampler_range_of(const char *name);
+/* Checks value, as the client sent it (before narrowing to float), against the range of name,
+ * which must be one sampler_range_of knows. Returns -1 with a message naming the parameter, its
+ * range and the value when it is out (or when a float field would get a different, out-of-range
+ * value once narrowed: 1e300 does not fit, 1e-50 becomes 0). */
+int sampler_param_check(const char *name, double value, kv_error *err);
+/* Checks every ranged field through sampler_param_check, then max_tokens >= 1, 0 <= min_tokens
+ * <= max_tokens, logprobs in [-1, SAMPLER_MAX_LOGPROBS], stop ids in [0, vocab). Returns -1 with a
+ * message naming the request field when one is out of range. */
 int sampler_params_validate(const sampler_params *p, int vocab, kv_error *err);
 
 /* --- randomness: xoshiro256**, one stream per request --- */

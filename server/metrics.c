@@ -199,6 +199,11 @@ char *metrics_render(metrics *m) {
                    &m->host_stored_bytes);
     render_counter(&r, "kvserve:host_loaded_bytes", "Bytes of KV blocks copied from host to GPU.",
                    &m->host_loaded_bytes);
+    render_counter(&r, "kvserve:host_kv_cache_evictions",
+                   "Host tier blocks evicted to make room for new stores.", &m->host_evictions);
+    render_counter(&r, "kvserve:host_kv_cache_stores_skipped",
+                   "Host tier stores skipped because no slot could be freed.",
+                   &m->host_stores_skipped);
     render_histogram(&r, "kvserve:host_load_latency_seconds",
                      "Histogram of host-to-GPU KV load latency per request in seconds.",
                      &m->host_load_latency_seconds);

@@ -49,6 +49,8 @@ typedef struct metrics {
     metrics_counter host_cache_hits;     /* tokens found there */
     metrics_counter host_stored_bytes;   /* GPU -> host */
     metrics_counter host_loaded_bytes;   /* host -> GPU */
+    metrics_counter host_evictions;      /* host blocks dropped to make room */
+    metrics_counter host_stores_skipped; /* stores that found no room in the host tier */
     metrics_histogram host_load_latency_seconds;
     /* request latencies */
     metrics_histogram time_to_first_token_seconds;
@@ -64,6 +66,14 @@ static inline void metrics_counter_add(metrics_counter *c, uint64_t n) {
 }
 static inline uint64_t metrics_counter_get(metrics_counter *c) {
     return atomic_load_explicit(&c->value, memory_order_relaxed);
+}
+/* For a count kept cumulatively elsewhere (the tier's stats): moves the counter up to total,
+ * never down, so a reader sees a counter that only goes up even if totals arrive out of order. */
+static inline void metrics_counter_raise_to(metrics_counter *c, uint64_t total) {
+    uint64_t cur = atomic_load_explicit(&c->value, memory_order_relaxed);
+    while (cur < total && !atomic_compare_exchange_weak_explicit(
+                              &c->value, &cur, total, memory_order_relaxed, memory_order_relaxed)) {
+    }
 }
 static inline void metrics_gauge_set(metrics_gauge *g, double v) {
     atomic_store_explicit(&g->value, v, memory_order_relaxed);

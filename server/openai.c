@@ -1,5 +1,6 @@
 /* /v1/completions request validation. Every parameter is read by a typed getter that names the
- * parameter in its error; limits follow vLLM's SamplingParams checks where vLLM has one. Unknown
+ * parameter in its error; limits follow vLLM's SamplingParams checks where vLLM has one (the
+ * sampling ranges are model/sampler.c's table, checked here on the value as sent). Unknown
  * keys are ignored, as vLLM does; known but unsupported ones with a non-default value are errors.
  */
 #include "server/openai.h"
@@ -288,46 +289,38 @@ static int reject_unsupported(json_t *root, openai_error *e) {
     return 0;
 }
 
+/* The range check for one sampling parameter, on the value as sent (sampler.c owns the ranges). */
+static int check_range(const char *key, double x, openai_error *e) {
+    kv_error kerr;
+    if (sampler_param_check(key, x, &kerr)) return bad_value(e, key, "%s", kerr.msg);
+    return 0;
+}
+
+/* A number, range-checked before it is narrowed into *dst. */
+static int get_ranged_float(json_t *root, const char *key, float *dst, openai_error *e) {
+    double x = *dst;
+    if (get_number(root, key, &x, e) || check_range(key, x, e)) return -1;
+    *dst = (float)x;
+    return 0;
+}
+
 static int parse_sampling(json_t *root, openai_completion_request *req, openai_error *e) {
     sampler_params *p = &req->params;
-    double x;
     long long i;
 
-    x = p->temperature;
-    if (get_number(root, "temperature", &x, e)) return -1;
-    if (!(x >= 0) || !isfinite(x))
-        return bad_value(e, "temperature", "'temperature' must be non-negative, got %g", x);
-    p->temperature = (float)x;
-
-    x = p->top_p;
-    if (get_number(root, "top_p", &x, e)) return -1;
-    if (!(x > 0 && x <= 1)) return bad_value(e, "top_p", "'top_p' must be in (0, 1], got %g", x);
-    p->top_p = (float)x;
+    if (get_ranged_float(root, "temperature", &p->temperature, e) ||
+        get_ranged_float(root, "top_p", &p->top_p, e) ||
+        get_ranged_float(root, "min_p", &p->min_p, e) ||
+        get_ranged_float(root, "presence_penalty", &p->presence_penalty, e) ||
+        get_ranged_float(root, "frequency_penalty", &p->frequency_penalty, e) ||
+        get_ranged_float(root, "repetition_penalty", &p->repetition_penalty, e))
+        return -1;
 
     i = p->top_k;
-    if (get_int(root, "top_k", -1, INT_MAX, &i, NULL, e)) return -1;
+    if (get_int(root, "top_k", LLONG_MIN, LLONG_MAX, &i, NULL, e) ||
+        check_range("top_k", (double)i, e))
+        return -1;
     p->top_k = i <= 0 ? 0 : (int)i;
-
-    x = p->min_p;
-    if (get_number(root, "min_p", &x, e)) return -1;
-    if (!(x >= 0 && x <= 1)) return bad_value(e, "min_p", "'min_p' must be in [0, 1], got %g", x);
-    p->min_p = (float)x;
-
-    static const char *const penalties[] = {"presence_penalty", "frequency_penalty"};
-    float *dst[] = {&p->presence_penalty, &p->frequency_penalty};
-    for (int k = 0; k < 2; k++) {
-        x = *dst[k];
-        if (get_number(root, penalties[k], &x, e)) return -1;
-        if (!(x >= -2 && x <= 2))
-            return bad_value(e, penalties[k], "'%s' must be in [-2, 2], got %g", penalties[k], x);
-        *dst[k] = (float)x;
-    }
-    x = p->repetition_penalty;
-    if (get_number(root, "repetition_penalty", &x, e)) return -1;
-    if (!(x > 0) || !isfinite(x))
-        return bad_value(e, "repetition_penalty",
-                         "'repetition_penalty' must be greater than zero, got %g", x);
-    p->repetition_penalty = (float)x;
 
     bool seeded = false;
     long long seed = 0;

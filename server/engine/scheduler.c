@@ -369,6 +369,10 @@ static void sched_publish(scheduler *s) {
         metrics_gauge_set(&m->num_requests_running, st->n_running);
         metrics_gauge_set(&m->num_requests_waiting, st->n_waiting + st->n_loading);
         metrics_gauge_set(&m->kv_cache_usage_perc, (double)st->n_blocks_in_use / st->n_blocks);
+        if (s->tier) {
+            metrics_counter_raise_to(&m->host_evictions, st->host.evictions);
+            metrics_counter_raise_to(&m->host_stores_skipped, st->host.n_stores_skipped);
+        }
         if (s->tier && st->host.n_slots_total > 0)
             metrics_gauge_set(&m->host_cache_usage_perc,
                               (double)(st->host.n_valid + st->host.n_storing + st->host.n_loading) /

@@ -1,6 +1,7 @@
 /* libFuzzer target: a /v1/completions body through openai_parse_completion (the byte tokenizer
  * handles string prompts), and the same bytes as /tokenize and /detokenize bodies. Whatever the
- * input, the result is either a parsed request within its limits or an error with a status. */
+ * input, the result is either a parsed request within its limits (the engine's
+ * sampler_params_validate included) or an error with a status. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -27,6 +28,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         }
         KV_CHECK(req.logprobs >= -1 && req.logprobs <= SAMPLER_MAX_LOGPROBS);
         KV_CHECK(req.params.top_p > 0 && req.params.top_p <= 1 && req.params.temperature >= 0);
+        /* one range table: what the HTTP layer accepts, the engine's submit check accepts */
+        kv_error kerr;
+        KV_CHECK(sampler_params_validate(&req.params, info.vocab_size, &kerr) == 0);
         for (int i = 0; i < req.n_stop; i++) KV_CHECK(req.stop[i][0] != '\0');
         openai_completion_request_free(&req);
     } else {

@@ -166,5 +166,45 @@ class Api(unittest.TestCase):
             conn.close()
 
 
+
+class HostTierMetrics(unittest.TestCase):
+    """A host tier far smaller than the traffic (0.0001 GiB: a few dozen stories260K blocks) and a
+    16-block GPU pool: distinct prompts write blocks through to the host tier until it must evict.
+    The tier's evictions and skipped stores show on /metrics as counters that only go up."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.srv = kh.Server("--offload-size-gib", "0.0001", "--num-gpu-blocks", "16")
+
+    @classmethod
+    def tearDownClass(cls):
+        rc = cls.srv.stop()
+        if rc != 0:
+            raise AssertionError(f"kvserve exited with {rc}:\n" + "".join(cls.srv.log))
+
+    def test_evictions_and_skipped_stores_are_counters(self):
+        names = ["kvserve:host_kv_cache_evictions_total",
+                 "kvserve:host_kv_cache_stores_skipped_total"]
+        _, _, text = self.srv.request("GET", "/metrics")
+        for name in names:
+            self.assertIn(f"# TYPE {name} counter\n", text)
+        seen = [kh.metric(self.srv.metrics(), n) for n in names]
+        self.assertEqual(seen, [0, 0])
+        for i in range(12):  # distinct prompts of ~30 tokens + 24 generated: 3+ blocks each
+            self.srv.complete(prompt=f"{i} Once upon a time, there was a little girl named "
+                              f"{i * 7919}. She liked to play in the park with friends and a dog",
+                              max_tokens=24, temperature=0, ignore_eos=True)
+            m = self.srv.wait_idle()
+            now = [kh.metric(m, n) for n in names]
+            for name, before, after in zip(names, seen, now):
+                self.assertGreaterEqual(after, before, name)
+            seen = now
+        self.assertGreater(seen[0], 0, "a tier this small must have evicted")
+        # the tier filled up before it evicted
+        stored = kh.metric(m, "kvserve:host_stored_bytes_total")
+        self.assertGreater(stored, 0)
+        self.assertEqual(kh.metric(m, "kvserve:host_kv_cache_usage_perc"), 1)
+
+
 if __name__ == "__main__":
     kh.run_tests(__name__)

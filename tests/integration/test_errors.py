@@ -65,6 +65,26 @@ class Errors(unittest.TestCase):
                 body.update(extra)
                 self.assert_error(self.post(body), 400, param=param)
 
+    def test_400_sampling_ranges_name_the_param_and_the_value(self):
+        # One range table (model/sampler.c) checked on the value as sent: the 400 names the
+        # parameter and quotes the value, never its float (1e300 is not "inf").
+        cases = [({"temperature": -1}, "got -1"), ({"temperature": 1e300}, "got 1e+300"),
+                 ({"top_p": 0}, "got 0"), ({"top_p": 1.5}, "got 1.5"),
+                 ({"top_k": -2}, "got -2"), ({"min_p": 2}, "got 2"),
+                 ({"repetition_penalty": 3}, "got 3"), ({"presence_penalty": 2.5}, "got 2.5"),
+                 ({"presence_penalty": -3}, "got -3"), ({"frequency_penalty": -2.5}, "got -2.5"),
+                 ({"frequency_penalty": 2.25}, "got 2.25")]
+        for extra, message in cases:
+            (param, value), = extra.items()
+            with self.subTest(param=param, value=value):
+                body = {"model": self.srv.name, "prompt": "hi", "max_tokens": 4}
+                body.update(extra)
+                self.assert_error(self.post(body), 400, code="invalid_value", param=param,
+                                  message=f"'{param}' must be ")
+                status, _, out = self.post(body)
+                self.assertIn(message, out["error"]["message"])
+                self.assertNotIn("inf", out["error"]["message"])
+
     def test_400_invalid_prompt(self):
         for prompt in [None, 5, [], [[]], [1, "a"], [1, -3], [1, 100000]]:
             with self.subTest(prompt=prompt):

@@ -53,6 +53,36 @@ START_TEST(histogram_buckets_are_cumulative_le) {
 }
 END_TEST
 
+/* The host tier's evictions and skipped stores are cumulative counts in kv_tier_stats; the engine
+ * raises the counters to them each step. They render as counters and never go down. */
+START_TEST(host_tier_totals_only_go_up) {
+    metrics m;
+    metrics_init(&m, "llama");
+    const char *ev = "kvserve:host_kv_cache_evictions_total{model_name=\"llama\"}";
+    const char *sk = "kvserve:host_kv_cache_stores_skipped_total{model_name=\"llama\"}";
+    char *t = metrics_render(&m);
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE kvserve:host_kv_cache_evictions_total counter\n"));
+    ck_assert_ptr_nonnull(strstr(t, "# TYPE kvserve:host_kv_cache_stores_skipped_total counter\n"));
+    ck_assert_double_eq(series(t, ev), 0);
+    ck_assert_double_eq(series(t, sk), 0);
+    free(t);
+    metrics_counter_raise_to(&m.host_evictions, 497);
+    metrics_counter_raise_to(&m.host_stores_skipped, 3);
+    metrics_counter_raise_to(&m.host_evictions, 12); /* an older total: ignored */
+    metrics_counter_raise_to(&m.host_stores_skipped, 0);
+    t = metrics_render(&m);
+    ck_assert_double_eq(series(t, ev), 497);
+    ck_assert_double_eq(series(t, sk), 3);
+    free(t);
+    metrics_counter_raise_to(&m.host_evictions, 602);
+    t = metrics_render(&m);
+    ck_assert_double_eq(series(t, ev), 602);
+    ck_assert_double_eq(series(t, sk), 3);
+    free(t);
+    metrics_free(&m);
+}
+END_TEST
+
 START_TEST(counters_gauges_and_names) {
     metrics m;
     metrics_init(&m, "llama");
@@ -148,6 +178,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, histogram_buckets_are_cumulative_le);
     tcase_add_test(tc, counters_gauges_and_names);
+    tcase_add_test(tc, host_tier_totals_only_go_up);
     tcase_add_test(tc, label_values_are_escaped);
     tcase_add_test(tc, updates_from_many_threads_add_up);
     suite_add_tcase(s, tc);

@@ -59,6 +59,11 @@ static const bad_case bad_cases[] = {
     {"{\"prompt\": [1], \"presence_penalty\": 3}", 400, "presence_penalty", "invalid_value"},
     {"{\"prompt\": [1], \"frequency_penalty\": -2.5}", 400, "frequency_penalty", "invalid_value"},
     {"{\"prompt\": [1], \"repetition_penalty\": 0}", 400, "repetition_penalty", "invalid_value"},
+    {"{\"prompt\": [1], \"repetition_penalty\": 3}", 400, "repetition_penalty", "invalid_value"},
+    {"{\"prompt\": [1], \"min_p\": 2}", 400, "min_p", "invalid_value"},
+    {"{\"prompt\": [1], \"temperature\": 1e300}", 400, "temperature", "invalid_value"},
+    {"{\"prompt\": [1], \"top_p\": 1e-50}", 400, "top_p", "invalid_value"},
+    {"{\"prompt\": [1], \"top_k\": 3000000000}", 400, "top_k", "invalid_value"},
     {"{\"prompt\": [1], \"n\": 0}", 400, "n", "invalid_value"},
     {"{\"prompt\": [1], \"n\": 300}", 400, "n", "invalid_value"},
     {"{\"prompt\": [[1], [2]], \"n\": 200}", 400, "n", "invalid_value"},
@@ -124,6 +129,65 @@ START_TEST(every_invalid_request_names_its_parameter) {
         json_decref(j);
         free(body);
     }
+}
+END_TEST
+
+/* Range errors come from sampler_param_check on the value as sent: the message quotes it the way
+ * the client wrote it, not its float (1e300 is not "inf", 0.1 is not 0.100000001). */
+typedef struct range_case {
+    const char *body;
+    const char *param;
+    const char *message; /* a substring of the message */
+} range_case;
+
+static const range_case range_cases[] = {
+    {"{\"prompt\": [1], \"temperature\": -1}", "temperature", "got -1"},
+    {"{\"prompt\": [1], \"temperature\": 1e300}", "temperature",
+     "and fit a 32-bit float, got 1e+300"},
+    {"{\"prompt\": [1], \"top_p\": 0}", "top_p", "'top_p' must be in (0, 1], got 0"},
+    {"{\"prompt\": [1], \"top_p\": 1.5}", "top_p", "got 1.5"},
+    {"{\"prompt\": [1], \"top_p\": 1e-50}", "top_p", "got 1e-50 (0 as a 32-bit float)"},
+    {"{\"prompt\": [1], \"top_k\": -2}", "top_k", "got -2"},
+    {"{\"prompt\": [1], \"min_p\": 2}", "min_p", "'min_p' must be in [0, 1], got 2"},
+    {"{\"prompt\": [1], \"min_p\": 1.1}", "min_p", "got 1.1"},
+    {"{\"prompt\": [1], \"repetition_penalty\": 3}", "repetition_penalty", "in (0, 2], got 3"},
+    {"{\"prompt\": [1], \"repetition_penalty\": -0.1}", "repetition_penalty", "got -0.1"},
+    {"{\"prompt\": [1], \"presence_penalty\": 2.5}", "presence_penalty", "in [-2, 2], got 2.5"},
+    {"{\"prompt\": [1], \"frequency_penalty\": -2.01}", "frequency_penalty", "got -2.01"},
+};
+
+START_TEST(range_errors_quote_the_value_as_sent) {
+    openai_model_info info = info_for(byte_tok, 32);
+    for (size_t i = 0; i < sizeof range_cases / sizeof range_cases[0]; i++) {
+        const range_case *rc = &range_cases[i];
+        openai_completion_request req;
+        openai_error e;
+        memset(&e, 0, sizeof e);
+        ck_assert_msg(openai_parse_completion(&info, rc->body, strlen(rc->body), &req, &e) == -1,
+                      "accepted: %s", rc->body);
+        ck_assert_int_eq(e.status, 400);
+        ck_assert_str_eq(e.param, rc->param);
+        ck_assert_str_eq(e.code, "invalid_value");
+        ck_assert_msg(strstr(e.message, rc->message), "%s: message '%s'", rc->body, e.message);
+    }
+}
+END_TEST
+
+/* The edges of each range are accepted and survive narrowing to float. */
+START_TEST(range_edges_are_accepted) {
+    openai_model_info info = info_for(byte_tok, 32);
+    const char *body = "{\"prompt\": [1], \"temperature\": 0, \"top_p\": 1, \"top_k\": -1,"
+                       " \"min_p\": 1, \"presence_penalty\": -2, \"frequency_penalty\": 2,"
+                       " \"repetition_penalty\": 2}";
+    openai_completion_request req;
+    openai_error e;
+    ck_assert_msg(openai_parse_completion(&info, body, strlen(body), &req, &e) == 0, "%s",
+                  e.message);
+    ck_assert_float_eq(req.params.repetition_penalty, 2.0f);
+    ck_assert_int_eq(req.params.top_k, 0);
+    kv_error kerr;
+    ck_assert_int_eq(sampler_params_validate(&req.params, 256, &kerr), 0);
+    openai_completion_request_free(&req);
 }
 END_TEST
 
@@ -377,6 +441,8 @@ int main(void) {
     Suite *s = suite_create("openai");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, every_invalid_request_names_its_parameter);
+    tcase_add_test(tc, range_errors_quote_the_value_as_sent);
+    tcase_add_test(tc, range_edges_are_accepted);
     tcase_add_test(tc, defaults_follow_openai);
     tcase_add_test(tc, valid_values_are_parsed);
     tcase_add_test(tc, max_tokens_against_the_context);

@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model/sampler.h"
 
@@ -480,6 +481,59 @@ START_TEST(huge_top_k_is_clamped_to_the_vocabulary) {
 }
 END_TEST
 
+/* sampler_param_check: one table of ranges, open and closed ends, values that change (or break)
+ * when narrowed to float, and the value quoted as given. */
+START_TEST(param_check_ranges) {
+    kv_error err;
+    ck_assert_ptr_null(sampler_range_of("max_tokens"));
+    ck_assert_ptr_nonnull(sampler_range_of("repetition_penalty"));
+    ck_assert_int_eq(sampler_param_check("temperature", 0, &err), 0);
+    ck_assert_int_eq(sampler_param_check("temperature", 1e30, &err), 0);
+    ck_assert_int_eq(sampler_param_check("temperature", -1e-9, &err), -1);
+    ck_assert_int_eq(sampler_param_check("temperature", INFINITY, &err), -1);
+    ck_assert_int_eq(sampler_param_check("temperature", NAN, &err), -1);
+    ck_assert_int_eq(sampler_param_check("temperature", 1e300, &err), -1);
+    ck_assert_str_eq(err.msg,
+                     "'temperature' must be a number >= 0 and fit a 32-bit float, got 1e+300");
+    ck_assert_int_eq(sampler_param_check("top_p", 0, &err), -1);
+    ck_assert_str_eq(err.msg, "'top_p' must be in (0, 1], got 0");
+    ck_assert_int_eq(sampler_param_check("top_p", 1e-50, &err), -1); /* 0 once a float */
+    ck_assert_ptr_nonnull(strstr(err.msg, "got 1e-50 (0 as a 32-bit float)"));
+    ck_assert_int_eq(sampler_param_check("top_p", 1e-30, &err), 0);
+    ck_assert_int_eq(sampler_param_check("top_p", 1, &err), 0);
+    ck_assert_int_eq(sampler_param_check("top_p", 1.5, &err), -1);
+    ck_assert_str_eq(err.msg, "'top_p' must be in (0, 1], got 1.5");
+    ck_assert_int_eq(sampler_param_check("top_k", -1, &err), 0);
+    ck_assert_int_eq(sampler_param_check("top_k", -2, &err), -1);
+    ck_assert_int_eq(sampler_param_check("top_k", 3e9, &err), -1);
+    ck_assert_int_eq(sampler_param_check("min_p", 1, &err), 0);
+    ck_assert_int_eq(sampler_param_check("min_p", 1.1, &err), -1);
+    ck_assert_str_eq(err.msg, "'min_p' must be in [0, 1], got 1.1"); /* not 1.10000002 */
+    ck_assert_int_eq(sampler_param_check("presence_penalty", -2, &err), 0);
+    ck_assert_int_eq(sampler_param_check("presence_penalty", 2.01, &err), -1);
+    ck_assert_int_eq(sampler_param_check("frequency_penalty", -2.5, &err), -1);
+    ck_assert_int_eq(sampler_param_check("repetition_penalty", 2, &err), 0);
+    ck_assert_int_eq(sampler_param_check("repetition_penalty", 0, &err), -1);
+    ck_assert_int_eq(sampler_param_check("repetition_penalty", 3, &err), -1);
+    ck_assert_str_eq(err.msg, "'repetition_penalty' must be in (0, 2], got 3");
+}
+END_TEST
+
+/* The engine-side check goes through the same table, so its messages match the HTTP ones. */
+START_TEST(validate_uses_the_table) {
+    sampler_params p;
+    kv_error err;
+    sampler_params_default(&p);
+    p.min_p = 2;
+    ck_assert_int_eq(sampler_params_validate(&p, 100, &err), -1);
+    ck_assert_str_eq(err.msg, "'min_p' must be in [0, 1], got 2");
+    sampler_params_default(&p);
+    p.top_k = -2;
+    ck_assert_int_eq(sampler_params_validate(&p, 100, &err), -1);
+    ck_assert_str_eq(err.msg, "'top_k' must be -1 or 0 (disabled) or at least 1, got -2");
+}
+END_TEST
+
 START_TEST(validate_names_the_field) {
     sampler_params p;
     kv_error err;
@@ -526,6 +580,8 @@ int main(void) {
     tcase_add_test(tc, min_tokens_and_finish_rules);
     tcase_add_test(tc, logprobs_are_the_raw_log_softmax);
     tcase_add_test(tc, validate_names_the_field);
+    tcase_add_test(tc, param_check_ranges);
+    tcase_add_test(tc, validate_uses_the_table);
     tcase_add_test(tc, huge_top_k_is_clamped_to_the_vocabulary);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
