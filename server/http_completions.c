@@ -128,12 +128,14 @@ static void completion_log(const completion *c) {
     openai_usage u = completion_usage(c);
     double now = kv_now();
     char ttft[32] = "-";
-    if (c->first_token > 0) snprintf(ttft, sizeof ttft, "%.3f s", c->first_token - c->arrival);
+    if (c->first_token > 0)
+        snprintf(ttft, sizeof ttft, "%.2f ms", (c->first_token - c->arrival) * 1e3);
     fprintf(stderr,
             "kvserve: %s status %d prompt_tokens %d completion_tokens %d cached_tokens gpu %d "
-            "host %d ttft %s total %.3f s%s\n",
+            "host %d ttft %s total %.2f ms%s\n",
             c->id, c->status, u.prompt_tokens, u.completion_tokens, u.cached_tokens_gpu,
-            u.cached_tokens_host, ttft, now - c->arrival, c->client_gone ? " (client gone)" : "");
+            u.cached_tokens_host, ttft, (now - c->arrival) * 1e3,
+            c->client_gone ? " (client gone)" : "");
 }
 
 /* The last reference went: leaves the live list (waking a shutdown that waits for it), frees. */
