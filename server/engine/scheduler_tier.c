@@ -21,7 +21,7 @@
  *
  * Store policies: write_through stores each block once when it becomes full; reuse_gated when its
  * hash has been used reuse_threshold times (full + GPU hits); on_evict stores a cached block before
- * the GPU pool recycles it. The prefix cache's evict hook cannot pin a block that is mid-recycle,
+ * the GPU pool recycles it. A block cannot be pinned once the pool is recycling it,
  * so on_evict works ahead: before blocks are allocated, the LRU blocks that allocation would evict
  * are stored first and pinned; they return to the LRU tail (now also in the host tier) when the
  * store completes, and the allocation waits a step rather than recycle a block being read.
