@@ -151,6 +151,22 @@ int openai_check_prompt_bytes(const openai_model_info *info, size_t len, openai_
                      info->max_model_len, len, info->max_model_len, info->max_prompt_bytes);
 }
 
+int openai_tokenize_prompt(const openai_model_info *info, const char *text, size_t len,
+                           bool add_special_tokens, bool limited, const char *param,
+                           const char *what, int32_t **ids, int *n_ids, openai_error *e) {
+    kv_error kerr = {{0}};
+    int limit = limited && info->max_model_len > 0 ? info->max_model_len : -1;
+    int rc =
+        tokenizer_encode_limit(info->tok, text, len, add_special_tokens, limit, ids, n_ids, &kerr);
+    if (rc == TOKENIZER_OVER_LIMIT)
+        return openai_error_set(e, 400, "invalid_request_error", param, "context_length_exceeded",
+                                "This model's maximum context length is %d tokens, but the prompt "
+                                "has more than %d tokens.",
+                                info->max_model_len, info->max_model_len);
+    if (rc) return bad_value(e, param, "cannot tokenize the %s: %s", what, kerr.msg);
+    return 0;
+}
+
 static int prompt_from_text(const openai_model_info *info, json_t *s, openai_prompt *p,
                             openai_error *e) {
     if (!info->tok)
@@ -158,11 +174,8 @@ static int prompt_from_text(const openai_model_info *info, json_t *s, openai_pro
                                 "the tokenizer is not loaded yet");
     if (openai_check_prompt_bytes(info, json_string_length(s), e)) return -1;
     p->text = kv_strdup(json_string_value(s));
-    kv_error kerr;
-    if (tokenizer_encode(info->tok, json_string_value(s), json_string_length(s), true, &p->ids,
-                         &p->n_ids, &kerr))
-        return bad_value(e, "prompt", "cannot tokenize the prompt: %s", kerr.msg);
-    return 0;
+    return openai_tokenize_prompt(info, json_string_value(s), json_string_length(s), true, true,
+                                  "prompt", "prompt", &p->ids, &p->n_ids, e);
 }
 
 static int parse_prompts(const openai_model_info *info, json_t *root,

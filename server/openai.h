@@ -47,6 +47,17 @@ typedef struct openai_model_info {
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */
 int openai_check_prompt_bytes(const openai_model_info *info, size_t len, openai_error *e);
 
+/* Tokenizes a text prompt. With limited (a prompt to generate from) and info->max_model_len set,
+ * it stops early once the prompt is more than max_model_len tokens, which cannot fit: such a prompt
+ * is refused (400 context_length_exceeded, param) saying it has more than max_model_len tokens,
+ * without tokenizing the rest. /tokenize passes false: it counts prompts of any length (its work
+ * is bounded by max_prompt_bytes). A prompt within the limit gets exactly tokenizer_encode's ids
+ * (*ids malloc'd); one that cannot be tokenized is a 400 (invalid_value) "cannot tokenize the
+ * <what>: ...". */
+int openai_tokenize_prompt(const openai_model_info *info, const char *text, size_t len,
+                           bool add_special_tokens, bool limited, const char *param,
+                           const char *what, int32_t **ids, int *n_ids, openai_error *e);
+
 /* One prompt of a request. */
 typedef struct openai_prompt {
     int32_t *ids;

@@ -199,6 +199,7 @@ static int completion_body(json_t *root, openai_chat_request *req, openai_error 
 int openai_chat_parse(const openai_model_info *info, const chat_source *cs, const char *body,
                       size_t len, bool tokenize_only, openai_chat_request *req, openai_error *e) {
     memset(req, 0, sizeof *req);
+    req->tokenize_only = tokenize_only;
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root)
@@ -297,10 +298,9 @@ int openai_chat_prompt(const openai_model_info *info, const chat_source *cs,
         if (at) len = (size_t)(at - text) + strlen(req->final_content);
     }
     int rc = openai_check_prompt_bytes(info, len, e);
-    if (rc == 0 &&
-        tokenizer_encode(info->tok, text, len, req->add_special_tokens, ids, n_ids, &kerr))
-        rc = openai_error_set(e, 400, "invalid_request_error", "messages", "invalid_value",
-                              "cannot tokenize the rendered prompt: %s", kerr.msg);
+    if (rc == 0)
+        rc = openai_tokenize_prompt(info, text, len, req->add_special_tokens, !req->tokenize_only,
+                                    "messages", "rendered prompt", ids, n_ids, e);
     free(text);
     return rc;
 }

@@ -16,6 +16,7 @@ typedef struct openai_chat_request {
     bool has_tools;      /* tools were sent (picks the tool_use template) */
     bool continue_final; /* continue_final_message */
     bool add_special_tokens;
+    bool tokenize_only;  /* for /tokenize: counted in full, not refused past max_model_len */
     char *final_content; /* continue_final_message: the last message's text */
 } openai_chat_request;
 

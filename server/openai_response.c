@@ -166,13 +166,9 @@ int openai_tokenize(const openai_model_info *info, const char *body, size_t len,
         goto done;
     }
     if (openai_check_prompt_bytes(info, json_string_length(prompt), e)) goto done;
-    kv_error kerr;
-    if (tokenizer_encode(info->tok, json_string_value(prompt), json_string_length(prompt),
-                         add_special, &ids, &n_ids, &kerr)) {
-        openai_error_set(e, 400, "invalid_request_error", "prompt", "invalid_value",
-                         "cannot tokenize the prompt: %s", kerr.msg);
+    if (openai_tokenize_prompt(info, json_string_value(prompt), json_string_length(prompt),
+                               add_special, false, "prompt", "prompt", &ids, &n_ids, e))
         goto done;
-    }
     json_t *tokens = ids_json(ids, n_ids);
     *out = dump_and_free(json_pack("{s:o, s:i, s:i}", "tokens", tokens, "count", n_ids,
                                    "max_model_len", info->max_model_len));

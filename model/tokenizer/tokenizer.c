@@ -342,7 +342,13 @@ typedef struct encoder {
     tok_ctx ctx;
     tok_pieces pieces, tmp;
     tok_ids *out;
+    int max_ids; /* stop once out holds more than this many ids; < 0 = no limit */
 } encoder;
+
+/* 1 (TOKENIZER_OVER_LIMIT) once the ids so far are more than the limit: encoding stops there. */
+static int over_limit(const encoder *e) {
+    return e->max_ids >= 0 && e->out->n > e->max_ids ? TOKENIZER_OVER_LIMIT : 0;
+}
 
 /* Pre-tokenizes and runs the model over text that holds no added token. */
 static int encode_plain(encoder *e, const char *s, size_t n, bool at_start, kv_error *err) {
@@ -356,6 +362,7 @@ static int encode_plain(encoder *e, const char *s, size_t n, bool at_start, kv_e
         tok_piece p = e->pieces.items[i];
         if (tok_bpe_encode(&e->t->model, e->pieces.text.data + p.off, p.len, e->out, err))
             return -1;
+        if (over_limit(e)) return TOKENIZER_OVER_LIMIT;
     }
     return 0;
 }
@@ -428,10 +435,13 @@ static int split_added(encoder *e, const tok_trie *trie, const char *s, size_t n
         }
         if (a->rstrip) stop += leading_space_len(s + stop, n - stop);
         if (start < start_offset) start = start_offset;
-        if (start_offset < start &&
-            gap(e, s + start_offset, start - start_offset, at_start && start_offset == 0, err))
-            return -1;
+        if (start_offset < start) {
+            int rc =
+                gap(e, s + start_offset, start - start_offset, at_start && start_offset == 0, err);
+            if (rc) return rc;
+        }
         tok_ids_push(e->out, a->id);
+        if (over_limit(e)) return TOKENIZER_OVER_LIMIT;
         start_offset = stop;
     }
     if (start_offset < n)
@@ -459,6 +469,12 @@ static int raw_gap(encoder *e, const char *s, size_t n, bool at_start, kv_error 
 
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool add_special_tokens,
                      int32_t **ids, int *n_ids, kv_error *err) {
+    return tokenizer_encode_limit(tok, text, len, add_special_tokens, -1, ids, n_ids, err);
+}
+
+int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
+                           bool add_special_tokens, int max_ids, int32_t **ids, int *n_ids,
+                           kv_error *err) {
     *ids = NULL;
     *n_ids = 0;
     size_t bad;
@@ -467,15 +483,24 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
         return kv_error_set(err, "tokenizer: input is not valid UTF-8 (at byte %zu)", bad);
     if (len > (size_t)1 << 30) return kv_error_set(err, "tokenizer: input larger than 1 GiB");
     tok_ids out = {0};
-    encoder e = {.t = tok, .out = &out};
+    encoder e = {.t = tok, .out = &out, .max_ids = max_ids};
     if (tok_ctx_init(&e.ctx, true, err)) return -1;
     bool add = add_special_tokens && tok->post.present;
     for (int i = 0; add && i < tok->post.n_prefix; i++) tok_ids_push(&out, tok->post.prefix[i]);
-    int rc = split_added(&e, &tok->trie_raw, len ? text : "", len, true, raw_gap, err);
-    for (int i = 0; add && i < tok->post.n_suffix; i++) tok_ids_push(&out, tok->post.suffix[i]);
+    int rc = over_limit(&e);
+    if (rc == 0) rc = split_added(&e, &tok->trie_raw, len ? text : "", len, true, raw_gap, err);
+    if (rc == 0) {
+        for (int i = 0; add && i < tok->post.n_suffix; i++) tok_ids_push(&out, tok->post.suffix[i]);
+        rc = over_limit(&e);
+    }
     tok_ctx_free(&e.ctx);
     tok_pieces_free(&e.pieces);
     tok_pieces_free(&e.tmp);
+    if (rc == TOKENIZER_OVER_LIMIT) {
+        free(out.data);
+        *n_ids = out.n; /* the ids produced when it stopped: more than max_ids */
+        return TOKENIZER_OVER_LIMIT;
+    }
     if (rc) {
         free(out.data);
         return -1;

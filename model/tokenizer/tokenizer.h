@@ -23,6 +23,19 @@ void tokenizer_free(tokenizer *tok);
 int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool add_special_tokens,
                      int32_t **ids, int *n_ids, kv_error *err);
 
+/* tokenizer_encode with a limit: once more than max_ids ids have been produced (checked after each
+ * pre-tokenized piece, added token and the post-processor's ids) it stops and returns
+ * TOKENIZER_OVER_LIMIT with *ids NULL and *n_ids the count when it stopped (> max_ids; a lower
+ * bound of the full count, not the full count). Within the limit it returns 0 and exactly the ids
+ * tokenizer_encode gives. max_ids < 0 means no limit. Errors return -1 as tokenizer_encode does.
+ * Normalization and pre-tokenization still see the whole text; only the BPE work is cut. With no
+ * pre-tokenizer (SentencePiece conversions such as llama2) the text between added tokens is one
+ * piece, so the stop comes only after it. */
+#define TOKENIZER_OVER_LIMIT 1
+int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
+                           bool add_special_tokens, int max_ids, int32_t **ids, int *n_ids,
+                           kv_error *err);
+
 /* Decodes ids to text (malloc'd, NUL-terminated, *len bytes without the NUL); ids out of range are
  * an error. */
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool skip_special_tokens,

@@ -238,6 +238,7 @@ class Chat(unittest.TestCase):
         self.assertEqual(status, 400, out)
         self.assertEqual(out["error"]["code"], "context_length_exceeded")
         self.assertEqual(out["error"]["param"], "messages")
+        self.assertIn("maximum context length is 512 tokens", out["error"]["message"])
         bad = [dict(m) for m in case["messages"]]
         for m in bad:
             for call in m.get("tool_calls") or []:

@@ -4,6 +4,7 @@ are limited per address so /health stays answerable, a prompt too long in bytes 
 tokenizing, and logprobs work per request is bounded. Time bounds are liveness bounds only."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -168,6 +169,39 @@ class Hardening(unittest.TestCase):
         # a prompt that fits still works
         self.assertEqual(self.srv.request("POST", "/v1/completions",
                                           self.body(max_tokens=4))[0], 200)
+
+    def test_prompt_under_byte_bound_over_context_is_refused(self):
+        """A completion prompt the byte precheck lets through but that is over max_model_len
+        tokens gets the context-length 400 naming the limit (tokenizing stops once past it)."""
+        status, _, out = self.srv.request("POST", "/tokenize",
+                                          {"model": self.srv.name, "prompt": "Once"})
+        self.assertEqual(status, 200, out)
+        limit = out["max_model_len"]
+        status, _, out = self.srv.request("POST", "/tokenize", {"model": self.srv.name,
+                                                                "prompt": "x" * (1 << 24)})
+        self.assertEqual(status, 400, out)
+        m = re.search(r"at most (\d+) bytes", out["error"]["message"])
+        self.assertIsNotNone(m, out)
+        bound = int(m.group(1))
+        prompt = "Once upon a time " * (limit // 2)  # about 2 x limit tokens
+        self.assertLess(len(prompt.encode()), bound, "the prompt must pass the byte precheck")
+        for body in (self.body(prompt=prompt, max_tokens=4), self.body(prompt=[prompt, "Once"])):
+            status, _, out = self.srv.request("POST", "/v1/completions", body)
+            self.assertEqual(status, 400, out)
+            err = out["error"]
+            self.assertEqual(err["code"], "context_length_exceeded", out)
+            self.assertEqual(err["param"], "prompt", out)
+            self.assertIn(f"maximum context length is {limit} tokens", err["message"])
+            self.assertIn(f"more than {limit} tokens", err["message"])
+        # /tokenize counts a prompt of any length within the byte bound, as before
+        status, _, out = self.srv.request("POST", "/tokenize",
+                                          {"model": self.srv.name, "prompt": prompt})
+        self.assertEqual(status, 200, out)
+        self.assertGreater(out["count"], limit)
+        # a completion prompt within the limit is tokenized in full, as before
+        status, _, ok = self.srv.request("POST", "/v1/completions", self.body(max_tokens=4))
+        self.assertEqual(status, 200, ok)
+        self.assertEqual(ok["usage"]["prompt_tokens"], 5)
 
     # item 8
     def test_logprobs_work_is_bounded(self):

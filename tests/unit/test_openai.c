@@ -370,6 +370,41 @@ START_TEST(tokenize_detokenize_errors) {
 }
 END_TEST
 
+/* A text prompt over max_model_len tokens is refused once tokenizing passes the limit ("more than
+ * N"); at the limit the exact count is said; /tokenize counts past it (byte_tok: a token a byte).
+ */
+START_TEST(text_prompt_over_the_context_stops_at_the_limit) {
+    openai_model_info info = info_for(byte_tok, 8);
+    openai_error e;
+    openai_completion_request req;
+    const char *body = "{\"prompt\": \"abcdefghij\"}";
+    ck_assert_int_eq(openai_parse_completion(&info, LIT(body), &req, &e), -1);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_str_eq(e.param, "prompt");
+    ck_assert_str_eq(e.code, "context_length_exceeded");
+    ck_assert_msg(strstr(e.message, "maximum context length is 8 tokens, but the prompt has more "
+                                    "than 8 tokens"),
+                  "%s", e.message);
+    body = "{\"prompt\": [\"ab\", \"abcdefghij\"]}";
+    ck_assert_int_eq(openai_parse_completion(&info, LIT(body), &req, &e), -1);
+    ck_assert_str_eq(e.code, "context_length_exceeded");
+    body = "{\"prompt\": \"abcdefgh\"}"; /* exactly 8: counted, the existing message */
+    ck_assert_int_eq(openai_parse_completion(&info, LIT(body), &req, &e), -1);
+    ck_assert_msg(strstr(e.message, "but the prompt has 8 tokens"), "%s", e.message);
+    body = "{\"prompt\": \"abcdefg\"}";
+    ck_assert_msg(openai_parse_completion(&info, LIT(body), &req, &e) == 0, "%s", e.message);
+    ck_assert_int_eq(req.prompts[0].n_ids, 7);
+    openai_completion_request_free(&req);
+    char *out;
+    body = "{\"prompt\": \"abcdefghij\"}";
+    ck_assert_msg(openai_tokenize(&info, LIT(body), &out, &e) == 0, "%s", e.message);
+    json_t *j = json_loads(out, 0, NULL);
+    ck_assert_int_eq(json_integer_value(json_object_get(j, "count")), 10);
+    json_decref(j);
+    free(out);
+}
+END_TEST
+
 /* ---- against the stories260K tokenizer (Hugging Face ids published in the test data) ---- */
 
 static char *testdata_path(const char *rel) {
@@ -448,6 +483,7 @@ int main(void) {
     tcase_add_test(tc, max_tokens_against_the_context);
     tcase_add_test(tc, response_shapes);
     tcase_add_test(tc, tokenize_detokenize_errors);
+    tcase_add_test(tc, text_prompt_over_the_context_stops_at_the_limit);
     char *dir = testdata_path("models/stories260K/tokenizer.json");
     if (dir)
         tcase_add_test(tc, stories260k_tokenize_and_detokenize);

@@ -142,6 +142,21 @@ static void run_real(const char *name, bool normalizes) {
             free(back);
         }
         if (stream_matches(t, ids, n, false)) stream_ok++;
+        /* a limit the text fits gives the same ids; one below its count stops it */
+        int32_t *lim_ids;
+        int lim_n;
+        ck_assert_int_eq(
+            tokenizer_encode_limit(t, text, text_len, false, n, &lim_ids, &lim_n, &err), 0);
+        ck_assert_int_eq(lim_n, n);
+        ck_assert(n == 0 || memcmp(lim_ids, ids, (size_t)n * sizeof *ids) == 0);
+        free(lim_ids);
+        if (n > 0) {
+            ck_assert_int_eq(
+                tokenizer_encode_limit(t, text, text_len, false, n - 1, &lim_ids, &lim_n, &err),
+                TOKENIZER_OVER_LIMIT);
+            ck_assert_ptr_null(lim_ids);
+            ck_assert_int_eq(lim_n, n); /* stopped after the piece that passed n - 1 */
+        }
         free(ids);
     }
     int total = (int)json_array_size(cases);
@@ -193,6 +208,55 @@ START_TEST(stories260k_adds_bos_from_tokenizer_config) {
     ck_assert_str_eq(back, "<s> Once upon a time");
     free(back);
     free(ids);
+    tokenizer_free(t);
+}
+END_TEST
+
+/* A limit stops encoding after the piece that passes it: the count it reports is just over the
+ * limit, far below the full count; within the limit the ids are exactly the unlimited ones. */
+START_TEST(encode_limit_stops_early) {
+    char dir[4096]; /* llama3: a regex pre-tokenizer (a piece a word) and a BOS template */
+    snprintf(dir, sizeof dir, "%s/tokenizers/llama3", testdata());
+    tokenizer *t = load_or_fail(dir);
+    size_t unit_len = strlen("Once upon a time ");
+    int reps = 20000;
+    char *text = malloc(unit_len * (size_t)reps + 1);
+    for (int i = 0; i < reps; i++)
+        memcpy(text + unit_len * (size_t)i, "Once upon a time ", unit_len);
+    size_t len = unit_len * (size_t)reps;
+    text[len] = 0;
+    int32_t *all, *ids;
+    int n_all, n;
+    kv_error err = {{0}};
+    ck_assert_int_eq(tokenizer_encode(t, text, len, true, &all, &n_all, &err), 0);
+    ck_assert_int_gt(n_all, 4 * reps); /* BOS + at least a token a word */
+
+    ck_assert_int_eq(tokenizer_encode_limit(t, text, len, true, 10, &ids, &n, &err),
+                     TOKENIZER_OVER_LIMIT);
+    ck_assert_ptr_null(ids);
+    ck_assert_int_gt(n, 10);
+    ck_assert_int_le(n, 12); /* stopped one piece past the limit, not at n_all */
+
+    int limits[] = {n_all, n_all + 1, 1 << 30};
+    for (int k = 0; k < 3; k++) {
+        ck_assert_int_eq(tokenizer_encode_limit(t, text, len, true, limits[k], &ids, &n, &err), 0);
+        ck_assert_int_eq(n, n_all);
+        ck_assert(memcmp(ids, all, (size_t)n_all * sizeof *ids) == 0);
+        free(ids);
+    }
+    /* the post-processor's ids count: its BOS alone passes a limit of 0 */
+    ck_assert_int_eq(tokenizer_encode_limit(t, text, len, true, 0, &ids, &n, &err),
+                     TOKENIZER_OVER_LIMIT);
+    ck_assert_int_eq(n, 1);
+    ck_assert_int_eq(tokenizer_encode_limit(t, text, len, true, n_all - 1, &ids, &n, &err),
+                     TOKENIZER_OVER_LIMIT);
+    ck_assert_int_eq(n, n_all);
+    /* the empty text within a limit of 0 without special tokens */
+    ck_assert_int_eq(tokenizer_encode_limit(t, "", 0, false, 0, &ids, &n, &err), 0);
+    ck_assert_int_eq(n, 0);
+    free(ids);
+    free(all);
+    free(text);
     tokenizer_free(t);
 }
 END_TEST
@@ -540,6 +604,7 @@ int main(int argc, char **argv) {
         tcase_add_test(real, gpt2_cases);
         tcase_add_test(real, llama2_cases);
         tcase_add_test(real, stories260k_adds_bos_from_tokenizer_config);
+        tcase_add_test(real, encode_limit_stops_early);
         suite_add_tcase(s, real);
     }
     int failed = run_suite(s);
