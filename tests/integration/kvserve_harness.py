@@ -37,9 +37,9 @@ def kvserve_bin():
     return path
 
 
-def skip_unless_ready():
-    """Exits 77 (skip) when the model or the binary is missing."""
-    if not testdata_model():
+def skip_unless_ready(needs_model=True):
+    """Exits 77 (skip) when the binary, or (needs_model) the model, is missing."""
+    if needs_model and not testdata_model():
         print("SKIP: stories260K not found (set KVSERVE_TESTDATA)")
         sys.exit(SKIP)
     if not os.access(kvserve_bin(), os.X_OK):
@@ -206,9 +206,15 @@ def metric(values, name, labels=None):
     raise KeyError(name)
 
 
-def run_tests(module_name):
-    """Runs the module's unittest cases; exits 0 when all passed, 1 otherwise."""
-    skip_unless_ready()
+def needs_model(test):
+    """Marks one test of a module run with run_tests(needs_model=False) as needing stories260K."""
+    return unittest.skipUnless(testdata_model(), "stories260K not found (set KVSERVE_TESTDATA)")(test)
+
+
+def run_tests(module_name, needs_model=True):
+    """Runs the module's unittest cases; exits 0 when all passed, 1 otherwise. needs_model=False:
+    the module runs without the test data, and its tests marked @needs_model skip (and say so)."""
+    skip_unless_ready(needs_model)
     suite = unittest.defaultTestLoader.loadTestsFromModule(sys.modules[module_name])
     result = unittest.TextTestRunner(stream=sys.stdout, verbosity=2).run(suite)
     sys.exit(0 if result.wasSuccessful() else 1)

@@ -43,6 +43,7 @@ class Cli(unittest.TestCase):
         self.assertEqual(rc, 0, "".join(srv.log))
         self.assertFalse(os.path.exists(demo_dir), "the demo model's temporary directory is left")
 
+    @kh.needs_model
     def test_config_file_and_flags_override(self):
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
             json.dump({"served_model_name": "from-file", "max_model_len": 256,
@@ -69,6 +70,7 @@ class Cli(unittest.TestCase):
         finally:
             os.unlink(f.name)
 
+    @kh.needs_model
     def test_api_key_is_not_printed(self):
         srv = kh.Server("--api-key", "sk-secret-123")
         try:
@@ -122,6 +124,7 @@ class Cli(unittest.TestCase):
             json.dump(cfg, f)
         return d
 
+    @kh.needs_model
     def test_untied_config_without_lm_head_is_refused(self):
         # used to serve the embedding as the output layer without a word (issue 20)
         with tempfile.TemporaryDirectory() as d:
@@ -132,6 +135,7 @@ class Cli(unittest.TestCase):
         self.assertIn("lm_head.weight", r.stderr)
         self.assertIn("tie_word_embeddings", r.stderr)
 
+    @kh.needs_model
     def test_huge_max_position_embeddings_is_clamped(self):
         # 2^31 - 1 overflowed int in the KV sizing and failed with "no memory left" (issue 20)
         with tempfile.TemporaryDirectory() as d:
@@ -152,6 +156,7 @@ class Cli(unittest.TestCase):
             finally:
                 srv.stop()
 
+    @kh.needs_model
     def test_host_tier_larger_than_memory_is_refused(self):
         # said ready, then pinned until the OOM killer came (issue 20)
         r = self.run_kvserve("--model", kh.testdata_model(), "--device", "cpu", "--port", "0",
@@ -169,4 +174,4 @@ class Cli(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    kh.run_tests(__name__)
+    kh.run_tests(__name__, needs_model=False)
