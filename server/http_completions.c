@@ -63,7 +63,8 @@ struct completion {
     int n_queue, cap_queue;
 
     openai_completion_request req;
-    bool chat; /* /v1/chat/completions: chat JSON (openai_chat.h) */
+    bool chat;              /* /v1/chat/completions: chat JSON (openai_chat.h) */
+    tool_parser_kind tools; /* chat with tools: the format of tool calls (NONE = no parsing) */
     choice_state *choices;
     int n_choices, n_done;
     char id[48];
@@ -423,7 +424,13 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         choice_state *ch = &c->choices[i];
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
-        if (c->chat)
+        tool_parse_result calls = {0};
+        if (c->chat && tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls) > 0)
+            json_array_append_new(choices,
+                                  openai_chat_tool_calls_choice_json(
+                                      ch->index, calls.content, calls.content_len,
+                                      json_incref(calls.calls), ch->logprobs, ch->stop_reason));
+        else if (c->chat)
             json_array_append_new(
                 choices, openai_chat_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
                                                  ch->finish, ch->stop_reason, false));
@@ -432,6 +439,7 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
                 choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
                                             ch->finish, ch->stop_reason, ids ? p->ids : NULL,
                                             p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
+        tool_parse_result_free(&calls);
         ch->logprobs = NULL;
         ch->stop_reason = NULL;
     }
@@ -672,18 +680,19 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     openai_model_info info = http_model_info(s);
     openai_completion_request req;
     if (openai_parse_completion(&info, body, len, &req, &e)) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, false, c_out);
+    return completion_start_request(s, conn, &req, false, TOOL_PARSER_NONE, c_out);
 }
 
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
                                          openai_completion_request *req, bool chat,
-                                         completion **c_out) {
+                                         tool_parser_kind tools, completion **c_out) {
     *c_out = NULL;
     openai_error e;
     completion *c = kv_calloc(1, sizeof *c);
     c->req = *req;
     memset(req, 0, sizeof *req);
     c->chat = chat;
+    c->tools = tools;
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;
