@@ -370,12 +370,18 @@ json_t *openai_chat_choice_json(int index, const char *text, size_t n, json_t *l
 }
 
 json_t *openai_chat_tool_calls_choice_json(int index, const char *content, size_t n, json_t *calls,
-                                           json_t *logprobs, json_t *stop_reason) {
+                                           json_t *logprobs, json_t *stop_reason, bool stream) {
     json_t *text = content ? json_stringn(content, n) : json_null();
     if (!text) text = json_string(""); /* not UTF-8: cannot come from a conforming tokenizer */
-    return json_pack("{s:i, s:{s:s, s:o, s:o}, s:o, s:s, s:o}", "index", index, "message", "role",
-                     "assistant", "content", text, "tool_calls", calls, "logprobs",
-                     logprobs ? logprobs : json_null(), "finish_reason", "tool_calls",
+    json_t *msg = json_pack("{s:o, s:o}", "content", text, "tool_calls", calls);
+    if (!stream) json_object_set_new(msg, "role", json_string("assistant"));
+    size_t k;
+    json_t *call;
+    if (stream)
+        json_array_foreach(calls, k, call)
+            json_object_set_new(call, "index", json_integer((json_int_t)k));
+    return json_pack("{s:i, s:o, s:o, s:s, s:o}", "index", index, stream ? "delta" : "message", msg,
+                     "logprobs", logprobs ? logprobs : json_null(), "finish_reason", "tool_calls",
                      "stop_reason", stop_reason ? stop_reason : json_null());
 }
 

@@ -49,11 +49,12 @@ size_t openai_chat_logprobs_count(json_t *lp);
  * stop_reason (NULL -> null). */
 json_t *openai_chat_choice_json(int index, const char *text, size_t n, json_t *logprobs,
                                 kv_finish finish, json_t *stop_reason, bool stream);
-/* A non-streamed choice that called tools: message {role, content (NULL -> null), tool_calls}
- * with finish_reason "tool_calls" (vLLM's); steals calls (tool_parse_result.calls), logprobs and
- * stop_reason. */
+/* A choice that called tools: message {role, content (NULL -> null), tool_calls} with
+ * finish_reason "tool_calls" (vLLM's), or when stream the last chunk's delta {content,
+ * tool_calls}, each call with its "index" (all of it in one delta). Steals calls
+ * (tool_parse_result.calls), logprobs and stop_reason. */
 json_t *openai_chat_tool_calls_choice_json(int index, const char *content, size_t n, json_t *calls,
-                                           json_t *logprobs, json_t *stop_reason);
+                                           json_t *logprobs, json_t *stop_reason, bool stream);
 /* The first chunk of a streamed choice: delta {role: "assistant", content: ""}. */
 json_t *openai_chat_role_choice_json(int index);
 /* {"id", "object": "chat.completion" | "chat.completion.chunk", "created", "model", "choices",

@@ -204,6 +204,38 @@ int tool_parser_parse(tool_parser_kind kind, const char *text, size_t n, const c
     return n_calls;
 }
 
+/* Bytes before marker in text, or before a tail of text that may be the marker's beginning. */
+static size_t before_marker(const char *text, size_t n, const char *marker) {
+    const char *at = find(text, n, marker);
+    if (at) return (size_t)(at - text);
+    size_t m = strlen(marker);
+    for (size_t k = m - 1 < n ? m - 1 : n; k > 0; k--)
+        if (!memcmp(text + n - k, marker, k)) return n - k;
+    return n;
+}
+
+size_t tool_parser_stream_safe(tool_parser_kind kind, const char *text, size_t n, bool at_start) {
+    static const char tag[] = "<|python_tag|>";
+    switch (kind) {
+    case TOOL_PARSER_HERMES:
+        return before_marker(text, n, "<tool_call>");
+    case TOOL_PARSER_MISTRAL:
+        return before_marker(text, n, "[TOOL_CALLS]");
+    case TOOL_PARSER_LLAMA3_JSON: {
+        if (!at_start) return n;
+        size_t i = 0;
+        while (i < n && is_space(text[i])) i++;
+        size_t rest = n - i, m = strlen(tag);
+        if (rest == 0 || text[i] == '{' || !memcmp(text + i, tag, rest < m ? rest : m)) return 0;
+        return n;
+    }
+    case TOOL_PARSER_AUTO:
+    case TOOL_PARSER_NONE:
+        break;
+    }
+    return n;
+}
+
 void tool_parse_result_free(tool_parse_result *r) {
     free(r->content);
     json_decref(r->calls);

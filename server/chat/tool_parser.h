@@ -36,4 +36,9 @@ int tool_parser_parse(tool_parser_kind kind, const char *text, size_t n, const c
                       tool_parse_result *out);
 void tool_parse_result_free(tool_parse_result *r);
 
+/* Streaming: how many leading bytes of text[0..n) (the output not yet sent) can go out as content
+ * now; the rest may be (the start of) a call, held until the output ends and then parsed.
+ * at_start: nothing of this output has gone out yet (Llama 3.x calls are the whole output). */
+size_t tool_parser_stream_safe(tool_parser_kind kind, const char *text, size_t n, bool at_start);
+
 #endif

@@ -253,7 +253,7 @@ START_TEST(response_shapes) {
     /* tool calls: content null when no text came before them, finish_reason "tool_calls" */
     json_t *calls = json_pack("[{s:s, s:s, s:{s:s, s:s}}]", "id", "call_1", "type", "function",
                               "function", "name", "f", "arguments", "{\"x\": 1}");
-    c = openai_chat_tool_calls_choice_json(0, NULL, 0, calls, NULL, NULL);
+    c = openai_chat_tool_calls_choice_json(0, NULL, 0, calls, NULL, NULL, false);
     s = json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
     ck_assert_str_eq(s, "{\"finish_reason\":\"tool_calls\",\"index\":0,\"logprobs\":null,"
                         "\"message\":{\"content\":null,\"role\":\"assistant\",\"tool_calls\":[{"
@@ -262,7 +262,7 @@ START_TEST(response_shapes) {
     free(s);
     json_decref(c);
     c = openai_chat_tool_calls_choice_json(2, "Let me look.", 12, json_array(), NULL,
-                                           json_integer(7));
+                                           json_integer(7), false);
     ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "message"), "content")),
                      "Let me look.");
     ck_assert_int_eq(json_integer_value(json_object_get(c, "stop_reason")), 7);

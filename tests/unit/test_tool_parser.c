@@ -192,6 +192,22 @@ START_TEST(other_kinds_and_detect) {
 }
 END_TEST
 
+START_TEST(stream_safe) {
+    const char *t = "Let me check.<tool_call>{\"name\"";
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_HERMES, t, strlen(t), true), 13);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_HERMES, "Hi <tool_", 9, false), 3);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_HERMES, "a < b", 5, false), 5);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_HERMES, "<", 1, true), 0);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_MISTRAL, "ok [TOOL", 8, true), 3);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_MISTRAL, "[TOOL_CALLS][", 13, true), 0);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_LLAMA3_JSON, " {\"na", 5, true), 0);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_LLAMA3_JSON, "<|pyth", 6, true), 0);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_LLAMA3_JSON, "Hello", 5, true), 5);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_LLAMA3_JSON, "{x", 2, false), 2);
+    ck_assert_uint_eq(tool_parser_stream_safe(TOOL_PARSER_NONE, "<tool_call>", 11, true), 11);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tool_parser");
     TCase *tc = tcase_create("parse");
@@ -200,6 +216,7 @@ int main(void) {
     tcase_add_test(tc, llama3_json);
     tcase_add_test(tc, mistral);
     tcase_add_test(tc, other_kinds_and_detect);
+    tcase_add_test(tc, stream_safe);
     suite_add_tcase(s, tc);
     SRunner *r = srunner_create(s);
     srunner_run_all(r, CK_NORMAL);
