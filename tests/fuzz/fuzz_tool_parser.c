@@ -1,5 +1,5 @@
 /* libFuzzer target: bytes as generated text, parsed by every tool parser; a result must be calls
- * with string names and arguments, or nothing at all. */
+ * with string names and arguments, or nothing at all; the streaming hold-back stays in bounds. */
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -20,6 +20,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             KV_CHECK(json_is_string(json_object_get(fn, "arguments")));
         }
         tool_parse_result_free(&r);
+        KV_CHECK(tool_parser_stream_safe(kinds[k], (const char *)data, size, true) <= size);
+        KV_CHECK(tool_parser_stream_safe(kinds[k], (const char *)data, size, false) <= size);
     }
     tool_parser_detect((const char *)data, size);
     return 0;
