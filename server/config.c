@@ -33,6 +33,8 @@ typedef struct knob {
 } knob;
 
 static const char *const device_names[] = {"auto", "cuda", "cpu", NULL};
+static const char *const tool_parser_names[] = {"auto",    "hermes", "llama3_json",
+                                                "mistral", "none",   NULL};
 static const char *const load_names[] = {"auto", "safetensors", "dummy", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 
@@ -47,6 +49,9 @@ static const knob knobs[] = {
      .help = "model name clients send and see (null = the model argument)"},
     {"chat_template", KNOB_STRING, OFF(chat_template), .nullable = true,
      .help = "Jinja file overriding the model's chat template (null = the model's own)"},
+    {"tool_call_parser", KNOB_ENUM, OFF(tool_call_parser), .names = tool_parser_names,
+     .help = "tool calls in chat output: auto (from the chat template), hermes, llama3_json, "
+             "mistral or none"},
     {"generation_config", KNOB_STRING, OFF(generation_config), .nullable = true,
      .help = "default sampling parameters: null or \"auto\" = the model's generation_config.json, "
              "\"vllm\" = OpenAI's, or a folder holding a generation_config.json"},
@@ -109,6 +114,7 @@ void config_default(kv_config *cfg) {
         .allowed_origins = kv_strdup("*"),
         .port = 8000,
         .device = CONFIG_DEVICE_AUTO,
+        .tool_call_parser = TOOL_PARSER_AUTO,
         .max_model_len = 0,
         .block_size = 16,
         .gpu_memory_utilization = 0.9,

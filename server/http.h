@@ -19,6 +19,7 @@
 #include "model/sampler.h"
 #include "model/tokenizer/tokenizer.h"
 #include "server/engine/engine_api.h"
+#include "server/chat/tool_parser.h"
 #include "server/metrics.h"
 
 typedef struct http_server_options {
@@ -34,8 +35,9 @@ typedef struct http_server_options {
     int max_logprobs;           /* largest logprobs a request may ask (0 = SAMPLER_MAX_LOGPROBS) */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
     bool log_requests; /* one line per completion on stderr (id, status, tokens, TTFT, time) */
-    const char *served_model_name; /* the name in /v1/models and responses */
-    const char *model_root;        /* "root" in /v1/models (the model path); may be NULL */
+    const char *served_model_name;     /* the name in /v1/models and responses */
+    const char *model_root;            /* "root" in /v1/models (the model path); may be NULL */
+    tool_parser_kind tool_call_parser; /* chat output with tools; AUTO = the template's format */
 } http_server_options;
 
 typedef struct http_server http_server;

@@ -26,6 +26,11 @@ enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const ch
     openai_chat_request creq;
     if (openai_chat_parse(&info, s->chat, body, len, false, &creq, &e))
         return http_respond_error(conn, &e);
+    /* tool calls are parsed only when the request offers tools and lets the model call them */
+    tool_parser_kind tools = s->opt.tool_call_parser;
+    if (tools == TOOL_PARSER_AUTO) tools = s->chat ? s->chat->tool_format : TOOL_PARSER_NONE;
+    if (tools == TOOL_PARSER_AUTO || !creq.has_tools || creq.tool_choice_none)
+        tools = TOOL_PARSER_NONE;
     int32_t *ids = NULL;
     int n_ids = 0;
     openai_completion_request req;
@@ -34,7 +39,7 @@ enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const ch
     free(ids);
     openai_chat_request_free(&creq);
     if (rc) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, true, c_out);
+    return completion_start_request(s, conn, &req, true, tools, c_out);
 }
 
 bool chat_tokenize_wanted(const char *body, size_t len) {

@@ -36,6 +36,7 @@ typedef struct choice_state {
     bool done;        /* the output is complete */
     bool finish_sent; /* streaming: the chunk with finish_reason went out */
     bool prompt_ids_sent;
+    bool text_sent; /* streaming: some text went out (a Llama 3.x call must be the whole output) */
     tokenizer_stream *ts;
     stop_matcher stop;
     char *text; /* whole text (non-streamed) or text not yet sent (streamed) */
@@ -63,7 +64,8 @@ struct completion {
     int n_queue, cap_queue;
 
     openai_completion_request req;
-    bool chat; /* /v1/chat/completions: chat JSON (openai_chat.h) */
+    bool chat;              /* /v1/chat/completions: chat JSON (openai_chat.h) */
+    tool_parser_kind tools; /* chat with tools: the format of tool calls (NONE = no parsing) */
     choice_state *choices;
     int n_choices, n_done;
     char id[48];
@@ -423,7 +425,13 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         choice_state *ch = &c->choices[i];
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
-        if (c->chat)
+        tool_parse_result calls = {0};
+        if (c->chat && tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls) > 0)
+            json_array_append_new(choices, openai_chat_tool_calls_choice_json(
+                                               ch->index, calls.content, calls.content_len,
+                                               json_incref(calls.calls), ch->logprobs,
+                                               ch->stop_reason, false));
+        else if (c->chat)
             json_array_append_new(
                 choices, openai_chat_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
                                                  ch->finish, ch->stop_reason, false));
@@ -432,6 +440,7 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
                 choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
                                             ch->finish, ch->stop_reason, ids ? p->ids : NULL,
                                             p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
+        tool_parse_result_free(&calls);
         ch->logprobs = NULL;
         ch->stop_reason = NULL;
     }
@@ -479,20 +488,33 @@ static void stream_emit(completion *c) {
         bool has_lp = ch->logprobs &&
                       (c->chat ? openai_chat_logprobs_count(ch->logprobs)
                                : json_array_size(json_object_get(ch->logprobs, "tokens"))) > 0;
-        if (ch->text_len == 0 && !has_lp && !ch->done) continue;
+        /* chat with tools: text that may start a call is held back; at the end it is parsed and
+         * goes out as delta.tool_calls, or as content when it holds no call */
+        bool hold = c->chat && c->tools != TOOL_PARSER_NONE;
+        size_t send = ch->text_len;
+        tool_parse_result calls = {0};
+        int n_calls = 0;
+        if (hold && !ch->done)
+            send = tool_parser_stream_safe(c->tools, ch->text, ch->text_len, !ch->text_sent);
+        else if (hold)
+            n_calls = tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls);
+        if (send == 0 && !has_lp && !ch->done) continue;
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
         bool first = !ch->prompt_ids_sent;
         json_t *choice =
-            c->chat ? openai_chat_choice_json(ch->index, ch->text, ch->text_len,
-                                              has_lp ? ch->logprobs : NULL,
-                                              ch->done ? ch->finish : KV_FINISH_NONE,
-                                              ch->done ? ch->stop_reason : NULL, true)
-                    : openai_choice_json(
-                          ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
-                          ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
-                          ids && first ? p->ids : NULL, p->n_ids,
-                          ids ? ch->ids + ch->n_ids_sent : NULL, ch->n_ids - ch->n_ids_sent);
+            n_calls ? openai_chat_tool_calls_choice_json(
+                          ch->index, calls.content, calls.content_len, json_incref(calls.calls),
+                          has_lp ? ch->logprobs : NULL, ch->stop_reason, true)
+            : c->chat
+                ? openai_chat_choice_json(ch->index, ch->text, send, has_lp ? ch->logprobs : NULL,
+                                          ch->done ? ch->finish : KV_FINISH_NONE,
+                                          ch->done ? ch->stop_reason : NULL, true)
+                : openai_choice_json(
+                      ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
+                      ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
+                      ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
+                      ch->n_ids - ch->n_ids_sent);
         if (has_lp) ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
         if (ch->done) ch->stop_reason = NULL;
         json_t *usage = NULL;
@@ -504,7 +526,10 @@ static void stream_emit(completion *c) {
             usage = openai_usage_json(&u);
         }
         stream_append(c, completion_body_json(c, json_pack("[o]", choice), usage));
-        ch->text_len = 0;
+        tool_parse_result_free(&calls);
+        if (send > 0) ch->text_sent = true;
+        if (ch->text) memmove(ch->text, ch->text + send, ch->text_len - send + 1);
+        ch->text_len -= send;
         ch->n_ids_sent = ch->n_ids;
         ch->prompt_ids_sent = true;
         if (ch->done) ch->finish_sent = true;
@@ -672,18 +697,19 @@ enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, co
     openai_model_info info = http_model_info(s);
     openai_completion_request req;
     if (openai_parse_completion(&info, body, len, &req, &e)) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, false, c_out);
+    return completion_start_request(s, conn, &req, false, TOOL_PARSER_NONE, c_out);
 }
 
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
                                          openai_completion_request *req, bool chat,
-                                         completion **c_out) {
+                                         tool_parser_kind tools, completion **c_out) {
     *c_out = NULL;
     openai_error e;
     completion *c = kv_calloc(1, sizeof *c);
     c->req = *req;
     memset(req, 0, sizeof *req);
     c->chat = chat;
+    c->tools = tools;
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;

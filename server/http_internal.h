@@ -72,10 +72,11 @@ void http_unwatch(http_server *s, int slot);
 enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, const char *body,
                                  size_t len, completion **c_out);
 /* The same flow for a request already parsed (moved into the completion: *req is left empty);
- * chat selects the chat JSON shapes. */
+ * chat selects the chat JSON shapes, tools the format its non-streamed output is parsed for tool
+ * calls in (NONE = not parsed). */
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
                                          openai_completion_request *req, bool chat,
-                                         completion **c_out);
+                                         tool_parser_kind tools, completion **c_out);
 /* POST /v1/chat/completions (http_chat.c): renders the messages, then completion_start_request. */
 enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const char *body,
                            size_t len, completion **c_out);

@@ -141,6 +141,8 @@ static int parse_tools(json_t *root, openai_chat_request *req, openai_error *e) 
     json_object_set_new(req->vars, "documents", json_null());
     json_t *choice = json_object_get(root, "tool_choice");
     if (!present(choice)) return 0;
+    if (json_is_string(choice) && !strcmp(json_string_value(choice), "none"))
+        req->tool_choice_none = true;
     if (json_is_string(choice) &&
         (!strcmp(json_string_value(choice), "auto") || !strcmp(json_string_value(choice), "none")))
         return 0;
@@ -365,6 +367,22 @@ json_t *openai_chat_choice_json(int index, const char *text, size_t n, json_t *l
                      "logprobs", logprobs ? logprobs : json_null(), "finish_reason",
                      fin ? json_string(fin) : json_null(), "stop_reason",
                      stop_reason ? stop_reason : json_null());
+}
+
+json_t *openai_chat_tool_calls_choice_json(int index, const char *content, size_t n, json_t *calls,
+                                           json_t *logprobs, json_t *stop_reason, bool stream) {
+    json_t *text = content ? json_stringn(content, n) : json_null();
+    if (!text) text = json_string(""); /* not UTF-8: cannot come from a conforming tokenizer */
+    json_t *msg = json_pack("{s:o, s:o}", "content", text, "tool_calls", calls);
+    if (!stream) json_object_set_new(msg, "role", json_string("assistant"));
+    size_t k;
+    json_t *call;
+    if (stream)
+        json_array_foreach(calls, k, call)
+            json_object_set_new(call, "index", json_integer((json_int_t)k));
+    return json_pack("{s:i, s:o, s:o, s:s, s:o}", "index", index, stream ? "delta" : "message", msg,
+                     "logprobs", logprobs ? logprobs : json_null(), "finish_reason", "tool_calls",
+                     "stop_reason", stop_reason ? stop_reason : json_null());
 }
 
 json_t *openai_chat_role_choice_json(int index) {

@@ -11,10 +11,11 @@
 
 /* A chat request between parsing and tokenizing. */
 typedef struct openai_chat_request {
-    json_t *vars;        /* template variables: messages, tools, add_generation_prompt, ... */
-    json_t *completion;  /* the body for openai_parse_completion, "prompt" still to be set */
-    bool has_tools;      /* tools were sent (picks the tool_use template) */
-    bool continue_final; /* continue_final_message */
+    json_t *vars;          /* template variables: messages, tools, add_generation_prompt, ... */
+    json_t *completion;    /* the body for openai_parse_completion, "prompt" still to be set */
+    bool has_tools;        /* tools were sent (picks the tool_use template) */
+    bool tool_choice_none; /* tool_choice "none": the output is not parsed for calls */
+    bool continue_final;   /* continue_final_message */
     bool add_special_tokens;
     bool tokenize_only;  /* for /tokenize: counted in full, not refused past max_model_len */
     char *final_content; /* continue_final_message: the last message's text */
@@ -49,6 +50,12 @@ size_t openai_chat_logprobs_count(json_t *lp);
  * stop_reason (NULL -> null). */
 json_t *openai_chat_choice_json(int index, const char *text, size_t n, json_t *logprobs,
                                 kv_finish finish, json_t *stop_reason, bool stream);
+/* A choice that called tools: message {role, content (NULL -> null), tool_calls} with
+ * finish_reason "tool_calls" (vLLM's), or when stream the last chunk's delta {content,
+ * tool_calls}, each call with its "index" (all of it in one delta). Steals calls
+ * (tool_parse_result.calls), logprobs and stop_reason. */
+json_t *openai_chat_tool_calls_choice_json(int index, const char *content, size_t n, json_t *calls,
+                                           json_t *logprobs, json_t *stop_reason, bool stream);
 /* The first chunk of a streamed choice: delta {role: "assistant", content: ""}. */
 json_t *openai_chat_role_choice_json(int index);
 /* {"id", "object": "chat.completion" | "chat.completion.chunk", "created", "model", "choices",

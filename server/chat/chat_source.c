@@ -46,10 +46,11 @@ static char *token_string(json_t *cfg, const char *key) {
     return kv_strdup(json_is_string(v) ? json_string_value(v) : "");
 }
 
-static int parse_into(chat_template **out, const char *src, size_t len, const char *origin,
-                      kv_error *err) {
+static int parse_into(chat_source *cs, chat_template **out, const char *src, size_t len,
+                      const char *origin, kv_error *err) {
     kv_error perr = {{0}};
     *out = chat_template_parse(src, len, &perr);
+    if (*out && cs->tool_format == TOOL_PARSER_NONE) cs->tool_format = tool_parser_detect(src, len);
     if (!*out) return kv_error_set(err, "chat template from %s: %s", origin, perr.msg);
     return 0;
 }
@@ -57,6 +58,7 @@ static int parse_into(chat_template **out, const char *src, size_t len, const ch
 int chat_source_load(chat_source *cs, const char *model_dir, const char *override_file,
                      kv_error *err) {
     memset(cs, 0, sizeof *cs);
+    cs->tool_format = TOOL_PARSER_NONE;
     json_t *cfg = NULL;
     if (model_dir) {
         char *p = path_join(model_dir, "tokenizer_config.json");
@@ -74,14 +76,15 @@ int chat_source_load(chat_source *cs, const char *model_dir, const char *overrid
             goto done;
         }
         cs->origin = kv_strdup(override_file);
-        rc = parse_into(&cs->tmpl, src, n, override_file, err);
+        rc = parse_into(cs, &cs->tmpl, src, n, override_file, err);
         free(src);
         goto done;
     }
     json_t *ct = json_object_get(cfg, "chat_template");
     if (json_is_string(ct)) {
         cs->origin = kv_strdup("tokenizer_config.json");
-        rc = parse_into(&cs->tmpl, json_string_value(ct), json_string_length(ct), cs->origin, err);
+        rc = parse_into(cs, &cs->tmpl, json_string_value(ct), json_string_length(ct), cs->origin,
+                        err);
         goto done;
     }
     if (json_is_array(ct)) {
@@ -95,7 +98,7 @@ int chat_source_load(chat_source *cs, const char *model_dir, const char *overrid
             if (!strcmp(json_string_value(name), "default") && !cs->tmpl) slot = &cs->tmpl;
             if (!strcmp(json_string_value(name), "tool_use") && !cs->tmpl_tool_use)
                 slot = &cs->tmpl_tool_use;
-            if (slot && (rc = parse_into(slot, json_string_value(src), json_string_length(src),
+            if (slot && (rc = parse_into(cs, slot, json_string_value(src), json_string_length(src),
                                          cs->origin, err)))
                 goto done;
         }
@@ -112,7 +115,7 @@ int chat_source_load(chat_source *cs, const char *model_dir, const char *overrid
         if (src) {
             cs->origin = p;
             p = NULL;
-            rc = parse_into(&cs->tmpl, src, n, "chat_template.jinja", err);
+            rc = parse_into(cs, &cs->tmpl, src, n, "chat_template.jinja", err);
             free(src);
         }
         free(p);

@@ -9,12 +9,14 @@
 
 #include "model/common.h"
 #include "server/chat/chat_template.h"
+#include "server/chat/tool_parser.h"
 
 typedef struct chat_source {
     chat_template *tmpl;          /* the default template; NULL = the model has none */
     chat_template *tmpl_tool_use; /* "tool_use" of a named list; NULL = use tmpl */
     char *origin;                 /* where tmpl came from (for logs) */
     char *bos_token, *eos_token;  /* "" when not given */
+    tool_parser_kind tool_format; /* tool_parser_detect over the templates' text (NONE = none) */
 } chat_source;
 
 /* Loads from model_dir (override_file NULL = none). A model without any template is not an error

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "server/chat/chat_source.h"
 #include "server/http.h"
 #include "tests/unit/server_support.h"
 
@@ -687,6 +688,100 @@ START_TEST(shutdown_with_suspended_requests) {
 }
 END_TEST
 
+/* Chat with tools: the fake engine "generates" a Hermes tool call; it comes back as
+ * message.tool_calls with finish_reason "tool_calls" when the request has tools (and not
+ * tool_choice "none"), streamed or not, and as content otherwise. */
+START_TEST(chat_tool_calls) {
+    static const char call[] =
+        "Ok.<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1}}</tool_call>";
+    int32_t script[128];
+    int n = (int)strlen(call);
+    for (int i = 0; i < n; i++) script[i] = (unsigned char)call[i];
+    script[n] = BYTE_TOK_EOS;
+    fake_engine_start(&fx.engine, script, n + 1);
+    fx.iface = fake_engine_iface(&fx.engine);
+    metrics_init(&fx.m, "test-model");
+    fx.tok = byte_tokenizer_new();
+    http_server_options opt = {.host = "127.0.0.1",
+                               .port = 0,
+                               .max_body_bytes = 1 << 20,
+                               .n_threads = 2,
+                               .max_connections = 64,
+                               .served_model_name = "test-model",
+                               .tool_call_parser = TOOL_PARSER_AUTO};
+    kv_error err;
+    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
+    fx.port = http_server_port(fx.srv);
+    chat_source cs = {.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
+    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    cs.tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
+    ck_assert_ptr_nonnull(cs.tmpl);
+    http_server_set_chat(fx.srv, &cs);
+    http_server_set_model(fx.srv, fx.tok, 512, NULL);
+    const char *msgs = "\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]";
+    const char *tools = "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
+    const char *extra[] = {"", ", \"tool_choice\": \"none\"", ", \"stream\": true", NULL};
+    for (int k = 0; k < 4; k++) {
+        char body[512];
+        snprintf(body, sizeof body, "{%s%s%s%s}", msgs, k < 3 ? ", " : "", k < 3 ? tools : "",
+                 k < 3 ? extra[k] : "");
+        http_reply r;
+        ck_assert_int_eq(http_do(fx.port, "POST", "/v1/chat/completions", "", body, &r), 0);
+        ck_assert_msg(r.status == 200, "%d: %s", r.status, r.body);
+        if (k == 2) { /* streamed: "Ok." as content, the call held back for the last delta */
+            json_t *chunks = parse_sse(r.body);
+            char text[256] = "";
+            json_t *last_calls = NULL;
+            const char *fin = NULL;
+            size_t i;
+            json_t *chunk;
+            json_array_foreach(chunks, i, chunk) {
+                json_t *ch = json_array_get(json_object_get(chunk, "choices"), 0);
+                json_t *delta = json_object_get(ch, "delta");
+                const char *content = json_string_value(json_object_get(delta, "content"));
+                if (content) strncat(text, content, sizeof text - strlen(text) - 1);
+                if (json_object_get(delta, "tool_calls"))
+                    last_calls = json_object_get(delta, "tool_calls");
+                if (json_is_string(json_object_get(ch, "finish_reason")))
+                    fin = json_string_value(json_object_get(ch, "finish_reason"));
+            }
+            ck_assert_str_eq(text, "Ok.");
+            ck_assert_str_eq(fin, "tool_calls");
+            ck_assert_int_eq((int)json_array_size(last_calls), 1);
+            json_t *c0 = json_array_get(last_calls, 0);
+            ck_assert_int_eq(json_integer_value(json_object_get(c0, "index")), 0);
+            ck_assert_str_eq(
+                json_string_value(json_object_get(json_object_get(c0, "function"), "arguments")),
+                "{\"x\": 1}");
+            json_decref(chunks);
+            http_reply_free(&r);
+            continue;
+        }
+        json_t *j = parse_json(r.body);
+        json_t *choice = json_array_get(json_object_get(j, "choices"), 0);
+        json_t *msg = json_object_get(choice, "message");
+        const char *fin = json_string_value(json_object_get(choice, "finish_reason"));
+        json_t *calls = json_object_get(msg, "tool_calls");
+        if (k == 0) {
+            ck_assert_str_eq(fin, "tool_calls");
+            ck_assert_str_eq(json_string_value(json_object_get(msg, "content")), "Ok.");
+            ck_assert_int_eq((int)json_array_size(calls), 1);
+            json_t *fn = json_object_get(json_array_get(calls, 0), "function");
+            ck_assert_str_eq(json_string_value(json_object_get(fn, "name")), "f");
+            ck_assert_str_eq(json_string_value(json_object_get(fn, "arguments")), "{\"x\": 1}");
+        } else {
+            ck_assert_str_eq(fin, "stop");
+            ck_assert_str_eq(json_string_value(json_object_get(msg, "content")), call);
+            ck_assert_int_eq((int)json_array_size(calls), 0);
+        }
+        json_decref(j);
+        http_reply_free(&r);
+    }
+    stop_server();
+    chat_template_free(cs.tmpl);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("http");
     TCase *tc = tcase_create("core");
@@ -708,6 +803,7 @@ int main(void) {
     tcase_add_test(tc, thousand_idle_keep_alive_connections);
     tcase_add_test(tc, two_hundred_fifty_six_streams_at_once);
     tcase_add_test(tc, shutdown_with_suspended_requests);
+    tcase_add_test(tc, chat_tool_calls);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

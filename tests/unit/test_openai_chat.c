@@ -250,6 +250,44 @@ START_TEST(response_shapes) {
                         "\"chat.completion.chunk\"}");
     free(s);
     json_decref(j);
+    /* tool calls: content null when no text came before them, finish_reason "tool_calls" */
+    json_t *calls = json_pack("[{s:s, s:s, s:{s:s, s:s}}]", "id", "call_1", "type", "function",
+                              "function", "name", "f", "arguments", "{\"x\": 1}");
+    c = openai_chat_tool_calls_choice_json(0, NULL, 0, calls, NULL, NULL, false);
+    s = json_dumps(c, JSON_COMPACT | JSON_SORT_KEYS);
+    ck_assert_str_eq(s, "{\"finish_reason\":\"tool_calls\",\"index\":0,\"logprobs\":null,"
+                        "\"message\":{\"content\":null,\"role\":\"assistant\",\"tool_calls\":[{"
+                        "\"function\":{\"arguments\":\"{\\\"x\\\": 1}\",\"name\":\"f\"},\"id\":"
+                        "\"call_1\",\"type\":\"function\"}]},\"stop_reason\":null}");
+    free(s);
+    json_decref(c);
+    c = openai_chat_tool_calls_choice_json(2, "Let me look.", 12, json_array(), NULL,
+                                           json_integer(7), false);
+    ck_assert_str_eq(json_string_value(json_object_get(json_object_get(c, "message"), "content")),
+                     "Let me look.");
+    ck_assert_int_eq(json_integer_value(json_object_get(c, "stop_reason")), 7);
+    json_decref(c);
+}
+END_TEST
+
+START_TEST(tool_choice_fields) {
+    openai_model_info info = info_for(1024);
+    openai_chat_request req;
+    openai_error e;
+    const char *tools = "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
+    char body[512];
+    snprintf(body, sizeof body, "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], %s}",
+             tools);
+    ck_assert_int_eq(openai_chat_parse(&info, &chatml, body, strlen(body), false, &req, &e), 0);
+    ck_assert(req.has_tools && !req.tool_choice_none);
+    openai_chat_request_free(&req);
+    snprintf(body, sizeof body,
+             "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], %s, "
+             "\"tool_choice\": \"none\"}",
+             tools);
+    ck_assert_int_eq(openai_chat_parse(&info, &chatml, body, strlen(body), false, &req, &e), 0);
+    ck_assert(req.has_tools && req.tool_choice_none);
+    openai_chat_request_free(&req);
 }
 END_TEST
 
@@ -286,6 +324,7 @@ START_TEST(template_sources) {
     write_file(dir, "chat_template.jinja", "J{{ bos_token }}");
     write_file(dir, "tokenizer_config.json", "{\"bos_token\": {\"content\": \"<B>\"}}");
     ck_assert(chat_source_load(&cs, dir, NULL, &err) == 0);
+    ck_assert_int_eq(cs.tool_format, TOOL_PARSER_NONE);
     char *out = render_with(&cs, false);
     ck_assert_str_eq(out, "J<B>");
     free(out);
@@ -302,6 +341,7 @@ START_TEST(template_sources) {
                "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"T\"}, {\"name\": "
                "\"default\", \"template\": \"D\"}]}");
     ck_assert(chat_source_load(&cs, dir, NULL, &err) == 0);
+    ck_assert_int_eq(cs.tool_format, TOOL_PARSER_NONE);
     out = render_with(&cs, false);
     ck_assert_str_eq(out, "D");
     free(out);
@@ -317,6 +357,11 @@ START_TEST(template_sources) {
     out = render_with(&cs, false);
     ck_assert_str_eq(out, "O");
     free(out);
+    chat_source_free(&cs);
+    /* the tool-call format comes from the template text */
+    write_file(dir, "override.jinja", "{{ '<tool_call>' }}");
+    ck_assert(chat_source_load(&cs, dir, path, &err) == 0);
+    ck_assert_int_eq(cs.tool_format, TOOL_PARSER_HERMES);
     chat_source_free(&cs);
     ck_assert(chat_source_load(&cs, dir, "/nonexistent/t.jinja", &err) != 0);
     ck_assert(strstr(err.msg, "/nonexistent/t.jinja"));
@@ -350,6 +395,7 @@ int main(void) {
     tcase_add_test(tc, raise_exception_and_no_template);
     tcase_add_test(tc, completion_request_from_chat);
     tcase_add_test(tc, response_shapes);
+    tcase_add_test(tc, tool_choice_fields);
     tcase_add_test(tc, template_sources);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
