@@ -35,6 +35,7 @@ typedef struct knob {
 static const char *const device_names[] = {"auto", "cuda", "cpu", NULL};
 static const char *const tool_parser_names[] = {"auto",    "hermes", "llama3_json",
                                                 "mistral", "none",   NULL};
+static const char *const reasoning_parser_names[] = {"none", "deepseek_r1", "qwen3", NULL};
 static const char *const load_names[] = {"auto", "safetensors", "dummy", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 
@@ -52,6 +53,8 @@ static const knob knobs[] = {
     {"tool_call_parser", KNOB_ENUM, OFF(tool_call_parser), .names = tool_parser_names,
      .help = "tool calls in chat output: auto (from the chat template), hermes, llama3_json, "
              "mistral or none"},
+    {"reasoning_parser", KNOB_ENUM, OFF(reasoning_parser), .names = reasoning_parser_names,
+     .help = "<think> blocks in chat output to reasoning_content: none, deepseek_r1 or qwen3"},
     {"generation_config", KNOB_STRING, OFF(generation_config), .nullable = true,
      .help = "default sampling parameters: null or \"auto\" = the model's generation_config.json, "
              "\"vllm\" = OpenAI's, or a folder holding a generation_config.json"},
@@ -115,6 +118,7 @@ void config_default(kv_config *cfg) {
         .port = 8000,
         .device = CONFIG_DEVICE_AUTO,
         .tool_call_parser = TOOL_PARSER_AUTO,
+        .reasoning_parser = REASONING_PARSER_NONE,
         .max_model_len = 0,
         .block_size = 16,
         .gpu_memory_utilization = 0.9,

@@ -8,6 +8,7 @@
 
 #include "model/common.h"
 #include "offload/offload.h"
+#include "server/chat/reasoning_parser.h"
 #include "server/chat/tool_parser.h"
 
 typedef enum config_device {
@@ -43,6 +44,7 @@ typedef struct kv_config {
     char *served_model_name; /* name clients use; NULL = the model argument */
     char *chat_template;     /* a Jinja file overriding the model's chat template; NULL = none */
     tool_parser_kind tool_call_parser; /* tool calls in chat output; AUTO = from the template */
+    reasoning_parser_kind reasoning_parser; /* <think> blocks in chat output; NONE = kept */
     char *generation_config; /* sampling defaults: NULL/"auto" = the model's, "vllm" = none, or a
                                 folder holding a generation_config.json */
     char *api_key;           /* NULL = no authentication */

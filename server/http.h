@@ -19,6 +19,7 @@
 #include "model/sampler.h"
 #include "model/tokenizer/tokenizer.h"
 #include "server/engine/engine_api.h"
+#include "server/chat/reasoning_parser.h"
 #include "server/chat/tool_parser.h"
 #include "server/metrics.h"
 
@@ -38,6 +39,7 @@ typedef struct http_server_options {
     const char *served_model_name;     /* the name in /v1/models and responses */
     const char *model_root;            /* "root" in /v1/models (the model path); may be NULL */
     tool_parser_kind tool_call_parser; /* chat output with tools; AUTO = the template's format */
+    reasoning_parser_kind reasoning_parser; /* <think> in chat output to reasoning_content */
 } http_server_options;
 
 typedef struct http_server http_server;

@@ -48,6 +48,7 @@ typedef struct choice_state {
     kv_finish finish;
     json_t *stop_reason;
     int n_prompt_tokens, n_cached_gpu, n_cached_host;
+    reasoning_stream rs; /* streamed chat with a reasoning parser: where the output is */
 } choice_state;
 
 struct completion {
@@ -66,6 +67,7 @@ struct completion {
     openai_completion_request req;
     bool chat;              /* /v1/chat/completions: chat JSON (openai_chat.h) */
     tool_parser_kind tools; /* chat with tools: the format of tool calls (NONE = no parsing) */
+    reasoning_parser_kind reasoning; /* chat: <think> blocks to reasoning_content (NONE = kept) */
     choice_state *choices;
     int n_choices, n_done;
     char id[48];
@@ -426,15 +428,25 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
         tool_parse_result calls = {0};
-        if (c->chat && tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls) > 0)
-            json_array_append_new(choices, openai_chat_tool_calls_choice_json(
-                                               ch->index, calls.content, calls.content_len,
-                                               json_incref(calls.calls), ch->logprobs,
-                                               ch->stop_reason, false));
+        /* chat: reasoning first, then tool calls in what remains */
+        size_t r_off = 0, r_len = 0, c_off = 0;
+        bool has_r = c->chat && reasoning_parser_split(c->reasoning, ch->text, ch->text_len, &r_off,
+                                                       &r_len, &c_off);
+        const char *text = ch->text ? ch->text + c_off : NULL;
+        size_t text_len = ch->text_len - c_off;
+        json_t *choice = NULL;
+        if (c->chat && tool_parser_parse(c->tools, text, text_len, c->id, &calls) > 0)
+            choice = openai_chat_tool_calls_choice_json(ch->index, calls.content, calls.content_len,
+                                                        json_incref(calls.calls), ch->logprobs,
+                                                        ch->stop_reason, false);
         else if (c->chat)
-            json_array_append_new(
-                choices, openai_chat_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
-                                                 ch->finish, ch->stop_reason, false));
+            choice = openai_chat_choice_json(ch->index, text, text_len, ch->logprobs, ch->finish,
+                                             ch->stop_reason, false);
+        if (choice && c->reasoning != REASONING_PARSER_NONE)
+            json_object_set_new(json_object_get(choice, "message"), "reasoning_content",
+                                has_r ? json_stringn(ch->text + r_off, r_len) : json_null());
+        if (choice)
+            json_array_append_new(choices, choice);
         else
             json_array_append_new(
                 choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
@@ -490,15 +502,33 @@ static void stream_emit(completion *c) {
                                : json_array_size(json_object_get(ch->logprobs, "tokens"))) > 0;
         /* chat with tools: text that may start a call is held back; at the end it is parsed and
          * goes out as delta.tool_calls, or as content when it holds no call */
+        /* chat with a reasoning parser: the reasoning goes out as delta.reasoning_content and
+         * leaves ch->text, with its tags; content waits until the reasoning has ended */
+        json_t *reasoning = NULL;
+        bool thinking =
+            c->chat && c->reasoning != REASONING_PARSER_NONE && !reasoning_stream_content(&ch->rs);
+        if (thinking) {
+            size_t r_off, r_len, used;
+            reasoning_stream_step(c->reasoning, &ch->rs, ch->text ? ch->text : "", ch->text_len,
+                                  ch->done, &r_off, &r_len, &used);
+            if (r_len) reasoning = json_stringn(ch->text + r_off, r_len);
+            if (used) {
+                memmove(ch->text, ch->text + used, ch->text_len - used + 1);
+                ch->text_len -= used;
+            }
+            thinking = !reasoning_stream_content(&ch->rs);
+        }
         bool hold = c->chat && c->tools != TOOL_PARSER_NONE;
-        size_t send = ch->text_len;
+        size_t send = thinking ? 0 : ch->text_len;
         tool_parse_result calls = {0};
         int n_calls = 0;
-        if (hold && !ch->done)
+        if (thinking)
+            ; /* nothing of the content yet */
+        else if (hold && !ch->done)
             send = tool_parser_stream_safe(c->tools, ch->text, ch->text_len, !ch->text_sent);
         else if (hold)
             n_calls = tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls);
-        if (send == 0 && !has_lp && !ch->done) continue;
+        if (send == 0 && !has_lp && !ch->done && !reasoning) continue;
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
         bool first = !ch->prompt_ids_sent;
@@ -515,6 +545,11 @@ static void stream_emit(completion *c) {
                       ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
                       ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
                       ch->n_ids - ch->n_ids_sent);
+        if (reasoning) {
+            json_t *delta = json_object_get(choice, "delta");
+            if (send == 0 && !n_calls) json_object_del(delta, "content"); /* vLLM's delta */
+            json_object_set_new(delta, "reasoning_content", reasoning);
+        }
         if (has_lp) ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
         if (ch->done) ch->stop_reason = NULL;
         json_t *usage = NULL;
@@ -710,6 +745,7 @@ enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *
     memset(req, 0, sizeof *req);
     c->chat = chat;
     c->tools = tools;
+    c->reasoning = chat ? s->opt.reasoning_parser : REASONING_PARSER_NONE;
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;

@@ -411,6 +411,7 @@ int main(int argc, char **argv) {
                                .max_logprob_entries = a.cfg.max_logprob_entries,
                                .served_model_name = name,
                                .tool_call_parser = a.cfg.tool_call_parser,
+                               .reasoning_parser = a.cfg.reasoning_parser,
                                .model_root = a.demo_dir ? DEMO_MODEL_NAME : a.cfg.model};
     if (http_server_start(&a.http, &opt, &engine, &a.metrics, &err)) {
         fprintf(stderr, "kvserve: %s\n", err.msg);
