@@ -454,19 +454,10 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
     req->logprobs = -1;
     req->skip_special_tokens = true;
 
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    if (!root)
-        return openai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                "Invalid JSON in request body: %s (line %d, column %d)", jerr.text,
-                                jerr.line, jerr.column);
+    json_t *root = openai_load_object(body, len, e);
+    if (!root) return -1;
     int rc = -1;
     long long n = 1;
-    if (!json_is_object(root)) {
-        openai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                         "the request body must be a JSON object");
-        goto done;
-    }
     if (openai_check_model(info, root, e) || reject_unsupported(root, e) ||
         parse_sampling(root, req, e) || parse_stream(root, req, e) || parse_stop(root, req, e) ||
         parse_stop_token_ids(info, root, &req->params, e))

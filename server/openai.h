@@ -114,6 +114,8 @@ typedef struct openai_usage {
     int cached_tokens_gpu;  /* prompt tokens found in the GPU prefix cache */
     int cached_tokens_host; /* prompt tokens loaded from the host tier */
 } openai_usage;
+/* The request body as a JSON object, or NULL with a 400 (invalid JSON, or not an object) in e. */
+json_t *openai_load_object(const char *body, size_t len, openai_error *e);
 json_t *openai_usage_json(const openai_usage *u);
 
 /* Logprobs in the legacy completions shape: {tokens, token_logprobs, top_logprobs, text_offset}.

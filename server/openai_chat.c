@@ -202,20 +202,11 @@ int openai_chat_parse(const openai_model_info *info, const chat_source *cs, cons
                       size_t len, bool tokenize_only, openai_chat_request *req, openai_error *e) {
     memset(req, 0, sizeof *req);
     req->tokenize_only = tokenize_only;
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    if (!root)
-        return openai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                                "Invalid JSON in request body: %s (line %d, column %d)", jerr.text,
-                                jerr.line, jerr.column);
+    json_t *root = openai_load_object(body, len, e);
+    if (!root) return -1;
     int rc = -1;
     req->vars = json_object();
     json_t *msgs = NULL;
-    if (!json_is_object(root)) {
-        openai_error_set(e, 400, "invalid_request_error", NULL, "invalid_json",
-                         "the request body must be a JSON object");
-        goto done;
-    }
     if (openai_check_model(info, root, e) || parse_messages(root, &msgs, e)) goto done;
     json_object_set_new(req->vars, "messages", msgs);
     if (parse_tools(root, req, e)) goto done;

@@ -106,7 +106,7 @@ char *openai_sse_event(json_t *j, size_t *len) {
 
 /* ---- /tokenize, /detokenize ---- */
 
-static json_t *load_object(const char *body, size_t len, openai_error *e) {
+json_t *openai_load_object(const char *body, size_t len, openai_error *e) {
     json_error_t jerr;
     json_t *root = json_loadb(body, len, 0, &jerr);
     if (!root) {
@@ -133,7 +133,7 @@ static char *dump_and_free(json_t *j) {
 
 int openai_tokenize(const openai_model_info *info, const char *body, size_t len, char **out,
                     openai_error *e) {
-    json_t *root = load_object(body, len, e);
+    json_t *root = openai_load_object(body, len, e);
     if (!root) return -1;
     int rc = -1;
     int32_t *ids = NULL;
@@ -181,7 +181,7 @@ done:
 
 int openai_detokenize(const openai_model_info *info, const char *body, size_t len, char **out,
                       openai_error *e) {
-    json_t *root = load_object(body, len, e);
+    json_t *root = openai_load_object(body, len, e);
     if (!root) return -1;
     int rc = -1;
     int32_t *ids = NULL;
