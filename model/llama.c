@@ -364,10 +364,13 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
     for (int i = 0; i < c->n_layers; i++) {
         llama_layer *L = &m->layers[i];
         if ((m->fam->layer_load ? m->fam->layer_load : llama_layer_load)(&ld, i, L, err)) goto out;
+        /* a window as long as the context never bites (Phi-4-mini's 262144): left off, so the
+         * backend keeps its fastest attention path */
         bool sliding = hf_config_layer_sliding(c, i);
+        bool bites = sliding && c->sliding_window < c->max_position_embeddings;
         L->attn = (backend_attn_params){.scale = attn_scale,
                                         .softcap = (float)c->attn_softcap,
-                                        .window = sliding ? c->sliding_window : 0};
+                                        .window = bites ? c->sliding_window : 0};
         L->rope = hf_config_layer_rope(c, i);
         L->local_rope = sliding && c->rope_local;
     }
