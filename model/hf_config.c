@@ -372,14 +372,6 @@ static void bit_set(uint8_t *bits, int i) {
  * is a hybrid model), else the family's default as transformers' config classes set it.
  * Fills sliding_window (0 when no layer slides) and layer_sliding. */
 static int parse_attention_kinds(hf_config *cfg, const json_t *root, const field_ctx *fc) {
-    static const char *hybrid_keys[] = {"layers_block_type", "hybrid_override_pattern",
-                                        "attn_layer_indices"};
-    for (size_t i = 0; i < sizeof hybrid_keys / sizeof *hybrid_keys; i++)
-        if (!json_absent(json_object_get(root, hybrid_keys[i])))
-            return kv_error_set(fc->err,
-                                "%s: %s is set: hybrid attention (state-space or linear-attention "
-                                "layers) is not supported",
-                                fc->file, hybrid_keys[i]);
     long long window;
     if (field_int(fc, root, "sliding_window", false, 0, 0, INT_MAX, &window)) return -1;
     int n = cfg->n_layers, n_sliding = 0;
@@ -482,6 +474,14 @@ static int check_model_kind(const json_t *root, const field_ctx *fc) {
                             fc->file, moe_keys[i],
                             json_is_integer(v) ? (long long)json_integer_value(v) : -1);
     }
+    static const char *hybrid_keys[] = {"layers_block_type", "hybrid_override_pattern",
+                                        "attn_layer_indices"};
+    for (size_t i = 0; i < sizeof hybrid_keys / sizeof *hybrid_keys; i++)
+        if (!json_absent(json_object_get(root, hybrid_keys[i])))
+            return kv_error_set(fc->err,
+                                "%s: %s is set: hybrid attention (state-space or linear-attention "
+                                "layers) is not supported",
+                                fc->file, hybrid_keys[i]);
     static const char *mm_keys[] = {"vision_config", "audio_config", "text_config"};
     for (size_t i = 0; i < sizeof mm_keys / sizeof *mm_keys; i++)
         if (!json_absent(json_object_get(root, mm_keys[i])))
