@@ -222,8 +222,9 @@ static int parse_rope_factors(hf_config *cfg, const json_t *scaling, const field
                             sub->prefix, key, HF_CONFIG_MAX_ROPE_FACTORS);
     for (int i = 0; i < want; i++) {
         const json_t *v = json_array_get(a, (size_t)i);
-        if (!json_is_number(v) || !(json_number_value(v) > 0) || !isfinite(json_number_value(v)))
-            return kv_error_set(sub->err, "%s: %s%s[%d] must be a positive number", sub->file,
+        if (!json_is_number(v) || !(json_number_value(v) >= 0.01) ||
+            !isfinite(json_number_value(v)))
+            return kv_error_set(sub->err, "%s: %s%s[%d] must be a number >= 0.01", sub->file,
                                 sub->prefix, key, i);
         out[i] = json_number_value(v);
     }
@@ -318,7 +319,11 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     if (strcmp(type, "default") == 0) return 0;
     if (strcmp(type, "linear") == 0) {
         cfg->rope_type = HF_ROPE_LINEAR;
-        return field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor);
+        if (field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor)) return -1;
+        if (cfg->rope_factor < 1.0)
+            return kv_error_set(fc->err, "%s: %sfactor = %g must be >= 1", fc->file, sub.prefix,
+                                cfg->rope_factor);
+        return 0;
     }
     if (strcmp(type, "longrope") == 0) {
         cfg->rope_type = HF_ROPE_LONGROPE;
