@@ -637,6 +637,18 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
     p.max_blocks = st->max_blocks;
     p.n_tokens = st->n_tokens;
     p.n_splits = 1;
+    /* A window no context of the step reaches past masks nothing: drop it, so the tensor-core
+     * kernels serve it. A pure decode step may be recorded and replayed at longer contexts, so
+     * its bound is the block table's width (part of a recording's key), not the lengths. */
+    if (p.window > 0) {
+        int longest = st->max_blocks * l->block_size;
+        if (!st->pure_decode) {
+            longest = 0;
+            for (int i = 0; i < st->n_seqs; i++)
+                if (st->h_seq_len[i] > longest) longest = st->h_seq_len[i];
+        }
+        if (longest <= p.window) p.window = 0;
+    }
 
     bool fast = p.window <= 0 && p.softcap <= 0 && (l->head_dim == 64 || l->head_dim == 128) &&
                 p.group <= 128 && q_stride % 8 == 0 && ((uintptr_t)q & 15) == 0 &&

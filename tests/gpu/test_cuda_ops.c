@@ -825,6 +825,11 @@ int main(void) {
          0.0f},
         {"attention window 4096 decode GQA4 hd128", 32, 8, 128, 16, 12, dec_prefix, dec_new, 4096,
          0.0f, 0.0f},
+        /* a window longer than every context is dropped: the tensor-core kernels serve it */
+        {"attention window 40000 (unreached) decode hd128", 32, 8, 128, 16, 12, dec_prefix, dec_new,
+         40000, 0.0f, 0.0f},
+        {"attention window 8200 (unreached) mixed hd128", 32, 4, 128, 16, 6, mix_prefix, mix_new,
+         8200, 0.0f, 0.0f},
         {"attention window 33 softcap 50 hd256 GQA2", 8, 4, 256, 16, 3, g1_prefix, g1_new, 33,
          50.0f, 0.0625f},
         {"attention softcap 5 hd64 GQA7 scale 0.3", 14, 2, 64, 16, 3, g7_prefix, g7_new, 0, 5.0f,
