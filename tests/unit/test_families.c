@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "model/cpu/cpu_backend.h"
+#include "model/llama.h"
 #include "model/model.h"
 #include "tests/unit/fixture_support.h"
 
@@ -127,6 +128,49 @@ START_TEST(dummy_weights_load_and_run) {
 }
 END_TEST
 
+/* Longrope (phi4mini-f32: original context 4096) takes the long factors exactly for steps with
+ * a sequence longer than 4096, as transformers switches when seq_len > original_max; with the
+ * short table put in the long one's place the same step's logits differ. */
+START_TEST(longrope_switches_past_the_original_context) {
+    char dir[FIXTURE_PATH_MAX + 32];
+    const char *src = getenv("KVSERVE_SOURCE");
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/phi4mini-f32", src ? src : ".");
+    struct stat st;
+    if (stat(dir, &st) != 0) {
+        printf("SKIP: %s not found\n", dir);
+        return;
+    }
+    backend *be = cpu_backend_create(2);
+    model *m = load(be, dir, MODEL_LOAD_SAFETENSORS, 4, NULL, NULL);
+    llama_model *lm = m->impl;
+    ck_assert_ptr_nonnull(lm->inv_freq_long);
+    backend_kv_layout l = model_kv_layout(m, BLOCK);
+    const int max_blocks = 4097 / BLOCK + 1;
+    void *pool = be->ops->dev_alloc(be, l.block_bytes * (size_t)max_blocks);
+    memset(pool, 0, l.block_bytes * (size_t)max_blocks);
+    int32_t *table = malloc((size_t)max_blocks * 4), *ids = calloc(4097, 4);
+    for (int j = 0; j < max_blocks; j++) table[j] = j;
+    ids[4095] = 7, ids[4096] = 7;
+    float *a = malloc((size_t)m->vocab * 4), *b = malloc((size_t)m->vocab * 4);
+    run(m, pool, &l, ids, 4095, 1, table, max_blocks, a); /* seq_len 4096: short factors */
+    ck_assert(!lm->rope_long);
+    run(m, pool, &l, ids, 4096, 1, table, max_blocks, b); /* seq_len 4097: long factors */
+    ck_assert(lm->rope_long);
+    /* the same step with the short table in the long one's place gives other logits */
+    float *saved = lm->inv_freq_long;
+    lm->inv_freq_long = lm->inv_freq;
+    run(m, pool, &l, ids, 4096, 1, table, max_blocks, a);
+    lm->inv_freq_long = saved;
+    double diff = 0;
+    for (int i = 0; i < m->vocab; i++) diff = fmax(diff, fabs((double)a[i] - b[i]));
+    ck_assert_msg(diff > 1e-3, "long factors changed nothing (%g)", diff);
+    free(a), free(b), free(table), free(ids);
+    be->ops->dev_free(be, pool);
+    model_free(m);
+    backend_destroy(be);
+}
+END_TEST
+
 /* model_load of a directory whose config.json is base with patch applied (text), expecting a
  * refusal whose message holds needle. */
 static void assert_load_refused(const char *config, const char *needle) {
@@ -179,6 +223,7 @@ int main(void) {
     TCase *tc = tcase_create("seam");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, unsupported_kinds_are_refused_by_model_load);
+    tcase_add_test(tc, longrope_switches_past_the_original_context);
     if (n_fixtures) {
         tcase_add_loop_test(tc, chunked_prefill_equals_one_pass, 0, n_fixtures);
         tcase_add_loop_test(tc, dummy_weights_load_and_run, 0, n_fixtures);
