@@ -1,5 +1,6 @@
 /* CPU paged attention: writes the step's K/V rows into the block pool and computes causal
- * attention of every new token over its sequence's blocks, one (token, head) per work item. */
+ * attention (optionally windowed and soft-capped) of every new token over its sequence's blocks,
+ * one (token, head) per work item. */
 #include <math.h>
 
 #include "model/cpu/cpu_impl.h"
@@ -49,7 +50,7 @@ typedef struct attention_job {
     const void *pool;
     const backend_kv_layout *l;
     int layer, n_heads;
-    float scale;
+    backend_attn_params ap;
 } attention_job;
 
 /* Items are t * n_heads + h. Two passes over the context: scores and their max, then
@@ -63,28 +64,33 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; item++) {
         int t = (int)(item / j->n_heads), h = (int)(item % j->n_heads), kvh = h / group;
         int s = c->tok_seq[t], n_ctx = c->positions[t] + 1;
+        /* the window: positions [lo, n_ctx), never a block wholly before it */
+        int lo = j->ap.window > 0 && n_ctx > j->ap.window ? n_ctx - j->ap.window : 0;
+        float cap = j->ap.softcap;
         const float *q = j->q + (size_t)t * (size_t)j->q_stride + (size_t)h * (size_t)hd;
         float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)hd;
 
         float mx = -INFINITY;
-        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+        for (int p0 = lo / bs * bs; p0 < n_ctx; p0 += bs) {
             const float *kb = pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 0, kvh, 0);
-            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            for (int i = 0; i < n_in; i++) {
-                sc[p0 + i] = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->scale;
-                if (sc[p0 + i] > mx) mx = sc[p0 + i];
+            int i0 = p0 < lo ? lo - p0 : 0, n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+            for (int i = i0; i < n_in; i++) {
+                float x = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->ap.scale;
+                if (cap > 0) x = tanhf(x / cap) * cap; /* as transformers: / cap, tanh, * cap */
+                sc[p0 + i] = x;
+                if (x > mx) mx = x;
             }
         }
         float sum = 0;
-        for (int p = 0; p < n_ctx; p++) {
+        for (int p = lo; p < n_ctx; p++) {
             sc[p] = expf(sc[p] - mx);
             sum += sc[p];
         }
         for (int d = 0; d < hd; d++) o[d] = 0;
-        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
+        for (int p0 = lo / bs * bs; p0 < n_ctx; p0 += bs) {
             const float *vb = pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 1, kvh, 0);
-            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            for (int i = 0; i < n_in; i++) {
+            int i0 = p0 < lo ? lo - p0 : 0, n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+            for (int i = i0; i < n_in; i++) {
                 const float *v = vb + (size_t)i * (size_t)hd;
                 float pr = sc[p0 + i];
                 for (int d = 0; d < hd; d++) o[d] += pr * v[d];
@@ -96,7 +102,8 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
 }
 
 void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                      const backend_kv_layout *l, int layer, int n_heads, float scale) {
+                      const backend_kv_layout *l, int layer, int n_heads,
+                      const backend_attn_params *ap) {
     cpu_backend *c = cpu_of(be);
     KV_CHECK(l->dtype == KV_DTYPE_F32 && layer >= 0 && layer < l->n_layers);
     KV_CHECK(n_heads % l->n_kv_heads == 0);
@@ -108,7 +115,7 @@ void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const
                        .l = l,
                        .layer = layer,
                        .n_heads = n_heads,
-                       .scale = scale};
+                       .ap = *ap};
     /* work ~ context × head_dim per item; keep small steps on one thread */
     int64_t n_items = (int64_t)c->n_tokens * n_heads;
     double work = (double)n_items * (double)c->scores_stride * l->head_dim;

@@ -390,8 +390,9 @@ __device__ __forceinline__ float attn_block_reduce(float v, float *red, bool is_
     return r;
 }
 
-/* Any head dim (tiny models): grid (token, head), 128 threads; thread j scores context position
- * j0 + j, then each thread accumulates head dims tid, tid + 128, ... Slow but simple. */
+/* Any head dim (tiny models), and every layer with a sliding window or soft-capped scores:
+ * grid (token, head), 128 threads; thread j scores context position j0 + j, then each thread
+ * accumulates head dims tid, tid + 128, ... Slow but simple. */
 #define ATTN_GENERIC_THREADS 128
 #define ATTN_GENERIC_MAX_HD  512
 __global__ void attn_generic_kernel(attn_params p) {
@@ -412,14 +413,18 @@ __global__ void attn_generic_kernel(attn_params p) {
                               head_bytes + (size_t)(j % p.block_size) * hd * sizeof(bf16));
     };
     float m = -INFINITY, l = 0, acc[ATTN_GENERIC_MAX_HD / ATTN_GENERIC_THREADS] = {0};
-    for (int j0 = 0; j0 <= pos; j0 += ATTN_GENERIC_THREADS) {
+    const int lo = p.window > 0 && pos + 1 > p.window ? pos + 1 - p.window : 0;
+    for (int j0 = lo; j0 <= pos; j0 += ATTN_GENERIC_THREADS) {
         int j = j0 + tid;
         float sc = -INFINITY;
         if (j <= pos) {
             const bf16 *k = row(p.k_off, j);
             float dot = 0;
             for (int d = 0; d < hd; d++) dot += qs[d] * __bfloat162float(k[d]);
-            sc = dot * p.scale_log2;
+            if (p.softcap > 0)
+                sc = p.softcap * tanhf(dot * p.scale / p.softcap) * 1.4426950408889634f;
+            else
+                sc = dot * p.scale_log2;
         }
         float m_new = fmaxf(m, attn_block_reduce(sc, red, true)); /* finite: j0 <= pos */
         float alpha = exp2f(m - m_new);
@@ -600,7 +605,8 @@ static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                       const backend_kv_layout *l, int layer, int n_heads, float scale) {
+                       const backend_kv_layout *l, int layer, int n_heads,
+                       const backend_attn_params *ap) {
     cuda_impl *ci = cuda_impl_of(be);
     cuda_step *st = &ci->step;
     KV_CHECK(l->dtype == KV_DTYPE_BF16 && n_heads % l->n_kv_heads == 0);
@@ -621,17 +627,33 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
     p.block_size = l->block_size;
     p.n_heads = n_heads;
     p.group = n_heads / l->n_kv_heads;
-    p.scale_log2 = scale * 1.4426950408889634f;
+    p.scale_log2 = ap->scale * 1.4426950408889634f;
+    p.scale = ap->scale;
+    p.softcap = ap->softcap;
+    p.window = ap->window;
     p.positions = st->positions;
     p.token_seq = st->token_seq;
     p.block_table = st->block_table;
     p.max_blocks = st->max_blocks;
     p.n_tokens = st->n_tokens;
     p.n_splits = 1;
+    /* A window no context of the step reaches past masks nothing: drop it, so the tensor-core
+     * kernels serve it. A pure decode step may be recorded and replayed at longer contexts, so
+     * its bound is the block table's width (part of a recording's key), not the lengths. */
+    if (p.window > 0) {
+        int longest = st->max_blocks * l->block_size;
+        if (!st->pure_decode) {
+            longest = 0;
+            for (int i = 0; i < st->n_seqs; i++)
+                if (st->h_seq_len[i] > longest) longest = st->h_seq_len[i];
+        }
+        if (longest <= p.window) p.window = 0;
+    }
 
-    bool fast = (l->head_dim == 64 || l->head_dim == 128) && p.group <= 128 && q_stride % 8 == 0 &&
-                ((uintptr_t)q & 15) == 0 && ((uintptr_t)pool & 15) == 0 &&
-                l->block_bytes % 16 == 0 && ((uintptr_t)out & 3) == 0;
+    bool fast = p.window <= 0 && p.softcap <= 0 && (l->head_dim == 64 || l->head_dim == 128) &&
+                p.group <= 128 && q_stride % 8 == 0 && ((uintptr_t)q & 15) == 0 &&
+                ((uintptr_t)pool & 15) == 0 && l->block_bytes % 16 == 0 &&
+                ((uintptr_t)out & 3) == 0;
     if (!fast) {
         cuda_launch(ci->pdl, ci->streams[BACKEND_STREAM_COMPUTE], attn_generic_kernel,
                     dim3((unsigned)st->n_tokens, (unsigned)n_heads), dim3(ATTN_GENERIC_THREADS), 0,

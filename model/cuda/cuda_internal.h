@@ -161,12 +161,19 @@ void cuda_op_rmsnorm(backend *be, void *out, const void *x, const void *w, int n
 void cuda_op_add_rmsnorm(backend *be, void *out, void *x, const void *delta, const void *w, int n,
                          int dim, float eps);
 void cuda_op_add(backend *be, void *x, const void *delta, size_t n);
-void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                  const float *inv_freq);
+void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                  const float *inv_freq, float mscale);
 void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
 void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                       const void *v, int row_stride);
 void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim);
+/* cuda_family_ops.cu: the ops some families add (Qwen3/Gemma q/k norms, GeGLU, multipliers,
+ * soft-capping) */
+void cuda_op_head_rmsnorm(backend *be, void *x, int n, int row_stride, int n_heads, int head_dim,
+                          const void *w, float eps);
+void cuda_op_geglu(backend *be, void *out, const void *gu, int n, int ff);
+void cuda_op_scale(backend *be, void *x, size_t n, float s);
+void cuda_op_softcap(backend *be, void *x, size_t n, float cap);
 /* f32 -> bf16 and back on the device (uploads, downloads). */
 void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *src, size_t n);
 void cuda_convert_f16_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const __half *src, size_t n);
@@ -175,6 +182,7 @@ void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const __nv_bfloat16 *s
 /* cuda_attention.cu: paged attention. Grows attn_scratch and raises kernels' shared-memory limits
  * on first use, which a recording cannot do: it relies on its shape's unrecorded first run. */
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                       const backend_kv_layout *l, int layer, int n_heads, float scale);
+                       const backend_kv_layout *l, int layer, int n_heads,
+                       const backend_attn_params *ap);
 
 #endif

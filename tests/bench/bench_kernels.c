@@ -99,8 +99,9 @@ typedef struct attn_ctx {
 
 static void run_attn(bench *b, void *ctx, int rep) {
     attn_ctx *a = ctx;
+    backend_attn_params ap = {.scale = 1.0f / sqrtf(128.0f)};
     b->be->ops->attention(b->be, a->out, a->q, a->q_stride, a->pool, &a->l, rep % a->l.n_layers,
-                          a->n_heads, 1.0f / sqrtf(128.0f));
+                          a->n_heads, &ap);
 }
 
 /* n_seqs sequences of n_new tokens after prefix cached ones, blocks in a scrambled order.
