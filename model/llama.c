@@ -168,8 +168,8 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
             }
             char *at = ld->staging;
             for (int i = 0; i < n_parts; i++) {
-                if (same_dtype)
-                    memcpy(at, parts[i]->data, parts[i]->n_bytes);
+                if (same_dtype) /* several threads: see kv_memcpy_parallel */
+                    kv_memcpy_parallel(at, parts[i]->data, parts[i]->n_bytes, kv_copy_threads());
                 else
                     kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype,
                                       parts[i]->n_elems);

@@ -25,6 +25,7 @@
 #include "server/generation_defaults.h"
 #include "server/http.h"
 #include "server/metrics.h"
+#include "server/warmup.h"
 #include "server/engine/scheduler.h"
 
 /* The write end of the self-pipe that turns SIGINT/SIGTERM into a readable byte. It is kvserve's
@@ -318,6 +319,16 @@ static int app_load(app *a, kv_error *err) {
     scheduler *s = scheduler_create(a->model, &sc, err);
     if (!s) return -1;
     scheduler_start(s);
+    /* On the GPU the first request would pay for lazy loading, plans and graph recording: pay
+     * it here, before /health says ready (the CPU backend has nothing of the kind). */
+    if (strcmp(a->be->name, "cpu") != 0) {
+        double tw = kv_now();
+        int wlen = model_len - 8 < 1024 ? model_len - 8 : 1024;
+        int failed = warmup_run(s, hc->vocab_size, wlen);
+        app_log(a, failed ? CONFIG_LOG_WARN : CONFIG_LOG_INFO,
+                "warm-up: %d-token prefill and decode at batch 1-8 in %.2f s%s", wlen,
+                kv_now() - tw, failed ? " (some warm-up requests failed)" : "");
+    }
     atomic_store(&a->sched, s);
     http_server_set_model(a->http, a->tok, model_len, &a->defaults);
     app_log(a, CONFIG_LOG_INFO,
