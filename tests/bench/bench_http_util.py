@@ -15,8 +15,10 @@ ROOT = os.path.normpath(os.path.join(HERE, "..", ".."))
 
 
 def testdata_dir():
-    """$KVSERVE_TESTDATA, else shared/testdata in or beside the checkout; None when absent."""
+    """$KVSERVE_TESTDATA, else shared/testdata (or .leadrun/testdata) in or beside the checkout;
+    None when absent."""
     for d in (os.environ.get("KVSERVE_TESTDATA", ""), os.path.join(ROOT, "shared", "testdata"),
+              os.path.join(ROOT, ".leadrun", "testdata"),
               os.path.join(ROOT, "..", "shared", "testdata")):
         if d and os.path.isdir(os.path.join(d, "tokenizers")):
             return d

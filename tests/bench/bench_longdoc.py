@@ -6,7 +6,7 @@ of them, host tier on vs off.
   tests/bench/bench_longdoc.py [--bin build-gpu/server/kvserve] [--device cuda]
       [--model tests/bench/models/llama-3.1-8b] [--load-format dummy] [--docs 24]
       [--doc-tokens 8192] [--question-tokens 32] [--max-tokens 16] [--clients 4] [--rounds 3]
-      [--gpu-blocks 2048] [--tier-gib 32] [--modes off,on] [--tier-wait 10] [--csv F.csv]
+      [--gpu-blocks 2048] [--tier-gib 32] [--modes off,on] [--tier-wait 30] [--csv F.csv]
       [--gp F.gp] [--out F.md] [-- more kvserve flags]
 
 Each document is random but valid token ids (fixed seed); a request is a document followed by a
@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--gpu-blocks", type=int, default=2048)
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--tier-gib", type=float, default=32)
-    ap.add_argument("--tier-wait", type=float, default=10,
+    ap.add_argument("--tier-wait", type=float, default=30,
                     help="seconds to wait after ready for the tier to be pinned (tier on)")
     ap.add_argument("--modes", default="off,on")
     ap.add_argument("--seed", type=int, default=1)
