@@ -157,6 +157,13 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
         }
         if (n_parts == 1) {
             dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
+        } else if (same_dtype && be->ops->weight_upload_parts) {
+            /* each part from the file mapping into its rows: no stacking copy */
+            const void *srcs[3];
+            size_t counts[3];
+            for (int i = 0; i < n_parts; i++)
+                srcs[i] = parts[i]->data, counts[i] = parts[i]->n_elems;
+            dev = be->ops->weight_upload_parts(be, n_parts, srcs, counts, parts[0]->dtype);
         } else {
             /* stack on the host: raw bytes when the parts agree, else as f32 */
             kv_dtype dt = same_dtype ? parts[0]->dtype : KV_DTYPE_F32;
