@@ -32,6 +32,7 @@ step() {
     fi
     local prog=$1
     [ "$1" = python3 ] && prog=$2
+    [ "$1" = env ] && prog=$3
     if [ ! -e "$prog" ]; then
         echo "== $name: SKIP ($prog is not built)" | tee -a "$OUT/summary.txt"
         return
@@ -54,12 +55,16 @@ step bench_model 150 "$B/tests/bench/bench_model" --model "$MODEL" --load-format
     --device cuda --hardware "${HW:-unknown GPU}" --out "$OUT/bench_model.md"
 step bench_decode_ops 90 "$B/tests/bench/bench_decode_ops" --model "$MODEL" --load-format dummy \
     --device cuda --batches 1,8,64 --ctx 1024 --out "$OUT/bench_decode_ops.md"
+# batch 8 through the GEMV kernel instead of cuBLASLt (the engine's default takes GEMV up to 4 rows)
+step bench_decode_ops_gemv8 45 env KVSERVE_CUDA_GEMV=8 "$B/tests/bench/bench_decode_ops" \
+    --model "$MODEL" --load-format dummy --device cuda --batches 8 --ctx 1024 \
+    --out "$OUT/bench_decode_ops_gemv8.md"
 step bench_kernels 60 "$B/tests/bench/bench_kernels" all
 step bench_startup 150 python3 tests/bench/bench_startup.py --bin "$B/server/kvserve" --device cuda \
     --config "$MODEL" --out "$OUT/bench_startup.md"
 step bench_offload 240 "$B/tests/bench/bench_offload" --model "$MODEL" --load-format dummy \
     --device cuda --hardware "${HW:-unknown GPU}" --plot-data "$OUT/ttft.dat" \
-    --out "$OUT/bench_offload.md" ${BENCH_OFFLOAD_ONLY:+--only "$BENCH_OFFLOAD_ONLY"}
+    --out "$OUT/bench_offload.md" --only "${BENCH_OFFLOAD_ONLY:-ttft,decode}"
 step bench_longdoc 200 python3 tests/bench/bench_longdoc.py --bin "$B/server/kvserve" --device cuda \
     --model "$MODEL" --load-format dummy --docs 24 --doc-tokens 8192 --clients 4 --rounds 3 \
     --gpu-blocks 2048 --tier-gib 32 --tier-wait 30 --csv "$OUT/longdoc.csv" \
@@ -74,7 +79,7 @@ fi
 
 echo
 cat "$OUT/summary.txt"
-for f in bench_model.md bench_decode_ops.md bench_startup.md bench_offload.md bench_longdoc.md; do
+for f in bench_model.md bench_decode_ops.md bench_decode_ops_gemv8.md bench_startup.md bench_offload.md bench_longdoc.md; do
     [ -f "$OUT/$f" ] && { echo; cat "$OUT/$f"; }
 done
 echo
