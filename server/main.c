@@ -323,7 +323,7 @@ static int app_load(app *a, kv_error *err) {
      * it here, before /health says ready (the CPU backend has nothing of the kind). */
     if (strcmp(a->be->name, "cpu") != 0) {
         double tw = kv_now();
-        int wlen = model_len - 8 < 1024 ? model_len - 8 : 1024;
+        int wlen = model_len - 16 < 1024 ? model_len - 16 : 1024;
         int failed = warmup_run(s, hc->vocab_size, wlen);
         app_log(a, failed ? CONFIG_LOG_WARN : CONFIG_LOG_INFO,
                 "warm-up: %d-token prefill and decode at batch 1-8 in %.2f s%s", wlen,

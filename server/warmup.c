@@ -28,7 +28,8 @@ static void warmup_on_event(void *user, const engine_event *ev) {
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Submits n requests of prompt lengths lens[i] and waits for all of them. */
+/* Submits n requests of prompt lengths lens[i] (request i generates WARMUP_DECODE + i tokens)
+ * and waits for all of them. */
 static int warmup_phase(scheduler *s, int vocab, const int *lens, int n) {
     warmup_wait w = {.pending = 0, .failed = 0};
     pthread_mutex_init(&w.mu, NULL);
@@ -39,6 +40,9 @@ static int warmup_phase(scheduler *s, int vocab, const int *lens, int n) {
     p.max_tokens = WARMUP_DECODE;
     p.ignore_eos = true;
     for (int i = 0; i < n; i++) {
+        /* one more token each: as they end one by one, every decode batch from n down to 1 runs
+         * (each batch size is its own GEMV kernel and its own recorded graph) */
+        p.max_tokens = WARMUP_DECODE + i;
         int32_t *ids = kv_malloc((size_t)lens[i] * sizeof *ids);
         for (int t = 0; t < lens[i]; t++)
             ids[t] = (int32_t)((7919u * (unsigned)(t + 1 + i)) % (unsigned)vocab);
@@ -72,7 +76,9 @@ static int warmup_phase(scheduler *s, int vocab, const int *lens, int n) {
 int warmup_run(scheduler *s, int vocab, int max_prompt) {
     if (vocab < 1 || max_prompt < 1) return 0;
     int long_len = max_prompt, short_len = max_prompt < WARMUP_SHORT ? max_prompt : WARMUP_SHORT;
-    int failed = warmup_phase(s, vocab, &long_len, 1);
+    /* a short prefill (small-n GEMM kernels), a long one, then the batch */
+    int failed = warmup_phase(s, vocab, &short_len, 1);
+    failed += warmup_phase(s, vocab, &long_len, 1);
     int lens[WARMUP_CONCURRENT];
     lens[0] = long_len;
     for (int i = 1; i < WARMUP_CONCURRENT; i++) lens[i] = short_len;
