@@ -187,6 +187,8 @@ def main():
         ready = s.t_ready - s.t_start
         m = re.search(r"([0-9.]+) MB of weights loaded in ([0-9.]+) s", s.log_text())
         w_mb, w_s = (float(m.group(1)), float(m.group(2))) if m else (float("nan"),) * 2
+        tk = re.search(r"tokenizer ready at ([0-9.]+) s", s.log_text())
+        tok_s = float(tk.group(1)) if tk else float("nan")
         w = re.search(r"warm-up: .* in ([0-9.]+) s", s.log_text())
         warm_s = float(w.group(1)) if w else 0.0
         ttft = []
@@ -201,6 +203,7 @@ def main():
         ("weights loaded (kvserve's log)", f"{w_s:.2f} s, {gbs:.2f} GB/s",
          f"raw read 1 stream {size / t_serial / 1e9:.2f} GB/s, 8 threads {size / t_par / 1e9:.2f} GB/s",
          f"{gbs / (size / t_par / 1e9) * 100:.0f}% of the 8-thread read"),
+        ("tokenizer ready (loads beside the weights)", f"{tok_s:.2f} s after start", "", ""),
         ("warm-up before ready", f"{warm_s:.2f} s", "", ""),
         ("TTFT 1st request after ready", f"{ttft[0] * 1e3:.1f} ms", "<= 100 ms",
          f"{ttft[0] / ttft[1]:.2f}x the 2nd"),
