@@ -418,7 +418,10 @@ int main(int argc, char **argv) {
                     "times from backend events with the device kept busy ahead of the host (its "
                     "device time, not its launch), mean over %d profiled steps; graphs off while "
                     "profiling. Bytes = what the op must move at least (weights, activations, "
-                    "the batch's KV).\n\n",
+                    "the batch's KV). An event between two ops also stops programmatic dependent "
+                    "launch from overlapping one's start with the other's end, so the sum of ops "
+                    "can come out above the served step: the gaps are then what PDL and graphs "
+                    "already hide.\n\n",
                     be->name, a.ctx + 1, copy_gbs, a.reps);
 
     for (int bi = 0; bi < a.n_batches; bi++) {
