@@ -80,6 +80,11 @@ typedef struct backend_ops {
     /* Converts n weight elements from src (host, src_dtype) into a new device tensor of
      * weight_dtype. */
     void *(*weight_upload)(backend *be, const void *src, kv_dtype src_dtype, size_t n);
+    /* Optional (NULL: the caller stacks the parts on the host and calls weight_upload): the parts
+     * srcs[i] of counts[i] elements, all of src_dtype, stacked in order into one new device
+     * tensor of weight_dtype, as weight_upload of their concatenation would make it. */
+    void *(*weight_upload_parts)(backend *be, int n_parts, const void *const *srcs,
+                                 const size_t *counts, kv_dtype src_dtype);
     /* Same for an activation-dtype tensor (tests). */
     void *(*act_upload_f32)(backend *be, const float *src, size_t n);
     /* n activation elements (device, act_dtype) to host f32; waits for COMPUTE. */

@@ -13,8 +13,9 @@ struct backend_event {
     bool timing;
 };
 
-/* Largest piece one staging buffer carries; bigger uploads go through several in turn. */
-#define CUDA_STAGING_CHUNK ((size_t)16 << 20)
+/* Largest piece one staging buffer carries; bigger uploads go through several in turn, so the
+ * host copy into one buffer overlaps the device copy out of the one before (CUDA_N_STAGING). */
+#define CUDA_STAGING_CHUNK ((size_t)32 << 20)
 
 /* ------------------------------------------------------------------------------------------ */
 /* staging and uploads                                                                         */
@@ -33,7 +34,8 @@ void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *sr
             CUDA_CHECK(cudaHostAlloc(&st->host, cap, cudaHostAllocDefault));
             st->cap = cap;
         }
-        memcpy(st->host, (const char *)src + done, n);
+        /* several threads: one reads a file mapping at a few GB/s, far below the link */
+        kv_memcpy_parallel(st->host, (const char *)src + done, n, ci->copy_threads);
         CUDA_CHECK(cudaMemcpyAsync((char *)dst + done, st->host, n, cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaEventRecord(st->done, s));
         done += n;
@@ -88,29 +90,50 @@ static void cuda_to_host(backend *be, void *dst, const void *src, size_t bytes) 
 }
 
 /* f32 and f16 sources go up as they are and are converted on the device, one chunk at a time
- * through a temporary buffer. */
-static void *cuda_weight_upload(backend *be, const void *src, kv_dtype src_dtype, size_t n) {
+ * through a temporary buffer. A bf16 upload returns once src is copied into staging: its device
+ * copy is still running, in order on the compute stream, so the next upload's host copy overlaps
+ * it (start-up reads the weights while copying them). */
+static void weight_upload_into(backend *be, __nv_bfloat16 *dst, const void *src, kv_dtype src_dtype,
+                               size_t n) {
     cuda_impl *ci = cuda_impl_of(be);
     cudaStream_t s = cuda_compute_stream(be);
-    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
     if (src_dtype == KV_DTYPE_BF16) {
         cuda_upload_staged(ci, s, dst, src, n * 2);
-    } else {
-        size_t esz = kv_dtype_size(src_dtype);
-        size_t chunk = CUDA_STAGING_CHUNK / 4; /* elements */
-        void *tmp = cuda_dev_alloc(be, (n < chunk ? n : chunk) * esz);
-        for (size_t i = 0; i < n; i += chunk) {
-            size_t m = n - i < chunk ? n - i : chunk;
-            cuda_upload_staged(ci, s, tmp, (const char *)src + i * esz, m * esz);
-            if (src_dtype == KV_DTYPE_F32)
-                cuda_convert_f32_to_bf16(s, dst + i, (const float *)tmp, m);
-            else
-                cuda_convert_f16_to_bf16(s, dst + i, (const __half *)tmp, m);
-        }
-        CUDA_CHECK(cudaStreamSynchronize(s));
-        cuda_dev_free(be, tmp);
+        return;
+    }
+    size_t esz = kv_dtype_size(src_dtype);
+    size_t chunk = CUDA_STAGING_CHUNK / 4; /* elements */
+    void *tmp = cuda_dev_alloc(be, (n < chunk ? n : chunk) * esz);
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t m = n - i < chunk ? n - i : chunk;
+        cuda_upload_staged(ci, s, tmp, (const char *)src + i * esz, m * esz);
+        if (src_dtype == KV_DTYPE_F32)
+            cuda_convert_f32_to_bf16(s, dst + i, (const float *)tmp, m);
+        else
+            cuda_convert_f16_to_bf16(s, dst + i, (const __half *)tmp, m);
     }
     CUDA_CHECK(cudaStreamSynchronize(s));
+    cuda_dev_free(be, tmp);
+}
+
+static void *cuda_weight_upload(backend *be, const void *src, kv_dtype src_dtype, size_t n) {
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
+    weight_upload_into(be, dst, src, src_dtype, n);
+    return dst;
+}
+
+/* Each part goes straight from its source into its rows of the tensor: no stacking copy on the
+ * host. */
+static void *cuda_weight_upload_parts(backend *be, int n_parts, const void *const *srcs,
+                                      const size_t *counts, kv_dtype src_dtype) {
+    size_t n = 0;
+    for (int i = 0; i < n_parts; i++) n += counts[i];
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
+    size_t at = 0;
+    for (int i = 0; i < n_parts; i++) {
+        weight_upload_into(be, dst + at, srcs[i], src_dtype, counts[i]);
+        at += counts[i];
+    }
     return dst;
 }
 
@@ -429,6 +452,7 @@ static const backend_ops cuda_ops = {
     .to_dev = cuda_to_dev,
     .to_host = cuda_to_host,
     .weight_upload = cuda_weight_upload,
+    .weight_upload_parts = cuda_weight_upload_parts,
     .act_upload_f32 = cuda_act_upload_f32,
     .act_download_f32 = cuda_act_download_f32,
     .copy_async = cuda_copy_async,
@@ -551,6 +575,7 @@ backend *cuda_backend_create(kv_error *err) {
     ci->pdl = env_switch("KVSERVE_CUDA_PDL");
     ci->memcpy_batch = env_switch("KVSERVE_CUDA_MEMCPY_BATCH");
     ci->gemv_max_n = gemv_max_n;
+    ci->copy_threads = kv_copy_threads();
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);
     be->ops = &cuda_ops;

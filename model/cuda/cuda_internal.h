@@ -112,6 +112,7 @@ typedef struct cuda_impl {
     bool event_timing;
     cuda_staging staging[CUDA_N_STAGING];
     int staging_next;
+    int copy_threads; /* host threads of one staging copy (kv_memcpy_parallel) */
     cuda_step step;
     cuda_attn_plan plan;
     unsigned attn_smem_set;  /* attention kernel variants whose shared-memory limit was raised */

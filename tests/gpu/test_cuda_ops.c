@@ -702,6 +702,41 @@ static void copy_stage(backend *be, rng *r, backend_stream s, int n, size_t bb, 
  * KVSERVE_CUDA_MEMCPY_BATCH=0): pinned host to device on LOAD, then on STORE after an event,
  * device to device and device to pinned host; every byte of the host result must match the same
  * copies made on host mirrors (all buffers start from known random bytes). */
+/* weight_upload_parts: three parts (one over a staging chunk) as bf16 and as f32 sources equal,
+ * element for element, the values and weight_upload of their concatenation (exact: the values
+ * are bf16-representable, so no rounding is involved). */
+static void test_weight_upload_parts(backend *be, rng *r) {
+    const size_t counts[3] = {1000, 37, (size_t)9 << 20};
+    size_t n = counts[0] + counts[1] + counts[2];
+    float *all = kv_malloc(n * sizeof *all);
+    uint16_t *all16 = kv_malloc(n * sizeof *all16);
+    for (size_t i = 0; i < n; i++) all[i] = rng_bf16(r, 2.0f), all16[i] = kv_f32_to_bf16(all[i]);
+    for (int pass = 0; pass < 2; pass++) {
+        kv_dtype dt = pass ? KV_DTYPE_F32 : KV_DTYPE_BF16;
+        size_t es = kv_dtype_size(dt);
+        const char *base = pass ? (const char *)all : (const char *)all16;
+        const void *srcs[3] = {base, base + counts[0] * es, base + (counts[0] + counts[1]) * es};
+        void *d_parts = be->ops->weight_upload_parts(be, 3, srcs, counts, dt);
+        void *d_whole = be->ops->weight_upload(be, base, dt, n);
+        float *got = download(be, d_parts, n), *whole = download(be, d_whole, n);
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < n; i++)
+            if (got[i] != all[i] || whole[i] != all[i]) {
+                if (!bad) first = i;
+                bad++;
+            }
+        if (bad) n_failed++;
+        printf("%s weight_upload_parts %-24s n=%-9zu %zu elements differ (first at %zu: parts %g "
+               "whole %g want %g)\n",
+               bad ? "FAIL" : "ok  ", pass ? "f32 source" : "bf16 source", n, bad, first,
+               got[first], whole[first], all[first]);
+        free(got), free(whole);
+        be->ops->dev_free(be, d_parts);
+        be->ops->dev_free(be, d_whole);
+    }
+    free(all), free(all16);
+}
+
 static void test_copy_async(backend *be, rng *r, int n, size_t bb) {
     size_t bytes = (size_t)n * bb;
     uint8_t *in = be->ops->host_alloc(be, bytes), *out = be->ops->host_alloc(be, bytes);
@@ -754,6 +789,7 @@ int main(void) {
     rng r = {0x9e3779b97f4a7c15ull};
 
     test_download(be, &r);
+    test_weight_upload_parts(be, &r);
     test_copy_async(be, &r, 512, (size_t)64 << 10);
     test_copy_async(be, &r, 2, (size_t)2 << 20);
     test_embed_gather(be, cpu, &r, 4096);
