@@ -464,6 +464,8 @@ static const backend_ops cuda_ops = {
  *   KVSERVE_CUDA_GEMV=N    the GEMV kernel for matmuls of n <= N rows (0: cuBLASLt for every n)
  *   KVSERVE_CUDA_MEMCPY_BATCH=0  copy_async issues one cudaMemcpyAsync per copy, not one
  *                          cudaMemcpyBatchAsync for them all
+ *   KVSERVE_CUDA_PORTABLE=1  the portable (sm_80+) attention kernels even where the Hopper ones
+ *                          run (cuda_pick_attn_path); anything else: the device's own path
  * "0" turns a boolean switch off; unset or anything else leaves it on. */
 static bool env_switch(const char *name) {
     const char *v = getenv(name);
@@ -515,8 +517,8 @@ static bool cuda_target_runs(const char *t, size_t len, int major, int minor) {
     return major == num / 10 && minor >= num % 10;
 }
 
-static bool cuda_build_runs_on(int major, int minor) {
-    const char *t = KVSERVE_CUDA_ARCHS;
+bool cuda_archs_run_on(const char *archs, int major, int minor) {
+    const char *t = archs;
     while (*t) {
         size_t len = strcspn(t, ",");
         if (cuda_target_runs(t, len, major, minor)) return true;
@@ -525,11 +527,23 @@ static bool cuda_build_runs_on(int major, int minor) {
     return false;
 }
 
-/* err: device dev (name, compute capability) has no code in this build, and what was built. */
+const char *cuda_backend_archs(void) {
+    return KVSERVE_CUDA_ARCHS;
+}
+
+static bool cuda_build_runs_on(int major, int minor) {
+    return cuda_archs_run_on(KVSERVE_CUDA_ARCHS, major, minor);
+}
+
 static void cuda_no_code_error(kv_error *err, int dev, const char *name, int major, int minor) {
+    cuda_archs_no_code_error(err, KVSERVE_CUDA_ARCHS, dev, name, major, minor);
+}
+
+void cuda_archs_no_code_error(kv_error *err, const char *archs, int dev, const char *name,
+                              int major, int minor) {
     char built[256] = "";
     size_t n = 0;
-    for (const char *t = KVSERVE_CUDA_ARCHS; *t && n < sizeof built - 32;) {
+    for (const char *t = archs; *t && n < sizeof built - 32;) {
         size_t len = strcspn(t, ",");
         bool ptx = strncmp(t, "ptx", 3) == 0;
         n += (size_t)snprintf(built + n, sizeof built - n, "%s%s%.*s", n ? " " : "",
@@ -537,13 +551,12 @@ static void cuda_no_code_error(kv_error *err, int dev, const char *name, int maj
                               ptx ? t + 3 : t);
         t += len + (t[len] == ',');
     }
-    char archs[128] = ""; /* the gpu_archs value this build had, for the hint */
+    char opt[128] = ""; /* the gpu_archs value this build had, for the hint */
     size_t an = 0;
-    for (const char *t = KVSERVE_CUDA_ARCHS; *t && an < sizeof archs - 16;) {
+    for (const char *t = archs; *t && an < sizeof opt - 16;) {
         size_t len = strcspn(t, ",");
         if (strncmp(t, "ptx", 3) != 0)
-            an += (size_t)snprintf(archs + an, sizeof archs - an, "%s%.*s", an ? ";" : "", (int)len,
-                                   t);
+            an += (size_t)snprintf(opt + an, sizeof opt - an, "%s%.*s", an ? ";" : "", (int)len, t);
         t += len + (t[len] == ',');
     }
     char hint[256];
@@ -552,7 +565,7 @@ static void cuda_no_code_error(kv_error *err, int dev, const char *name, int maj
                  "the CUDA kernels need compute capability 8.0 or later "
                  "(bf16 tensor cores: A100, RTX 30xx and newer)");
     else
-        snprintf(hint, sizeof hint, "add its target: meson configure -Dgpu_archs='%s;%d%d'", archs,
+        snprintf(hint, sizeof hint, "add its target: meson configure -Dgpu_archs='%s;%d%d'", opt,
                  major, minor);
     kv_error_set(err,
                  "CUDA device %d (%s, compute capability %d.%d) has no code in this build "

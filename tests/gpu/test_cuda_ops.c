@@ -717,8 +717,8 @@ int main(void) {
     static const int g16_new[] = {1, 1, 20};
     /* prefill-sized tiles at head dim 128 (the kernels the two paths differ in): a prompt from
      * 0 and a chunk over a long cached prefix, split across SMs */
-    static const int pre_prefix[] = {0, 3000};
-    static const int pre_new[] = {700, 256};
+    static const int pre_prefix[] = {0, 2000};
+    static const int pre_new[] = {700, 200};
     int n64 = 64, dec64_prefix[64], dec64_new[64];
     for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
     const attn_case cases[] = {
@@ -731,7 +731,7 @@ int main(void) {
         {"attention 2-token steps GQA8 split edges", 32, 4, 128, 16, 5, spec8_prefix, spec8_new},
         {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new},
         {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new},
-        {"attention prefill 700 + chunk 256 GQA4", 32, 8, 128, 16, 2, pre_prefix, pre_new},
+        {"attention prefill 700 + chunk 200 GQA4", 32, 8, 128, 16, 2, pre_prefix, pre_new},
     };
     /* every case on both attention paths where the device has both (the Hopper one needs sm_90
      * and the 90a target), whatever KVSERVE_CUDA_PORTABLE picked: same tolerances */
