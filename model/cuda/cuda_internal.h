@@ -169,6 +169,16 @@ void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *sr
  * while recording (a broken invariant) and marks every recorded graph stale. */
 void cuda_graph_buffers_moved(cuda_impl *ci);
 
+/* cuda_device.cu: whether this build has code for compute capability major.minor (else err says
+ * which GPU and what was built); the probe of the code the device loads (sets code_arch,
+ * hopper_built; false with err set when none loads); the attention path from those and
+ * KVSERVE_CUDA_PORTABLE (read here, once per backend); be->desc from the impl. */
+bool cuda_build_runs_on(int major, int minor);
+void cuda_no_code_error(kv_error *err, int dev, const char *name, int major, int minor);
+bool cuda_probe(cuda_impl *ci, const cudaDeviceProp *prop, kv_error *err);
+cuda_attn_path cuda_pick_attn_path(const cuda_impl *ci);
+void cuda_describe(backend *be);
+
 /* cuda_gemm.cu: the cuBLASLt handle, workspace and plan cache (init/free with the backend);
  * the matmul op. The cuda_op_* functions here are backend ops: their contracts are in backend.h. */
 void cuda_gemm_init(cuda_impl *ci);
