@@ -36,10 +36,15 @@ void backend_destroy(backend *be) {
     if (be) be->ops->destroy(be);
 }
 
-bool backend_cuda_available(void) {
+bool backend_cuda_check(kv_error *why) {
 #ifdef KVSERVE_CUDA
-    return cuda_backend_usable();
+    return cuda_backend_usable(why);
 #else
+    kv_error_set(why, "this kvserve was built without CUDA");
     return false;
 #endif
+}
+
+bool backend_cuda_available(void) {
+    return backend_cuda_check(NULL);
 }

@@ -185,6 +185,7 @@ struct backend {
     kv_dtype weight_dtype;
     kv_dtype kv_dtype; /* KV pool elements */
     void *impl;        /* the implementation's own state */
+    const char *desc;  /* one line for the start-up log (device, kernel path), or NULL */
 };
 
 /* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built).
@@ -193,5 +194,8 @@ backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
 /* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);
+/* The same, with why set when not: built without CUDA, no device, or which GPU this build has
+ * no code for. */
+bool backend_cuda_check(kv_error *why);
 
 #endif

@@ -245,6 +245,7 @@ static int app_load(app *a, kv_error *err) {
     double t0 = kv_now();
     a->be = backend_create(device, cfg->n_threads, err);
     if (!a->be) return -1;
+    if (a->be->desc) app_log(a, CONFIG_LOG_INFO, "%s", a->be->desc);
     size_t free_before = a->be->ops->dev_free_bytes(a->be);
 
     bool dummy = cfg->load_format == CONFIG_LOAD_DUMMY;
@@ -412,8 +413,13 @@ static int app_configure(app *a, int argc, char **argv, kv_error *err) {
         if (!cfg->served_model_name) cfg->served_model_name = kv_strdup(DEMO_MODEL_NAME);
     }
     if (cfg->load_format == CONFIG_LOAD_AUTO) cfg->load_format = CONFIG_LOAD_SAFETENSORS;
-    if (cfg->device == CONFIG_DEVICE_AUTO)
-        cfg->device = backend_cuda_available() ? CONFIG_DEVICE_CUDA : CONFIG_DEVICE_CPU;
+    if (cfg->device == CONFIG_DEVICE_AUTO) {
+        kv_error why = {{0}};
+        cfg->device = backend_cuda_check(&why) ? CONFIG_DEVICE_CUDA : CONFIG_DEVICE_CPU;
+        if (cfg->device == CONFIG_DEVICE_CPU)
+            fprintf(stderr, "kvserve: warning: device auto: using the CPU backend (slow): %s\n",
+                    why.msg);
+    }
     return 0;
 }
 

@@ -492,6 +492,8 @@ static const backend_ops cuda_ops = {
  *   KVSERVE_CUDA_GEMV=N    the GEMV kernel for matmuls of n <= N rows (0: cuBLASLt for every n)
  *   KVSERVE_CUDA_MEMCPY_BATCH=0  copy_async issues one cudaMemcpyAsync per copy, not one
  *                          cudaMemcpyBatchAsync for them all
+ *   KVSERVE_CUDA_PORTABLE=1  the portable (sm_80+) attention kernels even where the Hopper ones
+ *                          run (cuda_pick_attn_path); anything else: the device's own path
  * "0" turns a boolean switch off; unset or anything else leaves it on. */
 static bool env_switch(const char *name) {
     const char *v = getenv(name);
@@ -520,24 +522,6 @@ int cuda_backend_device_count(void) {
     return n;
 }
 
-/* The attention kernels are built for sm_90a only (model/meson.build: wgmma), machine code that
- * runs on compute capability 9.0 and nothing else; on any other device the first attention
- * launch would fail ("no kernel image"). */
-static bool cuda_runs_on(int major, int minor) {
-    return major == 9 && minor == 0;
-}
-
-bool cuda_backend_usable(void) {
-    int major = 0, minor = 0;
-    if (cuda_backend_device_count() <= 0 ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return cuda_runs_on(major, minor);
-}
-
 backend *cuda_backend_create(kv_error *err) {
     if (cuda_backend_device_count() <= 0) {
         kv_error_set(err, "no CUDA device found (driver missing or no GPU visible)");
@@ -554,12 +538,18 @@ backend *cuda_backend_create(kv_error *err) {
     CUDA_CHECK(cudaSetDevice(ci->device));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ci->device));
-    if (!cuda_runs_on(prop.major, prop.minor)) {
+    if (!cuda_build_runs_on(prop.major, prop.minor)) {
+        cuda_no_code_error(err, ci->device, prop.name, prop.major, prop.minor);
         free(ci);
-        kv_error_set(err, "CUDA device %s is sm_%d%d; this build's kernels need sm_90 (H100/H200)",
-                     prop.name, prop.major, prop.minor);
         return NULL;
     }
+    if (!cuda_probe(ci, &prop, err)) {
+        free(ci);
+        return NULL;
+    }
+    ci->cc_major = prop.major;
+    ci->cc_minor = prop.minor;
+    ci->attn_path = cuda_pick_attn_path(ci);
     ci->n_sms = prop.multiProcessorCount;
     ci->smem_optin = prop.sharedMemPerBlockOptin;
     for (int i = 0; i < BACKEND_NUM_STREAMS; i++)
@@ -572,7 +562,7 @@ backend *cuda_backend_create(kv_error *err) {
         CUDA_CHECK(cudaEventCreateWithFlags(&ci->download.part_ready[i], cudaEventDisableTiming));
     cuda_gemm_init(ci);
     ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
-    ci->pdl = env_switch("KVSERVE_CUDA_PDL");
+    ci->pdl = env_switch("KVSERVE_CUDA_PDL") && prop.major >= 9; /* sm_90: griddepcontrol */
     ci->memcpy_batch = env_switch("KVSERVE_CUDA_MEMCPY_BATCH");
     ci->gemv_max_n = gemv_max_n;
     ci->copy_threads = kv_copy_threads();
@@ -584,6 +574,7 @@ backend *cuda_backend_create(kv_error *err) {
     be->weight_dtype = KV_DTYPE_BF16;
     be->kv_dtype = KV_DTYPE_BF16;
     be->impl = ci;
+    cuda_describe(be);
     return be;
 }
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU benchmark run (issues 6, 7 and 13), for the GPU machine: bench_model on Llama-3.1-8B
+# The GPU benchmark run (issues 6, 7, 13 and 14: bench_model and bench_kernels run both
+# attention paths on Hopper), for the GPU machine: bench_model on Llama-3.1-8B
 # (its config.json with dummy weights), the decode-step breakdown, bench_kernels, start-up from a
 # real sharded checkpoint, bench_offload, the HTTP long-document benchmark, bench_offload_copy and
 # bench_engine; then issue 13's table, every row with its ceiling from this run. Run from the
@@ -51,7 +52,7 @@ step() {
     tail -n 25 "$OUT/$name.log"
 }
 
-step bench_model 150 "$B/tests/bench/bench_model" --model "$MODEL" --load-format dummy \
+step bench_model 240 "$B/tests/bench/bench_model" --model "$MODEL" --load-format dummy \
     --device cuda --hardware "${HW:-unknown GPU}" --out "$OUT/bench_model.md"
 step bench_decode_ops 90 "$B/tests/bench/bench_decode_ops" --model "$MODEL" --load-format dummy \
     --device cuda --batches 1,8,64 --ctx 1024 --out "$OUT/bench_decode_ops.md"
@@ -59,7 +60,7 @@ step bench_decode_ops 90 "$B/tests/bench/bench_decode_ops" --model "$MODEL" --lo
 step bench_decode_ops_gemv8 45 env KVSERVE_CUDA_GEMV=8 "$B/tests/bench/bench_decode_ops" \
     --model "$MODEL" --load-format dummy --device cuda --batches 8 --ctx 1024 \
     --out "$OUT/bench_decode_ops_gemv8.md"
-step bench_kernels 60 "$B/tests/bench/bench_kernels" all
+step bench_kernels 120 "$B/tests/bench/bench_kernels" all
 step bench_startup 150 python3 tests/bench/bench_startup.py --bin "$B/server/kvserve" --device cuda \
     --config "$MODEL" --out "$OUT/bench_startup.md"
 step bench_offload 240 "$B/tests/bench/bench_offload" --model "$MODEL" --load-format dummy \

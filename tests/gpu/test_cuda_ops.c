@@ -12,6 +12,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model/cpu/cpu_backend.h"
 #include "model/cuda/cuda_backend.h"
@@ -785,6 +786,7 @@ int main(void) {
         printf("SKIP: %s\n", err.msg);
         return 77;
     }
+    printf("%s\n", be->desc);
     backend *cpu = cpu_backend_create(0);
     rng r = {0x9e3779b97f4a7c15ull};
 
@@ -838,6 +840,10 @@ int main(void) {
     /* GQA 16: one token fills a decode tile; prefill tiles of 8 tokens */
     static const int g16_prefix[] = {100, 3000, 50};
     static const int g16_new[] = {1, 1, 20};
+    /* prefill-sized tiles at head dim 128 (the kernels the two paths differ in): a prompt from
+     * 0 and a chunk over a long cached prefix, split across SMs */
+    static const int pre_prefix[] = {0, 2000};
+    static const int pre_new[] = {700, 200};
     int n64 = 64, dec64_prefix[64], dec64_new[64];
     for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
     const attn_case cases[] = {
@@ -870,9 +876,29 @@ int main(void) {
          50.0f, 0.0625f},
         {"attention softcap 5 hd64 GQA7 scale 0.3", 14, 2, 64, 16, 3, g7_prefix, g7_new, 0, 5.0f,
          0.3f},
+        {"attention prefill 700 + chunk 200 GQA4", 32, 8, 128, 16, 2, pre_prefix, pre_new, 0, 0.0f,
+         0.0f},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        test_attention(be, cpu, &r, &cases[i]);
+    /* every case on both attention paths where the device has both (the Hopper one needs sm_90
+     * and the 90a target), whatever KVSERVE_CUDA_PORTABLE picked: same tolerances */
+    bool portable_first = cuda_backend_attn_portable(be);
+    for (int pass = 0; pass < 2; pass++) {
+        bool portable = pass == 1;
+        if (!cuda_backend_set_attn_path(be, portable)) {
+            printf("-- attention, hopper path: not on this device (%s)\n", be->desc);
+            continue;
+        }
+        printf("-- attention, %s path\n", portable ? "portable (mma.sync)" : "hopper (wgmma)");
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s %s", portable ? "[portable]" : "[hopper]",
+                     cases[i].name + strlen("attention "));
+            attn_case c = cases[i];
+            c.name = name;
+            test_attention(be, cpu, &r, &c);
+        }
+    }
+    KV_CHECK(cuda_backend_set_attn_path(be, portable_first));
 
     backend_destroy(cpu);
     be->ops->destroy(be);

@@ -52,6 +52,7 @@ static backend *cuda_new(void) {
     kv_error err = {{0}};
     backend *be = cuda_backend_create(&err);
     ck_assert_msg(be != NULL, "cuda_backend_create: %s", err.msg);
+    printf("%s\n", be->desc);
     return be;
 }
 
