@@ -238,7 +238,7 @@ void kv_memcpy_parallel(void *dst, const void *src, size_t n, int n_threads) {
     memcpy_piece pieces[KV_MEMCPY_MAX_THREADS];
     pthread_t tid[KV_MEMCPY_MAX_THREADS];
     bool started[KV_MEMCPY_MAX_THREADS] = {false};
-    size_t per = (n / k + 4095) / 4096 * 4096; /* page-aligned pieces: no page shared */
+    size_t per = ((n + k - 1) / k + 4095) / 4096 * 4096; /* page-aligned pieces: no page shared */
     for (size_t i = 0; i < k; i++) {
         size_t off = i * per < n ? i * per : n;
         size_t len = n - off < per ? n - off : per;
