@@ -30,10 +30,17 @@ typedef struct backend_kv_layout {
     int block_size; /* tokens per block */
     kv_dtype dtype; /* the backend's kv_dtype */
     size_t block_bytes;
+    /* F8_E4M3 pools: [n_layers][k, v] per-tensor scales (host memory, owned by the model): an
+     * element x is stored as e4m3(x / scale) and read as e4m3 * scale. NULL: every scale 1.0. */
+    const float *kv_scales;
 } backend_kv_layout;
 
 /* Fills block_bytes from the other fields. */
 void backend_kv_layout_finish(backend_kv_layout *l);
+/* The scale of layer's K (kv 0) or V (kv 1) in an F8_E4M3 pool (1.0 without kv_scales). */
+static inline float backend_kv_scale(const backend_kv_layout *l, int layer, int kv) {
+    return l->kv_scales ? l->kv_scales[2 * layer + kv] : 1.0f;
+}
 /* Byte offset of (layer, k=0|v=1, head, token slot) inside one block. */
 size_t backend_kv_offset(const backend_kv_layout *l, int layer, int kv, int head, int slot);
 
@@ -160,9 +167,14 @@ struct backend {
 };
 
 /* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built).
- */
+ * Its KV dtype is the activation dtype until backend_set_kv_cache_dtype. */
 backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
+/* The kv_cache_dtype knob (vLLM's --kv-cache-dtype): "auto" keeps the backend's KV dtype (bf16 on
+ * CUDA, f32 on CPU); "fp8" or "fp8_e4m3" stores KV as F8_E4M3 (every backend reads it). Call
+ * before model_load (the KV dtype is part of the model fingerprint) and before the KV pool is
+ * made. -1 with err set for any other value. */
+int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err);
 /* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);
 

@@ -3,6 +3,7 @@
 #include "model/common.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +18,8 @@ size_t kv_dtype_size(kv_dtype dt) {
         return 2;
     case KV_DTYPE_BF16:
         return 2;
+    case KV_DTYPE_F8_E4M3:
+        return 1;
     }
     KV_CHECK(!"unknown dtype");
 }
@@ -29,6 +32,8 @@ const char *kv_dtype_name(kv_dtype dt) {
         return "F16";
     case KV_DTYPE_BF16:
         return "BF16";
+    case KV_DTYPE_F8_E4M3:
+        return "F8_E4M3";
     }
     return "?";
 }
@@ -52,8 +57,10 @@ bool kv_dtype_parse(const char *s, kv_dtype *out) {
     static const struct {
         const char *name;
         kv_dtype dt;
-    } names[] = {{"F32", KV_DTYPE_F32},     {"float32", KV_DTYPE_F32}, {"F16", KV_DTYPE_F16},
-                 {"float16", KV_DTYPE_F16}, {"BF16", KV_DTYPE_BF16},   {"bfloat16", KV_DTYPE_BF16}};
+    } names[] = {{"F32", KV_DTYPE_F32},         {"float32", KV_DTYPE_F32},
+                 {"F16", KV_DTYPE_F16},         {"float16", KV_DTYPE_F16},
+                 {"BF16", KV_DTYPE_BF16},       {"bfloat16", KV_DTYPE_BF16},
+                 {"F8_E4M3", KV_DTYPE_F8_E4M3}, {"float8_e4m3fn", KV_DTYPE_F8_E4M3}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcasecmp(s, names[i].name) == 0) {
             *out = names[i].dt;
@@ -189,6 +196,40 @@ uint16_t kv_f32_to_f16(float f) {
     return (uint16_t)(sign | (r >> 13));
 }
 
+float kv_e4m3_to_f32(uint8_t x) {
+    int sign = x >> 7, exp = (x >> 3) & 15, man = x & 7;
+    float v;
+    if (exp == 15 && man == 7)
+        v = __builtin_nanf("");
+    else if (exp == 0)
+        v = ldexpf((float)man, -9); /* subnormal: man * 2^-6 / 8 */
+    else
+        v = ldexpf((float)(8 + man), exp - 10); /* (1 + man / 8) * 2^(exp - 7) */
+    return sign ? -v : v;
+}
+
+uint8_t kv_f32_to_e4m3(float f) {
+    if (f != f) return 0x7f;
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    float a = fabsf(f);
+    if (a >= 448.0f) return sign | 0x7e; /* saturate (inf too) */
+    /* a = m * 2^e with m in [0.5, 1); the e4m3 step at a is 2^(e - 4), at least 2^-9 */
+    int e;
+    frexpf(a, &e);
+    if (e < -5) e = -5; /* subnormal range: fixed step 2^-9 */
+    float step = ldexpf(1.0f, e - 4);
+    float q = rintf(a / step) * step; /* nearest even under the default rounding mode */
+    if (q >= 448.0f) return sign | 0x7e;
+    if (q == 0.0f) return sign;
+    int qe;
+    float qm = frexpf(q, &qe); /* q = qm * 2^qe, qm in [0.5, 1) */
+    int biased = qe - 1 + 7;
+    if (biased <= 0) /* subnormal: q / 2^-9 is the mantissa */
+        return sign | (uint8_t)(int)(q * 512.0f);
+    int man = (int)(qm * 16.0f) - 8; /* (2 * qm - 1) * 8 */
+    return sign | (uint8_t)(biased << 3) | (uint8_t)man;
+}
+
 void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
     const uint16_t *h = src;
     switch (dtype) {
@@ -200,6 +241,9 @@ void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
         break;
     case KV_DTYPE_BF16:
         for (size_t i = 0; i < n; i++) dst[i] = kv_bf16_to_f32(h[i]);
+        break;
+    case KV_DTYPE_F8_E4M3:
+        for (size_t i = 0; i < n; i++) dst[i] = kv_e4m3_to_f32(((const uint8_t *)src)[i]);
         break;
     }
 }
