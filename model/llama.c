@@ -240,6 +240,44 @@ static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
     return 0;
 }
 
+/* The value of a one-element scale tensor `name`: 1 when absent, 0 with *value set when valid,
+ * -1 with err set when it is not one finite positive number. */
+static int scale_find(loader *ld, const char *name, float *value, kv_error *err) {
+    const safetensors_tensor *t = safetensors_find(&ld->st, name);
+    if (!t) return 1;
+    if (t->n_elems != 1 || t->dtype == KV_DTYPE_F8_E4M3)
+        return kv_error_set(err, "%s: tensor '%s' should be one F32/BF16/F16 scale, has %zu %s",
+                            ld->dir, name, t->n_elems, kv_dtype_name(t->dtype));
+    kv_convert_to_f32(value, t->data, t->dtype, 1);
+    if (!(*value > 0 && isfinite(*value)))
+        return kv_error_set(err, "%s: tensor '%s' is %g, not a positive scale", ld->dir, name,
+                            (double)*value);
+    return 0;
+}
+
+/* The [n_layers][k, v] scales of an F8_E4M3 KV pool (see llama_load). */
+static int kv_scales_load(loader *ld, kv_error *err) {
+    llama_model *m = ld->m;
+    int n = m->cfg.n_layers;
+    m->kv_scales = kv_malloc((size_t)n * 2 * sizeof(float));
+    for (int i = 0; i < 2 * n; i++) m->kv_scales[i] = 1.0f;
+    if (ld->format != MODEL_LOAD_SAFETENSORS) return 0;
+    static const char *const names[][2] = {{"self_attn.k_scale", "self_attn.v_scale"},
+                                           {"self_attn.kv_scale", "self_attn.kv_scale"},
+                                           {"self_attn.k_proj.output_scale",
+                                            "self_attn.v_proj.output_scale"}};
+    for (int l = 0; l < n; l++)
+        for (int kv = 0; kv < 2; kv++)
+            for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+                char name[128];
+                snprintf(name, sizeof name, "model.layers.%d.%s", l, names[k][kv]);
+                int rc = scale_find(ld, name, &m->kv_scales[2 * l + kv], err);
+                if (rc < 0) return -1;
+                if (rc == 0) break;
+            }
+    return 0;
+}
+
 static void *scratch(backend *be, size_t rows, size_t cols) {
     return be->ops->dev_alloc(be, rows * cols * kv_dtype_size(be->act_dtype));
 }
@@ -280,6 +318,7 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;
     int rc = -1;
+    if (be->kv_dtype == KV_DTYPE_F8_E4M3 && kv_scales_load(&ld, err)) goto out;
     if (!(m->embed =
               weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
         goto out;
@@ -335,6 +374,7 @@ void llama_free(llama_model *m) {
         dev_free_all(be, w, sizeof w / sizeof *w);
     }
     free(m->layers);
+    free(m->kv_scales);
     for (int i = 0; i < LLAMA_N_GRAPHS; i++)
         if (m->graphs[i].g) be->ops->graph_free(be, m->graphs[i].g);
     void *w[] = {m->embed,      m->lm_head != m->embed ? m->lm_head : NULL,
@@ -353,7 +393,8 @@ backend_kv_layout llama_kv_layout(const llama_model *m, int block_size) {
                            .n_kv_heads = m->cfg.n_kv_heads,
                            .head_dim = m->cfg.head_dim,
                            .block_size = block_size,
-                           .dtype = m->be->kv_dtype};
+                           .dtype = m->be->kv_dtype,
+                           .kv_scales = m->kv_scales};
     backend_kv_layout_finish(&l);
     return l;
 }
@@ -530,5 +571,6 @@ int llama_model_open(model *out, const char *dir, backend *be, const model_load_
     out->ops = &llama_model_ops;
     out->impl = m;
     out->weight_bytes = m->weight_bytes;
+    out->kv_scales = m->kv_scales;
     return 0;
 }

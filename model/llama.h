@@ -38,6 +38,9 @@ typedef struct llama_model {
     void *final_norm; /* [dim] */
     void *lm_head;    /* [vocab, dim]; == embed when tied */
     float *inv_freq;  /* device [head_dim / 2] */
+    /* host [n_layers][k, v] scales of an F8_E4M3 KV pool (NULL otherwise): the checkpoint's
+     * k_scale / v_scale tensors when present, else 1.0 (as vLLM) */
+    float *kv_scales;
     size_t weight_bytes;
     /* scratch, activation dtype, sized for max_tokens rows per step */
     int max_tokens;
@@ -62,7 +65,9 @@ typedef struct llama_model {
  * weights from a fixed seed) onto be. max_tokens bounds the tokens of one forward step.
  * progress, when not NULL, is called with (bytes done, bytes total). Safetensors loading ties
  * lm_head to the embedding when the checkpoint has no lm_head.weight; q/k/v biases are loaded
- * when config.json asks for them (attention_bias, Qwen2). */
+ * when config.json asks for them (attention_bias, Qwen2). When be's KV dtype is F8_E4M3 the
+ * per-layer KV scales are read too (vLLM's names: self_attn.k_scale / v_scale, the older
+ * self_attn.kv_scale for both, or k_proj / v_proj.output_scale); missing ones are 1.0. */
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err);

@@ -127,7 +127,8 @@ backend_kv_layout model_kv_layout(const model *m, int block_size) {
                            .n_kv_heads = m->n_kv_heads,
                            .head_dim = m->head_dim,
                            .block_size = block_size,
-                           .dtype = m->be->kv_dtype};
+                           .dtype = m->be->kv_dtype,
+                           .kv_scales = m->kv_scales};
     backend_kv_layout_finish(&l);
     return l;
 }
