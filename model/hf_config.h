@@ -16,6 +16,13 @@ typedef enum hf_arch {
 
 typedef enum hf_rope_type { HF_ROPE_DEFAULT, HF_ROPE_LLAMA3 } hf_rope_type;
 
+/* quantization_config of an FP8 checkpoint (the only kind read; others are refused by name). */
+typedef enum hf_quant {
+    HF_QUANT_NONE,
+    HF_QUANT_FP8, /* quant_method "fp8": weight_scale_inv, per tensor or block-wise */
+    HF_QUANT_COMPRESSED_TENSORS, /* "compressed-tensors", float 8-bit weights: weight_scale */
+} hf_quant;
+
 typedef struct hf_config {
     hf_arch arch;
     char arch_name[64];
@@ -42,12 +49,17 @@ typedef struct hf_config {
     int eos_token_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
     kv_dtype dtype; /* torch_dtype / dtype; F32 when absent */
+    hf_quant quant;
+    int quant_block[2]; /* block-wise weight scales: [rows, cols] of a block; 0 when none */
 } hf_config;
 
 /* Parses config.json text. Unsupported architecture, rope type or field value is an error that
  * names it ("config.json: rope_scaling.rope_type 'yarn' is not supported"). Rejected: hidden_act
- * other than silu, mlp_bias, quantization_config, any layer that is not full attention
- * (layer_types, or a sliding_window shorter than max_position_embeddings). */
+ * other than silu, mlp_bias, any layer that is not full attention (layer_types, or a
+ * sliding_window shorter than max_position_embeddings), and a quantization_config that is not
+ * FP8: quant_method "fp8" (e4m3, dynamic or static activations, optional weight_block_size) or
+ * "compressed-tensors" whose groups quantize weights to 8-bit float (tensor, channel or block
+ * strategy) and activations to 8-bit float or not at all; the message names the method. */
 int hf_config_parse(hf_config *cfg, const char *json, size_t len, kv_error *err);
 
 /* Applies generation_config.json text to a parsed cfg: its bos_token_id / eos_token_id (int or

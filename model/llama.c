@@ -27,6 +27,7 @@ typedef struct loader {
     safetensors_model st;
     void *staging; /* host bytes for stacking, staging_cap bytes */
     size_t staging_cap;
+    bool quantize_fp8;  /* the quantization: fp8 knob (fp8_quantize_rows) */
     size_t done, total; /* device bytes uploaded / to upload */
     void (*progress)(size_t done, size_t total, void *ctx);
     void *progress_ctx;
@@ -137,11 +138,93 @@ static const safetensors_tensor *tensor_find(loader *ld, const char *name, int64
     return t;
 }
 
+/* Host staging space of at least bytes. */
+static void *staging_reserve(loader *ld, size_t bytes) {
+    if (bytes > ld->staging_cap) {
+        free(ld->staging);
+        ld->staging = kv_malloc(bytes);
+        ld->staging_cap = bytes;
+    }
+    return ld->staging;
+}
+
+/* dst[rows * cols] = the F8_E4M3 weight t (named name) times its scale tensor: name's
+ * "_scale_inv" (quant_method fp8) or "_scale" (compressed-tensors), per tensor (one value),
+ * per output channel ([rows] or [rows, 1]) or per block ([ceil(rows / br), ceil(cols / bc)]
+ * with the config's block shape). */
+static int fp8_dequantize(loader *ld, const char *name, const safetensors_tensor *t, float *dst,
+                          kv_error *err) {
+    const hf_config *c = &ld->m->cfg;
+    if (c->quant == HF_QUANT_NONE)
+        return kv_error_set(err,
+                            "%s: tensor '%s' is F8_E4M3 but config.json has no quantization_config",
+                            ld->dir, name);
+    if (t->n_dims != 2)
+        return kv_error_set(err, "%s: tensor '%s' is F8_E4M3 but not a matrix", ld->dir, name);
+    char sname[160];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    const safetensors_tensor *s = safetensors_find(&ld->st, sname);
+    if (!s) {
+        snprintf(sname, sizeof sname, "%s_scale", name);
+        s = safetensors_find(&ld->st, sname);
+    }
+    if (!s)
+        return kv_error_set(err, "%s: F8_E4M3 tensor '%s' has no %s_scale_inv nor %s_scale",
+                            ld->dir, name, name, name);
+    size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+    size_t br = c->quant_block[0] ? (size_t)c->quant_block[0] : rows;
+    size_t bc = c->quant_block[1] ? (size_t)c->quant_block[1] : cols;
+    size_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
+    enum { PER_TENSOR, PER_ROW, PER_BLOCK } kind;
+    if (s->n_elems == 1)
+        kind = PER_TENSOR;
+    else if (s->n_elems == rows && (s->n_dims == 1 || (s->n_dims == 2 && s->shape[1] == 1)))
+        kind = PER_ROW;
+    else if (c->quant_block[0] && s->n_dims == 2 && (size_t)s->shape[0] == nbr &&
+             (size_t)s->shape[1] == nbc)
+        kind = PER_BLOCK;
+    else
+        return kv_error_set(err,
+                            "%s: scale tensor '%s' has %zu elements: not per tensor, per output "
+                            "channel (%zu) nor per block (%zu x %zu)",
+                            ld->dir, sname, s->n_elems, rows, nbr, nbc);
+    if (s->dtype == KV_DTYPE_F8_E4M3)
+        return kv_error_set(err, "%s: scale tensor '%s' is F8_E4M3", ld->dir, sname);
+    float *sc = kv_malloc(s->n_elems * sizeof *sc);
+    kv_convert_to_f32(sc, s->data, s->dtype, s->n_elems);
+    const uint8_t *q = t->data;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < cols; k++) {
+            float f = kind == PER_TENSOR ? sc[0]
+                      : kind == PER_ROW  ? sc[r]
+                                         : sc[(r / br) * nbc + k / bc];
+            dst[r * cols + k] = kv_e4m3_to_f32(q[r * cols + k]) * f;
+        }
+    free(sc);
+    return 0;
+}
+
+/* The `quantization: fp8` knob on a weight that is not FP8 in the checkpoint: each row of w
+ * [rows, cols] becomes e4m3(w / s) * s with s = max |row| / 448 (per output channel, as vLLM's
+ * online FP8), in place. The backends have no FP8 GEMM yet, so the values are kept in f32 /
+ * bf16: the accuracy of FP8 weights, not yet their bytes. */
+static void fp8_quantize_rows(float *w, size_t rows, size_t cols) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = w + r * cols, mx = 0;
+        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+        if (mx == 0) continue;
+        float s = mx / 448.0f;
+        for (size_t k = 0; k < cols; k++) row[k] = kv_e4m3_to_f32(kv_f32_to_e4m3(row[k] / s)) * s;
+    }
+}
+
 /* Uploads the weight made of n_parts tensors names[i] of rows[i] × cols (cols 0: vectors),
  * stacked along rows, as one device tensor. NULL and err set when a tensor is missing or has
- * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). */
+ * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). linear marks the
+ * projection matrices: those may be F8_E4M3 (dequantized here, see fp8_dequantize) and are
+ * quantized when ld->quantize_fp8. */
 static void *weight_load(loader *ld, int n_parts, char names[][128], const int64_t *rows,
-                         int64_t cols, weight_init init, kv_error *err) {
+                         int64_t cols, weight_init init, bool linear, kv_error *err) {
     backend *be = ld->m->be;
     size_t n = 0;
     for (int i = 0; i < n_parts; i++) n += (size_t)rows[i] * (size_t)(cols ? cols : 1);
@@ -150,31 +233,35 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
         dev = weight_dummy(ld, n, init);
     } else {
         const safetensors_tensor *parts[3];
-        bool same_dtype = true;
+        bool same_dtype = true, any_fp8 = false;
         for (int i = 0; i < n_parts; i++) {
             if (!(parts[i] = tensor_find(ld, names[i], rows[i], cols, err))) return NULL;
             same_dtype = same_dtype && parts[i]->dtype == parts[0]->dtype;
+            any_fp8 = any_fp8 || parts[i]->dtype == KV_DTYPE_F8_E4M3;
         }
-        if (n_parts == 1) {
+        if (any_fp8 && !linear)
+            return kv_error_set(err, "%s: tensor '%s' is F8_E4M3; only projections may be FP8",
+                                ld->dir, names[0]),
+                   NULL;
+        bool quantize = linear && ld->quantize_fp8 && !any_fp8;
+        if (n_parts == 1 && !any_fp8 && !quantize) {
             dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
         } else {
-            /* stack on the host: raw bytes when the parts agree, else as f32 */
-            kv_dtype dt = same_dtype ? parts[0]->dtype : KV_DTYPE_F32;
-            size_t bytes = n * kv_dtype_size(dt);
-            if (bytes > ld->staging_cap) {
-                free(ld->staging);
-                ld->staging = kv_malloc(bytes);
-                ld->staging_cap = bytes;
-            }
-            char *at = ld->staging;
+            /* stack on the host: raw bytes when the parts agree, else as f32 (FP8 parts
+             * dequantized) */
+            kv_dtype dt = same_dtype && !any_fp8 && !quantize ? parts[0]->dtype : KV_DTYPE_F32;
+            char *at = staging_reserve(ld, n * kv_dtype_size(dt));
             for (int i = 0; i < n_parts; i++) {
-                if (same_dtype)
+                if (dt != KV_DTYPE_F32)
                     memcpy(at, parts[i]->data, parts[i]->n_bytes);
-                else
+                else if (parts[i]->dtype == KV_DTYPE_F8_E4M3) {
+                    if (fp8_dequantize(ld, names[i], parts[i], (float *)at, err)) return NULL;
+                } else
                     kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype,
                                       parts[i]->n_elems);
                 at += parts[i]->n_elems * kv_dtype_size(dt);
             }
+            if (quantize) fp8_quantize_rows(ld->staging, n / (size_t)cols, (size_t)cols);
             dev = be->ops->weight_upload(be, ld->staging, dt, n);
         }
     }
@@ -189,7 +276,7 @@ static void *weight_load1(loader *ld, const char *name, int64_t rows, int64_t co
                           weight_init init, kv_error *err) {
     char names[1][128];
     snprintf(names[0], sizeof names[0], "%s", name);
-    return weight_load(ld, 1, names, &rows, cols, init, err);
+    return weight_load(ld, 1, names, &rows, cols, init, false, err);
 }
 
 /* Elements of every weight the model uploads (for progress). */
@@ -210,32 +297,32 @@ static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
     char n[3][128];
 #define NAME(k, fmt) snprintf(n[k], sizeof n[k], "model.layers.%d." fmt, i)
     NAME(0, "input_layernorm.weight");
-    if (!(L->attn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
+    if (!(L->attn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, false, err))) return -1;
     NAME(0, "self_attn.q_proj.weight");
     NAME(1, "self_attn.k_proj.weight");
     NAME(2, "self_attn.v_proj.weight");
     const int64_t qkv_rows[3] = {q, kv, kv};
-    if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, true, err))) return -1;
     if (c->attention_bias) {
         NAME(0, "self_attn.q_proj.bias");
         NAME(1, "self_attn.k_proj.bias");
         NAME(2, "self_attn.v_proj.bias");
-        if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, err))) return -1;
+        if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, false, err))) return -1;
     }
     NAME(0, "self_attn.o_proj.weight");
-    if (!(L->wo = weight_load(ld, 1, n, &dim, q, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wo = weight_load(ld, 1, n, &dim, q, WEIGHT_RANDOM, true, err))) return -1;
     if (c->attention_out_bias) {
         NAME(0, "self_attn.o_proj.bias");
-        if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, err))) return -1;
+        if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, false, err))) return -1;
     }
     NAME(0, "post_attention_layernorm.weight");
-    if (!(L->ffn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, err))) return -1;
+    if (!(L->ffn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, false, err))) return -1;
     NAME(0, "mlp.gate_proj.weight");
     NAME(1, "mlp.up_proj.weight");
     const int64_t gu_rows[2] = {ff, ff};
-    if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, true, err))) return -1;
     NAME(0, "mlp.down_proj.weight");
-    if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, true, err))) return -1;
 #undef NAME
     return 0;
 }
@@ -262,10 +349,10 @@ static int kv_scales_load(loader *ld, kv_error *err) {
     m->kv_scales = kv_malloc((size_t)n * 2 * sizeof(float));
     for (int i = 0; i < 2 * n; i++) m->kv_scales[i] = 1.0f;
     if (ld->format != MODEL_LOAD_SAFETENSORS) return 0;
-    static const char *const names[][2] = {{"self_attn.k_scale", "self_attn.v_scale"},
-                                           {"self_attn.kv_scale", "self_attn.kv_scale"},
-                                           {"self_attn.k_proj.output_scale",
-                                            "self_attn.v_proj.output_scale"}};
+    static const char *const names[][2] = {
+        {"self_attn.k_scale", "self_attn.v_scale"},
+        {"self_attn.kv_scale", "self_attn.kv_scale"},
+        {"self_attn.k_proj.output_scale", "self_attn.v_proj.output_scale"}};
     for (int l = 0; l < n; l++)
         for (int kv = 0; kv < 2; kv++)
             for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
@@ -285,6 +372,17 @@ static void *scratch(backend *be, size_t rows, size_t cols) {
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err) {
+    model_load_options o = {.format = format,
+                            .max_tokens = max_tokens,
+                            .progress = progress,
+                            .progress_ctx = progress_ctx};
+    return llama_load_opts(m, be, dir, &o, err);
+}
+
+int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_load_options *opt,
+                    kv_error *err) {
+    model_load_format format = opt->format;
+    int max_tokens = opt->max_tokens;
     memset(m, 0, sizeof *m);
     m->be = be;
     if (hf_config_load(&m->cfg, dir, err)) return -1;
@@ -296,8 +394,12 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
                             dir, c->n_heads, c->n_kv_heads, c->head_dim);
     KV_CHECK(max_tokens >= 1);
 
-    loader ld = {
-        .m = m, .dir = dir, .format = format, .progress = progress, .progress_ctx = progress_ctx};
+    loader ld = {.m = m,
+                 .dir = dir,
+                 .format = format,
+                 .quantize_fp8 = opt->quantize_fp8,
+                 .progress = opt->progress,
+                 .progress_ctx = opt->progress_ctx};
     if (format == MODEL_LOAD_DUMMY)
         dummy_table_init(&ld);
     else if (safetensors_open(&ld.st, dir, err))
@@ -563,8 +665,7 @@ static const model_ops llama_model_ops = {.forward = llama_ops_forward,
 int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,
                      kv_error *err) {
     llama_model *m = kv_calloc(1, sizeof *m);
-    if (llama_load(m, be, dir, opt->format, opt->max_tokens, opt->progress, opt->progress_ctx,
-                   err)) {
+    if (llama_load_opts(m, be, dir, opt, err)) {
         free(m);
         return -1;
     }

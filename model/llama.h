@@ -71,6 +71,9 @@ typedef struct llama_model {
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err);
+/* llama_load with every model_load option (quantize_fp8 too). */
+int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_load_options *opt,
+                    kv_error *err);
 /* The family entry for model_load (model/model.c): loads dir with llama_load and fills out
  * (ops, impl, shape). */
 int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,

@@ -14,6 +14,7 @@ extern "C" {
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "model/cuda/cuda_check.h"
 
