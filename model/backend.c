@@ -37,7 +37,10 @@ void backend_destroy(backend *be) {
 }
 
 int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err) {
-    if (strcmp(name, "auto") == 0) return 0;
+    if (strcmp(name, "auto") == 0) {
+        be->kv_dtype = be->act_dtype; /* every backend's default */
+        return 0;
+    }
     if (strcmp(name, "fp8") == 0 || strcmp(name, "fp8_e4m3") == 0) {
         be->kv_dtype = KV_DTYPE_F8_E4M3;
         return 0;

@@ -170,10 +170,10 @@ struct backend {
  * Its KV dtype is the activation dtype until backend_set_kv_cache_dtype. */
 backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
-/* The kv_cache_dtype knob (vLLM's --kv-cache-dtype): "auto" keeps the backend's KV dtype (bf16 on
- * CUDA, f32 on CPU); "fp8" or "fp8_e4m3" stores KV as F8_E4M3 (every backend reads it). Call
- * before model_load (the KV dtype is part of the model fingerprint) and before the KV pool is
- * made. -1 with err set for any other value. */
+/* The kv_cache_dtype knob (vLLM's --kv-cache-dtype): "auto" is the backend's default KV dtype, its
+ * activation dtype (bf16 on CUDA, f32 on CPU); "fp8" or "fp8_e4m3" stores KV as F8_E4M3 (every
+ * backend reads it). Call before model_load (the KV dtype is part of the model fingerprint) and
+ * before the KV pool is made. -1 with err set for any other value. */
 int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err);
 /* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);

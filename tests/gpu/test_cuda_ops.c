@@ -561,6 +561,149 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
     batch_free(&tb);
 }
 
+/* ---------------------------------------------------------------------------------------- */
+/* FP8 (e4m3) KV pools: kv_write must store exactly the CPU backend's bytes, e4m3(x / scale)
+ * rounded to nearest even and saturated at +-448 (the K scale 1/600 saturates a quarter of the
+ * values); attention over random e4m3 pools with per-layer scales (0.5 for K, 1.5 for V: the
+ * dequantized values are exact in bf16) is held to the bf16 attention's budget (the only
+ * rounding is bf16 probabilities and output) against a double reference of the dequantized
+ * pool and against the CPU backend on the same bytes. */
+
+static void test_kv_write_fp8(backend *be, backend *cpu, rng *r, int n_kv, int hd, int block_size) {
+    const float scales[6] = {1.0f, 1.0f, 1.0f / 600.0f, 1.0f, 1.0f, 1.0f};
+    backend_kv_layout l = {.n_layers = 3,
+                           .n_kv_heads = n_kv,
+                           .head_dim = hd,
+                           .block_size = block_size,
+                           .dtype = KV_DTYPE_F8_E4M3,
+                           .kv_scales = scales};
+    l.block_bytes = (size_t)3 * 2 * n_kv * block_size * hd;
+    const int n_blocks = 64, layer = 1, stride = (4 + 2) * n_kv * hd;
+    int prefix[3] = {0, 40, 7}, n_new[3] = {50, 1, 20};
+    test_batch tb;
+    batch_make(&tb, r, 3, prefix, n_new, block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
+    size_t pool_n = l.block_bytes * n_blocks;
+    uint8_t *pool = kv_malloc(pool_n);
+    for (size_t i = 0; i < pool_n; i++) pool[i] = (uint8_t)(rng_next(r) & 0x77); /* finite */
+    void *dpool = be->ops->dev_alloc(be, pool_n);
+    be->ops->to_dev(be, dpool, pool, pool_n);
+    size_t qn = (size_t)tb.b.n_tokens * stride;
+    float *qkv = rand_vec(r, qn, 1.0f);
+    void *dqkv = upload(be, qkv, qn);
+    const char *dk = (const char *)dqkv + (size_t)4 * n_kv * hd * 2;
+    be->ops->kv_write(be, dpool, &l, layer, dk, dk + (size_t)n_kv * hd * 2, stride);
+    uint8_t *got = kv_malloc(pool_n);
+    be->ops->sync(be);
+    be->ops->to_host(be, got, dpool, pool_n);
+    uint8_t *cpool = cpu->ops->dev_alloc(cpu, pool_n);
+    memcpy(cpool, pool, pool_n);
+    float *cqkv = upload(cpu, qkv, qn);
+    const float *ck = cqkv + (size_t)4 * n_kv * hd;
+    cpu->ops->kv_write(cpu, cpool, &l, layer, ck, ck + (size_t)n_kv * hd, stride);
+    size_t n_diff = 0, n_sat = 0, first = 0;
+    for (size_t i = 0; i < pool_n; i++) {
+        if (got[i] != cpool[i] && n_diff++ == 0) first = i;
+        n_sat += (cpool[i] & 0x7f) == 0x7e && cpool[i] != pool[i];
+    }
+    bool ok = n_diff == 0 && n_sat > 0;
+    if (!ok) n_failed++;
+    printf("%s kv_write fp8 kv_heads=%d hd=%d bs=%d: %zu of %zu bytes differ from the cpu "
+           "backend's (first at %zu), %zu saturated\n",
+           ok ? "ok  " : "FAIL", n_kv, hd, block_size, n_diff, pool_n, first, n_sat);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cqkv);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dqkv);
+    free(pool), free(qkv), free(got);
+    batch_free(&tb);
+}
+
+static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_case *c) {
+    const float scales[4] = {1.0f, 1.0f, 0.5f, 1.5f};
+    backend_kv_layout l = {.n_layers = 2,
+                           .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim,
+                           .block_size = c->block_size,
+                           .dtype = KV_DTYPE_F8_E4M3,
+                           .kv_scales = scales};
+    l.block_bytes = (size_t)2 * 2 * c->n_kv_heads * c->block_size * c->head_dim;
+    int n_blocks = 7;
+    for (int s = 0; s < c->n_seqs; s++)
+        n_blocks += (c->prefix[s] + c->n_new[s] + c->block_size - 1) / c->block_size;
+    test_batch tb;
+    batch_make(&tb, r, c->n_seqs, c->prefix, c->n_new, c->block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
+    const int layer = 1, hd = c->head_dim, nh = c->n_heads, G = nh / c->n_kv_heads;
+    const int q_stride = (nh + 2 * c->n_kv_heads) * hd;
+    size_t pool_n = l.block_bytes * n_blocks;
+    uint8_t *pool = kv_malloc(pool_n);
+    for (size_t i = 0; i < pool_n; i++) pool[i] = kv_f32_to_e4m3(rng_bf16(r, 1.5f));
+    void *dpool = be->ops->dev_alloc(be, pool_n);
+    be->ops->to_dev(be, dpool, pool, pool_n);
+    int nt = tb.b.n_tokens;
+    float *q = rand_vec(r, (size_t)nt * q_stride, 3.0f);
+    void *dq = upload(be, q, (size_t)nt * q_stride);
+    size_t out_n = (size_t)nt * nh * hd;
+    void *dout = poisoned(be, out_n);
+    float scale = 1.0f / sqrtf((float)hd);
+    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, scale);
+    float *got = download(be, dout, out_n);
+
+    double *ref = kv_malloc(out_n * sizeof *ref);
+    int max_ctx = 0;
+    for (int s = 0; s < c->n_seqs; s++) max_ctx = tb.seq_len[s] > max_ctx ? tb.seq_len[s] : max_ctx;
+    double *sc = kv_malloc((size_t)max_ctx * sizeof *sc);
+    size_t head_elems = (size_t)c->block_size * hd, kv_elems = (size_t)c->n_kv_heads * head_elems;
+    for (int s = 0; s < c->n_seqs; s++)
+        for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++)
+            for (int h = 0; h < nh; h++) {
+                int pos = tb.positions[t], kh = h / G;
+                const float *qv = q + (size_t)t * q_stride + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = 0; j <= pos; j++) {
+                    const uint8_t *k =
+                        pool +
+                        (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                            l.block_bytes +
+                        (size_t)layer * 2 * kv_elems + kh * head_elems +
+                        (size_t)(j % c->block_size) * hd;
+                    double dot = 0;
+                    for (int d = 0; d < hd; d++)
+                        dot += (double)qv[d] * kv_e4m3_to_f32(k[d]) * scales[2 * layer];
+                    sc[j] = dot * scale;
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = 0; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                double *o = ref + ((size_t)t * nh + h) * hd;
+                for (int d = 0; d < hd; d++) o[d] = 0;
+                for (int j = 0; j <= pos; j++) {
+                    const uint8_t *v =
+                        pool +
+                        (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                            l.block_bytes +
+                        (size_t)layer * 2 * kv_elems + kv_elems + kh * head_elems +
+                        (size_t)(j % c->block_size) * hd;
+                    for (int d = 0; d < hd; d++)
+                        o[d] += sc[j] / sum * kv_e4m3_to_f32(v[d]) * scales[2 * layer + 1];
+                }
+            }
+    char name[96];
+    snprintf(name, sizeof name, "fp8 %s", c->name);
+    check(name, got, ref, out_n, 3e-3, 2e-2); /* V up to 1.5 * 1.5: atol scaled from 2e-3 */
+    uint8_t *cpool = cpu->ops->dev_alloc(cpu, pool_n);
+    memcpy(cpool, pool, pool_n);
+    void *cq = upload(cpu, q, (size_t)nt * q_stride), *cout = cpu->ops->dev_alloc(cpu, out_n * 4);
+    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &l, layer, nh, scale);
+    float *cg = download(cpu, cout, out_n);
+    check_cpu(name, got, cg, out_n, 3e-3, 2e-2);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cq), cpu->ops->dev_free(cpu, cout);
+    free(cg);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dq), be->ops->dev_free(be, dout);
+    free(pool), free(q), free(got), free(ref), free(sc);
+    batch_free(&tb);
+}
+
 /* act_download_f32 into pageable memory (pinned chunks, several of them) and into pinned memory
  * (host_alloc: one direct copy), against the uploaded bf16 values: exact. */
 static void test_download(backend *be, rng *r) {
@@ -728,6 +871,13 @@ int main(void) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         test_attention(be, cpu, &r, &cases[i]);
+    /* the same shapes over e4m3 pools: decode, wgmma prefill (hd 128), mma prefill (hd 64),
+     * generic (hd 8) kernels; kv_write vectorized and scalar */
+    test_kv_write_fp8(be, cpu, &r, 8, 128, 16);
+    test_kv_write_fp8(be, cpu, &r, 4, 8, 16);
+    test_kv_write_fp8(be, cpu, &r, 2, 6, 16);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+        test_attention_fp8(be, cpu, &r, &cases[i]);
 
     backend_destroy(cpu);
     be->ops->destroy(be);
