@@ -27,12 +27,13 @@ static void row_store(char *dst, const float *src, const backend_kv_layout *l, f
     for (int d = 0; d < l->head_dim; d++) ((uint8_t *)dst)[d] = kv_f32_to_e4m3(src[d] * inv);
 }
 
-/* n rows of the pool from src on as f32: the pool itself (f32) or dequantized into buf. */
+/* n rows of the pool from src on as f32: the pool itself (f32) or dequantized into buf through
+ * lut (the 256 e4m3 values times scale). */
 static const float *rows_load(float *buf, const char *src, const backend_kv_layout *l, int n,
-                              float scale) {
+                              const float *lut) {
     if (l->dtype == KV_DTYPE_F32) return (const float *)src;
     size_t count = (size_t)n * (size_t)l->head_dim;
-    for (size_t i = 0; i < count; i++) buf[i] = kv_e4m3_to_f32(((const uint8_t *)src)[i]) * scale;
+    for (size_t i = 0; i < count; i++) buf[i] = lut[((const uint8_t *)src)[i]];
     return buf;
 }
 
@@ -72,6 +73,7 @@ typedef struct attention_job {
     const backend_kv_layout *l;
     int layer, n_heads;
     float scale;
+    float lut[2][256]; /* F8_E4M3 pools: e4m3 value * k_scale, * v_scale */
 } attention_job;
 
 /* Items are t * n_heads + h. Two passes over the context: scores and their max, then
@@ -83,7 +85,6 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
     int hd = l->head_dim, bs = l->block_size, group = j->n_heads / l->n_kv_heads;
     float *sc = j->c->scores + (size_t)thread * c->scores_stride;
     float *buf = c->kv_rows ? c->kv_rows + (size_t)thread * (size_t)bs * (size_t)hd : NULL;
-    float ks = backend_kv_scale(l, j->layer, 0), vs = backend_kv_scale(l, j->layer, 1);
     for (int64_t item = i0; item < i1; item++) {
         int t = (int)(item / j->n_heads), h = (int)(item % j->n_heads), kvh = h / group;
         int s = c->tok_seq[t], n_ctx = c->positions[t] + 1;
@@ -93,8 +94,9 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
         float mx = -INFINITY;
         for (int p0 = 0; p0 < n_ctx; p0 += bs) {
             int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            const float *kb = rows_load(
-                buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 0, kvh, 0), l, n_in, ks);
+            const float *kb =
+                rows_load(buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 0, kvh, 0), l,
+                          n_in, j->lut[0]);
             for (int i = 0; i < n_in; i++) {
                 sc[p0 + i] = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->scale;
                 if (sc[p0 + i] > mx) mx = sc[p0 + i];
@@ -108,8 +110,9 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
         for (int d = 0; d < hd; d++) o[d] = 0;
         for (int p0 = 0; p0 < n_ctx; p0 += bs) {
             int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
-            const float *vb = rows_load(
-                buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 1, kvh, 0), l, n_in, vs);
+            const float *vb =
+                rows_load(buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 1, kvh, 0), l,
+                          n_in, j->lut[1]);
             for (int i = 0; i < n_in; i++) {
                 const float *v = vb + (size_t)i * (size_t)hd;
                 float pr = sc[p0 + i];
@@ -144,6 +147,10 @@ void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const
                        .layer = layer,
                        .n_heads = n_heads,
                        .scale = scale};
+    if (l->dtype == KV_DTYPE_F8_E4M3)
+        for (int kv = 0; kv < 2; kv++)
+            for (int x = 0; x < 256; x++)
+                j.lut[kv][x] = kv_e4m3_to_f32((uint8_t)x) * backend_kv_scale(l, layer, kv);
     /* work ~ context × head_dim per item; keep small steps on one thread */
     int64_t n_items = (int64_t)c->n_tokens * n_heads;
     double work = (double)n_items * (double)c->scores_stride * l->head_dim;

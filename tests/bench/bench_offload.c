@@ -816,8 +816,9 @@ static void dtype_result_fill(dtype_result *r, const bench *b, const char *name)
     static const int lens[2] = {10000, 100000};
     for (int i = 0; i < 2; i++) {
         const ttft_row *row = row_for(b, lens[i]);
+        if (row && row->measured) r->host_s[i] = row->host_s;
         if (row && row->measured && row->load_s > 0)
-            r->host_s[i] = row->host_s, r->load_gbs[i] = row->load_bytes / row->load_s / 1e9;
+            r->load_gbs[i] = row->load_bytes / row->load_s / 1e9;
     }
     for (int i = 0; i < b->n_p512; i++)
         if (b->p512[i].want >= 1.0) r->p512_tok_s = b->p512[i].tok_s;
@@ -827,8 +828,8 @@ static void dtype_result_fill(dtype_result *r, const bench *b, const char *name)
 static void dtype_table(FILE *f, const dtype_result *r, int n, double h2d) {
     fprintf(f,
             "\n#### KV dtypes side by side (ratio: vs the first; pinned H2D %.1f GB/s)\n\n"
-            "| KV dtype | block bytes | host-hit TTFT 10K s | load GB/s | host-hit TTFT 100K s | "
-            "load GB/s | 512-token prefill, 100%% host hits, tok/s | decode tok/s |\n"
+            "| KV dtype | block bytes | host-hit TTFT 10K ms | load GB/s | host-hit TTFT 100K ms | "
+            "load GB/s | prefill-only, 100%% host hits, tok/s | decode tok/s |\n"
             "|---|---|---|---|---|---|---|---|\n",
             h2d);
     for (int i = 0; i < n; i++) {
@@ -837,9 +838,10 @@ static void dtype_table(FILE *f, const dtype_result *r, int n, double h2d) {
                 "| %s | %zu (%.2fx) | %.3f (%.2fx) | %.1f | %.3f (%.2fx) | %.1f | %.0f (%.2fx) "
                 "| %.0f (%.2fx) |\n",
                 x->name, x->block_bytes, (double)x->block_bytes / (double)o->block_bytes,
-                x->host_s[0], o->host_s[0] > 0 ? x->host_s[0] / o->host_s[0] : 0, x->load_gbs[0],
-                x->host_s[1], o->host_s[1] > 0 ? x->host_s[1] / o->host_s[1] : 0, x->load_gbs[1],
-                x->p512_tok_s, o->p512_tok_s > 0 ? x->p512_tok_s / o->p512_tok_s : 0, x->dec_tok_s,
+                1e3 * x->host_s[0], o->host_s[0] > 0 ? x->host_s[0] / o->host_s[0] : 0,
+                x->load_gbs[0], 1e3 * x->host_s[1],
+                o->host_s[1] > 0 ? x->host_s[1] / o->host_s[1] : 0, x->load_gbs[1], x->p512_tok_s,
+                o->p512_tok_s > 0 ? x->p512_tok_s / o->p512_tok_s : 0, x->dec_tok_s,
                 o->dec_tok_s > 0 ? x->dec_tok_s / o->dec_tok_s : 0);
     }
 }
