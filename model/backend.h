@@ -79,6 +79,11 @@ typedef struct backend_ops {
     /* Converts n weight elements from src (host, src_dtype) into a new device tensor of
      * weight_dtype. */
     void *(*weight_upload)(backend *be, const void *src, kv_dtype src_dtype, size_t n);
+    /* Optional (NULL: none; the caller dequantizes FP8 weights into weight_upload): a device
+     * weight [rows, cols] of e4m3 values q times one scale per row (host arrays; cols % 16 ==
+     * 0) that matmul takes as its w, kept in e4m3 (half the bytes of bf16). Freed by dev_free. */
+    void *(*weight_upload_fp8)(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
+                               size_t cols);
     /* Same for an activation-dtype tensor (tests). */
     void *(*act_upload_f32)(backend *be, const float *src, size_t n);
     /* n activation elements (device, act_dtype) to host f32; waits for COMPUTE. */

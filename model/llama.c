@@ -151,9 +151,11 @@ static void *staging_reserve(loader *ld, size_t bytes) {
 /* dst[rows * cols] = the F8_E4M3 weight t (named name) times its scale tensor: name's
  * "_scale_inv" (quant_method fp8) or "_scale" (compressed-tensors), per tensor (one value),
  * per output channel ([rows] or [rows, 1]) or per block ([ceil(rows / br), ceil(cols / bc)]
- * with the config's block shape). */
+ * with the config's block shape). With row_scales (not NULL) it fills row_scales[rows] instead
+ * of dst and returns 0 when the scales are per tensor or per row, or returns 1 (nothing
+ * written) when they are per block. */
 static int fp8_dequantize(loader *ld, const char *name, const safetensors_tensor *t, float *dst,
-                          kv_error *err) {
+                          float *row_scales, kv_error *err) {
     const hf_config *c = &ld->m->cfg;
     if (c->quant == HF_QUANT_NONE)
         return kv_error_set(err,
@@ -192,6 +194,12 @@ static int fp8_dequantize(loader *ld, const char *name, const safetensors_tensor
         return kv_error_set(err, "%s: scale tensor '%s' is F8_E4M3", ld->dir, sname);
     float *sc = kv_malloc(s->n_elems * sizeof *sc);
     kv_convert_to_f32(sc, s->data, s->dtype, s->n_elems);
+    if (row_scales) {
+        for (size_t r = 0; kind != PER_BLOCK && r < rows; r++)
+            row_scales[r] = kind == PER_TENSOR ? sc[0] : sc[r];
+        free(sc);
+        return kind == PER_BLOCK;
+    }
     const uint8_t *q = t->data;
     for (size_t r = 0; r < rows; r++)
         for (size_t k = 0; k < cols; k++) {
@@ -218,6 +226,41 @@ static void fp8_quantize_rows(float *w, size_t rows, size_t cols) {
     }
 }
 
+/* Per-row e4m3 of w [rows, cols] (f32): q[r, :] = e4m3(w[r, :] / s[r]), s[r] = max |row| / 448
+ * (1 for a zero row), as fp8_quantize_rows. */
+static void fp8_quantize_to(const float *w, size_t rows, size_t cols, uint8_t *q, float *s) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = w + r * cols;
+        float mx = 0;
+        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+        s[r] = mx > 0 ? mx / 448.0f : 1.0f;
+        for (size_t k = 0; k < cols; k++) q[r * cols + k] = kv_f32_to_e4m3(row[k] / s[r]);
+    }
+}
+
+/* The stacked parts as e4m3 bytes q[n] and one scale per row (the backend's FP8 weights):
+ * FP8 parts copied with their per-tensor or per-row scales, others quantized per row. 1 when a
+ * part's scales are block-wise (not one per row: the caller dequantizes instead), -1 on error. */
+static int fp8_pack(loader *ld, int n_parts, char names[][128], const safetensors_tensor **parts,
+                    size_t cols, uint8_t *q, float *rs, kv_error *err) {
+    for (int i = 0; i < n_parts; i++) {
+        const safetensors_tensor *t = parts[i];
+        size_t rows = t->n_elems / cols;
+        if (t->dtype == KV_DTYPE_F8_E4M3) {
+            int rc = fp8_dequantize(ld, names[i], t, NULL, rs, err);
+            if (rc) return rc;
+            memcpy(q, t->data, t->n_elems);
+        } else {
+            float *f = kv_malloc(t->n_elems * sizeof *f);
+            kv_convert_to_f32(f, t->data, t->dtype, t->n_elems);
+            fp8_quantize_to(f, rows, cols, q, rs);
+            free(f);
+        }
+        q += t->n_elems, rs += rows;
+    }
+    return 0;
+}
+
 /* Uploads the weight made of n_parts tensors names[i] of rows[i] × cols (cols 0: vectors),
  * stacked along rows, as one device tensor. NULL and err set when a tensor is missing or has
  * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). linear marks the
@@ -228,8 +271,28 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
     backend *be = ld->m->be;
     size_t n = 0;
     for (int i = 0; i < n_parts; i++) n += (size_t)rows[i] * (size_t)(cols ? cols : 1);
-    void *dev;
-    if (ld->format == MODEL_LOAD_DUMMY) {
+    void *dev = NULL;
+    size_t dev_bytes = n * kv_dtype_size(be->weight_dtype);
+    /* FP8 on the device: projections of an FP8 checkpoint (scales per tensor or row) or
+     * quantized at load, on a backend that keeps e4m3 weights */
+    bool dev_fp8 = linear && cols % 16 == 0 && be->ops->weight_upload_fp8;
+    size_t n_rows = cols ? n / (size_t)cols : 0;
+    if (ld->format == MODEL_LOAD_DUMMY && dev_fp8 && ld->quantize_fp8) {
+        kv_dtype dt = be->weight_dtype;
+        void *raw = kv_malloc(n * kv_dtype_size(dt));
+        float *f = kv_malloc(n * sizeof *f);
+        if (kv_dtype_size(dt) == 2)
+            dummy_fill_u16(raw, ld->normal_table, n, &ld->rng);
+        else
+            dummy_fill_f32(raw, ld->normal_table, n, &ld->rng);
+        kv_convert_to_f32(f, raw, dt, n);
+        uint8_t *q = kv_malloc(n);
+        float *rs = kv_malloc(n_rows * sizeof *rs);
+        fp8_quantize_to(f, n_rows, (size_t)cols, q, rs);
+        dev = be->ops->weight_upload_fp8(be, q, rs, n_rows, (size_t)cols);
+        dev_bytes = n + n_rows * sizeof(float);
+        free(raw), free(f), free(q), free(rs);
+    } else if (ld->format == MODEL_LOAD_DUMMY) {
         dev = weight_dummy(ld, n, init);
     } else {
         const safetensors_tensor *parts[3];
@@ -244,7 +307,22 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
                                 ld->dir, names[0]),
                    NULL;
         bool quantize = linear && ld->quantize_fp8 && !any_fp8;
-        if (n_parts == 1 && !any_fp8 && !quantize) {
+        bool all_fp8 = true;
+        for (int i = 0; i < n_parts; i++) all_fp8 = all_fp8 && parts[i]->dtype == KV_DTYPE_F8_E4M3;
+        if (dev_fp8 && (quantize || all_fp8)) {
+            uint8_t *q = kv_malloc(n);
+            float *rs = kv_malloc(n_rows * sizeof *rs);
+            int rc = fp8_pack(ld, n_parts, names, parts, (size_t)cols, q, rs, err);
+            if (rc == 0) {
+                dev = be->ops->weight_upload_fp8(be, q, rs, n_rows, (size_t)cols);
+                dev_bytes = n + n_rows * sizeof(float);
+            }
+            free(q), free(rs);
+            if (rc < 0) return NULL;
+        }
+        if (dev) {
+            /* uploaded as FP8 */
+        } else if (n_parts == 1 && !any_fp8 && !quantize) {
             dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
         } else {
             /* stack on the host: raw bytes when the parts agree, else as f32 (FP8 parts
@@ -255,7 +333,7 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
                 if (dt != KV_DTYPE_F32)
                     memcpy(at, parts[i]->data, parts[i]->n_bytes);
                 else if (parts[i]->dtype == KV_DTYPE_F8_E4M3) {
-                    if (fp8_dequantize(ld, names[i], parts[i], (float *)at, err)) return NULL;
+                    if (fp8_dequantize(ld, names[i], parts[i], (float *)at, NULL, err)) return NULL;
                 } else
                     kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype,
                                       parts[i]->n_elems);
@@ -265,8 +343,8 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
             dev = be->ops->weight_upload(be, ld->staging, dt, n);
         }
     }
-    ld->done += n * kv_dtype_size(be->weight_dtype);
-    ld->m->weight_bytes += n * kv_dtype_size(be->weight_dtype);
+    ld->done += dev_bytes;
+    ld->m->weight_bytes += dev_bytes;
     if (ld->progress) ld->progress(ld->done, ld->total, ld->progress_ctx);
     return dev;
 }

@@ -561,6 +561,56 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
     batch_free(&tb);
 }
 
+/* FP8 weights (weight_upload_fp8: e4m3 bytes, one f32 scale per row): the GEMV kernel (n <= 8)
+ * and the dequantize-then-bf16-GEMM path against a double reference of the dequantized weights
+ * and the CPU backend's matmul over them (f32), at the bf16 matmul's budget: the GEMV multiplies
+ * e4m3 * scale exactly in f32; the other path rounds the dequantized weight to bf16 (2^-9
+ * relative per element, averaging out over k). */
+static void test_matmul_fp8(backend *be, backend *cpu, rng *r, int n, int k, int m, bool bias) {
+    float *x = rand_vec(r, (size_t)n * k, 1.0f), *b = rand_vec(r, (size_t)m, 4.0f);
+    uint8_t *q = kv_malloc((size_t)m * k);
+    float *sc = kv_malloc((size_t)m * sizeof *sc), *w = kv_malloc((size_t)m * k * sizeof *w);
+    for (int j = 0; j < m; j++) {
+        sc[j] = (0.5f + (float)(rng_next(r) % 1000) / 1000.0f) / 448.0f;
+        for (int l = 0; l < k; l++) {
+            uint8_t v = (uint8_t)(rng_next(r) & 0xff);
+            if ((v & 0x7f) == 0x7f) v = 0x00; /* no NaN */
+            q[(size_t)j * k + l] = v;
+            w[(size_t)j * k + l] = kv_e4m3_to_f32(v) * sc[j];
+        }
+    }
+    void *dx = upload(be, x, (size_t)n * k);
+    void *dw = be->ops->weight_upload_fp8(be, q, sc, (size_t)m, (size_t)k);
+    void *db = bias ? be->ops->weight_upload(be, b, KV_DTYPE_F32, (size_t)m) : NULL;
+    void *dout = poisoned(be, (size_t)n * m);
+    be->ops->matmul(be, dout, dx, dw, db, n, k, m);
+    float *got = download(be, dout, (size_t)n * m);
+    double *ref = kv_malloc((size_t)n * m * sizeof *ref), rms = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < m; j++) {
+            double s = bias ? b[j] : 0;
+            for (int l = 0; l < k; l++) s += (double)x[(size_t)i * k + l] * w[(size_t)j * k + l];
+            ref[(size_t)i * m + j] = s;
+            rms += s * s;
+        }
+    rms = sqrt(rms / ((double)n * m));
+    char name[64];
+    snprintf(name, sizeof name, "matmul fp8 n=%d k=%d m=%d%s", n, k, m, bias ? " +bias" : "");
+    check(name, got, ref, (size_t)n * m, 2e-3 * rms, 1e-2);
+    void *cx = upload(cpu, x, (size_t)n * k), *cw = upload_w(cpu, w, (size_t)m * k);
+    void *cb = bias ? upload_w(cpu, b, (size_t)m) : NULL;
+    void *cout = cpu->ops->dev_alloc(cpu, (size_t)n * m * 4);
+    cpu->ops->matmul(cpu, cout, cx, cw, cb, n, k, m);
+    float *cg = download(cpu, cout, (size_t)n * m);
+    check_cpu(name, got, cg, (size_t)n * m, 2e-3 * rms, 1e-2);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cw), cpu->ops->dev_free(cpu, cout);
+    if (cb) cpu->ops->dev_free(cpu, cb);
+    free(cg);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dw), be->ops->dev_free(be, dout);
+    if (db) be->ops->dev_free(be, db);
+    free(x), free(w), free(b), free(q), free(sc), free(got), free(ref);
+}
+
 /* ---------------------------------------------------------------------------------------- */
 /* FP8 (e4m3) KV pools: kv_write must store exactly the CPU backend's bytes, e4m3(x / scale)
  * rounded to nearest even and saturated at +-448 (the K scale 1/600 saturates a quarter of the
@@ -874,6 +924,11 @@ int main(void) {
     /* the same shapes over e4m3 pools: decode, wgmma prefill (hd 128), mma prefill (hd 64),
      * generic (hd 8) kernels; kv_write vectorized and scalar */
     test_kv_write_fp8(be, cpu, &r, 8, 128, 16);
+    test_matmul_fp8(be, cpu, &r, 1, 4096, 6144, false);
+    test_matmul_fp8(be, cpu, &r, 3, 4096, 1000, true);
+    test_matmul_fp8(be, cpu, &r, 8, 14336, 512, false);
+    test_matmul_fp8(be, cpu, &r, 37, 4096, 1024, true);
+    test_matmul_fp8(be, cpu, &r, 300, 896, 1152, false);
     test_kv_write_fp8(be, cpu, &r, 4, 8, 16);
     test_kv_write_fp8(be, cpu, &r, 2, 6, 16);
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
