@@ -387,9 +387,10 @@ static void report_print(FILE *f, const bench_report *r) {
             "head_dim %d, vocab %d; %.4g GB of weights; KV block %d tokens; steps of at most %d "
             "tokens.\n\n",
             r->be->name,
-            strcmp(r->quant_name, "fp8") == 0 ? "FP8 values (quantized at load) held in the "
-                                                "weight dtype"
-                                              : kv_dtype_name(r->be->weight_dtype),
+            strcmp(r->quant_name, "fp8") != 0 ? kv_dtype_name(r->be->weight_dtype)
+            : r->be->ops->weight_upload_fp8
+                ? "FP8 (e4m3, a scale per row; decode GEMV on e4m3, larger batches dequantize)"
+                : "FP8 values (quantized at load) held in the weight dtype",
             kv_dtype_name(r->be->act_dtype), kv_dtype_name(r->be->kv_dtype), c->n_layers,
             c->hidden_size, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
             (double)r->m->weight_bytes / 1e9, a->block_size, r->m->max_tokens);
@@ -508,7 +509,10 @@ static int run_variant(const bench_args *ap, backend *be, bench_report *rp) {
         double dim = c->hidden_size, q = (double)c->n_heads * c->head_dim;
         double kvd = (double)c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
         double mats = c->n_layers * (dim * (q + 2 * kvd) + q * dim + 3 * ff * dim);
-        r.stream_bytes_fp8 = r.stream_bytes - mats * (double)kv_dtype_size(be->weight_dtype) + mats;
+        bool stored_fp8 = strcmp(r.quant_name, "fp8") == 0 && be->ops->weight_upload_fp8;
+        r.stream_bytes_fp8 =
+            stored_fp8 ? r.stream_bytes
+                       : r.stream_bytes - mats * (double)kv_dtype_size(be->weight_dtype) + mats;
     }
     double kv_token_bytes = (double)l.block_bytes / a.block_size;
     for (int i = 0; i < a.n_batches; i++) {

@@ -38,6 +38,7 @@
 
 #include "model/cpu/cpu_backend.h"
 #include "model/llama.h"
+#include "model/model.h"
 #include "model/safetensors.h"
 #include "tests/unit/fixture_support.h"
 
@@ -591,6 +592,32 @@ START_TEST(fp8_block_checkpoint) {
 }
 END_TEST
 
+/* The KV dtype and online FP8 weights enter the model fingerprint (the root of every block hash),
+ * so blocks of one never match requests of another; an fp8 block is a quarter of an f32 one. */
+START_TEST(fingerprint_and_block_bytes_follow_the_kv_dtype) {
+    char fp[3][65];
+    size_t bytes[3];
+    for (int i = 0; i < 3; i++) {
+        kv_error err = {{0}};
+        backend *be = cpu_backend_create(1);
+        ck_assert(backend_set_kv_cache_dtype(be, i == 1 ? "fp8" : "auto", &err) == 0);
+        model_load_options o = {
+            .format = MODEL_LOAD_SAFETENSORS, .max_tokens = 8, .quantize_fp8 = i == 2};
+        model *m = model_load(stories_dir, be, &o, &err);
+        ck_assert_msg(m != NULL, "%s", err.msg);
+        memcpy(fp[i], m->fingerprint, sizeof fp[i]);
+        bytes[i] = model_kv_layout(m, 16).block_bytes;
+        model_free(m);
+        backend_destroy(be);
+    }
+    ck_assert_str_ne(fp[0], fp[1]);
+    ck_assert_str_ne(fp[0], fp[2]);
+    ck_assert_str_ne(fp[1], fp[2]);
+    ck_assert_uint_eq(bytes[1] * 4, bytes[0]);
+    ck_assert_uint_eq(bytes[2], bytes[0]);
+}
+END_TEST
+
 /* quantization configs that are not FP8 are refused with the method in the message */
 START_TEST(other_quantization_is_refused_by_name) {
     static const struct {
@@ -645,6 +672,7 @@ int main(void) {
         tcase_add_loop_test(tc, fixtures_fp8_weights, 0, n_fixtures);
     }
     if (stories) {
+        tcase_add_test(tc, fingerprint_and_block_bytes_follow_the_kv_dtype);
         tcase_add_test(tc, stories_fp8_kv);
         tcase_add_test(tc, stories_fp8_weights);
         tcase_add_test(tc, compressed_tensors_per_channel_checkpoint);
