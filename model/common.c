@@ -197,37 +197,35 @@ uint16_t kv_f32_to_f16(float f) {
 }
 
 float kv_e4m3_to_f32(uint8_t x) {
-    int sign = x >> 7, exp = (x >> 3) & 15, man = x & 7;
+    uint32_t sign = (uint32_t)(x & 0x80) << 24, exp = (x >> 3) & 15, man = x & 7;
     float v;
-    if (exp == 15 && man == 7)
+    if (exp == 15 && man == 7) {
         v = __builtin_nanf("");
-    else if (exp == 0)
-        v = ldexpf((float)man, -9); /* subnormal: man * 2^-6 / 8 */
-    else
-        v = ldexpf((float)(8 + man), exp - 10); /* (1 + man / 8) * 2^(exp - 7) */
+    } else if (exp == 0) {
+        v = (float)man * 0.001953125f; /* subnormal: man * 2^-9 */
+    } else {
+        uint32_t u = ((exp - 7 + 127) << 23) | (man << 20); /* (1 + man / 8) * 2^(exp - 7) */
+        memcpy(&v, &u, 4);
+    }
     return sign ? -v : v;
 }
 
 uint8_t kv_f32_to_e4m3(float f) {
-    if (f != f) return 0x7f;
-    uint8_t sign = signbit(f) ? 0x80 : 0;
-    float a = fabsf(f);
-    if (a >= 448.0f) return sign | 0x7e; /* saturate (inf too) */
-    /* a = m * 2^e with m in [0.5, 1); the e4m3 step at a is 2^(e - 4), at least 2^-9 */
-    int e;
-    frexpf(a, &e);
-    if (e < -5) e = -5; /* subnormal range: fixed step 2^-9 */
-    float step = ldexpf(1.0f, e - 4);
-    float q = rintf(a / step) * step; /* nearest even under the default rounding mode */
-    if (q >= 448.0f) return sign | 0x7e;
-    if (q == 0.0f) return sign;
-    int qe;
-    float qm = frexpf(q, &qe); /* q = qm * 2^qe, qm in [0.5, 1) */
-    int biased = qe - 1 + 7;
-    if (biased <= 0) /* subnormal: q / 2^-9 is the mantissa */
-        return sign | (uint8_t)(int)(q * 512.0f);
-    int man = (int)(qm * 16.0f) - 8; /* (2 * qm - 1) * 8 */
-    return sign | (uint8_t)(biased << 3) | (uint8_t)man;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80);
+    u &= 0x7fffffffu;
+    if (u > 0x7f800000u) return 0x7f;         /* NaN */
+    if (u >= 0x43e00000u) return sign | 0x7e; /* >= 448 (inf too): saturate */
+    if (u >= 0x3c800000u) {                   /* >= 2^-6: normal */
+        u += 0x7ffffu + ((u >> 20) & 1u);     /* round to nearest even at 3 mantissa bits */
+        uint32_t exp = (u >> 23) - 127 + 7, man = (u >> 20) & 7; /* rounding kept it < 464 */
+        return sign | (uint8_t)(exp << 3) | (uint8_t)man;
+    }
+    float a;
+    memcpy(&a, &u, 4);
+    /* subnormal steps of 2^-9 (8 steps = 0x08, the smallest normal); rintf rounds to even */
+    return sign | (uint8_t)rintf(a * 512.0f);
 }
 
 void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
