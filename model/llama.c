@@ -495,6 +495,13 @@ int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_lo
         return -1;
     }
     ld.total = weight_elems(c, tied) * kv_dtype_size(be->weight_dtype);
+    if (be->ops->weight_upload_fp8 && (opt->quantize_fp8 || c->quant != HF_QUANT_NONE)) {
+        /* projections likely kept as e4m3 (one byte); the last progress call says the truth */
+        size_t d = (size_t)c->hidden_size, q = (size_t)c->n_heads * (size_t)c->head_dim;
+        size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->intermediate_size;
+        size_t mats = (size_t)c->n_layers * (d * (q + 2 * kvd) + q * d + 3 * ff * d);
+        ld.total -= mats * (kv_dtype_size(be->weight_dtype) - 1);
+    }
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;
     int rc = -1;
@@ -530,6 +537,7 @@ int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_lo
     m->ff = scratch(be, T, ff);
     m->out_x = scratch(be, T, (size_t)dim);
     m->logits = scratch(be, T < LLAMA_LOGIT_ROWS ? T : LLAMA_LOGIT_ROWS, (size_t)vocab);
+    if (ld.progress && ld.done != ld.total) ld.progress(ld.done, ld.done, ld.progress_ctx);
     rc = 0;
 out:
     if (format == MODEL_LOAD_SAFETENSORS) safetensors_close(&ld.st);
