@@ -49,10 +49,15 @@ int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err) {
                         name);
 }
 
-bool backend_cuda_available(void) {
+bool backend_cuda_check(kv_error *why) {
 #ifdef KVSERVE_CUDA
-    return cuda_backend_usable();
+    return cuda_backend_usable(why);
 #else
+    kv_error_set(why, "this kvserve was built without CUDA");
     return false;
 #endif
+}
+
+bool backend_cuda_available(void) {
+    return backend_cuda_check(NULL);
 }

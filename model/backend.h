@@ -61,6 +61,14 @@ typedef struct backend_batch {
     const int32_t *out_rows;    /* [n_out] token indices (into tokens) whose logits are returned */
 } backend_batch;
 
+/* How one layer's attention scores its keys (Gemma 2/3, Mistral, Granite differ from plain
+ * causal attention in these). */
+typedef struct backend_attn_params {
+    float scale;   /* multiplies q.k: head_dim^-0.5, query_pre_attn_scalar^-0.5, a multiplier */
+    float softcap; /* > 0: a score s becomes softcap * tanh(s / softcap) before the softmax */
+    int window;    /* > 0: the token at position p attends to positions (p - window, p] only */
+} backend_attn_params;
+
 /* The operations. Device tensors are row-major in the backend's act_dtype unless said otherwise;
  * weights are in its weight_dtype. Every op is queued on the COMPUTE stream. */
 typedef struct backend_ops {
@@ -84,6 +92,11 @@ typedef struct backend_ops {
      * 0) that matmul takes as its w, kept in e4m3 (half the bytes of bf16). Freed by dev_free. */
     void *(*weight_upload_fp8)(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
                                size_t cols);
+    /* Optional (NULL: the caller stacks the parts on the host and calls weight_upload): the parts
+     * srcs[i] of counts[i] elements, all of src_dtype, stacked in order into one new device
+     * tensor of weight_dtype, as weight_upload of their concatenation would make it. */
+    void *(*weight_upload_parts)(backend *be, int n_parts, const void *const *srcs,
+                                 const size_t *counts, kv_dtype src_dtype);
     /* Same for an activation-dtype tensor (tests). */
     void *(*act_upload_f32)(backend *be, const float *src, size_t n);
     /* n activation elements (device, act_dtype) to host f32; waits for COMPUTE. */
@@ -125,21 +138,36 @@ typedef struct backend_ops {
     /* out[n, m] = x[n, k] @ w[m, k]^T (+ bias[m] when not NULL); fp32 accumulation. */
     void (*matmul)(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                    int k, int m);
-    /* Rotary embedding in place at batch.positions, rotate-half (Hugging Face) pairing (i, i+d/2).
+    /* Rotary embedding in place at batch.positions of the first rot_dim dims of each head,
+     * rotate-half (Hugging Face) pairing (i, i + rot_dim / 2); dims past rot_dim are left alone.
      * x rows have row_stride elements; the n_heads heads start at x[t * row_stride].
-     * inv_freq is a device f32 array [head_dim / 2] (llama3 scaling already applied). */
-    void (*rope)(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                 const float *inv_freq);
+     * inv_freq is a device f32 array [rot_dim / 2] (scaling already applied); cos and sin are
+     * multiplied by mscale (longrope's attention factor; 1 otherwise). */
+    void (*rope)(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                 const float *inv_freq, float mscale);
+    /* RMSNorm of each head in place: for n rows of x (row_stride elements apart), the n_heads
+     * heads of head_dim at the start of the row, each normed with w [head_dim] (Qwen3, Gemma 3
+     * q/k norms). */
+    void (*head_rmsnorm)(backend *be, void *x, int n, int row_stride, int n_heads, int head_dim,
+                         const void *w, float eps);
     /* out[i, j] = silu(gu[i, j]) * gu[i, ff + j] for n rows of gu = [gate | up] (2 * ff wide). */
     void (*swiglu)(backend *be, void *out, const void *gu, int n, int ff);
+    /* out[i, j] = gelu_tanh(gu[i, j]) * gu[i, ff + j] (GeGLU, PyTorch's tanh approximation). */
+    void (*geglu)(backend *be, void *out, const void *gu, int n, int ff);
+    /* x *= s over n elements (embedding and residual multipliers). */
+    void (*scale)(backend *be, void *x, size_t n, float s);
+    /* x = cap * tanh(x / cap) over n elements (final logit soft-capping). */
+    void (*softcap)(backend *be, void *x, size_t n, float cap);
     /* Writes k and v rows of every batch token into the pool at its (block, slot), layer. */
     void (*kv_write)(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                      const void *v, int row_stride);
     /* Causal attention: the query of token t (n_heads heads of head_dim at q + t * q_stride)
-     * attends to positions [0, positions[t]] of its sequence, read from the pool. out is [n_tokens,
+     * attends to positions [0, positions[t]] of its sequence (the last ap->window of them when
+     * set), read from the pool, scores scaled and soft-capped as ap says. out is [n_tokens,
      * n_heads * head_dim]. GQA: head h reads kv head h / (n_heads / n_kv_heads). */
     void (*attention)(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                      const backend_kv_layout *l, int layer, int n_heads, float scale);
+                      const backend_kv_layout *l, int layer, int n_heads,
+                      const backend_attn_params *ap);
     /* out[r, :] = x[batch.out_rows[r], :], r < n_out. */
     void (*gather_rows)(backend *be, void *out, const void *x, int dim);
 
@@ -169,6 +197,7 @@ struct backend {
     kv_dtype weight_dtype;
     kv_dtype kv_dtype; /* KV pool elements */
     void *impl;        /* the implementation's own state */
+    const char *desc;  /* one line for the start-up log (device, kernel path), or NULL */
 };
 
 /* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built).
@@ -182,5 +211,8 @@ void backend_destroy(backend *be);
 int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err);
 /* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);
+/* The same, with why set when not: built without CUDA, no device, or which GPU this build has
+ * no code for. */
+bool backend_cuda_check(kv_error *why);
 
 #endif

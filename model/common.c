@@ -1,14 +1,16 @@
 /* Shared basics: dtype names, error formatting, checked allocation, whole-file reads, half-float
- * conversion. */
+ * conversion, a parallel memcpy. */
 #include "model/common.h"
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 size_t kv_dtype_size(kv_dtype dt) {
     switch (dt) {
@@ -250,4 +252,52 @@ double kv_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+#define KV_MEMCPY_MIN_PIECE   ((size_t)4 << 20)
+#define KV_MEMCPY_MAX_THREADS 32
+
+typedef struct memcpy_piece {
+    char *dst;
+    const char *src;
+    size_t n;
+} memcpy_piece;
+
+static void *memcpy_piece_run(void *arg) {
+    memcpy_piece *p = arg;
+    memcpy(p->dst, p->src, p->n);
+    return NULL;
+}
+
+void kv_memcpy_parallel(void *dst, const void *src, size_t n, int n_threads) {
+    size_t k = n / KV_MEMCPY_MIN_PIECE;
+    if (n_threads > KV_MEMCPY_MAX_THREADS) n_threads = KV_MEMCPY_MAX_THREADS;
+    if (k > (size_t)n_threads) k = (size_t)n_threads;
+    if (k < 2) {
+        memcpy(dst, src, n);
+        return;
+    }
+    memcpy_piece pieces[KV_MEMCPY_MAX_THREADS];
+    pthread_t tid[KV_MEMCPY_MAX_THREADS];
+    bool started[KV_MEMCPY_MAX_THREADS] = {false};
+    size_t per = (n / k + 4095) / 4096 * 4096; /* page-aligned pieces: no page shared */
+    for (size_t i = 0; i < k; i++) {
+        size_t off = i * per < n ? i * per : n;
+        size_t len = n - off < per ? n - off : per;
+        pieces[i] = (memcpy_piece){(char *)dst + off, (const char *)src + off, len};
+    }
+    for (size_t i = 1; i < k; i++)
+        started[i] = pthread_create(&tid[i], NULL, memcpy_piece_run, &pieces[i]) == 0;
+    memcpy_piece_run(&pieces[0]);
+    for (size_t i = 1; i < k; i++) {
+        if (started[i])
+            pthread_join(tid[i], NULL);
+        else
+            memcpy_piece_run(&pieces[i]);
+    }
+}
+
+int kv_copy_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > 8 ? 8 : (int)n;
 }

@@ -86,4 +86,12 @@ char *kv_read_file(const char *path, size_t max_bytes, size_t *len, kv_error *er
 /* Monotonic clock in seconds. */
 double kv_now(void);
 
+/* memcpy of n bytes split over up to n_threads threads (the caller is one of them; pieces of at
+ * least 4 MiB), for large host copies such as weights out of a file mapping into a pinned
+ * staging buffer, which one thread does at a fraction of the memory bandwidth (page faults of the
+ * mapping included). n_threads <= 1, a small n or a failed thread start copies on the caller. */
+void kv_memcpy_parallel(void *dst, const void *src, size_t n, int n_threads);
+/* Threads worth giving kv_memcpy_parallel here: the online CPUs, at most 8. */
+int kv_copy_threads(void);
+
 #endif

@@ -1,4 +1,4 @@
-/* config.json + generation_config.json of a Llama-family model directory into one hf_config.
+/* config.json + generation_config.json of a decoder-only model directory into one hf_config.
  * Reads both dialects (Hub: rope_theta/rope_scaling/torch_dtype; transformers >= 5:
  * rope_parameters/dtype/layer_types). Every rejection names the field and its value. */
 #include "model/hf_config.h"
@@ -116,7 +116,17 @@ static const struct {
     {"LlamaForCausalLM", "llama", HF_ARCH_LLAMA, 2048},
     {"MistralForCausalLM", "mistral", HF_ARCH_MISTRAL, 4096 * 32},
     {"Qwen2ForCausalLM", "qwen2", HF_ARCH_QWEN2, 32768},
+    {"Qwen3ForCausalLM", "qwen3", HF_ARCH_QWEN3, 32768},
+    {"Gemma2ForCausalLM", "gemma2", HF_ARCH_GEMMA2, 8192},
+    {"Gemma3ForCausalLM", "gemma3_text", HF_ARCH_GEMMA3, 131072},
+    {"Phi3ForCausalLM", "phi3", HF_ARCH_PHI3, 4096},
+    {"GraniteForCausalLM", "granite", HF_ARCH_GRANITE, 2048},
+    {"SmolLM3ForCausalLM", "smollm3", HF_ARCH_SMOLLM3, 32768},
 };
+#define SUPPORTED_ARCHS                                                                            \
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, "                   \
+    "Gemma2ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, GraniteForCausalLM, "                  \
+    "SmolLM3ForCausalLM"
 #define N_ARCHS (int)(sizeof arch_table / sizeof arch_table[0])
 
 /* architectures[0], else model_type. */
@@ -145,14 +155,13 @@ static int parse_arch(hf_config *cfg, const json_t *root, const field_ctx *fc, i
                          model_type ? model_type : arch_table[i].model_type, "model_type");
     }
     if (name)
-        return kv_error_set(fc->err,
-                            "%s: architecture '%.100s' is not supported (supported: "
-                            "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
-                            fc->file, name);
+        return kv_error_set(
+            fc->err, "%s: architecture '%.100s' is not supported (supported: " SUPPORTED_ARCHS ")",
+            fc->file, name);
     if (model_type)
         return kv_error_set(fc->err,
                             "%s: model_type '%.100s' is not supported (supported: llama, "
-                            "mistral, qwen2)",
+                            "mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, granite, smollm3)",
                             fc->file, model_type);
     return kv_error_set(fc->err, "%s: missing architectures and model_type", fc->file);
 }
@@ -186,28 +195,88 @@ static int parse_shape(hf_config *cfg, const json_t *root, const field_ctx *fc) 
     return 0;
 }
 
-/* The rope dict: rope_parameters (v5; possibly keyed by layer type) or rope_scaling (Hub). */
+/* A number that the family defaults to def when absent; null means "off" (0). */
+static int field_opt_number(const field_ctx *fc, const json_t *obj, const char *key, double def,
+                            double *out) {
+    const json_t *v = json_object_get(obj, key);
+    if (v && json_is_null(v)) {
+        *out = 0;
+        return 0;
+    }
+    return field_number(fc, obj, key, false, def, 0.0, out);
+}
+
+/* longrope's short_factor / long_factor: rot_dim / 2 positive numbers. */
+static int parse_rope_factors(hf_config *cfg, const json_t *scaling, const field_ctx *sub,
+                              const char *key, double *out) {
+    const json_t *a = json_object_get(scaling, key);
+    int want = cfg->rot_dim / 2;
+    if (!json_is_array(a))
+        return kv_error_set(sub->err, "%s: %s%s must be a list of numbers", sub->file, sub->prefix,
+                            key);
+    if ((int)json_array_size(a) != want)
+        return kv_error_set(sub->err, "%s: %s%s has %zu entries, the rotary dims need %d",
+                            sub->file, sub->prefix, key, json_array_size(a), want);
+    if (want > HF_CONFIG_MAX_ROPE_FACTORS)
+        return kv_error_set(sub->err, "%s: %s%s: more than %d factors are not supported", sub->file,
+                            sub->prefix, key, HF_CONFIG_MAX_ROPE_FACTORS);
+    for (int i = 0; i < want; i++) {
+        const json_t *v = json_array_get(a, (size_t)i);
+        if (!json_is_number(v) || !(json_number_value(v) >= 0.01) ||
+            !isfinite(json_number_value(v)))
+            return kv_error_set(sub->err, "%s: %s%s[%d] must be a number >= 0.01", sub->file,
+                                sub->prefix, key, i);
+        out[i] = json_number_value(v);
+    }
+    cfg->n_rope_factors = want;
+    return 0;
+}
+
+/* The sliding layers' own RoPE (Gemma 3): rope_parameters.sliding_attention (v5) or
+ * rope_local_base_freq (Hub), default type only. */
+static int parse_rope_local(hf_config *cfg, const json_t *root, const json_t *local,
+                            const field_ctx *fc) {
+    cfg->rope_local = true;
+    if (json_absent(local))
+        return field_number(fc, root, "rope_local_base_freq", false, 10000.0, 1.0,
+                            &cfg->rope_local_theta);
+    field_ctx sub = *fc;
+    sub.prefix = "rope_parameters.sliding_attention.";
+    if (!json_is_object(local))
+        return kv_error_set(fc->err, "%s: rope_parameters.sliding_attention must be an object",
+                            fc->file);
+    const char *type;
+    if (field_string(&sub, local, "rope_type", &type)) return -1;
+    if (type && strcmp(type, "default") != 0)
+        return kv_error_set(fc->err, "%s: %srope_type '%.64s' is not supported (only default)",
+                            fc->file, sub.prefix, type);
+    return field_number(&sub, local, "rope_theta", false, 10000.0, 1.0, &cfg->rope_local_theta);
+}
+
+/* The rope dict: rope_parameters (v5; possibly keyed by layer type) or rope_scaling (Hub), the
+ * rotary dims (partial_rotary_factor) and the sliding layers' own RoPE. */
 static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     field_ctx sub = *fc;
     const json_t *params = json_object_get(root, "rope_parameters");
-    const json_t *scaling = NULL;
+    const json_t *scaling = NULL, *local = NULL;
+    double root_theta;
+    if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &root_theta)) return -1;
     if (!json_absent(params)) {
         if (!json_is_object(params))
             return kv_error_set(fc->err, "%s: rope_parameters must be an object", fc->file);
         const json_t *full = json_object_get(params, "full_attention");
         if (json_is_object(full) && !json_object_get(params, "rope_type")) {
+            local = json_object_get(params, "sliding_attention");
             params = full;
             sub.prefix = "rope_parameters.full_attention.";
         } else {
             sub.prefix = "rope_parameters.";
         }
         scaling = params;
-        double root_theta;
-        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &root_theta) ||
-            field_number(&sub, params, "rope_theta", false, root_theta, 1.0, &cfg->rope_theta))
+        if (field_number(&sub, params, "rope_theta", false, root_theta, 1.0, &cfg->rope_theta))
             return -1;
     } else {
-        if (field_number(fc, root, "rope_theta", false, 10000.0, 1.0, &cfg->rope_theta)) return -1;
+        cfg->rope_theta = root_theta;
         scaling = json_object_get(root, "rope_scaling");
         if (json_absent(scaling))
             scaling = NULL;
@@ -219,7 +288,24 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     cfg->rope_factor = 1.0;
     cfg->rope_low_freq_factor = 1.0;
     cfg->rope_high_freq_factor = 1.0;
-    cfg->rope_original_max_position = cfg->max_position_embeddings;
+    cfg->rope_attention_factor = 1.0;
+    if (field_int32(fc, root, "original_max_position_embeddings", false,
+                    cfg->max_position_embeddings, 1, INT_MAX, &cfg->rope_original_max_position))
+        return -1;
+
+    /* partial rotary: the rope dict's factor (v5 may move it there), else the root's */
+    double prf;
+    bool in_dict = scaling && !json_absent(json_object_get(scaling, "partial_rotary_factor"));
+    if (field_number(in_dict ? &sub : fc, in_dict ? scaling : root, "partial_rotary_factor", false,
+                     1.0, 0.0, &prf))
+        return -1;
+    cfg->rot_dim = (int)(cfg->head_dim * prf);
+    if (prf > 1.0 || cfg->rot_dim < 2 || cfg->rot_dim % 2 != 0)
+        return kv_error_set(fc->err,
+                            "%s: partial_rotary_factor %g gives %d rotary dims of head_dim %d "
+                            "(must be even, at least 2, at most head_dim)",
+                            fc->file, prf, cfg->rot_dim, cfg->head_dim);
+    if (cfg->arch == HF_ARCH_GEMMA3 && parse_rope_local(cfg, root, local, fc)) return -1;
     if (!scaling) return 0;
 
     const char *type, *key = "rope_type";
@@ -231,10 +317,40 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     if (!type && params) type = "default"; /* v5 writes rope_type, but be lenient */
     if (!type) return kv_error_set(fc->err, "%s: %srope_type is missing", fc->file, sub.prefix);
     if (strcmp(type, "default") == 0) return 0;
+    if (strcmp(type, "linear") == 0) {
+        cfg->rope_type = HF_ROPE_LINEAR;
+        if (field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor)) return -1;
+        if (cfg->rope_factor < 1.0)
+            return kv_error_set(fc->err, "%s: %sfactor = %g must be >= 1", fc->file, sub.prefix,
+                                cfg->rope_factor);
+        return 0;
+    }
+    if (strcmp(type, "longrope") == 0) {
+        cfg->rope_type = HF_ROPE_LONGROPE;
+        double factor, attention;
+        if (field_int32(&sub, scaling, "original_max_position_embeddings", false,
+                        cfg->rope_original_max_position, 1, INT_MAX,
+                        &cfg->rope_original_max_position) ||
+            parse_rope_factors(cfg, scaling, &sub, "short_factor", cfg->rope_short_factor) ||
+            parse_rope_factors(cfg, scaling, &sub, "long_factor", cfg->rope_long_factor) ||
+            field_number(&sub, scaling, "factor", false,
+                         (double)cfg->max_position_embeddings / cfg->rope_original_max_position,
+                         0.0, &factor))
+            return -1;
+        /* transformers' _compute_longrope_parameters: the paper's attention factor */
+        double def =
+            factor <= 1.0 ? 1.0 : sqrt(1.0 + log(factor) / log(cfg->rope_original_max_position));
+        if (field_number(&sub, scaling, "attention_factor", false, def, 0.0, &attention)) return -1;
+        cfg->rope_factor = factor;
+        cfg->rope_attention_factor = attention;
+        return 0;
+    }
     if (strcmp(type, "llama3") != 0)
-        return kv_error_set(fc->err,
-                            "%s: %s%s '%.64s' is not supported (supported: default, llama3)",
-                            fc->file, sub.prefix, key, type);
+        return kv_error_set(
+            fc->err,
+            "%s: %s%s '%.64s' is not supported (supported: default, linear, llama3, "
+            "longrope)",
+            fc->file, sub.prefix, key, type);
     cfg->rope_type = HF_ROPE_LLAMA3;
     if (field_number(&sub, scaling, "factor", true, 0, 0.0, &cfg->rope_factor) ||
         field_number(&sub, scaling, "low_freq_factor", true, 0, 0.0, &cfg->rope_low_freq_factor) ||
@@ -253,45 +369,170 @@ static int parse_rope(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     return 0;
 }
 
-/* Only full causal attention is implemented: layer_types must say so for every layer, and a
- * sliding window that could ever bite (shorter than max_position_embeddings) is refused. */
-static int check_attention_kind(const hf_config *cfg, const json_t *root, const field_ctx *fc) {
+static void bit_set(uint8_t *bits, int i) {
+    bits[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+
+/* Which layers slide: layer_types when given (full_attention | sliding_attention; anything else
+ * is a hybrid model), else the family's default as transformers' config classes set it.
+ * Fills sliding_window (0 when no layer slides) and layer_sliding. */
+static int parse_attention_kinds(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    long long window;
+    if (field_int(fc, root, "sliding_window", false, 0, 0, INT_MAX, &window)) return -1;
+    int n = cfg->n_layers, n_sliding = 0;
     const json_t *types = json_object_get(root, "layer_types");
     if (!json_absent(types)) {
         if (!json_is_array(types))
             return kv_error_set(fc->err, "%s: layer_types must be a list", fc->file);
-        if ((int)json_array_size(types) != cfg->n_layers)
+        if ((int)json_array_size(types) != n)
             return kv_error_set(fc->err, "%s: layer_types has %zu entries for %d layers", fc->file,
-                                json_array_size(types), cfg->n_layers);
-        for (size_t i = 0; i < json_array_size(types); i++) {
-            const json_t *t = json_array_get(types, i);
+                                json_array_size(types), n);
+        for (int i = 0; i < n; i++) {
+            const json_t *t = json_array_get(types, (size_t)i);
             if (!json_is_string(t))
-                return kv_error_set(fc->err, "%s: layer_types[%zu] must be a string", fc->file, i);
-            if (strcmp(json_string_value(t), "full_attention") != 0)
+                return kv_error_set(fc->err, "%s: layer_types[%d] must be a string", fc->file, i);
+            if (strcmp(json_string_value(t), "sliding_attention") == 0) {
+                bit_set(cfg->layer_sliding, i);
+                n_sliding++;
+            } else if (strcmp(json_string_value(t), "full_attention") != 0) {
                 return kv_error_set(fc->err,
-                                    "%s: layer_types[%zu] '%.64s' is not supported (only "
-                                    "full_attention)",
+                                    "%s: layer_types[%d] '%.64s': hybrid attention is not "
+                                    "supported (only full_attention and sliding_attention)",
                                     fc->file, i, json_string_value(t));
+            }
         }
+    } else {
+        bool use = true;
+        int from = 0, pattern = 0; /* sliding: layers >= from; with pattern, (i + 1) % pattern */
+        switch (cfg->arch) {
+        case HF_ARCH_QWEN2:
+        case HF_ARCH_QWEN3:
+        case HF_ARCH_SMOLLM3:
+            if (field_bool(fc, root, "use_sliding_window", false, &use) ||
+                field_int32(fc, root, "max_window_layers", false, 28, 0, INT_MAX, &from))
+                return -1;
+            break;
+        case HF_ARCH_GEMMA2:
+            pattern = 2;
+            break;
+        case HF_ARCH_GEMMA3: {
+            const char *key = json_object_get(root, "sliding_window_pattern")
+                                  ? "sliding_window_pattern"
+                                  : "_sliding_window_pattern";
+            if (field_int32(fc, root, key, false, 6, 1, INT_MAX, &pattern)) return -1;
+            break;
+        }
+        case HF_ARCH_MISTRAL:
+        case HF_ARCH_PHI3:
+            break;
+        default:
+            use = false; /* Llama, Granite: no window */
+        }
+        for (int i = 0; use && window > 0 && i < n; i++)
+            if (i >= from && (pattern == 0 || (i + 1) % pattern != 0)) {
+                bit_set(cfg->layer_sliding, i);
+                n_sliding++;
+            }
     }
-    bool sliding = cfg->arch != HF_ARCH_LLAMA;
-    if (cfg->arch == HF_ARCH_QWEN2) {
-        /* Qwen2 slides only with use_sliding_window, and only in layers >= max_window_layers */
-        int max_window_layers;
-        if (field_bool(fc, root, "use_sliding_window", false, &sliding) ||
-            field_int32(fc, root, "max_window_layers", false, 28, 0, INT_MAX, &max_window_layers))
-            return -1;
-        if (max_window_layers >= cfg->n_layers) sliding = false;
-    }
-    if (!sliding) return 0;
-    long long window;
-    if (field_int(fc, root, "sliding_window", false, -1, 0, LLONG_MAX, &window)) return -1;
-    if (window >= 0 && window < cfg->max_position_embeddings)
+    if (n_sliding && window <= 0)
         return kv_error_set(fc->err,
-                            "%s: sliding_window %lld is smaller than max_position_embeddings %d: "
-                            "sliding-window attention is not supported",
-                            fc->file, window, cfg->max_position_embeddings);
+                            "%s: layer_types has sliding_attention layers but sliding_window is "
+                            "missing or 0",
+                            fc->file);
+    cfg->sliding_window = n_sliding ? (int)window : 0;
     return 0;
+}
+
+/* SmolLM3's layers without RoPE: no_rope_layers (1 = RoPE, 0 = none), else every
+ * no_rope_layer_interval-th layer (default 4) goes without. */
+static int parse_nope_layers(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    if (cfg->arch != HF_ARCH_SMOLLM3) return 0;
+    const json_t *list = json_object_get(root, "no_rope_layers");
+    if (json_absent(list)) {
+        int interval;
+        if (field_int32(fc, root, "no_rope_layer_interval", false, 4, 1, INT_MAX, &interval))
+            return -1;
+        for (int i = 0; i < cfg->n_layers; i++)
+            if ((i + 1) % interval == 0) bit_set(cfg->layer_nope, i);
+        return 0;
+    }
+    if (!json_is_array(list) || (int)json_array_size(list) != cfg->n_layers)
+        return kv_error_set(fc->err, "%s: no_rope_layers must be a list of %d integers", fc->file,
+                            cfg->n_layers);
+    for (int i = 0; i < cfg->n_layers; i++) {
+        const json_t *v = json_array_get(list, (size_t)i);
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1)
+            return kv_error_set(fc->err, "%s: no_rope_layers[%d] must be 0 or 1", fc->file, i);
+        if (json_integer_value(v) == 0) bit_set(cfg->layer_nope, i);
+    }
+    return 0;
+}
+
+/* Model kinds no family here implements, refused before the architecture so that the message
+ * names the field that makes them what they are. */
+static int check_model_kind(const json_t *root, const field_ctx *fc) {
+    static const char *moe_keys[] = {"num_experts", "num_local_experts", "n_routed_experts"};
+    for (size_t i = 0; i < sizeof moe_keys / sizeof *moe_keys; i++) {
+        const json_t *v = json_object_get(root, moe_keys[i]);
+        if (json_absent(v) || (json_is_integer(v) && json_integer_value(v) == 0)) continue;
+        return kv_error_set(fc->err, "%s: %s = %lld: mixture-of-experts models are not supported",
+                            fc->file, moe_keys[i],
+                            json_is_integer(v) ? (long long)json_integer_value(v) : -1);
+    }
+    static const char *hybrid_keys[] = {"layers_block_type", "hybrid_override_pattern",
+                                        "attn_layer_indices"};
+    for (size_t i = 0; i < sizeof hybrid_keys / sizeof *hybrid_keys; i++)
+        if (!json_absent(json_object_get(root, hybrid_keys[i])))
+            return kv_error_set(fc->err,
+                                "%s: %s is set: hybrid attention (state-space or linear-attention "
+                                "layers) is not supported",
+                                fc->file, hybrid_keys[i]);
+    static const char *mm_keys[] = {"vision_config", "audio_config", "text_config"};
+    for (size_t i = 0; i < sizeof mm_keys / sizeof *mm_keys; i++)
+        if (!json_absent(json_object_get(root, mm_keys[i])))
+            return kv_error_set(fc->err,
+                                "%s: %s is present: multimodal models are not supported (load "
+                                "a text-only checkpoint)",
+                                fc->file, mm_keys[i]);
+    return 0;
+}
+
+/* The MLP activation and the family's own fields (neutral values for the others). */
+static int parse_family(hf_config *cfg, const json_t *root, const field_ctx *fc) {
+    bool gemma = cfg->arch == HF_ARCH_GEMMA2 || cfg->arch == HF_ARCH_GEMMA3;
+    const char *act, *act_key = gemma ? "hidden_activation" : "hidden_act";
+    if (field_string(fc, root, act_key, &act)) return -1;
+    if (!act && gemma) {
+        act_key = "hidden_act";
+        if (field_string(fc, root, act_key, &act)) return -1;
+    }
+    const char *want = gemma ? "gelu_pytorch_tanh" : "silu";
+    if (act && strcmp(act, want) != 0)
+        return kv_error_set(fc->err, "%s: %s '%.64s' is not supported (only %s)", fc->file, act_key,
+                            act, want);
+    cfg->act = gemma ? HF_ACT_GELU_TANH : HF_ACT_SILU;
+    cfg->qk_norm = cfg->arch == HF_ARCH_QWEN3 || cfg->arch == HF_ARCH_GEMMA3;
+    cfg->embedding_multiplier = cfg->residual_multiplier = cfg->logits_scaling = 1.0;
+    if (gemma) {
+        bool g2 = cfg->arch == HF_ARCH_GEMMA2;
+        if (field_number(fc, root, "query_pre_attn_scalar", false, 256, 0.0,
+                         &cfg->query_pre_attn_scalar) ||
+            field_opt_number(fc, root, "attn_logit_softcapping", g2 ? 50.0 : 0.0,
+                             &cfg->attn_softcap) ||
+            field_opt_number(fc, root, "final_logit_softcapping", g2 ? 30.0 : 0.0,
+                             &cfg->final_softcap))
+            return -1;
+    }
+    if (cfg->arch == HF_ARCH_GRANITE &&
+        (field_number(fc, root, "embedding_multiplier", false, 1.0, 0.0,
+                      &cfg->embedding_multiplier) ||
+         field_number(fc, root, "attention_multiplier", false, 1.0, 0.0,
+                      &cfg->attention_multiplier) ||
+         field_number(fc, root, "residual_multiplier", false, 1.0, 0.0,
+                      &cfg->residual_multiplier) ||
+         field_number(fc, root, "logits_scaling", false, 1.0, 0.0, &cfg->logits_scaling)))
+        return -1;
+    return parse_nope_layers(cfg, root, fc);
 }
 
 /* bos_token_id (int or null) and eos_token_id (int, list of ints or null) of obj, when present. */
@@ -447,29 +688,34 @@ static int parse_quant(hf_config *cfg, const json_t *q, const field_ctx *fc) {
 
 static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     int arch_index = 0;
-    if (parse_arch(cfg, root, fc, &arch_index) || parse_shape(cfg, root, fc)) return -1;
+    if (check_model_kind(root, fc) || parse_arch(cfg, root, fc, &arch_index) ||
+        parse_shape(cfg, root, fc))
+        return -1;
+    if (cfg->n_layers > HF_CONFIG_MAX_LAYERS)
+        return kv_error_set(fc->err, "%s: num_hidden_layers %d: at most %d are supported", fc->file,
+                            cfg->n_layers, HF_CONFIG_MAX_LAYERS);
     if (field_int32(fc, root, "max_position_embeddings", false,
                     arch_table[arch_index].default_max_position, 1, INT_MAX,
                     &cfg->max_position_embeddings) ||
         field_number(fc, root, "rms_norm_eps", false, 1e-6, 0.0, &cfg->rms_norm_eps) ||
         field_bool(fc, root, "tie_word_embeddings", false, &cfg->tie_word_embeddings) ||
-        parse_rope(cfg, root, fc) || check_attention_kind(cfg, root, fc))
+        parse_rope(cfg, root, fc) || parse_attention_kinds(cfg, root, fc) ||
+        parse_family(cfg, root, fc))
         return -1;
 
-    /* q/k/v bias: Qwen2 always; Llama's attention_bias also puts one on o_proj; Mistral none */
+    /* q/k/v bias: Qwen2 always; attention_bias (where the family has it) also puts one on
+     * o_proj; Mistral and Phi-3 none */
     bool bias = false, mlp_bias = false;
-    if (cfg->arch == HF_ARCH_LLAMA && (field_bool(fc, root, "attention_bias", false, &bias) ||
-                                       field_bool(fc, root, "mlp_bias", false, &mlp_bias)))
+    bool has_bias_field =
+        cfg->arch != HF_ARCH_QWEN2 && cfg->arch != HF_ARCH_MISTRAL && cfg->arch != HF_ARCH_PHI3;
+    bool has_mlp_bias_field =
+        cfg->arch == HF_ARCH_LLAMA || cfg->arch == HF_ARCH_GRANITE || cfg->arch == HF_ARCH_SMOLLM3;
+    if ((has_bias_field && field_bool(fc, root, "attention_bias", false, &bias)) ||
+        (has_mlp_bias_field && field_bool(fc, root, "mlp_bias", false, &mlp_bias)))
         return -1;
     if (mlp_bias) return kv_error_set(fc->err, "%s: mlp_bias true is not supported", fc->file);
     cfg->attention_bias = cfg->arch == HF_ARCH_QWEN2 || bias;
     cfg->attention_out_bias = bias;
-
-    const char *act;
-    if (field_string(fc, root, "hidden_act", &act)) return -1;
-    if (act && strcmp(act, "silu") != 0)
-        return kv_error_set(fc->err, "%s: hidden_act '%.64s' is not supported (only silu)",
-                            fc->file, act);
     if (parse_quant(cfg, json_object_get(root, "quantization_config"), fc)) return -1;
 
     const char *dtype, *dtype_key = "dtype";
@@ -555,14 +801,22 @@ int hf_config_load(hf_config *cfg, const char *dir, kv_error *err) {
 }
 
 void hf_config_rope_inv_freq(const hf_config *cfg, float *inv_freq) {
+    hf_config_rope_inv_freq_for(cfg, false, false, inv_freq);
+}
+
+void hf_config_rope_inv_freq_for(const hf_config *cfg, bool local, bool long_factors,
+                                 float *inv_freq) {
     const double two_pi = 2.0 * 3.14159265358979323846;
-    int half = cfg->head_dim / 2;
+    int half = cfg->rot_dim / 2;
+    bool own = local && cfg->rope_local;
+    double theta = own ? cfg->rope_local_theta : cfg->rope_theta;
+    hf_rope_type type = own ? HF_ROPE_DEFAULT : cfg->rope_type;
     double old_context = cfg->rope_original_max_position;
     double low_freq_wavelen = old_context / cfg->rope_low_freq_factor;
     double high_freq_wavelen = old_context / cfg->rope_high_freq_factor;
     for (int i = 0; i < half; i++) {
-        double inv = 1.0 / pow(cfg->rope_theta, (double)(2 * i) / cfg->head_dim);
-        if (cfg->rope_type == HF_ROPE_LLAMA3) {
+        double inv = 1.0 / pow(theta, (double)(2 * i) / cfg->rot_dim);
+        if (type == HF_ROPE_LLAMA3) {
             /* short wavelengths keep their frequency, long ones are divided by factor, and the
              * band between is interpolated linearly in old_context / wavelen */
             double wavelen = two_pi / inv;
@@ -573,7 +827,17 @@ void hf_config_rope_inv_freq(const hf_config *cfg, float *inv_freq) {
                                 (cfg->rope_high_freq_factor - cfg->rope_low_freq_factor);
                 inv = (1.0 - smooth) * inv / cfg->rope_factor + smooth * inv;
             }
+        } else if (type == HF_ROPE_LINEAR) {
+            inv /= cfg->rope_factor;
+        } else if (type == HF_ROPE_LONGROPE) {
+            inv /= long_factors ? cfg->rope_long_factor[i] : cfg->rope_short_factor[i];
         }
         inv_freq[i] = (float)inv;
     }
+}
+
+float hf_config_attn_scale(const hf_config *cfg) {
+    if (cfg->attention_multiplier > 0) return (float)cfg->attention_multiplier;
+    double d = cfg->query_pre_attn_scalar > 0 ? cfg->query_pre_attn_scalar : cfg->head_dim;
+    return (float)(1.0 / sqrt(d));
 }

@@ -1,16 +1,17 @@
-/* The Llama-family model: loads weights (safetensors, or random ones for benchmarks) onto a
- * backend, stacking q/k/v and gate/up so each is one matmul, and runs the forward pass as a list
- * of backend ops. The KV pool and the block tables belong to the caller. */
+/* The decoder shared by every family: loads weights (safetensors, or random ones for benchmarks)
+ * onto a backend, stacking q/k/v and gate/up so each is one matmul, drives a step (recorded
+ * decode steps, logits to the host) and holds the blocks the families' forward passes are made of;
+ * Llama's own tensor names and step (Llama, Mistral, Qwen2, SmolLM3). The KV pool and the block
+ * tables belong to the caller. */
 #include "model/llama.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "model/safetensors.h"
 
-/* Rows of logits computed per matmul: bounds the logits scratch (rows × vocab). */
-#define LLAMA_LOGIT_ROWS 256
 /* Elements generated per host chunk by the dummy loader. */
 #define LLAMA_DUMMY_CHUNK ((size_t)1 << 22)
 /* Standard deviation of dummy weights (the usual initializer_range). */
@@ -20,7 +21,7 @@
 
 typedef enum weight_init { WEIGHT_RANDOM, WEIGHT_ONES } weight_init;
 
-typedef struct loader {
+typedef struct llama_loader {
     llama_model *m;
     const char *dir;
     model_load_format format;
@@ -34,7 +35,9 @@ typedef struct loader {
     /* dummy weights: 65536 samples of N(0, std) in the weight dtype, indexed by random bits */
     void *normal_table;
     uint64_t rng;
-} loader;
+    uint64_t n_chunks; /* dummy chunks generated so far (each chunk's seed) */
+} llama_loader;
+typedef llama_loader loader;
 
 static uint64_t xorshift64(uint64_t *s) {
     *s ^= *s << 13;
@@ -87,30 +90,89 @@ static void dummy_fill_f32(float *out, const float *table, size_t n, uint64_t *r
     for (; i < n; i++) out[i] = table[xorshift64(rng) & 0xffff];
 }
 
-/* A device tensor of n weight-dtype elements of random values (or ones), generated in host
- * chunks directly in the weight dtype. */
-static void *weight_dummy(loader *ld, size_t n, weight_init init) {
+/* One host chunk of dummy weights, generated on a thread of its own. */
+typedef struct dummy_job {
+    void *out;
+    size_t len;
+    const void *table;
+    kv_dtype dt;
+    weight_init init;
+    uint64_t rng; /* this chunk's own stream: chunks are filled in any order, the same values */
+} dummy_job;
+
+static void *dummy_job_run(void *arg) {
+    dummy_job *j = arg;
+    if (j->init == WEIGHT_ONES) {
+        for (size_t i = 0; i < j->len; i++) store_as(j->out, j->dt, i, 1.0f);
+    } else if (kv_dtype_size(j->dt) == 2) {
+        dummy_fill_u16(j->out, j->table, j->len, &j->rng);
+    } else {
+        dummy_fill_f32(j->out, j->table, j->len, &j->rng);
+    }
+    return NULL;
+}
+
+/* splitmix64: the seed of chunk k of the load (never 0, which xorshift64 cannot leave). */
+static uint64_t chunk_seed(uint64_t k) {
+    uint64_t z = k * 0x9e3779b97f4a7c15ull + 0x2545f4914f6cdd1dull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return z ? z : 1;
+}
+
+#define LLAMA_DUMMY_THREADS 8
+
+/* A device tensor of n weight-dtype elements of random values (or ones; with host, written into
+ * host[n] instead and host returned), generated in host
+ * chunks directly in the weight dtype, several chunks at once on threads (one thread makes ~2
+ * GB/s: 8 s for an 8B model). Chunk k of the whole load has its own seeded stream, so the values
+ * depend on the chunk order only, not on the threads or the backend. */
+static void *weight_dummy_to(loader *ld, size_t n, weight_init init, void *host) {
     backend *be = ld->m->be;
     kv_dtype dt = be->weight_dtype;
     size_t es = kv_dtype_size(dt), chunk = n < LLAMA_DUMMY_CHUNK ? n : LLAMA_DUMMY_CHUNK;
-    char *dev = be->ops->dev_alloc(be, n * es);
-    if (chunk * es > ld->staging_cap) {
+    int n_threads = kv_copy_threads();
+    if (n_threads > LLAMA_DUMMY_THREADS) n_threads = LLAMA_DUMMY_THREADS;
+    size_t span = chunk * (size_t)n_threads; /* elements per round of threads */
+    if (span > n) span = n;
+    char *dev = host ? NULL : be->ops->dev_alloc(be, n * es);
+    if (!host && span * es > ld->staging_cap) {
         free(ld->staging);
-        ld->staging = kv_malloc(chunk * es);
-        ld->staging_cap = chunk * es;
+        ld->staging = kv_malloc(span * es);
+        ld->staging_cap = span * es;
     }
-    for (size_t off = 0; off < n; off += chunk) {
-        size_t len = n - off < chunk ? n - off : chunk;
-        if (init == WEIGHT_ONES) {
-            for (size_t i = 0; i < len; i++) store_as(ld->staging, dt, i, 1.0f);
-        } else if (es == 2) {
-            dummy_fill_u16(ld->staging, ld->normal_table, len, &ld->rng);
-        } else {
-            dummy_fill_f32(ld->staging, ld->normal_table, len, &ld->rng);
+    for (size_t off = 0; off < n; off += span) {
+        size_t len = n - off < span ? n - off : span;
+        dummy_job jobs[LLAMA_DUMMY_THREADS];
+        pthread_t tid[LLAMA_DUMMY_THREADS];
+        bool started[LLAMA_DUMMY_THREADS] = {false};
+        int k = 0;
+        for (size_t c = 0; c < len; c += chunk, k++)
+            jobs[k] = (dummy_job){.out = host ? (char *)host + (off + c) * es
+                                              : (char *)ld->staging + c * es,
+                                  .len = len - c < chunk ? len - c : chunk,
+                                  .table = ld->normal_table,
+                                  .dt = dt,
+                                  .init = init,
+                                  .rng = chunk_seed(ld->n_chunks++)};
+        for (int i = 1; i < k; i++)
+            started[i] = pthread_create(&tid[i], NULL, dummy_job_run, &jobs[i]) == 0;
+        dummy_job_run(&jobs[0]);
+        for (int i = 1; i < k; i++) {
+            if (started[i])
+                pthread_join(tid[i], NULL);
+            else
+                dummy_job_run(&jobs[i]);
         }
-        be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
+        if (!host) be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
     }
-    return dev;
+    return host ? host : dev;
+}
+
+/* weight_dummy_to a new device tensor. */
+static void *weight_dummy(loader *ld, size_t n, weight_init init) {
+    return weight_dummy_to(ld, n, init, NULL);
 }
 
 /* The safetensors tensor `name`, checked to be [rows, cols] ([rows] when cols is 0). */
@@ -281,10 +343,7 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
         kv_dtype dt = be->weight_dtype;
         void *raw = kv_malloc(n * kv_dtype_size(dt));
         float *f = kv_malloc(n * sizeof *f);
-        if (kv_dtype_size(dt) == 2)
-            dummy_fill_u16(raw, ld->normal_table, n, &ld->rng);
-        else
-            dummy_fill_f32(raw, ld->normal_table, n, &ld->rng);
+        weight_dummy_to(ld, n, WEIGHT_RANDOM, raw); /* the values weight_dummy would upload */
         kv_convert_to_f32(f, raw, dt, n);
         uint8_t *q = kv_malloc(n);
         float *rs = kv_malloc(n_rows * sizeof *rs);
@@ -295,7 +354,7 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
     } else if (ld->format == MODEL_LOAD_DUMMY) {
         dev = weight_dummy(ld, n, init);
     } else {
-        const safetensors_tensor *parts[3];
+        const safetensors_tensor *parts[3] = {NULL, NULL, NULL};
         bool same_dtype = true, any_fp8 = false;
         for (int i = 0; i < n_parts; i++) {
             if (!(parts[i] = tensor_find(ld, names[i], rows[i], cols, err))) return NULL;
@@ -324,14 +383,22 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
             /* uploaded as FP8 */
         } else if (n_parts == 1 && !any_fp8 && !quantize) {
             dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
+        } else if (same_dtype && !any_fp8 && !quantize && be->ops->weight_upload_parts) {
+            /* each part from the file mapping into its rows: no stacking copy */
+            const void *srcs[3];
+            size_t counts[3];
+            for (int i = 0; i < n_parts; i++)
+                srcs[i] = parts[i]->data, counts[i] = parts[i]->n_elems;
+            dev = be->ops->weight_upload_parts(be, n_parts, srcs, counts, parts[0]->dtype);
         } else {
             /* stack on the host: raw bytes when the parts agree, else as f32 (FP8 parts
              * dequantized) */
-            kv_dtype dt = same_dtype && !any_fp8 && !quantize ? parts[0]->dtype : KV_DTYPE_F32;
+            bool raw = same_dtype && !any_fp8 && !quantize;
+            kv_dtype dt = raw ? parts[0]->dtype : KV_DTYPE_F32;
             char *at = staging_reserve(ld, n * kv_dtype_size(dt));
             for (int i = 0; i < n_parts; i++) {
-                if (dt != KV_DTYPE_F32)
-                    memcpy(at, parts[i]->data, parts[i]->n_bytes);
+                if (raw) /* several threads: see kv_memcpy_parallel */
+                    kv_memcpy_parallel(at, parts[i]->data, parts[i]->n_bytes, kv_copy_threads());
                 else if (parts[i]->dtype == KV_DTYPE_F8_E4M3) {
                     if (fp8_dequantize(ld, names[i], parts[i], (float *)at, NULL, err)) return NULL;
                 } else
@@ -358,24 +425,60 @@ static void *weight_load1(loader *ld, const char *name, int64_t rows, int64_t co
 }
 
 /* Elements of every weight the model uploads (for progress). */
-static size_t weight_elems(const hf_config *c, bool tied) {
+static size_t weight_elems(const hf_config *c, const llama_family *fam, bool tied) {
     size_t dim = (size_t)c->hidden_size, q = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t qkv = q + 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim;
     size_t ff = (size_t)c->intermediate_size, vocab = (size_t)c->vocab_size;
-    size_t layer = 2 * dim + qkv * dim + q * dim + 3 * ff * dim;
+    size_t layer = (2 + (size_t)fam->extra_norms) * dim + qkv * dim + q * dim + 3 * ff * dim;
+    if (c->qk_norm) layer += 2 * (size_t)c->head_dim;
     if (c->attention_bias) layer += qkv;
     if (c->attention_out_bias) layer += dim;
     return (size_t)c->n_layers * layer + vocab * dim * (tied ? 1 : 2) + dim;
 }
 
-static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
+const hf_config *llama_loader_config(const llama_loader *ld) {
+    return &ld->m->cfg;
+}
+
+void *llama_load_weight(llama_loader *ld, const char *name, int64_t rows, int64_t cols,
+                        kv_error *err) {
+    char names[1][128];
+    snprintf(names[0], sizeof names[0], "%s", name);
+    return weight_load(ld, 1, names, &rows, cols, WEIGHT_RANDOM, cols > 0, err);
+}
+
+void *llama_load_stacked(llama_loader *ld, int n_parts, char names[][128], const int64_t *rows,
+                         int64_t cols, kv_error *err) {
+    return weight_load(ld, n_parts, names, rows, cols, WEIGHT_RANDOM, cols > 0, err);
+}
+
+void *llama_load_norm(llama_loader *ld, const char *name, int64_t dim, kv_error *err) {
+    float offset = ld->m->fam->norm_offset;
+    if (offset == 0 || ld->format == MODEL_LOAD_DUMMY)
+        return weight_load1(ld, name, dim, 0, WEIGHT_ONES, err);
+    /* w + offset in f32 (as transformers computes 1 + w), then to the weight dtype */
+    const safetensors_tensor *t = tensor_find(ld, name, dim, 0, err);
+    if (!t) return NULL;
+    float *f = kv_malloc((size_t)dim * sizeof *f);
+    kv_convert_to_f32(f, t->data, t->dtype, (size_t)dim);
+    for (int64_t i = 0; i < dim; i++) f[i] += offset;
+    backend *be = ld->m->be;
+    void *dev = be->ops->weight_upload(be, f, KV_DTYPE_F32, (size_t)dim);
+    free(f);
+    size_t bytes = (size_t)dim * kv_dtype_size(be->weight_dtype);
+    ld->done += bytes;
+    ld->m->weight_bytes += bytes;
+    if (ld->progress) ld->progress(ld->done, ld->total, ld->progress_ctx);
+    return dev;
+}
+
+#define NAME(k, fmt) snprintf(n[k], sizeof n[k], "model.layers.%d." fmt, i)
+
+int llama_load_attention(llama_loader *ld, int i, llama_layer *L, kv_error *err) {
     const hf_config *c = &ld->m->cfg;
     int64_t dim = c->hidden_size, q = (int64_t)c->n_heads * c->head_dim;
-    int64_t kv = (int64_t)c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
+    int64_t kv = (int64_t)c->n_kv_heads * c->head_dim;
     char n[3][128];
-#define NAME(k, fmt) snprintf(n[k], sizeof n[k], "model.layers.%d." fmt, i)
-    NAME(0, "input_layernorm.weight");
-    if (!(L->attn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, false, err))) return -1;
     NAME(0, "self_attn.q_proj.weight");
     NAME(1, "self_attn.k_proj.weight");
     NAME(2, "self_attn.v_proj.weight");
@@ -393,17 +496,45 @@ static int layer_load(loader *ld, int i, llama_layer *L, kv_error *err) {
         NAME(0, "self_attn.o_proj.bias");
         if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, false, err))) return -1;
     }
-    NAME(0, "post_attention_layernorm.weight");
-    if (!(L->ffn_norm = weight_load(ld, 1, n, &dim, 0, WEIGHT_ONES, false, err))) return -1;
+    return 0;
+}
+
+int llama_load_mlp(llama_loader *ld, int i, llama_layer *L, kv_error *err) {
+    const hf_config *c = &ld->m->cfg;
+    int64_t dim = c->hidden_size, ff = c->intermediate_size;
+    char n[3][128];
     NAME(0, "mlp.gate_proj.weight");
     NAME(1, "mlp.up_proj.weight");
     const int64_t gu_rows[2] = {ff, ff};
     if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, true, err))) return -1;
     NAME(0, "mlp.down_proj.weight");
     if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, true, err))) return -1;
-#undef NAME
     return 0;
 }
+
+int llama_load_qk_norms(llama_loader *ld, int i, llama_layer *L, kv_error *err) {
+    const hf_config *c = &ld->m->cfg;
+    if (!c->qk_norm) return 0;
+    char n[1][128];
+    NAME(0, "self_attn.q_norm.weight");
+    if (!(L->q_norm = llama_load_norm(ld, n[0], c->head_dim, err))) return -1;
+    NAME(0, "self_attn.k_norm.weight");
+    if (!(L->k_norm = llama_load_norm(ld, n[0], c->head_dim, err))) return -1;
+    return 0;
+}
+
+/* Llama's layer: input_layernorm, attention, post_attention_layernorm (the MLP's norm), MLP. */
+static int llama_layer_load(llama_loader *ld, int i, llama_layer *L, kv_error *err) {
+    int64_t dim = ld->m->cfg.hidden_size;
+    char n[1][128];
+    NAME(0, "input_layernorm.weight");
+    if (!(L->attn_norm = llama_load_norm(ld, n[0], dim, err))) return -1;
+    if (llama_load_attention(ld, i, L, err) || llama_load_qk_norms(ld, i, L, err)) return -1;
+    NAME(0, "post_attention_layernorm.weight");
+    if (!(L->ffn_norm = llama_load_norm(ld, n[0], dim, err))) return -1;
+    return llama_load_mlp(ld, i, L, err);
+}
+#undef NAME
 
 /* The value of a one-element scale tensor `name`: 1 when absent, 0 with *value set when valid,
  * -1 with err set when it is not one finite positive number. */
@@ -447,6 +578,16 @@ static void *scratch(backend *be, size_t rows, size_t cols) {
     return be->ops->dev_alloc(be, rows * cols * kv_dtype_size(be->act_dtype));
 }
 
+/* A device copy of the RoPE frequencies of one kind of layer (hf_config_rope_inv_freq_for). */
+static float *inv_freq_upload(backend *be, const hf_config *c, bool local, bool long_factors) {
+    size_t bytes = (size_t)c->rot_dim / 2 * sizeof(float);
+    float *host = kv_malloc(bytes), *dev = be->ops->dev_alloc(be, bytes);
+    hf_config_rope_inv_freq_for(c, local, long_factors, host);
+    be->ops->to_dev(be, dev, host, bytes);
+    free(host);
+    return dev;
+}
+
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err) {
@@ -470,6 +611,9 @@ int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_lo
                             "%s/config.json: %d attention heads, %d KV heads, head_dim %d: "
                             "heads must be a multiple of KV heads and head_dim even",
                             dir, c->n_heads, c->n_kv_heads, c->head_dim);
+    if (!(m->fam = llama_family_of(c->arch)))
+        return kv_error_set(err, "%s/config.json: architecture %s has no implementation", dir,
+                            c->arch_name);
     KV_CHECK(max_tokens >= 1);
 
     loader ld = {.m = m,
@@ -494,7 +638,7 @@ int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_lo
         safetensors_close(&ld.st);
         return -1;
     }
-    ld.total = weight_elems(c, tied) * kv_dtype_size(be->weight_dtype);
+    ld.total = weight_elems(c, m->fam, tied) * kv_dtype_size(be->weight_dtype);
     if (be->ops->weight_upload_fp8 && (opt->quantize_fp8 || c->quant != HF_QUANT_NONE)) {
         /* projections likely kept as e4m3 (one byte); the last progress call says the truth */
         size_t d = (size_t)c->hidden_size, q = (size_t)c->n_heads * (size_t)c->head_dim;
@@ -510,19 +654,28 @@ int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_lo
               weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
         goto out;
     m->layers = kv_calloc((size_t)c->n_layers, sizeof *m->layers);
-    for (int i = 0; i < c->n_layers; i++)
-        if (layer_load(&ld, i, &m->layers[i], err)) goto out;
-    if (!(m->final_norm = weight_load1(&ld, "model.norm.weight", dim, 0, WEIGHT_ONES, err)))
-        goto out;
+    float attn_scale = hf_config_attn_scale(c);
+    for (int i = 0; i < c->n_layers; i++) {
+        llama_layer *L = &m->layers[i];
+        if ((m->fam->layer_load ? m->fam->layer_load : llama_layer_load)(&ld, i, L, err)) goto out;
+        /* a window as long as the context never bites (Phi-4-mini's 262144): left off, so the
+         * backend keeps its fastest attention path */
+        bool sliding = hf_config_layer_sliding(c, i);
+        bool bites = sliding && c->sliding_window < c->max_position_embeddings;
+        L->attn = (backend_attn_params){.scale = attn_scale,
+                                        .softcap = (float)c->attn_softcap,
+                                        .window = bites ? c->sliding_window : 0};
+        L->rope = hf_config_layer_rope(c, i);
+        L->local_rope = sliding && c->rope_local;
+    }
+    if (!(m->final_norm = llama_load_norm(&ld, "model.norm.weight", dim, err))) goto out;
     m->lm_head =
         tied ? m->embed : weight_load1(&ld, "lm_head.weight", vocab, dim, WEIGHT_RANDOM, err);
     if (!m->lm_head) goto out;
 
-    float *inv_freq = kv_malloc((size_t)c->head_dim / 2 * sizeof(float));
-    hf_config_rope_inv_freq(c, inv_freq);
-    m->inv_freq = be->ops->dev_alloc(be, (size_t)c->head_dim / 2 * sizeof(float));
-    be->ops->to_dev(be, m->inv_freq, inv_freq, (size_t)c->head_dim / 2 * sizeof(float));
-    free(inv_freq);
+    m->inv_freq = inv_freq_upload(be, c, false, false);
+    if (c->rope_local) m->inv_freq_local = inv_freq_upload(be, c, true, false);
+    if (c->rope_type == HF_ROPE_LONGROPE) m->inv_freq_long = inv_freq_upload(be, c, false, true);
 
     size_t T = (size_t)max_tokens, q = (size_t)c->n_heads * (size_t)c->head_dim;
     size_t qkv = q + 2 * (size_t)c->n_kv_heads * (size_t)c->head_dim;
@@ -558,19 +711,29 @@ void llama_free(llama_model *m) {
     if (!be) return;
     for (int i = 0; m->layers && i < m->cfg.n_layers; i++) {
         llama_layer *L = &m->layers[i];
-        void *w[] = {L->attn_norm, L->wqkv, L->bqkv, L->wo, L->bo, L->ffn_norm, L->wgu, L->wdown};
+        void *w[] = {L->attn_norm,      L->wqkv,         L->bqkv,  L->wo,     L->bo,
+                     L->ffn_norm,       L->wgu,          L->wdown, L->q_norm, L->k_norm,
+                     L->post_attn_norm, L->post_ffn_norm};
         dev_free_all(be, w, sizeof w / sizeof *w);
     }
     free(m->layers);
     free(m->kv_scales);
     for (int i = 0; i < LLAMA_N_GRAPHS; i++)
         if (m->graphs[i].g) be->ops->graph_free(be, m->graphs[i].g);
-    void *w[] = {m->embed,      m->lm_head != m->embed ? m->lm_head : NULL,
-                 m->final_norm, m->inv_freq,
-                 m->x,          m->h,
-                 m->qkv,        m->att,
-                 m->o,          m->gu,
-                 m->ff,         m->out_x,
+    void *w[] = {m->embed,
+                 m->lm_head != m->embed ? m->lm_head : NULL,
+                 m->final_norm,
+                 m->inv_freq,
+                 m->inv_freq_local,
+                 m->inv_freq_long,
+                 m->x,
+                 m->h,
+                 m->qkv,
+                 m->att,
+                 m->o,
+                 m->gu,
+                 m->ff,
+                 m->out_x,
                  m->logits};
     dev_free_all(be, w, sizeof w / sizeof *w);
     memset(m, 0, sizeof *m);
@@ -587,12 +750,12 @@ backend_kv_layout llama_kv_layout(const llama_model *m, int block_size) {
     return l;
 }
 
-/* --- the forward pass --- */
+/* --- the forward pass: blocks the families' steps are made of --- */
 
-/* Device pointer `elems` activations past p. */
-static void *act_at(const llama_model *m, void *p, size_t elems) {
+void *llama_act_at(const llama_model *m, void *p, size_t elems) {
     return (char *)p + elems * kv_dtype_size(m->be->act_dtype);
 }
+#define act_at llama_act_at
 
 /* The recording slot for this step, NULL when the step is not recorded: only pure decode steps
  * (every sequence one new token) whose logits fit one matmul, on backends with graph ops. A
@@ -610,7 +773,7 @@ static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *poo
     for (int i = 0; i < LLAMA_N_GRAPHS; i++) {
         llama_graph *g = &m->graphs[i];
         if (g->n_tokens == b->n_tokens && g->n_out == b->n_out && g->max_blocks == b->max_blocks &&
-            g->pool == pool && g->kvl.n_layers == kvl->n_layers &&
+            g->rope_long == m->rope_long && g->pool == pool && g->kvl.n_layers == kvl->n_layers &&
             g->kvl.n_kv_heads == kvl->n_kv_heads && g->kvl.head_dim == kvl->head_dim &&
             g->kvl.block_size == kvl->block_size && g->kvl.dtype == kvl->dtype &&
             g->kvl.block_bytes == kvl->block_bytes) {
@@ -622,62 +785,119 @@ static llama_graph *graph_slot(llama_model *m, const backend_batch *b, void *poo
     if (lru->g) be->ops->graph_free(be, lru->g);
     memset(lru, 0, sizeof *lru);
     lru->n_tokens = b->n_tokens, lru->n_out = b->n_out, lru->max_blocks = b->max_blocks;
-    lru->pool = pool, lru->kvl = *kvl;
+    lru->pool = pool, lru->kvl = *kvl, lru->rope_long = m->rope_long;
     lru->last_use = m->graph_clock;
     return lru;
 }
 
-/* Every op of a step from the embeddings to the logits of out rows [0, min(n_out,
- * LLAMA_LOGIT_ROWS)) in m->logits (device); llama_forward downloads them. layer_ready: see
- * llama_forward_layers (NULL: none). */
-static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
-                        const backend_kv_layout *kvl, backend_event *const *layer_ready) {
+void llama_layer_wait(llama_model *m, int l, backend_event *const *layer_ready) {
+    if (layer_ready && layer_ready[l] && (l == 0 || layer_ready[l] != layer_ready[l - 1]))
+        m->be->ops->event_wait(m->be, BACKEND_STREAM_COMPUTE, layer_ready[l]);
+}
+
+void llama_attention_block(llama_model *m, int l, const backend_batch *batch, void *pool,
+                           const backend_kv_layout *kvl) {
+    const hf_config *c = &m->cfg;
+    const llama_layer *L = &m->layers[l];
+    backend *be = m->be;
+    const backend_ops *op = be->ops;
+    int n = batch->n_tokens, dim = c->hidden_size, hd = c->head_dim;
+    int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
+    float eps = (float)c->rms_norm_eps;
+    void *k = act_at(m, m->qkv, (size_t)q_dim), *v = act_at(m, m->qkv, (size_t)(q_dim + kv_dim));
+    // q, k, v projections as one matmul: rows [q | k | v]
+    op->matmul(be, m->qkv, m->h, L->wqkv, L->bqkv, n, dim, qkv_dim);
+    // per-head norms of q and of k (Qwen3, Gemma 3)
+    if (L->q_norm) op->head_rmsnorm(be, m->qkv, n, qkv_dim, c->n_heads, hd, L->q_norm, eps);
+    if (L->k_norm) op->head_rmsnorm(be, k, n, qkv_dim, c->n_kv_heads, hd, L->k_norm, eps);
+    // rotary embedding of the q and k heads (adjacent in each row), with this layer's frequencies
+    if (L->rope) {
+        const float *inv = L->local_rope  ? m->inv_freq_local
+                           : m->rope_long ? m->inv_freq_long
+                                          : m->inv_freq;
+        op->rope(be, m->qkv, qkv_dim, c->n_heads + c->n_kv_heads, hd, c->rot_dim, inv,
+                 (float)c->rope_attention_factor);
+    }
+    // the new tokens' k and v into their blocks of the paged KV cache
+    op->kv_write(be, pool, kvl, l, k, v, qkv_dim);
+    // causal attention over each sequence's cached and new positions (its window when sliding)
+    op->attention(be, m->att, m->qkv, qkv_dim, pool, kvl, l, c->n_heads, &L->attn);
+    // output projection
+    op->matmul(be, m->o, m->att, L->wo, L->bo, n, q_dim, dim);
+}
+
+void llama_mlp_block(llama_model *m, int l, int n) {
+    const hf_config *c = &m->cfg;
+    const llama_layer *L = &m->layers[l];
+    backend *be = m->be;
+    int dim = c->hidden_size, ff = c->intermediate_size;
+    // gate and up projections as one matmul, then act(gate) * up
+    be->ops->matmul(be, m->gu, m->h, L->wgu, NULL, n, dim, 2 * ff);
+    if (c->act == HF_ACT_GELU_TANH)
+        be->ops->geglu(be, m->ff, m->gu, n, ff);
+    else
+        be->ops->swiglu(be, m->ff, m->gu, n, ff);
+    // down projection
+    be->ops->matmul(be, m->o, m->ff, L->wdown, NULL, n, ff, dim);
+}
+
+void llama_logits_first(llama_model *m, const backend_batch *batch) {
+    const hf_config *c = &m->cfg;
+    backend *be = m->be;
+    int dim = c->hidden_size;
+    // the rows whose logits are wanted, final norm
+    be->ops->gather_rows(be, m->out_x, m->x, dim);
+    be->ops->rmsnorm(be, m->out_x, m->out_x, m->final_norm, batch->n_out, dim,
+                     (float)c->rms_norm_eps);
+    // logits of the first LLAMA_LOGIT_ROWS rows = out_x @ lm_head^T
+    int rows = batch->n_out < LLAMA_LOGIT_ROWS ? batch->n_out : LLAMA_LOGIT_ROWS;
+    be->ops->matmul(be, m->logits, m->out_x, m->lm_head, NULL, rows, dim, c->vocab_size);
+}
+
+/* Granite's logits_scaling (divides) and Gemma 2's final soft cap, on rows of m->logits. */
+static void logits_finish(llama_model *m, int rows) {
+    const hf_config *c = &m->cfg;
+    backend *be = m->be;
+    size_t n = (size_t)rows * (size_t)c->vocab_size;
+    if (c->logits_scaling != 1.0)
+        be->ops->scale(be, m->logits, n, (float)(1.0 / c->logits_scaling));
+    if (c->final_softcap > 0) be->ops->softcap(be, m->logits, n, (float)c->final_softcap);
+}
+
+void llama_forward_ops(llama_model *m, const backend_batch *batch, void *pool,
+                       const backend_kv_layout *kvl, backend_event *const *layer_ready) {
     const hf_config *c = &m->cfg;
     backend *be = m->be;
     const backend_ops *op = be->ops;
-    int n = batch->n_tokens, dim = c->hidden_size, hd = c->head_dim, ff = c->intermediate_size;
-    int q_dim = c->n_heads * hd, kv_dim = c->n_kv_heads * hd, qkv_dim = q_dim + 2 * kv_dim;
-    float eps = (float)c->rms_norm_eps, scale = 1.0f / sqrtf((float)hd);
-    void *k = act_at(m, m->qkv, (size_t)q_dim), *v = act_at(m, m->qkv, (size_t)(q_dim + kv_dim));
+    int n = batch->n_tokens, dim = c->hidden_size;
+    float eps = (float)c->rms_norm_eps;
 
     // token embeddings into the residual stream x
     op->embed(be, m->x, m->embed, dim);
     // first layer's attention norm (later layers get theirs fused with the residual add)
     op->rmsnorm(be, m->h, m->x, m->layers[0].attn_norm, n, dim, eps);
     for (int l = 0; l < c->n_layers; l++) {
-        const llama_layer *L = &m->layers[l];
-        // this layer's K/V blocks still loading from the host tier: wait for them (once a group)
-        if (layer_ready && layer_ready[l] && (l == 0 || layer_ready[l] != layer_ready[l - 1]))
-            op->event_wait(be, BACKEND_STREAM_COMPUTE, layer_ready[l]);
-        // q, k, v projections as one matmul: rows [q | k | v]
-        op->matmul(be, m->qkv, m->h, L->wqkv, L->bqkv, n, dim, qkv_dim);
-        // rotary embedding of the q and k heads (adjacent in each row)
-        op->rope(be, m->qkv, qkv_dim, c->n_heads + c->n_kv_heads, hd, m->inv_freq);
-        // the new tokens' k and v into their blocks of the paged KV cache
-        op->kv_write(be, pool, kvl, l, k, v, qkv_dim);
-        // causal attention over each sequence's cached and new positions
-        op->attention(be, m->att, m->qkv, qkv_dim, pool, kvl, l, c->n_heads, scale);
-        // output projection
-        op->matmul(be, m->o, m->att, L->wo, L->bo, n, q_dim, dim);
+        // this layer's K/V blocks still loading from the host tier: wait for them
+        llama_layer_wait(m, l, layer_ready);
+        llama_attention_block(m, l, batch, pool, kvl);
         // residual add, then the MLP norm
-        op->add_rmsnorm(be, m->h, m->x, m->o, L->ffn_norm, n, dim, eps);
-        // gate and up projections as one matmul, then silu(gate) * up
-        op->matmul(be, m->gu, m->h, L->wgu, NULL, n, dim, 2 * ff);
-        op->swiglu(be, m->ff, m->gu, n, ff);
-        // down projection
-        op->matmul(be, m->o, m->ff, L->wdown, NULL, n, ff, dim);
+        op->add_rmsnorm(be, m->h, m->x, m->o, m->layers[l].ffn_norm, n, dim, eps);
+        llama_mlp_block(m, l, n);
         // residual add, then the next layer's attention norm
         if (l + 1 < c->n_layers)
             op->add_rmsnorm(be, m->h, m->x, m->o, m->layers[l + 1].attn_norm, n, dim, eps);
         else
             op->add(be, m->x, m->o, (size_t)n * (size_t)dim);
     }
-    // the rows whose logits are wanted, final norm
-    op->gather_rows(be, m->out_x, m->x, dim);
-    op->rmsnorm(be, m->out_x, m->out_x, m->final_norm, batch->n_out, dim, eps);
-    // logits of the first LLAMA_LOGIT_ROWS rows = out_x @ lm_head^T
-    int rows = batch->n_out < LLAMA_LOGIT_ROWS ? batch->n_out : LLAMA_LOGIT_ROWS;
-    op->matmul(be, m->logits, m->out_x, m->lm_head, NULL, rows, dim, c->vocab_size);
+    llama_logits_first(m, batch);
+}
+
+/* The family's step, then the logits' finish (scaling, soft cap). */
+static void forward_ops(llama_model *m, const backend_batch *batch, void *pool,
+                        const backend_kv_layout *kvl, backend_event *const *layer_ready) {
+    (m->fam->forward_ops ? m->fam->forward_ops : llama_forward_ops)(m, batch, pool, kvl,
+                                                                    layer_ready);
+    logits_finish(m, batch->n_out < LLAMA_LOGIT_ROWS ? batch->n_out : LLAMA_LOGIT_ROWS);
 }
 
 void llama_forward(llama_model *m, const backend_batch *batch, void *pool,
@@ -696,6 +916,11 @@ void llama_forward_layers(llama_model *m, const backend_batch *batch, void *pool
     KV_CHECK(kvl->n_layers == c->n_layers && kvl->n_kv_heads == c->n_kv_heads &&
              kvl->head_dim == c->head_dim && kvl->dtype == be->kv_dtype);
     for (int t = 0; t < n; t++) KV_CHECK(batch->tokens[t] >= 0 && batch->tokens[t] < c->vocab_size);
+    /* longrope: the long factors once a sequence of the step is past the original context, as
+     * transformers switches per forward call (and vLLM per batch) */
+    m->rope_long = false;
+    for (int s = 0; m->inv_freq_long && s < batch->n_seqs; s++)
+        if (batch->seq_len[s] > c->rope_original_max_position) m->rope_long = true;
 
     // batch metadata (tokens, positions, block tables) to the device
     op->step_begin(be, batch);
@@ -719,9 +944,11 @@ void llama_forward_layers(llama_model *m, const backend_batch *batch, void *pool
     size_t vocab = (size_t)c->vocab_size;
     for (int r = 0; r < batch->n_out; r += LLAMA_LOGIT_ROWS) {
         int rows = batch->n_out - r < LLAMA_LOGIT_ROWS ? batch->n_out - r : LLAMA_LOGIT_ROWS;
-        if (r > 0)
+        if (r > 0) {
             op->matmul(be, m->logits, act_at(m, m->out_x, (size_t)r * (size_t)dim), m->lm_head,
                        NULL, rows, dim, (int)vocab);
+            logits_finish(m, rows);
+        }
         op->act_download_f32(be, logits + (size_t)r * vocab, m->logits, (size_t)rows * vocab);
     }
 }
@@ -761,3 +988,6 @@ int llama_model_open(model *out, const char *dir, backend *be, const model_load_
     out->kv_scales = m->kv_scales;
     return 0;
 }
+
+/* Llama, Mistral, Qwen2 and SmolLM3 (its layers without RoPE are config data, layer.rope). */
+const llama_family llama_default_family = {.name = "llama"};

@@ -1,6 +1,6 @@
 /* model_load: reads config.json, picks the family that implements its architecture, loads it, and
  * fills the shape and the fingerprint every family shares. Adding a family is a row of the table
- * below and its own file. */
+ * below and its own file (its llama_family: tensor names and step). */
 #include "model/model.h"
 
 #include <dirent.h>
@@ -17,11 +17,24 @@ typedef int (*model_open_fn)(model *out, const char *dir, backend *be,
 static const struct {
     hf_arch arch;
     model_open_fn open;
+    const llama_family *family; /* the decoder's tensor names and step (model/llama.h) */
 } model_families[] = {
-    {HF_ARCH_LLAMA, llama_model_open},
-    {HF_ARCH_MISTRAL, llama_model_open},
-    {HF_ARCH_QWEN2, llama_model_open},
+    {HF_ARCH_LLAMA, llama_model_open, &llama_default_family},
+    {HF_ARCH_MISTRAL, llama_model_open, &llama_default_family}, /* sliding_window: layer data */
+    {HF_ARCH_QWEN2, llama_model_open, &llama_default_family},
+    {HF_ARCH_SMOLLM3, llama_model_open, &llama_default_family}, /* no_rope_layers: layer data */
+    {HF_ARCH_QWEN3, llama_model_open, &qwen3_family},
+    {HF_ARCH_GEMMA2, llama_model_open, &gemma_family},
+    {HF_ARCH_GEMMA3, llama_model_open, &gemma_family},
+    {HF_ARCH_PHI3, llama_model_open, &phi3_family},
+    {HF_ARCH_GRANITE, llama_model_open, &granite_family},
 };
+
+const llama_family *llama_family_of(hf_arch arch) {
+    for (size_t i = 0; i < sizeof model_families / sizeof *model_families; i++)
+        if (model_families[i].arch == arch) return model_families[i].family;
+    return NULL;
+}
 
 static int name_cmp(const void *x, const void *y) {
     return strcmp(*(char *const *)x, *(char *const *)y);

@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -25,6 +26,7 @@
 #include "server/generation_defaults.h"
 #include "server/http.h"
 #include "server/metrics.h"
+#include "server/warmup.h"
 #include "server/engine/scheduler.h"
 
 /* The write end of the self-pipe that turns SIGINT/SIGTERM into a readable byte. It is kvserve's
@@ -221,6 +223,21 @@ static size_t safetensors_bytes(const char *dir) {
 
 #define GIB(x) ((double)(x) / (double)(1ull << 30))
 
+/* tokenizer_load on a thread of its own. */
+typedef struct tokenizer_job {
+    const char *dir;
+    pthread_t thread;
+    tokenizer *tok;
+    int rc;
+    kv_error err;
+} tokenizer_job;
+
+static void *tokenizer_job_run(void *arg) {
+    tokenizer_job *j = arg;
+    j->rc = tokenizer_load(&j->tok, j->dir, &j->err);
+    return NULL;
+}
+
 /* Loads the model, the tokenizer and the engine, then marks the HTTP side ready. */
 static int app_load(app *a, kv_error *err) {
     kv_config *cfg = &a->cfg;
@@ -230,6 +247,7 @@ static int app_load(app *a, kv_error *err) {
     if (!a->be) return -1;
     if (backend_set_kv_cache_dtype(a->be, config_kv_cache_dtype_name(cfg->kv_cache_dtype), err))
         return -1;
+    if (a->be->desc) app_log(a, CONFIG_LOG_INFO, "%s", a->be->desc);
     size_t free_before = a->be->ops->dev_free_bytes(a->be);
 
     bool dummy = cfg->load_format == CONFIG_LOAD_DUMMY;
@@ -249,11 +267,27 @@ static int app_load(app *a, kv_error *err) {
                              .quantize_fp8 = cfg->quantization == CONFIG_QUANT_FP8,
                              .progress = on_load_progress,
                              .progress_ctx = &progress};
+    /* the tokenizer (a second or more of JSON and merges for a 128K vocabulary) loads on its own
+     * thread while the weights load */
+    tokenizer_job tj = {.dir = cfg->model};
+    bool tj_started = pthread_create(&tj.thread, NULL, tokenizer_job_run, &tj) == 0;
     a->model = model_load(cfg->model, a->be, &lo, err);
-    if (!a->model) return -1;
-    app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s", a->model->weight_bytes / 1e6,
-            kv_now() - t0);
-    if (tokenizer_load(&a->tok, cfg->model, err)) return -1;
+    double t_weights = kv_now() - t0;
+    if (tj_started)
+        pthread_join(tj.thread, NULL);
+    else
+        tokenizer_job_run(&tj);
+    if (!a->model) {
+        tokenizer_free(tj.tok);
+        return -1;
+    }
+    app_log(a, CONFIG_LOG_INFO, "%.1f MB of weights loaded in %.2f s (tokenizer ready at %.2f s)",
+            a->model->weight_bytes / 1e6, t_weights, kv_now() - t0);
+    a->tok = tj.tok;
+    if (tj.rc) {
+        if (err) *err = tj.err;
+        return -1;
+    }
     if (chat_source_load(&a->chat, cfg->model, cfg->chat_template, err)) return -1;
     if (a->chat.tmpl)
         app_log(a, CONFIG_LOG_INFO, "chat template from %s", a->chat.origin);
@@ -323,6 +357,16 @@ static int app_load(app *a, kv_error *err) {
     scheduler *s = scheduler_create(a->model, &sc, err);
     if (!s) return -1;
     scheduler_start(s);
+    /* On the GPU the first request would pay for lazy loading, plans and graph recording: pay
+     * it here, before /health says ready (the CPU backend has nothing of the kind). */
+    if (strcmp(a->be->name, "cpu") != 0) {
+        double tw = kv_now();
+        int wlen = model_len - 16 < 1024 ? model_len - 16 : 1024;
+        int failed = warmup_run(s, hc->vocab_size, wlen);
+        app_log(a, failed ? CONFIG_LOG_WARN : CONFIG_LOG_INFO,
+                "warm-up: %d-token prefill and decode at batch 1-8 in %.2f s%s", wlen,
+                kv_now() - tw, failed ? " (some warm-up requests failed)" : "");
+    }
     atomic_store(&a->sched, s);
     http_server_set_model(a->http, a->tok, model_len, &a->defaults);
     app_log(a, CONFIG_LOG_INFO,
@@ -374,8 +418,13 @@ static int app_configure(app *a, int argc, char **argv, kv_error *err) {
         if (!cfg->served_model_name) cfg->served_model_name = kv_strdup(DEMO_MODEL_NAME);
     }
     if (cfg->load_format == CONFIG_LOAD_AUTO) cfg->load_format = CONFIG_LOAD_SAFETENSORS;
-    if (cfg->device == CONFIG_DEVICE_AUTO)
-        cfg->device = backend_cuda_available() ? CONFIG_DEVICE_CUDA : CONFIG_DEVICE_CPU;
+    if (cfg->device == CONFIG_DEVICE_AUTO) {
+        kv_error why = {{0}};
+        cfg->device = backend_cuda_check(&why) ? CONFIG_DEVICE_CUDA : CONFIG_DEVICE_CPU;
+        if (cfg->device == CONFIG_DEVICE_CPU)
+            fprintf(stderr, "kvserve: warning: device auto: using the CPU backend (slow): %s\n",
+                    why.msg);
+    }
     return 0;
 }
 

@@ -1,6 +1,7 @@
 /* CPU paged attention: writes the step's K/V rows into the block pool and computes causal
- * attention of every new token over its sequence's blocks, one (token, head) per work item.
- * Pools are f32, or F8_E4M3 with per-layer scales (quantized on write, dequantized on read). */
+ * attention (optionally windowed and soft-capped) of every new token over its sequence's blocks,
+ * one (token, head) per work item. Pools are f32, or F8_E4M3 with per-layer scales (quantized on
+ * write, dequantized on read). */
 #include <math.h>
 #include <stdlib.h>
 
@@ -72,7 +73,7 @@ typedef struct attention_job {
     const void *pool;
     const backend_kv_layout *l;
     int layer, n_heads;
-    float scale;
+    backend_attn_params ap;
     float lut[2][256]; /* F8_E4M3 pools: e4m3 value * k_scale, * v_scale */
 } attention_job;
 
@@ -88,32 +89,37 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; item++) {
         int t = (int)(item / j->n_heads), h = (int)(item % j->n_heads), kvh = h / group;
         int s = c->tok_seq[t], n_ctx = c->positions[t] + 1;
+        /* the window: positions [lo, n_ctx), never a block wholly before it */
+        int lo = j->ap.window > 0 && n_ctx > j->ap.window ? n_ctx - j->ap.window : 0;
+        float cap = j->ap.softcap;
         const float *q = j->q + (size_t)t * (size_t)j->q_stride + (size_t)h * (size_t)hd;
         float *o = j->out + ((size_t)t * (size_t)j->n_heads + (size_t)h) * (size_t)hd;
 
         float mx = -INFINITY;
-        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
-            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+        for (int p0 = lo / bs * bs; p0 < n_ctx; p0 += bs) {
+            int i0 = p0 < lo ? lo - p0 : 0, n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
             const float *kb =
                 rows_load(buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 0, kvh, 0), l,
                           n_in, j->lut[0]);
-            for (int i = 0; i < n_in; i++) {
-                sc[p0 + i] = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->scale;
-                if (sc[p0 + i] > mx) mx = sc[p0 + i];
+            for (int i = i0; i < n_in; i++) {
+                float x = cpu_dot(q, kb + (size_t)i * (size_t)hd, hd) * j->ap.scale;
+                if (cap > 0) x = tanhf(x / cap) * cap; /* as transformers: / cap, tanh, * cap */
+                sc[p0 + i] = x;
+                if (x > mx) mx = x;
             }
         }
         float sum = 0;
-        for (int p = 0; p < n_ctx; p++) {
+        for (int p = lo; p < n_ctx; p++) {
             sc[p] = expf(sc[p] - mx);
             sum += sc[p];
         }
         for (int d = 0; d < hd; d++) o[d] = 0;
-        for (int p0 = 0; p0 < n_ctx; p0 += bs) {
-            int n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
+        for (int p0 = lo / bs * bs; p0 < n_ctx; p0 += bs) {
+            int i0 = p0 < lo ? lo - p0 : 0, n_in = n_ctx - p0 < bs ? n_ctx - p0 : bs;
             const float *vb =
                 rows_load(buf, pool_at(j->pool, l, block_of(c, l, s, p0), j->layer, 1, kvh, 0), l,
                           n_in, j->lut[1]);
-            for (int i = 0; i < n_in; i++) {
+            for (int i = i0; i < n_in; i++) {
                 const float *v = vb + (size_t)i * (size_t)hd;
                 float pr = sc[p0 + i];
                 for (int d = 0; d < hd; d++) o[d] += pr * v[d];
@@ -125,7 +131,8 @@ static void attention_items(void *ctx, int thread, int64_t i0, int64_t i1) {
 }
 
 void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                      const backend_kv_layout *l, int layer, int n_heads, float scale) {
+                      const backend_kv_layout *l, int layer, int n_heads,
+                      const backend_attn_params *ap) {
     cpu_backend *c = cpu_of(be);
     KV_CHECK((l->dtype == KV_DTYPE_F32 || l->dtype == KV_DTYPE_F8_E4M3) && layer >= 0 &&
              layer < l->n_layers);
@@ -146,7 +153,7 @@ void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const
                        .l = l,
                        .layer = layer,
                        .n_heads = n_heads,
-                       .scale = scale};
+                       .ap = *ap};
     if (l->dtype == KV_DTYPE_F8_E4M3)
         for (int kv = 0; kv < 2; kv++)
             for (int x = 0; x < 256; x++)

@@ -40,13 +40,19 @@ void cpu_op_add_rmsnorm(backend *be, void *out, void *x, const void *delta, cons
 void cpu_op_add(backend *be, void *x, const void *delta, size_t n);
 void cpu_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                    int k, int m);
-void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                 const float *inv_freq);
+void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                 const float *inv_freq, float mscale);
+void cpu_op_head_rmsnorm(backend *be, void *x, int n, int row_stride, int n_heads, int head_dim,
+                         const void *w, float eps);
 void cpu_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
+void cpu_op_geglu(backend *be, void *out, const void *gu, int n, int ff);
+void cpu_op_scale(backend *be, void *x, size_t n, float s);
+void cpu_op_softcap(backend *be, void *x, size_t n, float cap);
 void cpu_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                      const void *v, int row_stride);
 void cpu_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                      const backend_kv_layout *l, int layer, int n_heads, float scale);
+                      const backend_kv_layout *l, int layer, int n_heads,
+                      const backend_attn_params *ap);
 void cpu_op_gather_rows(backend *be, void *out, const void *x, int dim);
 
 #endif

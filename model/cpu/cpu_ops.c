@@ -1,5 +1,6 @@
-/* CPU forward-pass ops over f32 tensors, except attention (cpu_attention.c): embedding, norms,
- * residual add, SwiGLU, RoPE, row gather and matmul. Each op is a row kernel plus a launcher that
+/* CPU forward-pass ops over f32 tensors, except attention (cpu_attention.c): embedding, norms
+ * (of rows and of heads), residual add, scaling and soft-capping, SwiGLU and GeGLU, RoPE, row
+ * gather and matmul. Each op is a row kernel plus a launcher that
  * spreads rows over the backend's threads when the op is large enough to pay for the wake-up. */
 #include <math.h>
 
@@ -33,7 +34,8 @@ typedef struct rows_job {
     int dim;
     float eps;
     const float *inv_freq;
-    int row_stride, n_heads, head_dim;
+    int row_stride, n_heads, head_dim, rot_dim;
+    float s; /* scale factor, soft cap, rope mscale */
 } rows_job;
 
 /* --- embed, gather --- */
@@ -105,7 +107,49 @@ void cpu_op_add(backend *be, void *x, const void *delta, size_t n) {
     cpu_pool_for(j.c->pool, (int64_t)n, CPU_PAR_ELEMS, add_range, &j);
 }
 
-/* --- swiglu --- */
+static void head_rmsnorm_rows(void *ctx, int thread, int64_t r0, int64_t r1) {
+    rows_job *j = ctx;
+    for (int64_t r = r0; r < r1; r++)
+        for (int h = 0; h < j->n_heads; h++) {
+            float *x = j->x + r * j->row_stride + h * j->head_dim;
+            rmsnorm_row(x, x, j->w, j->head_dim, j->eps);
+        }
+}
+
+void cpu_op_head_rmsnorm(backend *be, void *x, int n, int row_stride, int n_heads, int head_dim,
+                         const void *w, float eps) {
+    rows_job j = {.c = cpu_of(be),
+                  .x = x,
+                  .w = w,
+                  .row_stride = row_stride,
+                  .n_heads = n_heads,
+                  .head_dim = head_dim,
+                  .eps = eps};
+    cpu_pool_for(j.c->pool, n, rows_per_chunk((int64_t)n_heads * head_dim), head_rmsnorm_rows, &j);
+}
+
+static void scale_range(void *ctx, int thread, int64_t i0, int64_t i1) {
+    rows_job *j = ctx;
+    for (int64_t i = i0; i < i1; i++) j->x[i] *= j->s;
+}
+
+void cpu_op_scale(backend *be, void *x, size_t n, float s) {
+    rows_job j = {.c = cpu_of(be), .x = x, .s = s};
+    cpu_pool_for(j.c->pool, (int64_t)n, CPU_PAR_ELEMS, scale_range, &j);
+}
+
+/* As transformers: (x / cap), tanh, * cap, each rounded to f32. */
+static void softcap_range(void *ctx, int thread, int64_t i0, int64_t i1) {
+    rows_job *j = ctx;
+    for (int64_t i = i0; i < i1; i++) j->x[i] = tanhf(j->x[i] / j->s) * j->s;
+}
+
+void cpu_op_softcap(backend *be, void *x, size_t n, float cap) {
+    rows_job j = {.c = cpu_of(be), .x = x, .s = cap};
+    cpu_pool_for(j.c->pool, (int64_t)n, CPU_PAR_ELEMS, softcap_range, &j);
+}
+
+/* --- swiglu, geglu --- */
 
 static void swiglu_rows(void *ctx, int thread, int64_t r0, int64_t r1) {
     rows_job *j = ctx;
@@ -122,19 +166,41 @@ void cpu_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {
     cpu_pool_for(j.c->pool, n, rows_per_chunk(2 * (int64_t)ff), swiglu_rows, &j);
 }
 
+/* PyTorch's gelu(approximate="tanh"): 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))). */
+static float gelu_tanh(float x) {
+    const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
+    return 0.5f * x * (1.0f + tanhf(k * (x + 0.044715f * x * x * x)));
+}
+
+static void geglu_rows(void *ctx, int thread, int64_t r0, int64_t r1) {
+    rows_job *j = ctx;
+    int ff = j->dim;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *g = j->a + r * 2 * ff, *u = g + ff;
+        float *o = j->out + r * ff;
+        for (int i = 0; i < ff; i++) o[i] = gelu_tanh(g[i]) * u[i];
+    }
+}
+
+void cpu_op_geglu(backend *be, void *out, const void *gu, int n, int ff) {
+    rows_job j = {.c = cpu_of(be), .out = out, .a = gu, .dim = ff};
+    cpu_pool_for(j.c->pool, n, rows_per_chunk(2 * (int64_t)ff), geglu_rows, &j);
+}
+
 /* --- rope --- */
 
 static void rope_rows(void *ctx, int thread, int64_t t0, int64_t t1) {
     rows_job *j = ctx;
-    int half = j->head_dim / 2;
+    int half = j->rot_dim / 2;
     for (int64_t t = t0; t < t1; t++) {
         float pos = (float)j->c->positions[t];
         for (int h = 0; h < j->n_heads; h++) {
             float *x = j->x + t * j->row_stride + h * j->head_dim;
             for (int i = 0; i < half; i++) {
-                /* the angle is rounded to f32 as in the reference (positions × inv_freq in f32) */
+                /* the angle is rounded to f32 as in the reference (positions × inv_freq in f32),
+                 * and so are cos and sin before and after the mscale product */
                 float angle = pos * j->inv_freq[i];
-                float cs = (float)cos(angle), sn = (float)sin(angle);
+                float cs = (float)cos(angle) * j->s, sn = (float)sin(angle) * j->s;
                 float x0 = x[i], x1 = x[i + half];
                 x[i] = x0 * cs - x1 * sn;
                 x[i + half] = x1 * cs + x0 * sn;
@@ -143,15 +209,17 @@ static void rope_rows(void *ctx, int thread, int64_t t0, int64_t t1) {
     }
 }
 
-void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                 const float *inv_freq) {
-    KV_CHECK(head_dim % 2 == 0);
+void cpu_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                 const float *inv_freq, float mscale) {
+    KV_CHECK(rot_dim % 2 == 0 && rot_dim >= 2 && rot_dim <= head_dim);
     rows_job j = {.c = cpu_of(be),
                   .x = x,
                   .row_stride = row_stride,
                   .n_heads = n_heads,
                   .head_dim = head_dim,
-                  .inv_freq = inv_freq};
+                  .rot_dim = rot_dim,
+                  .inv_freq = inv_freq,
+                  .s = mscale};
     cpu_pool_for(j.c->pool, j.c->n_tokens, rows_per_chunk((int64_t)n_heads * head_dim), rope_rows,
                  &j);
 }

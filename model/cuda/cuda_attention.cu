@@ -2,11 +2,12 @@
  * softmax. Two FlashAttention-style tensor-core kernels (mma.sync m16n8k16) whose tile rows are
  * (token, query head of one GQA group) pairs, so a K/V tile loaded once feeds every head of the
  * group: a decode kernel (16-row tiles, the 4 warps split each K/V tile by columns) and a prefill
- * kernel (128-row tiles; at head dim 128 its Hopper wgmma form, cuda_attention_sm90.cuh, which
- * is why this file is built for sm_90a). Both split long contexts across blocks when the tiles
- * alone would leave SMs idle (split-K, then a combine kernel). Head dims other than 64/128 take a
- * plain CUDA-core kernel. Kernels first, launchers after; the pieces the kernels share are in
- * cuda_attention_common.cuh. */
+ * kernel (128-row tiles; at head dim 128 on the Hopper path its wgmma form,
+ * cuda_attention_sm90.cuh, compiled into the sm_90a target only). Every sm_80+ target runs the
+ * mma.sync kernels (the portable path, cuda_impl.attn_path). Both split long contexts across blocks
+ * when the tiles alone would leave SMs idle (split-K, then a combine kernel). Head dims other than
+ * 64/128 take a plain CUDA-core kernel. Kernels first, launchers after; the pieces the kernels
+ * share are in cuda_attention_common.cuh. */
 #include "model/cuda/cuda_attention_common.cuh"
 
 #include <math.h>
@@ -390,8 +391,9 @@ __device__ __forceinline__ float attn_block_reduce(float v, float *red, bool is_
     return r;
 }
 
-/* Any head dim (tiny models): grid (token, head), 128 threads; thread j scores context position
- * j0 + j, then each thread accumulates head dims tid, tid + 128, ... Slow but simple. */
+/* Any head dim (tiny models), and every layer with a sliding window or soft-capped scores:
+ * grid (token, head), 128 threads; thread j scores context position j0 + j, then each thread
+ * accumulates head dims tid, tid + 128, ... Slow but simple. */
 #define ATTN_GENERIC_THREADS 128
 #define ATTN_GENERIC_MAX_HD  512
 __global__ void attn_generic_kernel(attn_params p) {
@@ -416,13 +418,17 @@ __global__ void attn_generic_kernel(attn_params p) {
         return __half2float(__half(h)) * (off == p.k_off ? p.k_scale : p.v_scale);
     };
     float m = -INFINITY, l = 0, acc[ATTN_GENERIC_MAX_HD / ATTN_GENERIC_THREADS] = {0};
-    for (int j0 = 0; j0 <= pos; j0 += ATTN_GENERIC_THREADS) {
+    const int lo = p.window > 0 && pos + 1 > p.window ? pos + 1 - p.window : 0;
+    for (int j0 = lo; j0 <= pos; j0 += ATTN_GENERIC_THREADS) {
         int j = j0 + tid;
         float sc = -INFINITY;
         if (j <= pos) {
             float dot = 0;
             for (int d = 0; d < hd; d++) dot += qs[d] * elem(p.k_off, j, d);
-            sc = dot * p.scale_log2;
+            if (p.softcap > 0)
+                sc = p.softcap * tanhf(dot * p.scale / p.softcap) * 1.4426950408889634f;
+            else
+                sc = dot * p.scale_log2;
         }
         float m_new = fmaxf(m, attn_block_reduce(sc, red, true)); /* finite: j0 <= pos */
         float alpha = exp2f(m - m_new);
@@ -541,20 +547,38 @@ static void attn_split(const cuda_impl *ci, attn_params *p, int n_tiles, int max
     p->n_splits = (max_ctx + p->split_len - 1) / p->split_len;
 }
 
-/* Launches kernel over one tile list of BM-row tiles, then the combine when it split. */
+/* The attention kernel variants (index into cuda_impl.attn_blocks_per_sm; bit of attn_smem_set) */
+enum {
+    ATTN_K_DECODE_64,
+    ATTN_K_PREFILL_64,
+    ATTN_K_DECODE_128,
+    ATTN_K_PREFILL_128,
+    ATTN_K_WGMMA_128,
+};
+
+/* Launches kernel over one tile list of BM-row tiles, then the combine when it split. On a
+ * variant's first use its shared-memory limit is raised and its occupancy on this device
+ * measured (3 decode / 2 prefill blocks per SM on sm_90 and sm_100; fewer where an SM has
+ * 100 KB: sm_86, sm_89, sm_120), which the split rule then plans with. */
 static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_params), int bm,
-                             int threads, size_t smem, unsigned smem_bit, int blocks_per_sm,
-                             bool decode, const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
+                             int threads, size_t smem, int variant, bool decode,
+                             const cuda_attn_tile *tiles, int n_tiles, int max_ctx) {
     if (n_tiles == 0) return;
-    if (!(ci->attn_smem_set & smem_bit)) {
+    if (!(ci->attn_smem_set & (1u << variant))) {
         KV_CHECK(!ci->capturing); /* the step ran once unrecorded first */
+        /* every kernel fits the smallest opt-in limit of sm_80+ (99 KB on sm_86/89/120) */
+        KV_CHECK(smem <= ci->smem_optin);
         CUDA_CHECK(
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        ci->attn_smem_set |= smem_bit;
+        int n = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem));
+        KV_CHECK(n >= 1);
+        ci->attn_blocks_per_sm[variant] = n;
+        ci->attn_smem_set |= 1u << variant;
     }
     cudaStream_t s = ci->streams[BACKEND_STREAM_COMPUTE];
     p.tiles = tiles;
-    attn_split(ci, &p, n_tiles, max_ctx, blocks_per_sm, decode);
+    attn_split(ci, &p, n_tiles, max_ctx, ci->attn_blocks_per_sm[variant], decode);
     if (p.n_splits > 1) {
         size_t rows = (size_t)p.n_splits * p.n_tokens * p.n_heads;
         attn_scratch_reserve(ci, rows * (p.head_dim + 1));
@@ -569,41 +593,44 @@ static void attn_launch_list(cuda_impl *ci, attn_params p, void (*kernel)(attn_p
                     dim3((unsigned)p.head_dim), 0, p);
 }
 
-/* Decode tiles: 16 rows, 3 blocks per SM fit (70 KB of shared memory each at head dim 128).
- * Prefill tiles: 128 rows (4 warps x 32), 2 blocks per SM. A pure decode step needs no plan:
- * one tile per sequence (implicit), split by a bound on the contexts that the step's shape
- * gives (the block table's width), so a recorded step replays for any context lengths. */
+/* Decode tiles: 16 rows (70 KB of shared memory each at head dim 128). Prefill tiles: 128 rows
+ * (4 warps x 32), by wgmma on the Hopper path at head dim 128, by mma.sync otherwise. A pure
+ * decode step needs no plan: one tile per sequence (implicit), split by a bound on the contexts
+ * that the step's shape gives (the block table's width), so a recorded step replays for any
+ * context lengths; it takes the same kernels on both paths. */
 template <int HD>
 static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size) {
     const cuda_attn_plan *pl = &ci->plan;
     const cuda_step *st = &ci->step;
-    const unsigned hd_bit = HD == 128 ? 2 : 0;
+    const int k_dec = HD == 128 ? ATTN_K_DECODE_128 : ATTN_K_DECODE_64;
+    const int k_pre = HD == 128 ? ATTN_K_PREFILL_128 : ATTN_K_PREFILL_64;
     const size_t smem_dec = (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16);
     const size_t smem_pre = (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16);
     if (st->pure_decode) {
         int bound = st->max_blocks * block_size;
         if (p.group <= 16)
-            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3,
-                             true, NULL, st->n_seqs, bound);
+            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, k_dec, true, NULL,
+                             st->n_seqs, bound);
         else
-            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit,
-                             2, true, NULL, st->n_seqs, bound);
+            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, k_pre, true,
+                             NULL, st->n_seqs, bound);
         return;
     }
     if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
-    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, 1u << hd_bit, 3, true,
-                     pl->d_tiles, pl->n_small, pl->max_ctx_small);
-    if (HD == 128) /* wgmma: 2 warpgroups, 64-token K/V tiles, 2 blocks per SM */
+    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, k_dec, true, pl->d_tiles,
+                     pl->n_small, pl->max_ctx_small);
+    if (HD == 128 && ci->attn_path == CUDA_ATTN_HOPPER) /* 2 warpgroups, 64-token K/V tiles */
         attn_launch_list(ci, p, attn_prefill_wgmma_kernel<64, 2>, 128, 256,
-                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, 16u, 2, false,
-                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
-    else
-        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, 2u << hd_bit, 2,
+                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, ATTN_K_WGMMA_128,
                          false, pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+    else
+        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, k_pre, false,
+                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                       const backend_kv_layout *l, int layer, int n_heads, float scale) {
+                       const backend_kv_layout *l, int layer, int n_heads,
+                       const backend_attn_params *ap) {
     cuda_impl *ci = cuda_impl_of(be);
     cuda_step *st = &ci->step;
     KV_CHECK((l->dtype == KV_DTYPE_BF16 || l->dtype == KV_DTYPE_F8_E4M3) &&
@@ -629,17 +656,33 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
     p.block_size = l->block_size;
     p.n_heads = n_heads;
     p.group = n_heads / l->n_kv_heads;
-    p.scale_log2 = scale * 1.4426950408889634f;
+    p.scale_log2 = ap->scale * 1.4426950408889634f;
+    p.scale = ap->scale;
+    p.softcap = ap->softcap;
+    p.window = ap->window;
     p.positions = st->positions;
     p.token_seq = st->token_seq;
     p.block_table = st->block_table;
     p.max_blocks = st->max_blocks;
     p.n_tokens = st->n_tokens;
     p.n_splits = 1;
+    /* A window no context of the step reaches past masks nothing: drop it, so the tensor-core
+     * kernels serve it. A pure decode step may be recorded and replayed at longer contexts, so
+     * its bound is the block table's width (part of a recording's key), not the lengths. */
+    if (p.window > 0) {
+        int longest = st->max_blocks * l->block_size;
+        if (!st->pure_decode) {
+            longest = 0;
+            for (int i = 0; i < st->n_seqs; i++)
+                if (st->h_seq_len[i] > longest) longest = st->h_seq_len[i];
+        }
+        if (longest <= p.window) p.window = 0;
+    }
 
-    bool fast = (l->head_dim == 64 || l->head_dim == 128) && p.group <= 128 && q_stride % 8 == 0 &&
-                ((uintptr_t)q & 15) == 0 && ((uintptr_t)pool & 15) == 0 &&
-                l->block_bytes % 16 == 0 && ((uintptr_t)out & 3) == 0;
+    bool fast = p.window <= 0 && p.softcap <= 0 && (l->head_dim == 64 || l->head_dim == 128) &&
+                p.group <= 128 && q_stride % 8 == 0 && ((uintptr_t)q & 15) == 0 &&
+                ((uintptr_t)pool & 15) == 0 && l->block_bytes % 16 == 0 &&
+                ((uintptr_t)out & 3) == 0;
     if (!fast) {
         cuda_launch(ci->pdl, ci->streams[BACKEND_STREAM_COMPUTE], attn_generic_kernel,
                     dim3((unsigned)st->n_tokens, (unsigned)n_heads), dim3(ATTN_GENERIC_THREADS), 0,

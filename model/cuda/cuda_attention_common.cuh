@@ -27,6 +27,10 @@ typedef struct attn_params {
     float k_scale, v_scale;
     int n_kv_heads, head_dim, block_size, n_heads, group;
     float scale_log2; /* softmax scale * log2(e): the kernels use exp2 */
+    /* Gemma / Mistral sliding window (> 0: keys in (pos - window, pos]) and Gemma 2 soft cap
+     * (> 0: score = softcap * tanh(scale q.k / softcap)); only attn_generic_kernel has them */
+    float scale, softcap;
+    int window;
     const int32_t *positions, *token_seq, *block_table;
     int max_blocks, n_tokens;
     const cuda_attn_tile *tiles; /* NULL: tile i is token i of sequence i (a pure decode step) */

@@ -1,7 +1,15 @@
 /* Prefill attention on Hopper (sm_90a): the tensor-core kernel of cuda_attention.cu rewritten
- * with warpgroup MMAs (wgmma). Included by cuda_attention.cu only, which is built for sm_90a.
- * Head dim 128. */
+ * with warpgroup MMAs (wgmma). Included by cuda_attention.cu only. Head dim 128. wgmma exists in
+ * the sm_90a target alone: every other target of gpu_archs gets a stub that traps, which the
+ * dispatch (cuda_impl.attn_path) never launches there. */
 #include "model/cuda/cuda_attention_common.cuh"
+
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+template <int BN, int MIN_BLOCKS>
+__global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(attn_params) {
+    __trap();
+}
+#else
 
 /* ---- wgmma primitives (PTX ISA 8.0, "Asynchronous Warpgroup Level Matrix Multiply") ---- */
 
@@ -244,3 +252,5 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
         }
     }
 }
+
+#endif /* sm_90a */

@@ -13,8 +13,9 @@ struct backend_event {
     bool timing;
 };
 
-/* Largest piece one staging buffer carries; bigger uploads go through several in turn. */
-#define CUDA_STAGING_CHUNK ((size_t)16 << 20)
+/* Largest piece one staging buffer carries; bigger uploads go through several in turn, so the
+ * host copy into one buffer overlaps the device copy out of the one before (CUDA_N_STAGING). */
+#define CUDA_STAGING_CHUNK ((size_t)32 << 20)
 
 /* ------------------------------------------------------------------------------------------ */
 /* staging and uploads                                                                         */
@@ -33,7 +34,8 @@ void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *sr
             CUDA_CHECK(cudaHostAlloc(&st->host, cap, cudaHostAllocDefault));
             st->cap = cap;
         }
-        memcpy(st->host, (const char *)src + done, n);
+        /* several threads: one reads a file mapping at a few GB/s, far below the link */
+        kv_memcpy_parallel(st->host, (const char *)src + done, n, ci->copy_threads);
         CUDA_CHECK(cudaMemcpyAsync((char *)dst + done, st->host, n, cudaMemcpyHostToDevice, s));
         CUDA_CHECK(cudaEventRecord(st->done, s));
         done += n;
@@ -90,29 +92,50 @@ static void cuda_to_host(backend *be, void *dst, const void *src, size_t bytes) 
 }
 
 /* f32 and f16 sources go up as they are and are converted on the device, one chunk at a time
- * through a temporary buffer. */
-static void *cuda_weight_upload(backend *be, const void *src, kv_dtype src_dtype, size_t n) {
+ * through a temporary buffer. A bf16 upload returns once src is copied into staging: its device
+ * copy is still running, in order on the compute stream, so the next upload's host copy overlaps
+ * it (start-up reads the weights while copying them). */
+static void weight_upload_into(backend *be, __nv_bfloat16 *dst, const void *src, kv_dtype src_dtype,
+                               size_t n) {
     cuda_impl *ci = cuda_impl_of(be);
     cudaStream_t s = cuda_compute_stream(be);
-    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
     if (src_dtype == KV_DTYPE_BF16) {
         cuda_upload_staged(ci, s, dst, src, n * 2);
-    } else {
-        size_t esz = kv_dtype_size(src_dtype);
-        size_t chunk = CUDA_STAGING_CHUNK / 4; /* elements */
-        void *tmp = cuda_dev_alloc(be, (n < chunk ? n : chunk) * esz);
-        for (size_t i = 0; i < n; i += chunk) {
-            size_t m = n - i < chunk ? n - i : chunk;
-            cuda_upload_staged(ci, s, tmp, (const char *)src + i * esz, m * esz);
-            if (src_dtype == KV_DTYPE_F32)
-                cuda_convert_f32_to_bf16(s, dst + i, (const float *)tmp, m);
-            else
-                cuda_convert_f16_to_bf16(s, dst + i, (const __half *)tmp, m);
-        }
-        CUDA_CHECK(cudaStreamSynchronize(s));
-        cuda_dev_free(be, tmp);
+        return;
+    }
+    size_t esz = kv_dtype_size(src_dtype);
+    size_t chunk = CUDA_STAGING_CHUNK / 4; /* elements */
+    void *tmp = cuda_dev_alloc(be, (n < chunk ? n : chunk) * esz);
+    for (size_t i = 0; i < n; i += chunk) {
+        size_t m = n - i < chunk ? n - i : chunk;
+        cuda_upload_staged(ci, s, tmp, (const char *)src + i * esz, m * esz);
+        if (src_dtype == KV_DTYPE_F32)
+            cuda_convert_f32_to_bf16(s, dst + i, (const float *)tmp, m);
+        else
+            cuda_convert_f16_to_bf16(s, dst + i, (const __half *)tmp, m);
     }
     CUDA_CHECK(cudaStreamSynchronize(s));
+    cuda_dev_free(be, tmp);
+}
+
+static void *cuda_weight_upload(backend *be, const void *src, kv_dtype src_dtype, size_t n) {
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
+    weight_upload_into(be, dst, src, src_dtype, n);
+    return dst;
+}
+
+/* Each part goes straight from its source into its rows of the tensor: no stacking copy on the
+ * host. */
+static void *cuda_weight_upload_parts(backend *be, int n_parts, const void *const *srcs,
+                                      const size_t *counts, kv_dtype src_dtype) {
+    size_t n = 0;
+    for (int i = 0; i < n_parts; i++) n += counts[i];
+    __nv_bfloat16 *dst = (__nv_bfloat16 *)cuda_dev_alloc(be, n * 2);
+    size_t at = 0;
+    for (int i = 0; i < n_parts; i++) {
+        weight_upload_into(be, dst + at, srcs[i], src_dtype, counts[i]);
+        at += counts[i];
+    }
     return dst;
 }
 
@@ -432,6 +455,7 @@ static const backend_ops cuda_ops = {
     .to_host = cuda_to_host,
     .weight_upload = cuda_weight_upload,
     .weight_upload_fp8 = cuda_weight_upload_fp8,
+    .weight_upload_parts = cuda_weight_upload_parts,
     .act_upload_f32 = cuda_act_upload_f32,
     .act_download_f32 = cuda_act_download_f32,
     .copy_async = cuda_copy_async,
@@ -450,7 +474,11 @@ static const backend_ops cuda_ops = {
     .add = cuda_op_add,
     .matmul = cuda_op_matmul,
     .rope = cuda_op_rope,
+    .head_rmsnorm = cuda_op_head_rmsnorm,
     .swiglu = cuda_op_swiglu,
+    .geglu = cuda_op_geglu,
+    .scale = cuda_op_scale,
+    .softcap = cuda_op_softcap,
     .kv_write = cuda_op_kv_write,
     .attention = cuda_op_attention,
     .gather_rows = cuda_op_gather_rows,
@@ -467,6 +495,8 @@ static const backend_ops cuda_ops = {
  *   KVSERVE_CUDA_GEMV=N    the GEMV kernel for matmuls of n <= N rows (0: cuBLASLt for every n)
  *   KVSERVE_CUDA_MEMCPY_BATCH=0  copy_async issues one cudaMemcpyAsync per copy, not one
  *                          cudaMemcpyBatchAsync for them all
+ *   KVSERVE_CUDA_PORTABLE=1  the portable (sm_80+) attention kernels even where the Hopper ones
+ *                          run (cuda_pick_attn_path); anything else: the device's own path
  * "0" turns a boolean switch off; unset or anything else leaves it on. */
 static bool env_switch(const char *name) {
     const char *v = getenv(name);
@@ -495,24 +525,6 @@ int cuda_backend_device_count(void) {
     return n;
 }
 
-/* The attention kernels are built for sm_90a only (model/meson.build: wgmma), machine code that
- * runs on compute capability 9.0 and nothing else; on any other device the first attention
- * launch would fail ("no kernel image"). */
-static bool cuda_runs_on(int major, int minor) {
-    return major == 9 && minor == 0;
-}
-
-bool cuda_backend_usable(void) {
-    int major = 0, minor = 0;
-    if (cuda_backend_device_count() <= 0 ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, 0) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    return cuda_runs_on(major, minor);
-}
-
 backend *cuda_backend_create(kv_error *err) {
     if (cuda_backend_device_count() <= 0) {
         kv_error_set(err, "no CUDA device found (driver missing or no GPU visible)");
@@ -529,12 +541,18 @@ backend *cuda_backend_create(kv_error *err) {
     CUDA_CHECK(cudaSetDevice(ci->device));
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, ci->device));
-    if (!cuda_runs_on(prop.major, prop.minor)) {
+    if (!cuda_build_runs_on(prop.major, prop.minor)) {
+        cuda_no_code_error(err, ci->device, prop.name, prop.major, prop.minor);
         free(ci);
-        kv_error_set(err, "CUDA device %s is sm_%d%d; this build's kernels need sm_90 (H100/H200)",
-                     prop.name, prop.major, prop.minor);
         return NULL;
     }
+    if (!cuda_probe(ci, &prop, err)) {
+        free(ci);
+        return NULL;
+    }
+    ci->cc_major = prop.major;
+    ci->cc_minor = prop.minor;
+    ci->attn_path = cuda_pick_attn_path(ci);
     ci->n_sms = prop.multiProcessorCount;
     ci->smem_optin = prop.sharedMemPerBlockOptin;
     for (int i = 0; i < BACKEND_NUM_STREAMS; i++)
@@ -547,9 +565,10 @@ backend *cuda_backend_create(kv_error *err) {
         CUDA_CHECK(cudaEventCreateWithFlags(&ci->download.part_ready[i], cudaEventDisableTiming));
     cuda_gemm_init(ci);
     ci->graphs_enabled = env_switch("KVSERVE_CUDA_GRAPHS");
-    ci->pdl = env_switch("KVSERVE_CUDA_PDL");
+    ci->pdl = env_switch("KVSERVE_CUDA_PDL") && prop.major >= 9; /* sm_90: griddepcontrol */
     ci->memcpy_batch = env_switch("KVSERVE_CUDA_MEMCPY_BATCH");
     ci->gemv_max_n = gemv_max_n;
+    ci->copy_threads = kv_copy_threads();
 
     backend *be = (backend *)kv_calloc(1, sizeof *be);
     be->ops = &cuda_ops;
@@ -558,6 +577,7 @@ backend *cuda_backend_create(kv_error *err) {
     be->weight_dtype = KV_DTYPE_BF16;
     be->kv_dtype = KV_DTYPE_BF16;
     be->impl = ci;
+    cuda_describe(be);
     return be;
 }
 

@@ -14,8 +14,23 @@ backend *cuda_backend_create(kv_error *err);
 /* Number of CUDA devices; 0 when there is no driver or device (never aborts). */
 int cuda_backend_device_count(void);
 /* True when device 0, the one cuda_backend_create opens, is one this build's kernels run on
- * (compute capability 9.0: H100, H200); never aborts. */
-bool cuda_backend_usable(void);
+ * (a gpu_archs target or the PTX fits its compute capability); else false with why set (no
+ * device, or which GPU and what was built). Never aborts. */
+bool cuda_backend_usable(kv_error *why);
+/* Tests and benchmarks: run the portable (mma.sync) attention kernels, or the Hopper (wgmma)
+ * ones; false (nothing changed) when asking for Hopper kernels this device has no code for.
+ * cuda_backend_create picks the path once (KVSERVE_CUDA_PORTABLE=1 forces portable). */
+bool cuda_backend_set_attn_path(backend *be, bool portable);
+bool cuda_backend_attn_portable(const backend *be);
+/* The gpu_archs targets this build has code for, as "80,86,89,90a,100,120,ptx120" (machine
+ * code per target, then the PTX). */
+const char *cuda_backend_archs(void);
+/* Host logic only (no CUDA call): whether code for the targets archs (as cuda_backend_archs
+ * spells them) runs on a device of compute capability major.minor, and the message for a device
+ * (number dev, name) that has none. */
+bool cuda_archs_run_on(const char *archs, int major, int minor);
+void cuda_archs_no_code_error(kv_error *err, const char *archs, int dev, const char *name,
+                              int major, int minor);
 /* Events recorded from now on can be timed with event_elapsed (off by default: timing events
  * cost more to record). */
 void cuda_backend_set_event_timing(backend *be, bool on);

@@ -26,12 +26,17 @@ extern "C" {
  * once the previous kernel has finished and its writes are visible; a no-op for a plain
  * launch), then pdl_trigger() to let the next kernel start. Only reads of never-written data
  * (weights) may come before pdl_wait(). Since every kernel waits, each finishes after all the
- * kernels before it, so a kernel may read what any earlier one wrote. */
+ * kernels before it, so a kernel may read what any earlier one wrote. Before sm_90 there is no
+ * such launch (cuda_backend_create turns pdl off) and both are no-ops. */
 __device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
 }
 __device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
 }
 
 /* kernel<<<grid, block, smem, s>>>(args...), with programmatic stream serialization when pdl.
@@ -106,19 +111,37 @@ typedef struct cuda_fp8_table cuda_fp8_table;   /* cuda_gemm_fp8.cu */
  * cuBLASLt always); see tests/bench/NOTES-cuda.md, run 7 */
 #define CUDA_GEMV_DEFAULT_MAX_N 4
 
+/* Which attention kernels run (the one dispatch point: cuda_backend_create picks it from the
+ * device and KVSERVE_CUDA_PORTABLE; cuda_backend_set_attn_path for tests). Everything else is
+ * the same on both paths. */
+typedef enum cuda_attn_path {
+    CUDA_ATTN_PORTABLE, /* mma.sync + ldmatrix + cp.async kernels: every sm_80+ device */
+    CUDA_ATTN_HOPPER,   /* prefill at head dim 128 by wgmma: sm_90 with the 90a target built */
+} cuda_attn_path;
+
+/* Attention kernel variants whose shared-memory limit and occupancy are set on first use. */
+enum { CUDA_ATTN_N_KERNELS = 8 };
+
 typedef struct cuda_impl {
     int device;
     int n_sms;
     size_t smem_optin; /* max dynamic shared memory per block */
+    int cc_major, cc_minor;
+    int code_arch;     /* __CUDA_ARCH__ / 10 of the machine code the device runs (90, 86, ...) */
+    bool hopper_built; /* the code the device runs has the wgmma kernels (sm_90a) */
+    cuda_attn_path attn_path;
+    char desc[256]; /* backend.desc: device, code, attention path */
     cudaStream_t streams[BACKEND_NUM_STREAMS];
     bool event_timing;
     cuda_staging staging[CUDA_N_STAGING];
     int staging_next;
+    int copy_threads; /* host threads of one staging copy (kv_memcpy_parallel) */
     cuda_step step;
     cuda_attn_plan plan;
-    unsigned attn_smem_set;  /* attention kernel variants whose shared-memory limit was raised */
-    float *attn_scratch;     /* split-K partial outputs */
-    size_t attn_scratch_cap; /* floats */
+    unsigned attn_smem_set; /* attention kernel variants whose shared-memory limit was raised */
+    int attn_blocks_per_sm[CUDA_ATTN_N_KERNELS]; /* their occupancy, measured then */
+    float *attn_scratch;                         /* split-K partial outputs */
+    size_t attn_scratch_cap;                     /* floats */
     cublasLtHandle_t lt;
     void *lt_workspace;
     size_t lt_workspace_bytes;
@@ -150,6 +173,16 @@ void cuda_upload_staged(cuda_impl *ci, cudaStream_t s, void *dst, const void *sr
  * while recording (a broken invariant) and marks every recorded graph stale. */
 void cuda_graph_buffers_moved(cuda_impl *ci);
 
+/* cuda_device.cu: whether this build has code for compute capability major.minor (else err says
+ * which GPU and what was built); the probe of the code the device loads (sets code_arch,
+ * hopper_built; false with err set when none loads); the attention path from those and
+ * KVSERVE_CUDA_PORTABLE (read here, once per backend); be->desc from the impl. */
+bool cuda_build_runs_on(int major, int minor);
+void cuda_no_code_error(kv_error *err, int dev, const char *name, int major, int minor);
+bool cuda_probe(cuda_impl *ci, const cudaDeviceProp *prop, kv_error *err);
+cuda_attn_path cuda_pick_attn_path(const cuda_impl *ci);
+void cuda_describe(backend *be);
+
 /* cuda_gemm.cu: the cuBLASLt handle, workspace and plan cache (init/free with the backend);
  * the matmul op. The cuda_op_* functions here are backend ops: their contracts are in backend.h. */
 void cuda_gemm_init(cuda_impl *ci);
@@ -174,12 +207,19 @@ void cuda_op_rmsnorm(backend *be, void *out, const void *x, const void *w, int n
 void cuda_op_add_rmsnorm(backend *be, void *out, void *x, const void *delta, const void *w, int n,
                          int dim, float eps);
 void cuda_op_add(backend *be, void *x, const void *delta, size_t n);
-void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                  const float *inv_freq);
+void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                  const float *inv_freq, float mscale);
 void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff);
 void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                       const void *v, int row_stride);
 void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim);
+/* cuda_family_ops.cu: the ops some families add (Qwen3/Gemma q/k norms, GeGLU, multipliers,
+ * soft-capping) */
+void cuda_op_head_rmsnorm(backend *be, void *x, int n, int row_stride, int n_heads, int head_dim,
+                          const void *w, float eps);
+void cuda_op_geglu(backend *be, void *out, const void *gu, int n, int ff);
+void cuda_op_scale(backend *be, void *x, size_t n, float s);
+void cuda_op_softcap(backend *be, void *x, size_t n, float cap);
 /* f32 -> bf16 and back on the device (uploads, downloads). */
 void cuda_convert_f32_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const float *src, size_t n);
 void cuda_convert_f16_to_bf16(cudaStream_t s, __nv_bfloat16 *dst, const __half *src, size_t n);
@@ -188,6 +228,7 @@ void cuda_convert_bf16_to_f32(cudaStream_t s, float *dst, const __nv_bfloat16 *s
 /* cuda_attention.cu: paged attention. Grows attn_scratch and raises kernels' shared-memory limits
  * on first use, which a recording cannot do: it relies on its shape's unrecorded first run. */
 void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, const void *pool,
-                       const backend_kv_layout *l, int layer, int n_heads, float scale);
+                       const backend_kv_layout *l, int layer, int n_heads,
+                       const backend_attn_params *ap);
 
 #endif

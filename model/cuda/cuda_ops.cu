@@ -120,18 +120,19 @@ template <int VEC> __global__ void add_kernel(bf16 *x, const bf16 *d, size_t n) 
  * float sincos of the angle reduced in double (~4e-7 off) flipped enough bf16 roundings that
  * stories260K's greedy ids parted from llama2.c's at step 114 (NOTES-cuda.md, runs 7-8). */
 __global__ void rope_kernel(bf16 *x, const int32_t *positions, int row_stride, int n_pairs,
-                            int head_dim, const float *inv_freq) {
+                            int head_dim, int rot_dim, const float *inv_freq, float mscale) {
     pdl_wait();
     pdl_trigger();
-    const int t = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x, half = head_dim / 2;
+    const int t = blockIdx.x, i = blockIdx.y * blockDim.x + threadIdx.x, half = rot_dim / 2;
     if (i >= n_pairs) return;
     const int h = i / half, j = i % half;
     double s, c;
     sincos((double)((float)positions[t] * inv_freq[j]), &s, &c);
+    const float cs = (float)c * mscale, sn = (float)s * mscale; /* longrope: cos, sin * factor */
     bf16 *p = x + (size_t)t * row_stride + h * head_dim + j;
     float x0 = __bfloat162float(p[0]), x1 = __bfloat162float(p[half]);
-    p[0] = __float2bfloat16(x0 * (float)c - x1 * (float)s);
-    p[half] = __float2bfloat16(x1 * (float)c + x0 * (float)s);
+    p[0] = __float2bfloat16(x0 * cs - x1 * sn);
+    p[half] = __float2bfloat16(x1 * cs + x0 * sn);
 }
 
 template <int VEC> __global__ void swiglu_kernel(bf16 *out, const bf16 *gu, int n, int ff) {
@@ -295,14 +296,15 @@ void cuda_op_add(backend *be, void *x, const void *delta, size_t n) {
                     dim3(256), 0, (bf16 *)x, (const bf16 *)delta, n);
 }
 
-void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim,
-                  const float *inv_freq) {
+void cuda_op_rope(backend *be, void *x, int row_stride, int n_heads, int head_dim, int rot_dim,
+                  const float *inv_freq, float mscale) {
     cuda_step *st = &cuda_impl_of(be)->step;
+    KV_CHECK(rot_dim % 2 == 0 && rot_dim >= 2 && rot_dim <= head_dim);
     if (st->n_tokens == 0) return;
-    int pairs = n_heads * head_dim / 2, threads = pairs < 128 ? (pairs + 31) / 32 * 32 : 128;
+    int pairs = n_heads * rot_dim / 2, threads = pairs < 128 ? (pairs + 31) / 32 * 32 : 128;
     dim3 grid((unsigned)st->n_tokens, (unsigned)((pairs + threads - 1) / threads));
     cuda_launch(cuda_impl_of(be)->pdl, cuda_compute_stream(be), rope_kernel, grid, dim3(threads), 0,
-                (bf16 *)x, st->positions, row_stride, pairs, head_dim, inv_freq);
+                (bf16 *)x, st->positions, row_stride, pairs, head_dim, rot_dim, inv_freq, mscale);
 }
 
 void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {

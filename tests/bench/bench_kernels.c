@@ -2,7 +2,9 @@
  * read + written) and a cuBLAS bf16 GEMM 8192^3. Then the decode GEMV, paged attention decode
  * (batch 1/8/64, 4K context) and prefill (1K/10K tokens, and a 512-token chunk over a 9.5K
  * prefix) at Llama-3.1-8B shapes (32 heads, 8 KV heads, head_dim 128, block 16), reported as
- * GB/s or TFLOP/s next to those ceilings. Random data throughout; medians of event timings. */
+ * GB/s or TFLOP/s next to those ceilings, on both attention paths where the device has both
+ * (Hopper: wgmma prefill; portable: the sm_80+ mma.sync kernels), with the portable one's speed
+ * as a fraction of the Hopper one's. Random data throughout; medians of event timings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,8 +102,9 @@ typedef struct attn_ctx {
 
 static void run_attn(bench *b, void *ctx, int rep) {
     attn_ctx *a = ctx;
+    backend_attn_params ap = {.scale = 1.0f / sqrtf(128.0f)};
     b->be->ops->attention(b->be, a->out, a->q, a->q_stride, a->pool, &a->l, rep % a->l.n_layers,
-                          a->n_heads, 1.0f / sqrtf(128.0f));
+                          a->n_heads, &ap);
 }
 
 /* n_seqs sequences of n_new tokens after prefix cached ones, blocks in a scrambled order.
@@ -174,6 +177,7 @@ int main(int argc, char **argv) {
     }
     backend *be = b.be;
     cuda_backend_set_event_timing(be, true);
+    printf("%s\n", be->desc);
 
     if (strcmp(only, "prefill10k") == 0) {
         double bytes;
@@ -229,29 +233,55 @@ int main(int argc, char **argv) {
             }
     }
 
-    int batches[3] = {1, 8, 64};
-    for (int i = 0; i < 3; i++) {
-        double bytes;
-        /* 8 layers rotated so batch 1's 17 MB per layer does not sit in L2 between calls */
-        double t = bench_attention(&b, batches[i], 4095, 1, 8, &bytes);
-        char name[64];
-        snprintf(name, sizeof name, "attention decode batch %d ctx 4096", batches[i]);
-        printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, bytes / t / 1e9,
-               100 * bytes / t / 1e9 / copy_gbs);
+    /* the attention cases on each path the device has (Hopper first, where it is one), then
+     * the portable path as a ratio to the Hopper one */
+    enum { N_DEC = 3, N_PRE = 3 };
+    int batches[N_DEC] = {1, 8, 64};
+    int pre_prefix[N_PRE] = {0, 0, 9728}, pre_new[N_PRE] = {1024, 10240, 512};
+    double t_dec[2][N_DEC], t_pre[2][N_PRE];
+    bool portable_first = cuda_backend_attn_portable(be);
+    bool have[2] = {false, false};
+    for (int path = 0; path < 2; path++) { /* 0: hopper, 1: portable */
+        if (!cuda_backend_set_attn_path(be, path == 1)) continue;
+        have[path] = true;
+        const char *tag = path == 1 ? "portable" : "hopper";
+        printf("-- attention, %s path: %s\n", tag, be->desc);
+        for (int i = 0; i < N_DEC; i++) {
+            double bytes;
+            /* 8 layers rotated so batch 1's 17 MB per layer does not sit in L2 between calls */
+            double t = bench_attention(&b, batches[i], 4095, 1, 8, &bytes);
+            t_dec[path][i] = t;
+            char name[64];
+            snprintf(name, sizeof name, "[%s] attention decode batch %d ctx 4096", tag, batches[i]);
+            printf("%-46s %9.3f ms  %8.1f GB/s  %5.1f%% of copy\n", name, t * 1e3, bytes / t / 1e9,
+                   100 * bytes / t / 1e9 / copy_gbs);
+        }
+        for (int i = 0; i < N_PRE; i++) {
+            double bytes;
+            double t = bench_attention(&b, 1, pre_prefix[i], pre_new[i], 1, &bytes);
+            t_pre[path][i] = t;
+            double n0 = pre_prefix[i], n1 = pre_prefix[i] + pre_new[i];
+            /* causal: query at position p attends to p + 1 keys; QK^T and PV are 2 flops each */
+            double keys = (n1 * (n1 + 1) - n0 * (n0 + 1)) / 2;
+            double flops = 4.0 * 128 * 32 * keys;
+            char name[64];
+            snprintf(name, sizeof name, "[%s] attention prefill %d new after %d", tag, pre_new[i],
+                     pre_prefix[i]);
+            printf("%-46s %9.3f ms  %8.1f TFLOP/s  %5.1f%% of GEMM  (x32 layers: %.1f ms)\n", name,
+                   t * 1e3, flops / t / 1e12, 100 * flops / t / 1e12 / gemm_tf, 32 * t * 1e3);
+        }
     }
-    int pre_prefix[3] = {0, 0, 9728}, pre_new[3] = {1024, 10240, 512};
-    for (int i = 0; i < 3; i++) {
-        double bytes;
-        double t = bench_attention(&b, 1, pre_prefix[i], pre_new[i], 1, &bytes);
-        double n0 = pre_prefix[i], n1 = pre_prefix[i] + pre_new[i];
-        /* causal: query at position p attends to p + 1 keys; QK^T and PV are 2 flops each */
-        double keys = (n1 * (n1 + 1) - n0 * (n0 + 1)) / 2;
-        double flops = 4.0 * 128 * 32 * keys;
-        char name[64];
-        snprintf(name, sizeof name, "attention prefill %d new after %d", pre_new[i], pre_prefix[i]);
-        printf("%-46s %9.3f ms  %8.1f TFLOP/s  %5.1f%% of GEMM  (x32 layers: %.1f ms)\n", name,
-               t * 1e3, flops / t / 1e12, 100 * flops / t / 1e12 / gemm_tf, 32 * t * 1e3);
+    if (have[0] && have[1]) {
+        /* issue 14's bars: portable >= 80% of Hopper at decode, >= 60% at 10K prefill */
+        printf("-- portable path speed as a fraction of the hopper path (t_hopper / t_portable)\n");
+        for (int i = 0; i < N_DEC; i++)
+            printf("decode batch %-2d ctx 4096      %6.1f%%  (bar 80%%)\n", batches[i],
+                   100 * t_dec[0][i] / t_dec[1][i]);
+        for (int i = 0; i < N_PRE; i++)
+            printf("prefill %5d after %-5d      %6.1f%%  (bar %s)\n", pre_new[i], pre_prefix[i],
+                   100 * t_pre[0][i] / t_pre[1][i], pre_new[i] == 10240 ? "60%" : "-");
     }
+    KV_CHECK(cuda_backend_set_attn_path(be, portable_first));
     be->ops->destroy(be);
     return 0;
 }

@@ -17,6 +17,9 @@
 #include <string.h>
 
 #include "model/llama.h"
+#ifdef KVSERVE_CUDA
+#include "model/cuda/cuda_backend.h"
+#endif
 
 #define BENCH_MAX_LIST 16
 /* Elements of the random host chunk that device buffers are tiled from. */
@@ -372,6 +375,12 @@ typedef struct bench_report {
     const char *kv_name, *quant_name; /* this run's --kv-cache-dtype and --quantization */
     double stream_bytes_fp8;          /* the streamed weights at one byte per matrix element */
     const struct bench_report *first; /* the first run (its report goes to --out) */
+    /* the CUDA backend's other attention path (portable when the one above ran Hopper's), for
+     * the comparison table; has_alt false when there is none */
+    bool has_alt;
+    decode_result alt_dec[BENCH_MAX_LIST];
+    prefill_result alt_pre[BENCH_MAX_LIST];
+    char path[160], alt_path[160]; /* be->desc of each run */
 } bench_report;
 
 static void report_print(FILE *f, const bench_report *r) {
@@ -435,6 +444,62 @@ static void report_print(FILE *f, const bench_report *r) {
         fprintf(f, "| %d | %d | %.1f | %.0f | %.4g | %.4g | %.1f%% |\n", p->n_tokens, p->n_chunks,
                 p->s * 1e3, p->n_tokens / p->s, p->flops / 1e12, tf,
                 100.0 * tf / r->lim.gemm_tflops);
+    }
+    if (r->path[0]) fprintf(f, "\nKernels: %s.\n", r->path);
+    if (!r->has_alt) return;
+    fprintf(f,
+            "\nThe same steps on the other attention path (%s), same run: its time, its share "
+            "of the ceiling, and its speed as a fraction of the path above (t_above / t_this; "
+            "issue 14's bars for portable vs Hopper: decode >= 80%%, 10K prefill >= 60%%).\n\n",
+            r->alt_path);
+    fprintf(f, "| step | ms (above) | ms (this path) | this path: %% of roofline or GEMM | speed "
+               "vs above |\n|---|---|---|---|---|\n");
+    for (int i = 0; i < a->n_batches; i++) {
+        const decode_result *d = &r->dec[i], *e = &r->alt_dec[i];
+        double roof = e->bytes / (r->lim.copy_gbs * 1e9);
+        fprintf(f, "| decode batch %d | %.3f | %.3f | %.1f%% | %.1f%% |\n", d->batch,
+                d->step_s * 1e3, e->step_s * 1e3, 100.0 * roof / e->step_s,
+                100.0 * d->step_s / e->step_s);
+    }
+    for (int i = 0; i < a->n_prefill; i++) {
+        const prefill_result *p = &r->pre[i], *q = &r->alt_pre[i];
+        fprintf(f, "| prefill %d | %.1f | %.1f | %.1f%% | %.1f%% |\n", p->n_tokens, p->s * 1e3,
+                q->s * 1e3, 100.0 * q->flops / q->s / 1e12 / r->lim.gemm_tflops,
+                100.0 * p->s / q->s);
+    }
+}
+
+/* Decode steps at every batch size, then prefills of every length (one warm-up each), into
+ * dec[] and pre[]; the pool holds the decode context (sequence s in blocks s * bps ..). */
+static void bench_phases(llama_model *m, const bench_args *a, void *pool,
+                         const backend_kv_layout *l, const int32_t *table, int bps, int n_blocks,
+                         const int32_t *tokens, float *logits, uint64_t *rng, double stream_bytes,
+                         decode_result *dec, prefill_result *pre) {
+    double kv_token_bytes = (double)l->block_bytes / a->block_size;
+    for (int i = 0; i < a->n_batches; i++) {
+        decode_result *d = &dec[i];
+        d->batch = a->batches[i];
+        d->bytes = stream_bytes + (double)d->batch * (a->ctx + 1) * kv_token_bytes;
+        d->step_s = decode_time(m, pool, l, d->batch, a->ctx, bps, d->batch, a->reps, logits, rng);
+        d->step_1out_s = decode_time(m, pool, l, d->batch, a->ctx, bps, 1, a->reps, logits, rng);
+        fprintf(stderr, "bench_model: decode batch %d: %.3f ms/step (%.3f with one logits row)\n",
+                d->batch, d->step_s * 1e3, d->step_1out_s * 1e3);
+    }
+
+    // prefill: one warm-up run of each length, then prefill_reps timed runs
+    for (int i = 0; i < a->n_prefill; i++) {
+        prefill_result *p = &pre[i];
+        p->n_tokens = a->prefill[i];
+        p->n_chunks = (p->n_tokens + m->max_tokens - 1) / m->max_tokens;
+        p->flops = prefill_flops(&m->cfg, p->n_tokens, m->max_tokens);
+        double *t = kv_malloc((size_t)a->prefill_reps * sizeof *t);
+        for (int k = -1; k < a->prefill_reps; k++) {
+            double s = prefill_run(m, pool, l, table, n_blocks, tokens, 0, p->n_tokens, logits);
+            if (k >= 0) t[k] = s;
+        }
+        p->s = median(t, a->prefill_reps);
+        free(t);
+        fprintf(stderr, "bench_model: prefill %d tokens: %.1f ms\n", p->n_tokens, p->s * 1e3);
     }
 }
 
@@ -514,32 +579,23 @@ static int run_variant(const bench_args *ap, backend *be, bench_report *rp) {
             stored_fp8 ? r.stream_bytes
                        : r.stream_bytes - mats * (double)kv_dtype_size(be->weight_dtype) + mats;
     }
-    double kv_token_bytes = (double)l.block_bytes / a.block_size;
-    for (int i = 0; i < a.n_batches; i++) {
-        decode_result *d = &r.dec[i];
-        d->batch = a.batches[i];
-        d->bytes = r.stream_bytes + (double)d->batch * (a.ctx + 1) * kv_token_bytes;
-        d->step_s = decode_time(&m, pool, &l, d->batch, a.ctx, bps, d->batch, a.reps, logits, &rng);
-        d->step_1out_s = decode_time(&m, pool, &l, d->batch, a.ctx, bps, 1, a.reps, logits, &rng);
-        fprintf(stderr, "bench_model: decode batch %d: %.3f ms/step (%.3f with one logits row)\n",
-                d->batch, d->step_s * 1e3, d->step_1out_s * 1e3);
-    }
-
-    // prefill: one warm-up run of each length, then prefill_reps timed runs
-    for (int i = 0; i < a.n_prefill; i++) {
-        prefill_result *p = &r.pre[i];
-        p->n_tokens = a.prefill[i];
-        p->n_chunks = (p->n_tokens + m.max_tokens - 1) / m.max_tokens;
-        p->flops = prefill_flops(&m.cfg, p->n_tokens, m.max_tokens);
-        double *t = kv_malloc((size_t)a.prefill_reps * sizeof *t);
-        for (int k = -1; k < a.prefill_reps; k++) {
-            double s = prefill_run(&m, pool, &l, table, n_blocks, tokens, 0, p->n_tokens, logits);
-            if (k >= 0) t[k] = s;
+    bench_phases(&m, &a, pool, &l, table, bps, n_blocks, tokens, logits, &rng, r.stream_bytes,
+                 r.dec, r.pre);
+    snprintf(r.path, sizeof r.path, "%s", be->desc ? be->desc : be->name);
+#ifdef KVSERVE_CUDA
+    /* the CUDA backend's other attention path, when the device has one */
+    if (strcmp(be->name, "cuda") == 0) {
+        bool portable = cuda_backend_attn_portable(be);
+        if (cuda_backend_set_attn_path(be, !portable)) {
+            fprintf(stderr, "bench_model: again on the other path: %s\n", be->desc);
+            bench_phases(&m, &a, pool, &l, table, bps, n_blocks, tokens, logits, &rng,
+                         r.stream_bytes, r.alt_dec, r.alt_pre);
+            snprintf(r.alt_path, sizeof r.alt_path, "%s", be->desc);
+            r.has_alt = true;
+            KV_CHECK(cuda_backend_set_attn_path(be, portable));
         }
-        p->s = median(t, a.prefill_reps);
-        free(t);
-        fprintf(stderr, "bench_model: prefill %d tokens: %.1f ms\n", p->n_tokens, p->s * 1e3);
     }
+#endif
 
     report_print(stdout, &r);
     int rc = 0;

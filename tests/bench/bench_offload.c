@@ -6,7 +6,9 @@
  *     host_load_latency_seconds beside it);
  *  3. TTFT of 10K- and 100K-token prompts served from the host tier next to recompute (cold) and a
  *     full GPU prefix hit, and a sweep of lengths for tests/bench/plot_ttft.gp (--plot-data);
- *  4. decode tok/s with the tier on (write_through, every prompt new: 0% hits) vs off, twice each;
+ *  4. decode tok/s with the tier on (write_through, every prompt new: 0% hits) vs off, in
+ *     --decode-runs interleaved runs each (mean, stdev, min/max, the paired cost) and the
+ *     distribution of engine step times (p50/p99/max) on vs off: stores must never delay a step;
  *  5. 512-token prefill-only requests at host hit rates 0/50/80/100%: tok/s and KV GB/s;
  *  6. greedy outputs with the tier on vs off under GPU eviction, host loads and preemption.
  * Ends with pass/fail against DESIGN.md's targets. Drives scheduler_step on this thread.
@@ -14,7 +16,7 @@
  *   bench_offload --model DIR [--device cuda|cpu] [--load-format dummy] [--offload-gib G]
  *                 [--quick] [--plot-data FILE] [--out FILE.md] [--hardware NAME] [--threads N]
  *                 [--only ttft,sweep,decode,prefill512,identical] [--load-layer-groups G]
- *                 [--kv-cache-dtype auto,fp8]
+ *                 [--decode-runs N] [--kv-cache-dtype auto,fp8]
  * --kv-cache-dtype runs everything once per KV dtype (the model reloaded each time) and ends with
  * a table of the host-tier numbers side by side; reports of the later dtypes go to FILE.<dtype>.md.
  * --quick scales prompt lengths to the model's context and shrinks the request counts (stories260K
@@ -42,8 +44,9 @@ enum {
     PART_ALL = 31,
 };
 
-#define MAX_ROWS 16
-#define HIT_REPS 3 /* GPU and host hits per length (median) */
+#define MAX_ROWS     16
+#define HIT_REPS     3  /* GPU and host hits per length (median) */
+#define MAX_DEC_RUNS 32 /* interleaved decode runs per tier */
 
 typedef struct bench_args {
     const char *model, *device, *plot, *out, *hardware;
@@ -53,6 +56,7 @@ typedef struct bench_args {
     unsigned parts;
     int threads;
     int load_layer_groups; /* scheduler_config.load_layer_groups; 0: the engine's default */
+    int decode_runs;       /* interleaved runs per tier of part 4; 0: the default */
     const char
         *kv_dtypes; /* --kv-cache-dtype: comma-separated kv_cache_dtype values, run in turn */
 } bench_args;
@@ -108,7 +112,10 @@ typedef struct bench {
     p512_row p512[4];
     int n_p512;
     int dec_batch, dec_prompt, dec_steps;
-    double dec[2][2]; /* [tier off/on][run] tok/s */
+    int dec_runs;
+    double dec[2][MAX_DEC_RUNS]; /* [tier off/on][run] tok/s */
+    double *dec_step_s[2];       /* [tier] every decode-phase engine step's wall time */
+    int dec_n_steps[2], dec_step_cap;
     double dec_stored_gb;
     int64_t dec_host_hits;
     bool dec_done;
@@ -331,12 +338,19 @@ static void run_decode(bench *b) {
                           50000 + 1000 * (uint64_t)t, t ? "warm-on" : "warm-off");
     scheduler_stats st0 = scheduler_get_stats(eng[1]);
     char tag[32];
-    for (int run = 0; run < 2; run++)
-        for (int t = 0; t < 2; t++) { /* off, on, off, on: drift hits both alike */
+    b->dec_step_cap = b->dec_runs * (b->dec_steps + 8);
+    for (int t = 0; t < 2; t++) {
+        b->dec_step_s[t] = kv_malloc((size_t)b->dec_step_cap * sizeof(double));
+        b->dec_n_steps[t] = 0;
+    }
+    for (int run = 0; run < b->dec_runs; run++)
+        for (int k = 0; k < 2; k++) { /* off, on, on, off, off, on...: drift hits both alike */
+            int t = run % 2 ? 1 - k : k;
             snprintf(tag, sizeof tag, "dec-%d-%d", t, run);
             b->dec[t][run] =
-                bench_decode_rate(eng[t], b->dec_batch, b->dec_prompt, b->dec_steps, b->vocab,
-                                  60000 + 1000 * (uint64_t)(2 * run + t), tag);
+                bench_decode_rate_steps(eng[t], b->dec_batch, b->dec_prompt, b->dec_steps, b->vocab,
+                                        60000 + 1000 * (uint64_t)(2 * run + t), tag,
+                                        b->dec_step_s[t], &b->dec_n_steps[t], b->dec_step_cap);
             note(b, "decode batch %d, tier %s, run %d: %.1f tok/s", b->dec_batch, t ? "on" : "off",
                  run + 1, b->dec[t][run]);
         }
@@ -346,6 +360,48 @@ static void run_decode(bench *b) {
     b->dec_done = true;
     scheduler_free(eng[0]);
     scheduler_free(eng[1]);
+}
+
+typedef struct dec_stats {
+    double mean, stdev, min, max; /* tok/s over the runs */
+    double p50, p99, step_max;    /* step seconds */
+    int n_slow;                   /* steps over 1.5x p50 */
+} dec_stats;
+
+static dec_stats dec_stats_of(const bench *b, int t) {
+    dec_stats d = {.min = INFINITY, .max = 0};
+    int n = b->dec_runs;
+    for (int r = 0; r < n; r++) {
+        d.mean += b->dec[t][r] / n;
+        d.min = fmin(d.min, b->dec[t][r]);
+        d.max = fmax(d.max, b->dec[t][r]);
+    }
+    for (int r = 0; r < n; r++) d.stdev += (b->dec[t][r] - d.mean) * (b->dec[t][r] - d.mean);
+    d.stdev = n > 1 ? sqrt(d.stdev / (n - 1)) : 0;
+    int ns = b->dec_n_steps[t];
+    if (ns > 0) {
+        double *v = kv_malloc((size_t)ns * sizeof *v);
+        memcpy(v, b->dec_step_s[t], (size_t)ns * sizeof *v);
+        d.p50 = bench_median(v, ns); /* sorts v */
+        d.p99 = v[(int)(0.99 * (ns - 1))];
+        d.step_max = v[ns - 1];
+        for (int i = 0; i < ns; i++) d.n_slow += v[i] > 1.5 * d.p50;
+        free(v);
+    }
+    return d;
+}
+
+/* Mean and stdev over the runs of 1 - on/off of each interleaved pair. */
+static void dec_paired_cost(const bench *b, double *mean, double *sd) {
+    int n = b->dec_runs;
+    double m = 0, v = 0;
+    for (int r = 0; r < n; r++) m += (1 - b->dec[1][r] / b->dec[0][r]) / n;
+    for (int r = 0; r < n; r++) {
+        double c = 1 - b->dec[1][r] / b->dec[0][r] - m;
+        v += c * c;
+    }
+    *mean = m;
+    *sd = n > 1 ? sqrt(v / (n - 1)) : 0;
 }
 
 /* --- greedy outputs, tier on vs off --- */
@@ -539,22 +595,35 @@ static void report_print(FILE *f, const bench *b) {
         fprintf(f, "\n");
     }
     if (b->dec_done) {
-        double off = 0.5 * (b->dec[0][0] + b->dec[0][1]), on = 0.5 * (b->dec[1][0] + b->dec[1][1]);
+        dec_stats ds[2];
+        for (int t = 0; t < 2; t++) ds[t] = dec_stats_of(b, t);
+        double off = ds[0].mean, on = ds[1].mean;
         fprintf(f, "#### Decode with the tier on vs off (0%% hits)\n\n");
         fprintf(f,
                 "%d requests x %d-token random prompts (all new) x %d generated tokens, batch "
                 "decode; tok/s from the step every request had its first token to the last "
-                "token. Two engines alike but for the tier, runs interleaved off/on/off/on. "
-                "The tier-on runs stored %.2f GB (write_through), host hit tokens %lld.\n\n",
-                b->dec_batch, b->dec_prompt, b->dec_steps, b->dec_stored_gb,
+                "token. Two engines alike but for the tier, %d runs each, interleaved "
+                "(off/on, on/off, ...). The tier-on runs stored %.2f GB (write_through), host hit "
+                "tokens %lld. Step times: wall time of every engine step of the decode phases.\n\n",
+                b->dec_batch, b->dec_prompt, b->dec_steps, b->dec_runs, b->dec_stored_gb,
                 (long long)b->dec_host_hits);
-        fprintf(f, "| tier | run 1 tok/s | run 2 tok/s | mean | spread |\n|---|---|---|---|---|\n");
+        fprintf(f,
+                "| tier | runs | mean tok/s | stdev | min | max | steps | step p50 ms | p99 ms "
+                "| max ms | steps > 1.5x p50 |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for (int t = 0; t < 2; t++) {
-            double mean = t ? on : off;
-            fprintf(f, "| %s | %.1f | %.1f | %.1f | %.2f%% |\n", t ? "on" : "off", b->dec[t][0],
-                    b->dec[t][1], mean, 100 * fabs(b->dec[t][0] - b->dec[t][1]) / mean);
+            const dec_stats *d = &ds[t];
+            fprintf(f, "| %s | %d | %.1f | %.2f%% | %.1f | %.1f | %d | %.3f | %.3f | %.3f | %d |\n",
+                    t ? "on" : "off", b->dec_runs, d->mean, 100 * d->stdev / d->mean, d->min,
+                    d->max, b->dec_n_steps[t], d->p50 * 1e3, d->p99 * 1e3, d->step_max * 1e3,
+                    d->n_slow);
         }
-        fprintf(f, "\nOn / off: %.4f (cost %.2f%%).\n\n", on / off, 100 * (1 - on / off));
+        double pc_mean, pc_sd;
+        dec_paired_cost(b, &pc_mean, &pc_sd);
+        fprintf(f,
+                "\nOn / off: %.4f (cost %.2f%%); paired runs: cost %.2f%% +- %.2f%% (stdev of "
+                "the %d pairs), standard error %.2f%%. Step p99 on / off %.3f.\n\n",
+                on / off, 100 * (1 - on / off), 100 * pc_mean, 100 * pc_sd, b->dec_runs,
+                100 * pc_sd / sqrt((double)b->dec_runs), ds[1].p99 / ds[0].p99);
     }
     if (b->id_done) {
         fprintf(f, "#### Greedy outputs, tier on vs off\n\n");
@@ -605,9 +674,13 @@ static void report_print(FILE *f, const bench *b) {
         fprintf(f, "| TTFT 100K tokens from the host tier <= 270 ms | %.2f ms (%d tokens) | %s |\n",
                 r100->host_s * 1e3, r100->len, verdict(real, r100->host_s <= 0.270));
     if (b->dec_done) {
-        double off = 0.5 * (b->dec[0][0] + b->dec[0][1]), on = 0.5 * (b->dec[1][0] + b->dec[1][1]);
-        fprintf(f, "| decode cost of offloading at 0%% hits <= 1%% | %.2f%% | %s |\n",
-                100 * (1 - on / off), verdict(true, on >= 0.99 * off));
+        double off = dec_stats_of(b, 0).mean, on = dec_stats_of(b, 1).mean, pc_mean, pc_sd;
+        dec_paired_cost(b, &pc_mean, &pc_sd);
+        fprintf(f,
+                "| decode cost of offloading at 0%% hits <= 1%% | %.2f%% (paired %.2f%% +- "
+                "%.2f%%, %d runs) | %s |\n",
+                100 * (1 - on / off), 100 * pc_mean, 100 * pc_sd, b->dec_runs,
+                verdict(true, on >= 0.99 * off));
     }
     if (b->n_p512 == 4)
         fprintf(f, "| %d-token prefill-only, 100%% host hits >= 420k tok/s | %.0f tok/s | %s |\n",
@@ -691,6 +764,7 @@ static int args_parse(int argc, char **argv, bench_args *a) {
                                          {"threads", required_argument, NULL, 'j'},
                                          {"load-layer-groups", required_argument, NULL, 'g'},
                                          {"kv-cache-dtype", required_argument, NULL, 'k'},
+                                         {"decode-runs", required_argument, NULL, 'r'},
                                          {NULL, 0, NULL, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
         if (c == 'm')
@@ -715,6 +789,8 @@ static int args_parse(int argc, char **argv, bench_args *a) {
             a->threads = atoi(optarg);
         else if (c == 'g')
             a->load_layer_groups = atoi(optarg);
+        else if (c == 'r' && atoi(optarg) >= 1 && atoi(optarg) <= MAX_DEC_RUNS)
+            a->decode_runs = atoi(optarg);
         else if (c == 'k')
             a->kv_dtypes = optarg;
         else {
@@ -722,7 +798,7 @@ static int args_parse(int argc, char **argv, bench_args *a) {
                 stderr,
                 "usage: bench_offload --model DIR [--device cuda|cpu] [--load-format dummy] "
                 "[--offload-gib G] [--quick] [--plot-data FILE] [--out FILE.md] "
-                "[--hardware NAME] [--threads N] [--load-layer-groups G] "
+                "[--hardware NAME] [--threads N] [--load-layer-groups G] [--decode-runs N] "
                 "[--only ttft,sweep,decode,prefill512,identical] [--kv-cache-dtype auto,fp8]\n");
             return -1;
         }
@@ -764,6 +840,7 @@ static int run_parts(bench *b) {
     b->p512_len = 512 <= b->cap ? 512 : 256;
     b->p512_n = a->quick ? 32 : 256;
     b->dec_batch = 32, b->dec_prompt = 128, b->dec_steps = 256;
+    b->dec_runs = a->decode_runs ? a->decode_runs : a->quick ? 2 : 10;
     if (b->dec_prompt + b->dec_steps + 1 > b->m->max_position) b->dec_steps = b->cap / 2;
     b->id_n = 200, b->id_groups = 8, b->id_wave = 40;
     b->id_prefix = a->quick ? 128 : 1024, b->id_suffix = a->quick ? 16 : 64;
@@ -909,6 +986,9 @@ int main(int argc, char **argv) {
         dtype_result_fill(&res[n_res++], b, t);
         model_free(b->m);
         b->m = NULL;
+        free(b->dec_step_s[0]);
+        free(b->dec_step_s[1]);
+        b->dec_step_s[0] = b->dec_step_s[1] = NULL;
     }
     if (n_res > 1) {
         dtype_table(stdout, res, n_res, b->h2d);

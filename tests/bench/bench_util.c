@@ -59,6 +59,12 @@ double bench_ttft(scheduler *s, const int32_t *prompt, int n, const char *salt, 
 
 double bench_decode_rate(scheduler *s, int batch, int prompt_len, int steps, int vocab,
                          uint64_t seed, const char *tag) {
+    return bench_decode_rate_steps(s, batch, prompt_len, steps, vocab, seed, tag, NULL, NULL, 0);
+}
+
+double bench_decode_rate_steps(scheduler *s, int batch, int prompt_len, int steps, int vocab,
+                               uint64_t seed, const char *tag, double *step_s, int *n_steps,
+                               int cap) {
     bench_probe *p = kv_calloc((size_t)batch, sizeof *p);
     int32_t *prompt = kv_malloc((size_t)prompt_len * sizeof *prompt);
     char salt[96];
@@ -75,6 +81,15 @@ double bench_decode_rate(scheduler *s, int batch, int prompt_len, int steps, int
     int before = 0, after = 0;
     for (int i = 0; i < batch; i++) before += p[i].n_tokens;
     double t0 = kv_now(), t1 = t0;
+    if (step_s) {
+        for (double ts = kv_now();;) {
+            bool busy = scheduler_step(s);
+            double now = kv_now();
+            if (busy && *n_steps < cap) step_s[(*n_steps)++] = now - ts;
+            ts = now;
+            if (!busy) break;
+        }
+    }
     scheduler_run_until_idle(s);
     for (int i = 0; i < batch; i++) {
         after += p[i].n_tokens;

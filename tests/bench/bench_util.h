@@ -36,6 +36,12 @@ double bench_ttft(scheduler *s, const int32_t *prompt, int n, const char *salt, 
 double bench_decode_rate(scheduler *s, int batch, int prompt_len, int steps, int vocab,
                          uint64_t seed, const char *tag);
 
+/* bench_decode_rate that also appends the wall time of every engine step of the decode phase
+ * (from the step after every request had its first token) to step_s[*n_steps], at most cap. */
+double bench_decode_rate_steps(scheduler *s, int batch, int prompt_len, int steps, int vocab,
+                               uint64_t seed, const char *tag, double *step_s, int *n_steps,
+                               int cap);
+
 /* Median of v[n] (sorts v). */
 double bench_median(double *v, int n);
 

@@ -7,10 +7,12 @@
  * budget it used. The logits download (act_download_f32) is checked into pageable and pinned
  * memory, across its chunk size. Attention runs over scattered block tables, GQA 1/4/7/8, many
  * sequences, contexts 1..32K, prefill and chunked prefill over a cached prefix, and the generic
- * head-dim path. Skips (exit 77) when no GPU is present. */
+ * head-dim path, which also serves sliding windows and soft-capped scores (issue 17). Skips (exit
+ * 77) when no GPU is present. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "model/cpu/cpu_backend.h"
 #include "model/cuda/cuda_backend.h"
@@ -374,41 +376,120 @@ static void test_matmul(backend *be, backend *cpu, rng *r, int n, int k, int m, 
     free(x), free(w), free(b), free(got), free(ref);
 }
 
-static void test_rope(backend *be, backend *cpu, rng *r) {
+/* rot < hd: partial rotary (Phi-4-mini), the dims past rot untouched; mscale: longrope's
+ * factor on cos and sin. */
+static void test_rope(backend *be, backend *cpu, rng *r, int rot, float mscale) {
     const int n = 33, n_q = 32, n_kv = 8, hd = 128, stride = (n_q + 2 * n_kv) * hd;
     test_batch tb;
     batch_simple(&tb, r, n, 131000 - n, 16, 8192);
     be->ops->step_begin(be, &tb.b);
     cpu->ops->step_begin(cpu, &tb.b);
     float inv_freq[64];
-    for (int i = 0; i < hd / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / hd);
+    for (int i = 0; i < rot / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / rot);
     float *d_if = be->ops->dev_alloc(be, sizeof inv_freq);
     be->ops->to_dev(be, d_if, inv_freq, sizeof inv_freq);
     size_t len = (size_t)n * stride;
     float *x = rand_vec(r, len, 2.0f);
     void *dx = upload(be, x, len);
-    be->ops->rope(be, dx, stride, n_q + n_kv, hd, d_if); /* q and k heads, v untouched */
+    be->ops->rope(be, dx, stride, n_q + n_kv, hd, rot, d_if, mscale); /* q, k heads; v untouched */
     float *got = download(be, dx, len);
     double *ref = kv_malloc(len * sizeof *ref);
     for (size_t i = 0; i < len; i++) ref[i] = x[i];
     for (int t = 0; t < n; t++)
         for (int h = 0; h < n_q + n_kv; h++)
-            for (int i = 0; i < hd / 2; i++) {
+            for (int i = 0; i < rot / 2; i++) {
                 double a = (double)((float)tb.positions[t] * inv_freq[i]);
+                double c = cos(a) * mscale, sn = sin(a) * mscale;
                 size_t p = (size_t)t * stride + h * hd + i;
-                double x0 = x[p], x1 = x[p + hd / 2];
-                ref[p] = x0 * cos(a) - x1 * sin(a);
-                ref[p + hd / 2] = x1 * cos(a) + x0 * sin(a);
+                double x0 = x[p], x1 = x[p + rot / 2];
+                ref[p] = x0 * c - x1 * sn;
+                ref[p + rot / 2] = x1 * c + x0 * sn;
             }
-    check("rope 40 heads hd=128 pos~131K stride=6144", got, ref, len, 1e-2, 1e-2);
+    char name[80];
+    snprintf(name, sizeof name, "rope 40 heads hd=128 rot=%d mscale=%.2f pos~131K", rot, mscale);
+    check(name, got, ref, len, 1e-2, 1e-2);
     void *cx = upload(cpu, x, len);
-    cpu->ops->rope(cpu, cx, stride, n_q + n_kv, hd, inv_freq);
+    cpu->ops->rope(cpu, cx, stride, n_q + n_kv, hd, rot, inv_freq, mscale);
     float *cg = download(cpu, cx, len);
-    check_cpu("rope 40 heads hd=128 pos~131K stride=6144", got, cg, len, 1e-2, 1e-2);
+    check_cpu(name, got, cg, len, 1e-2, 1e-2);
     cpu->ops->dev_free(cpu, cx);
     free(cg);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, d_if);
     free(x), free(got), free(ref);
+    batch_free(&tb);
+}
+
+/* head_rmsnorm (q/k norms over a fused qkv row), geglu, scale and softcap against double
+ * references and the CPU backend: bf16 outputs, so rtol 1e-2 (2^-9 rounding plus the input
+ * rounding of a tanh argument) and a small atol near zero. */
+static void test_family_ops(backend *be, backend *cpu, rng *r, int n, int n_heads, int hd, int ff) {
+    test_batch tb;
+    batch_simple(&tb, r, n, 0, 16, 64);
+    be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
+    const int stride = (n_heads + 3) * hd;
+    size_t len = (size_t)n * stride;
+    float *x = rand_vec(r, len, 2.0f), *w = rand_vec(r, (size_t)hd, 1.5f);
+    double *ref = kv_malloc((len + (size_t)n * 2 * ff) * sizeof *ref);
+    for (size_t i = 0; i < len; i++) ref[i] = x[i];
+    for (int t = 0; t < n; t++)
+        for (int h = 0; h < n_heads; h++) {
+            const float *xh = x + (size_t)t * stride + h * hd;
+            double ss = 0;
+            for (int d = 0; d < hd; d++) ss += (double)xh[d] * xh[d];
+            double inv = 1.0 / sqrt(ss / hd + 1e-6);
+            for (int d = 0; d < hd; d++) ref[(size_t)t * stride + h * hd + d] = xh[d] * inv * w[d];
+        }
+    void *dx = upload(be, x, len), *dw = upload_w(be, w, (size_t)hd);
+    be->ops->head_rmsnorm(be, dx, n, stride, n_heads, hd, dw, 1e-6f);
+    float *got = download(be, dx, len);
+    char name[80];
+    snprintf(name, sizeof name, "head_rmsnorm n=%d heads=%d hd=%d", n, n_heads, hd);
+    check(name, got, ref, len, 1e-2, 1e-2);
+    void *cx = upload(cpu, x, len), *cw = upload_w(cpu, w, (size_t)hd);
+    cpu->ops->head_rmsnorm(cpu, cx, n, stride, n_heads, hd, cw, 1e-6f);
+    float *cg = download(cpu, cx, len);
+    check_cpu(name, got, cg, len, 1e-2, 1e-2);
+    free(got), free(cg);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cw);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dw);
+
+    size_t m = (size_t)n * ff;
+    float *gu = rand_vec(r, 2 * m, 4.0f);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ff; j++) {
+            double g = gu[(size_t)i * 2 * ff + j], u = gu[(size_t)i * 2 * ff + ff + j];
+            ref[(size_t)i * ff + j] =
+                0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * u;
+        }
+    void *dgu = upload(be, gu, 2 * m), *dout = poisoned(be, m);
+    be->ops->geglu(be, dout, dgu, n, ff);
+    got = download(be, dout, m);
+    snprintf(name, sizeof name, "geglu n=%d ff=%d", n, ff);
+    check(name, got, ref, m, 1e-2, 1e-2);
+    void *cgu = upload(cpu, gu, 2 * m), *cout = cpu->ops->dev_alloc(cpu, m * 4);
+    cpu->ops->geglu(cpu, cout, cgu, n, ff);
+    cg = download(cpu, cout, m);
+    check_cpu(name, got, cg, m, 1e-2, 1e-2);
+    free(got), free(cg);
+
+    /* scale by 7.5 (rounded to bf16 in between), then cap at 20 */
+    for (size_t i = 0; i < 2 * m; i++) {
+        double scaled = kv_bf16_to_f32(kv_f32_to_bf16(gu[i] * 7.5f));
+        ref[i] = 20.0 * tanh(scaled / 20.0);
+    }
+    be->ops->scale(be, dgu, 2 * m, 7.5f);
+    be->ops->softcap(be, dgu, 2 * m, 20.0f);
+    got = download(be, dgu, 2 * m);
+    check("scale 7.5 then softcap 20", got, ref, 2 * m, 1e-2, 1e-2);
+    cpu->ops->scale(cpu, cgu, 2 * m, 7.5f);
+    cpu->ops->softcap(cpu, cgu, 2 * m, 20.0f);
+    cg = download(cpu, cgu, 2 * m);
+    check_cpu("scale 7.5 then softcap 20", got, cg, 2 * m, 1e-2, 1e-2);
+    free(got), free(cg);
+    cpu->ops->dev_free(cpu, cgu), cpu->ops->dev_free(cpu, cout);
+    be->ops->dev_free(be, dgu), be->ops->dev_free(be, dout);
+    free(x), free(w), free(gu), free(ref);
     batch_free(&tb);
 }
 
@@ -477,6 +558,9 @@ typedef struct attn_case {
     const char *name;
     int n_heads, n_kv_heads, head_dim, block_size, n_seqs;
     const int *prefix, *n_new;
+    int window;    /* sliding window (0: none) */
+    float softcap; /* score soft cap (0: none) */
+    float scale;   /* 0: head_dim^-0.5 */
 } attn_case;
 
 static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c) {
@@ -505,8 +589,9 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
     void *dq = upload(be, q, (size_t)nt * q_stride);
     size_t out_n = (size_t)nt * nh * hd;
     void *dout = poisoned(be, out_n);
-    float scale = 1.0f / sqrtf((float)hd);
-    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, scale);
+    float scale = c->scale > 0 ? c->scale : 1.0f / sqrtf((float)hd);
+    backend_attn_params ap = {.scale = scale, .softcap = c->softcap, .window = c->window};
+    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, &ap);
     float *got = download(be, dout, out_n);
 
     double *ref = kv_malloc(out_n * sizeof *ref);
@@ -517,9 +602,10 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
         for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++)
             for (int h = 0; h < nh; h++) {
                 int pos = tb.positions[t], kh = h / G;
+                int lo = c->window > 0 && pos + 1 > c->window ? pos + 1 - c->window : 0;
                 const float *qv = q + (size_t)t * q_stride + h * hd;
                 double mx = -INFINITY, sum = 0;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = lo; j <= pos; j++) {
                     size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
                                   (l.block_bytes / 2);
                     const uint16_t *k =
@@ -527,12 +613,13 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
                     double dot = 0;
                     for (int d = 0; d < hd; d++) dot += (double)qv[d] * kv_bf16_to_f32(k[d]);
                     sc[j] = dot * scale;
+                    if (c->softcap > 0) sc[j] = c->softcap * tanh(sc[j] / c->softcap);
                     if (sc[j] > mx) mx = sc[j];
                 }
-                for (int j = 0; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                for (int j = lo; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
                 double *o = ref + ((size_t)t * nh + h) * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = lo; j <= pos; j++) {
                     size_t base = (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
                                   (l.block_bytes / 2);
                     const uint16_t *v =
@@ -551,7 +638,7 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
     kv_convert_to_f32(pool32, pool, KV_DTYPE_BF16, pool_n);
     void *cpool = upload(cpu, pool32, pool_n), *cq = upload(cpu, q, (size_t)nt * q_stride);
     void *cout = cpu->ops->dev_alloc(cpu, out_n * 4);
-    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &cl, layer, nh, scale);
+    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &cl, layer, nh, &ap);
     float *cg = download(cpu, cout, out_n);
     check_cpu(c->name, got, cg, out_n, 2e-3, 2e-2);
     cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cq), cpu->ops->dev_free(cpu, cout);
@@ -696,8 +783,9 @@ static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_cas
     void *dq = upload(be, q, (size_t)nt * q_stride);
     size_t out_n = (size_t)nt * nh * hd;
     void *dout = poisoned(be, out_n);
-    float scale = 1.0f / sqrtf((float)hd);
-    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, scale);
+    float scale = c->scale > 0 ? c->scale : 1.0f / sqrtf((float)hd);
+    backend_attn_params ap = {.scale = scale, .softcap = c->softcap, .window = c->window};
+    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, &ap);
     float *got = download(be, dout, out_n);
 
     double *ref = kv_malloc(out_n * sizeof *ref);
@@ -709,9 +797,10 @@ static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_cas
         for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++)
             for (int h = 0; h < nh; h++) {
                 int pos = tb.positions[t], kh = h / G;
+                int lo = c->window > 0 && pos + 1 > c->window ? pos + 1 - c->window : 0;
                 const float *qv = q + (size_t)t * q_stride + h * hd;
                 double mx = -INFINITY, sum = 0;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = lo; j <= pos; j++) {
                     const uint8_t *k =
                         pool +
                         (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
@@ -722,12 +811,13 @@ static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_cas
                     for (int d = 0; d < hd; d++)
                         dot += (double)qv[d] * kv_e4m3_to_f32(k[d]) * scales[2 * layer];
                     sc[j] = dot * scale;
+                    if (c->softcap > 0) sc[j] = c->softcap * tanh(sc[j] / c->softcap);
                     if (sc[j] > mx) mx = sc[j];
                 }
-                for (int j = 0; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                for (int j = lo; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
                 double *o = ref + ((size_t)t * nh + h) * hd;
                 for (int d = 0; d < hd; d++) o[d] = 0;
-                for (int j = 0; j <= pos; j++) {
+                for (int j = lo; j <= pos; j++) {
                     const uint8_t *v =
                         pool +
                         (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
@@ -738,13 +828,13 @@ static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_cas
                         o[d] += sc[j] / sum * kv_e4m3_to_f32(v[d]) * scales[2 * layer + 1];
                 }
             }
-    char name[96];
+    char name[128];
     snprintf(name, sizeof name, "fp8 %s", c->name);
     check(name, got, ref, out_n, 3e-3, 2e-2); /* V up to 1.5 * 1.5: atol scaled from 2e-3 */
     uint8_t *cpool = cpu->ops->dev_alloc(cpu, pool_n);
     memcpy(cpool, pool, pool_n);
     void *cq = upload(cpu, q, (size_t)nt * q_stride), *cout = cpu->ops->dev_alloc(cpu, out_n * 4);
-    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &l, layer, nh, scale);
+    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &l, layer, nh, &ap);
     float *cg = download(cpu, cout, out_n);
     check_cpu(name, got, cg, out_n, 3e-3, 2e-2);
     cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cq), cpu->ops->dev_free(cpu, cout);
@@ -809,6 +899,41 @@ static void copy_stage(backend *be, rng *r, backend_stream s, int n, size_t bb, 
  * KVSERVE_CUDA_MEMCPY_BATCH=0): pinned host to device on LOAD, then on STORE after an event,
  * device to device and device to pinned host; every byte of the host result must match the same
  * copies made on host mirrors (all buffers start from known random bytes). */
+/* weight_upload_parts: three parts (one over a staging chunk) as bf16 and as f32 sources equal,
+ * element for element, the values and weight_upload of their concatenation (exact: the values
+ * are bf16-representable, so no rounding is involved). */
+static void test_weight_upload_parts(backend *be, rng *r) {
+    const size_t counts[3] = {1000, 37, (size_t)9 << 20};
+    size_t n = counts[0] + counts[1] + counts[2];
+    float *all = kv_malloc(n * sizeof *all);
+    uint16_t *all16 = kv_malloc(n * sizeof *all16);
+    for (size_t i = 0; i < n; i++) all[i] = rng_bf16(r, 2.0f), all16[i] = kv_f32_to_bf16(all[i]);
+    for (int pass = 0; pass < 2; pass++) {
+        kv_dtype dt = pass ? KV_DTYPE_F32 : KV_DTYPE_BF16;
+        size_t es = kv_dtype_size(dt);
+        const char *base = pass ? (const char *)all : (const char *)all16;
+        const void *srcs[3] = {base, base + counts[0] * es, base + (counts[0] + counts[1]) * es};
+        void *d_parts = be->ops->weight_upload_parts(be, 3, srcs, counts, dt);
+        void *d_whole = be->ops->weight_upload(be, base, dt, n);
+        float *got = download(be, d_parts, n), *whole = download(be, d_whole, n);
+        size_t bad = 0, first = 0;
+        for (size_t i = 0; i < n; i++)
+            if (got[i] != all[i] || whole[i] != all[i]) {
+                if (!bad) first = i;
+                bad++;
+            }
+        if (bad) n_failed++;
+        printf("%s weight_upload_parts %-24s n=%-9zu %zu elements differ (first at %zu: parts %g "
+               "whole %g want %g)\n",
+               bad ? "FAIL" : "ok  ", pass ? "f32 source" : "bf16 source", n, bad, first,
+               got[first], whole[first], all[first]);
+        free(got), free(whole);
+        be->ops->dev_free(be, d_parts);
+        be->ops->dev_free(be, d_whole);
+    }
+    free(all), free(all16);
+}
+
 static void test_copy_async(backend *be, rng *r, int n, size_t bb) {
     size_t bytes = (size_t)n * bb;
     uint8_t *in = be->ops->host_alloc(be, bytes), *out = be->ops->host_alloc(be, bytes);
@@ -857,10 +982,12 @@ int main(void) {
         printf("SKIP: %s\n", err.msg);
         return 77;
     }
+    printf("%s\n", be->desc);
     backend *cpu = cpu_backend_create(0);
     rng r = {0x9e3779b97f4a7c15ull};
 
     test_download(be, &r);
+    test_weight_upload_parts(be, &r);
     test_copy_async(be, &r, 512, (size_t)64 << 10);
     test_copy_async(be, &r, 2, (size_t)2 << 20);
     test_embed_gather(be, cpu, &r, 4096);
@@ -869,7 +996,10 @@ int main(void) {
     test_rmsnorm(be, cpu, &r, 5, 100);
     test_add_swiglu(be, cpu, &r, 37, 14336);
     test_add_swiglu(be, cpu, &r, 3, 101);
-    test_rope(be, cpu, &r);
+    test_rope(be, cpu, &r, 128, 1.0f);
+    test_rope(be, cpu, &r, 96, 1.19f);
+    test_family_ops(be, cpu, &r, 37, 16, 128, 6912);
+    test_family_ops(be, cpu, &r, 5, 3, 24, 101);
     test_kv_write(be, cpu, &r, 8, 128, 16);
     test_kv_write(be, cpu, &r, 4, 8, 16);
     /* n <= 8 with k % 8 == 0 take the GEMV kernel (n = 8 only while n * k * 2 <= 64 KiB), the
@@ -906,33 +1036,77 @@ int main(void) {
     /* GQA 16: one token fills a decode tile; prefill tiles of 8 tokens */
     static const int g16_prefix[] = {100, 3000, 50};
     static const int g16_new[] = {1, 1, 20};
+    /* prefill-sized tiles at head dim 128 (the kernels the two paths differ in): a prompt from
+     * 0 and a chunk over a long cached prefix, split across SMs */
+    static const int pre_prefix[] = {0, 2000};
+    static const int pre_new[] = {700, 200};
     int n64 = 64, dec64_prefix[64], dec64_new[64];
     for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
     const attn_case cases[] = {
-        {"attention decode x12 GQA4 hd128 ctx 1..32768", 32, 8, 128, 16, 12, dec_prefix, dec_new},
-        {"attention decode x64 GQA4 hd128 ctx<=2048", 32, 8, 128, 16, n64, dec64_prefix, dec64_new},
-        {"attention mixed prefill/chunk/decode GQA8", 32, 4, 128, 16, 6, mix_prefix, mix_new},
-        {"attention GQA1 hd64 bs32", 8, 8, 64, 32, 3, g1_prefix, g1_new},
-        {"attention GQA7 hd64", 14, 2, 64, 16, 3, g7_prefix, g7_new},
-        {"attention generic hd8 GQA2", 8, 4, 8, 16, 2, hd8_prefix, hd8_new},
-        {"attention 2-token steps GQA8 split edges", 32, 4, 128, 16, 5, spec8_prefix, spec8_new},
-        {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new},
-        {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new},
+        {"attention decode x12 GQA4 hd128 ctx 1..32768", 32, 8, 128, 16, 12, dec_prefix, dec_new, 0,
+         0.0f, 0.0f},
+        {"attention decode x64 GQA4 hd128 ctx<=2048", 32, 8, 128, 16, n64, dec64_prefix, dec64_new,
+         0, 0.0f, 0.0f},
+        {"attention mixed prefill/chunk/decode GQA8", 32, 4, 128, 16, 6, mix_prefix, mix_new, 0,
+         0.0f, 0.0f},
+        {"attention GQA1 hd64 bs32", 8, 8, 64, 32, 3, g1_prefix, g1_new, 0, 0.0f, 0.0f},
+        {"attention GQA7 hd64", 14, 2, 64, 16, 3, g7_prefix, g7_new, 0, 0.0f, 0.0f},
+        {"attention generic hd8 GQA2", 8, 4, 8, 16, 2, hd8_prefix, hd8_new, 0, 0.0f, 0.0f},
+        {"attention 2-token steps GQA8 split edges", 32, 4, 128, 16, 5, spec8_prefix, spec8_new, 0,
+         0.0f, 0.0f},
+        {"attention 3-4-token steps GQA4", 32, 8, 128, 16, 3, spec4_prefix, spec4_new, 0, 0.0f,
+         0.0f},
+        {"attention GQA16 hd128", 32, 2, 128, 16, 3, g16_prefix, g16_new, 0, 0.0f, 0.0f},
+        /* issue 17: sliding windows (Mistral hd128, Gemma hd256 with query_pre_attn_scalar),
+         * soft-capped scores (Gemma 2), on the mixed and decode steps */
+        {"attention window 24 mixed GQA8 hd128", 32, 4, 128, 16, 6, mix_prefix, mix_new, 24, 0.0f,
+         0.0f},
+        {"attention window 4096 decode GQA4 hd128", 32, 8, 128, 16, 12, dec_prefix, dec_new, 4096,
+         0.0f, 0.0f},
+        /* a window longer than every context is dropped: the tensor-core kernels serve it */
+        {"attention window 40000 (unreached) decode hd128", 32, 8, 128, 16, 12, dec_prefix, dec_new,
+         40000, 0.0f, 0.0f},
+        {"attention window 8200 (unreached) mixed hd128", 32, 4, 128, 16, 6, mix_prefix, mix_new,
+         8200, 0.0f, 0.0f},
+        {"attention window 33 softcap 50 hd256 GQA2", 8, 4, 256, 16, 3, g1_prefix, g1_new, 33,
+         50.0f, 0.0625f},
+        {"attention softcap 5 hd64 GQA7 scale 0.3", 14, 2, 64, 16, 3, g7_prefix, g7_new, 0, 5.0f,
+         0.3f},
+        {"attention prefill 700 + chunk 200 GQA4", 32, 8, 128, 16, 2, pre_prefix, pre_new, 0, 0.0f,
+         0.0f},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        test_attention(be, cpu, &r, &cases[i]);
-    /* the same shapes over e4m3 pools: decode, wgmma prefill (hd 128), mma prefill (hd 64),
-     * generic (hd 8) kernels; kv_write vectorized and scalar */
+    /* every case on both attention paths where the device has both (the Hopper one needs sm_90
+     * and the 90a target), whatever KVSERVE_CUDA_PORTABLE picked: same tolerances; each over a
+     * bf16 pool and over an e4m3 pool (decode, wgmma or mma prefill by head_dim, generic kernels)
+     */
+    bool portable_first = cuda_backend_attn_portable(be);
+    for (int pass = 0; pass < 2; pass++) {
+        bool portable = pass == 1;
+        if (!cuda_backend_set_attn_path(be, portable)) {
+            printf("-- attention, hopper path: not on this device (%s)\n", be->desc);
+            continue;
+        }
+        printf("-- attention, %s path\n", portable ? "portable (mma.sync)" : "hopper (wgmma)");
+        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "%s %s", portable ? "[portable]" : "[hopper]",
+                     cases[i].name + strlen("attention "));
+            attn_case c = cases[i];
+            c.name = name;
+            test_attention(be, cpu, &r, &c);
+            test_attention_fp8(be, cpu, &r, &c);
+        }
+    }
+    KV_CHECK(cuda_backend_set_attn_path(be, portable_first));
+    /* kv_write into e4m3 pools, vectorized and scalar; FP8 weight matmuls */
     test_kv_write_fp8(be, cpu, &r, 8, 128, 16);
+    test_kv_write_fp8(be, cpu, &r, 4, 8, 16);
+    test_kv_write_fp8(be, cpu, &r, 2, 6, 16);
     test_matmul_fp8(be, cpu, &r, 1, 4096, 6144, false);
     test_matmul_fp8(be, cpu, &r, 3, 4096, 1000, true);
     test_matmul_fp8(be, cpu, &r, 8, 14336, 512, false);
     test_matmul_fp8(be, cpu, &r, 37, 4096, 1024, true);
     test_matmul_fp8(be, cpu, &r, 300, 896, 1152, false);
-    test_kv_write_fp8(be, cpu, &r, 4, 8, 16);
-    test_kv_write_fp8(be, cpu, &r, 2, 6, 16);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
-        test_attention_fp8(be, cpu, &r, &cases[i]);
 
     backend_destroy(cpu);
     be->ops->destroy(be);

@@ -2,12 +2,14 @@
  * accumulation) against references nobody here wrote and against the CPU backend (f32):
  *   1. stories260K greedy from BOS reproduces llama2.c's published 200 ids, and the 16 ids of
  *      "Once upon a time" that transformers gives (KVSERVE_TESTDATA);
- *   2. every fixture of tests/fixtures/models (transformers' f32 logits of tiny Llama, Mistral and
- *      Qwen2 models, every prompt position and teacher-forced greedy steps);
+ *   2. every fixture of tests/fixtures/models (transformers' f32 logits of tiny Llama, Mistral,
+ *      Qwen2 models and the issue-17 families: Qwen3, Gemma 2/3, Phi-3/4-mini, Mistral with a
+ *      sliding window, Granite, SmolLM3; every prompt position and teacher-forced greedy steps);
  *   3. CUDA against the CPU backend on one mixed step (a prefill, a chunk over a cached prefix,
  *      two decodes) over a scattered block table, for a model with head_dim 128 and GQA 4 (the
  *      tensor-core attention kernels; dummy weights from one seed, so both backends hold the same
- *      values up to bf16 rounding) and for the Qwen2 fixture (biases, head_dim 32);
+ *      values up to bf16 rounding) and for the Qwen2 fixture (biases, head_dim 32) and the Gemma 3
+ *      bf16 fixture (sliding window, q/k norms, GeGLU);
  *   4. recorded (graph) decode steps give bit-identical logits to the same steps run op by op,
  *      across batch sizes, a prefill in between and a wider block table.
  *
@@ -50,6 +52,7 @@ static backend *cuda_new(void) {
     kv_error err = {{0}};
     backend *be = cuda_backend_create(&err);
     ck_assert_msg(be != NULL, "cuda_backend_create: %s", err.msg);
+    printf("%s\n", be->desc);
     return be;
 }
 
@@ -363,13 +366,19 @@ START_TEST(cuda_matches_cpu_backend) {
     synthetic_dir(dir, sizeof dir);
     cuda_vs_cpu(dir, MODEL_LOAD_DUMMY, "synthetic hd128 GQA4");
     synthetic_remove(dir);
-    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/qwen2-bf16", source);
-    char probe[4400];
-    snprintf(probe, sizeof probe, "%s/config.json", dir);
-    if (access(probe, R_OK) == 0)
-        cuda_vs_cpu(dir, MODEL_LOAD_SAFETENSORS, "qwen2-bf16 fixture");
-    else
-        printf("SKIP: %s not found\n", probe);
+    /* qwen2: biases, head_dim 32; gemma3: sliding window 24 (contexts to 71), q/k norms, GeGLU,
+     * (1 + w) norms, local and global RoPE */
+    static const char *names[] = {"qwen2-bf16", "gemma3-bf16"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        snprintf(dir, sizeof dir, "%s/tests/fixtures/models/%s", source, names[i]);
+        char probe[4400], what[64];
+        snprintf(probe, sizeof probe, "%s/config.json", dir);
+        snprintf(what, sizeof what, "%s fixture", names[i]);
+        if (access(probe, R_OK) == 0)
+            cuda_vs_cpu(dir, MODEL_LOAD_SAFETENSORS, what);
+        else
+            printf("SKIP: %s not found\n", probe);
+    }
 }
 END_TEST
 

@@ -288,11 +288,98 @@ START_TEST(rope_matches_reference) {
     }
     float *dx = upload(be, x, (size_t)n * stride);
     float *dinv = upload(be, inv_freq, hd / 2);
-    be->ops->rope(be, dx, stride, n_heads, hd, dinv);
+    be->ops->rope(be, dx, stride, n_heads, hd, hd, dinv, 1.0f);
     float *got = download(be, dx, (size_t)n * stride);
     check_close("rope", got, ref, (size_t)n * stride, 1e-6, 1e-6);
     be->ops->dev_free(be, dx), be->ops->dev_free(be, dinv);
     free(x), free(ref), free(got);
+    be->ops->destroy(be);
+}
+END_TEST
+
+/* Partial rotary (Phi-4-mini: 12 of 16 dims, pairs (i, i + 6)) with longrope's factor on cos and
+ * sin: dims past rot_dim stay as they were. */
+START_TEST(rope_partial_with_mscale_matches_reference) {
+    backend *be = cpu_backend_create(2);
+    rng r = {.s = 778};
+    const int n = 5, n_heads = 3, hd = 16, rot = 12, stride = n_heads * hd, pos0 = 300;
+    const float mscale = 1.19f;
+    float inv_freq[6];
+    for (int i = 0; i < rot / 2; i++) inv_freq[i] = (float)pow(10000.0, -2.0 * i / rot);
+    float *x = random_array(&r, (size_t)n * stride, 2.0f);
+    double *ref = malloc((size_t)n * stride * sizeof *ref);
+    simple_batch sb;
+    simple_batch_init(&sb, n, pos0);
+    be->ops->step_begin(be, &sb.b);
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < stride; j++) ref[t * stride + j] = x[t * stride + j];
+        for (int h = 0; h < n_heads; h++)
+            for (int i = 0; i < rot / 2; i++) {
+                double a = (double)((float)(pos0 + t) * inv_freq[i]);
+                double c = cos(a) * mscale, sn = sin(a) * mscale;
+                double x0 = x[t * stride + h * hd + i], x1 = x[t * stride + h * hd + i + rot / 2];
+                ref[t * stride + h * hd + i] = x0 * c - x1 * sn;
+                ref[t * stride + h * hd + i + rot / 2] = x1 * c + x0 * sn;
+            }
+    }
+    float *dx = upload(be, x, (size_t)n * stride);
+    float *dinv = upload(be, inv_freq, rot / 2);
+    be->ops->rope(be, dx, stride, n_heads, hd, rot, dinv, mscale);
+    float *got = download(be, dx, (size_t)n * stride);
+    check_close("rope partial mscale", got, ref, (size_t)n * stride, 1e-6, 1e-6);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dinv);
+    free(x), free(ref), free(got);
+    be->ops->destroy(be);
+}
+END_TEST
+
+/* head_rmsnorm, geglu, scale, softcap against double references written out here. */
+START_TEST(family_ops_match_reference) {
+    backend *be = cpu_backend_create(2);
+    rng r = {.s = 779};
+    const int n = 7, n_heads = 3, hd = 24, stride = n_heads * hd + 9, ff = 40;
+    float *x = random_array(&r, (size_t)n * stride, 2.0f), *w = random_array(&r, hd, 1.0f);
+    double *ref = malloc((size_t)n * stride * 2 * ff * sizeof *ref);
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < stride; j++) ref[t * stride + j] = x[t * stride + j];
+        for (int h = 0; h < n_heads; h++) {
+            double ss = 0;
+            for (int d = 0; d < hd; d++)
+                ss += (double)x[t * stride + h * hd + d] * x[t * stride + h * hd + d];
+            double inv = 1.0 / sqrt(ss / hd + 1e-6);
+            for (int d = 0; d < hd; d++)
+                ref[t * stride + h * hd + d] = x[t * stride + h * hd + d] * inv * w[d];
+        }
+    }
+    float *dx = upload(be, x, (size_t)n * stride), *dw = upload(be, w, hd);
+    be->ops->head_rmsnorm(be, dx, n, stride, n_heads, hd, dw, 1e-6f);
+    float *got = download(be, dx, (size_t)n * stride);
+    check_close("head_rmsnorm", got, ref, (size_t)n * stride, 1e-6, 1e-5);
+    free(got);
+
+    float *gu = random_array(&r, (size_t)n * 2 * ff, 3.0f);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < ff; j++) {
+            double g = gu[i * 2 * ff + j], u = gu[i * 2 * ff + ff + j];
+            ref[i * ff + j] = 0.5 * g * (1 + tanh(sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * u;
+        }
+    float *dgu = upload(be, gu, (size_t)n * 2 * ff);
+    float *dout = be->ops->dev_alloc(be, (size_t)n * ff * sizeof(float));
+    be->ops->geglu(be, dout, dgu, n, ff);
+    got = download(be, dout, (size_t)n * ff);
+    check_close("geglu", got, ref, (size_t)n * ff, 1e-6, 1e-5);
+    free(got);
+
+    size_t m = (size_t)n * 2 * ff;
+    for (size_t i = 0; i < m; i++) ref[i] = 20.0 * tanh(gu[i] * 7.5 / 20.0);
+    be->ops->scale(be, dgu, m, 7.5f);
+    be->ops->softcap(be, dgu, m, 20.0f);
+    got = download(be, dgu, m);
+    check_close("scale then softcap", got, ref, m, 1e-6, 1e-5);
+    free(got);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dw), be->ops->dev_free(be, dgu);
+    be->ops->dev_free(be, dout);
+    free(x), free(w), free(gu), free(ref);
     be->ops->destroy(be);
 }
 END_TEST
@@ -434,26 +521,29 @@ END_TEST
 
 /* Reference attention from the logical (unpaged) K/V in double with a max-subtracted softmax. */
 static void attention_reference(const paged_case *pc, const float *q, int q_stride, int n_heads,
-                                double scale, double *out) {
+                                const backend_attn_params *ap, double *out) {
     int hd = pc->l.head_dim, n_kv = pc->l.n_kv_heads;
     double *sc = malloc(64 * sizeof *sc);
     for (int s = 0; s < 3; s++)
         for (int t = pc->seq_start[s]; t < pc->seq_start[s + 1]; t++)
             for (int h = 0; h < n_heads; h++) {
                 int kvh = h / (n_heads / n_kv), n_ctx = pc->positions[t] + 1;
+                /* a window keeps the positions p with pos - window < p */
+                int lo = ap->window > 0 && n_ctx > ap->window ? n_ctx - ap->window : 0;
                 double mx = -INFINITY, sum = 0;
-                for (int p = 0; p < n_ctx; p++) {
+                for (int p = lo; p < n_ctx; p++) {
                     double d = 0;
                     for (int i = 0; i < hd; i++)
                         d += (double)q[(size_t)t * q_stride + h * hd + i] *
                              pc->k_log[s][((size_t)p * n_kv + kvh) * hd + i];
-                    sc[p] = d * scale;
+                    sc[p] = d * ap->scale;
+                    if (ap->softcap > 0) sc[p] = ap->softcap * tanh(sc[p] / ap->softcap);
                     if (sc[p] > mx) mx = sc[p];
                 }
-                for (int p = 0; p < n_ctx; p++) sum += sc[p] = exp(sc[p] - mx);
+                for (int p = lo; p < n_ctx; p++) sum += sc[p] = exp(sc[p] - mx);
                 for (int i = 0; i < hd; i++) {
                     double o = 0;
-                    for (int p = 0; p < n_ctx; p++)
+                    for (int p = lo; p < n_ctx; p++)
                         o += sc[p] * pc->v_log[s][((size_t)p * n_kv + kvh) * hd + i];
                     out[((size_t)t * n_heads + h) * hd + i] = o / sum;
                 }
@@ -463,7 +553,7 @@ static void attention_reference(const paged_case *pc, const float *q, int q_stri
 
 /* kv_write of the new tokens then attention, GQA with n_heads / n_kv_heads = group. */
 static float *run_paged_attention(backend *be, paged_case *pc, const float *q, int q_stride,
-                                  int n_heads, float scale) {
+                                  int n_heads, const backend_attn_params *ap) {
     float *pool = be->ops->dev_alloc(be, pc->l.block_bytes * pc->n_blocks);
     memset(pool, 0, pc->l.block_bytes * pc->n_blocks);
     paged_case_fill_cached(pc, pool, 1);
@@ -474,7 +564,7 @@ static float *run_paged_attention(backend *be, paged_case *pc, const float *q, i
     float *dout = be->ops->dev_alloc(be, (size_t)pc->n_tokens * n_heads * pc->l.head_dim * 4);
     be->ops->step_begin(be, &pc->b);
     be->ops->kv_write(be, pool, &pc->l, 1, drows, drows + kv_w + 3, stride);
-    be->ops->attention(be, dout, dq, q_stride, pool, &pc->l, 1, n_heads, scale);
+    be->ops->attention(be, dout, dq, q_stride, pool, &pc->l, 1, n_heads, ap);
     float *got = download(be, dout, (size_t)pc->n_tokens * n_heads * pc->l.head_dim);
     be->ops->dev_free(be, pool), be->ops->dev_free(be, drows);
     be->ops->dev_free(be, dq), be->ops->dev_free(be, dout);
@@ -485,7 +575,7 @@ static float *run_paged_attention(backend *be, paged_case *pc, const float *q, i
 /* f32 scores, exp and weighted sums over <= 30 positions of values <= 1.5: errors ~1e-6;
  * atol 1e-5 + rtol 1e-4 catches any wrong block, slot, head or mask (errors ~1e-1). */
 static void check_attention(int n_threads, int n_heads, int n_kv_heads, int hd, int block_size,
-                            float scale, const char *what) {
+                            backend_attn_params ap, const char *what) {
     backend *be = cpu_backend_create(n_threads);
     rng r = {.s = 99 + (uint64_t)n_heads * 1000 + (uint64_t)block_size};
     paged_case pc;
@@ -493,8 +583,8 @@ static void check_attention(int n_threads, int n_heads, int n_kv_heads, int hd, 
     int q_stride = n_heads * hd + 2 * n_kv_heads * hd;
     float *q = random_array(&r, (size_t)pc.n_tokens * q_stride, 1.0f);
     double *ref = malloc((size_t)pc.n_tokens * n_heads * hd * sizeof *ref);
-    attention_reference(&pc, q, q_stride, n_heads, scale, ref);
-    float *got = run_paged_attention(be, &pc, q, q_stride, n_heads, scale);
+    attention_reference(&pc, q, q_stride, n_heads, &ap, ref);
+    float *got = run_paged_attention(be, &pc, q, q_stride, n_heads, &ap);
     check_close(what, got, ref, (size_t)pc.n_tokens * n_heads * hd, 1e-5, 1e-4);
     free(q), free(ref), free(got);
     paged_case_free(&pc);
@@ -502,10 +592,23 @@ static void check_attention(int n_threads, int n_heads, int n_kv_heads, int hd, 
 }
 
 START_TEST(attention_over_scattered_blocks_matches_reference) {
-    check_attention(1, 8, 2, 64, 4, 0.125f, "attention gqa4 bs4 1thr");
-    check_attention(3, 8, 2, 64, 4, 0.125f, "attention gqa4 bs4 3thr");
-    check_attention(2, 4, 4, 32, 16, 1.0f / sqrtf(32), "attention mha bs16");
-    check_attention(2, 6, 1, 8, 5, 3.0f, "attention mqa bs5 sharp");
+    check_attention(1, 8, 2, 64, 4, (backend_attn_params){.scale = 0.125f},
+                    "attention gqa4 bs4 1thr");
+    check_attention(3, 8, 2, 64, 4, (backend_attn_params){.scale = 0.125f},
+                    "attention gqa4 bs4 3thr");
+    check_attention(2, 4, 4, 32, 16, (backend_attn_params){.scale = 1.0f / sqrtf(32)},
+                    "attention mha bs16");
+    check_attention(2, 6, 1, 8, 5, (backend_attn_params){.scale = 3.0f}, "attention mqa bs5 sharp");
+    /* sliding windows shorter than, across and longer than a block; soft-capped scores */
+    check_attention(2, 8, 2, 64, 4, (backend_attn_params){.scale = 0.125f, .window = 3},
+                    "attention window 3 bs4");
+    check_attention(1, 4, 4, 32, 16, (backend_attn_params){.scale = 0.2f, .window = 17},
+                    "attention window 17 bs16");
+    check_attention(2, 6, 1, 8, 5,
+                    (backend_attn_params){.scale = 3.0f, .softcap = 2.0f, .window = 7},
+                    "attention softcap 2 window 7 bs5");
+    check_attention(2, 6, 2, 8, 5, (backend_attn_params){.scale = 3.0f, .softcap = 5.0f},
+                    "attention softcap 5");
 }
 END_TEST
 
@@ -564,6 +667,8 @@ int main(void) {
     tcase_add_test(tc, weight_upload_converts_half_types);
     tcase_add_test(tc, rmsnorm_add_swiglu_embed_gather_match_reference);
     tcase_add_test(tc, rope_matches_reference);
+    tcase_add_test(tc, rope_partial_with_mscale_matches_reference);
+    tcase_add_test(tc, family_ops_match_reference);
     tcase_add_test(tc, kv_write_places_rows_per_layout);
     tcase_add_test(tc, attention_over_scattered_blocks_matches_reference);
     tcase_add_test(tc, threads_do_not_change_results);

@@ -17,7 +17,8 @@
  *    depends on (K, V of each layer; 7 matrices per layer for weights), so its relative error
  *    grows like the square root of their count: 0.04-0.05 measured for fp8 KV, 0.03-0.09 for
  *    FP8 weights (printed below). 0.15 is 4x that RMS, while a wrong scale, a byte or layout
- *    error or a missed dequantization gives the logits of another model (relative error ~1).
+ *    error or a missed dequantization gives the logits of another model (relative error ~1);
+ *    the Gemma fixtures' rel-L2 and logprob bounds are 2x these (GEMMA_WIDEN says why).
  *    One row may be an outlier (a short context where one rounding dominates: 0.32 worst
  *    measured), hence the looser per-row bound. A logprob moves by the token's logit error less
  *    its softmax-weighted mean: about the relative error times the logit size (1-3 in these
@@ -47,7 +48,14 @@
 #define ROW_REL_L2    0.5
 #define MEAN_DLOGPROB 0.25
 #define CLEAR_REL     0.25
-#define BLOCK         16
+/* The Gemma 2/3 fixtures (issue 17) are about twice as sensitive to the same rounding: fp8 KV
+ * alone measures 0.11 mean rel L2 there (0.04-0.05 on the others), FP8 weights 0.17-0.18 and
+ * both 0.19-0.22 (the same 1.6-1.9x over fp8 KV alone as on the others), mean |d logprob| up to
+ * 0.29, worst row 0.58: their mean rel-L2 and logprob bounds are widened by this factor, the
+ * per-row bound by half of it (0.75: still below the ~1 of a wrong scale or layout); the argmax
+ * bound stays. */
+#define GEMMA_WIDEN 2.0
+#define BLOCK       16
 
 static char stories_dir[4096];
 /* KVSERVE_TEST_DEVICE=cuda (the gpu suite) runs the fp8 paths on the GPU; the references stay
@@ -159,21 +167,28 @@ static void row_add(row_stats *st, const float *got, const float *ref, int vocab
     }
 }
 
-static void stats_check(const char *what, const row_stats *st) {
+/* widen: the rel-L2 and logprob bounds' factor (1, or GEMMA_WIDEN for the Gemma fixtures) */
+static void stats_check_widened(const char *what, const row_stats *st, double widen) {
+    const double mean_bound = MEAN_REL_L2 * widen, row_bound = ROW_REL_L2 * (1 + (widen - 1) / 2),
+                 lp_bound = MEAN_DLOGPROB * widen;
     double mean_l2 = st->sum_rel_l2 / st->n_rows, mean_lp = st->sum_dlogprob / st->n_rows;
     printf("%-34s %3d rows: rel L2 mean %.3f (%.0f%% of %g) worst %.3f (%.0f%% of %g); "
            "|d logprob| mean %.3f (%.0f%% of %g) max %.3f; max |d logit| %.3g; argmax equal "
            "%d/%d, where clear %d/%d\n",
-           what, st->n_rows, mean_l2, 100 * mean_l2 / MEAN_REL_L2, MEAN_REL_L2, st->worst_rel_l2,
-           100 * st->worst_rel_l2 / ROW_REL_L2, ROW_REL_L2, mean_lp, 100 * mean_lp / MEAN_DLOGPROB,
-           MEAN_DLOGPROB, st->max_dlogprob, st->worst_diff, st->n_same, st->n_rows,
-           st->n_same_clear, st->n_clear);
+           what, st->n_rows, mean_l2, 100 * mean_l2 / mean_bound, mean_bound, st->worst_rel_l2,
+           100 * st->worst_rel_l2 / row_bound, row_bound, mean_lp, 100 * mean_lp / lp_bound,
+           lp_bound, st->max_dlogprob, st->worst_diff, st->n_same, st->n_rows, st->n_same_clear,
+           st->n_clear);
     fflush(stdout);
-    ck_assert_msg(mean_l2 <= MEAN_REL_L2 && st->worst_rel_l2 <= ROW_REL_L2,
+    ck_assert_msg(mean_l2 <= mean_bound && st->worst_rel_l2 <= row_bound,
                   "%s: logits differ by %g relative", what, mean_l2);
-    ck_assert_msg(mean_lp <= MEAN_DLOGPROB, "%s: logprobs differ by %g", what, mean_lp);
+    ck_assert_msg(mean_lp <= lp_bound, "%s: logprobs differ by %g", what, mean_lp);
     ck_assert_msg(st->n_same_clear == st->n_clear, "%s: argmax differs where the choice is clear",
                   what);
+}
+
+static void stats_check(const char *what, const row_stats *st) {
+    stats_check_widened(what, st, 1.0);
 }
 
 /* --- 1a. the transformers fixtures --- */
@@ -213,7 +228,8 @@ static void fixture_check(const char *dir, bool fp8_kv, bool fp8_weights) {
     char what[128];
     snprintf(what, sizeof what, "%s %s%s", fx.name, fp8_kv ? "fp8-kv" : "",
              fp8_weights ? (fp8_kv ? "+fp8-w" : "fp8-w") : "");
-    stats_check(what, &st);
+    bool gemma = r.m.cfg.arch == HF_ARCH_GEMMA2 || r.m.cfg.arch == HF_ARCH_GEMMA3;
+    stats_check_widened(what, &st, gemma ? GEMMA_WIDEN : 1.0);
     runner_free(&r);
     free(ref), free(ref_dec);
     fixture_free(&fx);
@@ -358,43 +374,49 @@ START_TEST(cpu_ops_on_an_fp8_pool) {
     float *out = malloc((size_t)T * H * HD * sizeof *out);
     be->ops->step_begin(be, &b);
     be->ops->kv_write(be, pool, &l, LAYER, qkv + H * HD, qkv + (H + KVH) * HD, row);
-    be->ops->attention(be, out, qkv, row, pool, &l, LAYER, H, 0.25f);
-    double worst = 0;
-    for (int t = 0; t < T; t++)
-        for (int h = 0; h < H; h++) {
-            int kh = h / (H / KVH);
-            double sc[T], mx = -INFINITY, sum = 0;
-            for (int j = 0; j <= t; j++) {
-                double dot = 0;
+    /* plain, then a sliding window of 5 with scores soft-capped at 3 (issue 17) */
+    for (int var = 0; var < 2; var++) {
+        backend_attn_params ap = {.scale = 0.25f, .softcap = var ? 3.0f : 0, .window = var ? 5 : 0};
+        be->ops->attention(be, out, qkv, row, pool, &l, LAYER, H, &ap);
+        double worst = 0;
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < H; h++) {
+                int kh = h / (H / KVH), lo = ap.window && t + 1 > ap.window ? t + 1 - ap.window : 0;
+                double sc[T], mx = -INFINITY, sum = 0;
+                for (int j = lo; j <= t; j++) {
+                    double dot = 0;
+                    for (int d = 0; d < HD; d++) {
+                        float k = qkv[(size_t)j * row + (H + kh) * HD + d];
+                        uint8_t stored = pool[(size_t)table[j / BS] * l.block_bytes +
+                                              backend_kv_offset(&l, LAYER, 0, kh, j % BS) + d];
+                        ck_assert_int_eq(stored, kv_f32_to_e4m3(k * (1.0f / 0.25f)));
+                        dot += (double)qkv[(size_t)t * row + h * HD + d] * kv_e4m3_to_f32(stored) *
+                               0.25;
+                    }
+                    sc[j] = dot * 0.25;
+                    if (ap.softcap > 0) sc[j] = ap.softcap * tanh(sc[j] / ap.softcap);
+                    mx = fmax(mx, sc[j]);
+                }
+                for (int j = lo; j <= t; j++) sum += sc[j] = exp(sc[j] - mx);
                 for (int d = 0; d < HD; d++) {
-                    float k = qkv[(size_t)j * row + (H + kh) * HD + d];
-                    uint8_t stored = pool[(size_t)table[j / BS] * l.block_bytes +
-                                          backend_kv_offset(&l, LAYER, 0, kh, j % BS) + d];
-                    ck_assert_int_eq(stored, kv_f32_to_e4m3(k * (1.0f / 0.25f)));
-                    dot +=
-                        (double)qkv[(size_t)t * row + h * HD + d] * kv_e4m3_to_f32(stored) * 0.25;
+                    double o = 0;
+                    for (int j = lo; j <= t; j++) {
+                        float v = qkv[(size_t)j * row + (H + KVH + kh) * HD + d];
+                        uint8_t stored = pool[(size_t)table[j / BS] * l.block_bytes +
+                                              backend_kv_offset(&l, LAYER, 1, kh, j % BS) + d];
+                        ck_assert_int_eq(stored, kv_f32_to_e4m3(v * (1.0f / 3.0f)));
+                        o += sc[j] / sum * kv_e4m3_to_f32(stored) * 3.0;
+                    }
+                    double got = out[((size_t)t * H + h) * HD + d];
+                    worst = fmax(worst, fabs(got - o) / (1e-5 + 1e-5 * fabs(o)));
                 }
-                sc[j] = dot * 0.25;
-                mx = fmax(mx, sc[j]);
             }
-            for (int j = 0; j <= t; j++) sum += sc[j] = exp(sc[j] - mx);
-            for (int d = 0; d < HD; d++) {
-                double o = 0;
-                for (int j = 0; j <= t; j++) {
-                    float v = qkv[(size_t)j * row + (H + KVH + kh) * HD + d];
-                    uint8_t stored = pool[(size_t)table[j / BS] * l.block_bytes +
-                                          backend_kv_offset(&l, LAYER, 1, kh, j % BS) + d];
-                    ck_assert_int_eq(stored, kv_f32_to_e4m3(v * (1.0f / 3.0f)));
-                    o += sc[j] / sum * kv_e4m3_to_f32(stored) * 3.0;
-                }
-                double got = out[((size_t)t * H + h) * HD + d];
-                worst = fmax(worst, fabs(got - o) / (1e-5 + 1e-5 * fabs(o)));
-            }
-        }
-    printf("cpu fp8 attention vs float64 of the dequantized pool: %.1f%% of atol 1e-5 + rtol "
-           "1e-5\n",
-           100 * worst);
-    ck_assert(worst <= 1);
+        printf(
+            "cpu fp8 attention (window %d, softcap %g) vs float64 of the dequantized pool: %.1f%% "
+            "of atol 1e-5 + rtol 1e-5\n",
+            ap.window, (double)ap.softcap, 100 * worst);
+        ck_assert(worst <= 1);
+    }
     free(qkv), free(pool), free(out);
     backend_destroy(be);
 }

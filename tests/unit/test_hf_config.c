@@ -334,9 +334,9 @@ START_TEST(rejections_name_the_field) {
                     "rope_scaling.type 'dynamic' is not supported");
     assert_rejected(llama31_hub, "{\"rope_scaling\": {\"factor\": 2.0}}", "rope_type");
     assert_rejected(llama31_v5,
-                    "{\"rope_parameters\": {\"rope_type\": \"linear\", \"factor\": 2.0,"
+                    "{\"rope_parameters\": {\"rope_type\": \"yarn\", \"factor\": 2.0,"
                     " \"rope_theta\": 10000.0}}",
-                    "rope_parameters.rope_type 'linear' is not supported");
+                    "rope_parameters.rope_type 'yarn' is not supported");
     assert_rejected(llama31_hub,
                     "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0,"
                     " \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0}}",
@@ -373,16 +373,14 @@ START_TEST(rejections_name_the_field) {
     assert_rejected(llama31_hub, "{\"eos_token_id\": [1, -2]}", "eos_token_id[1]");
     assert_rejected(llama31_hub, "{\"bos_token_id\": \"<s>\"}", "bos_token_id");
     assert_rejected(llama31_hub, "{\"max_position_embeddings\": -5}", "max_position_embeddings");
-    assert_rejected(mistral_hub, "{\"sliding_window\": 4096}",
-                    "sliding_window 4096 is smaller than max_position_embeddings 32768");
-    assert_rejected(qwen25_hub,
-                    "{\"use_sliding_window\": true, \"sliding_window\": 4096,"
-                    " \"max_window_layers\": 20}",
-                    "sliding_window 4096");
     assert_rejected(llama31_v5,
                     "{\"num_hidden_layers\": 2, \"layer_types\": [\"full_attention\","
                     " \"sliding_attention\"]}",
-                    "layer_types[1] 'sliding_attention' is not supported");
+                    "sliding_window is missing");
+    assert_rejected(llama31_v5,
+                    "{\"num_hidden_layers\": 2, \"layer_types\": [\"full_attention\","
+                    " \"linear_attention\"]}",
+                    "layer_types[1] 'linear_attention': hybrid attention is not supported");
     assert_rejected(llama31_v5, "{\"layer_types\": [\"full_attention\"]}", "layer_types");
 }
 END_TEST
@@ -401,6 +399,257 @@ START_TEST(malformed_json) {
 END_TEST
 
 /* A real model's files: stories260K (testdata). */
+/* --- issue 17: the families' config.json files, as published on the Hub (trimmed to the keys
+ * that matter; values as in the published files) --- */
+
+static const char *qwen3_hub =
+    "{\"architectures\": [\"Qwen3ForCausalLM\"], \"attention_bias\": false,"
+    " \"bos_token_id\": 151643, \"eos_token_id\": 151645, \"head_dim\": 128,"
+    " \"hidden_act\": \"silu\", \"hidden_size\": 1024, \"intermediate_size\": 3072,"
+    " \"max_position_embeddings\": 40960, \"max_window_layers\": 28, \"model_type\": \"qwen3\","
+    " \"num_attention_heads\": 16, \"num_hidden_layers\": 28, \"num_key_value_heads\": 8,"
+    " \"rms_norm_eps\": 1e-06, \"rope_scaling\": null, \"rope_theta\": 1000000,"
+    " \"sliding_window\": null, \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\","
+    " \"use_sliding_window\": false, \"vocab_size\": 151936}";
+
+static const char *gemma2_hub =
+    "{\"architectures\": [\"Gemma2ForCausalLM\"], \"attn_logit_softcapping\": 50.0,"
+    " \"bos_token_id\": 2, \"eos_token_id\": 1, \"final_logit_softcapping\": 30.0,"
+    " \"head_dim\": 256, \"hidden_act\": \"gelu_pytorch_tanh\","
+    " \"hidden_activation\": \"gelu_pytorch_tanh\", \"hidden_size\": 2304,"
+    " \"intermediate_size\": 9216, \"max_position_embeddings\": 8192, \"model_type\": \"gemma2\","
+    " \"num_attention_heads\": 8, \"num_hidden_layers\": 26, \"num_key_value_heads\": 4,"
+    " \"query_pre_attn_scalar\": 256, \"rms_norm_eps\": 1e-06, \"rope_theta\": 10000.0,"
+    " \"sliding_window\": 4096, \"torch_dtype\": \"float32\", \"vocab_size\": 256000}";
+
+static const char *gemma3_hub =
+    "{\"architectures\": [\"Gemma3ForCausalLM\"], \"attn_logit_softcapping\": null,"
+    " \"bos_token_id\": 2, \"eos_token_id\": [1, 106], \"final_logit_softcapping\": null,"
+    " \"head_dim\": 256, \"hidden_activation\": \"gelu_pytorch_tanh\", \"hidden_size\": 1152,"
+    " \"intermediate_size\": 6912, \"max_position_embeddings\": 32768,"
+    " \"model_type\": \"gemma3_text\", \"num_attention_heads\": 4, \"num_hidden_layers\": 26,"
+    " \"num_key_value_heads\": 1, \"query_pre_attn_scalar\": 256, \"rms_norm_eps\": 1e-06,"
+    " \"rope_local_base_freq\": 10000, \"rope_scaling\": null, \"rope_theta\": 1000000,"
+    " \"sliding_window\": 512, \"sliding_window_pattern\": 6, \"torch_dtype\": \"bfloat16\","
+    " \"vocab_size\": 262144}";
+
+static const char *phi4mini_hub =
+    "{\"architectures\": [\"Phi3ForCausalLM\"], \"bos_token_id\": 199999,"
+    " \"eos_token_id\": 199999, \"hidden_act\": \"silu\", \"hidden_size\": 3072,"
+    " \"intermediate_size\": 8192, \"max_position_embeddings\": 131072, \"model_type\": \"phi3\","
+    " \"num_attention_heads\": 24, \"num_hidden_layers\": 32, \"num_key_value_heads\": 8,"
+    " \"original_max_position_embeddings\": 4096, \"partial_rotary_factor\": 0.75,"
+    " \"rms_norm_eps\": 1e-05, \"rope_scaling\": {\"long_factor\": [1, 1.118, 1.25, 1.398, 1.5,"
+    " 1.7, 2, 2.5, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24,"
+    " 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42], \"short_factor\":"
+    " [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,"
+    " 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1.5], \"type\": \"longrope\"},"
+    " \"rope_theta\": 10000.0, \"sliding_window\": 262144, \"tie_word_embeddings\": true,"
+    " \"torch_dtype\": \"bfloat16\", \"vocab_size\": 200064}";
+
+static const char *granite_hub =
+    "{\"architectures\": [\"GraniteForCausalLM\"], \"attention_bias\": false,"
+    " \"attention_multiplier\": 0.015625, \"bos_token_id\": 0, \"embedding_multiplier\": 12.0,"
+    " \"eos_token_id\": 0, \"hidden_act\": \"silu\", \"hidden_size\": 2048,"
+    " \"intermediate_size\": 8192, \"logits_scaling\": 8.0, \"max_position_embeddings\": 131072,"
+    " \"mlp_bias\": false, \"model_type\": \"granite\", \"num_attention_heads\": 32,"
+    " \"num_hidden_layers\": 40, \"num_key_value_heads\": 8, \"residual_multiplier\": 0.22,"
+    " \"rms_norm_eps\": 1e-05, \"rope_scaling\": null, \"rope_theta\": 5000000.0,"
+    " \"tie_word_embeddings\": true, \"torch_dtype\": \"bfloat16\", \"vocab_size\": 49155}";
+
+static const char *smollm3_hub =
+    "{\"architectures\": [\"SmolLM3ForCausalLM\"], \"attention_bias\": false,"
+    " \"bos_token_id\": null, \"eos_token_id\": 128012, \"hidden_act\": \"silu\","
+    " \"hidden_size\": 2048, \"intermediate_size\": 11008, \"max_position_embeddings\": 65536,"
+    " \"max_window_layers\": 28, \"mlp_bias\": false, \"model_type\": \"smollm3\","
+    " \"no_rope_layer_interval\": 4, \"num_attention_heads\": 16, \"num_hidden_layers\": 8,"
+    " \"num_key_value_heads\": 4, \"rms_norm_eps\": 1e-06, \"rope_scaling\": null,"
+    " \"rope_theta\": 5000000.0, \"sliding_window\": null, \"use_sliding_window\": false,"
+    " \"torch_dtype\": \"bfloat16\", \"vocab_size\": 128256}";
+
+static int count_sliding(const hf_config *c) {
+    int n = 0;
+    for (int l = 0; l < c->n_layers; l++) n += hf_config_layer_sliding(c, l);
+    return n;
+}
+
+START_TEST(issue17_families_parse) {
+    hf_config c;
+    kv_error err;
+    ck_assert_msg(parse(&c, qwen3_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_QWEN3);
+    ck_assert(c.qk_norm && !c.attention_bias && c.act == HF_ACT_SILU);
+    ck_assert_int_eq(c.head_dim, 128);
+    ck_assert_int_eq(c.rot_dim, 128);
+    ck_assert_int_eq(c.sliding_window, 0);
+    ck_assert_float_eq(hf_config_attn_scale(&c), (float)(1.0 / sqrt(128.0)));
+
+    ck_assert_msg(parse(&c, gemma2_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_GEMMA2);
+    ck_assert(!c.qk_norm && c.act == HF_ACT_GELU_TANH);
+    ck_assert_double_eq(c.attn_softcap, 50.0);
+    ck_assert_double_eq(c.final_softcap, 30.0);
+    ck_assert_int_eq(c.sliding_window, 4096);
+    /* Gemma2Config: layer i slides when (i + 1) % 2 != 0, i.e. the even layers */
+    ck_assert_int_eq(count_sliding(&c), 13);
+    ck_assert(hf_config_layer_sliding(&c, 0) && !hf_config_layer_sliding(&c, 1));
+    ck_assert_float_eq(hf_config_attn_scale(&c), 1.0f / 16.0f);
+    /* absent soft caps take the Gemma2Config defaults; null turns them off */
+    ck_assert_int_eq(parse_patched(&c, gemma2_hub, "{}", "final_logit_softcapping", &err), 0);
+    ck_assert_double_eq(c.final_softcap, 30.0);
+    ck_assert_int_eq(
+        parse_patched(&c, gemma2_hub, "{\"attn_logit_softcapping\": null}", NULL, &err), 0);
+    ck_assert_double_eq(c.attn_softcap, 0.0);
+
+    ck_assert_msg(parse(&c, gemma3_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_GEMMA3);
+    ck_assert(c.qk_norm && c.rope_local);
+    ck_assert_double_eq(c.rope_local_theta, 10000.0);
+    ck_assert_double_eq(c.rope_theta, 1e6);
+    ck_assert_double_eq(c.attn_softcap, 0.0);
+    ck_assert_double_eq(c.final_softcap, 0.0);
+    /* sliding_window_pattern 6: layers 5, 11, 17, 23 are global */
+    ck_assert_int_eq(count_sliding(&c), 22);
+    ck_assert(!hf_config_layer_sliding(&c, 5) && !hf_config_layer_sliding(&c, 23));
+    ck_assert(hf_config_layer_sliding(&c, 25));
+    ck_assert_int_eq(c.n_eos, 2);
+
+    ck_assert_msg(parse(&c, phi4mini_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_PHI3);
+    ck_assert_int_eq(c.head_dim, 128);
+    ck_assert_int_eq(c.rot_dim, 96);
+    ck_assert_int_eq(c.rope_type, HF_ROPE_LONGROPE);
+    ck_assert_int_eq(c.n_rope_factors, 48);
+    ck_assert_int_eq(c.rope_original_max_position, 4096);
+    ck_assert_double_eq(c.rope_long_factor[1], 1.118);
+    ck_assert_double_eq(c.rope_short_factor[47], 1.5);
+    ck_assert_double_eq_tol(c.rope_attention_factor, sqrt(1 + log(32.0) / log(4096.0)), 1e-12);
+    ck_assert_int_eq(c.sliding_window, 262144); /* every layer, but it never bites */
+    ck_assert_int_eq(count_sliding(&c), 32);
+
+    ck_assert_msg(parse(&c, granite_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_GRANITE);
+    ck_assert_double_eq(c.embedding_multiplier, 12.0);
+    ck_assert_double_eq(c.residual_multiplier, 0.22);
+    ck_assert_double_eq(c.logits_scaling, 8.0);
+    ck_assert_float_eq(hf_config_attn_scale(&c), 0.015625f);
+
+    ck_assert_msg(parse(&c, smollm3_hub, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(c.arch, HF_ARCH_SMOLLM3);
+    for (int l = 0; l < 8; l++) ck_assert(hf_config_layer_rope(&c, l) == ((l + 1) % 4 != 0));
+    ck_assert_int_eq(parse_patched(&c, smollm3_hub,
+                                   "{\"no_rope_layers\": [1, 0, 1, 1, 1, 1, 1, 0]}", NULL, &err),
+                     0);
+    ck_assert(!hf_config_layer_rope(&c, 1) && hf_config_layer_rope(&c, 3) &&
+              !hf_config_layer_rope(&c, 7));
+    ck_assert_int_eq(c.sliding_window, 0);
+}
+END_TEST
+
+START_TEST(sliding_window_layers) {
+    hf_config c;
+    kv_error err;
+    /* Mistral: every layer, once sliding_window is set */
+    ck_assert_int_eq(parse_patched(&c, mistral_hub, "{\"sliding_window\": 4096}", NULL, &err), 0);
+    ck_assert_int_eq(c.sliding_window, 4096);
+    ck_assert_int_eq(count_sliding(&c), 32);
+    /* Qwen2: with use_sliding_window, the layers from max_window_layers on */
+    ck_assert_int_eq(parse_patched(&c, qwen25_hub,
+                                   "{\"use_sliding_window\": true, \"sliding_window\": 4096,"
+                                   " \"max_window_layers\": 20}",
+                                   NULL, &err),
+                     0);
+    ck_assert_int_eq(count_sliding(&c), 4);
+    ck_assert(!hf_config_layer_sliding(&c, 19) && hf_config_layer_sliding(&c, 20));
+    /* Qwen2.5 as published: use_sliding_window false, no window anywhere */
+    ck_assert_int_eq(parse(&c, qwen25_hub, &err), 0);
+    ck_assert_int_eq(c.sliding_window, 0);
+    ck_assert_int_eq(count_sliding(&c), 0);
+    /* layer_types decides over the family default; v5 Gemma 3 rope_parameters per layer type */
+    ck_assert_msg(parse_patched(&c, gemma3_hub,
+                                "{\"num_hidden_layers\": 3, \"layer_types\": [\"full_attention\","
+                                " \"sliding_attention\", \"full_attention\"], \"rope_parameters\":"
+                                " {\"full_attention\": {\"rope_type\": \"linear\", \"factor\": 8.0,"
+                                " \"rope_theta\": 1000000.0}, \"sliding_attention\":"
+                                " {\"rope_type\": \"default\", \"rope_theta\": 20000.0}}}",
+                                NULL, &err) == 0,
+                  "%s", err.msg);
+    ck_assert_int_eq(count_sliding(&c), 1);
+    ck_assert(hf_config_layer_sliding(&c, 1));
+    ck_assert_int_eq(c.rope_type, HF_ROPE_LINEAR);
+    ck_assert_double_eq(c.rope_factor, 8.0);
+    ck_assert_double_eq(c.rope_local_theta, 20000.0);
+}
+END_TEST
+
+/* inv_freq of the new RoPE kinds against the formulas written out here (double). */
+START_TEST(rope_kinds_inv_freq) {
+    hf_config c;
+    kv_error err;
+    float inv[128];
+    ck_assert_int_eq(parse(&c, phi4mini_hub, &err), 0);
+    for (int longf = 0; longf < 2; longf++) {
+        hf_config_rope_inv_freq_for(&c, false, longf, inv);
+        for (int i = 0; i < 48; i++) {
+            double f = longf ? c.rope_long_factor[i] : c.rope_short_factor[i];
+            double want = 1.0 / (f * pow(10000.0, 2.0 * i / 96));
+            ck_assert_double_eq_tol(inv[i], want, 1e-7 * want);
+        }
+    }
+    ck_assert_int_eq(parse_patched(&c, gemma3_hub,
+                                   "{\"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 8}}",
+                                   NULL, &err),
+                     0);
+    hf_config_rope_inv_freq_for(&c, false, false, inv); /* global: theta 1e6, / 8 */
+    for (int i = 0; i < 128; i += 17)
+        ck_assert_double_eq_tol(inv[i], 1.0 / (8 * pow(1e6, 2.0 * i / 256)), 1e-7 * inv[i]);
+    hf_config_rope_inv_freq_for(&c, true, false, inv); /* local: theta 1e4, unscaled */
+    for (int i = 0; i < 128; i += 17)
+        ck_assert_double_eq_tol(inv[i], 1.0 / pow(1e4, 2.0 * i / 256), 1e-7 * inv[i]);
+}
+END_TEST
+
+START_TEST(unsupported_kinds_name_the_field) {
+    assert_rejected(qwen3_hub,
+                    "{\"architectures\": [\"Qwen3MoeForCausalLM\"], \"model_type\": \"qwen3_moe\","
+                    " \"num_experts\": 128, \"num_experts_per_tok\": 8}",
+                    "num_experts = 128: mixture-of-experts models are not supported");
+    assert_rejected(mistral_hub,
+                    "{\"architectures\": [\"MixtralForCausalLM\"], \"num_local_experts\": 8}",
+                    "num_local_experts = 8: mixture-of-experts");
+    assert_rejected(qwen3_hub, "{\"n_routed_experts\": 64}", "n_routed_experts");
+    assert_rejected(gemma3_hub,
+                    "{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"vision_config\":"
+                    " {\"hidden_size\": 1152}}",
+                    "vision_config is present: multimodal models are not supported");
+    assert_rejected(gemma3_hub, "{\"text_config\": {\"hidden_size\": 1152}}", "text_config");
+    assert_rejected(mistral_hub, "{\"layers_block_type\": [\"mamba\", \"attention\"]}",
+                    "layers_block_type is set: hybrid attention");
+    assert_rejected(mistral_hub, "{\"hybrid_override_pattern\": \"M-M*\"}",
+                    "hybrid_override_pattern");
+    assert_rejected(qwen3_hub,
+                    "{\"num_hidden_layers\": 2, \"layer_types\": [\"linear_attention\","
+                    " \"full_attention\"]}",
+                    "layer_types[0] 'linear_attention': hybrid attention is not supported");
+    /* family fields */
+    assert_rejected(gemma2_hub, "{\"hidden_activation\": \"gelu\"}",
+                    "hidden_activation 'gelu' is not supported (only gelu_pytorch_tanh)");
+    assert_rejected(qwen3_hub, "{\"hidden_act\": \"gelu_pytorch_tanh\"}", "hidden_act");
+    assert_rejected(phi4mini_hub,
+                    "{\"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [1, 2],"
+                    " \"long_factor\": [1, 2]}}",
+                    "rope_scaling.short_factor has 2 entries, the rotary dims need 48");
+    assert_rejected(phi4mini_hub, "{\"partial_rotary_factor\": 0.001}", "partial_rotary_factor");
+    assert_rejected(gemma3_hub,
+                    "{\"rope_parameters\": {\"full_attention\": {\"rope_type\": \"default\"},"
+                    " \"sliding_attention\": {\"rope_type\": \"linear\", \"factor\": 2}}}",
+                    "rope_parameters.sliding_attention.rope_type 'linear'");
+    assert_rejected(smollm3_hub, "{\"no_rope_layers\": [1, 1]}", "no_rope_layers");
+    assert_rejected(granite_hub, "{\"residual_multiplier\": -1}", "residual_multiplier");
+    assert_rejected(granite_hub, "{\"mlp_bias\": true}", "mlp_bias");
+}
+END_TEST
+
 START_TEST(stories260k_config) {
     const char *td = getenv("KVSERVE_TESTDATA");
     char dir[4096];
@@ -451,6 +700,10 @@ int main(void) {
     tcase_add_test(tc, load_from_directory);
     tcase_add_test(tc, rejections_name_the_field);
     tcase_add_test(tc, malformed_json);
+    tcase_add_test(tc, issue17_families_parse);
+    tcase_add_test(tc, sliding_window_layers);
+    tcase_add_test(tc, rope_kinds_inv_freq);
+    tcase_add_test(tc, unsupported_kinds_name_the_field);
     if (have_testdata) tcase_add_test(tc, stories260k_config);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
