@@ -36,6 +36,19 @@ void backend_destroy(backend *be) {
     if (be) be->ops->destroy(be);
 }
 
+int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err) {
+    if (strcmp(name, "auto") == 0) {
+        be->kv_dtype = be->act_dtype; /* every backend's default */
+        return 0;
+    }
+    if (strcmp(name, "fp8") == 0 || strcmp(name, "fp8_e4m3") == 0) {
+        be->kv_dtype = KV_DTYPE_F8_E4M3;
+        return 0;
+    }
+    return kv_error_set(err, "kv_cache_dtype '%s' is not supported (expected auto, fp8, fp8_e4m3)",
+                        name);
+}
+
 bool backend_cuda_check(kv_error *why) {
 #ifdef KVSERVE_CUDA
     return cuda_backend_usable(why);

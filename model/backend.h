@@ -30,10 +30,17 @@ typedef struct backend_kv_layout {
     int block_size; /* tokens per block */
     kv_dtype dtype; /* the backend's kv_dtype */
     size_t block_bytes;
+    /* F8_E4M3 pools: [n_layers][k, v] per-tensor scales (host memory, owned by the model): an
+     * element x is stored as e4m3(x / scale) and read as e4m3 * scale. NULL: every scale 1.0. */
+    const float *kv_scales;
 } backend_kv_layout;
 
 /* Fills block_bytes from the other fields. */
 void backend_kv_layout_finish(backend_kv_layout *l);
+/* The scale of layer's K (kv 0) or V (kv 1) in an F8_E4M3 pool (1.0 without kv_scales). */
+static inline float backend_kv_scale(const backend_kv_layout *l, int layer, int kv) {
+    return l->kv_scales ? l->kv_scales[2 * layer + kv] : 1.0f;
+}
 /* Byte offset of (layer, k=0|v=1, head, token slot) inside one block. */
 size_t backend_kv_offset(const backend_kv_layout *l, int layer, int kv, int head, int slot);
 
@@ -80,6 +87,11 @@ typedef struct backend_ops {
     /* Converts n weight elements from src (host, src_dtype) into a new device tensor of
      * weight_dtype. */
     void *(*weight_upload)(backend *be, const void *src, kv_dtype src_dtype, size_t n);
+    /* Optional (NULL: none; the caller dequantizes FP8 weights into weight_upload): a device
+     * weight [rows, cols] of e4m3 values q times one scale per row (host arrays; cols % 16 ==
+     * 0) that matmul takes as its w, kept in e4m3 (half the bytes of bf16). Freed by dev_free. */
+    void *(*weight_upload_fp8)(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
+                               size_t cols);
     /* Optional (NULL: the caller stacks the parts on the host and calls weight_upload): the parts
      * srcs[i] of counts[i] elements, all of src_dtype, stacked in order into one new device
      * tensor of weight_dtype, as weight_upload of their concatenation would make it. */
@@ -189,9 +201,14 @@ struct backend {
 };
 
 /* Creates a backend by name ("cpu", "cuda"); NULL and err set when it cannot (no GPU, not built).
- */
+ * Its KV dtype is the activation dtype until backend_set_kv_cache_dtype. */
 backend *backend_create(const char *name, int n_threads, kv_error *err);
 void backend_destroy(backend *be);
+/* The kv_cache_dtype knob (vLLM's --kv-cache-dtype): "auto" is the backend's default KV dtype, its
+ * activation dtype (bf16 on CUDA, f32 on CPU); "fp8" or "fp8_e4m3" stores KV as F8_E4M3 (every
+ * backend reads it). Call before model_load (the KV dtype is part of the model fingerprint) and
+ * before the KV pool is made. -1 with err set for any other value. */
+int backend_set_kv_cache_dtype(backend *be, const char *name, kv_error *err);
 /* True when this build has the CUDA backend and a device it runs on is present. */
 bool backend_cuda_available(void);
 /* The same, with why set when not: built without CUDA, no device, or which GPU this build has

@@ -3,6 +3,7 @@
 #include "model/common.h"
 
 #include <errno.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +20,8 @@ size_t kv_dtype_size(kv_dtype dt) {
         return 2;
     case KV_DTYPE_BF16:
         return 2;
+    case KV_DTYPE_F8_E4M3:
+        return 1;
     }
     KV_CHECK(!"unknown dtype");
 }
@@ -31,6 +34,8 @@ const char *kv_dtype_name(kv_dtype dt) {
         return "F16";
     case KV_DTYPE_BF16:
         return "BF16";
+    case KV_DTYPE_F8_E4M3:
+        return "F8_E4M3";
     }
     return "?";
 }
@@ -54,8 +59,10 @@ bool kv_dtype_parse(const char *s, kv_dtype *out) {
     static const struct {
         const char *name;
         kv_dtype dt;
-    } names[] = {{"F32", KV_DTYPE_F32},     {"float32", KV_DTYPE_F32}, {"F16", KV_DTYPE_F16},
-                 {"float16", KV_DTYPE_F16}, {"BF16", KV_DTYPE_BF16},   {"bfloat16", KV_DTYPE_BF16}};
+    } names[] = {{"F32", KV_DTYPE_F32},         {"float32", KV_DTYPE_F32},
+                 {"F16", KV_DTYPE_F16},         {"float16", KV_DTYPE_F16},
+                 {"BF16", KV_DTYPE_BF16},       {"bfloat16", KV_DTYPE_BF16},
+                 {"F8_E4M3", KV_DTYPE_F8_E4M3}, {"float8_e4m3fn", KV_DTYPE_F8_E4M3}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcasecmp(s, names[i].name) == 0) {
             *out = names[i].dt;
@@ -191,6 +198,38 @@ uint16_t kv_f32_to_f16(float f) {
     return (uint16_t)(sign | (r >> 13));
 }
 
+float kv_e4m3_to_f32(uint8_t x) {
+    uint32_t sign = (uint32_t)(x & 0x80) << 24, exp = (x >> 3) & 15, man = x & 7;
+    float v;
+    if (exp == 15 && man == 7) {
+        v = __builtin_nanf("");
+    } else if (exp == 0) {
+        v = (float)man * 0.001953125f; /* subnormal: man * 2^-9 */
+    } else {
+        uint32_t u = ((exp - 7 + 127) << 23) | (man << 20); /* (1 + man / 8) * 2^(exp - 7) */
+        memcpy(&v, &u, 4);
+    }
+    return sign ? -v : v;
+}
+
+uint8_t kv_f32_to_e4m3(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80);
+    u &= 0x7fffffffu;
+    if (u > 0x7f800000u) return 0x7f;         /* NaN */
+    if (u >= 0x43e00000u) return sign | 0x7e; /* >= 448 (inf too): saturate */
+    if (u >= 0x3c800000u) {                   /* >= 2^-6: normal */
+        u += 0x7ffffu + ((u >> 20) & 1u);     /* round to nearest even at 3 mantissa bits */
+        uint32_t exp = (u >> 23) - 127 + 7, man = (u >> 20) & 7; /* rounding kept it < 464 */
+        return sign | (uint8_t)(exp << 3) | (uint8_t)man;
+    }
+    float a;
+    memcpy(&a, &u, 4);
+    /* subnormal steps of 2^-9 (8 steps = 0x08, the smallest normal); rintf rounds to even */
+    return sign | (uint8_t)rintf(a * 512.0f);
+}
+
 void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
     const uint16_t *h = src;
     switch (dtype) {
@@ -202,6 +241,9 @@ void kv_convert_to_f32(float *dst, const void *src, kv_dtype dtype, size_t n) {
         break;
     case KV_DTYPE_BF16:
         for (size_t i = 0; i < n; i++) dst[i] = kv_bf16_to_f32(h[i]);
+        break;
+    case KV_DTYPE_F8_E4M3:
+        for (size_t i = 0; i < n; i++) dst[i] = kv_e4m3_to_f32(((const uint8_t *)src)[i]);
         break;
     }
 }

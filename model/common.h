@@ -9,7 +9,9 @@
 #include <stdint.h>
 #include <string.h>
 
-typedef enum kv_dtype { KV_DTYPE_F32, KV_DTYPE_F16, KV_DTYPE_BF16 } kv_dtype;
+/* F8_E4M3: OCP fp8 e4m3fn (1 sign, 4 exponent bits of bias 7, 3 mantissa bits; no infinities,
+ * 0x7f/0xff NaN, largest finite 448): KV cache elements and FP8 checkpoint weights. */
+typedef enum kv_dtype { KV_DTYPE_F32, KV_DTYPE_F16, KV_DTYPE_BF16, KV_DTYPE_F8_E4M3 } kv_dtype;
 
 size_t kv_dtype_size(kv_dtype dt);
 const char *kv_dtype_name(kv_dtype dt);
@@ -24,7 +26,8 @@ typedef enum kv_finish {
 } kv_finish;
 /* "stop", "length", "abort" (OpenAI's finish_reason); NULL for NONE. */
 const char *kv_finish_name(kv_finish f);
-/* "F32"/"float32", "F16"/"float16", "BF16"/"bfloat16" (either case); false when unknown. */
+/* "F32"/"float32", "F16"/"float16", "BF16"/"bfloat16", "F8_E4M3"/"float8_e4m3fn" (either case);
+ * false when unknown. */
 bool kv_dtype_parse(const char *s, kv_dtype *out);
 
 /* An error caused by input from outside (files, HTTP, flags): a message meant for the user. */
@@ -65,6 +68,11 @@ static inline uint16_t kv_f32_to_bf16(float f) {
 }
 
 float kv_f16_to_f32(uint16_t h);
+/* e4m3 (see kv_dtype) to f32, exact. */
+float kv_e4m3_to_f32(uint8_t x);
+/* f32 to e4m3, round to nearest even, saturating at +-448 (as CUDA's __NV_SATFINITE); NaN stays
+ * NaN. */
+uint8_t kv_f32_to_e4m3(float f);
 uint16_t kv_f32_to_f16(float f);
 
 /* Converts n elements of src (dtype) to f32. */

@@ -566,6 +566,126 @@ static int parse_special_ids(hf_config *cfg, const json_t *obj, const field_ctx 
     return 0;
 }
 
+/* A [rows, cols] block shape of two positive integers into out. */
+static int parse_block(const field_ctx *fc, const json_t *v, const char *key, int out[2]) {
+    if (json_absent(v)) return 0;
+    if (!json_is_array(v) || json_array_size(v) != 2 || !json_is_integer(json_array_get(v, 0)) ||
+        !json_is_integer(json_array_get(v, 1)) || json_integer_value(json_array_get(v, 0)) < 1 ||
+        json_integer_value(json_array_get(v, 1)) < 1 ||
+        json_integer_value(json_array_get(v, 0)) > 65536 ||
+        json_integer_value(json_array_get(v, 1)) > 65536)
+        return kv_error_set(fc->err, "%s: quantization_config: %s should be [rows, cols]", fc->file,
+                            key);
+    out[0] = (int)json_integer_value(json_array_get(v, 0));
+    out[1] = (int)json_integer_value(json_array_get(v, 1));
+    return 0;
+}
+
+/* One compressed-tensors quantization args object (weights or input_activations) must be 8-bit
+ * float; what: "weights" or "input_activations". NULL/absent is fine for activations only. */
+static int check_ct_args(const field_ctx *fc, const char *group, const json_t *args,
+                         const char *what, int block[2]) {
+    bool weights = strcmp(what, "weights") == 0;
+    if (json_absent(args)) {
+        if (!weights) return 0;
+        return kv_error_set(fc->err,
+                            "%s: quantization_config: compressed-tensors group '%s' has no weights "
+                            "scheme",
+                            fc->file, group);
+    }
+    if (!json_is_object(args))
+        return kv_error_set(fc->err, "%s: quantization_config: group '%s' %s is not an object",
+                            fc->file, group, what);
+    const json_t *type = json_object_get(args, "type"), *bits = json_object_get(args, "num_bits");
+    const char *t = json_is_string(type) ? json_string_value(type) : "?";
+    long long nb = json_is_integer(bits) ? json_integer_value(bits) : -1;
+    if (strcmp(t, "float") != 0 || nb != 8)
+        return kv_error_set(fc->err,
+                            "%s: quantization_config: compressed-tensors group '%s' quantizes %s "
+                            "to %lld-bit %s, which is not supported (only 8-bit float, FP8)",
+                            fc->file, group, what, nb, t);
+    const json_t *strategy = json_object_get(args, "strategy");
+    const char *st = json_is_string(strategy) ? json_string_value(strategy) : "tensor";
+    if (weights) {
+        if (strcmp(st, "block") == 0) {
+            if (parse_block(fc, json_object_get(args, "block_structure"), "block_structure", block))
+                return -1;
+            if (!block[0])
+                return kv_error_set(fc->err,
+                                    "%s: quantization_config: group '%s': block strategy without "
+                                    "block_structure",
+                                    fc->file, group);
+        } else if (strcmp(st, "tensor") != 0 && strcmp(st, "channel") != 0) {
+            return kv_error_set(fc->err,
+                                "%s: quantization_config: group '%s' weight strategy '%.32s' is "
+                                "not supported (tensor, channel, block)",
+                                fc->file, group, st);
+        }
+    }
+    return 0;
+}
+
+/* quantization_config: absent, FP8 (see hf_config_parse), or an error naming the method. */
+static int parse_quant(hf_config *cfg, const json_t *q, const field_ctx *fc) {
+    cfg->quant = HF_QUANT_NONE;
+    cfg->quant_block[0] = cfg->quant_block[1] = 0;
+    if (json_absent(q)) return 0;
+    if (!json_is_object(q))
+        return kv_error_set(fc->err, "%s: quantization_config is not an object", fc->file);
+    const json_t *m = json_object_get(q, "quant_method");
+    const char *method = json_is_string(m) ? json_string_value(m) : NULL;
+    if (!method)
+        return kv_error_set(fc->err,
+                            "%s: quantization_config has no quant_method: quantized models other "
+                            "than FP8 are not supported",
+                            fc->file);
+    if (strcmp(method, "fp8") == 0) {
+        const json_t *fmt = json_object_get(q, "fmt"),
+                     *act = json_object_get(q, "activation_scheme");
+        if (!json_absent(fmt) &&
+            !(json_is_string(fmt) && strcmp(json_string_value(fmt), "e4m3") == 0))
+            return kv_error_set(fc->err,
+                                "%s: quantization_config.fmt is not e4m3 (only e4m3 FP8 weights "
+                                "are supported)",
+                                fc->file);
+        if (!json_absent(act) &&
+            !(json_is_string(act) && (strcmp(json_string_value(act), "dynamic") == 0 ||
+                                      strcmp(json_string_value(act), "static") == 0)))
+            return kv_error_set(fc->err,
+                                "%s: quantization_config.activation_scheme should be dynamic or "
+                                "static",
+                                fc->file);
+        cfg->quant = HF_QUANT_FP8;
+        return parse_block(fc, json_object_get(q, "weight_block_size"), "weight_block_size",
+                           cfg->quant_block);
+    }
+    if (strcmp(method, "compressed-tensors") == 0) {
+        const json_t *groups = json_object_get(q, "config_groups");
+        if (!json_is_object(groups) || json_object_size(groups) == 0)
+            return kv_error_set(fc->err,
+                                "%s: quantization_config: compressed-tensors without config_groups",
+                                fc->file);
+        const char *name;
+        const json_t *g;
+        json_object_foreach((json_t *)groups, name, g) {
+            if (!json_is_object(g))
+                return kv_error_set(fc->err, "%s: quantization_config: group '%s' is not an object",
+                                    fc->file, name);
+            if (check_ct_args(fc, name, json_object_get(g, "weights"), "weights",
+                              cfg->quant_block) ||
+                check_ct_args(fc, name, json_object_get(g, "input_activations"),
+                              "input_activations", cfg->quant_block))
+                return -1;
+        }
+        cfg->quant = HF_QUANT_COMPRESSED_TENSORS;
+        return 0;
+    }
+    return kv_error_set(fc->err,
+                        "%s: quantization_config.quant_method '%.32s' is not supported (only FP8: "
+                        "fp8, or compressed-tensors float 8-bit)",
+                        fc->file, method);
+}
+
 static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     int arch_index = 0;
     if (check_model_kind(root, fc) || parse_arch(cfg, root, fc, &arch_index) ||
@@ -596,9 +716,7 @@ static int parse_root(hf_config *cfg, const json_t *root, const field_ctx *fc) {
     if (mlp_bias) return kv_error_set(fc->err, "%s: mlp_bias true is not supported", fc->file);
     cfg->attention_bias = cfg->arch == HF_ARCH_QWEN2 || bias;
     cfg->attention_out_bias = bias;
-    if (!json_absent(json_object_get(root, "quantization_config")))
-        return kv_error_set(fc->err, "%s: quantization_config: quantized models are not supported",
-                            fc->file);
+    if (parse_quant(cfg, json_object_get(root, "quantization_config"), fc)) return -1;
 
     const char *dtype, *dtype_key = "dtype";
     if (field_string(fc, root, "dtype", &dtype)) return -1;

@@ -33,6 +33,13 @@ typedef enum hf_rope_type {
 /* The MLP's activation: SwiGLU (silu) or GeGLU (gelu, tanh approximation: Gemma). */
 typedef enum hf_act { HF_ACT_SILU, HF_ACT_GELU_TANH } hf_act;
 
+/* quantization_config of an FP8 checkpoint (the only kind read; others are refused by name). */
+typedef enum hf_quant {
+    HF_QUANT_NONE,
+    HF_QUANT_FP8, /* quant_method "fp8": weight_scale_inv, per tensor or block-wise */
+    HF_QUANT_COMPRESSED_TENSORS, /* "compressed-tensors", float 8-bit weights: weight_scale */
+} hf_quant;
+
 typedef struct hf_config {
     hf_arch arch;
     char arch_name[64];
@@ -68,6 +75,8 @@ typedef struct hf_config {
     int eos_token_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
     kv_dtype dtype; /* torch_dtype / dtype; F32 when absent */
+    hf_quant quant;
+    int quant_block[2]; /* block-wise weight scales: [rows, cols] of a block; 0 when none */
 
     /* attention kinds: layer l attends to the last sliding_window positions only when bit l of
      * layer_sliding is set (layer_types, or the family's default pattern); 0 = no window */
@@ -98,7 +107,10 @@ static inline bool hf_config_layer_rope(const hf_config *c, int l) {
  * field: mixture of experts (num_experts, num_local_experts, n_routed_experts), multimodal
  * (vision_config, text_config), hybrid attention (layer_types other than full_attention and
  * sliding_attention, layers_block_type, hybrid_override_pattern), an activation other than the
- * family's, mlp_bias, quantization_config. */
+ * family's, mlp_bias, and a quantization_config that is not FP8: quant_method "fp8" (e4m3,
+ * dynamic or static activations, optional weight_block_size) or "compressed-tensors" whose groups
+ * quantize weights to 8-bit float (tensor, channel or block strategy) and activations to 8-bit
+ * float or not at all; the message names the method. */
 int hf_config_parse(hf_config *cfg, const char *json, size_t len, kv_error *err);
 
 /* Applies generation_config.json text to a parsed cfg: its bos_token_id / eos_token_id (int or

@@ -28,6 +28,7 @@ typedef struct llama_loader {
     safetensors_model st;
     void *staging; /* host bytes for stacking, staging_cap bytes */
     size_t staging_cap;
+    bool quantize_fp8;  /* the quantization: fp8 knob (fp8_quantize_rows) */
     size_t done, total; /* device bytes uploaded / to upload */
     void (*progress)(size_t done, size_t total, void *ctx);
     void *progress_ctx;
@@ -122,11 +123,12 @@ static uint64_t chunk_seed(uint64_t k) {
 
 #define LLAMA_DUMMY_THREADS 8
 
-/* A device tensor of n weight-dtype elements of random values (or ones), generated in host
+/* A device tensor of n weight-dtype elements of random values (or ones; with host, written into
+ * host[n] instead and host returned), generated in host
  * chunks directly in the weight dtype, several chunks at once on threads (one thread makes ~2
  * GB/s: 8 s for an 8B model). Chunk k of the whole load has its own seeded stream, so the values
  * depend on the chunk order only, not on the threads or the backend. */
-static void *weight_dummy(loader *ld, size_t n, weight_init init) {
+static void *weight_dummy_to(loader *ld, size_t n, weight_init init, void *host) {
     backend *be = ld->m->be;
     kv_dtype dt = be->weight_dtype;
     size_t es = kv_dtype_size(dt), chunk = n < LLAMA_DUMMY_CHUNK ? n : LLAMA_DUMMY_CHUNK;
@@ -134,8 +136,8 @@ static void *weight_dummy(loader *ld, size_t n, weight_init init) {
     if (n_threads > LLAMA_DUMMY_THREADS) n_threads = LLAMA_DUMMY_THREADS;
     size_t span = chunk * (size_t)n_threads; /* elements per round of threads */
     if (span > n) span = n;
-    char *dev = be->ops->dev_alloc(be, n * es);
-    if (span * es > ld->staging_cap) {
+    char *dev = host ? NULL : be->ops->dev_alloc(be, n * es);
+    if (!host && span * es > ld->staging_cap) {
         free(ld->staging);
         ld->staging = kv_malloc(span * es);
         ld->staging_cap = span * es;
@@ -147,7 +149,8 @@ static void *weight_dummy(loader *ld, size_t n, weight_init init) {
         bool started[LLAMA_DUMMY_THREADS] = {false};
         int k = 0;
         for (size_t c = 0; c < len; c += chunk, k++)
-            jobs[k] = (dummy_job){.out = (char *)ld->staging + c * es,
+            jobs[k] = (dummy_job){.out = host ? (char *)host + (off + c) * es
+                                              : (char *)ld->staging + c * es,
                                   .len = len - c < chunk ? len - c : chunk,
                                   .table = ld->normal_table,
                                   .dt = dt,
@@ -162,9 +165,14 @@ static void *weight_dummy(loader *ld, size_t n, weight_init init) {
             else
                 dummy_job_run(&jobs[i]);
         }
-        be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
+        if (!host) be->ops->to_dev(be, dev + off * es, ld->staging, len * es);
     }
-    return dev;
+    return host ? host : dev;
+}
+
+/* weight_dummy_to a new device tensor. */
+static void *weight_dummy(loader *ld, size_t n, weight_init init) {
+    return weight_dummy_to(ld, n, init, NULL);
 }
 
 /* The safetensors tensor `name`, checked to be [rows, cols] ([rows] when cols is 0). */
@@ -192,27 +200,190 @@ static const safetensors_tensor *tensor_find(loader *ld, const char *name, int64
     return t;
 }
 
+/* Host staging space of at least bytes. */
+static void *staging_reserve(loader *ld, size_t bytes) {
+    if (bytes > ld->staging_cap) {
+        free(ld->staging);
+        ld->staging = kv_malloc(bytes);
+        ld->staging_cap = bytes;
+    }
+    return ld->staging;
+}
+
+/* dst[rows * cols] = the F8_E4M3 weight t (named name) times its scale tensor: name's
+ * "_scale_inv" (quant_method fp8) or "_scale" (compressed-tensors), per tensor (one value),
+ * per output channel ([rows] or [rows, 1]) or per block ([ceil(rows / br), ceil(cols / bc)]
+ * with the config's block shape). With row_scales (not NULL) it fills row_scales[rows] instead
+ * of dst and returns 0 when the scales are per tensor or per row, or returns 1 (nothing
+ * written) when they are per block. */
+static int fp8_dequantize(loader *ld, const char *name, const safetensors_tensor *t, float *dst,
+                          float *row_scales, kv_error *err) {
+    const hf_config *c = &ld->m->cfg;
+    if (c->quant == HF_QUANT_NONE)
+        return kv_error_set(err,
+                            "%s: tensor '%s' is F8_E4M3 but config.json has no quantization_config",
+                            ld->dir, name);
+    if (t->n_dims != 2)
+        return kv_error_set(err, "%s: tensor '%s' is F8_E4M3 but not a matrix", ld->dir, name);
+    char sname[160];
+    snprintf(sname, sizeof sname, "%s_scale_inv", name);
+    const safetensors_tensor *s = safetensors_find(&ld->st, sname);
+    if (!s) {
+        snprintf(sname, sizeof sname, "%s_scale", name);
+        s = safetensors_find(&ld->st, sname);
+    }
+    if (!s)
+        return kv_error_set(err, "%s: F8_E4M3 tensor '%s' has no %s_scale_inv nor %s_scale",
+                            ld->dir, name, name, name);
+    size_t rows = (size_t)t->shape[0], cols = (size_t)t->shape[1];
+    size_t br = c->quant_block[0] ? (size_t)c->quant_block[0] : rows;
+    size_t bc = c->quant_block[1] ? (size_t)c->quant_block[1] : cols;
+    size_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
+    enum { PER_TENSOR, PER_ROW, PER_BLOCK } kind;
+    if (s->n_elems == 1)
+        kind = PER_TENSOR;
+    else if (s->n_elems == rows && (s->n_dims == 1 || (s->n_dims == 2 && s->shape[1] == 1)))
+        kind = PER_ROW;
+    else if (c->quant_block[0] && s->n_dims == 2 && (size_t)s->shape[0] == nbr &&
+             (size_t)s->shape[1] == nbc)
+        kind = PER_BLOCK;
+    else
+        return kv_error_set(err,
+                            "%s: scale tensor '%s' has %zu elements: not per tensor, per output "
+                            "channel (%zu) nor per block (%zu x %zu)",
+                            ld->dir, sname, s->n_elems, rows, nbr, nbc);
+    if (s->dtype == KV_DTYPE_F8_E4M3)
+        return kv_error_set(err, "%s: scale tensor '%s' is F8_E4M3", ld->dir, sname);
+    float *sc = kv_malloc(s->n_elems * sizeof *sc);
+    kv_convert_to_f32(sc, s->data, s->dtype, s->n_elems);
+    if (row_scales) {
+        for (size_t r = 0; kind != PER_BLOCK && r < rows; r++)
+            row_scales[r] = kind == PER_TENSOR ? sc[0] : sc[r];
+        free(sc);
+        return kind == PER_BLOCK;
+    }
+    const uint8_t *q = t->data;
+    for (size_t r = 0; r < rows; r++)
+        for (size_t k = 0; k < cols; k++) {
+            float f = kind == PER_TENSOR ? sc[0]
+                      : kind == PER_ROW  ? sc[r]
+                                         : sc[(r / br) * nbc + k / bc];
+            dst[r * cols + k] = kv_e4m3_to_f32(q[r * cols + k]) * f;
+        }
+    free(sc);
+    return 0;
+}
+
+/* The `quantization: fp8` knob on a weight that is not FP8 in the checkpoint: each row of w
+ * [rows, cols] becomes e4m3(w / s) * s with s = max |row| / 448 (per output channel, as vLLM's
+ * online FP8), in place. The backends have no FP8 GEMM yet, so the values are kept in f32 /
+ * bf16: the accuracy of FP8 weights, not yet their bytes. */
+static void fp8_quantize_rows(float *w, size_t rows, size_t cols) {
+    for (size_t r = 0; r < rows; r++) {
+        float *row = w + r * cols, mx = 0;
+        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+        if (mx == 0) continue;
+        float s = mx / 448.0f;
+        for (size_t k = 0; k < cols; k++) row[k] = kv_e4m3_to_f32(kv_f32_to_e4m3(row[k] / s)) * s;
+    }
+}
+
+/* Per-row e4m3 of w [rows, cols] (f32): q[r, :] = e4m3(w[r, :] / s[r]), s[r] = max |row| / 448
+ * (1 for a zero row), as fp8_quantize_rows. */
+static void fp8_quantize_to(const float *w, size_t rows, size_t cols, uint8_t *q, float *s) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *row = w + r * cols;
+        float mx = 0;
+        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
+        s[r] = mx > 0 ? mx / 448.0f : 1.0f;
+        for (size_t k = 0; k < cols; k++) q[r * cols + k] = kv_f32_to_e4m3(row[k] / s[r]);
+    }
+}
+
+/* The stacked parts as e4m3 bytes q[n] and one scale per row (the backend's FP8 weights):
+ * FP8 parts copied with their per-tensor or per-row scales, others quantized per row. 1 when a
+ * part's scales are block-wise (not one per row: the caller dequantizes instead), -1 on error. */
+static int fp8_pack(loader *ld, int n_parts, char names[][128], const safetensors_tensor **parts,
+                    size_t cols, uint8_t *q, float *rs, kv_error *err) {
+    for (int i = 0; i < n_parts; i++) {
+        const safetensors_tensor *t = parts[i];
+        size_t rows = t->n_elems / cols;
+        if (t->dtype == KV_DTYPE_F8_E4M3) {
+            int rc = fp8_dequantize(ld, names[i], t, NULL, rs, err);
+            if (rc) return rc;
+            memcpy(q, t->data, t->n_elems);
+        } else {
+            float *f = kv_malloc(t->n_elems * sizeof *f);
+            kv_convert_to_f32(f, t->data, t->dtype, t->n_elems);
+            fp8_quantize_to(f, rows, cols, q, rs);
+            free(f);
+        }
+        q += t->n_elems, rs += rows;
+    }
+    return 0;
+}
+
 /* Uploads the weight made of n_parts tensors names[i] of rows[i] × cols (cols 0: vectors),
  * stacked along rows, as one device tensor. NULL and err set when a tensor is missing or has
- * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). */
+ * the wrong shape. With MODEL_LOAD_DUMMY the values are random (or ones). linear marks the
+ * projection matrices: those may be F8_E4M3 (dequantized here, see fp8_dequantize) and are
+ * quantized when ld->quantize_fp8. */
 static void *weight_load(loader *ld, int n_parts, char names[][128], const int64_t *rows,
-                         int64_t cols, weight_init init, kv_error *err) {
+                         int64_t cols, weight_init init, bool linear, kv_error *err) {
     backend *be = ld->m->be;
     size_t n = 0;
     for (int i = 0; i < n_parts; i++) n += (size_t)rows[i] * (size_t)(cols ? cols : 1);
-    void *dev;
-    if (ld->format == MODEL_LOAD_DUMMY) {
+    void *dev = NULL;
+    size_t dev_bytes = n * kv_dtype_size(be->weight_dtype);
+    /* FP8 on the device: projections of an FP8 checkpoint (scales per tensor or row) or
+     * quantized at load, on a backend that keeps e4m3 weights */
+    bool dev_fp8 = linear && cols % 16 == 0 && be->ops->weight_upload_fp8;
+    size_t n_rows = cols ? n / (size_t)cols : 0;
+    if (ld->format == MODEL_LOAD_DUMMY && dev_fp8 && ld->quantize_fp8) {
+        kv_dtype dt = be->weight_dtype;
+        void *raw = kv_malloc(n * kv_dtype_size(dt));
+        float *f = kv_malloc(n * sizeof *f);
+        weight_dummy_to(ld, n, WEIGHT_RANDOM, raw); /* the values weight_dummy would upload */
+        kv_convert_to_f32(f, raw, dt, n);
+        uint8_t *q = kv_malloc(n);
+        float *rs = kv_malloc(n_rows * sizeof *rs);
+        fp8_quantize_to(f, n_rows, (size_t)cols, q, rs);
+        dev = be->ops->weight_upload_fp8(be, q, rs, n_rows, (size_t)cols);
+        dev_bytes = n + n_rows * sizeof(float);
+        free(raw), free(f), free(q), free(rs);
+    } else if (ld->format == MODEL_LOAD_DUMMY) {
         dev = weight_dummy(ld, n, init);
     } else {
         const safetensors_tensor *parts[3] = {NULL, NULL, NULL};
-        bool same_dtype = true;
+        bool same_dtype = true, any_fp8 = false;
         for (int i = 0; i < n_parts; i++) {
             if (!(parts[i] = tensor_find(ld, names[i], rows[i], cols, err))) return NULL;
             same_dtype = same_dtype && parts[i]->dtype == parts[0]->dtype;
+            any_fp8 = any_fp8 || parts[i]->dtype == KV_DTYPE_F8_E4M3;
         }
-        if (n_parts == 1) {
+        if (any_fp8 && !linear)
+            return kv_error_set(err, "%s: tensor '%s' is F8_E4M3; only projections may be FP8",
+                                ld->dir, names[0]),
+                   NULL;
+        bool quantize = linear && ld->quantize_fp8 && !any_fp8;
+        bool all_fp8 = true;
+        for (int i = 0; i < n_parts; i++) all_fp8 = all_fp8 && parts[i]->dtype == KV_DTYPE_F8_E4M3;
+        if (dev_fp8 && (quantize || all_fp8)) {
+            uint8_t *q = kv_malloc(n);
+            float *rs = kv_malloc(n_rows * sizeof *rs);
+            int rc = fp8_pack(ld, n_parts, names, parts, (size_t)cols, q, rs, err);
+            if (rc == 0) {
+                dev = be->ops->weight_upload_fp8(be, q, rs, n_rows, (size_t)cols);
+                dev_bytes = n + n_rows * sizeof(float);
+            }
+            free(q), free(rs);
+            if (rc < 0) return NULL;
+        }
+        if (dev) {
+            /* uploaded as FP8 */
+        } else if (n_parts == 1 && !any_fp8 && !quantize) {
             dev = be->ops->weight_upload(be, parts[0]->data, parts[0]->dtype, n);
-        } else if (same_dtype && be->ops->weight_upload_parts) {
+        } else if (same_dtype && !any_fp8 && !quantize && be->ops->weight_upload_parts) {
             /* each part from the file mapping into its rows: no stacking copy */
             const void *srcs[3];
             size_t counts[3];
@@ -220,28 +391,27 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
                 srcs[i] = parts[i]->data, counts[i] = parts[i]->n_elems;
             dev = be->ops->weight_upload_parts(be, n_parts, srcs, counts, parts[0]->dtype);
         } else {
-            /* stack on the host: raw bytes when the parts agree, else as f32 */
-            kv_dtype dt = same_dtype ? parts[0]->dtype : KV_DTYPE_F32;
-            size_t bytes = n * kv_dtype_size(dt);
-            if (bytes > ld->staging_cap) {
-                free(ld->staging);
-                ld->staging = kv_malloc(bytes);
-                ld->staging_cap = bytes;
-            }
-            char *at = ld->staging;
+            /* stack on the host: raw bytes when the parts agree, else as f32 (FP8 parts
+             * dequantized) */
+            bool raw = same_dtype && !any_fp8 && !quantize;
+            kv_dtype dt = raw ? parts[0]->dtype : KV_DTYPE_F32;
+            char *at = staging_reserve(ld, n * kv_dtype_size(dt));
             for (int i = 0; i < n_parts; i++) {
-                if (same_dtype) /* several threads: see kv_memcpy_parallel */
+                if (raw) /* several threads: see kv_memcpy_parallel */
                     kv_memcpy_parallel(at, parts[i]->data, parts[i]->n_bytes, kv_copy_threads());
-                else
+                else if (parts[i]->dtype == KV_DTYPE_F8_E4M3) {
+                    if (fp8_dequantize(ld, names[i], parts[i], (float *)at, NULL, err)) return NULL;
+                } else
                     kv_convert_to_f32((float *)at, parts[i]->data, parts[i]->dtype,
                                       parts[i]->n_elems);
                 at += parts[i]->n_elems * kv_dtype_size(dt);
             }
+            if (quantize) fp8_quantize_rows(ld->staging, n / (size_t)cols, (size_t)cols);
             dev = be->ops->weight_upload(be, ld->staging, dt, n);
         }
     }
-    ld->done += n * kv_dtype_size(be->weight_dtype);
-    ld->m->weight_bytes += n * kv_dtype_size(be->weight_dtype);
+    ld->done += dev_bytes;
+    ld->m->weight_bytes += dev_bytes;
     if (ld->progress) ld->progress(ld->done, ld->total, ld->progress_ctx);
     return dev;
 }
@@ -251,7 +421,7 @@ static void *weight_load1(loader *ld, const char *name, int64_t rows, int64_t co
                           weight_init init, kv_error *err) {
     char names[1][128];
     snprintf(names[0], sizeof names[0], "%s", name);
-    return weight_load(ld, 1, names, &rows, cols, init, err);
+    return weight_load(ld, 1, names, &rows, cols, init, false, err);
 }
 
 /* Elements of every weight the model uploads (for progress). */
@@ -272,12 +442,14 @@ const hf_config *llama_loader_config(const llama_loader *ld) {
 
 void *llama_load_weight(llama_loader *ld, const char *name, int64_t rows, int64_t cols,
                         kv_error *err) {
-    return weight_load1(ld, name, rows, cols, WEIGHT_RANDOM, err);
+    char names[1][128];
+    snprintf(names[0], sizeof names[0], "%s", name);
+    return weight_load(ld, 1, names, &rows, cols, WEIGHT_RANDOM, cols > 0, err);
 }
 
 void *llama_load_stacked(llama_loader *ld, int n_parts, char names[][128], const int64_t *rows,
                          int64_t cols, kv_error *err) {
-    return weight_load(ld, n_parts, names, rows, cols, WEIGHT_RANDOM, err);
+    return weight_load(ld, n_parts, names, rows, cols, WEIGHT_RANDOM, cols > 0, err);
 }
 
 void *llama_load_norm(llama_loader *ld, const char *name, int64_t dim, kv_error *err) {
@@ -311,18 +483,18 @@ int llama_load_attention(llama_loader *ld, int i, llama_layer *L, kv_error *err)
     NAME(1, "self_attn.k_proj.weight");
     NAME(2, "self_attn.v_proj.weight");
     const int64_t qkv_rows[3] = {q, kv, kv};
-    if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wqkv = weight_load(ld, 3, n, qkv_rows, dim, WEIGHT_RANDOM, true, err))) return -1;
     if (c->attention_bias) {
         NAME(0, "self_attn.q_proj.bias");
         NAME(1, "self_attn.k_proj.bias");
         NAME(2, "self_attn.v_proj.bias");
-        if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, err))) return -1;
+        if (!(L->bqkv = weight_load(ld, 3, n, qkv_rows, 0, WEIGHT_RANDOM, false, err))) return -1;
     }
     NAME(0, "self_attn.o_proj.weight");
-    if (!(L->wo = weight_load(ld, 1, n, &dim, q, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wo = weight_load(ld, 1, n, &dim, q, WEIGHT_RANDOM, true, err))) return -1;
     if (c->attention_out_bias) {
         NAME(0, "self_attn.o_proj.bias");
-        if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, err))) return -1;
+        if (!(L->bo = weight_load(ld, 1, n, &dim, 0, WEIGHT_RANDOM, false, err))) return -1;
     }
     return 0;
 }
@@ -334,9 +506,9 @@ int llama_load_mlp(llama_loader *ld, int i, llama_layer *L, kv_error *err) {
     NAME(0, "mlp.gate_proj.weight");
     NAME(1, "mlp.up_proj.weight");
     const int64_t gu_rows[2] = {ff, ff};
-    if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wgu = weight_load(ld, 2, n, gu_rows, dim, WEIGHT_RANDOM, true, err))) return -1;
     NAME(0, "mlp.down_proj.weight");
-    if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, err))) return -1;
+    if (!(L->wdown = weight_load(ld, 1, n, &dim, ff, WEIGHT_RANDOM, true, err))) return -1;
     return 0;
 }
 
@@ -364,6 +536,44 @@ static int llama_layer_load(llama_loader *ld, int i, llama_layer *L, kv_error *e
 }
 #undef NAME
 
+/* The value of a one-element scale tensor `name`: 1 when absent, 0 with *value set when valid,
+ * -1 with err set when it is not one finite positive number. */
+static int scale_find(loader *ld, const char *name, float *value, kv_error *err) {
+    const safetensors_tensor *t = safetensors_find(&ld->st, name);
+    if (!t) return 1;
+    if (t->n_elems != 1 || t->dtype == KV_DTYPE_F8_E4M3)
+        return kv_error_set(err, "%s: tensor '%s' should be one F32/BF16/F16 scale, has %zu %s",
+                            ld->dir, name, t->n_elems, kv_dtype_name(t->dtype));
+    kv_convert_to_f32(value, t->data, t->dtype, 1);
+    if (!(*value > 0 && isfinite(*value)))
+        return kv_error_set(err, "%s: tensor '%s' is %g, not a positive scale", ld->dir, name,
+                            (double)*value);
+    return 0;
+}
+
+/* The [n_layers][k, v] scales of an F8_E4M3 KV pool (see llama_load). */
+static int kv_scales_load(loader *ld, kv_error *err) {
+    llama_model *m = ld->m;
+    int n = m->cfg.n_layers;
+    m->kv_scales = kv_malloc((size_t)n * 2 * sizeof(float));
+    for (int i = 0; i < 2 * n; i++) m->kv_scales[i] = 1.0f;
+    if (ld->format != MODEL_LOAD_SAFETENSORS) return 0;
+    static const char *const names[][2] = {
+        {"self_attn.k_scale", "self_attn.v_scale"},
+        {"self_attn.kv_scale", "self_attn.kv_scale"},
+        {"self_attn.k_proj.output_scale", "self_attn.v_proj.output_scale"}};
+    for (int l = 0; l < n; l++)
+        for (int kv = 0; kv < 2; kv++)
+            for (size_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+                char name[128];
+                snprintf(name, sizeof name, "model.layers.%d.%s", l, names[k][kv]);
+                int rc = scale_find(ld, name, &m->kv_scales[2 * l + kv], err);
+                if (rc < 0) return -1;
+                if (rc == 0) break;
+            }
+    return 0;
+}
+
 static void *scratch(backend *be, size_t rows, size_t cols) {
     return be->ops->dev_alloc(be, rows * cols * kv_dtype_size(be->act_dtype));
 }
@@ -381,6 +591,17 @@ static float *inv_freq_upload(backend *be, const hf_config *c, bool local, bool 
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err) {
+    model_load_options o = {.format = format,
+                            .max_tokens = max_tokens,
+                            .progress = progress,
+                            .progress_ctx = progress_ctx};
+    return llama_load_opts(m, be, dir, &o, err);
+}
+
+int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_load_options *opt,
+                    kv_error *err) {
+    model_load_format format = opt->format;
+    int max_tokens = opt->max_tokens;
     memset(m, 0, sizeof *m);
     m->be = be;
     if (hf_config_load(&m->cfg, dir, err)) return -1;
@@ -395,8 +616,12 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
                             c->arch_name);
     KV_CHECK(max_tokens >= 1);
 
-    loader ld = {
-        .m = m, .dir = dir, .format = format, .progress = progress, .progress_ctx = progress_ctx};
+    loader ld = {.m = m,
+                 .dir = dir,
+                 .format = format,
+                 .quantize_fp8 = opt->quantize_fp8,
+                 .progress = opt->progress,
+                 .progress_ctx = opt->progress_ctx};
     if (format == MODEL_LOAD_DUMMY)
         dummy_table_init(&ld);
     else if (safetensors_open(&ld.st, dir, err))
@@ -414,9 +639,17 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
         return -1;
     }
     ld.total = weight_elems(c, m->fam, tied) * kv_dtype_size(be->weight_dtype);
+    if (be->ops->weight_upload_fp8 && (opt->quantize_fp8 || c->quant != HF_QUANT_NONE)) {
+        /* projections likely kept as e4m3 (one byte); the last progress call says the truth */
+        size_t d = (size_t)c->hidden_size, q = (size_t)c->n_heads * (size_t)c->head_dim;
+        size_t kvd = (size_t)c->n_kv_heads * (size_t)c->head_dim, ff = (size_t)c->intermediate_size;
+        size_t mats = (size_t)c->n_layers * (d * (q + 2 * kvd) + q * d + 3 * ff * d);
+        ld.total -= mats * (kv_dtype_size(be->weight_dtype) - 1);
+    }
 
     int64_t vocab = c->vocab_size, dim = c->hidden_size;
     int rc = -1;
+    if (be->kv_dtype == KV_DTYPE_F8_E4M3 && kv_scales_load(&ld, err)) goto out;
     if (!(m->embed =
               weight_load1(&ld, "model.embed_tokens.weight", vocab, dim, WEIGHT_RANDOM, err)))
         goto out;
@@ -457,6 +690,7 @@ int llama_load(llama_model *m, backend *be, const char *dir, model_load_format f
     m->ff = scratch(be, T, ff);
     m->out_x = scratch(be, T, (size_t)dim);
     m->logits = scratch(be, T < LLAMA_LOGIT_ROWS ? T : LLAMA_LOGIT_ROWS, (size_t)vocab);
+    if (ld.progress && ld.done != ld.total) ld.progress(ld.done, ld.done, ld.progress_ctx);
     rc = 0;
 out:
     if (format == MODEL_LOAD_SAFETENSORS) safetensors_close(&ld.st);
@@ -483,6 +717,7 @@ void llama_free(llama_model *m) {
         dev_free_all(be, w, sizeof w / sizeof *w);
     }
     free(m->layers);
+    free(m->kv_scales);
     for (int i = 0; i < LLAMA_N_GRAPHS; i++)
         if (m->graphs[i].g) be->ops->graph_free(be, m->graphs[i].g);
     void *w[] = {m->embed,
@@ -509,7 +744,8 @@ backend_kv_layout llama_kv_layout(const llama_model *m, int block_size) {
                            .n_kv_heads = m->cfg.n_kv_heads,
                            .head_dim = m->cfg.head_dim,
                            .block_size = block_size,
-                           .dtype = m->be->kv_dtype};
+                           .dtype = m->be->kv_dtype,
+                           .kv_scales = m->kv_scales};
     backend_kv_layout_finish(&l);
     return l;
 }
@@ -742,14 +978,14 @@ static const model_ops llama_model_ops = {.forward = llama_ops_forward,
 int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,
                      kv_error *err) {
     llama_model *m = kv_calloc(1, sizeof *m);
-    if (llama_load(m, be, dir, opt->format, opt->max_tokens, opt->progress, opt->progress_ctx,
-                   err)) {
+    if (llama_load_opts(m, be, dir, opt, err)) {
         free(m);
         return -1;
     }
     out->ops = &llama_model_ops;
     out->impl = m;
     out->weight_bytes = m->weight_bytes;
+    out->kv_scales = m->kv_scales;
     return 0;
 }
 

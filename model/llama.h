@@ -73,6 +73,9 @@ struct llama_model {
     float *inv_freq_local; /* device [rot_dim / 2]: sliding layers' own (rope_local), or NULL */
     float *inv_freq_long;  /* device [rot_dim / 2]: longrope's long factors, or NULL */
     bool rope_long; /* this step uses inv_freq_long (a sequence is past the original context) */
+    /* host [n_layers][k, v] scales of an F8_E4M3 KV pool (NULL otherwise): the checkpoint's
+     * k_scale / v_scale tensors when present, else 1.0 (as vLLM) */
+    float *kv_scales;
     size_t weight_bytes;
     /* scratch, activation dtype, sized for max_tokens rows per step */
     int max_tokens;
@@ -98,10 +101,15 @@ struct llama_model {
  * (llama_family_of). max_tokens bounds the tokens of one forward step.
  * progress, when not NULL, is called with (bytes done, bytes total). Safetensors loading ties
  * lm_head to the embedding when the checkpoint has no lm_head.weight; q/k/v biases are loaded
- * when config.json asks for them (attention_bias, Qwen2). */
+ * when config.json asks for them (attention_bias, Qwen2). When be's KV dtype is F8_E4M3 the
+ * per-layer KV scales are read too (vLLM's names: self_attn.k_scale / v_scale, the older
+ * self_attn.kv_scale for both, or k_proj / v_proj.output_scale); missing ones are 1.0. */
 int llama_load(llama_model *m, backend *be, const char *dir, model_load_format format,
                int max_tokens, void (*progress)(size_t done, size_t total, void *ctx),
                void *progress_ctx, kv_error *err);
+/* llama_load with every model_load option (quantize_fp8 too). */
+int llama_load_opts(llama_model *m, backend *be, const char *dir, const model_load_options *opt,
+                    kv_error *err);
 /* The family entry for model_load (model/model.c): loads dir with llama_load and fills out
  * (ops, impl, shape). */
 int llama_model_open(model *out, const char *dir, backend *be, const model_load_options *opt,
@@ -133,10 +141,12 @@ extern const llama_family llama_default_family, qwen3_family, gemma_family, phi3
 
 const hf_config *llama_loader_config(const llama_loader *ld);
 /* The weight `name` of [rows, cols] ([rows] when cols is 0), random with MODEL_LOAD_DUMMY. NULL
- * and err set when missing or misshapen. */
+ * and err set when missing or misshapen. A matrix (cols > 0) is a projection: it may be F8_E4M3
+ * in the checkpoint and is quantized by the quantization: fp8 knob (llama.c's weight_load). */
 void *llama_load_weight(llama_loader *ld, const char *name, int64_t rows, int64_t cols,
                         kv_error *err);
-/* One device tensor of the n_parts tensors names[i] of rows[i] x cols stacked along rows. */
+/* One device tensor of the n_parts tensors names[i] of rows[i] x cols stacked along rows (a
+ * projection, as llama_load_weight, when cols > 0). */
 void *llama_load_stacked(llama_loader *ld, int n_parts, char names[][128], const int64_t *rows,
                          int64_t cols, kv_error *err);
 /* An RMSNorm weight [dim] plus the family's norm_offset (ones with MODEL_LOAD_DUMMY). */

@@ -120,10 +120,11 @@ model *model_load(const char *dir, backend *be, const model_load_options *opt, k
     m->max_position = cfg.max_position_embeddings;
     m->n_eos = cfg.n_eos;
     for (int i = 0; i < cfg.n_eos; i++) m->eos_ids[i] = cfg.eos_token_ids[i];
-    char shape[192];
-    snprintf(shape, sizeof shape, "%s L%d d%d h%d kv%d hd%d v%d %s %s", cfg.arch_name, cfg.n_layers,
-             cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.vocab_size,
-             kv_dtype_name(be->kv_dtype), be->name);
+    char shape[224];
+    snprintf(shape, sizeof shape, "%s L%d d%d h%d kv%d hd%d v%d %s %s%s", cfg.arch_name,
+             cfg.n_layers, cfg.hidden_size, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+             cfg.vocab_size, kv_dtype_name(be->kv_dtype), be->name,
+             opt->quantize_fp8 ? " fp8-weights" : "");
     model_fingerprint(dir, shape, opt->format == MODEL_LOAD_DUMMY, m->fingerprint,
                       sizeof m->fingerprint);
     return m;
@@ -140,7 +141,8 @@ backend_kv_layout model_kv_layout(const model *m, int block_size) {
                            .n_kv_heads = m->n_kv_heads,
                            .head_dim = m->head_dim,
                            .block_size = block_size,
-                           .dtype = m->be->kv_dtype};
+                           .dtype = m->be->kv_dtype,
+                           .kv_scales = m->kv_scales};
     backend_kv_layout_finish(&l);
     return l;
 }

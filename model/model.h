@@ -39,6 +39,8 @@ struct model {
     int eos_ids[HF_CONFIG_MAX_EOS];
     int n_eos;
     size_t weight_bytes;
+    /* F8_E4M3 KV: [n_layers][k, v] scales (the family's memory), NULL when the KV is not fp8 */
+    const float *kv_scales;
     /* Identity of the weights for the prefix-cache hash root: hex SHA-256 of the family's shape
      * string (architecture, sizes, KV dtype, backend), the load format, config.json's bytes and
      * the name, size and mtime of every safetensors file. */
@@ -50,6 +52,9 @@ typedef enum model_load_format { MODEL_LOAD_SAFETENSORS, MODEL_LOAD_DUMMY } mode
 typedef struct model_load_options {
     model_load_format format; /* DUMMY: random weights from config.json alone (fixed seed) */
     int max_tokens;           /* tokens of one forward step */
+    /* weights quantized to FP8 (e4m3, one scale per output channel) at load when they are not
+     * already FP8 in the checkpoint (the `quantization: fp8` knob) */
+    bool quantize_fp8;
     /* called with (bytes done, bytes total) while weights load; NULL = none */
     void (*progress)(size_t done, size_t total, void *ctx);
     void *progress_ctx;

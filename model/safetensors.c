@@ -17,8 +17,8 @@
 /* Dtypes the format defines that kvserve cannot use, so that the message can say "I64 is not
  * supported" rather than "unknown dtype". */
 static const char *const unsupported_dtypes[] = {
-    "BOOL", "U8",  "I8",      "I16",     "U16",     "I32",     "U32",     "I64", "U64",
-    "F64",  "C64", "F8_E4M3", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
+    "BOOL", "U8",  "I8",  "I16",     "U16",     "I32",     "U32",     "I64",
+    "U64",  "F64", "C64", "F8_E5M2", "F8_E8M0", "F6_E2M3", "F6_E3M2", "F4",
 };
 
 static int parse_dtype(const char *s, kv_dtype *out) {
@@ -28,6 +28,8 @@ static int parse_dtype(const char *s, kv_dtype *out) {
         *out = KV_DTYPE_F16;
     else if (strcmp(s, "BF16") == 0)
         *out = KV_DTYPE_BF16;
+    else if (strcmp(s, "F8_E4M3") == 0)
+        *out = KV_DTYPE_F8_E4M3;
     else {
         for (size_t i = 0; i < sizeof unsupported_dtypes / sizeof unsupported_dtypes[0]; i++)
             if (strcmp(s, unsupported_dtypes[i]) == 0) return -2;
@@ -57,7 +59,7 @@ static int parse_entry(safetensors_tensor *t, const char *name, const json_t *in
     if (rc == -2)
         return kv_error_set(err,
                             "%s: tensor '%s' has dtype %s, which is not supported (F32, F16, "
-                            "BF16)",
+                            "BF16, F8_E4M3)",
                             path, name, json_string_value(dtype));
     if (rc)
         return kv_error_set(err, "%s: tensor '%s' has unknown dtype '%.32s'", path, name,

@@ -37,6 +37,8 @@ static const char *const tool_parser_names[] = {"auto",    "hermes", "llama3_jso
                                                 "mistral", "none",   NULL};
 static const char *const reasoning_parser_names[] = {"none", "deepseek_r1", "qwen3", NULL};
 static const char *const load_names[] = {"auto", "safetensors", "dummy", NULL};
+static const char *const kv_cache_dtype_names[] = {"auto", "fp8", "fp8_e4m3", NULL};
+static const char *const quantization_names[] = {"auto", "fp8", NULL};
 static const char *const log_names[] = {"debug", "info", "warn", "error", NULL};
 
 #define OFF(field) offsetof(kv_config, field)
@@ -97,6 +99,10 @@ static const knob knobs[] = {
      .help = "n x tokens x (logprobs + 1) per request, echoed prompt included (0 = no limit)"},
     {"load_format", KNOB_ENUM, OFF(load_format), .names = load_names,
      .help = "auto, safetensors, or dummy (random weights from config.json)"},
+    {"kv_cache_dtype", KNOB_ENUM, OFF(kv_cache_dtype), .names = kv_cache_dtype_names,
+     .help = "KV cache elements: auto (the model's dtype) or fp8 (= fp8_e4m3, half the bytes)"},
+    {"quantization", KNOB_ENUM, OFF(quantization), .names = quantization_names,
+     .help = "weights: auto (the checkpoint's quantization_config) or fp8 (quantize at load)"},
     {"seed", KNOB_U64, OFF(seed), .help = "server seed (prefix-cache hashes, unseeded sampling)"},
     {"log_level", KNOB_ENUM, OFF(log_level), .names = log_names,
      .help = "debug, info, warn, error"},
@@ -110,6 +116,10 @@ static const knob knobs[] = {
      .help = "host memory is pinned in chunks of this many MiB, in the background"},
 };
 #define N_KNOBS ((int)(sizeof(knobs) / sizeof(knobs[0])))
+
+const char *config_kv_cache_dtype_name(config_kv_cache_dtype d) {
+    return kv_cache_dtype_names[d];
+}
 
 void config_default(kv_config *cfg) {
     *cfg = (kv_config){
@@ -136,6 +146,8 @@ void config_default(kv_config *cfg) {
         .max_logprobs = 20,
         .max_logprob_entries = 1 << 18,
         .load_format = CONFIG_LOAD_AUTO,
+        .kv_cache_dtype = CONFIG_KV_CACHE_AUTO,
+        .quantization = CONFIG_QUANT_AUTO,
         .seed = 0,
         .log_level = CONFIG_LOG_INFO,
         .offload = {.size_gib = 0,

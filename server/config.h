@@ -23,6 +23,17 @@ typedef enum config_load_format {
     CONFIG_LOAD_DUMMY
 } config_load_format;
 
+typedef enum config_kv_cache_dtype {
+    CONFIG_KV_CACHE_AUTO, /* the backend's (bf16 on CUDA, f32 on CPU) */
+    CONFIG_KV_CACHE_FP8,  /* = FP8_E4M3, as vLLM */
+    CONFIG_KV_CACHE_FP8_E4M3
+} config_kv_cache_dtype;
+
+typedef enum config_quantization {
+    CONFIG_QUANT_AUTO, /* the checkpoint's quantization_config (FP8), else none */
+    CONFIG_QUANT_FP8   /* FP8 weights: an FP8 checkpoint, or bf16 weights quantized at load */
+} config_quantization;
+
 typedef enum config_log_level {
     CONFIG_LOG_DEBUG,
     CONFIG_LOG_INFO,
@@ -67,10 +78,15 @@ typedef struct kv_config {
     int max_logprobs;              /* largest logprobs a request may ask */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
     config_load_format load_format;
+    config_kv_cache_dtype kv_cache_dtype; /* KV pool elements */
+    config_quantization quantization;     /* weight quantization */
     unsigned long long seed; /* server seed: prefix-cache hash root, unseeded sampling */
     config_log_level log_level;
     config_offload offload;
 } kv_config;
+
+/* "auto", "fp8", "fp8_e4m3": the value backend_set_kv_cache_dtype takes. */
+const char *config_kv_cache_dtype_name(config_kv_cache_dtype d);
 
 /* Fills cfg with every default (strings are malloc'd; free with config_free). */
 void config_default(kv_config *cfg);

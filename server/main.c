@@ -245,6 +245,8 @@ static int app_load(app *a, kv_error *err) {
     double t0 = kv_now();
     a->be = backend_create(device, cfg->n_threads, err);
     if (!a->be) return -1;
+    if (backend_set_kv_cache_dtype(a->be, config_kv_cache_dtype_name(cfg->kv_cache_dtype), err))
+        return -1;
     if (a->be->desc) app_log(a, CONFIG_LOG_INFO, "%s", a->be->desc);
     size_t free_before = a->be->ops->dev_free_bytes(a->be);
 
@@ -262,6 +264,7 @@ static int app_load(app *a, kv_error *err) {
                             cfg->model, GIB(weights), GIB(avail));
     model_load_options lo = {.format = dummy ? MODEL_LOAD_DUMMY : MODEL_LOAD_SAFETENSORS,
                              .max_tokens = cfg->max_num_batched_tokens,
+                             .quantize_fp8 = cfg->quantization == CONFIG_QUANT_FP8,
                              .progress = on_load_progress,
                              .progress_ctx = &progress};
     /* the tokenizer (a second or more of JSON and merges for a 128K vocabulary) loads on its own
@@ -317,6 +320,8 @@ static int app_load(app *a, kv_error *err) {
                             "no memory left for the KV cache after loading the weights (%zu MB "
                             "free); lower the model size or raise gpu_memory_utilization",
                             a->be->ops->dev_free_bytes(a->be) >> 20);
+    app_log(a, CONFIG_LOG_INFO, "KV cache: %d blocks of %d tokens, %s, %zu bytes each", n_blocks,
+            cfg->block_size, kv_dtype_name(a->be->kv_dtype), block_bytes);
     if ((long long)n_blocks * cfg->block_size < model_len) {
         app_log(a, CONFIG_LOG_WARN,
                 "the KV cache holds %lld tokens, fewer than max_model_len %d: max_model_len "

@@ -25,6 +25,7 @@ static void cpu_destroy(backend *be) {
     cpu_pool_free(c->pool);
     free(c->meta);
     free(c->scores);
+    free(c->kv_rows);
     free(c);
 }
 

@@ -25,6 +25,8 @@ typedef struct cpu_backend {
     float *scores;        /* [n_threads, scores_stride] attention probabilities, per thread */
     size_t scores_stride; /* longest context of the step */
     size_t cap_scores;
+    float *kv_rows; /* [n_threads, block_size * head_dim] dequantized rows (F8_E4M3 pools) */
+    size_t cap_kv_rows;
 } cpu_backend;
 
 /* sum a[i] * b[i], i < k, in f32 with 8 partial sums */

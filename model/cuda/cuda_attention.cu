@@ -405,13 +405,17 @@ __global__ void attn_generic_kernel(attn_params p) {
     const int t = blockIdx.x, h = blockIdx.y, kh = h / p.group, hd = p.head_dim, tid = threadIdx.x;
     const int pos = p.positions[t];
     const int32_t *bt = p.block_table + (size_t)p.token_seq[t] * p.max_blocks;
-    const size_t head_bytes = (size_t)kh * p.block_size * hd * sizeof(bf16);
+    const size_t head_bytes = (size_t)kh * p.block_size * hd * p.kv_bytes;
     for (int d = tid; d < hd; d += blockDim.x)
         qs[d] = __bfloat162float(p.q[(size_t)t * p.q_stride + h * hd + d]);
     __syncthreads();
-    auto row = [&](size_t off, int j) {
-        return (const bf16 *)(p.pool + (size_t)bt[j / p.block_size] * p.block_bytes + off +
-                              head_bytes + (size_t)(j % p.block_size) * hd * sizeof(bf16));
+    /* element d of the K (off k_off) or V (off v_off) row of position j, dequantized */
+    auto elem = [&](size_t off, int j, int d) {
+        const char *r = p.pool + (size_t)bt[j / p.block_size] * p.block_bytes + off + head_bytes +
+                        ((size_t)(j % p.block_size) * hd + d) * p.kv_bytes;
+        if (!p.kv_fp8) return __bfloat162float(*(const bf16 *)r);
+        __half_raw h = __nv_cvt_fp8_to_halfraw(*(const __nv_fp8_storage_t *)r, __NV_E4M3);
+        return __half2float(__half(h)) * (off == p.k_off ? p.k_scale : p.v_scale);
     };
     float m = -INFINITY, l = 0, acc[ATTN_GENERIC_MAX_HD / ATTN_GENERIC_THREADS] = {0};
     const int lo = p.window > 0 && pos + 1 > p.window ? pos + 1 - p.window : 0;
@@ -419,9 +423,8 @@ __global__ void attn_generic_kernel(attn_params p) {
         int j = j0 + tid;
         float sc = -INFINITY;
         if (j <= pos) {
-            const bf16 *k = row(p.k_off, j);
             float dot = 0;
-            for (int d = 0; d < hd; d++) dot += qs[d] * __bfloat162float(k[d]);
+            for (int d = 0; d < hd; d++) dot += qs[d] * elem(p.k_off, j, d);
             if (p.softcap > 0)
                 sc = p.softcap * tanhf(dot * p.scale / p.softcap) * 1.4426950408889634f;
             else
@@ -438,7 +441,7 @@ __global__ void attn_generic_kernel(attn_params p) {
         for (int i = 0; i * ATTN_GENERIC_THREADS + tid < hd; i++) {
             int d = i * ATTN_GENERIC_THREADS + tid;
             float a = acc[i] * alpha;
-            for (int jj = 0; jj < n; jj++) a += ps[jj] * __bfloat162float(row(p.v_off, j0 + jj)[d]);
+            for (int jj = 0; jj < n; jj++) a += ps[jj] * elem(p.v_off, j0 + jj, d);
             acc[i] = a;
         }
         __syncthreads();
@@ -630,7 +633,8 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
                        const backend_attn_params *ap) {
     cuda_impl *ci = cuda_impl_of(be);
     cuda_step *st = &ci->step;
-    KV_CHECK(l->dtype == KV_DTYPE_BF16 && n_heads % l->n_kv_heads == 0);
+    KV_CHECK((l->dtype == KV_DTYPE_BF16 || l->dtype == KV_DTYPE_F8_E4M3) &&
+             n_heads % l->n_kv_heads == 0);
     KV_CHECK(l->head_dim <= ATTN_GENERIC_MAX_HD);
     if (st->n_tokens == 0) return;
     attn_params p;
@@ -640,9 +644,13 @@ void cuda_op_attention(backend *be, void *out, const void *q, int q_stride, cons
     p.q_stride = q_stride;
     p.pool = (const char *)pool;
     p.block_bytes = l->block_bytes;
-    size_t lk = (size_t)layer * 2 * l->n_kv_heads * l->block_size * l->head_dim * sizeof(bf16);
+    p.kv_fp8 = l->dtype == KV_DTYPE_F8_E4M3;
+    p.kv_bytes = (int)kv_dtype_size(l->dtype);
+    p.k_scale = backend_kv_scale(l, layer, 0);
+    p.v_scale = backend_kv_scale(l, layer, 1);
+    size_t lk = (size_t)layer * 2 * l->n_kv_heads * l->block_size * l->head_dim * p.kv_bytes;
     p.k_off = lk;
-    p.v_off = lk + (size_t)l->n_kv_heads * l->block_size * l->head_dim * sizeof(bf16);
+    p.v_off = lk + (size_t)l->n_kv_heads * l->block_size * l->head_dim * p.kv_bytes;
     p.n_kv_heads = l->n_kv_heads;
     p.head_dim = l->head_dim;
     p.block_size = l->block_size;

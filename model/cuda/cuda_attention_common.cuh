@@ -22,6 +22,9 @@ typedef struct attn_params {
     const char *pool;
     size_t block_bytes;
     size_t k_off, v_off; /* bytes from a block's start to (layer, k|v, head 0, slot 0) */
+    int kv_bytes;        /* bytes of one pool element: 2 (bf16), 1 (e4m3, kv_fp8) */
+    bool kv_fp8;         /* pool elements are e4m3: K/V = e4m3 * k_scale / v_scale */
+    float k_scale, v_scale;
     int n_kv_heads, head_dim, block_size, n_heads, group;
     float scale_log2; /* softmax scale * log2(e): the kernels use exp2 */
     /* Gemma / Mistral sliding window (> 0: keys in (pos - window, pos]) and Gemma 2 soft cap
@@ -118,7 +121,7 @@ __device__ __forceinline__ attn_block attn_block_init(const attn_params &p) {
     b.kv_hi = min(ctx, b.kv_lo + len);
     b.n_rows = b.tile.n_tok * b.G;
     b.bt = p.block_table + (size_t)b.tile.seq * p.max_blocks;
-    size_t head_bytes = (size_t)b.kh * p.block_size * p.head_dim * sizeof(bf16);
+    size_t head_bytes = (size_t)b.kh * p.block_size * p.head_dim * p.kv_bytes;
     b.k_base = p.pool + p.k_off + head_bytes;
     b.v_base = p.pool + p.v_off + head_bytes;
     return b;
@@ -157,6 +160,32 @@ __device__ __forceinline__ void attn_load_q(const attn_params &p, const attn_blo
     }
 }
 
+/* 8 e4m3 values (8 bytes) times scale as 8 bf16 (16 bytes). */
+__device__ __forceinline__ uint4 fp8x8_to_bf16x8(uint2 raw, float scale) {
+    const __nv_fp8x2_storage_t *pair = (const __nv_fp8x2_storage_t *)&raw;
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pair[i], __NV_E4M3)));
+        w[i] = pack_bf16(f.x * scale, f.y * scale);
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/* One 16-byte chunk (8 bf16) of a K or V row into shared memory: elem_off is the byte offset
+ * of the chunk's first element in a bf16 pool, halved for e4m3 by the caller's kv_bytes. A bf16
+ * pool is copied by cp.async; an e4m3 pool is read (8 bytes), dequantized and stored, which
+ * completes at once (the caller's cp.async waits and barriers cover it the same way). Invalid
+ * chunks are zeros. */
+__device__ __forceinline__ void attn_kv_chunk(const attn_params &p, void *smem, const char *src,
+                                              bool valid, float scale) {
+    if (!p.kv_fp8) {
+        cp_async16(smem, valid ? src : p.pool, valid);
+        return;
+    }
+    *(uint4 *)smem = valid ? fp8x8_to_bf16x8(*(const uint2 *)src, scale) : make_uint4(0, 0, 0, 0);
+}
+
 /* K and V rows j0 .. j0 + BN - 1 into one stage; blk holds their block ids (read a tile ahead,
  * so these copies never wait on the block table). Rows past kv_hi are zero-filled: V must be
  * finite where P is 0. */
@@ -167,10 +196,10 @@ __device__ __forceinline__ void attn_load_kv(const attn_params &p, const attn_bl
     for (int idx = threadIdx.x; idx < ATTN_BN * CH; idx += THREADS) {
         int r = idx / CH, c = idx % CH, j = j0 + r;
         bool valid = j < b.kv_hi;
-        size_t off = (size_t)blk[r] * p.block_bytes +
-                     (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
-        cp_async16(sk + swz<HD>(r, c), valid ? b.k_base + off : p.pool, valid);
-        cp_async16(sv + swz<HD>(r, c), valid ? b.v_base + off : p.pool, valid);
+        size_t off =
+            (size_t)blk[r] * p.block_bytes + ((size_t)(j % p.block_size) * HD + c * 8) * p.kv_bytes;
+        attn_kv_chunk(p, sk + swz<HD>(r, c), b.k_base + off, valid, p.k_scale);
+        attn_kv_chunk(p, sv + swz<HD>(r, c), b.v_base + off, valid, p.v_scale);
     }
 }
 

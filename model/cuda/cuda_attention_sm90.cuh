@@ -128,10 +128,10 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
             int r = idx / CH, c = idx % CH, j = j0 + r;
             bool valid = j < b.kv_hi;
             size_t off = (size_t)sblk[st][r] * p.block_bytes +
-                         (size_t)(j % p.block_size) * HD * sizeof(bf16) + c * 16;
+                         ((size_t)(j % p.block_size) * HD + c * 8) * p.kv_bytes;
             int so = st * KV_BYTES + sw128_off(r, c, BN);
-            cp_async16(sk + so, valid ? b.k_base + off : p.pool, valid);
-            cp_async16(sv + so, valid ? b.v_base + off : p.pool, valid);
+            attn_kv_chunk(p, sk + so, b.k_base + off, valid, p.k_scale);
+            attn_kv_chunk(p, sv + so, b.v_base + off, valid, p.v_scale);
         }
     };
     load_kv(0, b.kv_lo);

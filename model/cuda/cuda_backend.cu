@@ -53,8 +53,10 @@ static void *cuda_dev_alloc(backend *, size_t bytes) {
     return p;
 }
 
-static void cuda_dev_free(backend *, void *p) {
-    if (p) CUDA_CHECK(cudaFree(p));
+static void cuda_dev_free(backend *be, void *p) {
+    if (!p) return;
+    cuda_fp8_forget(cuda_impl_of(be), p);
+    CUDA_CHECK(cudaFree(p));
 }
 
 static size_t cuda_dev_free_bytes(backend *) {
@@ -452,6 +454,7 @@ static const backend_ops cuda_ops = {
     .to_dev = cuda_to_dev,
     .to_host = cuda_to_host,
     .weight_upload = cuda_weight_upload,
+    .weight_upload_fp8 = cuda_weight_upload_fp8,
     .weight_upload_parts = cuda_weight_upload_parts,
     .act_upload_f32 = cuda_act_upload_f32,
     .act_download_f32 = cuda_act_download_f32,
@@ -586,6 +589,7 @@ static void cuda_destroy(backend *be) {
     cuda_impl *ci = cuda_impl_of(be);
     CUDA_CHECK(cudaDeviceSynchronize());
     cuda_gemm_free(ci);
+    cuda_fp8_free(ci);
     for (int i = 0; i < CUDA_N_STAGING; i++) {
         if (ci->staging[i].host) CUDA_CHECK(cudaFreeHost(ci->staging[i].host));
         CUDA_CHECK(cudaEventDestroy(ci->staging[i].done));

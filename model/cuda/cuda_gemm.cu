@@ -250,6 +250,7 @@ static void gemv_launch(bool pdl, cudaStream_t s, bf16 *out, const bf16 *x, cons
 void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                     int k, int m) {
     if (n == 0 || m == 0) return;
+    if (cuda_matmul_fp8(be, out, x, w, bias, n, k, m)) return; /* an FP8 weight */
     cuda_impl *ci = cuda_impl_of(be);
     const void *ptrs[4] = {out, x, w, bias};
     if (gemv_fits(ci, ptrs, n, k)) {

@@ -14,6 +14,7 @@ extern "C" {
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "model/cuda/cuda_check.h"
 
@@ -105,6 +106,7 @@ typedef struct cuda_step {
 } cuda_step;
 
 typedef struct cuda_gemm_cache cuda_gemm_cache; /* cuda_gemm.cu */
+typedef struct cuda_fp8_table cuda_fp8_table;   /* cuda_gemm_fp8.cu */
 /* matmuls of at most this many rows take the GEMV kernel (KVSERVE_CUDA_GEMV=N overrides; 0:
  * cuBLASLt always); see tests/bench/NOTES-cuda.md, run 7 */
 #define CUDA_GEMV_DEFAULT_MAX_N 4
@@ -144,8 +146,9 @@ typedef struct cuda_impl {
     void *lt_workspace;
     size_t lt_workspace_bytes;
     cuda_gemm_cache *gemm;
-    int gemv_max_n; /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
-    bool pdl;       /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
+    cuda_fp8_table *fp8; /* the FP8 weights (cuda_gemm_fp8.cu); NULL until the first */
+    int gemv_max_n;      /* matmuls of n <= gemv_max_n rows take gemv_kernel (else cuBLASLt) */
+    bool pdl;            /* kernels launch with programmatic dependent launch (KVSERVE_CUDA_PDL) */
     /* copy_async of n > 1 copies is one cudaMemcpyBatchAsync (KVSERVE_CUDA_MEMCPY_BATCH) */
     bool memcpy_batch;
     cuda_download download;
@@ -186,6 +189,16 @@ void cuda_gemm_init(cuda_impl *ci);
 void cuda_gemm_free(cuda_impl *ci);
 void cuda_op_matmul(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
                     int k, int m);
+
+/* cuda_gemm_fp8.cu: FP8 (e4m3, per-row scale) weights. weight_upload_fp8 is the backend op;
+ * cuda_matmul_fp8 runs matmul and returns true when w is one of them (else does nothing);
+ * cuda_fp8_forget drops p from the table (dev_free); cuda_fp8_free at destroy. */
+void *cuda_weight_upload_fp8(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
+                             size_t cols);
+bool cuda_matmul_fp8(backend *be, void *out, const void *x, const void *w, const void *bias, int n,
+                     int k, int m);
+void cuda_fp8_forget(cuda_impl *ci, const void *p);
+void cuda_fp8_free(cuda_impl *ci);
 
 /* cuda_ops.cu: the element-wise and row-wise ops */
 void cuda_op_embed(backend *be, void *out, const void *table, int dim);

@@ -150,27 +150,43 @@ template <int VEC> __global__ void swiglu_kernel(bf16 *out, const bf16 *gu, int 
 }
 
 /* One block per token: its k and v rows (n_kv_heads * head_dim each) go to slot pos % block_size
- * of block block_table[seq][pos / block_size], at the layout of backend.h. */
-template <int VEC>
+ * of block block_table[seq][pos / block_size], at the layout of backend.h. FP8: the pool holds
+ * e4m3(x * inv_scale) (k_inv for K, v_inv for V), rounded to nearest and saturated at +-448 as
+ * the CPU backend's kv_f32_to_e4m3. */
+template <int VEC, bool FP8>
 __global__ void kv_write_kernel(char *pool, size_t block_bytes, int n_kv_heads, int head_dim,
                                 int block_size, int layer, const bf16 *k, const bf16 *v,
                                 int row_stride, const int32_t *positions, const int32_t *token_seq,
-                                const int32_t *block_table, int max_blocks) {
+                                const int32_t *block_table, int max_blocks, float k_inv,
+                                float v_inv) {
     pdl_wait();
     pdl_trigger();
     int t = blockIdx.x;
     int pos = positions[t];
     int block = block_table[(size_t)token_seq[t] * max_blocks + pos / block_size];
     int slot = pos % block_size;
-    bf16 *base = (bf16 *)(pool + (size_t)block * block_bytes);
+    char *base = pool + (size_t)block * block_bytes;
     int row = n_kv_heads * head_dim;
     for (int c = threadIdx.x * VEC; c < 2 * row; c += blockDim.x * VEC) {
         int kv = c / row, h = (c % row) / head_dim, d = c % head_dim;
         const bf16 *src = (kv ? v : k) + (size_t)t * row_stride + h * head_dim + d;
-        size_t idx = (((size_t)layer * 2 + kv) * n_kv_heads + h) * block_size + slot;
+        size_t idx =
+            ((((size_t)layer * 2 + kv) * n_kv_heads + h) * block_size + slot) * head_dim + d;
         float f[VEC];
         vec_io<VEC>::load(src, f);
-        vec_io<VEC>::store(base + idx * head_dim + d, f);
+        if (FP8) {
+            float inv = kv ? v_inv : k_inv;
+            __nv_fp8_storage_t q[VEC];
+#pragma unroll
+            for (int i = 0; i < VEC; i++)
+                q[i] = __nv_cvt_float_to_fp8(f[i] * inv, __NV_SATFINITE, __NV_E4M3);
+            if (VEC == 8) /* 8 bytes at an offset that is a multiple of 8 */
+                *(uint2 *)(base + idx) = *(const uint2 *)q;
+            else
+                base[idx] = (char)q[0];
+        } else {
+            vec_io<VEC>::store((bf16 *)base + idx, f);
+        }
     }
 }
 
@@ -308,23 +324,22 @@ void cuda_op_swiglu(backend *be, void *out, const void *gu, int n, int ff) {
 void cuda_op_kv_write(backend *be, void *pool, const backend_kv_layout *l, int layer, const void *k,
                       const void *v, int row_stride) {
     cuda_step *st = &cuda_impl_of(be)->step;
-    KV_CHECK(l->dtype == KV_DTYPE_BF16);
+    KV_CHECK(l->dtype == KV_DTYPE_BF16 || l->dtype == KV_DTYPE_F8_E4M3);
     if (st->n_tokens == 0) return;
     cudaStream_t s = cuda_compute_stream(be);
     int row = l->n_kv_heads * l->head_dim;
     bool v8 = l->head_dim % 8 == 0 && row_stride % 8 == 0 && aligned16(k) && aligned16(v) &&
               aligned16(pool);
+    bool fp8 = l->dtype == KV_DTYPE_F8_E4M3;
+    float k_inv = 1.0f / backend_kv_scale(l, layer, 0),
+          v_inv = 1.0f / backend_kv_scale(l, layer, 1);
+    auto kernel = v8 ? (fp8 ? kv_write_kernel<8, true> : kv_write_kernel<8, false>)
+                     : (fp8 ? kv_write_kernel<1, true> : kv_write_kernel<1, false>);
     int threads = row_threads(2 * row);
-    if (v8)
-        cuda_launch(cuda_impl_of(be)->pdl, s, kv_write_kernel<8>, dim3(st->n_tokens), dim3(threads),
-                    0, (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size,
-                    layer, (const bf16 *)k, (const bf16 *)v, row_stride, st->positions,
-                    st->token_seq, st->block_table, st->max_blocks);
-    else
-        cuda_launch(cuda_impl_of(be)->pdl, s, kv_write_kernel<1>, dim3(st->n_tokens), dim3(threads),
-                    0, (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size,
-                    layer, (const bf16 *)k, (const bf16 *)v, row_stride, st->positions,
-                    st->token_seq, st->block_table, st->max_blocks);
+    cuda_launch(cuda_impl_of(be)->pdl, s, kernel, dim3(st->n_tokens), dim3(threads), 0,
+                (char *)pool, l->block_bytes, l->n_kv_heads, l->head_dim, l->block_size, layer,
+                (const bf16 *)k, (const bf16 *)v, row_stride, st->positions, st->token_seq,
+                st->block_table, st->max_blocks, k_inv, v_inv);
 }
 
 void cuda_op_gather_rows(backend *be, void *out, const void *x, int dim) {

@@ -14,6 +14,7 @@
 typedef struct bench {
     backend *be;
     uint64_t rng;
+    kv_dtype kv; /* the attention benchmarks' pool: BF16, or F8_E4M3 (argv[2] "fp8") */
 } bench;
 
 static uint16_t rand_bf16(bench *b) {
@@ -115,10 +116,11 @@ static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n
                         .n_kv_heads = 8,
                         .head_dim = 128,
                         .block_size = 16,
-                        .dtype = KV_DTYPE_BF16},
+                        .dtype = b->kv},
                   .q_stride = 48 * 128,
                   .n_heads = 32};
-    a.l.block_bytes = (size_t)n_layers * 2 * 8 * 16 * 128 * 2;
+    size_t es = kv_dtype_size(b->kv);
+    a.l.block_bytes = (size_t)n_layers * 2 * 8 * 16 * 128 * es;
     int len = prefix + n_new, nb = (len + 15) / 16, n_tokens = n_seqs * n_new;
     int n_blocks = n_seqs * nb;
     int32_t *tokens = kv_calloc((size_t)n_tokens, 4), *pos = kv_malloc((size_t)n_tokens * 4);
@@ -144,18 +146,19 @@ static double bench_attention(bench *b, int n_seqs, int prefix, int n_new, int n
                            .n_out = 0,
                            .out_rows = out_rows};
     be->ops->step_begin(be, &batch);
-    a.pool = rand_dev(b, a.l.block_bytes * (size_t)n_blocks);
+    a.pool = rand_dev(b, a.l.block_bytes * (size_t)n_blocks); /* as e4m3: a few NaNs, timing only */
     a.q = rand_dev(b, (size_t)n_tokens * a.q_stride * 2);
     a.out = be->ops->dev_alloc(be, (size_t)n_tokens * 32 * 128 * 2);
     double t = time_median(b, run_attn, &a, n_new > 1 ? 10 : 50);
-    *kv_bytes = (double)n_seqs * len * 8 * 128 * 2 * 2;
+    *kv_bytes = (double)n_seqs * len * 8 * 128 * 2 * (double)es;
     be->ops->dev_free(be, a.pool), be->ops->dev_free(be, a.q), be->ops->dev_free(be, a.out);
     free(tokens), free(pos), free(seq_start), free(seq_len), free(bt), free(out_rows);
     return t;
 }
 
 /* argv[1]: "all" (default), "attention" (skip the ceilings and GEMVs), or one case for a
- * profiler: "prefill10k", "decode8" (batch 8, 4K context). */
+ * profiler: "prefill10k", "decode8" (batch 8, 4K context). argv[2] "fp8": attention reads an
+ * e4m3 KV pool (GB/s then counts its one-byte elements). */
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : "all";
     bool all = strcmp(only, "all") == 0;
@@ -164,7 +167,9 @@ int main(int argc, char **argv) {
         return 77;
     }
     kv_error err;
-    bench b = {.rng = 0x2545F4914F6CDD1Dull};
+    bench b = {.rng = 0x2545F4914F6CDD1Dull,
+               .kv = argc > 2 && strcmp(argv[2], "fp8") == 0 ? KV_DTYPE_F8_E4M3 : KV_DTYPE_BF16};
+    if (b.kv == KV_DTYPE_F8_E4M3) printf("attention over an e4m3 (fp8) KV pool\n");
     b.be = cuda_backend_create(&err);
     if (!b.be) {
         printf("SKIP: %s\n", err.msg);

@@ -37,6 +37,8 @@ typedef struct bench_args {
     size_t copy_bytes;                      /* one ceiling copy */
     int chunk;                              /* max tokens per forward step; 0: largest needed */
     int block_size, n_threads;
+    const char *kv_dtypes;     /* --kv-cache-dtype: comma-separated, each run in turn */
+    const char *quantizations; /* --quantization: auto and/or fp8 (online FP8 weights) */
 } bench_args;
 
 /* Ceilings measured in this run. Rates count every byte moved: read + write. */
@@ -83,7 +85,8 @@ static void usage(FILE *f) {
             "                   [--decode-batches 1,8,64] [--decode-ctx 1024]\n"
             "                   [--prefill 1024,10240,32768] [--reps N] [--prefill-reps N]\n"
             "                   [--out FILE.md] [--hardware NAME] [--gemm-n 8192]\n"
-            "                   [--copy-mib 1024] [--chunk N] [--block-size 16] [--threads N]\n");
+            "                   [--copy-mib 1024] [--chunk N] [--block-size 16] [--threads N]\n"
+            "                   [--kv-cache-dtype auto,fp8] [--quantization auto,fp8]\n");
 }
 
 /* Parses "1,8,64" (positive ints, at most BENCH_MAX_LIST); -1 when malformed. */
@@ -144,6 +147,10 @@ static int parse_args(int argc, char **argv, bench_args *a) {
             a->block_size = atoi(v);
         else if (strcmp(k, "--threads") == 0)
             a->n_threads = atoi(v);
+        else if (strcmp(k, "--kv-cache-dtype") == 0)
+            a->kv_dtypes = v;
+        else if (strcmp(k, "--quantization") == 0)
+            a->quantizations = v;
         else
             goto bad;
     }
@@ -365,6 +372,9 @@ typedef struct bench_report {
     double stream_bytes; /* weight bytes a decode step reads */
     decode_result dec[BENCH_MAX_LIST];
     prefill_result pre[BENCH_MAX_LIST];
+    const char *kv_name, *quant_name; /* this run's --kv-cache-dtype and --quantization */
+    double stream_bytes_fp8;          /* the streamed weights at one byte per matrix element */
+    const struct bench_report *first; /* the first run (its report goes to --out) */
     /* the CUDA backend's other attention path (portable when the one above ran Hopper's), for
      * the comparison table; has_alt false when there is none */
     bool has_alt;
@@ -385,10 +395,14 @@ static void report_print(FILE *f, const bench_report *r) {
             "Backend `%s`: weights %s, activations %s, KV %s; %d layers, dim %d, %d/%d heads, "
             "head_dim %d, vocab %d; %.4g GB of weights; KV block %d tokens; steps of at most %d "
             "tokens.\n\n",
-            r->be->name, kv_dtype_name(r->be->weight_dtype), kv_dtype_name(r->be->act_dtype),
-            kv_dtype_name(r->be->kv_dtype), c->n_layers, c->hidden_size, c->n_heads, c->n_kv_heads,
-            c->head_dim, c->vocab_size, (double)r->m->weight_bytes / 1e9, a->block_size,
-            r->m->max_tokens);
+            r->be->name,
+            strcmp(r->quant_name, "fp8") != 0 ? kv_dtype_name(r->be->weight_dtype)
+            : r->be->ops->weight_upload_fp8
+                ? "FP8 (e4m3, a scale per row; decode GEMV on e4m3, larger batches dequantize)"
+                : "FP8 values (quantized at load) held in the weight dtype",
+            kv_dtype_name(r->be->act_dtype), kv_dtype_name(r->be->kv_dtype), c->n_layers,
+            c->hidden_size, c->n_heads, c->n_kv_heads, c->head_dim, c->vocab_size,
+            (double)r->m->weight_bytes / 1e9, a->block_size, r->m->max_tokens);
 
     fprintf(f, "Ceilings measured in this run (median of %d; rates count read + write bytes):\n\n",
             a->reps);
@@ -497,46 +511,20 @@ static int max_of(const int *v, int n) {
     return m;
 }
 
-int main(int argc, char **argv) {
-    bench_args a = {.device = backend_cuda_available() ? "cuda" : "cpu",
-                    .format = MODEL_LOAD_SAFETENSORS,
-                    .batches = {1, 8, 64},
-                    .n_batches = 3,
-                    .prefill = {1024, 10240, 32768},
-                    .n_prefill = 3,
-                    .ctx = 1024,
-                    .reps = 20,
-                    .prefill_reps = 3,
-                    .gemm_n = 8192,
-                    .copy_bytes = (size_t)1 << 30,
-                    .block_size = 16};
-    if (parse_args(argc, argv, &a)) return 2;
-    int max_batch = max_of(a.batches, a.n_batches), max_prompt = max_of(a.prefill, a.n_prefill);
-    if (!a.chunk) a.chunk = max_prompt > max_batch ? max_prompt : max_batch;
-    if (a.chunk < max_batch) {
-        fprintf(stderr, "bench_model: --chunk %d is smaller than decode batch %d\n", a.chunk,
-                max_batch);
-        return 2;
-    }
-
+/* One --kv-cache-dtype x --quantization run: loads the model (the backend's KV dtype already
+ * set), measures decode and prefill into *rp and prints its report. */
+static int run_variant(const bench_args *ap, backend *be, bench_report *rp) {
+    const bench_args a = *ap;
+    bench_report r = *rp;
     kv_error err = {{0}};
-    backend *be = backend_create(a.device, a.n_threads, &err);
-    if (!be) {
-        fprintf(stderr, "bench_model: %s\n", err.msg);
-        return 1;
-    }
-    bench_report r = {.a = &a, .be = be};
-    fprintf(stderr, "bench_model: ceilings (copy %zu MiB, GEMM %d^3)...\n", a.copy_bytes >> 20,
-            a.gemm_n);
-    r.lim = limits_measure(be, &a);
-    fprintf(stderr, "bench_model: copy %.0f GB/s, add %.0f GB/s, GEMM %.1f TFLOP/s\n",
-            r.lim.copy_gbs, r.lim.add_gbs, r.lim.gemm_tflops);
-
+    int max_batch = max_of(a.batches, a.n_batches), max_prompt = max_of(a.prefill, a.n_prefill);
     llama_model m;
     double t0 = kv_now();
-    if (llama_load(&m, be, a.model, a.format, a.chunk, NULL, NULL, &err)) {
+    model_load_options lo = {.format = a.format,
+                             .max_tokens = a.chunk,
+                             .quantize_fp8 = strcmp(r.quant_name, "fp8") == 0};
+    if (llama_load_opts(&m, be, a.model, &lo, &err)) {
         fprintf(stderr, "bench_model: %s\n", err.msg);
-        backend_destroy(be);
         return 1;
     }
     r.m = &m;
@@ -581,6 +569,16 @@ int main(int argc, char **argv) {
                                                    : (size_t)vocab * (size_t)m.cfg.hidden_size *
                                                          kv_dtype_size(be->weight_dtype);
     r.stream_bytes = (double)(m.weight_bytes - tied_or_gathered);
+    {
+        const hf_config *c = &m.cfg;
+        double dim = c->hidden_size, q = (double)c->n_heads * c->head_dim;
+        double kvd = (double)c->n_kv_heads * c->head_dim, ff = c->intermediate_size;
+        double mats = c->n_layers * (dim * (q + 2 * kvd) + q * dim + 3 * ff * dim);
+        bool stored_fp8 = strcmp(r.quant_name, "fp8") == 0 && be->ops->weight_upload_fp8;
+        r.stream_bytes_fp8 =
+            stored_fp8 ? r.stream_bytes
+                       : r.stream_bytes - mats * (double)kv_dtype_size(be->weight_dtype) + mats;
+    }
     bench_phases(&m, &a, pool, &l, table, bps, n_blocks, tokens, logits, &rng, r.stream_bytes,
                  r.dec, r.pre);
     snprintf(r.path, sizeof r.path, "%s", be->desc ? be->desc : be->name);
@@ -601,14 +599,19 @@ int main(int argc, char **argv) {
 
     report_print(stdout, &r);
     int rc = 0;
+    char out[1200];
+    if (a.out && rp != rp->first)
+        snprintf(out, sizeof out, "%s.%s-%s.md", a.out, r.kv_name, r.quant_name);
+    else if (a.out)
+        snprintf(out, sizeof out, "%s", a.out);
     if (a.out) {
-        FILE *f = fopen(a.out, "w");
+        FILE *f = fopen(out, "w");
         if (f) {
             report_print(f, &r);
             rc = fclose(f) ? 1 : 0;
         }
         if (!f || rc) {
-            fprintf(stderr, "bench_model: cannot write %s\n", a.out);
+            fprintf(stderr, "bench_model: cannot write %s\n", out);
             rc = 1;
         }
     }
@@ -618,7 +621,110 @@ int main(int argc, char **argv) {
     else
         free(logits);
     llama_free(&m);
-    backend_destroy(be);
     free(table), free(tokens);
+    r.m = NULL;
+    *rp = r;
+    return rc;
+}
+
+/* Decode ms per batch of every run, side by side, against the bytes-as-stored roofline and the
+ * roofline with FP8 weights (one byte per matrix element; what an FP8 GEMM would stream). */
+static void variants_print(FILE *f, const bench_report *v, int n) {
+    const bench_args *a = v[0].a;
+    fprintf(f, "\n#### Decode by KV dtype / weight quantization (ms/step; roofline ms as stored "
+               "| with FP8 weights)\n\n| KV | weights |");
+    for (int i = 0; i < a->n_batches; i++) fprintf(f, " batch %d |", a->batches[i]);
+    fprintf(f, "\n|---|---|");
+    for (int i = 0; i < a->n_batches; i++) fprintf(f, "---|");
+    fprintf(f, "\n");
+    for (int k = 0; k < n; k++) {
+        fprintf(f, "| %s | %s |", v[k].kv_name, v[k].quant_name);
+        for (int i = 0; i < a->n_batches; i++) {
+            const decode_result *d = &v[k].dec[i];
+            double kv = d->bytes - v[k].stream_bytes;
+            fprintf(f, " %.3f (%.3f \\| %.3f) |", d->step_s * 1e3,
+                    d->bytes / (v[k].lim.copy_gbs * 1e9) * 1e3,
+                    (v[k].stream_bytes_fp8 + kv) / (v[k].lim.copy_gbs * 1e9) * 1e3);
+        }
+        fprintf(f, "\n");
+    }
+}
+
+int main(int argc, char **argv) {
+    bench_args a = {.device = backend_cuda_available() ? "cuda" : "cpu",
+                    .format = MODEL_LOAD_SAFETENSORS,
+                    .batches = {1, 8, 64},
+                    .n_batches = 3,
+                    .prefill = {1024, 10240, 32768},
+                    .n_prefill = 3,
+                    .ctx = 1024,
+                    .reps = 20,
+                    .prefill_reps = 3,
+                    .gemm_n = 8192,
+                    .copy_bytes = (size_t)1 << 30,
+                    .block_size = 16};
+    if (parse_args(argc, argv, &a)) return 2;
+    int max_batch = max_of(a.batches, a.n_batches), max_prompt = max_of(a.prefill, a.n_prefill);
+    if (!a.chunk) a.chunk = max_prompt > max_batch ? max_prompt : max_batch;
+    if (a.chunk < max_batch) {
+        fprintf(stderr, "bench_model: --chunk %d is smaller than decode batch %d\n", a.chunk,
+                max_batch);
+        return 2;
+    }
+
+    kv_error err = {{0}};
+    backend *be = backend_create(a.device, a.n_threads, &err);
+    if (!be) {
+        fprintf(stderr, "bench_model: %s\n", err.msg);
+        return 1;
+    }
+    bench_report r = {.a = &a, .be = be};
+    fprintf(stderr, "bench_model: ceilings (copy %zu MiB, GEMM %d^3)...\n", a.copy_bytes >> 20,
+            a.gemm_n);
+    r.lim = limits_measure(be, &a);
+    fprintf(stderr, "bench_model: copy %.0f GB/s, add %.0f GB/s, GEMM %.1f TFLOP/s\n",
+            r.lim.copy_gbs, r.lim.add_gbs, r.lim.gemm_tflops);
+
+    bench_report runs[8];
+    int n_runs = 0, rc = 0;
+    char kv_list[128], q_list[128];
+    snprintf(kv_list, sizeof kv_list, "%s", a.kv_dtypes ? a.kv_dtypes : "auto");
+    snprintf(q_list, sizeof q_list, "%s", a.quantizations ? a.quantizations : "auto");
+    static char names[16][16];
+    char *s1 = NULL;
+    for (char *kt = strtok_r(kv_list, ",", &s1); kt && n_runs < 8; kt = strtok_r(NULL, ",", &s1)) {
+        char ql[128], *s2 = NULL;
+        snprintf(ql, sizeof ql, "%s", q_list);
+        for (char *qt = strtok_r(ql, ",", &s2); qt && n_runs < 8; qt = strtok_r(NULL, ",", &s2)) {
+            if (backend_set_kv_cache_dtype(be, kt, &err) ||
+                (strcmp(qt, "auto") != 0 && strcmp(qt, "fp8") != 0)) {
+                fprintf(stderr, "bench_model: --kv-cache-dtype %s --quantization %s: %s\n", kt, qt,
+                        strcmp(qt, "auto") && strcmp(qt, "fp8") ? "quantization is auto or fp8"
+                                                                : err.msg);
+                backend_destroy(be);
+                return 2;
+            }
+            snprintf(names[2 * n_runs], 16, "%s", kt);
+            snprintf(names[2 * n_runs + 1], 16, "%s", qt);
+            bench_report *v = &runs[n_runs++];
+            *v = r;
+            v->first = &runs[0];
+            v->kv_name = names[2 * n_runs - 2], v->quant_name = names[2 * n_runs - 1];
+            fprintf(stderr, "bench_model: KV %s, weights %s\n", kt, qt);
+            rc |= run_variant(&a, be, v);
+            if (rc && !v->dec[0].step_s) break;
+        }
+    }
+    if (n_runs > 1) {
+        variants_print(stdout, runs, n_runs);
+        if (a.out) {
+            char path[1200];
+            snprintf(path, sizeof path, "%s.variants.md", a.out);
+            FILE *f = fopen(path, "w");
+            if (f) variants_print(f, runs, n_runs);
+            if (!f || fclose(f)) rc = 1;
+        }
+    }
+    backend_destroy(be);
     return rc;
 }

@@ -16,7 +16,9 @@
  *   bench_offload --model DIR [--device cuda|cpu] [--load-format dummy] [--offload-gib G]
  *                 [--quick] [--plot-data FILE] [--out FILE.md] [--hardware NAME] [--threads N]
  *                 [--only ttft,sweep,decode,prefill512,identical] [--load-layer-groups G]
- *                 [--decode-runs N]
+ *                 [--decode-runs N] [--kv-cache-dtype auto,fp8]
+ * --kv-cache-dtype runs everything once per KV dtype (the model reloaded each time) and ends with
+ * a table of the host-tier numbers side by side; reports of the later dtypes go to FILE.<dtype>.md.
  * --quick scales prompt lengths to the model's context and shrinks the request counts (stories260K
  * on the CPU). On the H100: bench_offload --model tests/bench/models/llama-3.1-8b
  *   --load-format dummy --device cuda --plot-data ttft.dat --out bench_offload.md
@@ -55,6 +57,8 @@ typedef struct bench_args {
     int threads;
     int load_layer_groups; /* scheduler_config.load_layer_groups; 0: the engine's default */
     int decode_runs;       /* interleaved runs per tier of part 4; 0: the default */
+    const char
+        *kv_dtypes; /* --kv-cache-dtype: comma-separated kv_cache_dtype values, run in turn */
 } bench_args;
 
 /* One prompt length: TTFTs by where its KV comes from. */
@@ -759,6 +763,7 @@ static int args_parse(int argc, char **argv, bench_args *a) {
                                          {"hardware", required_argument, NULL, 'h'},
                                          {"threads", required_argument, NULL, 'j'},
                                          {"load-layer-groups", required_argument, NULL, 'g'},
+                                         {"kv-cache-dtype", required_argument, NULL, 'k'},
                                          {"decode-runs", required_argument, NULL, 'r'},
                                          {NULL, 0, NULL, 0}};
     for (int c; (c = getopt_long(argc, argv, "", opts, NULL)) != -1;) {
@@ -786,12 +791,15 @@ static int args_parse(int argc, char **argv, bench_args *a) {
             a->load_layer_groups = atoi(optarg);
         else if (c == 'r' && atoi(optarg) >= 1 && atoi(optarg) <= MAX_DEC_RUNS)
             a->decode_runs = atoi(optarg);
+        else if (c == 'k')
+            a->kv_dtypes = optarg;
         else {
-            fprintf(stderr,
-                    "usage: bench_offload --model DIR [--device cuda|cpu] [--load-format dummy] "
-                    "[--offload-gib G] [--quick] [--plot-data FILE] [--out FILE.md] "
-                    "[--hardware NAME] [--threads N] [--load-layer-groups G] [--decode-runs N] "
-                    "[--only ttft,sweep,decode,prefill512,identical]\n");
+            fprintf(
+                stderr,
+                "usage: bench_offload --model DIR [--device cuda|cpu] [--load-format dummy] "
+                "[--offload-gib G] [--quick] [--plot-data FILE] [--out FILE.md] "
+                "[--hardware NAME] [--threads N] [--load-layer-groups G] [--decode-runs N] "
+                "[--only ttft,sweep,decode,prefill512,identical] [--kv-cache-dtype auto,fp8]\n");
             return -1;
         }
     }
@@ -802,49 +810,30 @@ static int args_parse(int argc, char **argv, bench_args *a) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    bench *b = kv_calloc(1, sizeof *b);
+/* What the side-by-side table shows of one KV dtype's run. */
+typedef struct dtype_result {
+    char name[16];
+    size_t block_bytes;
+    double host_s[2], load_gbs[2]; /* 10K, 100K host hit: TTFT, load GB/s (0: not measured) */
+    double p512_tok_s;             /* 100% host hits */
+    double dec_tok_s;              /* decode, tier off */
+} dtype_result;
+
+/* Loads the model with the backend's current KV dtype and runs the parts asked for; 77 when the
+ * model does not load. */
+static int run_parts(bench *b) {
     bench_args *a = &b->a;
-    *a = (bench_args){.device = backend_cuda_available() ? "cuda" : "cpu",
-                      .format = MODEL_LOAD_SAFETENSORS,
-                      .offload_gib = -1,
-                      .parts = PART_ALL};
-    if (args_parse(argc, argv, a)) return 2;
-    static char dir[1024];
-    if (!a->model) {
-        const char *td = getenv("KVSERVE_TESTDATA");
-        snprintf(dir, sizeof dir, "%s/models/stories260K", td ? td : "../shared/testdata");
-        a->model = dir;
-    }
-    bool cuda = strcmp(a->device, "cuda") == 0;
-    b->t_start = kv_now();
-    b->budget = 8192;
-    b->tier_gib = a->offload_gib >= 0 ? a->offload_gib : cuda ? 20 : 1;
-    if (b->tier_gib <= 0) {
-        fprintf(stderr,
-                "bench_offload: --offload-gib must be > 0 (the tier is what it measures)\n");
-        return 2;
-    }
     kv_error err = {{0}};
-    b->be = backend_create(a->device, a->threads, &err);
-    if (!b->be) {
-        fprintf(stderr, "bench_offload: %s (skipped)\n", err.msg);
-        return 77;
-    }
-    /* 1. the ceiling, before anything else touches the link */
-    b->h2d = bench_pinned_rate(b->be, true, 5);
-    b->d2h = bench_pinned_rate(b->be, false, 5);
-    note(b, "pinned copy 16 MiB: H2D %.1f GB/s, D2H %.1f GB/s", b->h2d, b->d2h);
+    int bs;
     b->m = model_load(a->model, b->be,
                       &(model_load_options){.format = a->format, .max_tokens = b->budget}, &err);
     if (!b->m) {
         fprintf(stderr, "bench_offload: %s (skipped)\n", err.msg);
-        backend_destroy(b->be);
         return 77;
     }
     note(b, "model loaded: %s, %.1f GB of weights", a->model, b->m->weight_bytes / 1e9);
     b->layout = model_kv_layout(b->m, 16);
-    int bs = b->layout.block_size;
+    bs = b->layout.block_size;
     b->vocab = b->m->vocab;
     b->cap = (b->m->max_position - 2) / bs * bs;
     b->scale = a->quick && b->cap < 100000 ? b->cap / 100000.0 : 1;
@@ -895,10 +884,122 @@ int main(int argc, char **argv) {
     }
     report_print(stdout, b);
     rc |= report_save(b);
+    return rc;
+}
+
+static void dtype_result_fill(dtype_result *r, const bench *b, const char *name) {
+    snprintf(r->name, sizeof r->name, "%s", name);
+    r->block_bytes = b->layout.block_bytes;
+    static const int lens[2] = {10000, 100000};
+    for (int i = 0; i < 2; i++) {
+        const ttft_row *row = row_for(b, lens[i]);
+        if (row && row->measured) r->host_s[i] = row->host_s;
+        if (row && row->measured && row->load_s > 0)
+            r->load_gbs[i] = row->load_bytes / row->load_s / 1e9;
+    }
+    for (int i = 0; i < b->n_p512; i++)
+        if (b->p512[i].want >= 1.0) r->p512_tok_s = b->p512[i].tok_s;
+    if (b->dec_done) r->dec_tok_s = 0.5 * (b->dec[0][0] + b->dec[0][1]);
+}
+
+static void dtype_table(FILE *f, const dtype_result *r, int n, double h2d) {
+    fprintf(f,
+            "\n#### KV dtypes side by side (ratio: vs the first; pinned H2D %.1f GB/s)\n\n"
+            "| KV dtype | block bytes | host-hit TTFT 10K ms | load GB/s | host-hit TTFT 100K ms | "
+            "load GB/s | prefill-only, 100%% host hits, tok/s | decode tok/s |\n"
+            "|---|---|---|---|---|---|---|---|\n",
+            h2d);
+    for (int i = 0; i < n; i++) {
+        const dtype_result *x = &r[i], *o = &r[0];
+        fprintf(f,
+                "| %s | %zu (%.2fx) | %.3f (%.2fx) | %.1f | %.3f (%.2fx) | %.1f | %.0f (%.2fx) "
+                "| %.0f (%.2fx) |\n",
+                x->name, x->block_bytes, (double)x->block_bytes / (double)o->block_bytes,
+                1e3 * x->host_s[0], o->host_s[0] > 0 ? x->host_s[0] / o->host_s[0] : 0,
+                x->load_gbs[0], 1e3 * x->host_s[1],
+                o->host_s[1] > 0 ? x->host_s[1] / o->host_s[1] : 0, x->load_gbs[1], x->p512_tok_s,
+                o->p512_tok_s > 0 ? x->p512_tok_s / o->p512_tok_s : 0, x->dec_tok_s,
+                o->dec_tok_s > 0 ? x->dec_tok_s / o->dec_tok_s : 0);
+    }
+}
+
+int main(int argc, char **argv) {
+    bench *b = kv_calloc(1, sizeof *b);
+    bench_args *a = &b->a;
+    *a = (bench_args){.device = backend_cuda_available() ? "cuda" : "cpu",
+                      .format = MODEL_LOAD_SAFETENSORS,
+                      .offload_gib = -1,
+                      .parts = PART_ALL};
+    if (args_parse(argc, argv, a)) return 2;
+    static char dir[1024];
+    if (!a->model) {
+        const char *td = getenv("KVSERVE_TESTDATA");
+        snprintf(dir, sizeof dir, "%s/models/stories260K", td ? td : "../shared/testdata");
+        a->model = dir;
+    }
+    bool cuda = strcmp(a->device, "cuda") == 0;
+    b->t_start = kv_now();
+    b->budget = 8192;
+    b->tier_gib = a->offload_gib >= 0 ? a->offload_gib : cuda ? 20 : 1;
+    if (b->tier_gib <= 0) {
+        fprintf(stderr,
+                "bench_offload: --offload-gib must be > 0 (the tier is what it measures)\n");
+        return 2;
+    }
+    kv_error err = {{0}};
+    b->be = backend_create(a->device, a->threads, &err);
+    if (!b->be) {
+        fprintf(stderr, "bench_offload: %s (skipped)\n", err.msg);
+        return 77;
+    }
+    /* 1. the ceiling, before anything else touches the link */
+    b->h2d = bench_pinned_rate(b->be, true, 5);
+    b->d2h = bench_pinned_rate(b->be, false, 5);
+    note(b, "pinned copy 16 MiB: H2D %.1f GB/s, D2H %.1f GB/s", b->h2d, b->d2h);
+    /* 2-6 once per KV dtype, each on a fresh model and bench state */
+    char list[256];
+    snprintf(list, sizeof list, "%s", a->kv_dtypes ? a->kv_dtypes : "auto");
+    dtype_result res[4];
+    int n_res = 0, rc = 0;
+    const bench fresh = *b;
+    const char *out0 = a->out, *plot0 = a->plot;
+    static char out_i[1200], plot_i[1200];
+    for (char *save = NULL, *t = strtok_r(list, ",", &save); t && n_res < 4;
+         t = strtok_r(NULL, ",", &save)) {
+        *b = fresh;
+        if (backend_set_kv_cache_dtype(b->be, t, &err)) {
+            fprintf(stderr, "bench_offload: %s\n", err.msg);
+            rc = 2;
+            break;
+        }
+        if (n_res > 0 && out0) snprintf(out_i, sizeof out_i, "%s.%s.md", out0, t), b->a.out = out_i;
+        if (n_res > 0 && plot0)
+            snprintf(plot_i, sizeof plot_i, "%s.%s", plot0, t), b->a.plot = plot_i;
+        note(b, "KV cache dtype %s", t);
+        int r = run_parts(b);
+        if (r == 77) {
+            backend_destroy(b->be);
+            free(b);
+            return 77;
+        }
+        rc |= r;
+        dtype_result_fill(&res[n_res++], b, t);
+        model_free(b->m);
+        b->m = NULL;
+        free(b->dec_step_s[0]);
+        free(b->dec_step_s[1]);
+        b->dec_step_s[0] = b->dec_step_s[1] = NULL;
+    }
+    if (n_res > 1) {
+        dtype_table(stdout, res, n_res, b->h2d);
+        if (out0) {
+            snprintf(out_i, sizeof out_i, "%s.kv_dtypes.md", out0);
+            FILE *f = fopen(out_i, "w");
+            if (f) dtype_table(f, res, n_res, b->h2d);
+            if (!f || fclose(f)) rc |= 1;
+        }
+    }
     note(b, "done");
-    free(b->dec_step_s[0]);
-    free(b->dec_step_s[1]);
-    model_free(b->m);
     backend_destroy(b->be);
     free(b);
     return rc;

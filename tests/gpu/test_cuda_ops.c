@@ -648,6 +648,202 @@ static void test_attention(backend *be, backend *cpu, rng *r, const attn_case *c
     batch_free(&tb);
 }
 
+/* FP8 weights (weight_upload_fp8: e4m3 bytes, one f32 scale per row): the GEMV kernel (n <= 8)
+ * and the dequantize-then-bf16-GEMM path against a double reference of the dequantized weights
+ * and the CPU backend's matmul over them (f32), at the bf16 matmul's budget: the GEMV multiplies
+ * e4m3 * scale exactly in f32; the other path rounds the dequantized weight to bf16 (2^-9
+ * relative per element, averaging out over k). */
+static void test_matmul_fp8(backend *be, backend *cpu, rng *r, int n, int k, int m, bool bias) {
+    float *x = rand_vec(r, (size_t)n * k, 1.0f), *b = rand_vec(r, (size_t)m, 4.0f);
+    uint8_t *q = kv_malloc((size_t)m * k);
+    float *sc = kv_malloc((size_t)m * sizeof *sc), *w = kv_malloc((size_t)m * k * sizeof *w);
+    for (int j = 0; j < m; j++) {
+        sc[j] = (0.5f + (float)(rng_next(r) % 1000) / 1000.0f) / 448.0f;
+        for (int l = 0; l < k; l++) {
+            uint8_t v = (uint8_t)(rng_next(r) & 0xff);
+            if ((v & 0x7f) == 0x7f) v = 0x00; /* no NaN */
+            q[(size_t)j * k + l] = v;
+            w[(size_t)j * k + l] = kv_e4m3_to_f32(v) * sc[j];
+        }
+    }
+    void *dx = upload(be, x, (size_t)n * k);
+    void *dw = be->ops->weight_upload_fp8(be, q, sc, (size_t)m, (size_t)k);
+    void *db = bias ? be->ops->weight_upload(be, b, KV_DTYPE_F32, (size_t)m) : NULL;
+    void *dout = poisoned(be, (size_t)n * m);
+    be->ops->matmul(be, dout, dx, dw, db, n, k, m);
+    float *got = download(be, dout, (size_t)n * m);
+    double *ref = kv_malloc((size_t)n * m * sizeof *ref), rms = 0;
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < m; j++) {
+            double s = bias ? b[j] : 0;
+            for (int l = 0; l < k; l++) s += (double)x[(size_t)i * k + l] * w[(size_t)j * k + l];
+            ref[(size_t)i * m + j] = s;
+            rms += s * s;
+        }
+    rms = sqrt(rms / ((double)n * m));
+    char name[64];
+    snprintf(name, sizeof name, "matmul fp8 n=%d k=%d m=%d%s", n, k, m, bias ? " +bias" : "");
+    check(name, got, ref, (size_t)n * m, 2e-3 * rms, 1e-2);
+    void *cx = upload(cpu, x, (size_t)n * k), *cw = upload_w(cpu, w, (size_t)m * k);
+    void *cb = bias ? upload_w(cpu, b, (size_t)m) : NULL;
+    void *cout = cpu->ops->dev_alloc(cpu, (size_t)n * m * 4);
+    cpu->ops->matmul(cpu, cout, cx, cw, cb, n, k, m);
+    float *cg = download(cpu, cout, (size_t)n * m);
+    check_cpu(name, got, cg, (size_t)n * m, 2e-3 * rms, 1e-2);
+    cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cw), cpu->ops->dev_free(cpu, cout);
+    if (cb) cpu->ops->dev_free(cpu, cb);
+    free(cg);
+    be->ops->dev_free(be, dx), be->ops->dev_free(be, dw), be->ops->dev_free(be, dout);
+    if (db) be->ops->dev_free(be, db);
+    free(x), free(w), free(b), free(q), free(sc), free(got), free(ref);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* FP8 (e4m3) KV pools: kv_write must store exactly the CPU backend's bytes, e4m3(x / scale)
+ * rounded to nearest even and saturated at +-448 (the K scale 1/600 saturates a quarter of the
+ * values); attention over random e4m3 pools with per-layer scales (0.5 for K, 1.5 for V: the
+ * dequantized values are exact in bf16) is held to the bf16 attention's budget (the only
+ * rounding is bf16 probabilities and output) against a double reference of the dequantized
+ * pool and against the CPU backend on the same bytes. */
+
+static void test_kv_write_fp8(backend *be, backend *cpu, rng *r, int n_kv, int hd, int block_size) {
+    const float scales[6] = {1.0f, 1.0f, 1.0f / 600.0f, 1.0f, 1.0f, 1.0f};
+    backend_kv_layout l = {.n_layers = 3,
+                           .n_kv_heads = n_kv,
+                           .head_dim = hd,
+                           .block_size = block_size,
+                           .dtype = KV_DTYPE_F8_E4M3,
+                           .kv_scales = scales};
+    l.block_bytes = (size_t)3 * 2 * n_kv * block_size * hd;
+    const int n_blocks = 64, layer = 1, stride = (4 + 2) * n_kv * hd;
+    int prefix[3] = {0, 40, 7}, n_new[3] = {50, 1, 20};
+    test_batch tb;
+    batch_make(&tb, r, 3, prefix, n_new, block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
+    size_t pool_n = l.block_bytes * n_blocks;
+    uint8_t *pool = kv_malloc(pool_n);
+    for (size_t i = 0; i < pool_n; i++) pool[i] = (uint8_t)(rng_next(r) & 0x77); /* finite */
+    void *dpool = be->ops->dev_alloc(be, pool_n);
+    be->ops->to_dev(be, dpool, pool, pool_n);
+    size_t qn = (size_t)tb.b.n_tokens * stride;
+    float *qkv = rand_vec(r, qn, 1.0f);
+    void *dqkv = upload(be, qkv, qn);
+    const char *dk = (const char *)dqkv + (size_t)4 * n_kv * hd * 2;
+    be->ops->kv_write(be, dpool, &l, layer, dk, dk + (size_t)n_kv * hd * 2, stride);
+    uint8_t *got = kv_malloc(pool_n);
+    be->ops->sync(be);
+    be->ops->to_host(be, got, dpool, pool_n);
+    uint8_t *cpool = cpu->ops->dev_alloc(cpu, pool_n);
+    memcpy(cpool, pool, pool_n);
+    float *cqkv = upload(cpu, qkv, qn);
+    const float *ck = cqkv + (size_t)4 * n_kv * hd;
+    cpu->ops->kv_write(cpu, cpool, &l, layer, ck, ck + (size_t)n_kv * hd, stride);
+    size_t n_diff = 0, n_sat = 0, first = 0;
+    for (size_t i = 0; i < pool_n; i++) {
+        if (got[i] != cpool[i] && n_diff++ == 0) first = i;
+        n_sat += (cpool[i] & 0x7f) == 0x7e && cpool[i] != pool[i];
+    }
+    bool ok = n_diff == 0 && n_sat > 0;
+    if (!ok) n_failed++;
+    printf("%s kv_write fp8 kv_heads=%d hd=%d bs=%d: %zu of %zu bytes differ from the cpu "
+           "backend's (first at %zu), %zu saturated\n",
+           ok ? "ok  " : "FAIL", n_kv, hd, block_size, n_diff, pool_n, first, n_sat);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cqkv);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dqkv);
+    free(pool), free(qkv), free(got);
+    batch_free(&tb);
+}
+
+static void test_attention_fp8(backend *be, backend *cpu, rng *r, const attn_case *c) {
+    const float scales[4] = {1.0f, 1.0f, 0.5f, 1.5f};
+    backend_kv_layout l = {.n_layers = 2,
+                           .n_kv_heads = c->n_kv_heads,
+                           .head_dim = c->head_dim,
+                           .block_size = c->block_size,
+                           .dtype = KV_DTYPE_F8_E4M3,
+                           .kv_scales = scales};
+    l.block_bytes = (size_t)2 * 2 * c->n_kv_heads * c->block_size * c->head_dim;
+    int n_blocks = 7;
+    for (int s = 0; s < c->n_seqs; s++)
+        n_blocks += (c->prefix[s] + c->n_new[s] + c->block_size - 1) / c->block_size;
+    test_batch tb;
+    batch_make(&tb, r, c->n_seqs, c->prefix, c->n_new, c->block_size, n_blocks);
+    be->ops->step_begin(be, &tb.b);
+    cpu->ops->step_begin(cpu, &tb.b);
+    const int layer = 1, hd = c->head_dim, nh = c->n_heads, G = nh / c->n_kv_heads;
+    const int q_stride = (nh + 2 * c->n_kv_heads) * hd;
+    size_t pool_n = l.block_bytes * n_blocks;
+    uint8_t *pool = kv_malloc(pool_n);
+    for (size_t i = 0; i < pool_n; i++) pool[i] = kv_f32_to_e4m3(rng_bf16(r, 1.5f));
+    void *dpool = be->ops->dev_alloc(be, pool_n);
+    be->ops->to_dev(be, dpool, pool, pool_n);
+    int nt = tb.b.n_tokens;
+    float *q = rand_vec(r, (size_t)nt * q_stride, 3.0f);
+    void *dq = upload(be, q, (size_t)nt * q_stride);
+    size_t out_n = (size_t)nt * nh * hd;
+    void *dout = poisoned(be, out_n);
+    float scale = c->scale > 0 ? c->scale : 1.0f / sqrtf((float)hd);
+    backend_attn_params ap = {.scale = scale, .softcap = c->softcap, .window = c->window};
+    be->ops->attention(be, dout, dq, q_stride, dpool, &l, layer, nh, &ap);
+    float *got = download(be, dout, out_n);
+
+    double *ref = kv_malloc(out_n * sizeof *ref);
+    int max_ctx = 0;
+    for (int s = 0; s < c->n_seqs; s++) max_ctx = tb.seq_len[s] > max_ctx ? tb.seq_len[s] : max_ctx;
+    double *sc = kv_malloc((size_t)max_ctx * sizeof *sc);
+    size_t head_elems = (size_t)c->block_size * hd, kv_elems = (size_t)c->n_kv_heads * head_elems;
+    for (int s = 0; s < c->n_seqs; s++)
+        for (int t = tb.seq_start[s]; t < tb.seq_start[s + 1]; t++)
+            for (int h = 0; h < nh; h++) {
+                int pos = tb.positions[t], kh = h / G;
+                int lo = c->window > 0 && pos + 1 > c->window ? pos + 1 - c->window : 0;
+                const float *qv = q + (size_t)t * q_stride + h * hd;
+                double mx = -INFINITY, sum = 0;
+                for (int j = lo; j <= pos; j++) {
+                    const uint8_t *k =
+                        pool +
+                        (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                            l.block_bytes +
+                        (size_t)layer * 2 * kv_elems + kh * head_elems +
+                        (size_t)(j % c->block_size) * hd;
+                    double dot = 0;
+                    for (int d = 0; d < hd; d++)
+                        dot += (double)qv[d] * kv_e4m3_to_f32(k[d]) * scales[2 * layer];
+                    sc[j] = dot * scale;
+                    if (c->softcap > 0) sc[j] = c->softcap * tanh(sc[j] / c->softcap);
+                    if (sc[j] > mx) mx = sc[j];
+                }
+                for (int j = lo; j <= pos; j++) sum += (sc[j] = exp(sc[j] - mx));
+                double *o = ref + ((size_t)t * nh + h) * hd;
+                for (int d = 0; d < hd; d++) o[d] = 0;
+                for (int j = lo; j <= pos; j++) {
+                    const uint8_t *v =
+                        pool +
+                        (size_t)tb.block_table[s * tb.b.max_blocks + j / c->block_size] *
+                            l.block_bytes +
+                        (size_t)layer * 2 * kv_elems + kv_elems + kh * head_elems +
+                        (size_t)(j % c->block_size) * hd;
+                    for (int d = 0; d < hd; d++)
+                        o[d] += sc[j] / sum * kv_e4m3_to_f32(v[d]) * scales[2 * layer + 1];
+                }
+            }
+    char name[128];
+    snprintf(name, sizeof name, "fp8 %s", c->name);
+    check(name, got, ref, out_n, 3e-3, 2e-2); /* V up to 1.5 * 1.5: atol scaled from 2e-3 */
+    uint8_t *cpool = cpu->ops->dev_alloc(cpu, pool_n);
+    memcpy(cpool, pool, pool_n);
+    void *cq = upload(cpu, q, (size_t)nt * q_stride), *cout = cpu->ops->dev_alloc(cpu, out_n * 4);
+    cpu->ops->attention(cpu, cout, cq, q_stride, cpool, &l, layer, nh, &ap);
+    float *cg = download(cpu, cout, out_n);
+    check_cpu(name, got, cg, out_n, 3e-3, 2e-2);
+    cpu->ops->dev_free(cpu, cpool), cpu->ops->dev_free(cpu, cq), cpu->ops->dev_free(cpu, cout);
+    free(cg);
+    be->ops->dev_free(be, dpool), be->ops->dev_free(be, dq), be->ops->dev_free(be, dout);
+    free(pool), free(q), free(got), free(ref), free(sc);
+    batch_free(&tb);
+}
+
 /* act_download_f32 into pageable memory (pinned chunks, several of them) and into pinned memory
  * (host_alloc: one direct copy), against the uploaded bf16 values: exact. */
 static void test_download(backend *be, rng *r) {
@@ -880,7 +1076,9 @@ int main(void) {
          0.0f},
     };
     /* every case on both attention paths where the device has both (the Hopper one needs sm_90
-     * and the 90a target), whatever KVSERVE_CUDA_PORTABLE picked: same tolerances */
+     * and the 90a target), whatever KVSERVE_CUDA_PORTABLE picked: same tolerances; each over a
+     * bf16 pool and over an e4m3 pool (decode, wgmma or mma prefill by head_dim, generic kernels)
+     */
     bool portable_first = cuda_backend_attn_portable(be);
     for (int pass = 0; pass < 2; pass++) {
         bool portable = pass == 1;
@@ -896,9 +1094,19 @@ int main(void) {
             attn_case c = cases[i];
             c.name = name;
             test_attention(be, cpu, &r, &c);
+            test_attention_fp8(be, cpu, &r, &c);
         }
     }
     KV_CHECK(cuda_backend_set_attn_path(be, portable_first));
+    /* kv_write into e4m3 pools, vectorized and scalar; FP8 weight matmuls */
+    test_kv_write_fp8(be, cpu, &r, 8, 128, 16);
+    test_kv_write_fp8(be, cpu, &r, 4, 8, 16);
+    test_kv_write_fp8(be, cpu, &r, 2, 6, 16);
+    test_matmul_fp8(be, cpu, &r, 1, 4096, 6144, false);
+    test_matmul_fp8(be, cpu, &r, 3, 4096, 1000, true);
+    test_matmul_fp8(be, cpu, &r, 8, 14336, 512, false);
+    test_matmul_fp8(be, cpu, &r, 37, 4096, 1024, true);
+    test_matmul_fp8(be, cpu, &r, 300, 896, 1152, false);
 
     backend_destroy(cpu);
     be->ops->destroy(be);

@@ -44,6 +44,36 @@ START_TEST(f16_known_values) {
 }
 END_TEST
 
+/* e4m3 values checked against the format's definition (OCP fp8 e4m3fn), not against the code. */
+START_TEST(e4m3_known_values_and_round_trip) {
+    ck_assert_float_eq(kv_e4m3_to_f32(0x38), 1.0f);         /* exp 7, man 0 */
+    ck_assert_float_eq(kv_e4m3_to_f32(0x7e), 448.0f);       /* largest finite */
+    ck_assert_float_eq(kv_e4m3_to_f32(0x01), 0.001953125f); /* smallest subnormal, 2^-9 */
+    ck_assert_float_eq(kv_e4m3_to_f32(0x08), 0.015625f);    /* smallest normal, 2^-6 */
+    ck_assert_float_eq(kv_e4m3_to_f32(0xc4), -3.0f);        /* -1.5 * 2 */
+    ck_assert(isnan(kv_e4m3_to_f32(0x7f)) && isnan(kv_e4m3_to_f32(0xff)));
+    for (int x = 0; x < 256; x++) {
+        if ((x & 0x7f) == 0x7f) continue;
+        float f = kv_e4m3_to_f32((uint8_t)x);
+        ck_assert_msg(kv_f32_to_e4m3(f) == x, "0x%02x -> %g -> 0x%02x", x, f, kv_f32_to_e4m3(f));
+        /* everything between f and its upper neighbour goes to the nearer one, ties to even */
+        if ((x & 0x7f) < 0x7e) {
+            float g = kv_e4m3_to_f32((uint8_t)(x + 1)), mid = (f + g) / 2;
+            int even = (x & 1) ? x + 1 : x;
+            ck_assert_int_eq(kv_f32_to_e4m3(mid), even);
+            ck_assert_int_eq(kv_f32_to_e4m3(nextafterf(mid, f)), x);
+            ck_assert_int_eq(kv_f32_to_e4m3(nextafterf(mid, g)), x + 1);
+        }
+    }
+    /* saturating: past 448 and infinities clamp; NaN stays NaN */
+    ck_assert_int_eq(kv_f32_to_e4m3(470.0f), 0x7e);
+    ck_assert_int_eq(kv_f32_to_e4m3(1e9f), 0x7e);
+    ck_assert_int_eq(kv_f32_to_e4m3(-INFINITY), 0xfe);
+    ck_assert_int_eq(kv_f32_to_e4m3(NAN) & 0x7f, 0x7f);
+    ck_assert_int_eq(kv_f32_to_e4m3(1e-4f), 0x00); /* below half the smallest subnormal */
+}
+END_TEST
+
 START_TEST(dtype_names_parse) {
     kv_dtype dt;
     ck_assert(kv_dtype_parse("bfloat16", &dt) && dt == KV_DTYPE_BF16);
@@ -105,6 +135,7 @@ int main(void) {
     tcase_add_test(tc, bf16_rounds_to_nearest_even);
     tcase_add_test(tc, f16_round_trip_is_exact_for_representable_values);
     tcase_add_test(tc, f16_known_values);
+    tcase_add_test(tc, e4m3_known_values_and_round_trip);
     tcase_add_test(tc, dtype_names_parse);
     tcase_add_test(tc, read_file_whole_missing_and_too_big);
     tcase_add_test(tc, memcpy_parallel_copies_every_byte);

@@ -296,9 +296,23 @@ START_TEST(malformed_files) {
     assert_open_file_fails("i64.safetensors", "'pos'", "I64");
 
     write_st("f8.safetensors",
-             "{\"w8\": {\"dtype\": \"F8_E4M3\", \"shape\": [16], \"data_offsets\": [0, 16]}}", d,
+             "{\"w8\": {\"dtype\": \"F8_E5M2\", \"shape\": [16], \"data_offsets\": [0, 16]}}", d,
              16);
-    assert_open_file_fails("f8.safetensors", "'w8'", "F8_E4M3");
+    assert_open_file_fails("f8.safetensors", "'w8'", "F8_E5M2");
+    /* F8_E4M3 (FP8 checkpoints) is read: one byte per element */
+    write_st("e4m3.safetensors",
+             "{\"w8\": {\"dtype\": \"F8_E4M3\", \"shape\": [4, 4], \"data_offsets\": [0, 16]}}", d,
+             16);
+    {
+        safetensors_model m;
+        kv_error err;
+        memset(&m, 0, sizeof m);
+        ck_assert_msg(safetensors_open_file(&m, tmp_path("e4m3.safetensors"), &err) == 0, "%s",
+                      err.msg);
+        const safetensors_tensor *t = safetensors_find(&m, "w8");
+        ck_assert(t && t->dtype == KV_DTYPE_F8_E4M3 && t->n_elems == 16 && t->n_bytes == 16);
+        safetensors_close(&m);
+    }
 
     write_st("unknown.safetensors",
              "{\"q\": {\"dtype\": \"Q4_K\", \"shape\": [4], \"data_offsets\": [0, 16]}}", d, 16);
