@@ -159,6 +159,14 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
 /* For a value about to go inside a new list, dict or namespace: NULL with the error set when it
  * would nest too deeply; takes v's reference either way. */
 json_t *ct_check_nested(ct_ctx *c, int line, json_t *v);
+/* sort, unique, min, max, sum, round (chat_filters_seq.c): true when name is one of them, the
+ * filtered value (new ref, or NULL) in *result. */
+bool ct_filter_seq(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **args,
+                   int n_args, json_t **result);
+/* The value of attribute path "a.b" (dict keys, list indexes) of x (borrowed), or NULL. */
+json_t *ct_attr_path(json_t *x, const char *path);
+/* v (a string) lowered (0), uppered (1), title-cased (2) or capitalized (3): new reference. */
+json_t *ct_case_map(json_t *v, int mode);
 /* Keyword argument `name` of call node n, evaluated (new ref), or NULL when absent. */
 json_t *ct_kwarg(ct_ctx *c, const ct_node *n, const char *name);
 

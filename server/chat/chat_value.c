@@ -343,6 +343,14 @@ int ct_compare(json_t *a, json_t *b, bool *ok) {
         if (c) return c < 0 ? -1 : 1;
         return na < nb ? -1 : na > nb;
     }
+    if (a && b && json_is_array(a) && json_is_array(b)) { /* lexicographic, as Python's lists */
+        size_t na = json_array_size(a), nb = json_array_size(b);
+        for (size_t i = 0; i < na && i < nb; i++) {
+            int c = ct_compare(json_array_get(a, i), json_array_get(b, i), ok);
+            if (!*ok || c) return c;
+        }
+        return na < nb ? -1 : na > nb;
+    }
     *ok = false;
     return 0;
 }

@@ -47,6 +47,10 @@ CASES = [
      "tools": TOOLS, "add_generation_prompt": True},
     {"name": "tools_offered", "messages": [{"role": "user", "content": "Weather in Paris?"}],
      "tools": TOOLS, "add_generation_prompt": True},
+    {"name": "tools_call_id9", "messages": [{"role": "user", "content": "Weather in Paris?"},
+     dict(CALL, tool_calls=[dict(CALL["tool_calls"][0], id="a1b2c3d4e")]),
+     dict(RESULT, tool_call_id="a1b2c3d4e")], "tools": TOOLS, "add_generation_prompt": True,
+     "note": "a 9-character alphanumeric call id, as Mistral's templates require"},
     {"name": "kwargs", "messages": [{"role": "user", "content": "Hi"}], "add_generation_prompt": True,
      "chat_template_kwargs": {"enable_thinking": False, "reasoning_effort": "low"}},
 ]
