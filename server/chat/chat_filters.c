@@ -263,6 +263,11 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             return buf_string(&b);
         }
     }
+    if (json_is_object(obj) && !strcmp(name, "cycle") && json_object_get(obj, CT_LOOP_KEY)) {
+        if (n_args < 1) return ct_fail(c, n->line, "loop.cycle needs at least one value");
+        long long i = json_integer_value(json_object_get(obj, "index0"));
+        return json_incref(args[i % n_args]);
+    }
     if (json_is_object(obj)) {
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {
             json_t *r = json_array();
@@ -270,11 +275,14 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             json_t *v;
             json_object_foreach(obj, k, v) {
                 if (name[0] == 'k')
-                    json_array_append_new(r, json_string(k));
+                    json_array_append_new(r, ct_key_value(k));
                 else if (name[0] == 'v')
                     json_array_append(r, v);
-                else
-                    json_array_append_new(r, json_pack("[sO]", k, v));
+                else {
+                    json_t *pair = json_pack("[oO]", ct_key_value(k), v);
+                    ct_ptrset_add(&c->tuples, pair); /* Python's items() gives tuples */
+                    json_array_append_new(r, pair);
+                }
             }
             return r;
         }
@@ -546,6 +554,10 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
                 int r = ct_compare(lx, ly, &ok);
                 json_decref(lx);
                 json_decref(ly);
+                if (!ok) {
+                    json_decref(pairs);
+                    return ct_fail(c, n->line, "dictsort: '<' not supported between these keys");
+                }
                 if (!(rev ? r < 0 : r > 0)) break;
                 json_t *tmp = json_incref(json_array_get(pairs, k - 1));
                 json_array_set(pairs, k - 1, json_array_get(pairs, k));

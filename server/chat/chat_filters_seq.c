@@ -185,9 +185,9 @@ static json_t *round_filter(ct_ctx *c, const ct_node *n, json_t *v, json_t **arg
     } else {
         double x = json_is_number(v) ? json_number_value(v) : json_is_true(v);
         double scale = pow(10.0, (double)prec);
-        if (method[0] == 'c') {
+        if (!strcmp(method, "ceil")) {
             r = json_real(ceil(x * scale) / scale);
-        } else if (method[0] == 'f') {
+        } else if (!strcmp(method, "floor")) {
             r = json_real(floor(x * scale) / scale);
         } else if (!json_is_real(v)) {
             r = prec >= 0 ? json_incref(v) : json_integer((long long)(rint(x * scale) / scale));
