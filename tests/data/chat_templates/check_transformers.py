@@ -141,7 +141,8 @@ class Checker:
         out = tok.apply_chat_template(case_messages(case), tools=case.get("tools"),
                                       add_generation_prompt=bool(case.get("add_generation_prompt",
                                                                           False)),
-                                      tokenize=False, chat_template=template, **kwargs)
+                                      tokenize=False, return_dict=False,
+                                      chat_template=template, **kwargs)
         if isinstance(out, list) and len(out) == 1 and isinstance(out[0], str):
             out = out[0]
         if not isinstance(out, str):
