@@ -144,14 +144,30 @@ static size_t ptr_slot(const ct_ptrset *s, const json_t *v) {
     return i;
 }
 
+#define CT_MAX_TUPLES (1u << 20) /* past this many live tuples, new ones print as lists */
+
 void ct_ptrset_add(ct_ptrset *s, json_t *v) {
     if (!v) return;
     if ((s->n + 1) * 2 > s->cap) {
+        /* rebuild without the values only the set still holds (they are gone for the template),
+         * growing only if the live ones need it: memory follows the live tuples */
+        size_t live = 0;
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->v[i] && s->v[i]->refcount > 1) live++;
+        if (live >= CT_MAX_TUPLES) return;
         ct_ptrset old = *s;
-        s->cap = old.cap ? old.cap * 2 : 64;
+        s->cap = old.cap ? ((live + 1) * 2 > old.cap / 2 ? old.cap * 2 : old.cap) : 64;
         s->v = kv_calloc(s->cap, sizeof *s->v);
-        for (size_t i = 0; i < old.cap; i++)
-            if (old.v[i]) s->v[ptr_slot(s, old.v[i])] = old.v[i];
+        s->n = 0;
+        for (size_t i = 0; i < old.cap; i++) {
+            if (!old.v[i]) continue;
+            if (old.v[i]->refcount > 1) {
+                s->v[ptr_slot(s, old.v[i])] = old.v[i];
+                s->n++;
+            } else {
+                json_decref(old.v[i]);
+            }
+        }
         free(old.v);
     }
     size_t i = ptr_slot(s, v);

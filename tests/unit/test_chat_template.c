@@ -338,6 +338,13 @@ START_TEST(jinja_more) {
     check_render("{% if false %}{{ x|no_such }}{% endif %}ok{{ 1 if true else (2|nope) }}{% if "
                  "false %}{{ 1 is no_such_test }}{% endif %}",
                  vars, "ok1");
+    /* tuples that are gone leave the render's tuple set: the live one still prints as one */
+    check_render("{% set ns = namespace(keep=none) %}{% for i in range(100000) %}{% set t = (i, i) "
+                 "%}{% if i == 7 %}{% set ns.keep = t %}{% endif %}{% endfor %}{{ t }}",
+                 NULL, "");
+    check_render("{% set t = (0, 1) %}{% for i in range(100000) %}{% set u = (i,) %}{% endfor %}"
+                 "{{ t }}",
+                 NULL, "(0, 1)");
     check_error("{% for x in [1] %}{{ x|no_such }}{% endfor %}", NULL, "unknown filter");
     check_error("{% if true %}{{ 1|no_such }}{% endif %}", NULL, "unknown filter 'no_such'");
     check_error("{{ {0: 1, 'a': 2}|dictsort }}", NULL, "not supported");
