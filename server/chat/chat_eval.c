@@ -265,8 +265,41 @@ static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, jso
         bool res = op[0] == '<' ? (op[1] ? r <= 0 : r < 0) : (op[1] ? r >= 0 : r > 0);
         return json_boolean(res);
     }
-    if (!strcmp(op, "+") && a && b && json_is_string(a) && json_is_string(b))
-        return arith(c, n, "~", a, b);
+    if (!strcmp(op, "+") && a && b && json_is_string(a) && json_is_string(b)) {
+        bool ma = ct_ptrset_has(&c->markups, a), mb = ct_ptrset_has(&c->markups, b);
+        if (!ma && !mb) return arith(c, n, "~", a, b);
+        /* markupsafe: Markup + str escapes the str, and the sum is Markup */
+        ct_buf s = {.limit = c->lim.max_output_bytes};
+        for (int side = 0; side < 2; side++) {
+            json_t *x = side ? b : a;
+            const char *p = json_string_value(x);
+            size_t len = json_string_length(x);
+            if (side ? mb : ma) {
+                ct_buf_add(&s, p, len);
+                continue;
+            }
+            for (size_t i = 0; i < len; i++) {
+                const char *e = p[i] == '&'    ? "&amp;"
+                                : p[i] == '<'  ? "&lt;"
+                                : p[i] == '>'  ? "&gt;"
+                                : p[i] == '\'' ? "&#39;"
+                                : p[i] == '"'  ? "&#34;"
+                                               : NULL;
+                if (e)
+                    ct_buf_adds(&s, e);
+                else
+                    ct_buf_add(&s, p + i, 1);
+            }
+        }
+        if (s.over) {
+            free(s.p);
+            return ct_fail(c, n->line, "string too long");
+        }
+        json_t *r = ct_string(s.p ? s.p : "", s.n);
+        free(s.p);
+        ct_ptrset_add(&c->markups, r);
+        return r;
+    }
     if (!strcmp(op, "+") && a && b && json_is_array(a) && json_is_array(b)) {
         json_t *r = json_copy(a);
         json_array_extend(r, b);
@@ -893,6 +926,7 @@ int chat_template_render(const chat_template *t, json_t *vars, const chat_templa
     exec(&c, t->root);
     while (c.n_frames > 0) pop_frame(&c);
     ct_ptrset_free(&c.tuples);
+    ct_ptrset_free(&c.markups);
     if (c.failed) {
         free(c.out.p);
         *out = NULL;

@@ -473,7 +473,12 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
         if (!v || (boolean && !ct_truthy(v))) return a0 ? json_incref(a0) : ct_string("", 0);
         return json_incref(v);
     }
-    if (!strcmp(name, "safe")) return json_incref(v);
+    if (!strcmp(name, "safe")) { /* Markup: a new string, so that a shared literal stays plain */
+        json_t *m = str_of(v), *r = ct_string(json_string_value(m), json_string_length(m));
+        json_decref(m);
+        ct_ptrset_add(&c->markups, r);
+        return r;
+    }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
         if (v && json_is_string(v)) {
             json_t *items = ct_iter_list(v);

@@ -158,6 +158,7 @@ typedef struct ct_ctx {
     int depth;
     int brk; /* 1 break, 2 continue pending */
     ct_ptrset tuples;
+    ct_ptrset markups; /* strings that are Markup (|safe): '+' HTML-escapes a plain side */
     bool failed;
     kv_error *err;
 } ct_ctx;

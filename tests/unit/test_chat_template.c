@@ -338,6 +338,11 @@ START_TEST(jinja_more) {
     check_render("{% if false %}{{ x|no_such }}{% endif %}ok{{ 1 if true else (2|nope) }}{% if "
                  "false %}{{ 1 is no_such_test }}{% endif %}",
                  vars, "ok1");
+    /* Markup (|safe) as markupsafe: '+' with a plain string escapes it, '~' does not */
+    check_render(
+        "{{ \"<a>\"|safe + \"<b>\" }} {{ \"<b>\" + \"<a>\"|safe }} {{ (\"x\"|safe + \"<\") + "
+        "\"&\" }} {{ \"<a>\"|safe ~ \"<b>\" }} {{ \"<\"|safe + \"'\\\"\" }} {{ \"<\" + \"<\" }}",
+        NULL, "<a>&lt;b&gt; &lt;b&gt;<a> x&lt;&amp; <a><b> <&#39;&#34; <<");
     /* tuples that are gone leave the render's tuple set: the live one still prints as one */
     check_render("{% set ns = namespace(keep=none) %}{% for i in range(100000) %}{% set t = (i, i) "
                  "%}{% if i == 7 %}{% set ns.keep = t %}{% endif %}{% endfor %}{{ t }}",
