@@ -188,6 +188,8 @@ bool ct_filter_seq(ct_ctx *c, const ct_node *n, const char *name, json_t *v, jso
 json_t *ct_attr_path(json_t *x, const char *path);
 /* v (a string) lowered (0), uppered (1), title-cased (2) or capitalized (3): new reference. */
 json_t *ct_case_map(json_t *v, int mode);
+/* a op b for the binary operators (chat_ops.c): new reference, or NULL with the error set. */
+json_t *ct_arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, json_t *b);
 /* Keyword argument `name` of call node n, evaluated (new ref), or NULL when absent. */
 json_t *ct_kwarg(ct_ctx *c, const ct_node *n, const char *name);
 
