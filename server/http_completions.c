@@ -14,6 +14,7 @@
 #include <time.h>
 
 #include "server/http_internal.h"
+#include "server/chat/tool_stream.h"
 #include "server/openai_chat.h"
 #include "server/stop_strings.h"
 
@@ -49,6 +50,7 @@ typedef struct choice_state {
     json_t *stop_reason;
     int n_prompt_tokens, n_cached_gpu, n_cached_host;
     reasoning_stream rs; /* streamed chat with a reasoning parser: where the output is */
+    tool_stream tools;   /* streamed chat with tools: the calls so far */
 } choice_state;
 
 struct completion {
@@ -110,6 +112,7 @@ static void completion_destroy(completion *c) {
         choice_state *ch = &c->choices[i];
         if (ch->ts) tokenizer_stream_free(ch->ts);
         stop_matcher_free(&ch->stop);
+        tool_stream_free(&ch->tools);
         free(ch->text);
         json_decref(ch->logprobs);
         json_decref(ch->stop_reason);
@@ -500,8 +503,8 @@ static void stream_emit(completion *c) {
         bool has_lp = ch->logprobs &&
                       (c->chat ? openai_chat_logprobs_count(ch->logprobs)
                                : json_array_size(json_object_get(ch->logprobs, "tokens"))) > 0;
-        /* chat with tools: text that may start a call is held back; at the end it is parsed and
-         * goes out as delta.tool_calls, or as content when it holds no call */
+        /* chat with tools: calls stream as delta.tool_calls (tool_stream.h), text that may start
+         * one is held back */
         /* chat with a reasoning parser: the reasoning goes out as delta.reasoning_content and
          * leaves ch->text, with its tags; content waits until the reasoning has ended */
         json_t *reasoning = NULL;
@@ -518,36 +521,42 @@ static void stream_emit(completion *c) {
             }
             thinking = !reasoning_stream_content(&ch->rs);
         }
-        bool hold = c->chat && c->tools != TOOL_PARSER_NONE;
-        size_t send = thinking ? 0 : ch->text_len;
-        tool_parse_result calls = {0};
-        int n_calls = 0;
-        if (thinking)
-            ; /* nothing of the content yet */
-        else if (hold && !ch->done)
-            send = tool_parser_stream_safe(c->tools, ch->text, ch->text_len, !ch->text_sent);
-        else if (hold)
-            n_calls = tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls);
-        if (send == 0 && !has_lp && !ch->done && !reasoning) continue;
+        bool tools = c->chat && c->tools != TOOL_PARSER_NONE && !thinking;
+        size_t send = thinking ? 0 : ch->text_len; /* bytes of ch->text taken */
+        const char *content = ch->text;
+        size_t content_len = send;
+        tool_stream_out calls = {0};
+        if (tools) {
+            tool_stream_feed(&ch->tools, ch->text ? ch->text : "", ch->text_len, ch->done, &calls);
+            content = calls.content;
+            content_len = calls.content_len;
+        }
+        if (content_len == 0 && !calls.calls && !has_lp && !ch->done && !reasoning) {
+            if (tools) ch->text_len = 0; /* the tool stream holds what it did not send */
+            continue;
+        }
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;
         bool first = !ch->prompt_ids_sent;
         json_t *choice =
-            n_calls ? openai_chat_tool_calls_choice_json(
-                          ch->index, calls.content, calls.content_len, json_incref(calls.calls),
-                          has_lp ? ch->logprobs : NULL, ch->stop_reason, true)
-            : c->chat
-                ? openai_chat_choice_json(ch->index, ch->text, send, has_lp ? ch->logprobs : NULL,
-                                          ch->done ? ch->finish : KV_FINISH_NONE,
-                                          ch->done ? ch->stop_reason : NULL, true)
-                : openai_choice_json(
-                      ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
-                      ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
-                      ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
-                      ch->n_ids - ch->n_ids_sent);
+            c->chat ? openai_chat_choice_json(ch->index, content, content_len,
+                                              has_lp ? ch->logprobs : NULL,
+                                              ch->done ? ch->finish : KV_FINISH_NONE,
+                                              ch->done ? ch->stop_reason : NULL, true)
+                    : openai_choice_json(
+                          ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
+                          ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
+                          ids && first ? p->ids : NULL, p->n_ids,
+                          ids ? ch->ids + ch->n_ids_sent : NULL, ch->n_ids - ch->n_ids_sent);
+        json_t *delta = json_object_get(choice, "delta");
+        if (calls.calls) {
+            json_object_set(delta, "tool_calls", calls.calls);
+            if (content_len == 0) json_object_del(delta, "content"); /* vLLM's delta */
+        }
+        if (tools && ch->done && tool_stream_called(&ch->tools))
+            json_object_set_new(choice, "finish_reason", json_string("tool_calls"));
         if (reasoning) {
-            json_t *delta = json_object_get(choice, "delta");
-            if (send == 0 && !n_calls) json_object_del(delta, "content"); /* vLLM's delta */
+            if (content_len == 0 && !calls.calls) json_object_del(delta, "content");
             json_object_set_new(delta, "reasoning_content", reasoning);
         }
         if (has_lp) ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
@@ -561,8 +570,8 @@ static void stream_emit(completion *c) {
             usage = openai_usage_json(&u);
         }
         stream_append(c, completion_body_json(c, json_pack("[o]", choice), usage));
-        tool_parse_result_free(&calls);
-        if (send > 0) ch->text_sent = true;
+        tool_stream_out_free(&calls);
+        if (content_len > 0) ch->text_sent = true;
         if (ch->text) memmove(ch->text, ch->text + send, ch->text_len - send + 1);
         ch->text_len -= send;
         ch->n_ids_sent = ch->n_ids;
@@ -633,6 +642,9 @@ static void choice_init(completion *c, choice_state *ch, int index, int prompt_i
     ch->index = index;
     ch->prompt_index = prompt_index;
     ch->finish = KV_FINISH_NONE;
+    char salt[64];
+    snprintf(salt, sizeof salt, "%s-%d", c->id, index);
+    tool_stream_init(&ch->tools, c->chat ? c->tools : TOOL_PARSER_NONE, salt);
     ch->ts = tokenizer_stream_new(tok, req->skip_special_tokens);
     stop_matcher_init(&ch->stop, (const char *const *)req->stop, req->n_stop,
                       req->include_stop_str_in_output);

@@ -149,9 +149,23 @@ static int parse_tools(json_t *root, openai_chat_request *req, openai_error *e) 
     if (json_is_string(choice) && strcmp(json_string_value(choice), "required") != 0)
         return bad(e, "tool_choice", "'%s' must be auto, none, required or a named function",
                    "tool_choice");
+    if (json_is_string(choice))
+        return openai_error_set(e, 400, "invalid_request_error", "tool_choice", "unsupported",
+                                "tool_choice \"required\" is not supported yet: forcing a tool "
+                                "call needs constrained decoding, which this server does not do "
+                                "yet; use \"auto\" (the model may call a tool) or \"none\"");
+    const char *fn =
+        json_string_value(json_object_get(json_object_get(choice, "function"), "name"));
+    if (!json_is_object(choice) || !fn)
+        return bad(e, "tool_choice",
+                   "'%s' must be auto, none, required or "
+                   "{\"type\": \"function\", \"function\": {\"name\": ...}}",
+                   "tool_choice");
     return openai_error_set(e, 400, "invalid_request_error", "tool_choice", "unsupported",
-                            "tool_choice '%s' is not supported yet (use auto or none)",
-                            json_is_string(choice) ? "required" : "named function");
+                            "tool_choice naming function '%.100s' is not supported yet: forcing "
+                            "a tool call needs constrained decoding, which this server does not "
+                            "do yet; use \"auto\" (the model may call a tool) or \"none\"",
+                            fn);
 }
 
 /* The keys that are chat-only: not handed to the completions parser. */

@@ -90,6 +90,11 @@ static void pop_frame(ct_ctx *c) {
 }
 
 static void exec_list(ct_ctx *c, const ct_list *l);
+static json_t *call_loop(ct_ctx *c, const ct_node *call, json_t *loop, json_t **args, int n_args);
+static json_t *call_caller(ct_ctx *c, const ct_node *call, json_t *caller, json_t **args,
+                           int n_args);
+#define CT_RECUR_KEY  "\001recursive"
+#define CT_CALLER_KEY "\001caller"
 
 static json_t *slice(ct_ctx *c, const ct_node *n, json_t *v) {
     json_t *items =
@@ -156,6 +161,11 @@ static json_t *item(ct_ctx *c, const ct_node *n, json_t *v, json_t *key) {
     if (!v || !key) return NULL;
     if (json_is_object(v) && json_is_string(key))
         return json_incref(json_object_get(v, json_string_value(key)));
+    if (json_is_object(v) && json_is_integer(key)) { /* a dict literal's int key */
+        char k[32];
+        ct_int_key(k, sizeof k, (long long)json_integer_value(key));
+        return json_incref(json_object_get(v, k));
+    }
     if ((json_is_array(v) || json_is_string(v)) && json_is_integer(key)) {
         json_t *items = json_is_array(v) ? json_incref(v) : ct_iter_list(v);
         long long i = json_integer_value(key), len = (long long)json_array_size(items);
@@ -167,168 +177,22 @@ static json_t *item(ct_ctx *c, const ct_node *n, json_t *v, json_t *key) {
     return NULL;
 }
 
-/* Python's "fmt" % args for %s %r %d %i %f (with a precision) and %%. */
-static json_t *percent_format(ct_ctx *c, const ct_node *n, json_t *fmt, json_t *b) {
-    const char *f = json_string_value(fmt);
-    size_t len = json_string_length(fmt), k = 0;
-    size_t n_args = b && json_is_array(b) ? json_array_size(b) : 1;
-    ct_buf out = {.limit = c->lim.max_output_bytes};
-    for (size_t i = 0; i < len; i++) {
-        if (f[i] != '%') {
-            ct_buf_add(&out, f + i, 1);
-            continue;
-        }
-        int prec = -1;
-        if (i + 2 < len && f[i + 1] == '.' && f[i + 2] >= '0' && f[i + 2] <= '9') {
-            prec = f[i + 2] - '0';
-            i += 2;
-        }
-        char conv = i + 1 < len ? f[++i] : 0;
-        if (conv == '%') {
-            ct_buf_adds(&out, "%");
-            continue;
-        }
-        if (k >= n_args || !strchr("srdif", conv)) {
-            free(out.p);
-            return ct_fail(c, n->line, "bad %% format or not enough arguments");
-        }
-        json_t *x = b && json_is_array(b) ? json_array_get(b, k) : b;
-        k++;
-        char tmp[64];
-        if (conv == 's')
-            ct_str(&out, x);
-        else if (conv == 'r')
-            ct_repr(&out, x);
-        else if (x && (json_is_number(x) || json_is_boolean(x))) {
-            double v = json_is_number(x) ? json_number_value(x) : json_is_true(x);
-            if (conv == 'f')
-                snprintf(tmp, sizeof tmp, "%.*f", prec < 0 ? 6 : prec, v);
-            else
-                snprintf(tmp, sizeof tmp, "%lld", (long long)v);
-            ct_buf_adds(&out, tmp);
-        } else {
-            free(out.p);
-            return ct_fail(c, n->line, "%%%c needs a number", conv);
-        }
-    }
-    if (k < n_args && b && json_is_array(b)) {
-        free(out.p);
-        return ct_fail(c, n->line, "not all arguments converted during string formatting");
-    }
-    json_t *r = ct_string(out.p ? out.p : "", out.n);
-    free(out.p);
-    return r;
-}
-
-static json_t *arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, json_t *b) {
-    if (!strcmp(op, "~")) {
-        ct_buf s = {0};
-        ct_str(&s, a);
-        ct_str(&s, b);
-        json_t *r = ct_string(s.p ? s.p : "", s.n);
-        free(s.p);
-        return r;
-    }
-    if (!strcmp(op, "==")) return json_boolean(ct_equal(a, b));
-    if (!strcmp(op, "!=")) return json_boolean(!ct_equal(a, b));
-    if (!strcmp(op, "in") || !strcmp(op, "notin")) {
-        bool neg = op[0] == 'n', r = false;
-        if (b && json_is_string(b) && a && json_is_string(a)) {
-            r = json_string_length(a) == 0 ||
-                strstr(json_string_value(b), json_string_value(a)) != NULL;
-        } else if (b && json_is_object(b)) {
-            r = a && json_is_string(a) && json_object_get(b, json_string_value(a));
-        } else if (b && json_is_array(b)) {
-            for (size_t i = 0; i < json_array_size(b) && !r; i++)
-                r = ct_equal(a, json_array_get(b, i));
-        } else if (b && !json_is_null(b)) {
-            return ct_fail(c, n->line, "'in' needs a string, list or mapping on its right");
-        } else if (b) {
-            return ct_fail(c, n->line, "argument of type 'NoneType' is not iterable");
-        }
-        return json_boolean(r != neg);
-    }
-    if (op[0] == '<' || op[0] == '>') {
-        bool ok;
-        int r = ct_compare(a, b, &ok);
-        if (!ok) return ct_fail(c, n->line, "'%s' not supported between these values", op);
-        bool res = op[0] == '<' ? (op[1] ? r <= 0 : r < 0) : (op[1] ? r >= 0 : r > 0);
-        return json_boolean(res);
-    }
-    if (!strcmp(op, "+") && a && b && json_is_string(a) && json_is_string(b))
-        return arith(c, n, "~", a, b);
-    if (!strcmp(op, "+") && a && b && json_is_array(a) && json_is_array(b)) {
-        json_t *r = json_copy(a);
-        json_array_extend(r, b);
-        return r;
-    }
-    if (!strcmp(op, "*") && a && b && json_is_string(a) && json_is_integer(b)) {
-        ct_buf s = {.limit = c->lim.max_output_bytes};
-        for (long long i = 0; i < json_integer_value(b) && !s.over; i++) ct_str(&s, a);
-        if (s.over) {
-            free(s.p);
-            return ct_fail(c, n->line, "string too long");
-        }
-        json_t *r = ct_string(s.p ? s.p : "", s.n);
-        free(s.p);
-        return r;
-    }
-    if (!strcmp(op, "%") && a && json_is_string(a)) return percent_format(c, n, a, b);
-    bool num = a && b && (json_is_number(a) || json_is_boolean(a)) &&
-               (json_is_number(b) || json_is_boolean(b));
-    if (!num) return ct_fail(c, n->line, "unsupported operand types for '%s'", op);
-    bool ints = !json_is_real(a) && !json_is_real(b);
-    long long x = json_is_number(a) ? (long long)json_integer_value(a) : json_is_true(a);
-    long long y = json_is_number(b) ? (long long)json_integer_value(b) : json_is_true(b);
-    double fx = json_is_number(a) ? json_number_value(a) : json_is_true(a);
-    double fy = json_is_number(b) ? json_number_value(b) : json_is_true(b);
-    switch (op[0]) {
-    case '+':
-        return ints ? json_integer(x + y) : json_real(fx + fy);
-    case '-':
-        return ints ? json_integer(x - y) : json_real(fx - fy);
-    case '*':
-        if (op[1])
-            return ints && y >= 0 ? json_integer((long long)llround(pow(fx, fy)))
-                                  : json_real(pow(fx, fy));
-        return ints ? json_integer(x * y) : json_real(fx * fy);
-    case '/':
-        if (fy == 0) return ct_fail(c, n->line, "division by zero");
-        if (op[1]) {
-            if (ints) {
-                long long q = x / y;
-                if ((x % y != 0) && ((x < 0) != (y < 0))) q--;
-                return json_integer(q);
-            }
-            return json_real(floor(fx / fy));
-        }
-        return json_real(fx / fy);
-    case '%':
-        if (fy == 0) return ct_fail(c, n->line, "modulo by zero");
-        if (ints) {
-            long long r = x % y;
-            if (r != 0 && ((r < 0) != (y < 0))) r += y;
-            return json_integer(r);
-        }
-        return json_real(fx - fy * floor(fx / fy));
-    }
-    return ct_fail(c, n->line, "unknown operator '%s'", op);
-}
-
+/* Calls macro m; caller (a {% call %} block's, or NULL) is its `caller`. */
 static json_t *call_macro(ct_ctx *c, const ct_node *call, const ct_node *m, json_t **args,
-                          int n_args) {
+                          int n_args, json_t *caller) {
     if (c->depth >= c->lim.max_depth)
         return ct_fail(c, call->line, "macro calls nested too deeply (limit %d)", c->lim.max_depth);
     if (!push_frame(c, call->line)) return NULL;
     json_t *f = c->frames[c->n_frames - 1];
     json_object_set_new(f, "\001barrier", json_true());
+    if (caller) json_object_set(f, "caller", caller);
     for (int i = 0; i < m->n_names; i++) {
         json_t *v = i < n_args ? json_incref(args[i]) : ct_kwarg(c, call, m->names[i]);
         if (!v && m->args.v[i]) v = ct_eval(c, m->args.v[i]);
         if (v) json_object_set_new(f, m->names[i], v);
     }
     ct_buf saved = c->out;
-    c->out = (ct_buf){.limit = c->lim.max_output_bytes};
+    c->out = (ct_buf){.limit = c->lim.max_output_bytes, .tuples = &c->tuples};
     c->depth++;
     exec_list(c, &m->body);
     c->depth--;
@@ -374,7 +238,7 @@ static json_t *eval_call(ct_ctx *c, const ct_node *n) {
         if (m && json_is_object(m) && json_object_get(m, CT_MACRO_KEY)) {
             r = call_macro(c, n,
                            c->macro_nodes[json_integer_value(json_object_get(m, CT_MACRO_KEY))],
-                           args, na);
+                           args, na, NULL);
         } else if (!c->failed) {
             bool found = false;
             if (obj) r = ct_call_method(c, n, obj, f->name, args, na, &found);
@@ -392,7 +256,11 @@ static json_t *eval_call(ct_ctx *c, const ct_node *n) {
         } else if (v && json_is_object(v) && json_object_get(v, CT_MACRO_KEY)) {
             r = call_macro(c, n,
                            c->macro_nodes[json_integer_value(json_object_get(v, CT_MACRO_KEY))],
-                           args, na);
+                           args, na, NULL);
+        } else if (v && json_is_object(v) && json_object_get(v, CT_RECUR_KEY)) {
+            r = call_loop(c, n, v, args, na);
+        } else if (v && json_is_object(v) && json_object_get(v, CT_CALLER_KEY)) {
+            r = call_caller(c, n, v, args, na);
         } else if (!v) {
             bool found = false;
             r = ct_call_method(c, n, NULL, f->name, args, na, &found);
@@ -440,6 +308,7 @@ static json_t *eval_node(ct_ctx *c, const ct_node *n) {
             json_t *x = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i]));
             json_array_append_new(a, x ? x : json_null());
         }
+        if (n->kind == CT_TUPLE) ct_ptrset_add(&c->tuples, a);
         return a;
     }
     case CT_DICT: {
@@ -447,7 +316,11 @@ static json_t *eval_node(ct_ctx *c, const ct_node *n) {
         for (int i = 0; i + 1 < n->args.n; i += 2) {
             json_t *k = ct_eval(c, n->args.v[i]);
             json_t *v = ct_check_nested(c, n->line, ct_eval(c, n->args.v[i + 1]));
-            if (k && json_is_string(k))
+            if (k && json_is_integer(k)) {
+                char key[32];
+                ct_int_key(key, sizeof key, (long long)json_integer_value(k));
+                json_object_set_new(d, key, v ? v : json_null());
+            } else if (k && json_is_string(k))
                 json_object_set_new(d, json_string_value(k), v ? v : json_null());
             else {
                 json_decref(v);
@@ -527,7 +400,7 @@ static json_t *eval_node(ct_ctx *c, const ct_node *n) {
     }
     case CT_BINOP: {
         json_t *a = ct_eval(c, n->a), *b = ct_eval(c, n->b), *r = NULL;
-        if (!c->failed) r = arith(c, n, n->name, a, b);
+        if (!c->failed) r = ct_arith(c, n, n->name, a, b);
         json_decref(a);
         json_decref(b);
         return r;
@@ -562,11 +435,23 @@ static bool bind_targets(ct_ctx *c, const ct_node *n, json_t *f, json_t *x) {
     return true;
 }
 
-static void exec_for(ct_ctx *c, const ct_node *n) {
-    json_t *iter = ct_eval(c, n->a);
-    if (c->failed) return;
+/* The index of node n (a macro, recursive loop or call block) in the macro table, adding it the
+ * first time; -1 with the error set when the table is full. */
+static int register_node(ct_ctx *c, const ct_node *n) {
+    for (int i = 0; i < c->n_macros; i++)
+        if (c->macro_nodes[i] == n) return i;
+    if (c->n_macros == (int)(sizeof c->macro_nodes / sizeof *c->macro_nodes)) {
+        ct_fail(c, n->line, "too many macros, recursive loops and call blocks");
+        return -1;
+    }
+    c->macro_nodes[c->n_macros] = n;
+    return c->n_macros++;
+}
+
+/* Runs loop n over iter (the body once per kept item, else the else branch) at depth (1 for the
+ * loop itself, +1 per loop(...) call of a recursive loop). */
+static void run_for(ct_ctx *c, const ct_node *n, json_t *iter, int depth) {
     json_t *items = iter && json_is_null(iter) ? NULL : ct_iter_list(iter);
-    json_decref(iter);
     if (!items) {
         if (iter)
             ct_fail(c, n->line, "value is not iterable");
@@ -590,6 +475,7 @@ static void exec_for(ct_ctx *c, const ct_node *n) {
         json_decref(items);
         items = kept;
     }
+    int recur_id = n->recursive ? register_node(c, n) : -1;
     size_t len = json_array_size(items);
     for (size_t i = 0; i < len && !c->failed; i++) {
         if (++c->iterations > c->lim.max_iterations) {
@@ -606,10 +492,15 @@ static void exec_for(ct_ctx *c, const ct_node *n) {
         json_object_set_new(loop, "first", json_boolean(i == 0));
         json_object_set_new(loop, "last", json_boolean(i + 1 == len));
         json_object_set_new(loop, "length", json_integer((long long)len));
-        json_object_set_new(loop, "depth", json_integer(1));
-        json_object_set_new(loop, "depth0", json_integer(0));
+        json_object_set_new(loop, "depth", json_integer(depth));
+        json_object_set_new(loop, "depth0", json_integer(depth - 1));
         if (i > 0) json_object_set(loop, "previtem", json_array_get(items, i - 1));
         if (i + 1 < len) json_object_set(loop, "nextitem", json_array_get(items, i + 1));
+        json_object_set_new(loop, CT_LOOP_KEY, json_true());
+        if (recur_id >= 0) {
+            json_object_set_new(loop, CT_RECUR_KEY, json_integer(recur_id));
+            json_object_set_new(loop, "\001depth", json_integer(depth));
+        }
         json_object_set_new(f, "loop", loop);
         exec_list(c, &n->body);
         if (c->brk == 1) {
@@ -621,6 +512,96 @@ static void exec_for(ct_ctx *c, const ct_node *n) {
     pop_frame(c);
     if (len == 0 && !c->failed) exec_list(c, &n->orelse);
     json_decref(items);
+}
+
+static void exec_for(ct_ctx *c, const ct_node *n) {
+    json_t *iter = ct_eval(c, n->a);
+    if (c->failed) return;
+    run_for(c, n, iter, 1);
+    json_decref(iter);
+}
+
+/* Runs fn with the output captured; returns it as a string (NULL on error). */
+static json_t *capture(ct_ctx *c, int line, void (*fn)(ct_ctx *, const void *), const void *arg) {
+    ct_buf saved = c->out;
+    c->out = (ct_buf){.limit = c->lim.max_output_bytes, .tuples = &c->tuples};
+    fn(c, arg);
+    ct_buf mine = c->out;
+    c->out = saved;
+    json_t *r = c->failed ? NULL : ct_string(mine.p ? mine.p : "", mine.n);
+    if (mine.over) ct_fail(c, line, "output larger than %zu bytes", c->lim.max_output_bytes);
+    free(mine.p);
+    return r;
+}
+
+typedef struct recur_call {
+    const ct_node *loop;
+    json_t *iter;
+    int depth;
+} recur_call;
+
+static void run_recur(ct_ctx *c, const void *arg) {
+    const recur_call *r = arg;
+    run_for(c, r->loop, r->iter, r->depth);
+}
+
+/* loop(items) inside a recursive loop: the loop's body over items, one level deeper. */
+static json_t *call_loop(ct_ctx *c, const ct_node *call, json_t *loop, json_t **args, int n_args) {
+    if (n_args != 1) return ct_fail(c, call->line, "loop() takes one iterable");
+    if (c->depth >= c->lim.max_depth)
+        return ct_fail(c, call->line, "recursive loop nested too deeply (limit %d)",
+                       c->lim.max_depth);
+    recur_call r = {c->macro_nodes[json_integer_value(json_object_get(loop, CT_RECUR_KEY))],
+                    args[0], (int)json_integer_value(json_object_get(loop, "\001depth")) + 1};
+    c->depth++;
+    json_t *out = capture(c, call->line, run_recur, &r);
+    c->depth--;
+    return out;
+}
+
+typedef struct caller_call {
+    const ct_node *block;
+    json_t **args;
+    int n_args;
+    const ct_node *call;
+} caller_call;
+
+static void run_caller(ct_ctx *c, const void *arg) {
+    const caller_call *k = arg;
+    if (!push_frame(c, k->call->line)) return;
+    json_t *f = c->frames[c->n_frames - 1];
+    for (int i = 0; i < k->block->n_names; i++) {
+        json_t *v =
+            i < k->n_args ? json_incref(k->args[i]) : ct_kwarg(c, k->call, k->block->names[i]);
+        if (v) json_object_set_new(f, k->block->names[i], v);
+    }
+    exec_list(c, &k->block->body);
+    c->brk = 0;
+    pop_frame(c);
+}
+
+/* caller(args) inside a macro called by {% call %}: the call block's body, run in the scopes
+ * of the call site (the macro's frames above them set aside meanwhile). */
+static json_t *call_caller(ct_ctx *c, const ct_node *call, json_t *caller, json_t **args,
+                           int n_args) {
+    if (c->depth >= c->lim.max_depth)
+        return ct_fail(c, call->line, "caller() nested too deeply (limit %d)", c->lim.max_depth);
+    int site = (int)json_integer_value(json_object_get(caller, "\001frames"));
+    if (site < 1 || site > c->n_frames) return ct_fail(c, call->line, "caller() out of its macro");
+    int above = c->n_frames - site;
+    json_t **saved = kv_malloc((size_t)(above ? above : 1) * sizeof *saved);
+    memcpy(saved, c->frames + site, (size_t)above * sizeof *saved);
+    c->n_frames = site;
+    caller_call k = {c->macro_nodes[json_integer_value(json_object_get(caller, CT_CALLER_KEY))],
+                     args, n_args, call};
+    c->depth++;
+    json_t *out = capture(c, call->line, run_caller, &k);
+    c->depth--;
+    while (c->n_frames > site) pop_frame(c);
+    memcpy(c->frames + site, saved, (size_t)above * sizeof *saved);
+    c->n_frames = site + above;
+    free(saved);
+    return out;
 }
 
 static void exec(ct_ctx *c, const ct_node *n) {
@@ -671,7 +652,7 @@ static void exec(ct_ctx *c, const ct_node *n) {
     }
     case CT_SETBLOCK: {
         ct_buf saved = c->out;
-        c->out = (ct_buf){.limit = c->lim.max_output_bytes};
+        c->out = (ct_buf){.limit = c->lim.max_output_bytes, .tuples = &c->tuples};
         exec_list(c, &n->body);
         ct_buf mine = c->out;
         c->out = saved;
@@ -680,14 +661,40 @@ static void exec(ct_ctx *c, const ct_node *n) {
         break;
     }
     case CT_MACRO: {
-        if (c->n_macros == (int)(sizeof c->macro_nodes / sizeof *c->macro_nodes)) {
-            ct_fail(c, n->line, "too many macros");
+        int id = register_node(c, n);
+        if (id < 0) break;
+        json_t *m = json_object();
+        json_object_set_new(m, CT_MACRO_KEY, json_integer(id));
+        json_object_set_new(f, n->name, m);
+        break;
+    }
+    case CT_CALLBLOCK: {
+        const ct_node *call = n->a, *fn = n->a->a;
+        json_t *m = ct_eval(c, fn);
+        if (c->failed) break;
+        if (!m || !json_is_object(m) || !json_object_get(m, CT_MACRO_KEY)) {
+            json_decref(m);
+            ct_fail(c, n->line, "{%% call %%} needs a macro call");
             break;
         }
-        c->macro_nodes[c->n_macros] = n;
-        json_t *m = json_object();
-        json_object_set_new(m, CT_MACRO_KEY, json_integer(c->n_macros++));
-        json_object_set_new(f, n->name, m);
+        int id = register_node(c, n);
+        json_t *args[16];
+        int na = id >= 0 && call->args.n <= 16 ? eval_args(c, call, args) : 0;
+        if (call->args.n > 16) ct_fail(c, n->line, "too many arguments");
+        json_t *r = NULL;
+        if (!c->failed) {
+            json_t *caller = json_object();
+            json_object_set_new(caller, CT_CALLER_KEY, json_integer(id));
+            json_object_set_new(caller, "\001frames", json_integer(c->n_frames));
+            r = call_macro(c, call,
+                           c->macro_nodes[json_integer_value(json_object_get(m, CT_MACRO_KEY))],
+                           args, na, caller);
+            json_decref(caller);
+        }
+        free_args(args, na);
+        ct_str(&c->out, r);
+        json_decref(r);
+        json_decref(m);
         break;
     }
     case CT_BREAK:
@@ -699,7 +706,7 @@ static void exec(ct_ctx *c, const ct_node *n) {
     case CT_SEQ:
         if (n->name) { /* filter block */
             ct_buf saved = c->out;
-            c->out = (ct_buf){.limit = c->lim.max_output_bytes};
+            c->out = (ct_buf){.limit = c->lim.max_output_bytes, .tuples = &c->tuples};
             exec_list(c, &n->body);
             ct_buf mine = c->out;
             c->out = saved;
@@ -732,10 +739,13 @@ int chat_template_render(const chat_template *t, json_t *vars, const chat_templa
     ct_ctx c = {.err = err};
     c.lim = limits ? *limits : chat_template_default_limits();
     c.out.limit = c.lim.max_output_bytes;
+    c.out.tuples = &c.tuples;
     c.frames[0] = vars && json_is_object(vars) ? json_copy(vars) : json_object();
     c.n_frames = 1;
     exec(&c, t->root);
     while (c.n_frames > 0) pop_frame(&c);
+    ct_ptrset_free(&c.tuples);
+    ct_ptrset_free(&c.markups);
     if (c.failed) {
         free(c.out.p);
         *out = NULL;

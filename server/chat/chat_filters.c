@@ -140,7 +140,7 @@ static bool affix(json_t *v, json_t *a, bool start) {
     return !memcmp(json_string_value(v) + (start ? 0 : n - k), json_string_value(a), k);
 }
 
-static json_t *case_map(json_t *v, int mode /* 0 lower 1 upper 2 title 3 capitalize */) {
+json_t *ct_case_map(json_t *v, int mode) {
     const char *s = json_string_value(v);
     size_t n = json_string_length(v);
     char *o = kv_malloc(n + 1);
@@ -228,10 +228,10 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
         if (!strcmp(name, "strip")) return strip(obj, chars, true, true);
         if (!strcmp(name, "lstrip")) return strip(obj, chars, true, false);
         if (!strcmp(name, "rstrip")) return strip(obj, chars, false, true);
-        if (!strcmp(name, "lower")) return case_map(obj, 0);
-        if (!strcmp(name, "upper")) return case_map(obj, 1);
-        if (!strcmp(name, "title")) return case_map(obj, 2);
-        if (!strcmp(name, "capitalize")) return case_map(obj, 3);
+        if (!strcmp(name, "lower")) return ct_case_map(obj, 0);
+        if (!strcmp(name, "upper")) return ct_case_map(obj, 1);
+        if (!strcmp(name, "title")) return ct_case_map(obj, 2);
+        if (!strcmp(name, "capitalize")) return ct_case_map(obj, 3);
         if (!strcmp(name, "startswith")) return json_boolean(affix(obj, a0, true));
         if (!strcmp(name, "endswith")) return json_boolean(affix(obj, a0, false));
         if (!strcmp(name, "split"))
@@ -263,6 +263,11 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             return buf_string(&b);
         }
     }
+    if (json_is_object(obj) && !strcmp(name, "cycle") && json_object_get(obj, CT_LOOP_KEY)) {
+        if (n_args < 1) return ct_fail(c, n->line, "loop.cycle needs at least one value");
+        long long i = json_integer_value(json_object_get(obj, "index0"));
+        return json_incref(args[i % n_args]);
+    }
     if (json_is_object(obj)) {
         if (!strcmp(name, "items") || !strcmp(name, "keys") || !strcmp(name, "values")) {
             json_t *r = json_array();
@@ -270,11 +275,14 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
             json_t *v;
             json_object_foreach(obj, k, v) {
                 if (name[0] == 'k')
-                    json_array_append_new(r, json_string(k));
+                    json_array_append_new(r, ct_key_value(k));
                 else if (name[0] == 'v')
                     json_array_append(r, v);
-                else
-                    json_array_append_new(r, json_pack("[sO]", k, v));
+                else {
+                    json_t *pair = json_pack("[oO]", ct_key_value(k), v);
+                    ct_ptrset_add(&c->tuples, pair); /* Python's items() gives tuples */
+                    json_array_append_new(r, pair);
+                }
             }
             return r;
         }
@@ -292,7 +300,8 @@ static const char *const known_filters[] = {
     "tojson", "default", "d",     "safe",       "length",  "count",   "string",     "list",
     "items",  "first",   "last",  "join",       "select",  "reject",  "selectattr", "rejectattr",
     "map",    "int",     "float", "abs",        "unique",  "reverse", "dictsort",   "trim",
-    "lower",  "upper",   "title", "capitalize", "replace", "indent",  NULL};
+    "lower",  "upper",   "title", "capitalize", "replace", "indent",  "sort",       "sum",
+    "min",    "max",     "round", NULL};
 static const char *const known_tests[] = {
     "defined",     "undefined", "none",    "string", "mapping", "iterable", "sequence", "number",
     "integer",     "float",     "boolean", "true",   "false",   "callable", "equalto",  "eq",
@@ -313,7 +322,7 @@ bool ct_test_known(const char *name) {
 }
 
 /* The value of attribute path "a.b" of x (borrowed), or NULL. */
-static json_t *attr_path(json_t *x, const char *path) {
+json_t *ct_attr_path(json_t *x, const char *path) {
     char part[128];
     while (x && *path) {
         size_t k = strcspn(path, ".");
@@ -357,7 +366,7 @@ bool ct_test(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **
     if (!strcmp(name, "ne") || !strcmp(name, "!=")) return !ct_equal(v, a0);
     if (!strcmp(name, "lower") || !strcmp(name, "upper")) {
         if (!v || !json_is_string(v)) return false;
-        json_t *m = case_map(v, name[0] == 'u');
+        json_t *m = ct_case_map(v, name[0] == 'u');
         bool r = json_equal(m, v);
         json_decref(m);
         return r;
@@ -411,7 +420,7 @@ static json_t *select_items(ct_ctx *c, const ct_node *n, json_t *v, json_t **arg
                            : NULL;
     for (size_t i = 0; i < json_array_size(items) && !c->failed; i++) {
         json_t *x = json_array_get(items, i);
-        json_t *subject = by_attr ? attr_path(x, attr) : x;
+        json_t *subject = by_attr ? ct_attr_path(x, attr) : x;
         bool t = test ? ct_test(c, n, test, subject, args + first + 1, n_args - first - 1)
                       : ct_truthy(subject);
         if (t == keep) json_array_append(out, x);
@@ -422,7 +431,8 @@ static json_t *select_items(ct_ctx *c, const ct_node *n, json_t *v, json_t **arg
 
 json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **args,
                   int n_args) {
-    json_t *a0 = n_args > 0 ? args[0] : NULL, *a1 = n_args > 1 ? args[1] : NULL;
+    json_t *a0 = n_args > 0 ? args[0] : NULL, *a1 = n_args > 1 ? args[1] : NULL, *seq;
+    if (ct_filter_seq(c, n, name, v, args, n_args, &seq)) return seq;
     if (!strcmp(name, "tojson")) {
         json_t *ind = a0 ? json_incref(a0) : ct_kwarg(c, n, "indent");
         json_t *seps = ct_kwarg(c, n, "separators");
@@ -463,7 +473,12 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
         if (!v || (boolean && !ct_truthy(v))) return a0 ? json_incref(a0) : ct_string("", 0);
         return json_incref(v);
     }
-    if (!strcmp(name, "safe")) return json_incref(v);
+    if (!strcmp(name, "safe")) { /* Markup: a new string, so that a shared literal stays plain */
+        json_t *m = str_of(v), *r = ct_string(json_string_value(m), json_string_length(m));
+        json_decref(m);
+        ct_ptrset_add(&c->markups, r);
+        return r;
+    }
     if (!strcmp(name, "length") || !strcmp(name, "count")) {
         if (v && json_is_string(v)) {
             json_t *items = ct_iter_list(v);
@@ -508,7 +523,7 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
         for (size_t i = 0; i < json_array_size(items); i++) {
             if (i && a0) ct_str(&b, a0);
             json_t *x = json_array_get(items, i);
-            ct_str(&b, attr && json_is_string(attr) ? attr_path(x, json_string_value(attr)) : x);
+            ct_str(&b, attr && json_is_string(attr) ? ct_attr_path(x, json_string_value(attr)) : x);
         }
         json_decref(attr);
         json_decref(items);
@@ -534,8 +549,8 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
                 json_t *y = json_array_get(json_array_get(pairs, k), val);
                 json_t *lx = x, *ly = y;
                 if (!cs && json_is_string(x) && json_is_string(y)) {
-                    lx = case_map(x, 0);
-                    ly = case_map(y, 0);
+                    lx = ct_case_map(x, 0);
+                    ly = ct_case_map(y, 0);
                 } else {
                     json_incref(lx);
                     json_incref(ly);
@@ -544,6 +559,10 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
                 int r = ct_compare(lx, ly, &ok);
                 json_decref(lx);
                 json_decref(ly);
+                if (!ok) {
+                    json_decref(pairs);
+                    return ct_fail(c, n->line, "dictsort: '<' not supported between these keys");
+                }
                 if (!(rev ? r < 0 : r > 0)) break;
                 json_t *tmp = json_incref(json_array_get(pairs, k - 1));
                 json_array_set(pairs, k - 1, json_array_get(pairs, k));
@@ -563,7 +582,7 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
         for (size_t i = 0; i < json_array_size(items) && !c->failed; i++) {
             json_t *x = json_array_get(items, i), *r;
             if (attr && json_is_string(attr)) {
-                r = json_incref(attr_path(x, json_string_value(attr)));
+                r = json_incref(ct_attr_path(x, json_string_value(attr)));
                 if (!r) r = json_incref(def);
             } else if (a0 && json_is_string(a0)) {
                 r = ct_filter(c, n, json_string_value(a0), x, args + 1, n_args - 1);
@@ -592,17 +611,12 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
             return json_integer(llabs(json_integer_value(v)));
         if (!strcmp(name, "abs") && v && json_is_real(v))
             return json_real(json_real_value(v) < 0 ? -json_real_value(v) : json_real_value(v));
-        if (!strcmp(name, "unique") || !strcmp(name, "reverse")) {
+        if (!strcmp(name, "reverse")) {
             json_t *items = ct_iter_list(v);
             if (!items) return ct_fail(c, n->line, "value is not iterable");
             json_t *out = json_array();
             for (size_t i = 0; i < json_array_size(items); i++) {
-                json_t *x =
-                    json_array_get(items, name[0] == 'r' ? json_array_size(items) - 1 - i : i);
-                bool dup = false;
-                for (size_t k = 0; name[0] == 'u' && k < json_array_size(out) && !dup; k++)
-                    dup = ct_equal(x, json_array_get(out, k));
-                if (!dup) json_array_append(out, x);
+                json_array_append(out, json_array_get(items, json_array_size(items) - 1 - i));
             }
             json_decref(items);
             return out;
@@ -617,13 +631,13 @@ json_t *ct_filter(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json
     if (!strcmp(name, "trim"))
         r = strip(s, a0 && json_is_string(a0) ? json_string_value(a0) : NULL, true, true);
     else if (!strcmp(name, "lower"))
-        r = case_map(s, 0);
+        r = ct_case_map(s, 0);
     else if (!strcmp(name, "upper"))
-        r = case_map(s, 1);
+        r = ct_case_map(s, 1);
     else if (!strcmp(name, "title"))
-        r = case_map(s, 2);
+        r = ct_case_map(s, 2);
     else if (!strcmp(name, "capitalize"))
-        r = case_map(s, 3);
+        r = ct_case_map(s, 3);
     else if (!strcmp(name, "reverse")) {
         json_t *items = ct_iter_list(s);
         ct_buf b = {0};

@@ -50,7 +50,8 @@ typedef enum ct_kind {
     CT_MACRO,    /* name, names: params, args: defaults (NULL entries), body */
     CT_BREAK,
     CT_CONTINUE,
-    CT_SEQ, /* body: statements (generation blocks, filter blocks) */
+    CT_SEQ,       /* body: statements (generation blocks, filter blocks) */
+    CT_CALLBLOCK, /* {% call(names) a %}body{% endcall %}: a is the macro call */
     /* expressions */
     CT_LIT,    /* lit */
     CT_NAME,   /* name */
@@ -92,6 +93,7 @@ struct ct_node {
     int n_names;
     bool negate; /* is not */
     ct_list body, orelse;
+    bool recursive;      /* for ... recursive */
     ct_node *next_alloc; /* every node of a template, for freeing */
 };
 
@@ -104,12 +106,24 @@ void ct_list_push(ct_list *l, ct_node *n);
 
 /* ---- values (chat_value.c) ---- */
 bool ct_truthy(json_t *v); /* NULL (undefined) is false */
+
+/* The arrays of one render that are Python tuples (tuple literals, items() pairs): a set of
+ * pointers, each held by a reference so no other value reuses its address. */
+typedef struct ct_ptrset {
+    json_t **v;
+    size_t cap, n;
+} ct_ptrset;
+void ct_ptrset_add(ct_ptrset *s, json_t *v); /* no-op for NULL */
+bool ct_ptrset_has(const ct_ptrset *s, const json_t *v);
+void ct_ptrset_free(ct_ptrset *s);
+
 /* Appends Python str(v) (undefined: nothing) to the buffer. */
 typedef struct ct_buf {
     char *p;
     size_t n, cap;
     size_t limit; /* appends beyond this set over */
     bool over;
+    const ct_ptrset *tuples; /* arrays printed as tuples; NULL: none */
 } ct_buf;
 void ct_buf_add(ct_buf *b, const char *s, size_t n);
 void ct_buf_adds(ct_buf *b, const char *s);
@@ -126,6 +140,11 @@ json_t *ct_string(const char *s, size_t n);
 /* Python-style: converts v to a list of items (new reference); NULL when not iterable
  * (undefined gives an empty list). */
 json_t *ct_iter_list(json_t *v);
+#define CT_LOOP_KEY "\001loop" /* marks a loop object (loop.cycle) */
+/* Int keys of dict literals live in the object as CT_INT_KEY + digits: */
+#define CT_INT_KEY "\002"
+json_t *ct_key_value(const char *k);                 /* the key as a value: an int or a string */
+void ct_int_key(char *out, size_t cap, long long i); /* the object key of int i */
 
 /* ---- evaluation (chat_eval.c, chat_filters.c) ---- */
 typedef struct ct_ctx {
@@ -138,6 +157,8 @@ typedef struct ct_ctx {
     long iterations;
     int depth;
     int brk; /* 1 break, 2 continue pending */
+    ct_ptrset tuples;
+    ct_ptrset markups; /* strings that are Markup (|safe): '+' HTML-escapes a plain side */
     bool failed;
     kv_error *err;
 } ct_ctx;
@@ -159,6 +180,16 @@ json_t *ct_call_method(ct_ctx *c, const ct_node *n, json_t *obj, const char *nam
 /* For a value about to go inside a new list, dict or namespace: NULL with the error set when it
  * would nest too deeply; takes v's reference either way. */
 json_t *ct_check_nested(ct_ctx *c, int line, json_t *v);
+/* sort, unique, min, max, sum, round (chat_filters_seq.c): true when name is one of them, the
+ * filtered value (new ref, or NULL) in *result. */
+bool ct_filter_seq(ct_ctx *c, const ct_node *n, const char *name, json_t *v, json_t **args,
+                   int n_args, json_t **result);
+/* The value of attribute path "a.b" (dict keys, list indexes) of x (borrowed), or NULL. */
+json_t *ct_attr_path(json_t *x, const char *path);
+/* v (a string) lowered (0), uppered (1), title-cased (2) or capitalized (3): new reference. */
+json_t *ct_case_map(json_t *v, int mode);
+/* a op b for the binary operators (chat_ops.c): new reference, or NULL with the error set. */
+json_t *ct_arith(ct_ctx *c, const ct_node *n, const char *op, json_t *a, json_t *b);
 /* Keyword argument `name` of call node n, evaluated (new ref), or NULL when absent. */
 json_t *ct_kwarg(ct_ctx *c, const ct_node *n, const char *name);
 

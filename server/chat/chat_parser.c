@@ -280,8 +280,7 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             next(p);
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a filter name", NULL);
-            if (!ct_filter_known(f->text)) return fail(p, f->line, "unknown filter", f->text);
-            ct_node *x = node(p, CT_FILTER, f->line);
+            ct_node *x = node(p, CT_FILTER, f->line); /* unknown names: check_names */
             x->name = kv_strdup(f->text);
             x->a = n;
             if (accept_op(p, "(")) parse_call_args(p, x);
@@ -292,7 +291,6 @@ static ct_node *parse_filters(parser *p, ct_node *n) {
             x->negate = accept_name(p, "not");
             ct_tok *f = next(p);
             if (f->kind != CT_TOK_NAME) return fail(p, f->line, "expected a test name", NULL);
-            if (!ct_test_known(f->text)) return fail(p, f->line, "unknown test", f->text);
             x->name = kv_strdup(f->text);
             x->a = n;
             ct_tok *nx = peek(p);
@@ -537,7 +535,7 @@ static ct_node *parse_stmt(parser *p) {
             n->b = parse_expr(p);
             if (!n->b) return NULL;
         }
-        accept_name(p, "recursive");
+        n->recursive = accept_name(p, "recursive");
         if (!expect_block_end(p)) return NULL;
         static const char *const ends[] = {"else", "endfor", NULL};
         ct_tok *e = parse_body(p, &n->body, ends, "for", line);
@@ -593,6 +591,22 @@ static ct_node *parse_stmt(parser *p) {
         }
         static const char *const ends[] = {"endmacro", NULL};
         if (!expect_block_end(p) || !parse_body(p, &n->body, ends, "macro", line)) return NULL;
+    } else if (!strcmp(k, "call")) { /* {% call(params) macro(args) %}body{% endcall %} */
+        n = node(p, CT_CALLBLOCK, line);
+        if (accept_op(p, "(")) {
+            while (!accept_op(p, ")")) {
+                if (n->n_names && !expect_op(p, ",")) return NULL;
+                ct_tok *a = next(p);
+                if (a->kind != CT_TOK_NAME)
+                    return fail(p, a->line, "expected a parameter name", NULL);
+                push_name(n, a->text);
+            }
+        }
+        n->a = parse_expr(p);
+        if (!n->a) return NULL;
+        if (n->a->kind != CT_CALL) return fail(p, line, "{% call %} needs a macro call", NULL);
+        static const char *const ends[] = {"endcall", NULL};
+        if (!expect_block_end(p) || !parse_body(p, &n->body, ends, "call", line)) return NULL;
     } else if (!strcmp(k, "break") || !strcmp(k, "continue")) {
         n = node(p, k[0] == 'b' ? CT_BREAK : CT_CONTINUE, line);
     } else if (!strcmp(k, "generation") || !strcmp(k, "filter")) {
@@ -664,6 +678,33 @@ static ct_tok *parse_body(parser *p, ct_list *body, const char *const *ends, con
     return NULL;
 }
 
+/* Jinja's rule for unknown filters and tests: a compile error, except under an `if` (its test,
+ * branches) or a conditional expression, where only running them fails; a loop, macro or block
+ * body starts strict again. */
+static void check_names(parser *p, const ct_node *n, bool soft);
+static void check_list(parser *p, const ct_list *l, bool soft) {
+    for (int i = 0; i < l->n && !p->failed; i++)
+        if (l->v[i]) check_names(p, l->v[i], soft);
+}
+static void check_names(parser *p, const ct_node *n, bool soft) {
+    if (n->kind == CT_FILTER && !soft && !ct_filter_known(n->name))
+        fail(p, n->line, "unknown filter", n->name);
+    if (n->kind == CT_TEST && !soft && !ct_test_known(n->name))
+        fail(p, n->line, "unknown test", n->name);
+    bool inner = n->kind == CT_IF || n->kind == CT_COND ? true : soft;
+    bool body = n->kind == CT_FOR || n->kind == CT_MACRO || n->kind == CT_SETBLOCK ||
+                        n->kind == CT_CALLBLOCK || (n->kind == CT_SEQ && n->name)
+                    ? false
+                    : inner;
+    const ct_node *kids[4] = {n->a, n->b, n->c, n->d};
+    for (int i = 0; i < 4 && !p->failed; i++)
+        if (kids[i]) check_names(p, kids[i], inner);
+    check_list(p, &n->args, inner);
+    check_list(p, &n->kw, inner);
+    check_list(p, &n->body, body);
+    check_list(p, &n->orelse, body);
+}
+
 static void free_list(ct_list *l) {
     free(l->v);
 }
@@ -698,6 +739,7 @@ chat_template *chat_template_parse(const char *src, size_t len, kv_error *err) {
     }
     p.t->root = node(&p, CT_SEQ, 1);
     parse_body(&p, &p.t->root->body, NULL, NULL, 1);
+    if (!p.failed) check_names(&p, p.t->root, false);
     ct_toks_free(&p.toks);
     if (p.failed) {
         chat_template_free(t);

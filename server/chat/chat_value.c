@@ -1,6 +1,7 @@
 /* Chat template values: jansson values printed and compared the way Python does (str, repr,
  * json.dumps with ensure_ascii=False), Python truthiness. NULL stands for Jinja's undefined. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -136,18 +137,68 @@ static void add_repr_string(ct_buf *b, const char *s, size_t n) {
     ct_buf_add(b, &q, 1);
 }
 
+static size_t ptr_slot(const ct_ptrset *s, const json_t *v) {
+    size_t h = ((uintptr_t)v >> 4) * 0x9e3779b97f4a7c15ull;
+    size_t i = h & (s->cap - 1);
+    while (s->v[i] && s->v[i] != v) i = (i + 1) & (s->cap - 1);
+    return i;
+}
+
+#define CT_MAX_TUPLES (1u << 20) /* past this many live tuples, new ones print as lists */
+
+void ct_ptrset_add(ct_ptrset *s, json_t *v) {
+    if (!v) return;
+    if ((s->n + 1) * 2 > s->cap) {
+        /* rebuild without the values only the set still holds (they are gone for the template),
+         * growing only if the live ones need it: memory follows the live tuples */
+        size_t live = 0;
+        for (size_t i = 0; i < s->cap; i++)
+            if (s->v[i] && s->v[i]->refcount > 1) live++;
+        if (live >= CT_MAX_TUPLES) return;
+        ct_ptrset old = *s;
+        s->cap = old.cap ? ((live + 1) * 2 > old.cap / 2 ? old.cap * 2 : old.cap) : 64;
+        s->v = kv_calloc(s->cap, sizeof *s->v);
+        s->n = 0;
+        for (size_t i = 0; i < old.cap; i++) {
+            if (!old.v[i]) continue;
+            if (old.v[i]->refcount > 1) {
+                s->v[ptr_slot(s, old.v[i])] = old.v[i];
+                s->n++;
+            } else {
+                json_decref(old.v[i]);
+            }
+        }
+        free(old.v);
+    }
+    size_t i = ptr_slot(s, v);
+    if (s->v[i]) return;
+    s->v[i] = json_incref(v);
+    s->n++;
+}
+
+bool ct_ptrset_has(const ct_ptrset *s, const json_t *v) {
+    return s && s->cap && v && s->v[ptr_slot(s, v)] == v;
+}
+
+void ct_ptrset_free(ct_ptrset *s) {
+    for (size_t i = 0; i < s->cap; i++) json_decref(s->v[i]);
+    free(s->v);
+    *s = (ct_ptrset){0};
+}
+
 void ct_repr(ct_buf *b, json_t *v) {
     if (v && json_is_string(v)) {
         add_repr_string(b, json_string_value(v), json_string_length(v));
         return;
     }
     if (v && json_is_array(v)) {
-        ct_buf_adds(b, "[");
+        bool tuple = ct_ptrset_has(b->tuples, v);
+        ct_buf_adds(b, tuple ? "(" : "[");
         for (size_t i = 0; i < json_array_size(v); i++) {
             if (i) ct_buf_adds(b, ", ");
             ct_repr(b, json_array_get(v, i));
         }
-        ct_buf_adds(b, "]");
+        ct_buf_adds(b, tuple ? (json_array_size(v) == 1 ? ",)" : ")") : "]");
         return;
     }
     if (v && json_is_object(v)) {
@@ -158,7 +209,10 @@ void ct_repr(ct_buf *b, json_t *v) {
         json_object_foreach(v, k, x) {
             if (!first) ct_buf_adds(b, ", ");
             first = false;
-            add_repr_string(b, k, strlen(k));
+            if (k[0] == CT_INT_KEY[0])
+                ct_buf_adds(b, k + 1);
+            else
+                add_repr_string(b, k, strlen(k));
             ct_buf_adds(b, ": ");
             ct_repr(b, x);
         }
@@ -294,7 +348,8 @@ static void tojson_at(ct_buf *b, json_t *v, const char *indent, const char *isep
         if (arr) {
             tojson_at(b, json_array_get(v, i), indent, isep, ksep, sort_keys, level + 1);
         } else {
-            add_json_string(b, keys[i], strlen(keys[i]));
+            const char *k = keys[i][0] == CT_INT_KEY[0] ? keys[i] + 1 : keys[i];
+            add_json_string(b, k, strlen(k));
             ct_buf_adds(b, ksep);
             tojson_at(b, json_object_get(v, keys[i]), indent, isep, ksep, sort_keys, level + 1);
         }
@@ -343,8 +398,26 @@ int ct_compare(json_t *a, json_t *b, bool *ok) {
         if (c) return c < 0 ? -1 : 1;
         return na < nb ? -1 : na > nb;
     }
+    if (a && b && json_is_array(a) && json_is_array(b)) { /* lexicographic, as Python's lists */
+        size_t na = json_array_size(a), nb = json_array_size(b);
+        for (size_t i = 0; i < na && i < nb; i++) {
+            int c = ct_compare(json_array_get(a, i), json_array_get(b, i), ok);
+            if (!*ok || c) return c;
+        }
+        return na < nb ? -1 : na > nb;
+    }
     *ok = false;
     return 0;
+}
+
+/* Dict literals may have int keys ({0: x}): such a key is stored as CT_INT_KEY + its digits. */
+json_t *ct_key_value(const char *k) {
+    if (k[0] == CT_INT_KEY[0] && k[1]) return json_integer(strtoll(k + 1, NULL, 10));
+    return json_string(k);
+}
+
+void ct_int_key(char *out, size_t cap, long long i) {
+    snprintf(out, cap, "%s%lld", CT_INT_KEY, i);
 }
 
 json_t *ct_iter_list(json_t *v) {
@@ -354,7 +427,7 @@ json_t *ct_iter_list(json_t *v) {
     if (json_is_object(v)) {
         const char *k;
         json_t *x;
-        json_object_foreach(v, k, x) json_array_append_new(out, json_string(k));
+        json_object_foreach(v, k, x) json_array_append_new(out, ct_key_value(k));
         return out;
     }
     if (json_is_string(v)) {

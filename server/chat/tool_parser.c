@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "model/common.h"
+#include "server/chat/tool_stream.h"
 
 static const char *find(const char *hay, size_t n, const char *needle) {
     size_t m = strlen(needle);
@@ -144,13 +145,23 @@ static int parse_llama3(const char *text, size_t n, const char *salt, tool_parse
     return 0;
 }
 
-/* Mistral: text, then [TOOL_CALLS][{"name", "arguments"}, ...] (or one object). */
+/* Mistral: text, then [TOOL_CALLS][{"name", "arguments"}, ...] (or one object), or the v11
+ * tokenizers' [TOOL_CALLS]name[ARGS]{...} (repeated for more calls). */
 static int parse_mistral(const char *text, size_t n, const char *salt, tool_parse_result *out) {
     static const char tag[] = "[TOOL_CALLS]";
     const char *at = find(text, n, tag);
     if (!at) return 0;
     const char *body = at + strlen(tag);
     size_t len = (size_t)(text + n - body), used = 0;
+    size_t lead = 0;
+    while (lead < len && is_space(body[lead])) lead++;
+    if (lead < len && body[lead] != '[' && body[lead] != '{') { /* v11: [TOOL_CALLS]name[ARGS]{} */
+        if (!tool_stream_parse_region(TOOL_PARSER_MISTRAL, at, (size_t)(text + n - at), salt,
+                                      out->calls))
+            return -1;
+        set_content(out, text, (size_t)(at - text));
+        return 0;
+    }
     json_t *v = load_prefix(body, len, &used);
     if (!v || !only_space(body + used, len - used)) {
         json_decref(v);

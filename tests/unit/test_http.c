@@ -688,6 +688,33 @@ START_TEST(shutdown_with_suspended_requests) {
 }
 END_TEST
 
+/* Streamed delta.tool_calls entries gathered as a client does: by index, the first entry of a
+ * call with its id, type and name, later ones adding to function.arguments. */
+static void gather_tool_calls(json_t *acc, json_t *entries) {
+    size_t i;
+    json_t *e;
+    json_array_foreach(entries, i, e) {
+        size_t idx = (size_t)json_integer_value(json_object_get(e, "index"));
+        json_t *fn = json_object_get(e, "function");
+        const char *args = json_string_value(json_object_get(fn, "arguments"));
+        if (idx == json_array_size(acc)) {
+            ck_assert_ptr_nonnull(json_object_get(e, "id"));
+            ck_assert_str_eq(json_string_value(json_object_get(e, "type")), "function");
+            ck_assert_ptr_nonnull(json_object_get(fn, "name"));
+            json_array_append_new(acc, json_deep_copy(e));
+            continue;
+        }
+        ck_assert_msg(idx + 1 == json_array_size(acc), "delta for call %zu out of order", idx);
+        ck_assert_ptr_null(json_object_get(e, "id")); /* id and name come once */
+        ck_assert_ptr_null(json_object_get(fn, "name"));
+        json_t *have = json_object_get(json_array_get(acc, idx), "function");
+        char joined[1024];
+        snprintf(joined, sizeof joined, "%s%s",
+                 json_string_value(json_object_get(have, "arguments")), args ? args : "");
+        json_object_set_new(have, "arguments", json_string(joined));
+    }
+}
+
 /* Chat with tools: the fake engine "generates" a Hermes tool call; it comes back as
  * message.tool_calls with finish_reason "tool_calls" when the request has tools (and not
  * tool_choice "none"), streamed or not, and as content otherwise. */
@@ -728,10 +755,10 @@ START_TEST(chat_tool_calls) {
         http_reply r;
         ck_assert_int_eq(http_do(fx.port, "POST", "/v1/chat/completions", "", body, &r), 0);
         ck_assert_msg(r.status == 200, "%d: %s", r.status, r.body);
-        if (k == 2) { /* streamed: "Ok." as content, the call held back for the last delta */
+        if (k == 2) { /* streamed: "Ok." as content, then the call in deltas */
             json_t *chunks = parse_sse(r.body);
             char text[256] = "";
-            json_t *last_calls = NULL;
+            json_t *last_calls = json_array();
             const char *fin = NULL;
             size_t i;
             json_t *chunk;
@@ -740,8 +767,10 @@ START_TEST(chat_tool_calls) {
                 json_t *delta = json_object_get(ch, "delta");
                 const char *content = json_string_value(json_object_get(delta, "content"));
                 if (content) strncat(text, content, sizeof text - strlen(text) - 1);
-                if (json_object_get(delta, "tool_calls"))
-                    last_calls = json_object_get(delta, "tool_calls");
+                if (json_object_get(delta, "tool_calls")) {
+                    ck_assert_msg(!fin, "tool call after the finish");
+                    gather_tool_calls(last_calls, json_object_get(delta, "tool_calls"));
+                }
                 if (json_is_string(json_object_get(ch, "finish_reason")))
                     fin = json_string_value(json_object_get(ch, "finish_reason"));
             }
@@ -753,6 +782,9 @@ START_TEST(chat_tool_calls) {
             ck_assert_str_eq(
                 json_string_value(json_object_get(json_object_get(c0, "function"), "arguments")),
                 "{\"x\": 1}");
+            ck_assert_str_eq(
+                json_string_value(json_object_get(json_object_get(c0, "function"), "name")), "f");
+            json_decref(last_calls);
             json_decref(chunks);
             http_reply_free(&r);
             continue;
@@ -822,7 +854,7 @@ START_TEST(chat_reasoning) {
         ck_assert_int_eq(http_do(fx.port, "POST", "/v1/chat/completions", "", req, &r), 0);
         ck_assert_msg(r.status == 200, "%d: %s", r.status, r.body);
         char reasoning[256] = "", text[256] = "";
-        json_t *calls = NULL;
+        json_t *calls = NULL, *streamed = json_array();
         const char *fin = NULL;
         json_t *parsed = stream ? parse_sse(r.body) : parse_json(r.body);
         json_t *chunks = stream ? parsed : json_pack("[O]", parsed);
@@ -840,10 +872,14 @@ START_TEST(chat_reasoning) {
             }
             const char *content = json_string_value(json_object_get(msg, "content"));
             if (content) strncat(text, content, sizeof text - strlen(text) - 1);
-            if (json_object_get(msg, "tool_calls")) calls = json_object_get(msg, "tool_calls");
+            if (json_object_get(msg, "tool_calls") && stream)
+                gather_tool_calls(streamed, json_object_get(msg, "tool_calls"));
+            else if (json_object_get(msg, "tool_calls"))
+                calls = json_object_get(msg, "tool_calls");
             if (json_is_string(json_object_get(ch, "finish_reason")))
                 fin = json_string_value(json_object_get(ch, "finish_reason"));
         }
+        if (stream) calls = streamed;
         ck_assert_str_eq(reasoning, "a plan");
         ck_assert_int_ge(n_reasoning, 1);
         ck_assert_str_eq(text, "Ok.");
@@ -853,6 +889,7 @@ START_TEST(chat_reasoning) {
         ck_assert_str_eq(json_string_value(json_object_get(fn, "name")), "f");
         ck_assert_str_eq(json_string_value(json_object_get(fn, "arguments")), "{\"x\": 1}");
         if (!stream) json_decref(parsed);
+        json_decref(streamed);
         json_decref(chunks);
         http_reply_free(&r);
     }

@@ -82,6 +82,9 @@ static const bad_case bad_cases[] = {
      "tool_choice", "unsupported"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"maybe\"}",
      "tool_choice", "invalid_value"},
+    {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": {\"type\": "
+     "\"function\"}}",
+     "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"add_generation_prompt\": 1}",
      "add_generation_prompt", "invalid_type"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"continue_final_message\": true}",
@@ -108,6 +111,28 @@ START_TEST(every_invalid_chat_body_names_its_parameter) {
     ck_assert_str_eq(e.param, c->param ? c->param : "");
     ck_assert_str_eq(e.code, c->code);
     ck_assert(e.message[0]);
+}
+END_TEST
+
+/* tool_choice required / a named function: a 400 that says why and what to use instead. */
+START_TEST(tool_choice_unsupported_says_why) {
+    openai_model_info info = info_for(4096);
+    openai_chat_request req;
+    openai_error e;
+    const char *required = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                           "\"tool_choice\": \"required\"}";
+    ck_assert(openai_chat_parse(&info, &chatml, LIT(required), false, &req, &e) != 0);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_ptr_nonnull(strstr(e.message, "\"required\" is not supported yet"));
+    ck_assert_ptr_nonnull(strstr(e.message, "constrained decoding"));
+    ck_assert_ptr_nonnull(strstr(e.message, "\"auto\""));
+    const char *named = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                        "\"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": "
+                        "\"get_weather\"}}}";
+    ck_assert(openai_chat_parse(&info, &chatml, LIT(named), false, &req, &e) != 0);
+    ck_assert_int_eq(e.status, 400);
+    ck_assert_ptr_nonnull(strstr(e.message, "naming function 'get_weather'"));
+    ck_assert_ptr_nonnull(strstr(e.message, "constrained decoding"));
 }
 END_TEST
 
@@ -390,6 +415,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_add_loop_test(tc, every_invalid_chat_body_names_its_parameter, 0,
                         (int)(sizeof bad_cases / sizeof bad_cases[0]));
+    tcase_add_test(tc, tool_choice_unsupported_says_why);
     tcase_add_test(tc, template_variables);
     tcase_add_test(tc, rendered_prompts);
     tcase_add_test(tc, raise_exception_and_no_template);
