@@ -32,6 +32,7 @@ struct http_server {
     int max_model_len;
     long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
+    sc_vocab *sc_vocab; /* the tokens' bytes for structured outputs (owned) */
     const struct chat_source
         *chat; /* borrowed; NULL = no chat template (see http_server_set_chat) */
     atomic_bool ready;

@@ -42,6 +42,8 @@ typedef struct openai_model_info {
     long long max_prompt_bytes;
     int max_logprobs;              /* largest logprobs accepted (0 = SAMPLER_MAX_LOGPROBS) */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = unchecked) */
+    const sc_vocab *sc_vocab;      /* the tokens' bytes for structured outputs; NULL = refused */
+    const sc_limits *sc_limits;    /* NULL = sc_limits_default */
 } openai_model_info;
 
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */
@@ -94,6 +96,11 @@ typedef struct openai_completion_request {
 int openai_parse_completion(const openai_model_info *info, const char *body, size_t len,
                             openai_completion_request *req, openai_error *err);
 void openai_completion_request_free(openai_completion_request *req);
+
+/* logit_bias, response_format, structured_outputs and guided_* of a completions or chat body into
+ * p (openai_structured.c): 400 naming the field (and the unsupported schema keyword). */
+int openai_parse_structured(const openai_model_info *info, json_t *root, sampler_params *p,
+                            openai_error *e);
 
 /* The body's optional "model" against the served name: 400 when not a string, 404
  * model_not_found when another model; 0 when absent, null or ours. */
