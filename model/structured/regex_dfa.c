@@ -1,6 +1,6 @@
 /* Regex -> AST (recursive descent) -> Thompson NFA over byte sets -> DFA by subset construction
  * over byte classes, then dead states trimmed. UTF-8 aware: '.', negated classes and \D\W\S take
- * whole multi-byte characters; non-ASCII literals become their byte sequences. */
+ * whole (valid) multi-byte characters; non-ASCII literals become their byte sequences. */
 #include "model/structured/regex_dfa.h"
 
 #include <stdlib.h>
@@ -91,15 +91,26 @@ static int rx_range(rx_parser *p, int lo, int hi) {
     return rx_set(p, &s);
 }
 
-/* Any UTF-8 encoded character of 2..4 bytes (a little loose: no overlong/surrogate checks). */
+/* A byte range followed by cont continuation bytes (the first of them in [lo2, hi2]). */
+static int rx_utf8_seq(rx_parser *p, int lo, int hi, int lo2, int hi2, int cont) {
+    int r = rx_bin(p, RX_CAT, rx_range(p, lo, hi), rx_range(p, lo2, hi2));
+    for (int k = 1; k < cont; k++) r = rx_bin(p, RX_CAT, r, rx_range(p, 0x80, 0xbf));
+    return r;
+}
+
+/* Any valid UTF-8 encoded character of 2..4 bytes (no overlongs, surrogates or > U+10FFFF). */
 static int rx_multibyte(rx_parser *p) {
-    int two = rx_bin(p, RX_CAT, rx_range(p, 0xc2, 0xdf), rx_range(p, 0x80, 0xbf));
-    int three = rx_bin(p, RX_CAT, rx_range(p, 0xe0, 0xef),
-                       rx_bin(p, RX_CAT, rx_range(p, 0x80, 0xbf), rx_range(p, 0x80, 0xbf)));
-    int four = rx_bin(p, RX_CAT, rx_range(p, 0xf0, 0xf4),
-                      rx_bin(p, RX_CAT, rx_range(p, 0x80, 0xbf),
-                             rx_bin(p, RX_CAT, rx_range(p, 0x80, 0xbf), rx_range(p, 0x80, 0xbf))));
-    return rx_bin(p, RX_ALT, two, rx_bin(p, RX_ALT, three, four));
+    static const int seqs[][5] = {{0xc2, 0xdf, 0x80, 0xbf, 1}, {0xe0, 0xe0, 0xa0, 0xbf, 2},
+                                  {0xe1, 0xec, 0x80, 0xbf, 2}, {0xed, 0xed, 0x80, 0x9f, 2},
+                                  {0xee, 0xef, 0x80, 0xbf, 2}, {0xf0, 0xf0, 0x90, 0xbf, 3},
+                                  {0xf1, 0xf3, 0x80, 0xbf, 3}, {0xf4, 0xf4, 0x80, 0x8f, 3}};
+    int r = -1;
+    for (size_t k = 0; k < sizeof seqs / sizeof seqs[0]; k++) {
+        const int *q = seqs[k];
+        int x = rx_utf8_seq(p, q[0], q[1], q[2], q[3], q[4]);
+        r = r < 0 ? x : rx_bin(p, RX_ALT, r, x);
+    }
+    return r;
 }
 
 /* UTF-8 bytes of code point cp into out; returns the count. */

@@ -42,7 +42,9 @@ START_TEST(regex_constructs) {
     expect("[^a-c]", L("d", "\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"), L("a", "", "dd"));
     expect("\\d\\w\\s", L("1a ", "9_\t"), L("a1 ", "11x"));
     expect("\\D\\W\\S", L("a!b", "\xc3\xa9.\xc3\xa9"), L("1!b", "aab", "a! "));
-    expect(".", L("a", "\xc3\xa9", "\xe4\xb8\xad"), L("\n", "ab", "", "\xc3"));
+    expect(
+        ".", L("a", "\xc3\xa9", "\xe4\xb8\xad", "\xf4\x8f\xbf\xbf"),
+        L("\n", "ab", "", "\xc3", "\xc0\x80", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe0\x80\x80"));
     expect("^(?:a|b)(?P<n>c)$", L("ac", "bc"), L("c", "abc"));
     expect("\\.\\*\\\\\\x41\\u00e9", L(".*\\A\xc3\xa9"), L("x*\\A\xc3\xa9"));
     expect("[\xc3\xa9\xc3\xa8]x", L("\xc3\xa9x", "\xc3\xa8x"), L("ex", "\xc3\xa0x"));
