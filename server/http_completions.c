@@ -84,6 +84,15 @@ struct completion {
     completion *prev, *next;
 };
 
+/* The calls in a chat output: a forced tool_choice reads the output as their JSON, else the
+ * model's tool-call format. */
+static int completion_calls(const completion *c, const char *text, size_t n,
+                            tool_parse_result *out) {
+    if (c->req.forced_tool)
+        return openai_forced_tool_calls(c->req.forced_tool, text, n, c->id, out);
+    return tool_parser_parse(c->tools, text, n, c->id, out);
+}
+
 /* ---- small buffers ---- */
 
 static void append_bytes(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
@@ -435,7 +444,7 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         const char *text = ch->text ? ch->text + c_off : NULL;
         size_t text_len = ch->text_len - c_off;
         json_t *choice = NULL;
-        if (c->chat && tool_parser_parse(c->tools, text, text_len, c->id, &calls) > 0)
+        if (c->chat && completion_calls(c, text, text_len, &calls) > 0)
             choice = openai_chat_tool_calls_choice_json(ch->index, calls.content, calls.content_len,
                                                         json_incref(calls.calls), ch->logprobs,
                                                         ch->stop_reason, false);
@@ -518,16 +527,18 @@ static void stream_emit(completion *c) {
             }
             thinking = !reasoning_stream_content(&ch->rs);
         }
-        bool hold = c->chat && c->tools != TOOL_PARSER_NONE;
+        bool hold = c->chat && (c->tools != TOOL_PARSER_NONE || c->req.forced_tool);
         size_t send = thinking ? 0 : ch->text_len;
         tool_parse_result calls = {0};
         int n_calls = 0;
         if (thinking)
             ; /* nothing of the content yet */
         else if (hold && !ch->done)
-            send = tool_parser_stream_safe(c->tools, ch->text, ch->text_len, !ch->text_sent);
+            send = c->req.forced_tool
+                       ? 0
+                       : tool_parser_stream_safe(c->tools, ch->text, ch->text_len, !ch->text_sent);
         else if (hold)
-            n_calls = tool_parser_parse(c->tools, ch->text, ch->text_len, c->id, &calls);
+            n_calls = completion_calls(c, ch->text, ch->text_len, &calls);
         if (send == 0 && !has_lp && !ch->done && !reasoning) continue;
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
         bool ids = c->req.return_token_ids;

@@ -500,6 +500,7 @@ void openai_completion_request_free(openai_completion_request *req) {
     for (int k = 0; k < req->n_stop; k++) free(req->stop[k]);
     free(req->stop);
     free(req->cache_salt);
+    free(req->forced_tool);
     sampler_params_free(&req->params);
     memset(req, 0, sizeof *req);
 }

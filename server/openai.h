@@ -88,6 +88,7 @@ typedef struct openai_completion_request {
     char *cache_salt; /* NULL = none */
     bool return_token_ids;
     bool return_tokens_as_token_ids;
+    char *forced_tool; /* chat tool_choice required ("") or named: see openai_chat_request */
 } openai_completion_request;
 
 /* Parses and validates body against the model. Every invalid value is an error naming the
@@ -101,6 +102,13 @@ void openai_completion_request_free(openai_completion_request *req);
  * p (openai_structured.c): 400 naming the field (and the unsupported schema keyword). */
 int openai_parse_structured(const openai_model_info *info, json_t *root, sampler_params *p,
                             openai_error *e);
+
+/* The tool calls of an output constrained by a forced tool_choice (forced: the function's name,
+ * or "" for required: the output is [{"name", "parameters"}, ...]). Returns the number of calls
+ * (0: out holds nothing, e.g. an output cut by max_tokens). */
+struct tool_parse_result;
+int openai_forced_tool_calls(const char *forced, const char *text, size_t n, const char *salt,
+                             struct tool_parse_result *out);
 
 /* The body's optional "model" against the served name: 400 when not a string, 404
  * model_not_found when another model; 0 when absent, null or ours. */

@@ -2,11 +2,13 @@
  * json_schema), vLLM's structured_outputs {json, regex, choice, json_object} and its older
  * guided_json / guided_regex / guided_choice. Each is validated (400 naming the field, and for a
  * schema the unsupported keyword) and compiled here, on the HTTP thread, into the sampler's
- * constraint. */
+ * constraint. Also the calls of a chat whose tool_choice forced them (the output is their JSON). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "model/structured/json_schema.h"
+#include "server/chat/tool_parser.h"
 #include "server/openai.h"
 
 #define OPENAI_MAX_BIAS           1024 /* logit_bias entries */
@@ -242,4 +244,53 @@ int openai_parse_structured(const openai_model_info *info, json_t *root, sampler
     if (rc == 0 && r.param) rc = compile_constraint(info, &r, p, e);
     if (r.owned_schema) json_decref(r.schema);
     return rc;
+}
+
+/* "call_" + 24 hex digits from salt and the call's index (FNV-1a: ids differ per response). */
+static json_t *call_id(const char *salt, size_t index) {
+    uint64_t h1 = 1469598103934665603ull, h2 = 0x9e3779b97f4a7c15ull ^ index;
+    for (const char *p = salt; *p; p++) {
+        h1 = (h1 ^ (uint8_t)*p) * 1099511628211ull;
+        h2 = (h2 ^ (uint8_t)*p) * 0x100000001b3ull + index;
+    }
+    h1 ^= index * 0xff51afd7ed558ccdull;
+    char id[40];
+    snprintf(id, sizeof id, "call_%016llx%08x", (unsigned long long)h1, (unsigned)(h2 >> 32));
+    return json_string(id);
+}
+
+static void add_call(json_t *calls, const char *name, json_t *args, const char *salt) {
+    char *text = json_dumps(args, JSON_COMPACT | JSON_ENCODE_ANY);
+    KV_CHECK(text);
+    json_array_append_new(
+        calls, json_pack("{s:o, s:s, s:{s:s, s:s}}", "id", call_id(salt, json_array_size(calls)),
+                         "type", "function", "function", "name", name, "arguments", text));
+    free(text);
+}
+
+int openai_forced_tool_calls(const char *forced, const char *text, size_t n, const char *salt,
+                             tool_parse_result *out) {
+    memset(out, 0, sizeof *out);
+    json_t *v = json_loadb(text ? text : "", n, JSON_DECODE_ANY, NULL);
+    if (!v) return 0;
+    json_t *calls = json_array();
+    if (forced[0]) {
+        add_call(calls, forced, v, salt);
+    } else if (json_is_array(v)) {
+        size_t i;
+        json_t *c;
+        json_array_foreach(v, i, c) {
+            const char *name = json_string_value(json_object_get(c, "name"));
+            json_t *params = json_object_get(c, "parameters");
+            if (!name || !params) continue;
+            add_call(calls, name, params, salt);
+        }
+    }
+    json_decref(v);
+    if (json_array_size(calls) == 0) {
+        json_decref(calls);
+        return 0;
+    }
+    out->calls = calls;
+    return (int)json_array_size(calls);
 }
