@@ -160,13 +160,20 @@ int sc_constraint_apply(sc_constraint *c, int32_t state, float *logits, int n_lo
     for (int k = 0; k < n_keep; k++)
         eos_keep[k] = eos_ids[k] >= 0 && eos_ids[k] < n_logits ? logits[eos_ids[k]] : 0.0f;
     int n_tok = c->vocab->n_tokens < n_logits ? c->vocab->n_tokens : n_logits;
-    for (int w = 0; w * 64 < n_tok; w++) {
+    /* whole words first: structural states allow few tokens, string states almost all */
+    int n_full = n_tok / 64;
+    for (int w = 0; w < n_full; w++) {
         uint64_t bits = m[w];
+        float *r = logits + (size_t)w * 64;
         if (bits == ~0ull) continue;
-        int end = w * 64 + 64 < n_tok ? w * 64 + 64 : n_tok;
-        for (int t = w * 64; t < end; t++)
-            if (!(bits >> (t & 63) & 1)) logits[t] = -INFINITY;
+        if (bits == 0) {
+            for (int j = 0; j < 64; j++) r[j] = -INFINITY;
+            continue;
+        }
+        for (uint64_t z = ~bits; z; z &= z - 1) r[__builtin_ctzll(z)] = -INFINITY;
     }
+    for (int t = n_full * 64; t < n_tok; t++)
+        if (!(m[t >> 6] >> (t & 63) & 1)) logits[t] = -INFINITY;
     for (int t = n_tok; t < n_logits; t++) logits[t] = -INFINITY;
     if (c->dfa->accept[state]) {
         for (int k = 0; k < n_keep; k++) {
