@@ -34,8 +34,8 @@ static const char *SCHEMA =
     "\"comment\":{\"type\":\"string\"}},"
     "\"required\":[\"order_id\",\"created\",\"status\",\"customer\",\"items\",\"total\"]}";
 
-static const char *const NAMES[] = {"Ada Lovelace", "Grace Hopper", "Linus T", "Barbara Liskov",
-                                    "Ken Thompson", "Edsger Dijkstra"};
+static const char *const NAMES[] = {"Ada Lovelace",   "Grace Hopper", "Linus T",
+                                    "Barbara Liskov", "Ken Thompson", "Edsger Dijkstra"};
 static const char *const NOTES[] = {"gift wrap please", "leave at the door", "fragile: glass",
                                     "call before delivery"};
 
@@ -49,10 +49,11 @@ static void make_doc(char *buf, size_t cap, int k) {
                      k % 2 ? "paid" : "shipped", NAMES[k % 6], k, k % 3 ? "true" : "false");
     int n_items = 1 + k % 4;
     for (int i = 0; i < n_items; i++)
-        n += snprintf(buf + n, cap - (size_t)n,
-                      "%s{\"sku\": \"ABC-%04d\", \"qty\": %d, \"price\": %d.%02d, \"note\": %s%s%s}",
-                      i ? ", " : "", 1000 + 37 * i + k, 1 + (i + k) % 20, 10 + 13 * i, k % 100,
-                      i % 2 ? "\"" : "", i % 2 ? NOTES[(i + k) % 4] : "null", i % 2 ? "\"" : "");
+        n +=
+            snprintf(buf + n, cap - (size_t)n,
+                     "%s{\"sku\": \"ABC-%04d\", \"qty\": %d, \"price\": %d.%02d, \"note\": %s%s%s}",
+                     i ? ", " : "", 1000 + 37 * i + k, 1 + (i + k) % 20, 10 + 13 * i, k % 100,
+                     i % 2 ? "\"" : "", i % 2 ? NOTES[(i + k) % 4] : "null", i % 2 ? "\"" : "");
     snprintf(buf + n, cap - (size_t)n,
              "], \"total\": %d.5, \"comment\": \"Please deliver between nine and five, thanks! "
              "Order %d.\"}",

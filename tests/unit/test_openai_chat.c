@@ -76,10 +76,14 @@ static const bad_case bad_cases[] = {
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", "tools",
      "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"required\"}",
-     "tool_choice", "unsupported"},
+     "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": {\"type\": "
      "\"function\", \"function\": {\"name\": \"f\"}}}",
-     "tool_choice", "unsupported"},
+     "tool_choice", "invalid_value"},
+    {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": "
+     "\"function\", \"function\": {\"name\": \"f\"}}], \"tool_choice\": {\"type\": "
+     "\"function\", \"function\": {\"name\": \"g\"}}}",
+     "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"maybe\"}",
      "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"add_generation_prompt\": 1}",
