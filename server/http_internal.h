@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 
 #include "server/http.h"
+#include "model/structured/constraint_cache.h"
 #include "server/openai.h"
 
 typedef struct completion completion;
@@ -32,7 +33,8 @@ struct http_server {
     int max_model_len;
     long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
-    sc_vocab *sc_vocab; /* the tokens' bytes for structured outputs (owned) */
+    sc_vocab *sc_vocab;        /* the tokens' bytes for structured outputs (owned) */
+    struct sc_cache *sc_cache; /* compiled constraints by regex (owned) */
     const struct chat_source
         *chat; /* borrowed; NULL = no chat template (see http_server_set_chat) */
     atomic_bool ready;

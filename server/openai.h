@@ -44,6 +44,7 @@ typedef struct openai_model_info {
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = unchecked) */
     const sc_vocab *sc_vocab;      /* the tokens' bytes for structured outputs; NULL = refused */
     const sc_limits *sc_limits;    /* NULL = sc_limits_default */
+    struct sc_cache *sc_cache;     /* constraints shared between requests; NULL = none */
 } openai_model_info;
 
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/structured/constraint_cache.h"
 #include "model/structured/json_schema.h"
 #include "server/chat/tool_parser.h"
 #include "server/openai.h"
@@ -222,13 +223,17 @@ static int compile_constraint(const openai_model_info *info, sc_request *r, samp
     } else {
         re = kv_strdup(r->regex);
     }
-    sc_dfa *dfa = NULL;
-    int rc = sc_regex_compile(re, strlen(re), &lim, &dfa, &err);
+    if (info->sc_cache) {
+        p->constraint = sc_cache_get(info->sc_cache, re, strlen(re), &lim, &err);
+    } else {
+        sc_dfa *dfa = NULL;
+        if (sc_regex_compile(re, strlen(re), &lim, &dfa, &err) == 0)
+            p->constraint = sc_constraint_new(dfa, info->sc_vocab);
+    }
     free(re);
-    if (rc)
+    if (!p->constraint)
         return openai_error_set(e, 400, "invalid_request_error", r->param, "invalid_value",
                                 "%s: %s", r->param, err.msg);
-    p->constraint = sc_constraint_new(dfa, info->sc_vocab);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/structured/constraint_cache.h"
 #include "model/structured/json_schema.h"
 #include "model/structured/regex_dfa.h"
 #include "model/structured/token_mask.h"
@@ -286,6 +287,34 @@ START_TEST(token_mask_matches_brute_force) {
 }
 END_TEST
 
+START_TEST(constraint_cache_shares_and_evicts) {
+    const char *toks[] = {"a", "b"};
+    size_t lens[] = {1, 1};
+    sc_vocab *v = sc_vocab_new(2, toks, lens);
+    sc_cache *c = sc_cache_new(2, v);
+    kv_error err = {{0}};
+    sc_constraint *x = sc_cache_get(c, "a+", 2, NULL, &err);
+    sc_constraint *y = sc_cache_get(c, "a+", 2, NULL, &err);
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_eq(x, y); /* one DFA, one mask cache */
+    ck_assert_ptr_null(sc_cache_get(c, "(a", 2, NULL, &err));
+    ck_assert_ptr_nonnull(strstr(err.msg, "missing )"));
+    sc_constraint *z = sc_cache_get(c, "b", 1, NULL, &err);
+    sc_constraint *w = sc_cache_get(c, "ab", 2, NULL, &err); /* evicts a+ (least recent) */
+    sc_constraint *x2 = sc_cache_get(c, "a+", 2, NULL, &err);
+    ck_assert_ptr_ne(x2, x); /* recompiled; x stays valid for its holders */
+    ck_assert(sc_dfa_matches(x->dfa, "aaa", 3));
+    long long hits, misses;
+    sc_cache_stats(c, &hits, &misses);
+    ck_assert_int_eq(hits, 1);
+    ck_assert_int_eq(misses, 4);
+    sc_constraint_unref(x), sc_constraint_unref(y), sc_constraint_unref(z);
+    sc_constraint_unref(w), sc_constraint_unref(x2);
+    sc_cache_free(c);
+    sc_vocab_free(v);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("structured");
     TCase *tc = tcase_create("core");
@@ -297,6 +326,7 @@ int main(void) {
     tcase_add_test(tc, schema_refusals_name_the_keyword);
     tcase_add_test(tc, json_object_and_choice);
     tcase_add_test(tc, token_mask_matches_brute_force);
+    tcase_add_test(tc, constraint_cache_shares_and_evicts);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
