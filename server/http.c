@@ -119,6 +119,7 @@ openai_model_info http_model_info(http_server *s) {
         .max_logprob_entries = s->opt.max_logprob_entries,
         .sc_vocab = s->sc_vocab,
         .sc_cache = s->sc_cache,
+        .sc_limits = &s->sc_limits,
     };
 }
 
@@ -556,6 +557,11 @@ void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_l
     sc_vocab_free(s->sc_vocab);
     s->sc_vocab = structured_vocab(tok);
     s->sc_cache = s->sc_vocab ? sc_cache_new(HTTP_CONSTRAINT_CACHE, s->sc_vocab) : NULL;
+    sc_limits_default(&s->sc_limits);
+    if (s->opt.structured_max_states > 0)
+        s->sc_limits.max_dfa_states = s->opt.structured_max_states;
+    if (s->opt.structured_max_bytes > 0)
+        s->sc_limits.max_regex_bytes = (size_t)s->opt.structured_max_bytes;
     s->max_model_len = max_model_len;
     s->max_prompt_bytes = prompt_byte_bound(tok, max_model_len);
     if (defaults) {

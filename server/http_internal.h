@@ -35,6 +35,7 @@ struct http_server {
     sampler_params defaults;
     sc_vocab *sc_vocab;        /* the tokens' bytes for structured outputs (owned) */
     struct sc_cache *sc_cache; /* compiled constraints by regex (owned) */
+    sc_limits sc_limits;       /* from the structured_* knobs */
     const struct chat_source
         *chat; /* borrowed; NULL = no chat template (see http_server_set_chat) */
     atomic_bool ready;
