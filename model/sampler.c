@@ -615,8 +615,8 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
     if (p->n_bias > 0) apply_logit_bias(s, p, logits);
     if (st->n_generated < p->min_tokens) mask_stop_ids(s, p, logits);
     sampler_apply_penalties(p, st, logits);
-    if ((p->constraint || p->n_bias > 0 || p->min_tokens > 0) &&
-        row_max(logits, s->vocab) == -INFINITY)
+    /* (min_tokens alone keeps its old fallback: all -inf picks token 0) */
+    if ((p->constraint || p->n_bias > 0) && row_max(logits, s->vocab) == -INFINITY)
         return SAMPLER_NO_TOKEN;
     int32_t token = p->temperature < SAMPLER_GREEDY_EPS ? argmax(logits, s->vocab)
                                                         : sample_random(s, p, logits, u);

@@ -156,8 +156,9 @@ void sampler_state_free(sampler_state *st);
  * request gives the same tokens whatever else the engine samples in between. */
 int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, float *logits,
                        sampler_logprobs *lp);
-/* sampler_sample returns this when no token is left to choose (a constraint with nothing allowed,
- * or masks and biases that together ban every token): the request must end with an error. */
+/* sampler_sample returns this when a constraint or logit_bias is set and no token is left to
+ * choose (the constraint, biases and min_tokens together ban every token): the request must end
+ * with an error. */
 #define SAMPLER_NO_TOKEN (-1)
 /* The penalty step of sampler_sample alone, in place on logits [vocab] (vLLM's apply_penalties):
  * repetition divides positive logits and multiplies the others for tokens in the prompt or the
