@@ -26,8 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     sc_dfa *d = NULL;
     if (sc_regex_compile(re, strlen(re), &lim, &d, &err) == 0) {
-        json_t *c = json_is_object(s) && json_object_size(s) == 1 ? json_object_get(s, "const")
-                                                                 : NULL;
+        json_t *c =
+            json_is_object(s) && json_object_size(s) == 1 ? json_object_get(s, "const") : NULL;
         if (c) {
             char *text = json_dumps(c, JSON_COMPACT | JSON_ENCODE_ANY);
             if (text) KV_CHECK(sc_dfa_matches(d, text, strlen(text)));
