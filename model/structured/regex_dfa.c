@@ -219,6 +219,82 @@ static int table_get(dstate_table *t, bool **accept, const int *ids, int n, bool
     return s;
 }
 
+/* The signature of state s under partition part: its block, then the block of each target. */
+static uint64_t sig_hash(const sc_dfa *d, const int *part, int s) {
+    uint64_t h = 1469598103934665603ull ^ (uint64_t)(uint32_t)part[s];
+    const int32_t *row = d->delta + (size_t)s * d->n_classes;
+    for (int c = 0; c < d->n_classes; c++)
+        h = (h ^ (uint64_t)(uint32_t)(row[c] < 0 ? -1 : part[row[c]])) * 1099511628211ull;
+    return h;
+}
+
+static bool sig_equal(const sc_dfa *d, const int *part, int a, int b) {
+    if (part[a] != part[b]) return false;
+    const int32_t *ra = d->delta + (size_t)a * d->n_classes,
+                  *rb = d->delta + (size_t)b * d->n_classes;
+    for (int c = 0; c < d->n_classes; c++) {
+        int x = ra[c] < 0 ? -1 : part[ra[c]], y = rb[c] < 0 ? -1 : part[rb[c]];
+        if (x != y) return false;
+    }
+    return true;
+}
+
+#define MINIMIZE_BUDGET 20000000LL /* state x class visits, ~20 ms */
+
+/* Merges equivalent states (Moore's partition refinement): the copies {m,n} expansion and the
+ * two-copies-per-list regexes of JSON make are folded back, so fewer masks are ever built. */
+static void dfa_minimize(sc_dfa *d) {
+    int n = d->n_states, nc = d->n_classes;
+    int *part = kv_malloc((size_t)n * sizeof(int)), *next = kv_malloc((size_t)n * sizeof(int));
+    size_t n_slots = 16;
+    while (n_slots < 2 * (size_t)n) n_slots *= 2;
+    int *slots = kv_malloc(n_slots * sizeof(int));
+    for (int q = 0; q < n; q++) part[q] = d->accept[q] ? 1 : 0;
+    int n_blocks = 0, prev = -1;
+    long long work = 0;
+    while (n_blocks != prev) {
+        /* each round costs n x classes; long refinement chains (long bounded strings) are cut
+         * off: the unminimized DFA is just as correct, only larger */
+        work += (long long)n * nc;
+        if (work > MINIMIZE_BUDGET) {
+            free(part), free(next), free(slots);
+            return;
+        }
+        prev = n_blocks;
+        for (size_t k = 0; k < n_slots; k++) slots[k] = -1;
+        n_blocks = 0;
+        for (int q = 0; q < n; q++) {
+            size_t i = (size_t)sig_hash(d, part, q) & (n_slots - 1);
+            while (slots[i] >= 0 && !sig_equal(d, part, slots[i], q)) i = (i + 1) & (n_slots - 1);
+            if (slots[i] < 0) {
+                slots[i] = q;
+                next[q] = n_blocks++;
+            } else {
+                next[q] = next[slots[i]];
+            }
+        }
+        memcpy(part, next, (size_t)n * sizeof(int));
+    }
+    if (n_blocks < n) {
+        int32_t *delta = kv_malloc((size_t)n_blocks * nc * sizeof(int32_t));
+        bool *accept = kv_malloc((size_t)n_blocks * sizeof(bool));
+        for (int q = 0; q < n; q++) {
+            accept[part[q]] = d->accept[q];
+            for (int c = 0; c < nc; c++) {
+                int32_t t = d->delta[(size_t)q * nc + c];
+                delta[(size_t)part[q] * nc + c] = t < 0 ? -1 : part[t];
+            }
+        }
+        free(d->delta);
+        free(d->accept);
+        d->delta = delta;
+        d->accept = accept;
+        d->start = part[d->start];
+        d->n_states = n_blocks;
+    }
+    free(part), free(next), free(slots);
+}
+
 /* Marks states that cannot reach an accepting state dead (their transitions in become -1). */
 static void dfa_trim(sc_dfa *d) {
     bool *live = kv_calloc((size_t)d->n_states, sizeof(bool));
@@ -342,6 +418,7 @@ int sc_regex_compile(const char *re, size_t len, const sc_limits *lim, sc_dfa **
     if (rc == 0) {
         dfa_trim(d);
         if (d->start < 0) rc = kv_error_set(err, "constraint admits no output at all");
+        if (rc == 0) dfa_minimize(d);
     }
     if (rc) {
         sc_dfa_free(d);

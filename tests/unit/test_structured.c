@@ -54,6 +54,19 @@ START_TEST(regex_constructs) {
 }
 END_TEST
 
+/* Equivalent states are merged: the minimal DFA of these languages has exactly this many states. */
+START_TEST(regex_dfa_is_minimal) {
+    const char *re[] = {"(a|a)(a|a)", "(ab){2,3}", "x*|x+", "[ab]*a[ab]{3}"};
+    const int want[] = {3, 7, 1, 16};
+    for (int i = 0; i < 4; i++) {
+        sc_dfa *d = compile_ok(re[i]);
+        ck_assert_msg(d->n_states == want[i], "%s: %d states, want %d", re[i], d->n_states,
+                      want[i]);
+        sc_dfa_free(d);
+    }
+}
+END_TEST
+
 START_TEST(regex_refusals_name_the_construct) {
     const char *bad[][2] = {{"(a", "missing )"},
                             {"a)", "unbalanced"},
@@ -320,6 +333,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, regex_constructs);
+    tcase_add_test(tc, regex_dfa_is_minimal);
     tcase_add_test(tc, regex_refusals_name_the_construct);
     tcase_add_test(tc, regex_limits_are_errors);
     tcase_add_test(tc, schema_keywords);
