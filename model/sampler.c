@@ -33,6 +33,13 @@ void sampler_params_free(sampler_params *p) {
     free(p->stop_token_ids);
     p->stop_token_ids = NULL;
     p->n_stop_token_ids = 0;
+    free(p->bias_ids);
+    free(p->bias_values);
+    p->bias_ids = NULL;
+    p->bias_values = NULL;
+    p->n_bias = 0;
+    sc_constraint_unref(p->constraint);
+    p->constraint = NULL;
 }
 
 void sampler_params_copy(sampler_params *dst, const sampler_params *src) {
@@ -43,6 +50,15 @@ void sampler_params_copy(sampler_params *dst, const sampler_params *src) {
         dst->stop_token_ids = kv_malloc(n);
         memcpy(dst->stop_token_ids, src->stop_token_ids, n);
     }
+    dst->bias_ids = NULL;
+    dst->bias_values = NULL;
+    if (src->n_bias > 0) {
+        dst->bias_ids = kv_malloc((size_t)src->n_bias * sizeof(int32_t));
+        dst->bias_values = kv_malloc((size_t)src->n_bias * sizeof(float));
+        memcpy(dst->bias_ids, src->bias_ids, (size_t)src->n_bias * sizeof(int32_t));
+        memcpy(dst->bias_values, src->bias_values, (size_t)src->n_bias * sizeof(float));
+    }
+    dst->constraint = sc_constraint_ref(src->constraint);
 }
 
 static const sampler_range sampler_ranges[] = {
@@ -213,6 +229,7 @@ void sampler_state_init(sampler *s, sampler_state *st, const sampler_params *p,
                         const int32_t *prompt, int n_prompt) {
     memset(st, 0, sizeof(*st));
     sampler_rng_seed(&st->rng, p->has_seed ? p->seed : sampler_rng_next(&s->rng));
+    st->sc_state = p->constraint ? p->constraint->dfa->start : -1;
     st->track_tokens = p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f ||
                        p->repetition_penalty != 1.0f;
     if (!st->track_tokens) return;
@@ -229,6 +246,34 @@ void sampler_state_init(sampler *s, sampler_state *st, const sampler_params *p,
 void sampler_state_free(sampler_state *st) {
     free(st->counts);
     memset(st, 0, sizeof(*st));
+    st->sc_state = -1;
+}
+
+/* -100 bans, +100 forces (every token without +100 is banned), others add. */
+static void apply_logit_bias(const sampler *s, const sampler_params *p, float *logits) {
+    int n_force = 0;
+    for (int i = 0; i < p->n_bias; i++) n_force += p->bias_values[i] >= SAMPLER_BIAS_MAX;
+    if (n_force > 0) {
+        float keep[64];
+        int32_t ids[64];
+        int n_keep = 0;
+        for (int i = 0; i < p->n_bias && n_keep < 64; i++) {
+            if (p->bias_values[i] < SAMPLER_BIAS_MAX || p->bias_ids[i] >= s->vocab) continue;
+            ids[n_keep] = p->bias_ids[i];
+            keep[n_keep++] = logits[p->bias_ids[i]];
+        }
+        for (int t = 0; t < s->vocab; t++) logits[t] = -INFINITY;
+        for (int i = 0; i < n_keep; i++) logits[ids[i]] = keep[i];
+        return;
+    }
+    for (int i = 0; i < p->n_bias; i++) {
+        int32_t t = p->bias_ids[i];
+        if (t < 0 || t >= s->vocab) continue;
+        if (p->bias_values[i] <= -SAMPLER_BIAS_MAX)
+            logits[t] = -INFINITY;
+        else
+            logits[t] += p->bias_values[i];
+    }
 }
 
 /* --- the steps of sampler_sample --- */
@@ -563,12 +608,23 @@ int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, f
     if (want_lp) memcpy(s->raw, logits, (size_t)s->vocab * sizeof(float));
     /* Drawn on every call, greedy or not: a request's stream advances one step per token. */
     double u = sampler_rng_uniform(&st->rng);
+    if (p->constraint) {
+        if (st->sc_state < 0) return SAMPLER_NO_TOKEN;
+        sc_constraint_apply(p->constraint, st->sc_state, logits, s->vocab, s->eos_ids, s->n_eos);
+    }
+    if (p->n_bias > 0) apply_logit_bias(s, p, logits);
     if (st->n_generated < p->min_tokens) mask_stop_ids(s, p, logits);
     sampler_apply_penalties(p, st, logits);
+    /* (min_tokens alone keeps its old fallback: all -inf picks token 0) */
+    if ((p->constraint || p->n_bias > 0) && row_max(logits, s->vocab) == -INFINITY)
+        return SAMPLER_NO_TOKEN;
     int32_t token = p->temperature < SAMPLER_GREEDY_EPS ? argmax(logits, s->vocab)
                                                         : sample_random(s, p, logits, u);
     if (want_lp) sampler_logprobs_of(s->raw, s->vocab, token, p->logprobs, lp);
     record_token(st, token);
+    if (p->constraint)
+        st->sc_state =
+            sc_constraint_advance(p->constraint, st->sc_state, token, s->eos_ids, s->n_eos);
     return token;
 }
 

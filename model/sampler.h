@@ -5,6 +5,7 @@
 #define KVSERVE_SAMPLER_H
 
 #include "model/common.h"
+#include "model/structured/token_mask.h"
 
 #define SAMPLER_MAX_LOGPROBS 20
 
@@ -31,7 +32,18 @@ typedef struct sampler_params {
     int n_stop_token_ids;
     int logprobs;        /* top-N logprobs per generated token; -1 = none */
     int prompt_logprobs; /* top-N logprobs per prompt token; -1 = none */
+    /* logit_bias (owned): -100 bans the token, +100 forces it (the +100 tokens are the only ones
+     * left), values between are added to the logit */
+    int32_t *bias_ids;
+    float *bias_values;
+    int n_bias;
+    /* structured output: the tokens allowed follow this automaton (a counted reference; NULL =
+     * unconstrained); eos is allowed only in its accepting states */
+    sc_constraint *constraint;
 } sampler_params;
+
+/* The range of a logit_bias value. */
+#define SAMPLER_BIAS_MAX 100.0f
 
 /* temperature 1, top_p 1, top_k 0, min_p 0, no seed, no penalties, max_tokens 16 (the OpenAI
  * completions default), min_tokens 0, no stop ids, logprobs and prompt_logprobs -1. */
@@ -109,6 +121,7 @@ typedef struct sampler_state {
     sampler_token_count *counts;
     uint32_t counts_mask; /* capacity - 1 */
     int n_counts;
+    int32_t sc_state; /* the constraint's automaton state; -1 = none */
 } sampler_state;
 
 /* Logprobs of one position under the RAW distribution (log_softmax of the unmodified logits, as
@@ -135,13 +148,18 @@ void sampler_state_init(sampler *s, sampler_state *st, const sampler_params *p,
 void sampler_state_free(sampler_state *st);
 
 /* Picks the next token from one row of logits [vocab] (overwritten: used as scratch) and records it
- * in st. In order: raw logprobs are taken (when p->logprobs >= 0 and lp is not NULL); eos and stop
- * ids are masked while fewer than min_tokens were generated; repetition (prompt + output),
+ * in st. In order: raw logprobs are taken (when p->logprobs >= 0 and lp is not NULL); the
+ * constraint's mask; logit_bias; eos and stop ids are masked while fewer than min_tokens were
+ * generated; repetition (prompt + output),
  * frequency and presence (output) penalties; then greedy argmax when temperature < 1e-5, else
  * temperature, min_p, top_k, top_p and a draw from st's RNG. One draw per call, so a seeded
  * request gives the same tokens whatever else the engine samples in between. */
 int32_t sampler_sample(sampler *s, const sampler_params *p, sampler_state *st, float *logits,
                        sampler_logprobs *lp);
+/* sampler_sample returns this when a constraint or logit_bias is set and no token is left to
+ * choose (the constraint, biases and min_tokens together ban every token): the request must end
+ * with an error. */
+#define SAMPLER_NO_TOKEN (-1)
 /* The penalty step of sampler_sample alone, in place on logits [vocab] (vLLM's apply_penalties):
  * repetition divides positive logits and multiplies the others for tokens in the prompt or the
  * output, then logit -= frequency * n_out + presence * (n_out > 0) for output tokens. */

@@ -68,15 +68,17 @@ typedef struct kv_config {
     int max_num_seqs;              /* requests running at once */
     int max_num_batched_tokens;    /* tokens per engine step */
     bool enable_prefix_caching;
-    int max_queue;                 /* waiting requests beyond which a new one gets 503 */
-    long long max_body_bytes;      /* request bodies above this get 413 */
-    int n_threads;                 /* CPU backend threads; 0 = one per core */
-    int http_threads;              /* libmicrohttpd polling threads */
-    int max_connections;           /* open HTTP connections at once */
-    int http_timeout_s;            /* idle/stalled HTTP connections close after this (0 = never) */
-    int max_connections_per_ip;    /* open HTTP connections from one address (0 = no limit) */
-    int max_logprobs;              /* largest logprobs a request may ask */
-    long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
+    int max_queue;                  /* waiting requests beyond which a new one gets 503 */
+    long long max_body_bytes;       /* request bodies above this get 413 */
+    int n_threads;                  /* CPU backend threads; 0 = one per core */
+    int http_threads;               /* libmicrohttpd polling threads */
+    int max_connections;            /* open HTTP connections at once */
+    int http_timeout_s;             /* idle/stalled HTTP connections close after this (0 = never) */
+    int max_connections_per_ip;     /* open HTTP connections from one address (0 = no limit) */
+    int max_logprobs;               /* largest logprobs a request may ask */
+    long long max_logprob_entries;  /* n x tokens x (logprobs + 1) per request (0 = no limit) */
+    int structured_max_states;      /* DFA states of one structured-output constraint */
+    long long structured_max_bytes; /* bytes of its regex */
     config_load_format load_format;
     config_kv_cache_dtype kv_cache_dtype; /* KV pool elements */
     config_quantization quantization;     /* weight quantization */

@@ -117,6 +117,9 @@ openai_model_info http_model_info(http_server *s) {
         .max_prompt_bytes = s->max_prompt_bytes,
         .max_logprobs = s->opt.max_logprobs,
         .max_logprob_entries = s->opt.max_logprob_entries,
+        .sc_vocab = s->sc_vocab,
+        .sc_cache = s->sc_cache,
+        .sc_limits = &s->sc_limits,
     };
 }
 
@@ -424,6 +427,8 @@ static void server_free(http_server *s) {
     if (s->wake_fd >= 0) close(s->wake_fd);
     free(s->slots);
     sampler_params_free(&s->defaults);
+    sc_cache_free(s->sc_cache);
+    sc_vocab_free(s->sc_vocab);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->watch_lock);
     pthread_cond_destroy(&s->idle);
@@ -526,9 +531,37 @@ static long long prompt_byte_bound(const tokenizer *tok, int max_model_len) {
     return (long long)max_model_len * (2 * (long long)longest + 4);
 }
 
+/* Compiled structured-output constraints kept for reuse (each holds its DFA and the masks of the
+ * states requests visited). */
+#define HTTP_CONSTRAINT_CACHE 32
+
+/* Every token's bytes (tokenizer_token_bytes) in the trie the structured-output masks walk. */
+static sc_vocab *structured_vocab(const tokenizer *tok) {
+    if (!tok) return NULL;
+    int n = tokenizer_vocab_size(tok);
+    char **bytes = kv_calloc((size_t)n + 1, sizeof *bytes);
+    size_t *lens = kv_calloc((size_t)n + 1, sizeof *lens);
+    for (int32_t id = 0; id < n; id++)
+        if (tokenizer_token_bytes(tok, id, &bytes[id], &lens[id], NULL)) lens[id] = 0;
+    sc_vocab *v = sc_vocab_new(n, (const char *const *)bytes, lens);
+    for (int32_t id = 0; id < n; id++) free(bytes[id]);
+    free(bytes);
+    free(lens);
+    return v;
+}
+
 void http_server_set_model(http_server *s, const tokenizer *tok, int max_model_len,
                            const sampler_params *defaults) {
     s->tok = tok;
+    sc_cache_free(s->sc_cache);
+    sc_vocab_free(s->sc_vocab);
+    s->sc_vocab = structured_vocab(tok);
+    s->sc_cache = s->sc_vocab ? sc_cache_new(HTTP_CONSTRAINT_CACHE, s->sc_vocab) : NULL;
+    sc_limits_default(&s->sc_limits);
+    if (s->opt.structured_max_states > 0)
+        s->sc_limits.max_dfa_states = s->opt.structured_max_states;
+    if (s->opt.structured_max_bytes > 0)
+        s->sc_limits.max_regex_bytes = (size_t)s->opt.structured_max_bytes;
     s->max_model_len = max_model_len;
     s->max_prompt_bytes = prompt_byte_bound(tok, max_model_len);
     if (defaults) {

@@ -34,7 +34,9 @@ typedef struct http_server_options {
     int connection_timeout_s;   /* idle or stalled connections close after this (0 = never) */
     int max_connections_per_ip; /* open connections from one client address (0 = no limit) */
     int max_logprobs;           /* largest logprobs a request may ask (0 = SAMPLER_MAX_LOGPROBS) */
-    long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
+    int structured_max_states;  /* DFA states of a constraint (0 = sc_limits_default) */
+    long long structured_max_bytes; /* bytes of its regex (0 = sc_limits_default) */
+    long long max_logprob_entries;  /* n x tokens x (logprobs + 1) per request (0 = no limit) */
     bool log_requests; /* one line per completion on stderr (id, status, tokens, TTFT, time) */
     const char *served_model_name;     /* the name in /v1/models and responses */
     const char *model_root;            /* "root" in /v1/models (the model path); may be NULL */

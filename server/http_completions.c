@@ -86,6 +86,15 @@ struct completion {
     completion *prev, *next;
 };
 
+/* The calls in a chat output: a forced tool_choice reads the output as their JSON, else the
+ * model's tool-call format. */
+static int completion_calls(const completion *c, const char *text, size_t n,
+                            tool_parse_result *out) {
+    if (c->req.forced_tool)
+        return openai_forced_tool_calls(c->req.forced_tool, text, n, c->id, out);
+    return tool_parser_parse(c->tools, text, n, c->id, out);
+}
+
 /* ---- small buffers ---- */
 
 static void append_bytes(char **buf, size_t *len, size_t *cap, const char *s, size_t n) {
@@ -438,7 +447,7 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         const char *text = ch->text ? ch->text + c_off : NULL;
         size_t text_len = ch->text_len - c_off;
         json_t *choice = NULL;
-        if (c->chat && tool_parser_parse(c->tools, text, text_len, c->id, &calls) > 0)
+        if (c->chat && completion_calls(c, text, text_len, &calls) > 0)
             choice = openai_chat_tool_calls_choice_json(ch->index, calls.content, calls.content_len,
                                                         json_incref(calls.calls), ch->logprobs,
                                                         ch->stop_reason, false);
@@ -521,15 +530,24 @@ static void stream_emit(completion *c) {
             }
             thinking = !reasoning_stream_content(&ch->rs);
         }
-        bool tools = c->chat && c->tools != TOOL_PARSER_NONE && !thinking;
+        /* a forced tool_choice: the constrained output is held whole and goes out as tool_calls
+         * at the end (completion_calls) */
+        bool forced = c->chat && c->req.forced_tool && !thinking;
+        bool tools = c->chat && !c->req.forced_tool && c->tools != TOOL_PARSER_NONE && !thinking;
         size_t send = thinking ? 0 : ch->text_len; /* bytes of ch->text taken */
         const char *content = ch->text;
         size_t content_len = send;
         tool_stream_out calls = {0};
+        tool_parse_result forced_calls = {0};
+        int n_forced = 0;
         if (tools) {
             tool_stream_feed(&ch->tools, ch->text ? ch->text : "", ch->text_len, ch->done, &calls);
             content = calls.content;
             content_len = calls.content_len;
+        } else if (forced && !ch->done) {
+            send = content_len = 0;
+        } else if (forced) {
+            n_forced = completion_calls(c, ch->text, ch->text_len, &forced_calls);
         }
         if (content_len == 0 && !calls.calls && !has_lp && !ch->done && !reasoning) {
             if (tools) ch->text_len = 0; /* the tool stream holds what it did not send */
@@ -539,15 +557,20 @@ static void stream_emit(completion *c) {
         bool ids = c->req.return_token_ids;
         bool first = !ch->prompt_ids_sent;
         json_t *choice =
-            c->chat ? openai_chat_choice_json(ch->index, content, content_len,
-                                              has_lp ? ch->logprobs : NULL,
-                                              ch->done ? ch->finish : KV_FINISH_NONE,
-                                              ch->done ? ch->stop_reason : NULL, true)
-                    : openai_choice_json(
-                          ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
-                          ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
-                          ids && first ? p->ids : NULL, p->n_ids,
-                          ids ? ch->ids + ch->n_ids_sent : NULL, ch->n_ids - ch->n_ids_sent);
+            n_forced ? openai_chat_tool_calls_choice_json(
+                           ch->index, forced_calls.content, forced_calls.content_len,
+                           json_incref(forced_calls.calls), has_lp ? ch->logprobs : NULL,
+                           ch->stop_reason, true)
+            : c->chat
+                ? openai_chat_choice_json(ch->index, content, content_len,
+                                          has_lp ? ch->logprobs : NULL,
+                                          ch->done ? ch->finish : KV_FINISH_NONE,
+                                          ch->done ? ch->stop_reason : NULL, true)
+                : openai_choice_json(
+                      ch->index, ch->text, ch->text_len, has_lp ? ch->logprobs : NULL,
+                      ch->done ? ch->finish : KV_FINISH_NONE, ch->done ? ch->stop_reason : NULL,
+                      ids && first ? p->ids : NULL, p->n_ids, ids ? ch->ids + ch->n_ids_sent : NULL,
+                      ch->n_ids - ch->n_ids_sent);
         json_t *delta = json_object_get(choice, "delta");
         if (calls.calls) {
             json_object_set(delta, "tool_calls", calls.calls);
@@ -556,7 +579,7 @@ static void stream_emit(completion *c) {
         if (tools && ch->done && tool_stream_called(&ch->tools))
             json_object_set_new(choice, "finish_reason", json_string("tool_calls"));
         if (reasoning) {
-            if (content_len == 0 && !calls.calls) json_object_del(delta, "content");
+            if (content_len == 0 && !calls.calls && !n_forced) json_object_del(delta, "content");
             json_object_set_new(delta, "reasoning_content", reasoning);
         }
         if (has_lp) ch->logprobs = c->chat ? openai_chat_logprobs_new() : openai_logprobs_new();
@@ -571,6 +594,7 @@ static void stream_emit(completion *c) {
         }
         stream_append(c, completion_body_json(c, json_pack("[o]", choice), usage));
         tool_stream_out_free(&calls);
+        tool_parse_result_free(&forced_calls);
         if (content_len > 0) ch->text_sent = true;
         if (ch->text) memmove(ch->text, ch->text + send, ch->text_len - send + 1);
         ch->text_len -= send;

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 
 #include "server/http.h"
+#include "model/structured/constraint_cache.h"
 #include "server/openai.h"
 
 typedef struct completion completion;
@@ -32,6 +33,9 @@ struct http_server {
     int max_model_len;
     long long max_prompt_bytes; /* see openai_model_info; from the longest token */
     sampler_params defaults;
+    sc_vocab *sc_vocab;        /* the tokens' bytes for structured outputs (owned) */
+    struct sc_cache *sc_cache; /* compiled constraints by regex (owned) */
+    sc_limits sc_limits;       /* from the structured_* knobs */
     const struct chat_source
         *chat; /* borrowed; NULL = no chat template (see http_server_set_chat) */
     atomic_bool ready;

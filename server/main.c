@@ -463,6 +463,8 @@ int main(int argc, char **argv) {
                                .max_connections_per_ip = a.cfg.max_connections_per_ip,
                                .max_logprobs = a.cfg.max_logprobs,
                                .max_logprob_entries = a.cfg.max_logprob_entries,
+                               .structured_max_states = a.cfg.structured_max_states,
+                               .structured_max_bytes = a.cfg.structured_max_bytes,
                                .served_model_name = name,
                                .tool_call_parser = a.cfg.tool_call_parser,
                                .reasoning_parser = a.cfg.reasoning_parser,

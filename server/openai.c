@@ -284,10 +284,6 @@ static int reject_unsupported(json_t *root, openai_error *e) {
     if (present(v) && !(json_is_string(v) && json_string_length(v) == 0))
         return openai_error_set(e, 400, "invalid_request_error", "suffix", "unsupported_parameter",
                                 "'suffix' is not supported");
-    v = json_object_get(root, "logit_bias");
-    if (present(v) && !(json_is_object(v) && json_object_size(v) == 0))
-        return openai_error_set(e, 400, "invalid_request_error", "logit_bias",
-                                "unsupported_parameter", "'logit_bias' is not supported");
     v = json_object_get(root, "prompt_logprobs");
     if (present(v))
         return openai_error_set(e, 400, "invalid_request_error", "prompt_logprobs",
@@ -460,7 +456,8 @@ int openai_parse_completion(const openai_model_info *info, const char *body, siz
     long long n = 1;
     if (openai_check_model(info, root, e) || reject_unsupported(root, e) ||
         parse_sampling(root, req, e) || parse_stream(root, req, e) || parse_stop(root, req, e) ||
-        parse_stop_token_ids(info, root, &req->params, e))
+        parse_stop_token_ids(info, root, &req->params, e) ||
+        openai_parse_structured(info, root, &req->params, e))
         goto done;
     if (get_int(root, "n", 1, OPENAI_MAX_CHOICES, &n, NULL, e)) goto done;
     req->n = (int)n;
@@ -503,6 +500,7 @@ void openai_completion_request_free(openai_completion_request *req) {
     for (int k = 0; k < req->n_stop; k++) free(req->stop[k]);
     free(req->stop);
     free(req->cache_salt);
+    free(req->forced_tool);
     sampler_params_free(&req->params);
     memset(req, 0, sizeof *req);
 }

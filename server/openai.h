@@ -42,6 +42,9 @@ typedef struct openai_model_info {
     long long max_prompt_bytes;
     int max_logprobs;              /* largest logprobs accepted (0 = SAMPLER_MAX_LOGPROBS) */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = unchecked) */
+    const sc_vocab *sc_vocab;      /* the tokens' bytes for structured outputs; NULL = refused */
+    const sc_limits *sc_limits;    /* NULL = sc_limits_default */
+    struct sc_cache *sc_cache;     /* constraints shared between requests; NULL = none */
 } openai_model_info;
 
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */
@@ -86,6 +89,7 @@ typedef struct openai_completion_request {
     char *cache_salt; /* NULL = none */
     bool return_token_ids;
     bool return_tokens_as_token_ids;
+    char *forced_tool; /* chat tool_choice required ("") or named: see openai_chat_request */
 } openai_completion_request;
 
 /* Parses and validates body against the model. Every invalid value is an error naming the
@@ -94,6 +98,18 @@ typedef struct openai_completion_request {
 int openai_parse_completion(const openai_model_info *info, const char *body, size_t len,
                             openai_completion_request *req, openai_error *err);
 void openai_completion_request_free(openai_completion_request *req);
+
+/* logit_bias, response_format, structured_outputs and guided_* of a completions or chat body into
+ * p (openai_structured.c): 400 naming the field (and the unsupported schema keyword). */
+int openai_parse_structured(const openai_model_info *info, json_t *root, sampler_params *p,
+                            openai_error *e);
+
+/* The tool calls of an output constrained by a forced tool_choice (forced: the function's name,
+ * or "" for required: the output is [{"name", "parameters"}, ...]). Returns the number of calls
+ * (0: out holds nothing, e.g. an output cut by max_tokens). */
+struct tool_parse_result;
+int openai_forced_tool_calls(const char *forced, const char *text, size_t n, const char *salt,
+                             struct tool_parse_result *out);
 
 /* The body's optional "model" against the served name: 400 when not a string, 404
  * model_not_found when another model; 0 when absent, null or ours. */

@@ -149,23 +149,44 @@ static int parse_tools(json_t *root, openai_chat_request *req, openai_error *e) 
     if (json_is_string(choice) && strcmp(json_string_value(choice), "required") != 0)
         return bad(e, "tool_choice", "'%s' must be auto, none, required or a named function",
                    "tool_choice");
-    if (json_is_string(choice))
-        return openai_error_set(e, 400, "invalid_request_error", "tool_choice", "unsupported",
-                                "tool_choice \"required\" is not supported yet: forcing a tool "
-                                "call needs constrained decoding, which this server does not do "
-                                "yet; use \"auto\" (the model may call a tool) or \"none\"");
-    const char *fn =
-        json_string_value(json_object_get(json_object_get(choice, "function"), "name"));
-    if (!json_is_object(choice) || !fn)
-        return bad(e, "tool_choice",
-                   "'%s' must be auto, none, required or "
-                   "{\"type\": \"function\", \"function\": {\"name\": ...}}",
-                   "tool_choice");
-    return openai_error_set(e, 400, "invalid_request_error", "tool_choice", "unsupported",
-                            "tool_choice naming function '%.100s' is not supported yet: forcing "
-                            "a tool call needs constrained decoding, which this server does not "
-                            "do yet; use \"auto\" (the model may call a tool) or \"none\"",
-                            fn);
+    const char *name = NULL;
+    if (!json_is_string(choice)) {
+        json_t *fn = json_object_get(choice, "function");
+        name = json_string_value(json_object_get(fn, "name"));
+        if (!json_is_object(choice) || !name)
+            return bad(e, "tool_choice", "'%s' must be auto, none, required or a named function",
+                       "tool_choice");
+    }
+    if (!req->has_tools) return bad(e, "tool_choice", "'%s' needs tools", "tool_choice");
+    /* the output is JSON: the named function's arguments, or for required a list of calls */
+    json_t *alts = json_array(), *found = NULL;
+    size_t i;
+    json_t *t;
+    json_array_foreach(tools, i, t) {
+        json_t *fn = json_object_get(t, "function");
+        json_t *params = json_object_get(fn, "parameters");
+        const char *tname = json_string_value(json_object_get(fn, "name"));
+        json_t *ps = params ? json_incref(params) : json_pack("{s:s}", "type", "object");
+        if (name && !strcmp(name, tname)) found = json_incref(ps);
+        json_array_append_new(alts, json_pack("{s:s, s:{s:{s:s}, s:o}, s:[s, s], s:b}", "type",
+                                              "object", "properties", "name", "const", tname,
+                                              "parameters", ps, "required", "name", "parameters",
+                                              "additionalProperties", 0));
+    }
+    json_t *schema = NULL;
+    if (name && !found) {
+        json_decref(alts);
+        return openai_error_set(e, 400, "invalid_request_error", "tool_choice", "invalid_value",
+                                "tool_choice names function '%.100s', which is not in tools", name);
+    }
+    if (name)
+        schema = found, json_decref(alts);
+    else
+        schema = json_pack("{s:s, s:i, s:{s:o}}", "type", "array", "minItems", 1, "items", "anyOf",
+                           alts);
+    req->tool_schema = schema;
+    req->forced_tool = kv_strdup(name ? name : "");
+    return 0;
 }
 
 /* The keys that are chat-only: not handed to the completions parser. */
@@ -205,6 +226,17 @@ static int completion_body(json_t *root, openai_chat_request *req, openai_error 
         json_object_set_new(body, "logprobs", present(top) ? json_incref(top) : json_integer(0));
     json_t *mct = json_object_get(root, "max_completion_tokens");
     if (present(mct)) json_object_set(body, "max_tokens", mct);
+    if (req->tool_schema) {
+        static const char *const others[] = {"response_format", "structured_outputs", "guided_json",
+                                             "guided_regex", "guided_choice"};
+        for (size_t k = 0; k < sizeof others / sizeof *others; k++)
+            if (present(json_object_get(body, others[k]))) {
+                json_decref(body);
+                return bad(e, others[k], "'%s' cannot be combined with a forced tool_choice",
+                           others[k]);
+            }
+        json_object_set(body, "guided_json", req->tool_schema);
+    }
     /* chat has no default of 16 tokens: all that fits (OpenAI, vLLM) */
     if (!present(json_object_get(body, "max_tokens")))
         json_object_set_new(body, "max_tokens", json_null());
@@ -267,7 +299,9 @@ done:
 void openai_chat_request_free(openai_chat_request *req) {
     json_decref(req->vars);
     json_decref(req->completion);
+    json_decref(req->tool_schema);
     free(req->final_content);
+    free(req->forced_tool);
     memset(req, 0, sizeof *req);
 }
 
@@ -322,6 +356,9 @@ int openai_chat_to_completion(const openai_model_info *info, openai_chat_request
     KV_CHECK(body);
     int rc = openai_parse_completion(info, body, strlen(body), out, e);
     free(body);
+    if (rc == 0 && req->forced_tool) out->forced_tool = kv_strdup(req->forced_tool);
+    if (rc && !strcmp(e->param, "guided_json") && req->forced_tool)
+        snprintf(e->param, sizeof e->param, "tools");
     /* name the parameters as the client sent them */
     if (rc && !strcmp(e->param, "prompt")) snprintf(e->param, sizeof e->param, "messages");
     if (rc && !strcmp(e->param, "logprobs")) snprintf(e->param, sizeof e->param, "top_logprobs");

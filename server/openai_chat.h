@@ -19,6 +19,11 @@ typedef struct openai_chat_request {
     bool add_special_tokens;
     bool tokenize_only;  /* for /tokenize: counted in full, not refused past max_model_len */
     char *final_content; /* continue_final_message: the last message's text */
+    /* tool_choice "required" or a named function: the output is constrained to this schema
+     * (guided_json of the completion body) and parsed as calls (forced_tool: the name, or ""
+     * for required, whose output is [{"name", "parameters"}, ...]) */
+    char *forced_tool;
+    json_t *tool_schema;
 } openai_chat_request;
 
 /* Parses a chat body (for /tokenize when tokenize_only: only the template fields). 400 on every

@@ -41,6 +41,12 @@ int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, int n_ids, bool skip_special_tokens,
                      char **text, size_t *len, kv_error *err);
 
+/* The bytes id stands for in the middle of a text, for constrained decoding: the decoders' byte
+ * mapping (ByteLevel, byte fallback, Metaspace and Replace; no first-token prefix stripping, no
+ * UTF-8 repair, so a token may be part of a character). Special added tokens give *len 0. *out is
+ * malloc'd (NUL-terminated); -1 when id is out of range. */
+int tokenizer_token_bytes(const tokenizer *tok, int32_t id, char **out, size_t *len, kv_error *err);
+
 int tokenizer_vocab_size(const tokenizer *tok); /* largest id + 1, added tokens included */
 const char *tokenizer_id_to_token(const tokenizer *tok, int32_t id); /* raw piece; NULL if none */
 int32_t tokenizer_token_to_id(const tokenizer *tok, const char *piece); /* -1 if none */

@@ -253,6 +253,97 @@ static void dec_strip(const tok_decoder *d, tok_strlist *l) {
     }
 }
 
+/* One token through the chain as bytes (see tokenizer_token_bytes). */
+static int token_bytes_apply(const tok_decoder *d, tok_ctx *ctx, tok_strlist *l, kv_error *err) {
+    tok_buf *t = &l->items[0];
+    switch (d->kind) {
+    case TOK_DEC_BYTE_LEVEL: {
+        tok_buf bytes = {0};
+        tok_buf_append(&bytes, "", 0);
+        for (size_t k = 0; k < t->len;) {
+            int32_t cp;
+            k += (size_t)tok_utf8_decode(t->data + k, &cp);
+            int b = cp_to_byte(cp);
+            if (b < 0) {
+                tok_buf_free(&bytes);
+                return 0; /* not a byte-level piece: as it is */
+            }
+            tok_buf_push(&bytes, (char)b);
+        }
+        tok_buf_free(t);
+        *t = bytes;
+        return 0;
+    }
+    case TOK_DEC_METASPACE: {
+        tok_buf out = {0};
+        tok_buf_append(&out, "", 0);
+        for (size_t k = 0; k < t->len;) {
+            int32_t cp;
+            int n = tok_utf8_decode(t->data + k, &cp);
+            if (cp == d->strip_cp)
+                tok_buf_push(&out, ' ');
+            else
+                tok_buf_append(&out, t->data + k, (size_t)n);
+            k += (size_t)n;
+        }
+        tok_buf_free(t);
+        *t = out;
+        return 0;
+    }
+    case TOK_DEC_REPLACE:
+        return dec_replace(d, ctx, l, err);
+    case TOK_DEC_BYTE_FALLBACK:
+        if (t->len == 6 && !memcmp(t->data, "<0x", 3) && t->data[5] == '>') {
+            int hi = t->data[3] == '+' ? 0 : hex_digit(t->data[3]), lo = hex_digit(t->data[4]);
+            if (hi >= 0 && lo >= 0) {
+                t->data[0] = (char)(hi * 16 + lo);
+                t->len = 1;
+                t->data[1] = 0;
+            }
+        }
+        return 0;
+    case TOK_DEC_FUSE:
+    case TOK_DEC_STRIP: /* they act on the text's ends, not on a token inside it */
+        return 0;
+    case TOK_DEC_SEQUENCE:
+        for (int i = 0; i < d->n_children; i++)
+            if (token_bytes_apply(&d->children[i], ctx, l, err)) return -1;
+        return 0;
+    }
+    return 0;
+}
+
+int tokenizer_token_bytes(const tokenizer *tok, int32_t id, char **out, size_t *len,
+                          kv_error *err) {
+    *out = NULL;
+    *len = 0;
+    size_t plen;
+    const char *p = tok_piece_of(tok, id, &plen);
+    if (!p) return kv_error_set(err, "tokenizer: token id %d is out of range", id);
+    if (tok->added_by_id[id] >= 0 && tok->added[tok->added_by_id[id]].special) {
+        *out = kv_strdup("");
+        return 0;
+    }
+    tok_strlist l = {0};
+    tok_strlist_add(&l, p, plen);
+    if (tok->decoder) {
+        tok_ctx ctx;
+        if (tok_ctx_init(&ctx, false, err) || token_bytes_apply(tok->decoder, &ctx, &l, err)) {
+            tok_ctx_free(&ctx);
+            tok_strlist_free(&l);
+            return -1;
+        }
+        tok_ctx_free(&ctx);
+    }
+    tok_buf r = {0};
+    tok_buf_append(&r, "", 0);
+    tok_buf_append(&r, l.items[0].data, l.items[0].len);
+    tok_strlist_free(&l);
+    *out = r.data;
+    *len = r.len;
+    return 0;
+}
+
 int tok_decoder_apply(const tok_decoder *d, tok_ctx *ctx, tok_strlist *l, kv_error *err) {
     switch (d->kind) {
     case TOK_DEC_BYTE_LEVEL:

@@ -100,6 +100,13 @@ static bool sched_sample(scheduler *s, sched_req *r, float *row) {
     sampler_logprobs lp;
     bool want_lp = r->params.logprobs >= 0;
     int32_t tok = sampler_sample(&s->smp, &r->params, &r->st, row, want_lp ? &lp : NULL);
+    if (tok == SAMPLER_NO_TOKEN) { /* never a silent unconstrained token */
+        sched_list_remove(&s->running, r);
+        sched_req_finish(s, r, -1, NULL, KV_FINISH_ABORT, -1,
+                         "no token is allowed at this point: the structured-output constraint, "
+                         "logit_bias and min_tokens together rule out every token");
+        return true;
+    }
     kv_finish f = sampler_check_finish(&s->smp, &r->params, &r->st, tok);
     KV_CHECK(r->n_tokens < r->cap);
     r->tokens[r->n_tokens++] = tok;

@@ -76,10 +76,14 @@ static const bad_case bad_cases[] = {
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{}]}", "tools",
      "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"required\"}",
-     "tool_choice", "unsupported"},
+     "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": {\"type\": "
      "\"function\", \"function\": {\"name\": \"f\"}}}",
-     "tool_choice", "unsupported"},
+     "tool_choice", "invalid_value"},
+    {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tools\": [{\"type\": "
+     "\"function\", \"function\": {\"name\": \"f\"}}], \"tool_choice\": {\"type\": "
+     "\"function\", \"function\": {\"name\": \"g\"}}}",
+     "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": \"maybe\"}",
      "tool_choice", "invalid_value"},
     {"{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"tool_choice\": {\"type\": "
@@ -114,7 +118,8 @@ START_TEST(every_invalid_chat_body_names_its_parameter) {
 }
 END_TEST
 
-/* tool_choice required / a named function: a 400 that says why and what to use instead. */
+/* tool_choice required / a named function constrain the output to the tools' schemas; without
+ * tools, or naming a function that is not among them, they are a 400 that says so. */
 START_TEST(tool_choice_unsupported_says_why) {
     openai_model_info info = info_for(4096);
     openai_chat_request req;
@@ -123,16 +128,15 @@ START_TEST(tool_choice_unsupported_says_why) {
                            "\"tool_choice\": \"required\"}";
     ck_assert(openai_chat_parse(&info, &chatml, LIT(required), false, &req, &e) != 0);
     ck_assert_int_eq(e.status, 400);
-    ck_assert_ptr_nonnull(strstr(e.message, "\"required\" is not supported yet"));
-    ck_assert_ptr_nonnull(strstr(e.message, "constrained decoding"));
-    ck_assert_ptr_nonnull(strstr(e.message, "\"auto\""));
+    ck_assert_str_eq(e.param, "tool_choice");
+    ck_assert_ptr_nonnull(strstr(e.message, "needs tools"));
     const char *named = "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                        "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}], "
                         "\"tool_choice\": {\"type\": \"function\", \"function\": {\"name\": "
                         "\"get_weather\"}}}";
     ck_assert(openai_chat_parse(&info, &chatml, LIT(named), false, &req, &e) != 0);
     ck_assert_int_eq(e.status, 400);
-    ck_assert_ptr_nonnull(strstr(e.message, "naming function 'get_weather'"));
-    ck_assert_ptr_nonnull(strstr(e.message, "constrained decoding"));
+    ck_assert_ptr_nonnull(strstr(e.message, "'get_weather', which is not in tools"));
 }
 END_TEST
 

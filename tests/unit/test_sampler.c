@@ -567,6 +567,133 @@ START_TEST(validate_names_the_field) {
 }
 END_TEST
 
+START_TEST(logit_bias_bans_forces_and_adds) {
+    enum { V = 8 };
+    int32_t eos = 7;
+    sampler s;
+    sampler_init(&s, V, &eos, 1, 42);
+    sampler_params p;
+    sampler_params_default(&p);
+    p.max_tokens = 1000;
+    p.n_bias = 2;
+    p.bias_ids = kv_malloc(2 * sizeof(int32_t));
+    p.bias_values = kv_malloc(2 * sizeof(float));
+    p.bias_ids[0] = 3, p.bias_values[0] = -100.0f; /* the likeliest token, banned */
+    p.bias_ids[1] = 0, p.bias_values[1] = 2.0f;    /* added */
+    sampler_state st;
+    sampler_state_init(&s, &st, &p, NULL, 0);
+    float base[V] = {0.0f, 1.0f, 0.5f, 9.0f, 0.2f, 0.1f, 0.3f, 0.0f};
+    int count0 = 0, n = 4000;
+    for (int i = 0; i < n; i++) {
+        float row[V];
+        memcpy(row, base, sizeof row);
+        int32_t t = sampler_sample(&s, &p, &st, row, NULL);
+        ck_assert_int_ne(t, 3);
+        count0 += t == 0;
+    }
+    /* token 0 has logit 2 after the bias: its probability is e^2 / sum over the others */
+    double z = 0;
+    for (int t = 0; t < V; t++) z += t == 3 ? 0 : exp(t == 0 ? 2.0 : base[t]);
+    double expect = exp(2.0) / z;
+    ck_assert_msg(fabs(count0 / (double)n - expect) < 0.03, "token 0 drawn %d/%d, expected %.3f",
+                  count0, n, expect);
+    /* greedy: the ban moves argmax off token 3 */
+    p.temperature = 0;
+    float row[V];
+    memcpy(row, base, sizeof row);
+    ck_assert_int_eq(sampler_sample(&s, &p, &st, row, NULL), 0);
+    /* +100 forces the least likely token at temperature 1, whatever the draw */
+    p.temperature = 1;
+    p.bias_values[1] = 100.0f;
+    p.bias_ids[1] = 5;
+    for (int i = 0; i < 500; i++) {
+        memcpy(row, base, sizeof row);
+        row[5] = -50.0f;
+        ck_assert_int_eq(sampler_sample(&s, &p, &st, row, NULL), 5);
+    }
+    /* forcing a banned token leaves nothing: an error, not a silent pick */
+    p.bias_ids[0] = 5;
+    p.bias_values[0] = -100.0f;
+    p.bias_values[1] = 100.0f;
+    p.n_bias = 1; /* only the ban: fine */
+    memcpy(row, base, sizeof row);
+    ck_assert_int_ne(sampler_sample(&s, &p, &st, row, NULL), 5);
+    sampler_params q;
+    sampler_params_copy(&q, &p);
+    ck_assert_ptr_ne(q.bias_ids, p.bias_ids);
+    ck_assert_int_eq(q.bias_ids[0], 5);
+    sampler_params_free(&q);
+    sampler_state_free(&st);
+    sampler_params_free(&p);
+    sampler_free(&s);
+}
+END_TEST
+
+/* A constraint over a byte vocabulary: every sampled sequence spells a string of the language,
+ * eos comes only when the string is complete, and a dead end is SAMPLER_NO_TOKEN. */
+START_TEST(constraint_masks_tokens_and_gates_eos) {
+    enum { V = 6 };
+    const char *pieces[V] = {"a", "b", "c", "ab", "x", NULL}; /* 5 = eos (no bytes) */
+    size_t lens[V] = {1, 1, 1, 2, 1, 0};
+    sc_vocab *voc = sc_vocab_new(V, pieces, lens);
+    sc_dfa *d = NULL;
+    kv_error err;
+    ck_assert_int_eq(sc_regex_compile("(ab|ac)c?", 9, NULL, &d, &err), 0);
+    int32_t eos = 5;
+    sampler s;
+    sampler_init(&s, V, &eos, 1, 7);
+    sampler_params p;
+    sampler_params_default(&p);
+    p.max_tokens = 100;
+    p.constraint = sc_constraint_new(d, voc);
+    int seen_long = 0;
+    for (int seed = 0; seed < 300; seed++) {
+        p.has_seed = true;
+        p.seed = (uint64_t)seed;
+        sampler_params q;
+        sampler_params_copy(&q, &p);
+        sampler_state st;
+        sampler_state_init(&s, &st, &q, NULL, 0);
+        char out[64];
+        size_t n = 0;
+        for (int step = 0; step < 10; step++) {
+            float row[V] = {0.1f, 0.2f, 0.3f, 0.4f, 3.0f, 0.5f};
+            int32_t t = sampler_sample(&s, &q, &st, row, NULL);
+            ck_assert_int_ge(t, 0);
+            ck_assert_int_ne(t, 4);
+            if (t == eos) break;
+            memcpy(out + n, pieces[t], lens[t]);
+            n += lens[t];
+        }
+        out[n] = 0;
+        ck_assert_msg(!strcmp(out, "ab") || !strcmp(out, "ac") || !strcmp(out, "abc") ||
+                          !strcmp(out, "acc"),
+                      "seed %d: %s", seed, out);
+        seen_long += n == 3;
+        sampler_state_free(&st);
+        sampler_params_free(&q);
+    }
+    ck_assert_int_gt(seen_long, 0);
+    /* only "x" allowed but banned by logit_bias: nothing is left */
+    sc_dfa *dx = NULL;
+    ck_assert_int_eq(sc_regex_compile("x+", 2, NULL, &dx, &err), 0);
+    sc_constraint_unref(p.constraint);
+    p.constraint = sc_constraint_new(dx, voc);
+    p.n_bias = 1;
+    p.bias_ids = kv_malloc(sizeof(int32_t));
+    p.bias_values = kv_malloc(sizeof(float));
+    p.bias_ids[0] = 4, p.bias_values[0] = -100.0f;
+    sampler_state st;
+    sampler_state_init(&s, &st, &p, NULL, 0);
+    float row[V] = {0};
+    ck_assert_int_eq(sampler_sample(&s, &p, &st, row, NULL), SAMPLER_NO_TOKEN);
+    sampler_state_free(&st);
+    sampler_params_free(&p);
+    sampler_free(&s);
+    sc_vocab_free(voc);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("sampler");
     TCase *tc = tcase_create("core");
@@ -583,6 +710,8 @@ int main(void) {
     tcase_add_test(tc, param_check_ranges);
     tcase_add_test(tc, validate_uses_the_table);
     tcase_add_test(tc, huge_top_k_is_clamped_to_the_vocabulary);
+    tcase_add_test(tc, logit_bias_bans_forces_and_adds);
+    tcase_add_test(tc, constraint_masks_tokens_and_gates_eos);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -1,6 +1,6 @@
 // kvserve through the official OpenAI Node client: completions and chat completions (plain and
 // streaming), models.list,
-// cached-token usage, and errors surfacing as the client's typed exceptions with the server's
+// cached-token usage, response_format json_schema, and errors surfacing as the client's typed exceptions with the server's
 // message. run_openai_client.py starts kvserve on stories260K and sets KVSERVE_URL, KVSERVE_MODEL,
 // KVSERVE_API_KEY and KVSERVE_EXPECTED (stories260K's expected.json).
 import { test } from 'node:test';
@@ -171,12 +171,46 @@ test('chat logprobs come in the chat shape', async () => {
   assert.equal(content[0].top_logprobs.length, 2);
 });
 
-test('chat tool_choice required is a BadRequestError', async () => {
+test('chat tool_choice naming a function not in tools is a BadRequestError', async () => {
   await assert.rejects(
-    client.chat.completions.create({ model, messages, tool_choice: 'required',
+    client.chat.completions.create({ model, messages,
+      tool_choice: { type: 'function', function: { name: 'g' } },
       tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object' } } }] }),
     (e) => e instanceof OpenAI.BadRequestError && e.param === 'tool_choice'
-      && /not supported/.test(e.message));
+      && /not in tools/.test(e.message));
+});
+
+test('chat response_format json_schema gives JSON valid under the schema', async () => {
+  const schema = {
+    type: 'object',
+    properties: {
+      name: { type: 'string', minLength: 1, maxLength: 12 },
+      age: { type: 'integer', minimum: 0, maximum: 120 },
+      mood: { enum: ['happy', 'sad'] },
+    },
+    required: ['name', 'age', 'mood'],
+    additionalProperties: false,
+  };
+  for (const seed of [1, 2, 3]) {
+    const r = await client.chat.completions.create({
+      model, messages, max_tokens: 200, temperature: 1, seed,
+      response_format: { type: 'json_schema', json_schema: { name: 'person', schema, strict: true } },
+    });
+    assert.equal(r.choices[0].finish_reason, 'stop');
+    const v = JSON.parse(r.choices[0].message.content);
+    assert.deepEqual(Object.keys(v).sort(), ['age', 'mood', 'name']);
+    assert.ok(typeof v.name === 'string' && v.name.length >= 1 && [...v.name].length <= 12);
+    assert.ok(Number.isInteger(v.age) && v.age >= 0 && v.age <= 120);
+    assert.ok(['happy', 'sad'].includes(v.mood));
+  }
+});
+
+test('a bad schema is a BadRequestError naming the keyword', async () => {
+  await assert.rejects(
+    client.chat.completions.create({ model, messages, response_format: { type: 'json_schema',
+      json_schema: { name: 'x', schema: { type: 'object', patternProperties: {} } } } }),
+    (e) => e instanceof OpenAI.BadRequestError && e.param === 'response_format'
+      && /patternProperties/.test(e.message));
 });
 
 test('the server still answers after the errors', async () => {
