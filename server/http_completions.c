@@ -720,31 +720,26 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
     return ret;
 }
 
-enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, const char *body,
-                                 size_t len, completion **c_out) {
-    *c_out = NULL;
-    openai_error e;
-    if (!atomic_load(&s->ready)) {
-        openai_error_set(&e, 503, "server_error", NULL, "model_not_ready",
-                         "the model is still loading");
-        return http_respond_error(conn, &e);
-    }
+void completion_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
     openai_model_info info = http_model_info(s);
-    openai_completion_request req;
-    if (openai_parse_completion(&info, body, len, &req, &e)) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, false, TOOL_PARSER_NONE, c_out);
+    if (openai_parse_completion(&info, body, len, &out->req, &out->err)) {
+        out->failed = true;
+        return;
+    }
+    out->has_request = true;
 }
 
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
-                                         openai_completion_request *req, bool chat,
-                                         tool_parser_kind tools, completion **c_out) {
+                                         http_prepared *p, completion **c_out) {
     *c_out = NULL;
     openai_error e;
     completion *c = kv_calloc(1, sizeof *c);
-    c->req = *req;
-    memset(req, 0, sizeof *req);
+    c->req = p->req;
+    memset(&p->req, 0, sizeof p->req);
+    p->has_request = false;
+    bool chat = p->chat;
     c->chat = chat;
-    c->tools = tools;
+    c->tools = p->tools;
     c->reasoning = chat ? s->opt.reasoning_parser : REASONING_PARSER_NONE;
     c->srv = s;
     c->metrics = s->metrics;
@@ -753,7 +748,7 @@ enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *
     c->conn = conn;
     c->watch_slot = -1;
     c->status = 200;
-    c->arrival = kv_now();
+    c->arrival = p->arrival > 0 ? p->arrival : kv_now(); /* tokenizing counts in TTFT */
     c->created = (long long)time(NULL);
     make_id(c->id, sizeof c->id, chat ? "chatcmpl-" : "cmpl-");
     KV_CHECK(pthread_mutex_init(&c->lock, NULL) == 0);

@@ -42,6 +42,7 @@ typedef struct openai_model_info {
     long long max_prompt_bytes;
     int max_logprobs;              /* largest logprobs accepted (0 = SAMPLER_MAX_LOGPROBS) */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = unchecked) */
+    const atomic_bool *cancel;     /* tokenizing gives up (503) once it reads true; may be NULL */
 } openai_model_info;
 
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */
