@@ -220,6 +220,37 @@ class Hardening(unittest.TestCase):
         # 10 alternatives, plus the sampled token when it is not among them (as vLLM)
         self.assertIn(len(out["choices"][0]["logprobs"]["top_logprobs"][-1]), (10, 11))
 
+    def test_large_response_memory_is_bounded(self):
+        """A response at the logprobs cap (n 24 x 511 tokens x 21 entries, about 6.5 MB of JSON)
+        grows the server's peak RSS by a small multiple of its body, measured against the same
+        request without logprobs in the same server: logprobs are kept compact until the answer
+        is built, one choice's JSON tree at a time (it was ~56 MB over the baseline, 9x the
+        body; now ~20-26 MB, the bound is 6x)."""
+        srv = kh.Server("--n-threads", "2")
+        try:
+            def hwm():
+                with open(f"/proc/{srv.proc.pid}/status") as f:
+                    return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) * 1024
+            body = self.body(prompt="Once upon a time " * 60, n=24, max_tokens=270,
+                             temperature=1)  # 241 + 270 = 511 tokens of 512
+            base0 = hwm()
+            status, _, out = srv.request("POST", "/v1/completions", body)
+            self.assertEqual(status, 200, str(out)[:300])
+            plain = hwm() - base0
+            status, _, raw = srv.request("POST", "/v1/completions",
+                                         dict(body, logprobs=20, echo=True),
+                                         headers={"Accept": "application/json"})
+            self.assertEqual(status, 200, str(raw)[:300])
+            size = len(json.dumps(raw))
+            entries = sum(len(c["logprobs"]["tokens"]) for c in raw["choices"]) * 21
+            self.assertGreater(entries, 200000)
+            grew = hwm() - base0 - plain
+            print(f"body {size / 1e6:.1f} MB, {entries} entries: peak RSS +{grew / 1e6:.1f} MB "
+                  f"over the same request without logprobs (+{plain / 1e6:.1f} MB)")
+            self.assertLess(grew, 6 * size, "the response costs more than 6x its body")
+        finally:
+            self.assertEqual(srv.stop(), 0)
+
     # item 9
     def test_cors_preflight_and_header(self):
         origin = {"Origin": "http://example.test", "Access-Control-Request-Method": "POST",
