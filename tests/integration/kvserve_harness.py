@@ -15,6 +15,11 @@ import unittest
 
 SKIP = 77
 READY_TIMEOUT_S = 60
+# Server(model=STORIES_OR_DEMO): stories260K when the test data has it, else the built-in demo model
+# (random weights, in the binary), for modules whose checks hold on any model.
+STORIES_OR_DEMO = "stories260K-or-demo"
+NEEDS = ("stories260K, outside data: set KVSERVE_TESTDATA to a folder holding "
+         "models/stories260K (default ../shared/testdata beside the checkout)")
 
 
 def testdata_model(name="stories260K"):
@@ -22,6 +27,25 @@ def testdata_model(name="stories260K"):
     root = os.environ.get("KVSERVE_TESTDATA", "")
     path = os.path.join(root, "models", name)
     return path if root and os.path.isfile(os.path.join(path, "config.json")) else None
+
+
+def fixture_model(tokenizer="llama2_style", model="llama-f32"):
+    """A model directory built from in-repo fixtures only (no outside data): the random-weight
+    transformers fixture tests/fixtures/models/<model> with the tokenizer.json of
+    tests/fixtures/tokenizers/<tokenizer>, linked into a temporary directory (removed at exit).
+    Its tokenizer may hold more tokens than the model: fit for /tokenize, not for text prompts."""
+    import atexit
+    import shutil
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    fixtures = os.path.join(here, "..", "fixtures")
+    d = tempfile.mkdtemp(prefix="kvserve-fixture-")
+    atexit.register(shutil.rmtree, d, True)
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        os.symlink(os.path.abspath(os.path.join(fixtures, "models", model, f)), os.path.join(d, f))
+    os.symlink(os.path.abspath(os.path.join(fixtures, "tokenizers", tokenizer, "tokenizer.json")),
+               os.path.join(d, "tokenizer.json"))
+    return d
 
 
 def expected(name="stories260K"):
@@ -40,7 +64,7 @@ def kvserve_bin():
 def skip_unless_ready(needs_model=True):
     """Exits 77 (skip) when the binary, or (needs_model) the model, is missing."""
     if needs_model and not testdata_model():
-        print("SKIP: stories260K not found (set KVSERVE_TESTDATA)")
+        print("SKIP: needs " + NEEDS)
         sys.exit(SKIP)
     if not os.access(kvserve_bin(), os.X_OK):
         print(f"SKIP: kvserve binary not found at {kvserve_bin()} (set KVSERVE_BIN)")
@@ -51,10 +75,15 @@ class Server:
     """A kvserve process on 127.0.0.1 and a port the kernel picked (--port 0; the port is read
     from the "listening on" line of its stderr). Its stderr is kept in self.log."""
 
-    def __init__(self, *args, model="stories260K", name=None):
-        """args are extra flags; model None starts kvserve without --model (the demo model)."""
-        self.model = testdata_model(model) if model else None
+    def __init__(self, *args, model="stories260K", name=None, model_dir=None):
+        """args are extra flags; model None starts kvserve without --model (the demo model);
+        model_dir a model directory by path (e.g. fixture_model())."""
+        if model == STORIES_OR_DEMO:
+            model = "stories260K" if testdata_model() else None
+            name = name or (None if model else "kvserve-demo-random-weights")
+        self.model = model_dir or (testdata_model(model) if model else None)
         self.name = name or self.model
+        self.demo = self.model is None
         cmd = [kvserve_bin(), "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
                "--n-threads", "1", *args]
         if self.model:
@@ -208,7 +237,7 @@ def metric(values, name, labels=None):
 
 def needs_model(test):
     """Marks one test of a module run with run_tests(needs_model=False) as needing stories260K."""
-    return unittest.skipUnless(testdata_model(), "stories260K not found (set KVSERVE_TESTDATA)")(test)
+    return unittest.skipUnless(testdata_model(), "needs " + NEEDS)(test)
 
 
 def run_tests(module_name, needs_model=True):

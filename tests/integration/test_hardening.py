@@ -56,7 +56,7 @@ class Hardening(unittest.TestCase):
     def setUpClass(cls):
         cls.srv = kh.Server("--http-timeout-s", "2", "--max-connections", "32",
                             "--max-connections-per-ip", "24", "--max-logprob-entries", "100000",
-                            "--max-logprobs", "10")
+                            "--max-logprobs", "10", model=kh.STORIES_OR_DEMO)
 
     @classmethod
     def tearDownClass(cls):
@@ -281,4 +281,4 @@ class Hardening(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    kh.run_tests(__name__)
+    kh.run_tests(__name__, needs_model=False)
