@@ -53,6 +53,20 @@ def expected(name="stories260K"):
         return json.load(f)
 
 
+def once_upon_a_time(srv):
+    """The greedy completion of "Once upon a time" that srv must keep giving: stories260K's
+    published output (llama2.c) when srv serves it, else (the demo model) srv's own first answer,
+    so the checks that use it test that errors leave generation unchanged, not the reference."""
+    if not srv.demo:
+        return expected()["prompt_once_upon_a_time"]
+    body = {"model": srv.name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}
+    status, _, out = srv.request("POST", "/v1/completions", body,
+                                 headers={"Authorization": "Bearer " + srv.api_key}
+                                 if srv.api_key else None)
+    assert status == 200, out
+    return {"prompt": body["prompt"], "max_tokens": 16, "text": out["choices"][0]["text"]}
+
+
 def kvserve_bin():
     path = os.environ.get("KVSERVE_BIN")
     if not path:
@@ -84,6 +98,7 @@ class Server:
         self.model = model_dir or (testdata_model(model) if model else None)
         self.name = name or self.model
         self.demo = self.model is None
+        self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
         cmd = [kvserve_bin(), "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
                "--n-threads", "1", *args]
         if self.model:
