@@ -67,10 +67,10 @@ class Tokenizing:
 
 
 def start(*extra):
-    # max_model_len large enough that a 4 MiB prompt passes the byte precheck (the KV blocks are
-    # allocated, not touched)
-    return kh.Server("--http-threads", "1", "--max-model-len", "2097152", "--num-gpu-blocks",
-                     "131072", *extra, model_dir=kh.fixture_model())
+    # max_model_len large enough that a 4 MiB prompt passes the byte precheck (262144 tokens
+    # cover 12 MiB of this tokenizer's text), with a KV pool that holds it (0.4 GiB)
+    return kh.Server("--http-threads", "1", "--max-model-len", "262144", "--num-gpu-blocks",
+                     "16384", *extra, model_dir=kh.fixture_model())
 
 
 class TokenizePool(unittest.TestCase):
