@@ -645,9 +645,11 @@ int main(int argc, char **argv) {
     }
     int failed = run_suite(s);
     if (failed) return 1;
-    if (!have_data) {
-        printf("SKIP: %s not found (KVSERVE_TESTDATA); only built-in tests ran\n", probe);
-        return 77;
-    }
+    /* the built-in checks ran on in-repo data and passed: a pass, with the rest named as skipped
+     * (as the integration modules report the checks that need the outside data) */
+    if (!have_data)
+        printf("skipped: the real-tokenizer cases need %s (outside data, not in the repository; "
+               "set KVSERVE_TESTDATA); the built-in checks passed\n",
+               probe);
     return 0;
 }
