@@ -43,9 +43,41 @@ def fixture_model(tokenizer="llama2_style", model="llama-f32"):
     atexit.register(shutil.rmtree, d, True)
     for f in ("config.json", "model.safetensors", "generation_config.json"):
         os.symlink(os.path.abspath(os.path.join(fixtures, "models", model, f)), os.path.join(d, f))
-    os.symlink(os.path.abspath(os.path.join(fixtures, "tokenizers", tokenizer, "tokenizer.json")),
-               os.path.join(d, "tokenizer.json"))
+    if tokenizer == "bytes":
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(byte_tokenizer(), f)
+    else:
+        os.symlink(os.path.abspath(os.path.join(fixtures, "tokenizers", tokenizer,
+                                                "tokenizer.json")),
+                   os.path.join(d, "tokenizer.json"))
     return d
+
+
+def byte_tokenizer(n_vocab=512):
+    """A byte-level BPE tokenizer.json without merges (GPT-2's byte-to-unicode map, token b is
+    byte b, <s> 256 and </s> 257 as special tokens, two-letter pieces up to n_vocab, the fixture
+    models' 512), so a fixture model serves text prompts and every id it generates decodes."""
+    printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    cps, k = {}, 0
+    for b in range(256):
+        if b in printable:
+            cps[b] = b
+        else:
+            cps[b] = 256 + k
+            k += 1
+    vocab = {chr(cps[b]): b for b in range(256)}
+    for i in range(n_vocab - 258):  # ids 258.. : two-letter pieces (decodable, never merged into)
+        vocab[chr(0x41 + i // 26) + chr(0x61 + i % 26)] = 258 + i
+    added = [{"id": 256 + i, "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for i, t in enumerate(("<s>", "</s>"))]
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None, "pre_tokenizer": level, "post_processor": None,
+            "decoder": level, "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                                        "fuse_unk": False, "byte_fallback": False,
+                                        "vocab": vocab, "merges": []}}
 
 
 def expected(name="stories260K"):
