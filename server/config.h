@@ -72,6 +72,8 @@ typedef struct kv_config {
     long long max_body_bytes;       /* request bodies above this get 413 */
     int n_threads;                  /* CPU backend threads; 0 = one per core */
     int http_threads;               /* libmicrohttpd polling threads */
+    int tokenize_threads;           /* workers that parse and tokenize bodies */
+    int tokenize_queue;             /* bodies waiting for a worker (more get 503) */
     int max_connections;            /* open HTTP connections at once */
     int http_timeout_s;             /* idle/stalled HTTP connections close after this (0 = never) */
     int max_connections_per_ip;     /* open HTTP connections from one address (0 = no limit) */

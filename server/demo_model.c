@@ -1,8 +1,12 @@
 /* The built-in demo model: its files are built here in code (jansson), so a fresh checkout serves
  * something with no download. The shape is a small Llama (4 layers, dim 256, GQA 8/4 heads); the
- * vocabulary is byte-level BPE without merges (token b is byte b), <s> and </s>, and 62 common
- * English words as (non-special) added tokens, which round the vocabulary up to a multiple of 64
- * (friendlier GEMM shapes) and make the random output at least partly readable. */
+ * vocabulary is byte-level BPE without merges, <s> and </s>, and 62 common English words as
+ * (non-special) added tokens, which round the vocabulary up to a multiple of 64 (friendlier GEMM
+ * shapes) and make the random output at least partly readable. Every token decodes to printable
+ * ASCII (or a newline), so whatever the random weights sample is valid text: token b is byte b for
+ * the printable bytes 32..126, the other 161 ids below 256 are two-letter pieces; a prompt's other
+ * bytes (controls, non-ASCII) have no token and are dropped, as Hugging Face's BPE drops a
+ * character it has no token for. */
 #include "server/demo_model.h"
 
 #include <errno.h>
@@ -68,11 +72,22 @@ static json_t *added_token(int id, const char *content, bool special) {
                      special);
 }
 
+/* The k-th two-letter piece of frequent English letters (k < 18 * 18). */
+static void pair_piece(int k, char out[3]) {
+    static const char letters[] = "etaoinshrdlucmfwyp";
+    out[0] = letters[k / 18];
+    out[1] = letters[k % 18];
+    out[2] = 0;
+}
+
 static json_t *demo_tokenizer(void) {
     json_t *vocab = json_object();
-    for (int b = 0; b < 256; b++) {
+    for (int b = 0, k = 0; b < 256; b++) {
         char piece[4];
-        byte_piece(b, piece);
+        if (b >= 32 && b <= 126)
+            byte_piece(b, piece);
+        else
+            pair_piece(k++, piece);
         json_object_set_new(vocab, piece, json_integer(b));
     }
     json_t *added = json_array();

@@ -22,6 +22,8 @@ typedef struct conn_ctx {
     char *body;
     size_t len, cap;
     bool too_large;
+    bool queued;  /* the body went to the pool (job) */
+    http_job job; /* the route's prepare step on a pool worker */
     completion *c;
 } conn_ctx;
 
@@ -29,8 +31,9 @@ typedef enum MHD_Result (*route_fn)(http_server *s, struct MHD_Connection *conn,
 
 typedef struct route {
     const char *path;
-    const char *method; /* GET routes answer HEAD too */
-    route_fn handle;
+    const char *method;      /* GET routes answer HEAD too */
+    route_fn handle;         /* on the MHD thread; NULL for a route with prepare */
+    http_prepare_fn prepare; /* on a pool worker (the body's CPU work), then answered */
 } route;
 
 /* ---- responses ---- */
@@ -120,6 +123,7 @@ openai_model_info http_model_info(http_server *s) {
         .sc_vocab = s->sc_vocab,
         .sc_cache = s->sc_cache,
         .sc_limits = &s->sc_limits,
+        .cancel = &s->stopping,
     };
 }
 
@@ -156,49 +160,36 @@ static enum MHD_Result handle_models(http_server *s, struct MHD_Connection *conn
     return respond_json(conn, 200, json_pack("{s:s, s:[o]}", "object", "list", "data", model));
 }
 
-static enum MHD_Result handle_completions(http_server *s, struct MHD_Connection *conn,
-                                          conn_ctx *cx) {
-    return completion_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
-}
-
-static enum MHD_Result handle_chat(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
-    return chat_start(s, conn, cx->body ? cx->body : "", cx->len, &cx->c);
-}
-
 /* /tokenize and /detokenize: a body in, a JSON body out, through one openai_* function. */
 typedef int (*token_endpoint_fn)(const openai_model_info *info, const char *body, size_t len,
                                  char **out, openai_error *err);
 
-static enum MHD_Result handle_token_endpoint(http_server *s, struct MHD_Connection *conn,
-                                             conn_ctx *cx, token_endpoint_fn fn) {
-    if (!atomic_load(&s->ready)) return not_ready(conn);
+static void token_endpoint_prepare(http_server *s, const char *body, size_t len, http_prepared *out,
+                                   token_endpoint_fn fn) {
     openai_model_info info = http_model_info(s);
-    openai_error e;
-    char *out;
-    if (fn(&info, cx->body ? cx->body : "", cx->len, &out, &e)) return http_respond_error(conn, &e);
-    return http_respond(conn, 200, out, "application/json");
+    if (fn(&info, body, len, &out->body, &out->err)) out->failed = true;
 }
 
-static enum MHD_Result handle_tokenize(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
-    if (chat_tokenize_wanted(cx->body ? cx->body : "", cx->len))
-        return chat_tokenize(s, conn, cx->body ? cx->body : "", cx->len);
-    return handle_token_endpoint(s, conn, cx, openai_tokenize);
+static void tokenize_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
+    if (chat_tokenize_wanted(body, len))
+        chat_tokenize_prepare(s, body, len, out);
+    else
+        token_endpoint_prepare(s, body, len, out, openai_tokenize);
 }
 
-static enum MHD_Result handle_detokenize(http_server *s, struct MHD_Connection *conn,
-                                         conn_ctx *cx) {
-    return handle_token_endpoint(s, conn, cx, openai_detokenize);
+static void detokenize_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
+    token_endpoint_prepare(s, body, len, out, openai_detokenize);
 }
 
 static const route routes[] = {
-    {"/health", "GET", handle_health},
-    {"/version", "GET", handle_version},
-    {"/metrics", "GET", handle_metrics},
-    {"/v1/models", "GET", handle_models},
-    {"/v1/completions", "POST", handle_completions},
-    {"/v1/chat/completions", "POST", handle_chat},
-    {"/tokenize", "POST", handle_tokenize},
-    {"/detokenize", "POST", handle_detokenize},
+    {"/health", "GET", handle_health, NULL},
+    {"/version", "GET", handle_version, NULL},
+    {"/metrics", "GET", handle_metrics, NULL},
+    {"/v1/models", "GET", handle_models, NULL},
+    {"/v1/completions", "POST", NULL, completion_prepare},
+    {"/v1/chat/completions", "POST", NULL, chat_prepare},
+    {"/tokenize", "POST", NULL, tokenize_prepare},
+    {"/detokenize", "POST", NULL, detokenize_prepare},
 };
 
 /* ---- the checks every request goes through ---- */
@@ -270,6 +261,31 @@ static enum MHD_Result request_begin(http_server *s, struct MHD_Connection *conn
     return MHD_YES;
 }
 
+/* A route with a prepare step: the first call hands the body to the pool (the connection stays
+ * suspended meanwhile; a full queue is 503), the call after the worker's resume answers. */
+static enum MHD_Result request_prepared(http_server *s, struct MHD_Connection *conn, conn_ctx *cx) {
+    if (!cx->queued) {
+        if (!atomic_load(&s->ready)) return not_ready(conn);
+        cx->queued = true;
+        cx->job = (http_job){.conn = conn,
+                             .prepare = cx->route->prepare,
+                             .body = cx->body ? cx->body : "",
+                             .len = cx->len};
+        if (http_pool_submit(&s->pool, &cx->job)) return MHD_YES;
+        openai_error e;
+        openai_error_set(&e, 503, "server_error", NULL, "server_overloaded",
+                         "the server is overloaded (tokenize queue full): retry later");
+        return http_respond_error(conn, &e);
+    }
+    if (!http_pool_job_done(&s->pool, &cx->job)) return MHD_YES; /* not resumed by the pool */
+    http_prepared *p = &cx->job.out;
+    if (p->failed) return http_respond_error(conn, &p->err);
+    if (p->has_request) return completion_start_request(s, conn, p, &cx->c);
+    char *body = p->body;
+    p->body = NULL;
+    return http_respond(conn, 200, body ? body : kv_strdup("{}"), "application/json");
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_data_size, void **con_cls) {
@@ -308,6 +324,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return http_respond_error(conn, &e);
     }
     if (!cx->route) return MHD_NO; /* answered on the first call */
+    if (cx->route->prepare) return request_prepared(s, conn, cx);
     return cx->route->handle(s, conn, cx);
 }
 
@@ -318,6 +335,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     conn_ctx *cx = *con_cls;
     if (!cx) return;
     if (cx->c) completion_connection_closed(cx->c, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK);
+    http_prepared_free(&cx->job.out);
     free(cx->body);
     free(cx);
     *con_cls = NULL;
@@ -426,6 +444,7 @@ static void server_free(http_server *s) {
     if (s->epoll_fd >= 0) close(s->epoll_fd);
     if (s->wake_fd >= 0) close(s->wake_fd);
     free(s->slots);
+    http_pool_free(&s->pool);
     sampler_params_free(&s->defaults);
     sc_cache_free(s->sc_cache);
     sc_vocab_free(s->sc_vocab);
@@ -506,7 +525,14 @@ int http_server_start(http_server **out, const http_server_options *opt,
     freeaddrinfo(ai);
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : opt->port;
+    if (http_pool_start(&s->pool, s, opt->n_tokenize_threads > 0 ? opt->n_tokenize_threads : 2,
+                        opt->max_tokenize_queue > 0 ? opt->max_tokenize_queue : 64, err)) {
+        MHD_stop_daemon(s->daemon);
+        server_free(s);
+        return -1;
+    }
     if (pthread_create(&s->watcher, NULL, watcher_main, s) != 0) {
+        http_pool_stop(&s->pool);
         MHD_stop_daemon(s->daemon);
         server_free(s);
         return kv_error_set(err, "http: cannot start the watcher thread");
@@ -600,6 +626,8 @@ void http_server_stop(http_server *s) {
         completion_release(live[i]);
     }
     free(live);
+    /* queued bodies are answered 503, the ones being tokenized give up (stopping is set) */
+    http_pool_stop(&s->pool);
     /* the resumed streams write their finish chunks and [DONE] before the sockets close (bounded:
      * a client that stopped reading cannot hold the shutdown) */
     wait_idle(s, 5);

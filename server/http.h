@@ -11,7 +11,10 @@
  * disconnect detection, so a watcher thread polls their sockets for hang-ups (EPOLLHUP/EPOLLERR,
  * not EPOLLRDHUP: a client that half-closes after its request still reads the answer) and
  * cancels their engine requests; a failed write or any abnormal end (NOTIFY_COMPLETED with a code
- * other than COMPLETED_OK) cancels too. */
+ * other than COMPLETED_OK) cancels too. The CPU work of a body (JSON parse, chat template,
+ * tokenizing: seconds for a body of megabytes) runs on a small pool of workers with a bounded
+ * queue (http_pool.c), its connection suspended meanwhile, so it never holds a polling thread:
+ * /health keeps answering and a shutdown makes the tokenizer give up. */
 #ifndef KVSERVE_HTTP_H
 #define KVSERVE_HTTP_H
 
@@ -30,6 +33,8 @@ typedef struct http_server_options {
     const char *allowed_origins; /* CORS: "*" or comma-separated origins; NULL = no CORS */
     long long max_body_bytes;    /* larger bodies get 413 */
     int n_threads;               /* polling threads */
+    int n_tokenize_threads;      /* workers that parse and tokenize bodies (0 = 2) */
+    int max_tokenize_queue;      /* bodies waiting for a worker; more get 503 (0 = 64) */
     int max_connections;
     int connection_timeout_s;   /* idle or stalled connections close after this (0 = never) */
     int max_connections_per_ip; /* open connections from one client address (0 = no limit) */

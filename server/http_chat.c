@@ -10,22 +10,18 @@ void http_server_set_chat(http_server *s, const chat_source *cs) {
     s->chat = cs;
 }
 
-static enum MHD_Result not_ready(struct MHD_Connection *conn) {
-    openai_error e;
-    openai_error_set(&e, 503, "server_error", NULL, "model_not_ready",
-                     "the model is still loading");
-    return http_respond_error(conn, &e);
+static void fail(http_prepared *out) {
+    out->failed = true;
 }
 
-enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const char *body,
-                           size_t len, completion **c_out) {
-    *c_out = NULL;
-    if (!atomic_load(&s->ready)) return not_ready(conn);
+void chat_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
     openai_model_info info = http_model_info(s);
-    openai_error e;
+    openai_error *e = &out->err;
     openai_chat_request creq;
-    if (openai_chat_parse(&info, s->chat, body, len, false, &creq, &e))
-        return http_respond_error(conn, &e);
+    if (openai_chat_parse(&info, s->chat, body, len, false, &creq, e)) {
+        fail(out);
+        return;
+    }
     /* tool calls are parsed only when the request offers tools and lets the model call them */
     tool_parser_kind tools = s->opt.tool_call_parser;
     if (tools == TOOL_PARSER_AUTO) tools = s->chat ? s->chat->tool_format : TOOL_PARSER_NONE;
@@ -33,13 +29,17 @@ enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const ch
         tools = TOOL_PARSER_NONE;
     int32_t *ids = NULL;
     int n_ids = 0;
-    openai_completion_request req;
-    int rc = openai_chat_prompt(&info, s->chat, &creq, &ids, &n_ids, &e);
-    if (rc == 0) rc = openai_chat_to_completion(&info, &creq, ids, n_ids, &req, &e);
+    int rc = openai_chat_prompt(&info, s->chat, &creq, &ids, &n_ids, e);
+    if (rc == 0) rc = openai_chat_to_completion(&info, &creq, ids, n_ids, &out->req, e);
     free(ids);
     openai_chat_request_free(&creq);
-    if (rc) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, true, tools, c_out);
+    if (rc) {
+        fail(out);
+        return;
+    }
+    out->has_request = true;
+    out->chat = true;
+    out->tools = tools;
 }
 
 bool chat_tokenize_wanted(const char *body, size_t len) {
@@ -49,26 +49,28 @@ bool chat_tokenize_wanted(const char *body, size_t len) {
     return yes;
 }
 
-enum MHD_Result chat_tokenize(http_server *s, struct MHD_Connection *conn, const char *body,
-                              size_t len) {
-    if (!atomic_load(&s->ready)) return not_ready(conn);
+void chat_tokenize_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
     openai_model_info info = http_model_info(s);
-    openai_error e;
+    openai_error *e = &out->err;
     openai_chat_request creq;
-    if (openai_chat_parse(&info, s->chat, body, len, true, &creq, &e))
-        return http_respond_error(conn, &e);
+    if (openai_chat_parse(&info, s->chat, body, len, true, &creq, e)) {
+        fail(out);
+        return;
+    }
     int32_t *ids = NULL;
     int n_ids = 0;
-    int rc = openai_chat_prompt(&info, s->chat, &creq, &ids, &n_ids, &e);
+    int rc = openai_chat_prompt(&info, s->chat, &creq, &ids, &n_ids, e);
     openai_chat_request_free(&creq);
-    if (rc) return http_respond_error(conn, &e);
+    if (rc) {
+        fail(out);
+        return;
+    }
     json_t *tokens = json_array();
     for (int i = 0; i < n_ids; i++) json_array_append_new(tokens, json_integer(ids[i]));
     free(ids);
     json_t *j = json_pack("{s:o, s:i, s:i}", "tokens", tokens, "count", n_ids, "max_model_len",
                           info.max_model_len);
-    char *out = json_dumps(j, JSON_COMPACT);
+    out->body = json_dumps(j, JSON_COMPACT);
     json_decref(j);
-    KV_CHECK(out);
-    return http_respond(conn, 200, out, "application/json");
+    KV_CHECK(out->body);
 }

@@ -43,8 +43,12 @@ typedef struct choice_state {
     char *text; /* whole text (non-streamed) or text not yet sent (streamed) */
     size_t text_len, text_cap;
     json_t *logprobs; /* NULL unless requested; entries not yet sent when streaming */
-    int text_offset;  /* code points so far, for logprobs.text_offset */
-    int32_t *ids;     /* generated tokens */
+    /* non-streamed: the logprobs events kept compact (lp_record + ids + floats, about 8 bytes an
+     * entry against ~250 as JSON objects) until the answer is built, one choice at a time */
+    char *lp_raw;
+    size_t lp_len, lp_cap;
+    int text_offset; /* code points so far, for logprobs.text_offset */
+    int32_t *ids;    /* generated tokens */
     int n_ids, cap_ids, n_ids_sent;
     kv_finish finish;
     json_t *stop_reason;
@@ -124,6 +128,7 @@ static void completion_destroy(completion *c) {
         tool_stream_free(&ch->tools);
         free(ch->text);
         json_decref(ch->logprobs);
+        free(ch->lp_raw);
         json_decref(ch->stop_reason);
         free(ch->ids);
     }
@@ -269,6 +274,52 @@ static void choice_add_logprobs(completion *c, choice_state *ch, const engine_ev
     free(t);
 }
 
+/* One logprobs event as kept for a non-streamed answer: then n_top ids and n_top floats. */
+typedef struct lp_record {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+} lp_record;
+
+/* The event's logprobs now (streamed) or kept compact for the end (non-streamed). */
+static void choice_logprobs_event(completion *c, choice_state *ch, const engine_event *ev) {
+    if (c->req.stream) {
+        choice_add_logprobs(c, ch, ev);
+        return;
+    }
+    int n_top = ev->n_top < 0                      ? 0
+                : ev->n_top > SAMPLER_MAX_LOGPROBS ? SAMPLER_MAX_LOGPROBS
+                                                   : ev->n_top;
+    lp_record r = {ev->token, ev->logprob, n_top};
+    append_bytes(&ch->lp_raw, &ch->lp_len, &ch->lp_cap, (const char *)&r, sizeof r);
+    append_bytes(&ch->lp_raw, &ch->lp_len, &ch->lp_cap, (const char *)ev->top_ids,
+                 sizeof ev->top_ids[0] * (size_t)n_top);
+    append_bytes(&ch->lp_raw, &ch->lp_len, &ch->lp_cap, (const char *)ev->top_logprobs,
+                 sizeof ev->top_logprobs[0] * (size_t)n_top);
+}
+
+/* Turns the kept events into ch->logprobs' JSON (just before the choice is built) and frees them.
+ */
+static void choice_logprobs_build(completion *c, choice_state *ch) {
+    for (size_t off = 0; ch->logprobs && off + sizeof(lp_record) <= ch->lp_len;) {
+        engine_event ev = {0};
+        lp_record r;
+        memcpy(&r, ch->lp_raw + off, sizeof r);
+        off += sizeof r;
+        ev.token = r.token;
+        ev.logprob = r.logprob;
+        ev.n_top = r.n_top;
+        memcpy(ev.top_ids, ch->lp_raw + off, sizeof ev.top_ids[0] * (size_t)r.n_top);
+        off += sizeof ev.top_ids[0] * (size_t)r.n_top;
+        memcpy(ev.top_logprobs, ch->lp_raw + off, sizeof ev.top_logprobs[0] * (size_t)r.n_top);
+        off += sizeof ev.top_logprobs[0] * (size_t)r.n_top;
+        choice_add_logprobs(c, ch, &ev);
+    }
+    free(ch->lp_raw);
+    ch->lp_raw = NULL;
+    ch->lp_len = ch->lp_cap = 0;
+}
+
 static void choice_finish(completion *c, choice_state *ch, kv_finish finish, json_t *stop_reason) {
     if (ch->done) {
         json_decref(stop_reason);
@@ -307,7 +358,7 @@ static bool is_stop_token_id(const completion *c, int32_t id) {
 static bool choice_event(completion *c, choice_state *ch, const engine_event *ev) {
     if (ch->done) return false;
     if (ev->is_prompt) {
-        if (ch->logprobs && ev->token >= 0) choice_add_logprobs(c, ch, ev);
+        if (ch->logprobs && ev->token >= 0) choice_logprobs_event(c, ch, ev);
         return false;
     }
     if (ev->n_prompt_tokens > 0) {
@@ -322,7 +373,7 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
             ch->ids = kv_realloc(ch->ids, sizeof *ch->ids * (size_t)ch->cap_ids);
         }
         ch->ids[ch->n_ids++] = ev->token;
-        if (ch->logprobs) choice_add_logprobs(c, ch, ev);
+        if (ch->logprobs) choice_logprobs_event(c, ch, ev);
         bool stop_token = ev->finish == KV_FINISH_STOP && ev->stop_token == ev->token;
         if (!stop_token) {
             char *piece = NULL;
@@ -434,10 +485,30 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         openai_error_set(&e, 500, "server_error", NULL, "engine_error", "%s", c->error);
         return http_respond_error(conn, &e);
     }
-    json_t *choices = json_array();
+    /* the body's shell (id, usage...) with an empty choices array, then the choices one at a time
+     * into its place: each choice's logprobs become JSON, then text, and the JSON goes, so the
+     * peak is the body text plus one choice's tree, not every choice's tree at once. A quote
+     * inside a JSON string is escaped, so '"choices":[]' can only be the key itself. */
+    openai_usage u = completion_usage(c);
+    const char *model = c->srv->opt.served_model_name;
+    json_t *body =
+        c->chat
+            ? openai_chat_json(c->id, c->created, model, json_array(), openai_usage_json(&u), false)
+            : openai_completion_json(c->id, c->created, model, json_array(), openai_usage_json(&u));
+    char *shell = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    KV_CHECK(shell);
+    static const char key[] = "\"choices\":[";
+    char *at = strstr(shell, key);
+    KV_CHECK(at && at[sizeof key - 1] == ']');
+    size_t head = (size_t)(at - shell) + sizeof key - 1;
+    char *out = NULL;
+    size_t out_len = 0, out_cap = 0;
+    append_bytes(&out, &out_len, &out_cap, shell, head);
     for (int i = 0; i < c->n_choices; i++) {
         choice_state *ch = &c->choices[i];
         const openai_prompt *p = &c->req.prompts[ch->prompt_index];
+        choice_logprobs_build(c, ch);
         bool ids = c->req.return_token_ids;
         tool_parse_result calls = {0};
         /* chat: reasoning first, then tool calls in what remains */
@@ -457,26 +528,23 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         if (choice && c->reasoning != REASONING_PARSER_NONE)
             json_object_set_new(json_object_get(choice, "message"), "reasoning_content",
                                 has_r ? json_stringn(ch->text + r_off, r_len) : json_null());
-        if (choice)
-            json_array_append_new(choices, choice);
-        else
-            json_array_append_new(
-                choices, openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs,
-                                            ch->finish, ch->stop_reason, ids ? p->ids : NULL,
-                                            p->n_ids, ids ? ch->ids : NULL, ch->n_ids));
+        if (!choice)
+            choice = openai_choice_json(ch->index, ch->text, ch->text_len, ch->logprobs, ch->finish,
+                                        ch->stop_reason, ids ? p->ids : NULL, p->n_ids,
+                                        ids ? ch->ids : NULL, ch->n_ids);
+        char *one = json_dumps(choice, JSON_COMPACT);
+        json_decref(choice);
+        KV_CHECK(one);
+        if (i > 0) append_bytes(&out, &out_len, &out_cap, ",", 1);
+        append_bytes(&out, &out_len, &out_cap, one, strlen(one));
+        free(one);
         tool_parse_result_free(&calls);
         ch->logprobs = NULL;
         ch->stop_reason = NULL;
     }
-    openai_usage u = completion_usage(c);
-    const char *model = c->srv->opt.served_model_name;
-    json_t *body =
-        c->chat ? openai_chat_json(c->id, c->created, model, choices, openai_usage_json(&u), false)
-                : openai_completion_json(c->id, c->created, model, choices, openai_usage_json(&u));
-    char *text = json_dumps(body, JSON_COMPACT);
-    json_decref(body);
-    KV_CHECK(text);
-    return http_respond(conn, 200, text, "application/json");
+    append_bytes(&out, &out_len, &out_cap, shell + head, strlen(shell + head));
+    free(shell);
+    return http_respond(conn, 200, out, "application/json");
 }
 
 enum MHD_Result completion_continue(completion *c, struct MHD_Connection *conn) {
@@ -756,31 +824,26 @@ static enum MHD_Result submit_all(completion *c, struct MHD_Connection *conn) {
     return ret;
 }
 
-enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, const char *body,
-                                 size_t len, completion **c_out) {
-    *c_out = NULL;
-    openai_error e;
-    if (!atomic_load(&s->ready)) {
-        openai_error_set(&e, 503, "server_error", NULL, "model_not_ready",
-                         "the model is still loading");
-        return http_respond_error(conn, &e);
-    }
+void completion_prepare(http_server *s, const char *body, size_t len, http_prepared *out) {
     openai_model_info info = http_model_info(s);
-    openai_completion_request req;
-    if (openai_parse_completion(&info, body, len, &req, &e)) return http_respond_error(conn, &e);
-    return completion_start_request(s, conn, &req, false, TOOL_PARSER_NONE, c_out);
+    if (openai_parse_completion(&info, body, len, &out->req, &out->err)) {
+        out->failed = true;
+        return;
+    }
+    out->has_request = true;
 }
 
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
-                                         openai_completion_request *req, bool chat,
-                                         tool_parser_kind tools, completion **c_out) {
+                                         http_prepared *p, completion **c_out) {
     *c_out = NULL;
     openai_error e;
     completion *c = kv_calloc(1, sizeof *c);
-    c->req = *req;
-    memset(req, 0, sizeof *req);
+    c->req = p->req;
+    memset(&p->req, 0, sizeof p->req);
+    p->has_request = false;
+    bool chat = p->chat;
     c->chat = chat;
-    c->tools = tools;
+    c->tools = p->tools;
     c->reasoning = chat ? s->opt.reasoning_parser : REASONING_PARSER_NONE;
     c->srv = s;
     c->metrics = s->metrics;
@@ -789,7 +852,7 @@ enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *
     c->conn = conn;
     c->watch_slot = -1;
     c->status = 200;
-    c->arrival = kv_now();
+    c->arrival = p->arrival > 0 ? p->arrival : kv_now(); /* tokenizing counts in TTFT */
     c->created = (long long)time(NULL);
     make_id(c->id, sizeof c->id, chat ? "chatcmpl-" : "cmpl-");
     KV_CHECK(pthread_mutex_init(&c->lock, NULL) == 0);

@@ -13,6 +13,48 @@
 
 typedef struct completion completion;
 
+/* What a pool worker made of a request body, for the MHD thread to answer: an error, a 200 JSON
+ * body, or a parsed completion request to start. */
+typedef struct http_prepared {
+    bool failed;
+    openai_error err;
+    char *body; /* owned; a 200 application/json answer */
+    bool has_request;
+    openai_completion_request req; /* has_request: moved into the completion when it starts */
+    bool chat;
+    tool_parser_kind tools;
+    double arrival; /* kv_now() when the body had arrived */
+} http_prepared;
+
+/* The CPU work of one route (parse, render a chat template, tokenize): runs on a pool worker,
+ * touches no MHD object. Fills *out. */
+typedef void (*http_prepare_fn)(http_server *s, const char *body, size_t len, http_prepared *out);
+
+/* One request handed to the pool: its connection is suspended from http_pool_submit until the
+ * worker has filled out and resumed it. */
+typedef struct http_job {
+    struct MHD_Connection *conn;
+    http_prepare_fn prepare;
+    const char *body; /* borrowed from the connection's state, which outlives the job */
+    size_t len;
+    http_prepared out;
+    bool done;             /* out is filled (under the pool's lock) */
+    struct http_job *next; /* queue link */
+} http_job;
+
+/* The bounded pool that runs prepare functions off libmicrohttpd's polling threads, so a large
+ * body being tokenized holds a worker, never /health or the shutdown (http_pool.c). */
+typedef struct http_pool {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    pthread_t *threads;
+    int n_threads;
+    int max_queued; /* jobs waiting for a worker; one more is refused (503) */
+    http_job *head, *tail;
+    int n_queued;
+    bool stop;
+} http_pool;
+
 /* One watched socket (a connection with a request in the engine). */
 typedef struct watch_slot {
     completion *c; /* NULL when the slot is free */
@@ -54,7 +96,24 @@ struct http_server {
     pthread_mutex_t watch_lock;
     watch_slot *slots;
     int n_slots;
+
+    http_pool pool; /* tokenizing and chat rendering */
 };
+
+/* http_pool.c. start: n_threads workers (>= 1), up to max_queued waiting jobs. */
+int http_pool_start(http_pool *p, http_server *s, int n_threads, int max_queued, kv_error *err);
+/* Suspends conn and queues job (called from the access handler); false (nothing suspended) when
+ * the queue is full or the pool is stopping. */
+bool http_pool_submit(http_pool *p, http_job *job);
+/* Whether the worker has filled job->out (the access handler runs again after the resume). */
+bool http_pool_job_done(http_pool *p, const http_job *job);
+/* Stops the workers: queued jobs are answered 503 shutting_down and resumed, running ones finish
+ * (tokenizing gives up once the server's stopping flag is set). Before MHD_stop_daemon. */
+void http_pool_stop(http_pool *p);
+/* After http_pool_stop and MHD_stop_daemon (the access handler may still ask http_pool_job_done).
+ */
+void http_pool_free(http_pool *p);
+void http_prepared_free(http_prepared *p);
 
 /* The openai_model_info view of the loaded model. */
 openai_model_info http_model_info(http_server *s);
@@ -71,23 +130,18 @@ int http_watch(http_server *s, struct MHD_Connection *conn, completion *c);
 void http_unwatch(http_server *s, int slot);
 
 /* The completion flow: http_completions.c. */
-/* Called with the whole body once it has arrived; *c_out receives the request state (NULL when the
- * request was answered at once, e.g. an error). */
-enum MHD_Result completion_start(http_server *s, struct MHD_Connection *conn, const char *body,
-                                 size_t len, completion **c_out);
-/* The same flow for a request already parsed (moved into the completion: *req is left empty);
- * chat selects the chat JSON shapes, tools the format its non-streamed output is parsed for tool
- * calls in (NONE = not parsed). */
+/* POST /v1/completions' prepare step (a pool worker): parses and tokenizes the body. */
+void completion_prepare(http_server *s, const char *body, size_t len, http_prepared *out);
+/* Starts a prepared request (MHD thread; out->req is moved into the completion); *c_out receives
+ * the request state (NULL when the request was answered at once, e.g. an error). chat selects the
+ * chat JSON shapes, tools the format its non-streamed output is parsed for tool calls in. */
 enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *conn,
-                                         openai_completion_request *req, bool chat,
-                                         tool_parser_kind tools, completion **c_out);
-/* POST /v1/chat/completions (http_chat.c): renders the messages, then completion_start_request. */
-enum MHD_Result chat_start(http_server *s, struct MHD_Connection *conn, const char *body,
-                           size_t len, completion **c_out);
+                                         http_prepared *p, completion **c_out);
+/* POST /v1/chat/completions' prepare step (http_chat.c): renders and tokenizes the messages. */
+void chat_prepare(http_server *s, const char *body, size_t len, http_prepared *out);
 /* POST /tokenize whose body holds "messages" (http_chat.c); false when it holds none. */
 bool chat_tokenize_wanted(const char *body, size_t len);
-enum MHD_Result chat_tokenize(http_server *s, struct MHD_Connection *conn, const char *body,
-                              size_t len);
+void chat_tokenize_prepare(http_server *s, const char *body, size_t len, http_prepared *out);
 /* Called when the access handler runs again for a non-streamed completion (after a resume). */
 enum MHD_Result completion_continue(completion *c, struct MHD_Connection *conn);
 /* The connection ended (normally or not): cancels what is left and drops the connection's ref. */

@@ -458,6 +458,8 @@ int main(int argc, char **argv) {
                                .log_requests = a.cfg.log_level <= CONFIG_LOG_INFO,
                                .max_body_bytes = a.cfg.max_body_bytes,
                                .n_threads = a.cfg.http_threads,
+                               .n_tokenize_threads = a.cfg.tokenize_threads,
+                               .max_tokenize_queue = a.cfg.tokenize_queue,
                                .max_connections = a.cfg.max_connections,
                                .connection_timeout_s = a.cfg.http_timeout_s,
                                .max_connections_per_ip = a.cfg.max_connections_per_ip,

@@ -156,8 +156,11 @@ int openai_tokenize_prompt(const openai_model_info *info, const char *text, size
                            const char *what, int32_t **ids, int *n_ids, openai_error *e) {
     kv_error kerr = {{0}};
     int limit = limited && info->max_model_len > 0 ? info->max_model_len : -1;
-    int rc =
-        tokenizer_encode_limit(info->tok, text, len, add_special_tokens, limit, ids, n_ids, &kerr);
+    int rc = tokenizer_encode_cancel(info->tok, text, len, add_special_tokens, limit, info->cancel,
+                                     ids, n_ids, &kerr);
+    if (rc == TOKENIZER_CANCELLED)
+        return openai_error_set(e, 503, "server_error", NULL, "shutting_down",
+                                "the server is shutting down");
     if (rc == TOKENIZER_OVER_LIMIT)
         return openai_error_set(e, 400, "invalid_request_error", param, "context_length_exceeded",
                                 "This model's maximum context length is %d tokens, but the prompt "

@@ -45,6 +45,7 @@ typedef struct openai_model_info {
     const sc_vocab *sc_vocab;      /* the tokens' bytes for structured outputs; NULL = refused */
     const sc_limits *sc_limits;    /* NULL = sc_limits_default */
     struct sc_cache *sc_cache;     /* constraints shared between requests; NULL = none */
+    const atomic_bool *cancel;     /* tokenizing gives up (503) once it reads true; may be NULL */
 } openai_model_info;
 
 /* Refuses (400, param "prompt") a text of len bytes that is over info->max_prompt_bytes. */

@@ -342,11 +342,14 @@ typedef struct encoder {
     tok_ctx ctx;
     tok_pieces pieces, tmp;
     tok_ids *out;
-    int max_ids; /* stop once out holds more than this many ids; < 0 = no limit */
+    int max_ids;               /* stop once out holds more than this many ids; < 0 = no limit */
+    const atomic_bool *cancel; /* stop when it reads true; NULL = never */
 } encoder;
 
 /* 1 (TOKENIZER_OVER_LIMIT) once the ids so far are more than the limit: encoding stops there. */
 static int over_limit(const encoder *e) {
+    if (e->cancel && atomic_load_explicit(e->cancel, memory_order_relaxed))
+        return TOKENIZER_CANCELLED;
     return e->max_ids >= 0 && e->out->n > e->max_ids ? TOKENIZER_OVER_LIMIT : 0;
 }
 
@@ -360,9 +363,10 @@ static int encode_plain(encoder *e, const char *s, size_t n, bool at_start, kv_e
         return -1;
     for (int i = 0; i < e->pieces.n; i++) {
         tok_piece p = e->pieces.items[i];
-        if (tok_bpe_encode(&e->t->model, e->pieces.text.data + p.off, p.len, e->out, err))
-            return -1;
-        if (over_limit(e)) return TOKENIZER_OVER_LIMIT;
+        int rc = tok_bpe_encode(&e->t->model, e->pieces.text.data + p.off, p.len, e->cancel, e->out,
+                                err);
+        if (rc == 0) rc = over_limit(e);
+        if (rc) return rc;
     }
     return 0;
 }
@@ -441,7 +445,8 @@ static int split_added(encoder *e, const tok_trie *trie, const char *s, size_t n
             if (rc) return rc;
         }
         tok_ids_push(e->out, a->id);
-        if (over_limit(e)) return TOKENIZER_OVER_LIMIT;
+        int lim = over_limit(e);
+        if (lim) return lim;
         start_offset = stop;
     }
     if (start_offset < n)
@@ -475,6 +480,13 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
 int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
                            bool add_special_tokens, int max_ids, int32_t **ids, int *n_ids,
                            kv_error *err) {
+    return tokenizer_encode_cancel(tok, text, len, add_special_tokens, max_ids, NULL, ids, n_ids,
+                                   err);
+}
+
+int tokenizer_encode_cancel(const tokenizer *tok, const char *text, size_t len,
+                            bool add_special_tokens, int max_ids, const atomic_bool *cancel,
+                            int32_t **ids, int *n_ids, kv_error *err) {
     *ids = NULL;
     *n_ids = 0;
     size_t bad;
@@ -483,7 +495,7 @@ int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
         return kv_error_set(err, "tokenizer: input is not valid UTF-8 (at byte %zu)", bad);
     if (len > (size_t)1 << 30) return kv_error_set(err, "tokenizer: input larger than 1 GiB");
     tok_ids out = {0};
-    encoder e = {.t = tok, .out = &out, .max_ids = max_ids};
+    encoder e = {.t = tok, .out = &out, .max_ids = max_ids, .cancel = cancel};
     if (tok_ctx_init(&e.ctx, true, err)) return -1;
     bool add = add_special_tokens && tok->post.present;
     for (int i = 0; add && i < tok->post.n_prefix; i++) tok_ids_push(&out, tok->post.prefix[i]);
@@ -496,6 +508,10 @@ int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
     tok_ctx_free(&e.ctx);
     tok_pieces_free(&e.pieces);
     tok_pieces_free(&e.tmp);
+    if (rc == TOKENIZER_CANCELLED) {
+        free(out.data);
+        return TOKENIZER_CANCELLED;
+    }
     if (rc == TOKENIZER_OVER_LIMIT) {
         free(out.data);
         *n_ids = out.n; /* the ids produced when it stopped: more than max_ids */

@@ -5,6 +5,8 @@
 #ifndef KVSERVE_TOKENIZER_H
 #define KVSERVE_TOKENIZER_H
 
+#include <stdatomic.h>
+
 #include "model/common.h"
 
 typedef struct tokenizer tokenizer;
@@ -35,6 +37,13 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool ad
 int tokenizer_encode_limit(const tokenizer *tok, const char *text, size_t len,
                            bool add_special_tokens, int max_ids, int32_t **ids, int *n_ids,
                            kv_error *err);
+/* tokenizer_encode_limit that gives up once *cancel reads true (checked after each piece and every
+ * few thousand BPE merges, so a shutdown does not wait for a long text): returns
+ * TOKENIZER_CANCELLED with *ids NULL. cancel may be NULL (never cancelled). */
+#define TOKENIZER_CANCELLED 2
+int tokenizer_encode_cancel(const tokenizer *tok, const char *text, size_t len,
+                            bool add_special_tokens, int max_ids, const atomic_bool *cancel,
+                            int32_t **ids, int *n_ids, kv_error *err);
 
 /* Decodes ids to text (malloc'd, NUL-terminated, *len bytes without the NUL); ids out of range are
  * an error. */

@@ -279,10 +279,13 @@ static void push_pair(const tok_bpe *m, word *w, int pos) {
     if (e) heap_push(w, (cand){e->rank, pos, e->new_id});
 }
 
-static void merge_all(const tok_bpe *m, word *w) {
+/* false when cancelled (checked every 4096 merges: a piece of megabytes takes seconds). */
+static bool merge_all(const tok_bpe *m, word *w, const atomic_bool *cancel) {
     w->n_heap = 0;
     for (int i = 0; i + 1 < w->n; i++) push_pair(m, w, i);
-    while (w->n_heap > 0) {
+    for (unsigned step = 1; w->n_heap > 0; step++) {
+        if (cancel && (step & 4095) == 0 && atomic_load_explicit(cancel, memory_order_relaxed))
+            return false;
         cand top = heap_pop(w);
         symbol *s = &w->syms[top.pos];
         if (s->len == 0 || s->next < 0) continue;
@@ -298,9 +301,11 @@ static void merge_all(const tok_bpe *m, word *w) {
         if (s->prev >= 0) push_pair(m, w, s->prev);
         push_pair(m, w, top.pos);
     }
+    return true;
 }
 
-int tok_bpe_encode(const tok_bpe *m, const char *s, size_t len, tok_ids *out, kv_error *err) {
+int tok_bpe_encode(const tok_bpe *m, const char *s, size_t len, const atomic_bool *cancel,
+                   tok_ids *out, kv_error *err) {
     if (len == 0) return 0;
     if (m->ignore_merges) {
         int32_t id = tok_strmap_get(&m->vocab, s, len);
@@ -363,11 +368,11 @@ int tok_bpe_encode(const tok_bpe *m, const char *s, size_t len, tok_ids *out, kv
     }
     if (has_unk) word_add(&w, unk, unk_len);
     tok_buf_free(&piece);
-    merge_all(m, &w);
-    for (int i = 0; i < w.n; i++)
+    bool done = merge_all(m, &w, cancel);
+    for (int i = 0; done && i < w.n; i++)
         if (w.syms[i].len > 0) tok_ids_push(out, w.syms[i].id);
     free(w.syms);
     free(w.heap);
     (void)err;
-    return 0;
+    return done ? 0 : TOKENIZER_CANCELLED;
 }

@@ -237,7 +237,9 @@ typedef struct tok_bpe {
 int tok_bpe_parse(tok_bpe *m, json_t *j, kv_error *err);
 void tok_bpe_free(tok_bpe *m);
 /* Appends the ids of one pre-tokenized word. */
-int tok_bpe_encode(const tok_bpe *m, const char *s, size_t len, tok_ids *out, kv_error *err);
+/* 0, -1 on error, TOKENIZER_CANCELLED once *cancel (may be NULL) reads true. */
+int tok_bpe_encode(const tok_bpe *m, const char *s, size_t len, const atomic_bool *cancel,
+                   tok_ids *out, kv_error *err);
 
 /* ---- post-processor (TemplateProcessing, Bert/Roberta, ByteLevel, Sequence) ---- */
 typedef struct tok_postproc {

@@ -15,6 +15,11 @@ import unittest
 
 SKIP = 77
 READY_TIMEOUT_S = 60
+# Server(model=STORIES_OR_DEMO): stories260K when the test data has it, else the built-in demo model
+# (random weights, in the binary), for modules whose checks hold on any model.
+STORIES_OR_DEMO = "stories260K-or-demo"
+NEEDS = ("stories260K, outside data: set KVSERVE_TESTDATA to a folder holding "
+         "models/stories260K (default ../shared/testdata beside the checkout)")
 
 
 def testdata_model(name="stories260K"):
@@ -24,9 +29,74 @@ def testdata_model(name="stories260K"):
     return path if root and os.path.isfile(os.path.join(path, "config.json")) else None
 
 
+def fixture_model(tokenizer="llama2_style", model="llama-f32"):
+    """A model directory built from in-repo fixtures only (no outside data): the random-weight
+    transformers fixture tests/fixtures/models/<model> with the tokenizer.json of
+    tests/fixtures/tokenizers/<tokenizer>, linked into a temporary directory (removed at exit).
+    Its tokenizer may hold more tokens than the model: fit for /tokenize, not for text prompts."""
+    import atexit
+    import shutil
+    import tempfile
+    here = os.path.dirname(os.path.abspath(__file__))
+    fixtures = os.path.join(here, "..", "fixtures")
+    d = tempfile.mkdtemp(prefix="kvserve-fixture-")
+    atexit.register(shutil.rmtree, d, True)
+    for f in ("config.json", "model.safetensors", "generation_config.json"):
+        os.symlink(os.path.abspath(os.path.join(fixtures, "models", model, f)), os.path.join(d, f))
+    if tokenizer == "bytes":
+        with open(os.path.join(d, "tokenizer.json"), "w") as f:
+            json.dump(byte_tokenizer(), f)
+    else:
+        os.symlink(os.path.abspath(os.path.join(fixtures, "tokenizers", tokenizer,
+                                                "tokenizer.json")),
+                   os.path.join(d, "tokenizer.json"))
+    return d
+
+
+def byte_tokenizer(n_vocab=512):
+    """A byte-level BPE tokenizer.json without merges (GPT-2's byte-to-unicode map, token b is
+    byte b, <s> 256 and </s> 257 as special tokens, two-letter pieces up to n_vocab, the fixture
+    models' 512), so a fixture model serves text prompts and every id it generates decodes."""
+    printable = [b for b in range(256) if 33 <= b <= 126 or 161 <= b <= 172 or 174 <= b <= 255]
+    cps, k = {}, 0
+    for b in range(256):
+        if b in printable:
+            cps[b] = b
+        else:
+            cps[b] = 256 + k
+            k += 1
+    vocab = {chr(cps[b]): b for b in range(256)}
+    for i in range(n_vocab - 258):  # ids 258.. : two-letter pieces (decodable, never merged into)
+        vocab[chr(0x41 + i // 26) + chr(0x61 + i % 26)] = 258 + i
+    added = [{"id": 256 + i, "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for i, t in enumerate(("<s>", "</s>"))]
+    level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+             "use_regex": True}
+    return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+            "normalizer": None, "pre_tokenizer": level, "post_processor": None,
+            "decoder": level, "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                                        "fuse_unk": False, "byte_fallback": False,
+                                        "vocab": vocab, "merges": []}}
+
+
 def expected(name="stories260K"):
     with open(os.path.join(testdata_model(name), "expected.json")) as f:
         return json.load(f)
+
+
+def once_upon_a_time(srv):
+    """The greedy completion of "Once upon a time" that srv must keep giving: stories260K's
+    published output (llama2.c) when srv serves it, else (the demo model) srv's own first answer,
+    so the checks that use it test that errors leave generation unchanged, not the reference."""
+    if not srv.demo:
+        return expected()["prompt_once_upon_a_time"]
+    body = {"model": srv.name, "prompt": "Once upon a time", "max_tokens": 16, "temperature": 0}
+    status, _, out = srv.request("POST", "/v1/completions", body,
+                                 headers={"Authorization": "Bearer " + srv.api_key}
+                                 if srv.api_key else None)
+    assert status == 200, out
+    return {"prompt": body["prompt"], "max_tokens": 16, "text": out["choices"][0]["text"]}
 
 
 def kvserve_bin():
@@ -40,7 +110,7 @@ def kvserve_bin():
 def skip_unless_ready(needs_model=True):
     """Exits 77 (skip) when the binary, or (needs_model) the model, is missing."""
     if needs_model and not testdata_model():
-        print("SKIP: stories260K not found (set KVSERVE_TESTDATA)")
+        print("SKIP: needs " + NEEDS)
         sys.exit(SKIP)
     if not os.access(kvserve_bin(), os.X_OK):
         print(f"SKIP: kvserve binary not found at {kvserve_bin()} (set KVSERVE_BIN)")
@@ -51,10 +121,16 @@ class Server:
     """A kvserve process on 127.0.0.1 and a port the kernel picked (--port 0; the port is read
     from the "listening on" line of its stderr). Its stderr is kept in self.log."""
 
-    def __init__(self, *args, model="stories260K", name=None):
-        """args are extra flags; model None starts kvserve without --model (the demo model)."""
-        self.model = testdata_model(model) if model else None
+    def __init__(self, *args, model="stories260K", name=None, model_dir=None):
+        """args are extra flags; model None starts kvserve without --model (the demo model);
+        model_dir a model directory by path (e.g. fixture_model())."""
+        if model == STORIES_OR_DEMO:
+            model = "stories260K" if testdata_model() else None
+            name = name or (None if model else "kvserve-demo-random-weights")
+        self.model = model_dir or (testdata_model(model) if model else None)
         self.name = name or self.model
+        self.demo = self.model is None
+        self.api_key = args[args.index("--api-key") + 1] if "--api-key" in args else None
         cmd = [kvserve_bin(), "--device", "cpu", "--host", "127.0.0.1", "--port", "0",
                "--n-threads", "1", *args]
         if self.model:
@@ -208,7 +284,7 @@ def metric(values, name, labels=None):
 
 def needs_model(test):
     """Marks one test of a module run with run_tests(needs_model=False) as needing stories260K."""
-    return unittest.skipUnless(testdata_model(), "stories260K not found (set KVSERVE_TESTDATA)")(test)
+    return unittest.skipUnless(testdata_model(), "needs " + NEEDS)(test)
 
 
 def run_tests(module_name, needs_model=True):

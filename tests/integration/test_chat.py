@@ -352,6 +352,7 @@ class ChatErrors(unittest.TestCase):
 
 if __name__ == "__main__":
     if not os.path.isdir(TEMPLATES):
-        print("SKIP: testdata chat_templates not found")
+        print("SKIP: needs the chat templates and stories260K of the outside test data (set "
+              "KVSERVE_TESTDATA, default ../shared/testdata)")
         sys.exit(kh.SKIP)
     kh.run_tests(__name__)

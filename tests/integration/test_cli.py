@@ -36,6 +36,20 @@ class Cli(unittest.TestCase):
                                                "ignore_eos": True})
             self.assertEqual(status, 200)
             self.assertTrue(done)
+            # whatever the random weights sample decodes to printable text (README's example
+            # printed 32 x U+FFFD before the vocabulary was printable ASCII)
+            for body in ({"prompt": "Once upon a time", "max_tokens": 32, "temperature": 0},
+                         {"prompt": "Hello", "max_tokens": 64, "temperature": 1.5, "n": 8,
+                          "seed": 7, "ignore_eos": True}):
+                out = srv.complete(**body)
+                for choice in out["choices"]:
+                    text = choice["text"]
+                    self.assertTrue(text, out)
+                    bad = [c for c in text if not (c == "\n" or c.isprintable())]
+                    self.assertEqual(bad, [], repr(text))
+                    self.assertTrue(text.isascii(), repr(text))
+            status, _, tok = srv.request("POST", "/tokenize", {"prompt": "a\u00e9\tb"})
+            self.assertEqual(tok["tokens"], [256, ord("a"), ord("b")])  # no token: dropped
             demo_dir = re.search(r"random weights from (\S+)", "".join(srv.log)).group(1)
             self.assertTrue(os.path.isfile(os.path.join(demo_dir, "tokenizer.json")))
         finally:

@@ -18,8 +18,11 @@ class Errors(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        cls.srv = kh.Server("--api-key", KEY, "--max-body-bytes", "4096")
-        cls.exp = kh.expected()["prompt_once_upon_a_time"]
+        cls.srv = kh.Server("--api-key", KEY, "--max-body-bytes", "4096",
+                            model=kh.STORIES_OR_DEMO)
+        cls.exp = kh.once_upon_a_time(cls.srv)
+        models = cls.srv.request("GET", "/v1/models", headers=AUTH)[2]
+        cls.max_model_len = models["data"][0]["max_model_len"]
 
     @classmethod
     def tearDownClass(cls):
@@ -98,10 +101,12 @@ class Errors(unittest.TestCase):
         self.assert_error(self.post(raw='[1, 2]'), 400)
 
     def test_400_prompt_plus_max_tokens_over_context(self):
-        body = {"model": self.srv.name, "prompt": self.exp["prompt"], "max_tokens": 600}
+        n = self.max_model_len  # 512 on stories260K
+        body = {"model": self.srv.name, "prompt": self.exp["prompt"], "max_tokens": n}
         self.assert_error(self.post(body), 400, code="context_length_exceeded",
-                          message="maximum context length is 512")
-        body = {"model": self.srv.name, "prompt": [1] * 512, "max_tokens": 1}
+                          message=f"maximum context length is {n}")
+        k = min(n, 1000)  # prompt + max_tokens one over the context, within the 4 KiB body
+        body = {"model": self.srv.name, "prompt": [1] * k, "max_tokens": n - k + 1}
         self.assert_error(self.post(body), 400)
 
     # ---- 401 ----
@@ -159,7 +164,8 @@ class QueueFull(unittest.TestCase):
     long streamed requests gets 503 for the ones beyond that, and every accepted one completes."""
 
     def test_503_when_the_queue_is_full(self):
-        srv = kh.Server("--max-queue", "1", "--max-num-seqs", "1")
+        srv = kh.Server("--max-queue", "1", "--max-num-seqs", "1", model=kh.STORIES_OR_DEMO)
+        want = kh.once_upon_a_time(srv)["text"]
         try:
             body = {"model": srv.name, "prompt": "Once upon a time", "max_tokens": 400,
                     "temperature": 0, "ignore_eos": True}
@@ -198,8 +204,7 @@ class QueueFull(unittest.TestCase):
                                      if c["finish_reason"] == "length"), 1)
             # still serving, and back to idle
             out = srv.complete(prompt="Once upon a time", max_tokens=16, temperature=0)
-            self.assertEqual(out["choices"][0]["text"],
-                             kh.expected()["prompt_once_upon_a_time"]["text"])
+            self.assertEqual(out["choices"][0]["text"], want)
             m = srv.wait_idle()
             self.assertEqual(kh.metric(m, "kvserve:num_requests_running"), 0)
             self.assertEqual(kh.metric(m, "kvserve:num_requests_waiting"), 0)
@@ -207,7 +212,8 @@ class QueueFull(unittest.TestCase):
             self.assertEqual(kh.metric(m, "kvserve:request_success_total",
                                        'finished_reason="abort"'), 0)
             self.assertEqual(kh.metric(m, "kvserve:request_success_total",
-                                       'finished_reason="length"'), len(accepted) + 1)
+                                       'finished_reason="length"'),
+                             len(accepted) + 1 + srv.demo)  # + the demo's reference answer
         finally:
             rc = srv.stop()
         self.assertEqual(rc, 0, "".join(srv.log))
@@ -218,7 +224,7 @@ class SmallKvCache(unittest.TestCase):
     request over it is a 400, not a hang."""
 
     def test_max_model_len_follows_the_pool(self):
-        srv = kh.Server("--num-gpu-blocks", "8")
+        srv = kh.Server("--num-gpu-blocks", "8", model=kh.STORIES_OR_DEMO)
         try:
             status, _, out = srv.request("GET", "/v1/models")
             self.assertEqual(status, 200)
@@ -228,8 +234,7 @@ class SmallKvCache(unittest.TestCase):
                                           "max_tokens": 100})
             self.assertEqual(status, 400, out)
             out = srv.complete(prompt="Once upon a time", max_tokens=16, temperature=0)
-            self.assertEqual(out["choices"][0]["text"],
-                             kh.expected()["prompt_once_upon_a_time"]["text"])
+            self.assertEqual(out["choices"][0]["text"], kh.once_upon_a_time(srv)["text"])
         finally:
             rc = srv.stop()
         self.assertEqual(rc, 0, "".join(srv.log))
@@ -237,4 +242,4 @@ class SmallKvCache(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    kh.run_tests(__name__)
+    kh.run_tests(__name__, needs_model=False)

@@ -1,5 +1,6 @@
 """generation_config.json sampling defaults on the real kvserve (vLLM's --generation-config auto):
-a copy of stories260K whose generation_config.json sets temperature 0 answers requests that set
+a copy of stories260K (without the test data: of an in-repo fixture model with a byte-level
+tokenizer) whose generation_config.json sets temperature 0 answers requests that set
 no temperature greedily; --generation-config vllm ignores the file; a bad file stops the start."""
 import json
 import os
@@ -17,7 +18,7 @@ PROMPT = "Once upon a time"
 
 def model_copy(tmp, name, gen):
     d = os.path.join(tmp, name)
-    shutil.copytree(kh.testdata_model(), d)
+    shutil.copytree(kh.testdata_model() or kh.fixture_model(tokenizer="bytes"), d)
     with open(os.path.join(d, "generation_config.json")) as f:
         cfg = json.load(f)
     cfg.update(gen)
@@ -71,4 +72,4 @@ class GenerationConfig(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    kh.run_tests(__name__)
+    kh.run_tests(__name__, needs_model=False)

@@ -15,7 +15,7 @@ import kvserve_harness as kh  # noqa: E402
 class Shutdown(unittest.TestCase):
     def stop_during_streams(self, sig):
         # one request runs at a time, so most of the burst is still running or waiting at the signal
-        srv = kh.Server("--max-num-seqs", "1")
+        srv = kh.Server("--max-num-seqs", "1", model=kh.STORIES_OR_DEMO)
         try:
             idle = srv.connect()
             idle.connect()  # an idle keep-alive connection stays open through the shutdown
@@ -66,7 +66,7 @@ class Shutdown(unittest.TestCase):
         self.stop_during_streams(signal.SIGINT)
 
     def test_sigterm_when_idle(self):
-        srv = kh.Server()
+        srv = kh.Server(model=kh.STORIES_OR_DEMO)
         try:
             srv.complete(prompt="Once upon a time", max_tokens=4)
             rc = srv.stop(signal.SIGTERM)
@@ -76,4 +76,4 @@ class Shutdown(unittest.TestCase):
 
 
 if __name__ == "__main__":
-    kh.run_tests(__name__)
+    kh.run_tests(__name__, needs_model=False)

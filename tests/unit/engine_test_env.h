@@ -26,7 +26,10 @@ static inline bool engine_test_env(bool *on_cuda, char *model_dir, size_t cap, b
     char probe[1100];
     snprintf(probe, sizeof probe, "%s/config.json", model_dir);
     *have_model = access(probe, R_OK) == 0;
-    if (!*have_model) printf("SKIP: %s not found (set KVSERVE_TESTDATA)\n", probe);
+    if (!*have_model)
+        printf("SKIP: needs stories260K (outside data, not in the repository): %s not found; "
+               "set KVSERVE_TESTDATA\n",
+               probe);
     return true;
 }
 

@@ -545,7 +545,9 @@ int main(void) {
     char probe[4200];
     snprintf(probe, sizeof probe, "%s/model.safetensors", model_dir);
     if (!td || stat(probe, &sb) != 0) {
-        printf("SKIP: %s not found (set KVSERVE_TESTDATA)\n", probe);
+        printf("SKIP: needs stories260K (outside data, not in the repository): %s not found; "
+               "set KVSERVE_TESTDATA\n",
+               probe);
         return 77;
     }
     Suite *s = suite_create("llama");
