@@ -97,7 +97,7 @@ static const knob knobs[] = {
      .help = "n x tokens x (logprobs + 1) per request, echoed prompt included (0 = no limit)"},
     {"load_format", KNOB_ENUM, OFF(load_format), .names = load_names,
      .help = "auto, safetensors, or dummy (random weights from config.json)"},
-    {"seed", KNOB_U64, OFF(seed), .help = "server seed (prefix-cache hashes, unseeded sampling)"},
+    {"seed", KNOB_U64, OFF(seed), .help = "server seed of unseeded sampling (not of block hashes)"},
     {"log_level", KNOB_ENUM, OFF(log_level), .names = log_names,
      .help = "debug, info, warn, error"},
     {"offload.size_gib", KNOB_DOUBLE, OFF(offload.size_gib), .min = 0, .max = 1 << 20,

@@ -67,7 +67,7 @@ typedef struct kv_config {
     int max_logprobs;              /* largest logprobs a request may ask */
     long long max_logprob_entries; /* n x tokens x (logprobs + 1) per request (0 = no limit) */
     config_load_format load_format;
-    unsigned long long seed; /* server seed: prefix-cache hash root, unseeded sampling */
+    unsigned long long seed; /* server seed: unseeded sampling (block hashes do not use it) */
     config_log_level log_level;
     config_offload offload;
 } kv_config;

@@ -138,6 +138,7 @@ scheduler *scheduler_create(model *model, const scheduler_config *cfg, kv_error 
     backend_kv_layout l = model_kv_layout(model, cfg->block_size);
     block_pool_init(&s->pool, model->be, &l, cfg->n_gpu_blocks);
     prefix_cache_init(&s->pc, &s->pool);
+    block_hash_namespace(&s->kv_ns, model->fingerprint, cfg->block_size);
     sampler_init(&s->smp, model->vocab, model->eos_ids, model->n_eos, cfg->seed);
 
     int T = s->budget, S = cfg->max_num_seqs;
@@ -263,7 +264,7 @@ engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, u
     r->on_event = req->on_event;
     r->user = req->user;
     r->cow_src = -1;
-    block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model->fingerprint, r->salt);
+    block_hash_root(&r->root, &s->kv_ns, r->salt);
 
     pthread_mutex_lock(&s->lock);
     if (s->n_queued >= s->cfg.max_queue) {

@@ -20,7 +20,7 @@ typedef struct scheduler_config {
     int max_model_len;          /* prompt + generated tokens of one request; 0 = the model's */
     int max_queue;              /* requests waiting (not yet admitted once) before BUSY */
     bool enable_prefix_caching;
-    uint64_t seed;          /* hash root and unseeded sampling */
+    uint64_t seed;          /* unseeded sampling (block hashes do not depend on it) */
     offload_config offload; /* size_gib 0 = no host tier */
     /* A prompt served from the host tier while the engine has nothing else to run is loaded in
      * this many layer groups and computed in the same step, layer group g waiting only for its

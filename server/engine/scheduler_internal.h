@@ -68,6 +68,7 @@ struct scheduler {
 
     block_pool pool;
     prefix_cache pc;
+    block_hash kv_ns; /* the KV cache's namespace (block_hash_namespace): roots, disk, remote */
     sampler smp;
 
     /* offload tier (NULL when off) */
