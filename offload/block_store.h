@@ -44,6 +44,9 @@ typedef struct kv_block_store_ops {
      * False on failure (counted). I/O thread. */
     bool (*put)(kv_block_store *s, const block_hash *h, const void *src, size_t bytes);
     kv_block_store_stats (*stats)(kv_block_store *s);
+    /* Optional (NULL: nothing to wait for): blocks until the store's start-up work is done (the
+     * disk tier's scan of its files). Tests and benchmarks. */
+    void (*wait_ready)(kv_block_store *s);
     /* Closes the medium and frees the store. No get or put may be running. */
     void (*destroy)(kv_block_store *s);
 } kv_block_store_ops;

@@ -302,10 +302,18 @@ void offload_load_begin(offload *o, int32_t slot) {
 }
 
 void offload_load_done(offload *o, int32_t slot) {
+    o->loaded_bytes += o->block_bytes;
+    offload_read_end(o, slot);
+}
+
+void offload_read_begin(offload *o, int32_t slot) {
+    offload_load_begin(o, slot);
+}
+
+void offload_read_end(offload *o, int32_t slot) {
     KV_CHECK(slot >= 0 && slot < host_pool_n_slots_ready(o->hp));
     slot_meta *m = &o->slots[slot];
     KV_CHECK(m->state == SLOT_LOADING && m->n_readers > 0);
-    o->loaded_bytes += o->block_bytes;
     if (--m->n_readers > 0) return;
     m->state = SLOT_VALID;
     o->n_loading--;

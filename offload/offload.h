@@ -26,6 +26,11 @@ typedef struct offload_config {
     offload_policy policy;
     int reuse_threshold; /* reuse_gated: hits (reuses) before a store; 0 = like write_through */
     size_t chunk_bytes;  /* pinning chunk; 0: HOST_POOL_DEFAULT_CHUNK_BYTES */
+    /* the stores below the host tier (the engine makes them; NULL/0 = none) */
+    const char *disk_path;  /* disk tier directory */
+    double disk_size_gib;   /* its size limit */
+    const char *remote_url; /* redis://host:port[/db] */
+    int remote_timeout_ms;  /* get/put round trips (contains: a fifth of it); 0 = 1000 */
 } offload_config;
 
 /* The policy names in enum order, NULL-terminated ("write_through", "on_evict", "reuse_gated"). */
@@ -91,6 +96,10 @@ bool offload_contains(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
  * of readers); offload_load_done unpins it when that load completes. */
 void offload_load_begin(offload *o, int32_t slot);
 void offload_load_done(offload *o, int32_t slot);
+/* The same pin for a reader that is not a load (a block store's put copying the slot down to
+ * disk or Redis): not counted in loaded_bytes. The slot counts as loading meanwhile. */
+void offload_read_begin(offload *o, int32_t slot);
+void offload_read_end(offload *o, int32_t slot);
 
 void *offload_slot_ptr(const offload *o, int32_t slot);
 offload_stats offload_get_stats(offload *o);

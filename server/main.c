@@ -166,7 +166,11 @@ static void engine_config_from(scheduler_config *c, const kv_config *cfg, int n_
     c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
                                   .policy = cfg->offload.store_policy,
                                   .reuse_threshold = cfg->offload.reuse_threshold,
-                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
+                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20,
+                                  .disk_path = cfg->offload.disk_path,
+                                  .disk_size_gib = cfg->offload.disk_size_gib,
+                                  .remote_url = cfg->offload.remote_url,
+                                  .remote_timeout_ms = cfg->offload.remote_timeout_ms};
 }
 
 /* KV pool size in blocks when num_gpu_blocks is 0. On CUDA: what gpu_memory_utilization leaves

@@ -95,7 +95,9 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
                        .error = error,
                        .n_prompt_tokens = r->n_prompt,
                        .n_cached_gpu = r->n_cached_gpu,
-                       .n_cached_host = r->n_cached_host};
+                       .n_cached_host = r->n_cached_host,
+                       .n_cached_disk = r->n_cached_disk,
+                       .n_cached_remote = r->n_cached_remote};
     if (lp) {
         ev.n_top = lp->n_top;
         for (int i = 0; i < lp->n_top; i++) {
