@@ -35,6 +35,7 @@
 
 #include "offload/disk_store.h"
 #include "offload/host_tier.h"
+#include "offload/redis_store.h"
 #include "server/engine/scheduler_internal.h"
 
 typedef struct sched_tier {
@@ -71,9 +72,11 @@ static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds,
 
 /* The remote store (redis_store.c) on this engine's namespace. */
 static kv_block_store *tier_open_remote(scheduler *s, kv_error *err) {
-    (void)s;
-    kv_error_set(err, "offload.remote.url: the remote tier is not built yet");
-    return NULL;
+    redis_store_config rc = {.url = s->cfg.offload.remote_url,
+                             .timeout_ms = s->cfg.offload.remote_timeout_ms,
+                             .block_bytes = s->pool.layout.block_bytes,
+                             .ns = s->kv_ns};
+    return redis_store_create(&rc, err);
 }
 
 /* The stores below the host tier, disk first (nearer, faster), then remote. */
