@@ -249,6 +249,11 @@ static void ht_io_poll(host_tier *x) {
         if (sj->kind == STORE_JOB_GET) {
             j->done = true;
             j->ld->n_fetch_done++;
+            if (sj->served_by >= 0 && x->done) {
+                bool disk = strcmp(sj->stores[sj->served_by]->ops->name, "disk") == 0;
+                x->done(x->done_user, disk ? KV_TIER_FETCH_DISK : KV_TIER_FETCH_REMOTE,
+                        x->block_bytes, sj->seconds, false);
+            }
         } else {
             offload_read_end(x->o, j->slot);
             x->n_puts_inflight--;

@@ -64,7 +64,12 @@ typedef struct kv_tier_stats {
 } kv_tier_stats;
 
 /* Told about each completed copy (metrics): bytes moved, seconds since it was queued. */
-typedef enum kv_tier_dir { KV_TIER_LOAD, KV_TIER_STORE } kv_tier_dir;
+typedef enum kv_tier_dir {
+    KV_TIER_LOAD,         /* host -> GPU */
+    KV_TIER_STORE,        /* GPU -> host */
+    KV_TIER_FETCH_DISK,   /* one block from the disk store into host memory */
+    KV_TIER_FETCH_REMOTE, /* the same from the remote store */
+} kv_tier_dir;
 typedef void (*kv_tier_done_fn)(void *user, kv_tier_dir dir, size_t bytes, double seconds,
                                 bool layered);
 

@@ -375,6 +375,24 @@ static void sched_publish(scheduler *s) {
         if (s->tier) {
             metrics_counter_raise_to(&m->host_evictions, st->host.evictions);
             metrics_counter_raise_to(&m->host_stores_skipped, st->host.n_stores_skipped);
+            for (int i = 0; i < st->host.n_stores; i++) {
+                const kv_block_store_stats *b = &st->host.stores[i];
+                metrics_store_tier *t =
+                    strcmp(st->host.store_names[i], "disk") == 0 ? &m->disk : &m->remote;
+                metrics_gauge_set(&t->usage_perc,
+                                  b->bytes_limit ? (double)b->bytes_used / (double)b->bytes_limit
+                                                 : 0.0);
+                metrics_gauge_set(&t->blocks, (double)b->n_blocks);
+                metrics_counter_raise_to(&t->hits, b->hits);
+                metrics_counter_raise_to(&t->misses, b->misses);
+                metrics_counter_raise_to(&t->rejected, b->n_rejected);
+                metrics_counter_raise_to(&t->puts, b->n_put);
+                metrics_counter_raise_to(&t->puts_failed, b->n_put_failed);
+                metrics_counter_raise_to(&t->evictions, b->n_evicted);
+                metrics_counter_raise_to(&t->errors, b->n_errors);
+                metrics_counter_raise_to(&t->read_bytes, b->bytes_read);
+                metrics_counter_raise_to(&t->written_bytes, b->bytes_written);
+            }
         }
         if (s->tier && st->host.n_slots_total > 0)
             metrics_gauge_set(&m->host_cache_usage_perc,

@@ -173,6 +173,10 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         if (s->tier) {
             metrics_counter_add(&m->host_cache_queries, (uint64_t)(r->n_tokens - gpu_tokens));
             metrics_counter_add(&m->host_cache_hits, (uint64_t)host_tokens);
+            metrics_counter_add(&m->disk.hit_tokens,
+                                (uint64_t)p.by_medium[KV_TIER_MEDIUM_DISK] * bs);
+            metrics_counter_add(&m->remote.hit_tokens,
+                                (uint64_t)p.by_medium[KV_TIER_MEDIUM_REMOTE] * bs);
         }
     }
     if (!r->admitted_once) { /* what the request reports: its prompt tokens not recomputed */

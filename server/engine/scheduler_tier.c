@@ -62,7 +62,10 @@ static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds,
     metrics *m = user;
     (void)layered;
     if (!m) return;
-    if (dir == KV_TIER_STORE) {
+    if (dir == KV_TIER_FETCH_DISK || dir == KV_TIER_FETCH_REMOTE) {
+        metrics_store_tier *t = dir == KV_TIER_FETCH_DISK ? &m->disk : &m->remote;
+        metrics_histogram_observe(&t->get_latency_seconds, seconds);
+    } else if (dir == KV_TIER_STORE) {
         metrics_counter_add(&m->host_stored_bytes, bytes);
     } else {
         metrics_counter_add(&m->host_loaded_bytes, bytes);
