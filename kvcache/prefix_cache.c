@@ -114,6 +114,7 @@ static void on_pool_evict(void *ctx, int id) {
     prefix_cache *pc = ctx;
     int64_t s = table_find(pc, &pc->hashes[id]);
     KV_CHECK(s >= 0 && pc->table[s] == id);
+    if (pc->on_evict) pc->on_evict(pc->on_evict_user, &pc->hashes[id]);
     table_remove_slot(pc, (uint32_t)s);
     pc->n_cached--;
 }

@@ -53,6 +53,10 @@ typedef struct prefix_cache {
     /* Counters in tokens, for metrics (prefix cache hit rate = n_hit_tokens / n_query_tokens). */
     int64_t n_query_tokens;
     int64_t n_hit_tokens;
+
+    /* Told of every block the cache drops (KV events); NULL = nobody. */
+    void (*on_evict)(void *user, const block_hash *h);
+    void *on_evict_user;
 } prefix_cache;
 
 /* Sets up the cache over the pool and installs itself as the pool's evict hook. */

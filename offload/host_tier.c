@@ -72,6 +72,8 @@ typedef struct host_tier {
     store_io *io;
     int n_puts_inflight, max_puts;
     uint64_t store_hits[KV_TIER_MAX_STORES], n_fetch_failed, n_puts_skipped;
+    kv_tier_block_fn block_fn; /* KV events */
+    void *block_user;
 } host_tier;
 
 static host_tier *ht(kv_tier *t) {
@@ -122,6 +124,23 @@ static void ht_submit(host_tier *x, ht_job *j, store_job_kind kind, const block_
 }
 
 /* Copies a valid slot down to stores [first, n_stores) unless too many copies are in flight. */
+static void ht_block_event(host_tier *x, const char *medium, const block_hash *h, bool stored) {
+    if (x->block_fn) x->block_fn(x->block_user, medium, h, stored);
+}
+
+static void ht_on_evict(void *user, const uint8_t *hash) {
+    block_hash h;
+    memcpy(h.b, hash, sizeof h.b);
+    ht_block_event(user, "CPU", &h, false);
+}
+
+static void ht_set_block_hook(kv_tier *t, kv_tier_block_fn fn, void *user) {
+    host_tier *x = ht(t);
+    x->block_fn = fn;
+    x->block_user = user;
+    offload_set_evict_hook(x->o, fn ? ht_on_evict : NULL, x);
+}
+
 static void ht_put_down(host_tier *x, int32_t slot, const block_hash *h, int first) {
     if (first >= x->n_stores) return;
     if (x->n_puts_inflight >= x->max_puts) {
@@ -227,6 +246,7 @@ static void ht_load_finish(host_tier *x, kv_tier_load *ld) {
         ht_job *j = &ld->fetch[i];
         if (j->job.served_by < 0) continue;
         offload_store_done(x->o, j->slot);
+        ht_block_event(x, "CPU", &j->job.h, true);
         x->store_hits[j->job.served_by]++;
         ht_put_down(x, j->slot, &j->job.h, 0); /* the stores before it lack it */
     }
@@ -256,6 +276,9 @@ static void ht_io_poll(host_tier *x) {
             }
         } else {
             offload_read_end(x->o, j->slot);
+            for (int s = 0; s < sj->n_stores; s++) /* (present, or written now) */
+                ht_block_event(x, strcmp(sj->stores[s]->ops->name, "disk") ? "REMOTE" : "DISK",
+                               &sj->h, true);
             x->n_puts_inflight--;
             free(j);
         }
@@ -266,6 +289,7 @@ static void ht_op_finish(host_tier *x, host_op *o) {
     int n;
     const transfer_pair *pairs = transfer_op_pairs(o->op, &n);
     for (int i = 0; i < n; i++) offload_store_done(x->o, pairs[i].slot);
+    for (int i = 0; i < n; i++) ht_block_event(x, "CPU", &o->h[i], true);
     for (int i = 0; i < n; i++) ht_put_down(x, pairs[i].slot, &o->h[i], 0);
     if (o->evict) x->n_evict_pinned -= n;
     if (x->done)
@@ -446,6 +470,7 @@ static const kv_tier_ops host_tier_ops = {
     .stats = ht_stats,
     .wait_ready = ht_wait_ready,
     .check = ht_check,
+    .set_block_hook = ht_set_block_hook,
     .destroy = ht_destroy,
 };
 

@@ -40,6 +40,8 @@ struct offload {
     uint64_t reuse_mask;
 
     int n_storing, n_valid, n_loading;
+    void (*on_evict)(void *user, const uint8_t *hash);
+    void *on_evict_user;
     uint64_t hits, misses, stored_bytes, loaded_bytes, evictions, n_stores_skipped;
 };
 
@@ -119,6 +121,11 @@ void offload_free(offload *o) {
     free(o->buckets);
     free(o->reuse);
     free(o);
+}
+
+void offload_set_evict_hook(offload *o, void (*fn)(void *user, const uint8_t *hash), void *user) {
+    o->on_evict = fn;
+    o->on_evict_user = user;
 }
 
 host_pool *offload_host_pool(offload *o) {
@@ -228,6 +235,7 @@ int32_t offload_store_begin(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) 
             return -1;
         }
         lru_remove(o, victim);
+        if (o->on_evict) o->on_evict(o->on_evict_user, o->slots[victim].hash);
         index_remove(o, victim);
         o->slots[victim].state = SLOT_FREE;
         o->n_valid--;

@@ -69,6 +69,8 @@ offload *offload_create(backend *be, const offload_config *cfg, size_t block_byt
 /* No transfer may be in flight. Stops the pinning thread and frees every chunk. */
 void offload_free(offload *o);
 host_pool *offload_host_pool(offload *o);
+/* fn is told the hash of every valid slot evicted to make room (KV events); NULL = nobody. */
+void offload_set_evict_hook(offload *o, void (*fn)(void *user, const uint8_t *hash), void *user);
 /* Once per engine step: takes the slots pinned since the last call. Returns how many. */
 int offload_poll(offload *o);
 

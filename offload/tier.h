@@ -80,6 +80,10 @@ typedef enum kv_tier_event {
     KV_TIER_EVENT_GPU_EVICT,  /* the GPU prefix cache is about to recycle it */
 } kv_tier_event;
 
+/* Told when a block enters or leaves a medium of the tier (KV events): medium is "CPU" (host
+ * DRAM) or "DISK"/"REMOTE" (a store below; stored only: store evictions are not reported). */
+typedef void (*kv_tier_block_fn)(void *user, const char *medium, const block_hash *h, bool stored);
+
 typedef struct kv_tier_ops {
     const char *name;
     /* How many of h[0..n) are present, as a leading run. No side effect. by_medium (NULL or
@@ -113,6 +117,8 @@ typedef struct kv_tier_ops {
     void (*wait_ready)(kv_tier *t);
     /* Aborts on any inconsistency (tests). */
     void (*check)(const kv_tier *t);
+    /* Optional: installs the block hook (NULL fn: none). */
+    void (*set_block_hook)(kv_tier *t, kv_tier_block_fn fn, void *user);
     /* Waits for every copy in flight, then frees the tier. */
     void (*destroy)(kv_tier *t);
 } kv_tier_ops;

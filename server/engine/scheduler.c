@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "server/engine/kv_events.h"
 #include "server/engine/scheduler_internal.h"
 
 /* --- lists --- */
@@ -114,6 +115,13 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
     sched_req_free(r);
 }
 
+/* --- KV events --- */
+
+static void sched_on_gpu_evict(void *user, const block_hash *h) {
+    scheduler *s = user;
+    kv_events_block_removed(s->cfg.events, "GPU", h, 1);
+}
+
 /* --- creation --- */
 
 scheduler *scheduler_create(model *model, const scheduler_config *cfg, kv_error *err) {
@@ -141,6 +149,11 @@ scheduler *scheduler_create(model *model, const scheduler_config *cfg, kv_error 
     block_pool_init(&s->pool, model->be, &l, cfg->n_gpu_blocks);
     prefix_cache_init(&s->pc, &s->pool);
     block_hash_namespace(&s->kv_ns, model->fingerprint, cfg->block_size);
+    if (cfg->events) {
+        s->pc.on_evict = sched_on_gpu_evict;
+        s->pc.on_evict_user = s;
+        kv_events_all_cleared(cfg->events); /* a new engine holds nothing (a restart) */
+    }
     sampler_init(&s->smp, model->vocab, model->eos_ids, model->n_eos, cfg->seed);
 
     int T = s->budget, S = cfg->max_num_seqs;
@@ -413,6 +426,7 @@ bool scheduler_step(scheduler *s) {
     s->last_step_ran = n_seqs > 0;
     s->st.n_steps++;
     sched_publish(s);
+    kv_events_flush(s->cfg.events);
     return n_seqs > 0 || s->running.n > 0 || s->waiting.n > 0 || sched_tier_busy(s);
 }
 

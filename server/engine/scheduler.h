@@ -27,6 +27,9 @@ typedef struct scheduler_config {
      * group's copies (scheduler_tier.c). 1 = off: the step waits for the whole load. */
     int load_layer_groups;
     metrics *metrics; /* NULL = none; updated by the engine thread */
+    /* KV events (kv_events.h; borrowed, outlives the engine; NULL = none): GPU blocks registered
+     * in / dropped from the prefix cache, host-tier and store blocks, one batch per step. */
+    struct kv_events *events;
 } scheduler_config;
 
 /* block_size 16, max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching

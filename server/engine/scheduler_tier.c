@@ -36,6 +36,7 @@
 #include "offload/disk_store.h"
 #include "offload/host_tier.h"
 #include "offload/redis_store.h"
+#include "server/engine/kv_events.h"
 #include "server/engine/scheduler_internal.h"
 
 typedef struct sched_tier {
@@ -71,6 +72,14 @@ static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds,
         metrics_counter_add(&m->host_loaded_bytes, bytes);
         metrics_histogram_observe(&m->host_load_latency_seconds, seconds);
     }
+}
+
+static void tier_block_event(void *user, const char *medium, const block_hash *h, bool stored) {
+    scheduler *s = user;
+    if (stored)
+        kv_events_block_stored(s->cfg.events, medium, h, 1, NULL, NULL, s->pool.layout.block_size);
+    else
+        kv_events_block_removed(s->cfg.events, medium, h, 1);
 }
 
 /* The remote store (redis_store.c) on this engine's namespace. */
@@ -127,6 +136,7 @@ int sched_tier_init(scheduler *s, kv_error *err) {
         return -1;
     }
     host_tier_add_stores(s->tier, stores, n_stores);
+    if (s->cfg.events) s->tier->ops->set_block_hook(s->tier, tier_block_event, s);
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
     tier_of(s)->layer_ready =
         kv_calloc((size_t)s->pool.layout.n_layers, sizeof *tier_of(s)->layer_ready);
