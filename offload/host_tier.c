@@ -71,6 +71,10 @@ typedef struct host_tier {
     int n_stores;
     store_io *io;
     int n_puts_inflight, max_puts;
+    /* put-downs waiting for room in flight: hashes, in order; their slots are not pinned, so
+     * one evicted meanwhile is dropped (counted as skipped) */
+    block_hash *put_wait;
+    int put_wait_head, n_put_wait, cap_put_wait;
     uint64_t store_hits[KV_TIER_MAX_STORES], n_fetch_failed, n_puts_skipped;
     kv_tier_block_fn block_fn; /* KV events */
     void *block_user;
@@ -123,7 +127,6 @@ static void ht_submit(host_tier *x, ht_job *j, store_job_kind kind, const block_
     store_io_submit(x->io, &j->job);
 }
 
-/* Copies a valid slot down to stores [first, n_stores) unless too many copies are in flight. */
 static void ht_block_event(host_tier *x, const char *medium, const block_hash *h, bool stored) {
     if (x->block_fn) x->block_fn(x->block_user, medium, h, stored);
 }
@@ -141,10 +144,25 @@ static void ht_set_block_hook(kv_tier *t, kv_tier_block_fn fn, void *user) {
     offload_set_evict_hook(x->o, fn ? ht_on_evict : NULL, x);
 }
 
+/* Copies a valid slot down to stores [first, n_stores); when too many copies are in flight, the
+ * hash waits in put_wait (up to 4x max_puts, then it is skipped). A block read from the remote
+ * store (first > 0) goes down at once or never. */
 static void ht_put_down(host_tier *x, int32_t slot, const block_hash *h, int first) {
     if (first >= x->n_stores) return;
     if (x->n_puts_inflight >= x->max_puts) {
-        x->n_puts_skipped++;
+        if (first != 0 || x->n_put_wait >= 4 * x->max_puts) {
+            x->n_puts_skipped++;
+            return;
+        }
+        if (x->n_put_wait == x->cap_put_wait) { /* grow the ring, unrolled to its start */
+            int cap = x->cap_put_wait ? 2 * x->cap_put_wait : 64;
+            block_hash *v = kv_malloc((size_t)cap * sizeof *v);
+            for (int i = 0; i < x->n_put_wait; i++)
+                v[i] = x->put_wait[(x->put_wait_head + i) % x->cap_put_wait];
+            free(x->put_wait);
+            x->put_wait = v, x->cap_put_wait = cap, x->put_wait_head = 0;
+        }
+        x->put_wait[(x->put_wait_head + x->n_put_wait++) % x->cap_put_wait] = *h;
         return;
     }
     offload_read_begin(x->o, slot); /* no eviction while the I/O thread reads it */
@@ -260,7 +278,22 @@ static void ht_load_finish(host_tier *x, kv_tier_load *ld) {
     free(ld);
 }
 
-/* Takes the I/O thread's completed jobs: fetches marked, puts unpinned. */
+/* Submits waiting put-downs while there is room in flight. */
+static void ht_put_resume(host_tier *x) {
+    while (x->n_put_wait > 0 && x->n_puts_inflight < x->max_puts) {
+        block_hash h = x->put_wait[x->put_wait_head];
+        x->put_wait_head = (x->put_wait_head + 1) % x->cap_put_wait;
+        x->n_put_wait--;
+        int32_t slot = offload_valid_slot(x->o, h.b);
+        if (slot < 0)
+            x->n_puts_skipped++; /* evicted from host memory before its turn */
+        else
+            ht_put_down(x, slot, &h, 0);
+    }
+}
+
+/* Takes the I/O thread's completed jobs: fetches marked, puts unpinned; then waiting put-downs
+ * take the room freed. */
 static void ht_io_poll(host_tier *x) {
     if (!x->io) return;
     for (store_job *sj = store_io_poll(x->io), *next; sj; sj = next) {
@@ -283,6 +316,7 @@ static void ht_io_poll(host_tier *x) {
             free(j);
         }
     }
+    ht_put_resume(x);
 }
 
 static void ht_op_finish(host_tier *x, host_op *o) {
@@ -373,7 +407,8 @@ static void ht_poll(kv_tier *t) {
 
 static bool ht_busy(const kv_tier *t) {
     const host_tier *x = htc(t);
-    return x->n_ops > 0 || x->n_abandoned > 0 || (x->io && store_io_pending(x->io) > 0);
+    return x->n_ops > 0 || x->n_abandoned > 0 || x->n_put_wait > 0 ||
+           (x->io && store_io_pending(x->io) > 0);
 }
 
 static kv_tier_stats ht_stats(kv_tier *t) {
@@ -443,16 +478,17 @@ static void ht_destroy(kv_tier *t) {
         KV_CHECK(ht_load_step(x, ld));
         ht_load_finish(x, ld);
     }
-    if (x->io) {
+    while (x->io && (store_io_pending(x->io) > 0 || x->n_put_wait > 0)) {
         store_io_drain(x->io);
-        ht_io_poll(x);
-        store_io_free(x->io);
+        ht_io_poll(x); /* (submits waiting put-downs) */
     }
+    store_io_free(x->io);
     for (int s = 0; s < x->n_stores; s++) x->stores[s]->ops->destroy(x->stores[s]);
     transfer_free(x->x);
     offload_free(x->o);
     free(x->ops);
     free(x->abandoned);
+    free(x->put_wait);
     free(x);
 }
 

@@ -291,6 +291,12 @@ int32_t offload_lookup(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
     return s;
 }
 
+int32_t offload_valid_slot(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
+    int32_t s = index_find(o, hash);
+    return s >= 0 && (o->slots[s].state == SLOT_VALID || o->slots[s].state == SLOT_LOADING) ? s
+                                                                                            : -1;
+}
+
 bool offload_contains(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
     int32_t s = index_find(o, hash);
     return s >= 0 && o->slots[s].state != SLOT_STORING;

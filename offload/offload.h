@@ -92,6 +92,8 @@ void offload_store_abort(offload *o, int32_t slot);
 /* The slot holding this hash's data (valid or already loading), or -1. Counts a hit or a miss and
  * makes the slot most recently used. Lookups never return storing slots. */
 int32_t offload_lookup(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
+/* The valid (or loading) slot holding this hash, or -1; no counting, no LRU touch. */
+int32_t offload_valid_slot(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
 /* Same without counting or touching (checks, /metrics). */
 bool offload_contains(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
 /* Pins a slot found by offload_lookup in this same engine step while a load reads it (any number
