@@ -48,6 +48,8 @@ typedef struct engine {
     scheduler *s;
 } engine;
 
+static double host_blocks; /* > 0: the host tier of the next engine_open holds this many blocks */
+
 /* disk_dir NULL: no tiers at all (the reference). */
 static void engine_open(engine *e, const char *disk_dir, double disk_gib) {
     kv_error err = {{0}};
@@ -60,8 +62,12 @@ static void engine_open(engine *e, const char *disk_dir, double disk_gib) {
     c.n_gpu_blocks = 64;
     c.max_num_batched_tokens = 256;
     c.max_model_len = 512;
+    double host_gib = 4.0 / 1024;
+    if (host_blocks > 0)
+        host_gib = host_blocks * (double)model_kv_layout(e->m, 16).block_bytes * 1.001 /
+                   (double)(1ull << 30);
     if (disk_dir)
-        c.offload = (offload_config){.size_gib = 4.0 / 1024,
+        c.offload = (offload_config){.size_gib = host_gib,
                                      .policy = OFFLOAD_POLICY_WRITE_THROUGH,
                                      .chunk_bytes = 1 << 20,
                                      .disk_path = disk_dir,
@@ -279,6 +285,31 @@ START_TEST(size_limit_holds) {
 }
 END_TEST
 
+/* A host tier of 16 slots lets 4 put-downs fly at once: the rest of a 12-block prompt waits its
+ * turn and every block still reaches the disk. */
+START_TEST(put_downs_wait_for_room) {
+    if (!have_model) return;
+    char dir[] = "/tmp/kvserve_test_disk_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    int32_t prompt[200];
+    prompt_of(prompt, 200, 77);
+    host_blocks = 16;
+    engine e;
+    engine_open(&e, dir, 1);
+    result r;
+    run(&e, prompt, 200, &r);
+    scheduler_stats st = stats_now(&e);
+    ck_assert_int_eq(st.host.n_puts_skipped, 0);
+    ck_assert_int_ge(st.host.stores[0].n_put, 12);
+    ck_assert_int_eq(st.host.stores[0].n_put, st.host.stored_bytes / st.host.block_bytes);
+    ck_assert_int_eq(st.host.n_io_pending, 0);
+    scheduler_check(e.s);
+    engine_close(&e);
+    host_blocks = 0;
+    rm_tree(dir);
+}
+END_TEST
+
 START_TEST(header_checks) {
     block_hash ns = {{1}}, h = {{2}}, other = {{3}};
     uint8_t payload[300];
@@ -320,6 +351,7 @@ int main(void) {
     tcase_add_test(tc, restart_serves_from_disk);
     tcase_add_test(tc, corrupt_and_truncated_files_are_rejected);
     tcase_add_test(tc, size_limit_holds);
+    tcase_add_test(tc, put_downs_wait_for_room);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
