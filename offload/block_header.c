@@ -1,6 +1,7 @@
-/* Block headers: a fixed little-endian layout, XXH3-64 checksums (about 30 GB/s on one core, so
- * checking a 2 MiB block costs ~70 us, far below reading it from a disk; SHA-256 would cost ~1 ms,
- * see bench_block_store). */
+/* Block headers: a fixed little-endian layout, XXH3-64 checksums. Measured on this repository's
+ * 2-core VM (shared, loaded), one 2 MiB block: XXH3-64 0.62 ms (3.4 GB/s), SHA-256 5.7 ms
+ * (0.37 GB/s), memcpy 0.05 ms; XXH3 is ~9x cheaper, and on an unloaded server core several times
+ * faster again, below an NVMe read of the block. */
 #include "offload/block_header.h"
 
 #include <string.h>
