@@ -6,7 +6,9 @@
  * Contract:
  * - contains may be called from the engine thread: it must answer within the store's own time
  *   limit (an in-memory index, or a bounded round trip) and say 0 when the medium is slow or down.
- * - get and put are called from one I/O thread only; they may block up to the store's timeout.
+ * - get and put are called from the host tier's I/O threads, several at once (the disk store
+ *   reads several files in parallel; the remote store serializes on its connection); they may
+ *   block up to the store's timeout.
  *   get returns false on a miss and on any bad content (wrong header, checksum, size, fingerprint),
  *   counting it; it never hands back bytes it did not verify.
  * - No function aborts on what the medium returns: a torn file or a broken Redis reply is a miss.

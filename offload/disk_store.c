@@ -1,5 +1,5 @@
 /* The disk tier: the index (chained hash table + LRU over entries, one mutex: contains runs on the
- * engine thread, get/put on the host tier's I/O thread, the scan on its own thread), the file
+ * engine thread, get/put on the host tier's I/O threads, the scan on its own thread), the file
  * format and the start-up scan. */
 #include "offload/disk_store.h"
 
@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,7 +36,7 @@ typedef struct disk_store {
     uint64_t limit;
     block_hash ns;
     bool quiet;
-    bool direct; /* O_DIRECT works here (false after the first EINVAL) */
+    atomic_bool direct; /* O_DIRECT works here (false after the first EINVAL) */
 
     pthread_mutex_t lock; /* everything below */
     ds_entry *e;
@@ -49,10 +50,15 @@ typedef struct disk_store {
     pthread_t scan;
     bool scan_running;
 
-    /* I/O thread scratch (get/put are called from one thread only) */
-    uint8_t *hdr;    /* [DS_HEADER_SIZE], aligned */
-    uint8_t *bounce; /* [round_up(block_bytes)], aligned: payloads not aligned for O_DIRECT */
+    struct ds_scratch *scratch; /* free scratch buffers (lock): one per get/put running */
 } disk_store;
+
+/* The buffers of one get or put (several I/O threads may run them at once). */
+typedef struct ds_scratch {
+    uint8_t *hdr;    /* [DS_HEADER_SIZE], aligned */
+    uint8_t *bounce; /* [round_up(block_bytes + 1)], aligned: payloads not aligned for O_DIRECT */
+    struct ds_scratch *next;
+} ds_scratch;
 
 static disk_store *ds_of(kv_block_store *s) {
     return (disk_store *)s;
@@ -198,9 +204,29 @@ static int ds_open(disk_store *d, const char *path, int flags) {
 }
 
 /* The payload's buffer for one transfer: the caller's when O_DIRECT can use it, else bounce. */
-static uint8_t *ds_payload_buf(disk_store *d, void *p) {
+static uint8_t *ds_payload_buf(disk_store *d, ds_scratch *sc, void *p) {
     bool aligned = ((uintptr_t)p % DS_ALIGN) == 0 && d->block_bytes % DS_ALIGN == 0;
-    return !d->direct || aligned ? p : d->bounce;
+    return !d->direct || aligned ? p : sc->bounce;
+}
+
+static ds_scratch *ds_scratch_take(disk_store *d) {
+    pthread_mutex_lock(&d->lock);
+    ds_scratch *sc = d->scratch;
+    if (sc) d->scratch = sc->next;
+    pthread_mutex_unlock(&d->lock);
+    if (sc) return sc;
+    sc = kv_calloc(1, sizeof *sc);
+    sc->hdr = aligned_alloc(DS_ALIGN, DS_HEADER_SIZE);
+    sc->bounce = aligned_alloc(DS_ALIGN, round_up(d->block_bytes + 1));
+    KV_CHECK(sc->hdr && sc->bounce);
+    return sc;
+}
+
+static void ds_scratch_give(disk_store *d, ds_scratch *sc) {
+    pthread_mutex_lock(&d->lock);
+    sc->next = d->scratch;
+    d->scratch = sc;
+    pthread_mutex_unlock(&d->lock);
 }
 
 static int ds_contains(kv_block_store *s, const block_hash *h, int n) {
@@ -212,8 +238,9 @@ static int ds_contains(kv_block_store *s, const block_hash *h, int n) {
     return k;
 }
 
-static bool ds_get(kv_block_store *s, const block_hash *h, void *dst, size_t bytes) {
-    disk_store *d = ds_of(s);
+static bool ds_get_with(disk_store *d, ds_scratch *sc, const block_hash *h, void *dst,
+                        size_t bytes) {
+    kv_block_store *s = &d->base;
     double t0 = kv_now();
     pthread_mutex_lock(&d->lock);
     bool present = bytes == d->block_bytes && idx_find(d, h) >= 0;
@@ -232,13 +259,13 @@ static bool ds_get(kv_block_store *s, const block_hash *h, void *dst, size_t byt
         pthread_mutex_unlock(&d->lock);
         return false;
     }
-    uint8_t *pay = ds_payload_buf(d, dst);
+    uint8_t *pay = ds_payload_buf(d, sc, dst);
     /* one byte more than the file should hold (rounded for O_DIRECT) shows a longer file */
     size_t want = d->direct ? round_up(bytes + 1) : bytes + 1;
     uint8_t *extra = NULL;
-    struct iovec iov[3] = {{d->hdr, DS_HEADER_SIZE}, {pay, bytes}, {NULL, 0}};
+    struct iovec iov[3] = {{sc->hdr, DS_HEADER_SIZE}, {pay, bytes}, {NULL, 0}};
     int n_iov = 2;
-    if (pay == d->bounce) {
+    if (pay == sc->bounce) {
         iov[1].iov_len = want;
     } else {
         extra = d->direct ? aligned_alloc(DS_ALIGN, DS_ALIGN) : malloc(1);
@@ -260,7 +287,7 @@ static bool ds_get(kv_block_store *s, const block_hash *h, void *dst, size_t byt
         return false;
     }
     if ((size_t)got == DS_HEADER_SIZE + bytes) {
-        v = kv_block_header_parse(d->hdr, DS_HEADER_SIZE, &hd);
+        v = kv_block_header_parse(sc->hdr, DS_HEADER_SIZE, &hd);
         if (v == KV_BLOCK_OK) v = kv_block_header_expect(&hd, &d->ns, h, bytes);
         if (v == KV_BLOCK_OK) v = kv_block_payload_check(&hd, pay, bytes);
     }
@@ -279,8 +306,9 @@ static bool ds_get(kv_block_store *s, const block_hash *h, void *dst, size_t byt
     return true;
 }
 
-static bool ds_put(kv_block_store *s, const block_hash *h, const void *src, size_t bytes) {
-    disk_store *d = ds_of(s);
+static bool ds_put_with(disk_store *d, ds_scratch *sc, const block_hash *h, const void *src,
+                        size_t bytes) {
+    kv_block_store *s = &d->base;
     if (bytes != d->block_bytes) return false;
     double t0 = kv_now();
     pthread_mutex_lock(&d->lock);
@@ -302,18 +330,18 @@ static bool ds_put(kv_block_store *s, const block_hash *h, const void *src, size
     }
     bool ok = fd >= 0;
     if (ok) {
-        memset(d->hdr, 0, DS_HEADER_SIZE);
-        kv_block_header_encode(d->hdr, &d->ns, h, src, bytes);
-        uint8_t *pay = ds_payload_buf(d, (void *)src);
+        memset(sc->hdr, 0, DS_HEADER_SIZE);
+        kv_block_header_encode(sc->hdr, &d->ns, h, src, bytes);
+        uint8_t *pay = ds_payload_buf(d, sc, (void *)src);
         size_t len = bytes;
-        if (pay == d->bounce) {
+        if (pay == sc->bounce) {
             memcpy(pay, src, bytes);
             if (d->direct) { /* whole aligned blocks, cut back to size below */
                 len = round_up(bytes);
                 memset(pay + bytes, 0, len - bytes);
             }
         }
-        struct iovec iov[2] = {{d->hdr, DS_HEADER_SIZE}, {pay, len}};
+        struct iovec iov[2] = {{sc->hdr, DS_HEADER_SIZE}, {pay, len}};
         ssize_t put = pwritev(fd, iov, 2, 0);
         ok = put == (ssize_t)(DS_HEADER_SIZE + len);
         if (ok && len != bytes) ok = ftruncate(fd, (off_t)(DS_HEADER_SIZE + bytes)) == 0;
@@ -333,6 +361,22 @@ static bool ds_put(kv_block_store *s, const block_hash *h, const void *src, size
         d->st.n_errors++;
     }
     pthread_mutex_unlock(&d->lock);
+    return ok;
+}
+
+static bool ds_get(kv_block_store *s, const block_hash *h, void *dst, size_t bytes) {
+    disk_store *d = ds_of(s);
+    ds_scratch *sc = ds_scratch_take(d);
+    bool ok = ds_get_with(d, sc, h, dst, bytes);
+    ds_scratch_give(d, sc);
+    return ok;
+}
+
+static bool ds_put(kv_block_store *s, const block_hash *h, const void *src, size_t bytes) {
+    disk_store *d = ds_of(s);
+    ds_scratch *sc = ds_scratch_take(d);
+    bool ok = ds_put_with(d, sc, h, src, bytes);
+    ds_scratch_give(d, sc);
     return ok;
 }
 
@@ -448,7 +492,11 @@ static void ds_destroy(kv_block_store *s) {
     disk_store *d = ds_of(s);
     disk_store_wait_scan(s);
     pthread_mutex_destroy(&d->lock);
-    free(d->e), free(d->buckets), free(d->hdr), free(d->bounce), free(d->dir), free(d);
+    for (ds_scratch *sc = d->scratch, *next; sc; sc = next) {
+        next = sc->next;
+        free(sc->hdr), free(sc->bounce), free(sc);
+    }
+    free(d->e), free(d->buckets), free(d->dir), free(d);
 }
 
 static const kv_block_store_ops disk_store_ops = {
@@ -486,9 +534,6 @@ kv_block_store *disk_store_create(const disk_store_config *cfg, kv_error *err) {
     d->lru_head = d->lru_tail = -1;
     pthread_mutex_init(&d->lock, NULL);
     idx_rehash(d, 1024);
-    d->hdr = aligned_alloc(DS_ALIGN, DS_HEADER_SIZE);
-    d->bounce = aligned_alloc(DS_ALIGN, round_up(cfg->block_bytes + 1));
-    KV_CHECK(d->hdr && d->bounce);
     d->scan_running = pthread_create(&d->scan, NULL, scan_main, d) == 0;
     if (!d->scan_running) scan_main(d);
     return &d->base;

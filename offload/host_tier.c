@@ -23,6 +23,10 @@
 #include "offload/store_io.h"
 #include "offload/transfer.h"
 
+/* I/O threads: reads of a long prompt's blocks run this many at once (the disk's queue depth;
+ * the remote store serializes on its one connection). */
+#define HT_IO_THREADS 4
+
 /* One job of the I/O thread: a fetch of a load, or a put down from a slot. */
 typedef struct ht_job {
     store_job job;
@@ -535,7 +539,7 @@ void host_tier_add_stores(kv_tier *t, kv_block_store *const *stores, int n) {
     if (n == 0) return;
     for (int s = 0; s < n; s++) x->stores[s] = stores[s];
     x->n_stores = n;
-    x->io = store_io_create();
+    x->io = store_io_create(HT_IO_THREADS);
     /* puts in flight pin host slots: at most a quarter of them */
     x->max_puts = host_pool_n_slots_total(offload_host_pool(x->o)) / 4;
     if (x->max_puts < 4) x->max_puts = 4;

@@ -26,10 +26,11 @@ typedef struct redis_store {
     char prefix[96]; /* "kvserve:<ns hex>:" */
     size_t block_bytes;
     block_hash ns;
-    rs_conn eng;          /* contains (engine thread) */
-    rs_conn io;           /* get / put (I/O thread) */
-    uint8_t *value;       /* [header + block_bytes] the I/O thread's put buffer */
-    pthread_mutex_t lock; /* st */
+    rs_conn eng;             /* contains (engine thread) */
+    rs_conn io;              /* get / put (I/O thread) */
+    uint8_t *value;          /* [header + block_bytes] the put buffer (io_lock) */
+    pthread_mutex_t io_lock; /* io and value: one get or put at a time on the connection */
+    pthread_mutex_t lock;    /* st */
     kv_block_store_stats st;
 } redis_store;
 
@@ -150,7 +151,7 @@ static int rs_contains(kv_block_store *s, const block_hash *h, int n) {
     return k;
 }
 
-static bool rs_get(kv_block_store *s, const block_hash *h, void *dst, size_t bytes) {
+static bool rs_get_locked(kv_block_store *s, const block_hash *h, void *dst, size_t bytes) {
     redis_store *r = rs_of(s);
     double t0 = kv_now();
     redisContext *c = conn_get(r, &r->io);
@@ -199,7 +200,7 @@ static bool rs_get(kv_block_store *s, const block_hash *h, void *dst, size_t byt
     return !miss && v == KV_BLOCK_OK;
 }
 
-static bool rs_put(kv_block_store *s, const block_hash *h, const void *src, size_t bytes) {
+static bool rs_put_locked(kv_block_store *s, const block_hash *h, const void *src, size_t bytes) {
     redis_store *r = rs_of(s);
     if (bytes != r->block_bytes) return false;
     double t0 = kv_now();
@@ -240,6 +241,22 @@ static bool rs_put(kv_block_store *s, const block_hash *h, const void *src, size
     return ok;
 }
 
+static bool rs_get(kv_block_store *s, const block_hash *h, void *dst, size_t bytes) {
+    redis_store *r = rs_of(s);
+    pthread_mutex_lock(&r->io_lock);
+    bool ok = rs_get_locked(s, h, dst, bytes);
+    pthread_mutex_unlock(&r->io_lock);
+    return ok;
+}
+
+static bool rs_put(kv_block_store *s, const block_hash *h, const void *src, size_t bytes) {
+    redis_store *r = rs_of(s);
+    pthread_mutex_lock(&r->io_lock);
+    bool ok = rs_put_locked(s, h, src, bytes);
+    pthread_mutex_unlock(&r->io_lock);
+    return ok;
+}
+
 static kv_block_store_stats rs_stats(kv_block_store *s) {
     redis_store *r = rs_of(s);
     pthread_mutex_lock(&r->lock);
@@ -253,6 +270,7 @@ static void rs_destroy(kv_block_store *s) {
     if (r->eng.c) redisFree(r->eng.c);
     if (r->io.c) redisFree(r->io.c);
     pthread_mutex_destroy(&r->lock);
+    pthread_mutex_destroy(&r->io_lock);
     free(r->value);
     free(r);
 }
@@ -286,5 +304,6 @@ kv_block_store *redis_store_create(const redis_store_config *cfg, kv_error *err)
     snprintf(r->prefix, sizeof r->prefix, "kvserve:%s:", ns_hex);
     r->value = kv_malloc(KV_BLOCK_HEADER_BYTES + cfg->block_bytes);
     pthread_mutex_init(&r->lock, NULL);
+    pthread_mutex_init(&r->io_lock, NULL);
     return &r->base;
 }

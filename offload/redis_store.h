@@ -2,7 +2,7 @@
  * servers, key "kvserve:<namespace hex>:<block hash hex>", value = block header (block_header.h)
  * + payload, checked like a disk file before use. TTL and eviction are Redis's (maxmemory-policy).
  * Owns two connections: one for contains on the engine thread (pipelined EXISTS, a short
- * timeout), one for GET/SET on the I/O thread. A dead or slow Redis makes every call a fast miss:
+ * timeout), one for GET/SET on the I/O threads. A dead or slow Redis makes every call a fast miss:
  * a failed connection is retried after a back-off (100 ms doubling to 5 s), never in between. */
 #ifndef KVSERVE_REDIS_STORE_H
 #define KVSERVE_REDIS_STORE_H

@@ -17,7 +17,8 @@ struct store_io {
     int n_pending; /* submitted, not yet polled */
     int n_running; /* queued or running, not yet done */
     bool stop;
-    pthread_t thread;
+    pthread_t *threads;
+    int n_threads;
 };
 
 static void q_push(job_queue *q, store_job *j) {
@@ -69,12 +70,15 @@ static void *io_main(void *arg) {
     return NULL;
 }
 
-store_io *store_io_create(void) {
+store_io *store_io_create(int n_threads) {
     store_io *io = kv_calloc(1, sizeof *io);
     pthread_mutex_init(&io->lock, NULL);
     pthread_cond_init(&io->wake, NULL);
     pthread_cond_init(&io->idle, NULL);
-    KV_CHECK(pthread_create(&io->thread, NULL, io_main, io) == 0);
+    io->n_threads = n_threads > 0 ? n_threads : 1;
+    io->threads = kv_calloc((size_t)io->n_threads, sizeof *io->threads);
+    for (int i = 0; i < io->n_threads; i++)
+        KV_CHECK(pthread_create(&io->threads[i], NULL, io_main, io) == 0);
     return io;
 }
 
@@ -82,9 +86,10 @@ void store_io_free(store_io *io) {
     if (!io) return;
     pthread_mutex_lock(&io->lock);
     io->stop = true;
-    pthread_cond_signal(&io->wake);
+    pthread_cond_broadcast(&io->wake);
     pthread_mutex_unlock(&io->lock);
-    pthread_join(io->thread, NULL);
+    for (int i = 0; i < io->n_threads; i++) pthread_join(io->threads[i], NULL);
+    free(io->threads);
     pthread_cond_destroy(&io->wake);
     pthread_cond_destroy(&io->idle);
     pthread_mutex_destroy(&io->lock);

@@ -1,7 +1,8 @@
-/* The host tier's I/O thread: runs block-store gets and puts (offload/block_store.h) off the
+/* The host tier's I/O threads: run block-store gets and puts (offload/block_store.h) off the
  * engine thread, gets before puts (a get is a load some request waits for; a put only keeps a
- * copy). Owns the thread and the queues; the jobs belong to the caller, who submits them and
- * takes them back, completed, from store_io_poll. Knows nothing of slots or the GPU. */
+ * copy), several at once (one disk read at a time leaves an NVMe drive mostly idle). Owns the
+ * threads and the queues; the jobs belong to the caller, who submits them and takes them back,
+ * completed (in any order), from store_io_poll. Knows nothing of slots or the GPU. */
 #ifndef KVSERVE_STORE_IO_H
 #define KVSERVE_STORE_IO_H
 
@@ -27,7 +28,8 @@ typedef struct store_job {
 
 typedef struct store_io store_io;
 
-store_io *store_io_create(void);
+/* n_threads >= 1 workers, each taking the next job. */
+store_io *store_io_create(int n_threads);
 /* Runs the jobs still queued, then stops the thread and frees; completed jobs not polled are
  * dropped (their memory is the caller's). */
 void store_io_free(store_io *io);
