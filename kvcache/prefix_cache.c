@@ -13,13 +13,26 @@ static void digest_update_field(EVP_MD_CTX *ctx, const void *p, size_t n) {
     if (n) KV_CHECK(EVP_DigestUpdate(ctx, p, n) == 1);
 }
 
-void block_hash_root(block_hash *out, const void *seed, size_t n_seed,
-                     const char *model_fingerprint, const char *cache_salt) {
+void block_hash_namespace(block_hash *out, const char *model_fingerprint, int block_size) {
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     KV_CHECK(ctx != NULL);
     KV_CHECK(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1);
-    digest_update_field(ctx, seed, n_seed);
+    uint8_t nums[8];
+    uint32_t v[2] = {(uint32_t)block_size, KV_LAYOUT_VERSION};
+    for (int i = 0; i < 8; i++) nums[i] = (uint8_t)(v[i / 4] >> (8 * (i % 4)));
+    digest_update_field(ctx, "kvserve-kv", 10);
     digest_update_field(ctx, model_fingerprint, model_fingerprint ? strlen(model_fingerprint) : 0);
+    digest_update_field(ctx, nums, sizeof nums);
+    unsigned int n = 0;
+    KV_CHECK(EVP_DigestFinal_ex(ctx, out->b, &n) == 1 && n == 32);
+    EVP_MD_CTX_free(ctx);
+}
+
+void block_hash_root(block_hash *out, const block_hash *ns, const char *cache_salt) {
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    KV_CHECK(ctx != NULL);
+    KV_CHECK(EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1);
+    digest_update_field(ctx, ns->b, 32);
     digest_update_field(ctx, cache_salt, cache_salt ? strlen(cache_salt) : 0);
     unsigned int n = 0;
     KV_CHECK(EVP_DigestFinal_ex(ctx, out->b, &n) == 1 && n == 32);
@@ -101,6 +114,7 @@ static void on_pool_evict(void *ctx, int id) {
     prefix_cache *pc = ctx;
     int64_t s = table_find(pc, &pc->hashes[id]);
     KV_CHECK(s >= 0 && pc->table[s] == id);
+    if (pc->on_evict) pc->on_evict(pc->on_evict_user, &pc->hashes[id]);
     table_remove_slot(pc, (uint32_t)s);
     pc->n_cached--;
 }

@@ -17,11 +17,20 @@ static inline bool block_hash_eq(const block_hash *a, const block_hash *b) {
 
 /* --- hashing (SHA-256, OpenSSL libcrypto) --- */
 
-/* h_{-1} = SHA256(server seed ‖ model fingerprint ‖ cache_salt). Each field enters as a u64
- * little-endian length followed by its bytes, so fields cannot run into each other. NULL salt is
- * the empty salt. */
-void block_hash_root(block_hash *out, const void *seed, size_t n_seed,
-                     const char *model_fingerprint, const char *cache_salt);
+/* Version of the KV block layout and of the hash scheme: blocks written under another version
+ * (disk files, remote values) are foreign. Bump it when either changes. */
+#define KV_LAYOUT_VERSION 1
+
+/* The namespace of a KV cache: SHA256("kvserve-kv" ‖ model fingerprint ‖ block size ‖
+ * KV_LAYOUT_VERSION). The model fingerprint names the weights (names, sizes, safetensors
+ * headers: not mtimes), the shape, dtype and KV dtype, so the namespace is the same in every
+ * process, on every machine holding the same model, and after every restart. Disk and remote
+ * tiers key and check their blocks by it. */
+void block_hash_namespace(block_hash *out, const char *model_fingerprint, int block_size);
+/* h_{-1} = SHA256(namespace ‖ cache_salt). Each field enters as a u64 little-endian length
+ * followed by its bytes, so fields cannot run into each other. NULL salt is the empty salt.
+ * No server seed: the same prefix has the same hash everywhere (tenants isolate by salt). */
+void block_hash_root(block_hash *out, const block_hash *ns, const char *cache_salt);
 /* h_i = SHA256(h_{i-1} ‖ token ids of block i as int32 little-endian). */
 void block_hash_next(block_hash *out, const block_hash *prev, const int32_t *tokens,
                      int block_size);
@@ -44,6 +53,10 @@ typedef struct prefix_cache {
     /* Counters in tokens, for metrics (prefix cache hit rate = n_hit_tokens / n_query_tokens). */
     int64_t n_query_tokens;
     int64_t n_hit_tokens;
+
+    /* Told of every block the cache drops (KV events); NULL = nobody. */
+    void (*on_evict)(void *user, const block_hash *h);
+    void *on_evict_user;
 } prefix_cache;
 
 /* Sets up the cache over the pool and installs itself as the pool's evict hook. */

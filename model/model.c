@@ -7,7 +7,6 @@
 #include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/stat.h>
 
 #include "model/llama.h"
 
@@ -45,10 +44,36 @@ static bool ends_with(const char *s, const char *suffix) {
     return n >= k && strcmp(s + n - k, suffix) == 0;
 }
 
+/* SHA-256 of a safetensors file's header (the u64 length and the JSON: every tensor's name, dtype,
+ * shape and offsets) into md, with the file's size. A file that cannot be read or has an
+ * implausible header enters as its size alone (model loading reports the error). */
+static void fingerprint_safetensors(EVP_MD_CTX *md, const char *path) {
+    long long size = -1;
+    FILE *f = fopen(path, "rb");
+    uint8_t len8[8] = {0};
+    if (f && fseek(f, 0, SEEK_END) == 0) size = ftell(f);
+    EVP_DigestUpdate(md, &size, sizeof size);
+    if (!f) return;
+    if (fseek(f, 0, SEEK_SET) == 0 && fread(len8, 1, 8, f) == 8) {
+        uint64_t n = 0;
+        for (int i = 0; i < 8; i++) n |= (uint64_t)len8[i] << (8 * i);
+        EVP_DigestUpdate(md, len8, 8);
+        if (size >= 8 && n <= (uint64_t)size - 8 && n <= (100u << 20)) {
+            char buf[65536];
+            for (size_t k; n > 0 && (k = fread(buf, 1, n < sizeof buf ? n : sizeof buf, f)) > 0;)
+                EVP_DigestUpdate(md, buf, k), n -= k;
+        }
+    }
+    fclose(f);
+}
+
 /* The model's identity, as hex SHA-256 of: the shape string (architecture, sizes, KV dtype,
- * backend), the load format, config.json's bytes, and the name, size and mtime of every
- * safetensors file (not the weights themselves: hashing 16 GB would cost seconds at every start,
- * and a changed file changes its size or mtime). */
+ * backend), the load format, config.json's bytes, and the name, size and header (tensor names,
+ * dtypes, shapes, offsets) of every safetensors file. Not the weights themselves (hashing 16 GB
+ * would cost seconds at every start) and not mtimes: a copy of the model on another machine, or
+ * after a restore, has the same identity, so its KV blocks are shared through the disk and remote
+ * tiers. (Weights rewritten in place with the same header keep the identity: give such a model
+ * another cache_salt, or clear the tiers.) */
 static void model_fingerprint(const char *dir, const char *shape, bool dummy, char *out,
                               size_t out_size) {
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -76,13 +101,9 @@ static void model_fingerprint(const char *dir, const char *shape, bool dummy, ch
     if (d) closedir(d);
     if (n_names) qsort(names, (size_t)n_names, sizeof *names, name_cmp);
     for (int i = 0; i < n_names; i++) {
-        struct stat st;
         snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        long long meta[3] = {0, 0, 0};
-        if (stat(path, &st) == 0)
-            meta[0] = st.st_size, meta[1] = st.st_mtim.tv_sec, meta[2] = st.st_mtim.tv_nsec;
         EVP_DigestUpdate(md, names[i], strlen(names[i]) + 1);
-        EVP_DigestUpdate(md, meta, sizeof meta);
+        if (!dummy) fingerprint_safetensors(md, path);
         free(names[i]);
     }
     free(names);

@@ -6,7 +6,9 @@
  * Contract:
  * - contains may be called from the engine thread: it must answer within the store's own time
  *   limit (an in-memory index, or a bounded round trip) and say 0 when the medium is slow or down.
- * - get and put are called from one I/O thread only; they may block up to the store's timeout.
+ * - get and put are called from the host tier's I/O threads, several at once (the disk store
+ *   reads several files in parallel; the remote store serializes on its connection); they may
+ *   block up to the store's timeout.
  *   get returns false on a miss and on any bad content (wrong header, checksum, size, fingerprint),
  *   counting it; it never hands back bytes it did not verify.
  * - No function aborts on what the medium returns: a torn file or a broken Redis reply is a miss.
@@ -44,6 +46,9 @@ typedef struct kv_block_store_ops {
      * False on failure (counted). I/O thread. */
     bool (*put)(kv_block_store *s, const block_hash *h, const void *src, size_t bytes);
     kv_block_store_stats (*stats)(kv_block_store *s);
+    /* Optional (NULL: nothing to wait for): blocks until the store's start-up work is done (the
+     * disk tier's scan of its files). Tests and benchmarks. */
+    void (*wait_ready)(kv_block_store *s);
     /* Closes the medium and frees the store. No get or put may be running. */
     void (*destroy)(kv_block_store *s);
 } kv_block_store_ops;

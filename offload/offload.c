@@ -40,6 +40,8 @@ struct offload {
     uint64_t reuse_mask;
 
     int n_storing, n_valid, n_loading;
+    void (*on_evict)(void *user, const uint8_t *hash);
+    void *on_evict_user;
     uint64_t hits, misses, stored_bytes, loaded_bytes, evictions, n_stores_skipped;
 };
 
@@ -119,6 +121,11 @@ void offload_free(offload *o) {
     free(o->buckets);
     free(o->reuse);
     free(o);
+}
+
+void offload_set_evict_hook(offload *o, void (*fn)(void *user, const uint8_t *hash), void *user) {
+    o->on_evict = fn;
+    o->on_evict_user = user;
 }
 
 host_pool *offload_host_pool(offload *o) {
@@ -228,6 +235,7 @@ int32_t offload_store_begin(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) 
             return -1;
         }
         lru_remove(o, victim);
+        if (o->on_evict) o->on_evict(o->on_evict_user, o->slots[victim].hash);
         index_remove(o, victim);
         o->slots[victim].state = SLOT_FREE;
         o->n_valid--;
@@ -283,6 +291,12 @@ int32_t offload_lookup(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
     return s;
 }
 
+int32_t offload_valid_slot(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
+    int32_t s = index_find(o, hash);
+    return s >= 0 && (o->slots[s].state == SLOT_VALID || o->slots[s].state == SLOT_LOADING) ? s
+                                                                                            : -1;
+}
+
 bool offload_contains(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]) {
     int32_t s = index_find(o, hash);
     return s >= 0 && o->slots[s].state != SLOT_STORING;
@@ -302,10 +316,18 @@ void offload_load_begin(offload *o, int32_t slot) {
 }
 
 void offload_load_done(offload *o, int32_t slot) {
+    o->loaded_bytes += o->block_bytes;
+    offload_read_end(o, slot);
+}
+
+void offload_read_begin(offload *o, int32_t slot) {
+    offload_load_begin(o, slot);
+}
+
+void offload_read_end(offload *o, int32_t slot) {
     KV_CHECK(slot >= 0 && slot < host_pool_n_slots_ready(o->hp));
     slot_meta *m = &o->slots[slot];
     KV_CHECK(m->state == SLOT_LOADING && m->n_readers > 0);
-    o->loaded_bytes += o->block_bytes;
     if (--m->n_readers > 0) return;
     m->state = SLOT_VALID;
     o->n_loading--;

@@ -26,6 +26,11 @@ typedef struct offload_config {
     offload_policy policy;
     int reuse_threshold; /* reuse_gated: hits (reuses) before a store; 0 = like write_through */
     size_t chunk_bytes;  /* pinning chunk; 0: HOST_POOL_DEFAULT_CHUNK_BYTES */
+    /* the stores below the host tier (the engine makes them; NULL/0 = none) */
+    const char *disk_path;  /* disk tier directory */
+    double disk_size_gib;   /* its size limit */
+    const char *remote_url; /* redis://host:port[/db] */
+    int remote_timeout_ms;  /* get/put round trips (contains: a fifth of it); 0 = 1000 */
 } offload_config;
 
 /* The policy names in enum order, NULL-terminated ("write_through", "on_evict", "reuse_gated"). */
@@ -64,6 +69,8 @@ offload *offload_create(backend *be, const offload_config *cfg, size_t block_byt
 /* No transfer may be in flight. Stops the pinning thread and frees every chunk. */
 void offload_free(offload *o);
 host_pool *offload_host_pool(offload *o);
+/* fn is told the hash of every valid slot evicted to make room (KV events); NULL = nobody. */
+void offload_set_evict_hook(offload *o, void (*fn)(void *user, const uint8_t *hash), void *user);
 /* Once per engine step: takes the slots pinned since the last call. Returns how many. */
 int offload_poll(offload *o);
 
@@ -85,12 +92,18 @@ void offload_store_abort(offload *o, int32_t slot);
 /* The slot holding this hash's data (valid or already loading), or -1. Counts a hit or a miss and
  * makes the slot most recently used. Lookups never return storing slots. */
 int32_t offload_lookup(offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
+/* The valid (or loading) slot holding this hash, or -1; no counting, no LRU touch. */
+int32_t offload_valid_slot(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
 /* Same without counting or touching (checks, /metrics). */
 bool offload_contains(const offload *o, const uint8_t hash[OFFLOAD_HASH_BYTES]);
 /* Pins a slot found by offload_lookup in this same engine step while a load reads it (any number
  * of readers); offload_load_done unpins it when that load completes. */
 void offload_load_begin(offload *o, int32_t slot);
 void offload_load_done(offload *o, int32_t slot);
+/* The same pin for a reader that is not a load (a block store's put copying the slot down to
+ * disk or Redis): not counted in loaded_bytes. The slot counts as loading meanwhile. */
+void offload_read_begin(offload *o, int32_t slot);
+void offload_read_end(offload *o, int32_t slot);
 
 void *offload_slot_ptr(const offload *o, int32_t slot);
 offload_stats offload_get_stats(offload *o);

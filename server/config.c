@@ -111,7 +111,7 @@ static const knob knobs[] = {
      .help = "KV cache elements: auto (the model's dtype) or fp8 (= fp8_e4m3, half the bytes)"},
     {"quantization", KNOB_ENUM, OFF(quantization), .names = quantization_names,
      .help = "weights: auto (the checkpoint's quantization_config) or fp8 (quantize at load)"},
-    {"seed", KNOB_U64, OFF(seed), .help = "server seed (prefix-cache hashes, unseeded sampling)"},
+    {"seed", KNOB_U64, OFF(seed), .help = "server seed of unseeded sampling (not of block hashes)"},
     {"log_level", KNOB_ENUM, OFF(log_level), .names = log_names,
      .help = "debug, info, warn, error"},
     {"offload.size_gib", KNOB_DOUBLE, OFF(offload.size_gib), .min = 0, .max = 1 << 20,
@@ -122,6 +122,16 @@ static const knob knobs[] = {
      .help = "hits before reuse_gated stores a block"},
     {"offload.pin_chunk_mib", KNOB_INT, OFF(offload.pin_chunk_mib), .min = 1, .max = 65536,
      .help = "host memory is pinned in chunks of this many MiB, in the background"},
+    {"offload.disk.path", KNOB_STRING, OFF(offload.disk_path), .nullable = true,
+     .help = "disk KV tier directory (null = off; needs offload.size_gib > 0)"},
+    {"offload.disk.size_gib", KNOB_DOUBLE, OFF(offload.disk_size_gib), .min_exclusive = true,
+     .min = 0, .max = 1 << 24, .help = "disk tier size limit in GiB (LRU files deleted)"},
+    {"offload.remote.url", KNOB_STRING, OFF(offload.remote_url), .nullable = true,
+     .help = "remote KV tier shared by servers: redis://host:port[/db] (null = off)"},
+    {"offload.remote.timeout_ms", KNOB_INT, OFF(offload.remote_timeout_ms), .min = 1, .max = 600000,
+     .help = "remote tier get/put timeout (lookups: a fifth of it)"},
+    {"kv_events.endpoint", KNOB_STRING, OFF(kv_events_endpoint), .nullable = true,
+     .help = "ZMQ PUB endpoint of vLLM-format KV events, e.g. tcp://*:5557 (null = off)"},
 };
 #define N_KNOBS ((int)(sizeof(knobs) / sizeof(knobs[0])))
 
@@ -165,7 +175,9 @@ void config_default(kv_config *cfg) {
         .offload = {.size_gib = 0,
                     .store_policy = OFFLOAD_POLICY_WRITE_THROUGH,
                     .reuse_threshold = 2,
-                    .pin_chunk_mib = 256},
+                    .pin_chunk_mib = 256,
+                    .disk_size_gib = 64,
+                    .remote_timeout_ms = 1000},
     };
 }
 
@@ -364,7 +376,7 @@ static int config_apply_object(kv_config *cfg, json_t *obj, const char *prefix, 
         /* a section: some knob's key starts with "key." */
         size_t n = strlen(key);
         bool section = false;
-        for (int i = 0; i < N_KNOBS && !section && !*prefix; i++)
+        for (int i = 0; i < N_KNOBS && !section; i++)
             section = strncmp(knobs[i].key, key, n) == 0 && knobs[i].key[n] == '.';
         if (!section) return kv_error_set(err, "config: unknown key '%s'", key);
         if (!json_is_object(v)) return kv_error_set(err, "config: %s must be an object", key);
@@ -541,15 +553,16 @@ char *config_to_json(const kv_config *cfg, bool redact_secrets) {
     for (int i = 0; i < N_KNOBS; i++) {
         const knob *k = &knobs[i];
         json_t *parent = root;
-        const char *name = k->key, *dot = strchr(k->key, '.');
-        if (dot) {
+        const char *name = k->key;
+        for (const char *dot; (dot = strchr(name, '.'));) { /* "offload.disk.path" */
             char section[64];
-            snprintf(section, sizeof section, "%.*s", (int)(dot - k->key), k->key);
-            parent = json_object_get(root, section);
-            if (!parent) {
-                parent = json_object();
-                json_object_set_new(root, section, parent);
+            snprintf(section, sizeof section, "%.*s", (int)(dot - name), name);
+            json_t *child = json_object_get(parent, section);
+            if (!child) {
+                child = json_object();
+                json_object_set_new(parent, section, child);
             }
+            parent = child;
             name = dot + 1;
         }
         json_object_set_new(parent, name, knob_to_json(cfg, k, redact_secrets));

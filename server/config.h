@@ -45,7 +45,11 @@ typedef struct config_offload {
     double size_gib;             /* host tier size; 0 = offload off */
     offload_policy store_policy; /* offload/offload.h's names in the file */
     int reuse_threshold;         /* hits before reuse_gated stores a block */
-    int pin_chunk_mib; /* host memory is pinned in chunks of this size, in the background */
+    int pin_chunk_mib;     /* host memory is pinned in chunks of this size, in the background */
+    char *disk_path;       /* disk tier directory; NULL = off */
+    double disk_size_gib;  /* disk tier size limit */
+    char *remote_url;      /* redis://host:port[/db]; NULL = off */
+    int remote_timeout_ms; /* remote get/put timeout */
 } config_offload;
 
 typedef struct kv_config {
@@ -84,9 +88,10 @@ typedef struct kv_config {
     config_load_format load_format;
     config_kv_cache_dtype kv_cache_dtype; /* KV pool elements */
     config_quantization quantization;     /* weight quantization */
-    unsigned long long seed; /* server seed: prefix-cache hash root, unseeded sampling */
+    unsigned long long seed; /* server seed: unseeded sampling (block hashes do not use it) */
     config_log_level log_level;
     config_offload offload;
+    char *kv_events_endpoint; /* ZMQ PUB endpoint of KV events; NULL = off */
 } kv_config;
 
 /* "auto", "fp8", "fp8_e4m3": the value backend_set_kv_cache_dtype takes. */

@@ -52,7 +52,7 @@ typedef struct choice_state {
     int n_ids, cap_ids, n_ids_sent;
     kv_finish finish;
     json_t *stop_reason;
-    int n_prompt_tokens, n_cached_gpu, n_cached_host;
+    int n_prompt_tokens, n_cached_gpu, n_cached_host, n_cached_disk, n_cached_remote;
     reasoning_stream rs; /* streamed chat with a reasoning parser: where the output is */
     tool_stream tools;   /* streamed chat with tools: the calls so far */
 } choice_state;
@@ -153,10 +153,10 @@ static void completion_log(const completion *c) {
         snprintf(ttft, sizeof ttft, "%.2f ms", (c->first_token - c->arrival) * 1e3);
     fprintf(stderr,
             "kvserve: %s status %d prompt_tokens %d completion_tokens %d cached_tokens gpu %d "
-            "host %d ttft %s total %.2f ms%s\n",
+            "host %d disk %d remote %d ttft %s total %.2f ms%s\n",
             c->id, c->status, u.prompt_tokens, u.completion_tokens, u.cached_tokens_gpu,
-            u.cached_tokens_host, ttft, (now - c->arrival) * 1e3,
-            c->client_gone ? " (client gone)" : "");
+            u.cached_tokens_host, u.cached_tokens_disk, u.cached_tokens_remote, ttft,
+            (now - c->arrival) * 1e3, c->client_gone ? " (client gone)" : "");
 }
 
 /* The last reference went: leaves the live list (waking a shutdown that waits for it), frees. */
@@ -365,6 +365,8 @@ static bool choice_event(completion *c, choice_state *ch, const engine_event *ev
         ch->n_prompt_tokens = ev->n_prompt_tokens;
         ch->n_cached_gpu = ev->n_cached_gpu;
         ch->n_cached_host = ev->n_cached_host;
+        ch->n_cached_disk = ev->n_cached_disk;
+        ch->n_cached_remote = ev->n_cached_remote;
     }
     bool last = ev->finish != KV_FINISH_NONE;
     if (ev->token >= 0) {
@@ -467,6 +469,8 @@ static openai_usage completion_usage(const completion *c) {
         if (i % c->req.n == 0) { /* cached tokens once per prompt, like prompt_tokens */
             u.cached_tokens_gpu += ch->n_cached_gpu;
             u.cached_tokens_host += ch->n_cached_host;
+            u.cached_tokens_disk += ch->n_cached_disk;
+            u.cached_tokens_remote += ch->n_cached_remote;
         }
     }
     return u;
@@ -657,7 +661,9 @@ static void stream_emit(completion *c) {
             openai_usage u = {.prompt_tokens = p->n_ids,
                               .completion_tokens = ch->n_ids,
                               .cached_tokens_gpu = ch->n_cached_gpu,
-                              .cached_tokens_host = ch->n_cached_host};
+                              .cached_tokens_host = ch->n_cached_host,
+                              .cached_tokens_disk = ch->n_cached_disk,
+                              .cached_tokens_remote = ch->n_cached_remote};
             usage = openai_usage_json(&u);
         }
         stream_append(c, completion_body_json(c, json_pack("[o]", choice), usage));

@@ -26,6 +26,7 @@
 #include "server/generation_defaults.h"
 #include "server/http.h"
 #include "server/metrics.h"
+#include "server/engine/kv_events.h"
 #include "server/warmup.h"
 #include "server/engine/scheduler.h"
 
@@ -89,6 +90,7 @@ typedef struct app {
     /* The engine. HTTP threads read it through app_submit/app_cancel; it is set before the HTTP
      * side is marked ready and cleared only after the HTTP server has stopped. */
     _Atomic(scheduler *) sched;
+    kv_events *events; /* KV events publisher (kv_events.endpoint), NULL when off */
 } app;
 
 static void app_log(const app *a, config_log_level level, const char *fmt, ...)
@@ -168,7 +170,11 @@ static void engine_config_from(scheduler_config *c, const kv_config *cfg, int n_
     c->offload = (offload_config){.size_gib = cfg->offload.size_gib,
                                   .policy = cfg->offload.store_policy,
                                   .reuse_threshold = cfg->offload.reuse_threshold,
-                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20};
+                                  .chunk_bytes = (size_t)cfg->offload.pin_chunk_mib << 20,
+                                  .disk_path = cfg->offload.disk_path,
+                                  .disk_size_gib = cfg->offload.disk_size_gib,
+                                  .remote_url = cfg->offload.remote_url,
+                                  .remote_timeout_ms = cfg->offload.remote_timeout_ms};
 }
 
 /* KV pool size in blocks when num_gpu_blocks is 0. On CUDA: what gpu_memory_utilization leaves
@@ -351,6 +357,11 @@ static int app_load(app *a, kv_error *err) {
     engine_config_from(&sc, cfg, n_blocks);
     sc.max_model_len = model_len;
     sc.metrics = &a->metrics;
+    if (cfg->kv_events_endpoint && *cfg->kv_events_endpoint) {
+        kv_events_config ec = {.endpoint = cfg->kv_events_endpoint};
+        if (!(a->events = kv_events_create(&ec, err))) return -1;
+        sc.events = a->events;
+    }
     while (sc.seed == 0) /* 0 = a fresh seed at every start */
         if (getrandom(&sc.seed, sizeof sc.seed, 0) != sizeof sc.seed)
             sc.seed = 0x9e3779b97f4a7c15ull;
@@ -384,6 +395,7 @@ static int app_load(app *a, kv_error *err) {
 static void app_free(app *a) {
     if (a->http) http_server_stop(a->http);
     scheduler_free(atomic_exchange(&a->sched, NULL));
+    kv_events_free(a->events);
     tokenizer_free(a->tok);
     chat_source_free(&a->chat);
     if (a->defaults_loaded) sampler_params_free(&a->defaults);

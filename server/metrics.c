@@ -39,6 +39,8 @@ void metrics_init(metrics *m, const char *model_name) {
     histogram_init(&m->inter_token_latency_seconds, itl_buckets, N_OF(itl_buckets));
     histogram_init(&m->e2e_request_latency_seconds, e2e_buckets, N_OF(e2e_buckets));
     histogram_init(&m->host_load_latency_seconds, load_buckets, N_OF(load_buckets));
+    histogram_init(&m->disk.get_latency_seconds, load_buckets, N_OF(load_buckets));
+    histogram_init(&m->remote.get_latency_seconds, load_buckets, N_OF(load_buckets));
 }
 
 void metrics_free(metrics *m) {
@@ -46,6 +48,8 @@ void metrics_free(metrics *m) {
     pthread_mutex_destroy(&m->inter_token_latency_seconds.lock);
     pthread_mutex_destroy(&m->e2e_request_latency_seconds.lock);
     pthread_mutex_destroy(&m->host_load_latency_seconds.lock);
+    pthread_mutex_destroy(&m->disk.get_latency_seconds.lock);
+    pthread_mutex_destroy(&m->remote.get_latency_seconds.lock);
     free(m->model_name);
     m->model_name = NULL;
 }
@@ -154,6 +158,34 @@ static void escape_label(char *out, size_t size, const char *s) {
     out[n] = '\0';
 }
 
+/* kvserve:<tier>_... for one store tier ("disk", "remote"). */
+static void render_store_tier(render_ctx *r, const char *tier, metrics_store_tier *t) {
+    char name[96], help[160];
+#define STORE_METRIC(fn, suffix, text, field)                                                      \
+    snprintf(name, sizeof name, "kvserve:%s_%s", tier, suffix);                                    \
+    snprintf(help, sizeof help, "%s tier: %s", tier, text);                                        \
+    fn(r, name, help, field)
+    STORE_METRIC(render_gauge, "kv_cache_usage_perc", "usage, 1 means 100 percent.",
+                 &t->usage_perc);
+    STORE_METRIC(render_gauge, "kv_cache_blocks", "KV blocks held.", &t->blocks);
+    STORE_METRIC(render_counter, "prefix_cache_hits",
+                 "prompt tokens read from it instead of recomputed.", &t->hit_tokens);
+    STORE_METRIC(render_counter, "block_hits", "blocks read.", &t->hits);
+    STORE_METRIC(render_counter, "block_misses", "reads that found nothing.", &t->misses);
+    STORE_METRIC(render_counter, "blocks_rejected",
+                 "blocks refused (corrupt, truncated, foreign), never loaded.", &t->rejected);
+    STORE_METRIC(render_counter, "block_puts", "blocks written.", &t->puts);
+    STORE_METRIC(render_counter, "block_puts_failed", "writes that failed.", &t->puts_failed);
+    STORE_METRIC(render_counter, "evictions", "blocks dropped by its size limit.", &t->evictions);
+    STORE_METRIC(render_counter, "errors", "I/O, connection and timeout errors.", &t->errors);
+    STORE_METRIC(render_counter, "read_bytes", "payload bytes read.", &t->read_bytes);
+    STORE_METRIC(render_counter, "written_bytes", "payload bytes written.", &t->written_bytes);
+    STORE_METRIC(render_histogram, "get_latency_seconds",
+                 "histogram of the time to read one block into host memory.",
+                 &t->get_latency_seconds);
+#undef STORE_METRIC
+}
+
 char *metrics_render(metrics *m) {
     render_ctx r = {.buf = {.data = kv_malloc(8192), .cap = 8192}};
     char escaped[256];
@@ -207,6 +239,8 @@ char *metrics_render(metrics *m) {
     render_histogram(&r, "kvserve:host_load_latency_seconds",
                      "Histogram of host-to-GPU KV load latency per request in seconds.",
                      &m->host_load_latency_seconds);
+    render_store_tier(&r, "disk", &m->disk);
+    render_store_tier(&r, "remote", &m->remote);
 
     render_histogram(&r, "kvserve:time_to_first_token_seconds",
                      "Histogram of time to first token in seconds.",

@@ -29,6 +29,17 @@ typedef struct metrics_histogram {
     uint64_t count;
 } metrics_histogram;
 
+/* A block store below the host tier (disk, remote): its stats as the engine last saw them. */
+typedef struct metrics_store_tier {
+    metrics_gauge usage_perc;   /* bytes used / limit (0 where the limit is the medium's) */
+    metrics_gauge blocks;       /* blocks held (where the store knows) */
+    metrics_counter hit_tokens; /* prompt tokens read from it instead of recomputed */
+    metrics_counter hits, misses, rejected; /* gets, in blocks */
+    metrics_counter puts, puts_failed, evictions, errors;
+    metrics_counter read_bytes, written_bytes;
+    metrics_histogram get_latency_seconds; /* one block from the store into host memory */
+} metrics_store_tier;
+
 typedef struct metrics {
     char *model_name; /* the model_name label */
     /* scheduler state (set by the engine each step) */
@@ -52,6 +63,7 @@ typedef struct metrics {
     metrics_counter host_evictions;      /* host blocks dropped to make room */
     metrics_counter host_stores_skipped; /* stores that found no room in the host tier */
     metrics_histogram host_load_latency_seconds;
+    metrics_store_tier disk, remote; /* below the host tier */
     /* request latencies */
     metrics_histogram time_to_first_token_seconds;
     metrics_histogram inter_token_latency_seconds;

@@ -128,8 +128,10 @@ int openai_detokenize(const openai_model_info *info, const char *body, size_t le
 typedef struct openai_usage {
     int prompt_tokens;
     int completion_tokens;
-    int cached_tokens_gpu;  /* prompt tokens found in the GPU prefix cache */
-    int cached_tokens_host; /* prompt tokens loaded from the host tier */
+    int cached_tokens_gpu;    /* prompt tokens found in the GPU prefix cache */
+    int cached_tokens_host;   /* prompt tokens loaded from the host tier's DRAM */
+    int cached_tokens_disk;   /* prompt tokens read from the disk tier (through host memory) */
+    int cached_tokens_remote; /* prompt tokens read from the remote tier (through host memory) */
 } openai_usage;
 /* The request body as a JSON object, or NULL with a 400 (invalid JSON, or not an object) in e. */
 json_t *openai_load_object(const char *body, size_t len, openai_error *e);

@@ -7,9 +7,12 @@
 #include "server/openai.h"
 
 json_t *openai_usage_json(const openai_usage *u) {
-    json_t *details = json_pack("{s:i, s:i, s:i}", "cached_tokens",
-                                u->cached_tokens_gpu + u->cached_tokens_host, "cached_tokens_gpu",
-                                u->cached_tokens_gpu, "cached_tokens_host", u->cached_tokens_host);
+    json_t *details = json_pack("{s:i, s:i, s:i, s:i, s:i}", "cached_tokens",
+                                u->cached_tokens_gpu + u->cached_tokens_host +
+                                    u->cached_tokens_disk + u->cached_tokens_remote,
+                                "cached_tokens_gpu", u->cached_tokens_gpu, "cached_tokens_host",
+                                u->cached_tokens_host, "cached_tokens_disk", u->cached_tokens_disk,
+                                "cached_tokens_remote", u->cached_tokens_remote);
     return json_pack("{s:i, s:i, s:i, s:o}", "prompt_tokens", u->prompt_tokens, "completion_tokens",
                      u->completion_tokens, "total_tokens", u->prompt_tokens + u->completion_tokens,
                      "prompt_tokens_details", details);

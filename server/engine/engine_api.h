@@ -31,7 +31,9 @@ typedef struct engine_event {
      * latest values (a request that a stop string ends is answered before its last event). */
     int n_prompt_tokens;
     int n_cached_gpu;
-    int n_cached_host;
+    int n_cached_host;   /* from host DRAM */
+    int n_cached_disk;   /* read from the disk tier (through host memory) */
+    int n_cached_remote; /* read from the remote tier (through host memory) */
 } engine_event;
 
 /* Called on the engine's thread (or inside submit); must not block. ev is valid during the call. */

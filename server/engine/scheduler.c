@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "server/engine/kv_events.h"
 #include "server/engine/scheduler_internal.h"
 
 /* --- lists --- */
@@ -95,7 +96,9 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
                        .error = error,
                        .n_prompt_tokens = r->n_prompt,
                        .n_cached_gpu = r->n_cached_gpu,
-                       .n_cached_host = r->n_cached_host};
+                       .n_cached_host = r->n_cached_host,
+                       .n_cached_disk = r->n_cached_disk,
+                       .n_cached_remote = r->n_cached_remote};
     if (lp) {
         ev.n_top = lp->n_top;
         for (int i = 0; i < lp->n_top; i++) {
@@ -110,6 +113,13 @@ void sched_req_finish(scheduler *s, sched_req *r, int32_t token, const sampler_l
         s->st.n_finished++;
     if (r->admitted_once) sampler_state_free(&r->st);
     sched_req_free(r);
+}
+
+/* --- KV events --- */
+
+static void sched_on_gpu_evict(void *user, const block_hash *h) {
+    scheduler *s = user;
+    kv_events_block_removed(s->cfg.events, "GPU", h, 1);
 }
 
 /* --- creation --- */
@@ -138,6 +148,12 @@ scheduler *scheduler_create(model *model, const scheduler_config *cfg, kv_error 
     backend_kv_layout l = model_kv_layout(model, cfg->block_size);
     block_pool_init(&s->pool, model->be, &l, cfg->n_gpu_blocks);
     prefix_cache_init(&s->pc, &s->pool);
+    block_hash_namespace(&s->kv_ns, model->fingerprint, cfg->block_size);
+    if (cfg->events) {
+        s->pc.on_evict = sched_on_gpu_evict;
+        s->pc.on_evict_user = s;
+        kv_events_all_cleared(cfg->events); /* a new engine holds nothing (a restart) */
+    }
     sampler_init(&s->smp, model->vocab, model->eos_ids, model->n_eos, cfg->seed);
 
     int T = s->budget, S = cfg->max_num_seqs;
@@ -263,7 +279,7 @@ engine_submit_status scheduler_submit(scheduler *s, const engine_request *req, u
     r->on_event = req->on_event;
     r->user = req->user;
     r->cow_src = -1;
-    block_hash_root(&r->root, &s->cfg.seed, sizeof s->cfg.seed, s->model->fingerprint, r->salt);
+    block_hash_root(&r->root, &s->kv_ns, r->salt);
 
     pthread_mutex_lock(&s->lock);
     if (s->n_queued >= s->cfg.max_queue) {
@@ -372,6 +388,24 @@ static void sched_publish(scheduler *s) {
         if (s->tier) {
             metrics_counter_raise_to(&m->host_evictions, st->host.evictions);
             metrics_counter_raise_to(&m->host_stores_skipped, st->host.n_stores_skipped);
+            for (int i = 0; i < st->host.n_stores; i++) {
+                const kv_block_store_stats *b = &st->host.stores[i];
+                metrics_store_tier *t =
+                    strcmp(st->host.store_names[i], "disk") == 0 ? &m->disk : &m->remote;
+                metrics_gauge_set(&t->usage_perc,
+                                  b->bytes_limit ? (double)b->bytes_used / (double)b->bytes_limit
+                                                 : 0.0);
+                metrics_gauge_set(&t->blocks, (double)b->n_blocks);
+                metrics_counter_raise_to(&t->hits, b->hits);
+                metrics_counter_raise_to(&t->misses, b->misses);
+                metrics_counter_raise_to(&t->rejected, b->n_rejected);
+                metrics_counter_raise_to(&t->puts, b->n_put);
+                metrics_counter_raise_to(&t->puts_failed, b->n_put_failed);
+                metrics_counter_raise_to(&t->evictions, b->n_evicted);
+                metrics_counter_raise_to(&t->errors, b->n_errors);
+                metrics_counter_raise_to(&t->read_bytes, b->bytes_read);
+                metrics_counter_raise_to(&t->written_bytes, b->bytes_written);
+            }
         }
         if (s->tier && st->host.n_slots_total > 0)
             metrics_gauge_set(&m->host_cache_usage_perc,
@@ -392,6 +426,7 @@ bool scheduler_step(scheduler *s) {
     s->last_step_ran = n_seqs > 0;
     s->st.n_steps++;
     sched_publish(s);
+    kv_events_flush(s->cfg.events);
     return n_seqs > 0 || s->running.n > 0 || s->waiting.n > 0 || sched_tier_busy(s);
 }
 

@@ -20,13 +20,16 @@ typedef struct scheduler_config {
     int max_model_len;          /* prompt + generated tokens of one request; 0 = the model's */
     int max_queue;              /* requests waiting (not yet admitted once) before BUSY */
     bool enable_prefix_caching;
-    uint64_t seed;          /* hash root and unseeded sampling */
+    uint64_t seed;          /* unseeded sampling (block hashes do not depend on it) */
     offload_config offload; /* size_gib 0 = no host tier */
     /* A prompt served from the host tier while the engine has nothing else to run is loaded in
      * this many layer groups and computed in the same step, layer group g waiting only for its
      * group's copies (scheduler_tier.c). 1 = off: the step waits for the whole load. */
     int load_layer_groups;
     metrics *metrics; /* NULL = none; updated by the engine thread */
+    /* KV events (kv_events.h; borrowed, outlives the engine; NULL = none): GPU blocks registered
+     * in / dropped from the prefix cache, host-tier and store blocks, one batch per step. */
+    struct kv_events *events;
 } scheduler_config;
 
 /* block_size 16, max_num_seqs 256, max_num_batched_tokens 8192, max_queue 4096, prefix caching

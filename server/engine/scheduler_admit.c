@@ -64,12 +64,13 @@ typedef struct sched_admit_plan {
     bool cow;        /* every token hit: copy the last hit block and recompute its last token */
     int n_shared;    /* hits shared as they are (cow: all but the last) */
     int n_host;      /* blocks after the hits found in the host tier */
-    bool layered;    /* the host load runs by layer groups and r computes in this step */
-    int n_ready;     /* tokens whose K/V will be in blocks once loads are done */
-    int n_new;       /* tokens to compute in this step (0 while loading) */
-    int rows;        /* prompt-logprob rows they need */
-    int n_total;     /* blocks r will hold */
-    int n_alloc;     /* of them, new blocks */
+    int by_medium[KV_TIER_N_MEDIA]; /* of them, in host memory, on disk, remote */
+    bool layered; /* the host load runs by layer groups and r computes in this step */
+    int n_ready;  /* tokens whose K/V will be in blocks once loads are done */
+    int n_new;    /* tokens to compute in this step (0 while loading) */
+    int rows;     /* prompt-logprob rows they need */
+    int n_total;  /* blocks r will hold */
+    int n_alloc;  /* of them, new blocks */
 } sched_admit_plan;
 
 /* Side-effect free: false when r's blocks or first chunk do not fit. */
@@ -86,11 +87,13 @@ static bool sched_admit_plan_make(scheduler *s, sched_req *r, int budget, int ex
             prefix_cache_lookup(&s->pc, r->hashes, r->tokens, n_full, p->hits, &p->n_evictable);
     p->cow = p->n_hit > 0 && p->n_hit * bs == r->n_tokens;
     p->n_shared = p->cow ? p->n_hit - 1 : p->n_hit;
-    if (lookup && !p->cow) p->n_host = sched_tier_count(s, r, p->n_hit, n_full - p->n_hit);
+    if (lookup && !p->cow)
+        p->n_host = sched_tier_count(s, r, p->n_hit, n_full - p->n_hit, p->by_medium);
     p->n_ready = p->cow ? r->n_tokens - 1 : (p->n_hit + p->n_host) * bs;
     if (p->n_ready == r->n_tokens) p->n_ready--; /* the host tier held every token */
     /* alone: computed in this step while its load runs by layer groups */
-    p->layered = p->n_host > 0 && sched_tier_can_layer(s, r, p->n_host);
+    p->layered = p->n_host > 0 && p->by_medium[KV_TIER_MEDIUM_HOST] == p->n_host &&
+                 sched_tier_can_layer(s, r, p->n_host);
     if (p->n_host == 0 || p->layered) {
         int saved = r->n_computed;
         r->n_computed = p->n_ready;
@@ -170,14 +173,25 @@ static bool sched_admit(scheduler *s, sched_req *r, int budget, int *extra_rows)
         if (s->tier) {
             metrics_counter_add(&m->host_cache_queries, (uint64_t)(r->n_tokens - gpu_tokens));
             metrics_counter_add(&m->host_cache_hits, (uint64_t)host_tokens);
+            metrics_counter_add(&m->disk.hit_tokens,
+                                (uint64_t)p.by_medium[KV_TIER_MEDIUM_DISK] * bs);
+            metrics_counter_add(&m->remote.hit_tokens,
+                                (uint64_t)p.by_medium[KV_TIER_MEDIUM_REMOTE] * bs);
         }
     }
     if (!r->admitted_once) { /* what the request reports: its prompt tokens not recomputed */
         r->admitted_once = true;
         r->n_cached_gpu = gpu_tokens < r->n_prompt ? gpu_tokens : r->n_prompt;
-        r->n_cached_host = host_tokens;
-        if (r->n_cached_gpu + r->n_cached_host > r->n_prompt)
-            r->n_cached_host = r->n_prompt - r->n_cached_gpu;
+        int tier_tokens = host_tokens;
+        if (r->n_cached_gpu + tier_tokens > r->n_prompt)
+            tier_tokens = r->n_prompt - r->n_cached_gpu;
+        /* split by medium (the last block's token short of a full hit falls on any of them) */
+        int remote = p.by_medium[KV_TIER_MEDIUM_REMOTE] * bs;
+        r->n_cached_remote = remote < tier_tokens ? remote : tier_tokens;
+        int disk = p.by_medium[KV_TIER_MEDIUM_DISK] * bs;
+        r->n_cached_disk =
+            disk < tier_tokens - r->n_cached_remote ? disk : tier_tokens - r->n_cached_remote;
+        r->n_cached_host = tier_tokens - r->n_cached_remote - r->n_cached_disk;
         s->st.n_prompt_tokens += r->n_prompt;
         sampler_state_init(&s->smp, &r->st, &r->params, r->tokens, r->n_prompt);
         pthread_mutex_lock(&s->lock);

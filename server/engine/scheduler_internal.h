@@ -43,14 +43,16 @@ typedef struct sched_req {
     int32_t cow_src; /* cached block copied into the last block this step (ref held), or -1 */
 
     /* host tier (scheduler_tier.c) */
-    kv_tier_load *load; /* in flight while LOADING */
-    int n_stored;       /* leading full blocks already considered for a store */
+    kv_tier_load *load;     /* in flight while LOADING */
+    int load_first, load_n; /* its blocks: [load_first, load_first + load_n) */
+    int n_stored;           /* leading full blocks already considered for a store */
 
     /* reporting */
     bool admitted_once;
-    int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache at first admission */
-    int n_prompt_lp_sent;            /* prompt positions whose logprob event was sent */
-    int n_sched;                     /* tokens scheduled in the current step */
+    int n_cached_gpu, n_cached_host;    /* prompt tokens served by each cache at first admission */
+    int n_cached_disk, n_cached_remote; /* of the host tier's, read from its stores */
+    int n_prompt_lp_sent;               /* prompt positions whose logprob event was sent */
+    int n_sched;                        /* tokens scheduled in the current step */
 } sched_req;
 
 /* A growable list of request pointers (running and waiting lists, in order). */
@@ -68,6 +70,7 @@ struct scheduler {
 
     block_pool pool;
     prefix_cache pc;
+    block_hash kv_ns; /* the KV cache's namespace (block_hash_namespace): roots, disk, remote */
     sampler smp;
 
     /* offload tier (NULL when off) */
@@ -135,7 +138,8 @@ void sched_tier_free(scheduler *s);
 void sched_tier_poll(scheduler *s);
 /* Admission's plan: how many blocks from first_block on are in the host tier (a leading run, at
  * most max_blocks). No side effect: nothing is pinned or counted. */
-int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks);
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks,
+                     int *by_medium);
 /* True when r, admitted with n_host host-tier blocks, may be computed in this step while its load
  * runs by layer groups: nothing else would run or load meanwhile, and the load is not so large that
  * whole-block copies win (rule in scheduler_tier.c). */

@@ -4,6 +4,7 @@
  * last token was computed, and the end of requests that stop. */
 #include <stdlib.h>
 
+#include "server/engine/kv_events.h"
 #include "server/engine/scheduler_internal.h"
 
 static void sched_emit(sched_req *r, const engine_event *ev) {
@@ -71,8 +72,10 @@ static void sched_register_full(scheduler *s, sched_req *r) {
     int bs = s->pool.layout.block_size, n_full = r->n_computed / bs;
     sched_req_hash_upto(s, r, r->n_computed);
     for (int b = r->n_registered; b < n_full; b++)
-        if (!block_pool_is_cached(&s->pool, r->blocks[b]))
-            prefix_cache_insert(&s->pc, &r->hashes[b], r->tokens + b * bs, r->blocks[b]);
+        if (!block_pool_is_cached(&s->pool, r->blocks[b]) &&
+            prefix_cache_insert(&s->pc, &r->hashes[b], r->tokens + b * bs, r->blocks[b]))
+            kv_events_block_stored(s->cfg.events, "GPU", &r->hashes[b], 1,
+                                   b > 0 ? &r->hashes[b - 1] : NULL, r->tokens + b * bs, bs);
     if (n_full > r->n_registered) r->n_registered = n_full;
 }
 

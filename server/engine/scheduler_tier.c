@@ -33,7 +33,10 @@
  * wait is bounded by the blocks in the LRU, and the allocation then recycles them unstored. */
 #include <stdlib.h>
 
+#include "offload/disk_store.h"
 #include "offload/host_tier.h"
+#include "offload/redis_store.h"
+#include "server/engine/kv_events.h"
 #include "server/engine/scheduler_internal.h"
 
 typedef struct sched_tier {
@@ -60,7 +63,10 @@ static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds,
     metrics *m = user;
     (void)layered;
     if (!m) return;
-    if (dir == KV_TIER_STORE) {
+    if (dir == KV_TIER_FETCH_DISK || dir == KV_TIER_FETCH_REMOTE) {
+        metrics_store_tier *t = dir == KV_TIER_FETCH_DISK ? &m->disk : &m->remote;
+        metrics_histogram_observe(&t->get_latency_seconds, seconds);
+    } else if (dir == KV_TIER_STORE) {
         metrics_counter_add(&m->host_stored_bytes, bytes);
     } else {
         metrics_counter_add(&m->host_loaded_bytes, bytes);
@@ -68,13 +74,69 @@ static void tier_done(void *user, kv_tier_dir dir, size_t bytes, double seconds,
     }
 }
 
+static void tier_block_event(void *user, const char *medium, const block_hash *h, bool stored) {
+    scheduler *s = user;
+    if (stored)
+        kv_events_block_stored(s->cfg.events, medium, h, 1, NULL, NULL, s->pool.layout.block_size);
+    else
+        kv_events_block_removed(s->cfg.events, medium, h, 1);
+}
+
+/* The remote store (redis_store.c) on this engine's namespace. */
+static kv_block_store *tier_open_remote(scheduler *s, kv_error *err) {
+    redis_store_config rc = {.url = s->cfg.offload.remote_url,
+                             .timeout_ms = s->cfg.offload.remote_timeout_ms,
+                             .block_bytes = s->pool.layout.block_bytes,
+                             .ns = s->kv_ns};
+    return redis_store_create(&rc, err);
+}
+
+/* The stores below the host tier, disk first (nearer, faster), then remote. */
+static int tier_open_stores(scheduler *s, kv_block_store **stores, kv_error *err) {
+    const offload_config *c = &s->cfg.offload;
+    int n = 0;
+    if (c->disk_path && *c->disk_path) {
+        disk_store_config dc = {.path = c->disk_path,
+                                .size_gib = c->disk_size_gib,
+                                .block_bytes = s->pool.layout.block_bytes,
+                                .ns = s->kv_ns};
+        if (!(stores[n] = disk_store_create(&dc, err))) return -1;
+        n++;
+    }
+    if (c->remote_url && *c->remote_url) {
+        kv_block_store *r = tier_open_remote(s, err);
+        if (!r) {
+            for (int i = 0; i < n; i++) stores[i]->ops->destroy(stores[i]);
+            return -1;
+        }
+        stores[n++] = r;
+    }
+    return n;
+}
+
 int sched_tier_init(scheduler *s, kv_error *err) {
+    const offload_config *c = &s->cfg.offload;
+    bool below = (c->disk_path && *c->disk_path) || (c->remote_url && *c->remote_url);
+    /* the stores read into and write from host slots: they need a host tier (a minimal one
+     * would hide a config mistake; say so instead) */
+    if (below && c->size_gib <= 0)
+        return kv_error_set(err, "offload.disk.path and offload.remote.url need the host tier: "
+                                 "set offload.size_gib > 0 (blocks pass through host memory)");
     if (s->cfg.offload.size_gib <= 0) return 0;
     kv_tier_pin_hooks pins = {.user = &s->pool, .pin = tier_pin, .unpin = tier_unpin};
     s->tier = host_tier_create(s->model->be, &s->cfg.offload, s->pool.layout.block_bytes,
                                s->pool.layout.n_layers, s->pool.base, s->pool.n_blocks, &pins,
                                tier_done, s->cfg.metrics, err);
     if (!s->tier) return -1;
+    kv_block_store *stores[KV_TIER_MAX_STORES];
+    int n_stores = tier_open_stores(s, stores, err);
+    if (n_stores < 0) {
+        s->tier->ops->destroy(s->tier);
+        s->tier = NULL;
+        return -1;
+    }
+    host_tier_add_stores(s->tier, stores, n_stores);
+    if (s->cfg.events) s->tier->ops->set_block_hook(s->tier, tier_block_event, s);
     s->tier_state = kv_calloc(1, sizeof(sched_tier));
     tier_of(s)->layer_ready =
         kv_calloc((size_t)s->pool.layout.n_layers, sizeof *tier_of(s)->layer_ready);
@@ -109,8 +171,22 @@ void sched_tier_poll(scheduler *s) {
     /* finished loads make their requests runnable */
     for (int i = 0; i < s->running.n; i++) {
         sched_req *r = s->running.v[i];
-        if (r->state != SCHED_REQ_LOADING || !s->tier->ops->load_poll(s->tier, r->load)) continue;
+        int n_ok;
+        if (r->state != SCHED_REQ_LOADING || !s->tier->ops->load_poll(s->tier, r->load, &n_ok))
+            continue;
         r->load = NULL;
+        int limit = (r->load_first + n_ok) * s->pool.layout.block_size;
+        if (n_ok < r->load_n && r->n_computed > limit) {
+            /* a store failed to give what it had said it held: the rest is recomputed, and not
+             * reported as cached */
+            int lost = r->n_computed - limit;
+            r->n_computed = limit;
+            int *from[] = {&r->n_cached_remote, &r->n_cached_disk, &r->n_cached_host};
+            for (int k = 0; k < 3 && lost > 0; k++) {
+                int d = *from[k] < lost ? *from[k] : lost;
+                *from[k] -= d, lost -= d;
+            }
+        }
         r->state = SCHED_REQ_RUNNING;
     }
 }
@@ -120,9 +196,11 @@ void sched_tier_abandon(scheduler *s, sched_req *r) {
     r->load = NULL;
 }
 
-int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks) {
+int sched_tier_count(const scheduler *s, const sched_req *r, int first_block, int max_blocks,
+                     int *by_medium) {
+    for (int m = 0; m < KV_TIER_N_MEDIA; m++) by_medium[m] = 0;
     if (!s->tier) return 0;
-    return s->tier->ops->lookup(s->tier, r->hashes + first_block, max_blocks);
+    return s->tier->ops->lookup(s->tier, r->hashes + first_block, max_blocks, by_medium);
 }
 
 /* Layer groups pay while the one-token forward they overlap (~6 ms for an 8B model) is a fair
@@ -141,6 +219,8 @@ bool sched_tier_can_layer(const scheduler *s, const sched_req *r, int n_host) {
 void sched_tier_load(scheduler *s, sched_req *r, int first, int n, bool layered) {
     kv_tier_load *ld = s->tier->ops->load(s->tier, r->hashes + first, r->blocks + first, n,
                                           s->last_compute, layered ? s->cfg.load_layer_groups : 1);
+    r->load_first = first;
+    r->load_n = n;
     if (layered) {
         KV_CHECK(!tier_of(s)->layered);
         tier_of(s)->layered = ld;

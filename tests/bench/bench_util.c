@@ -19,6 +19,8 @@ static void bench_on_event(void *user, const engine_event *ev) {
         p->finish = ev->finish;
         p->n_cached_gpu = ev->n_cached_gpu;
         p->n_cached_host = ev->n_cached_host;
+        p->n_cached_disk = ev->n_cached_disk;
+        p->n_cached_remote = ev->n_cached_remote;
     }
 }
 

@@ -14,7 +14,8 @@ typedef struct bench_probe {
     bool done;
     kv_finish finish;
     int n_cached_gpu, n_cached_host; /* prompt tokens served by each cache (last event) */
-    int32_t *out;                    /* NULL, or [out_cap] generated ids (kept by bench_submit) */
+    int n_cached_disk, n_cached_remote;
+    int32_t *out; /* NULL, or [out_cap] generated ids (kept by bench_submit) */
     int out_cap;
 } bench_probe;
 

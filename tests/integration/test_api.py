@@ -95,7 +95,8 @@ class Api(unittest.TestCase):
         self.assertGreaterEqual(details["cached_tokens"], 32)
         self.assertLessEqual(details["cached_tokens"], second["usage"]["prompt_tokens"])
         self.assertEqual(details["cached_tokens"],
-                         details["cached_tokens_gpu"] + details["cached_tokens_host"])
+                         details["cached_tokens_gpu"] + details["cached_tokens_host"] +
+                         details["cached_tokens_disk"] + details["cached_tokens_remote"])
         # what came from the cache must not change the output
         self.assertEqual(first["choices"][0]["text"], second["choices"][0]["text"])
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "model/cpu/cpu_backend.h"
@@ -538,6 +539,69 @@ START_TEST(unsupported_dtype_is_named) {
 }
 END_TEST
 
+static void copy_file(const char *from_dir, const char *to_dir, const char *name) {
+    char src[4200], dst[4200];
+    snprintf(src, sizeof src, "%s/%s", from_dir, name);
+    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
+    FILE *in = fopen(src, "rb"), *out = fopen(dst, "wb");
+    ck_assert(in && out);
+    char buf[65536];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, in)) > 0) ck_assert(fwrite(buf, 1, got, out) == got);
+    fclose(in), fclose(out);
+}
+
+static void fingerprint_of(const char *dir, char out[65]) {
+    kv_error err = {{0}};
+    backend *be = cpu_backend_create(1);
+    model *m = model_load(dir, be, &(model_load_options){.max_tokens = 8}, &err);
+    ck_assert_msg(m != NULL, "%s", err.msg);
+    memcpy(out, m->fingerprint, 65);
+    model_free(m);
+    backend_destroy(be);
+}
+
+/* The identity behind the block hashes (and so the disk and remote tiers) is the same for a copy
+ * of the model with other mtimes (another machine, a restore), and changes with the header. */
+START_TEST(fingerprint_ignores_mtime_and_follows_header) {
+    char dir[] = "/tmp/kvserve_test_fp_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    copy_file(model_dir, dir, "config.json");
+    copy_file(model_dir, dir, "model.safetensors");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    struct timeval tv[2] = {{1000000, 0}, {1000000, 0}}; /* 1970: surely not the original's */
+    ck_assert_int_eq(utimes(path, tv), 0);
+    char a[65], b[65], c[65];
+    fingerprint_of(model_dir, a);
+    fingerprint_of(dir, b);
+    ck_assert_str_eq(a, b);
+    /* the same tensors written with another header layout: another identity */
+    safetensors_model st = {0};
+    kv_error err = {{0}};
+    ck_assert_msg(safetensors_open(&st, model_dir, &err) == 0, "%s", err.msg);
+    st_entry *e = calloc((size_t)st.n_tensors, sizeof *e);
+    for (int i = 0; i < st.n_tensors; i++) {
+        const safetensors_tensor *t = &st.tensors[i];
+        e[i] = (st_entry){.name = t->name,
+                          .dtype = "F32",
+                          .n_dims = t->n_dims,
+                          .shape = {t->shape[0], t->n_dims > 1 ? t->shape[1] : 0},
+                          .data = t->data,
+                          .n_bytes = t->n_bytes};
+    }
+    write_safetensors(dir, e, st.n_tensors);
+    safetensors_close(&st);
+    free(e);
+    fingerprint_of(dir, c);
+    ck_assert_str_ne(a, c);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
 int main(void) {
     const char *td = getenv("KVSERVE_TESTDATA");
     snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", td ? td : "");
@@ -560,6 +624,7 @@ int main(void) {
     tcase_add_test(tc, layer_waits_are_queued_and_never_recorded);
     tcase_add_test(tc, progress_reaches_total_weight_bytes);
     tcase_add_test(tc, dummy_weights_are_deterministic_and_finite);
+    tcase_add_test(tc, fingerprint_ignores_mtime_and_follows_header);
     tcase_add_test(tc, rewritten_model_loads);
     tcase_add_test(tc, missing_tensor_is_named);
     tcase_add_test(tc, wrong_shape_is_named);

@@ -309,11 +309,15 @@ START_TEST(response_shapes) {
     openai_usage u = {.prompt_tokens = 10,
                       .completion_tokens = 4,
                       .cached_tokens_gpu = 3,
-                      .cached_tokens_host = 5};
+                      .cached_tokens_host = 5,
+                      .cached_tokens_disk = 16,
+                      .cached_tokens_remote = 32};
     json_t *usage = openai_usage_json(&u);
     ck_assert_int_eq(json_integer_value(json_object_get(usage, "total_tokens")), 14);
     json_t *d = json_object_get(usage, "prompt_tokens_details");
-    ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens")), 8);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens")), 56);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens_disk")), 16);
+    ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens_remote")), 32);
     ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens_gpu")), 3);
     ck_assert_int_eq(json_integer_value(json_object_get(d, "cached_tokens_host")), 5);
 

@@ -49,18 +49,29 @@ START_TEST(hashes_match_sha256sum) {
     block_hash_next(&h, &prev, ids, 4);
     hex(s, &h);
     ck_assert_str_eq(s, "7c1dbdc76a0e11ff858ff87ca0f1cffc079add64a5c84fb46db9b2e295756e85");
-    block_hash_root(&h, "abc", 3, "llama", "tenant");
+    block_hash ns;
+    block_hash_namespace(&ns, "llama", 16); /* '<Q' length-prefixed "kvserve-kv", fp, '<II' */
+    hex(s, &ns);
+    ck_assert_str_eq(s, "22d1ec995225f116c0938cc7c8aa446f83ab30233df59c92a2494e9e537a212b");
+    block_hash_root(&h, &ns, "tenant");
     hex(s, &h);
-    ck_assert_str_eq(s, "f6e2e67de63576716c1f311ccb9812b19b2c5073467e348c12bbced2092ce173");
+    ck_assert_str_eq(s, "82f440388b76c8e5650ebb658018977a8c9db1a828349298b2b2bc7256e0c56e");
 }
 END_TEST
 
-START_TEST(chain_depends_on_prefix_seed_fingerprint_and_salt) {
+/* root of (fingerprint, block size, salt) */
+static void root_of(block_hash *out, const char *fp, int block_size, const char *salt) {
+    block_hash ns;
+    block_hash_namespace(&ns, fp, block_size);
+    block_hash_root(out, &ns, salt);
+}
+
+START_TEST(chain_depends_on_prefix_fingerprint_block_size_and_salt) {
     int32_t a[18], b[18];
     for (int i = 0; i < 18; i++) a[i] = b[i] = 1000 + i;
     b[9] = 7; /* b diverges inside block 2 */
     block_hash root, ha[4], hb[4];
-    block_hash_root(&root, "seed", 4, "model", NULL);
+    root_of(&root, "model", 16, NULL);
     ck_assert_int_eq(block_hash_chain(&root, a, 18, BS, ha),
                      4); /* the partial block is not hashed */
     ck_assert_int_eq(block_hash_chain(&root, b, 18, BS, hb), 4);
@@ -76,15 +87,21 @@ START_TEST(chain_depends_on_prefix_seed_fingerprint_and_salt) {
     for (int i = 0; i < 4; i++) ck_assert(block_hash_eq(&inc[i], &ha[i]));
 
     block_hash r2, hc[4];
-    block_hash_root(&r2, "seed", 4, "model", "");
+    root_of(&r2, "model", 16, "");
     ck_assert(block_hash_eq(&r2, &root)); /* NULL salt is the empty salt */
-    const char *variants[][3] = {{"seed", "model", "tenant-a"},
-                                 {"seeD", "model", NULL},
-                                 {"seed", "model2", NULL},
-                                 {"see", "dmodel", NULL}};
-    for (int v = 0; v < 4; v++) {
-        block_hash_root(&r2, variants[v][0], strlen(variants[v][0]), variants[v][1],
-                        variants[v][2]);
+    root_of(&r2, "model", 16, NULL);
+    ck_assert(block_hash_eq(&r2, &root)); /* no seed, no state: the same in every process */
+    const struct {
+        const char *fp;
+        int bs;
+        const char *salt;
+    } variants[] = {{"model", 16, "tenant-a"},
+                    {"model2", 16, NULL},
+                    {"mode", 16, "l"},
+                    {"model", 32, NULL},
+                    {"model", 8, NULL}};
+    for (int v = 0; v < 5; v++) {
+        root_of(&r2, variants[v].fp, variants[v].bs, variants[v].salt);
         ck_assert(!block_hash_eq(&r2, &root));
         block_hash_chain(&r2, a, 18, BS, hc);
         for (int i = 0; i < 4; i++) ck_assert(!block_hash_eq(&hc[i], &ha[i]));
@@ -123,7 +140,7 @@ START_TEST(lookup_insert_share_and_verify) {
     block_pool_init(&bp, &be, &l, 16);
     prefix_cache_init(&pc, &bp);
     block_hash root;
-    block_hash_root(&root, "s", 1, "m", NULL);
+    root_of(&root, "m", BS, NULL);
     int32_t toks[14];
     for (int i = 0; i < 14; i++) toks[i] = 3 * i + 1;
 
@@ -167,7 +184,7 @@ START_TEST(lookup_insert_share_and_verify) {
 
     /* a different salt shares nothing */
     block_hash other_root, ho[3];
-    block_hash_root(&other_root, "s", 1, "m", "tenant");
+    root_of(&other_root, "m", BS, "tenant");
     block_hash_chain(&other_root, toks, 12, BS, ho);
     ck_assert_int_eq(prefix_cache_lookup(&pc, ho, toks, 3, ids, NULL), 0);
 
@@ -195,7 +212,7 @@ START_TEST(eviction_is_lru_deepest_first_and_calls_the_hook) {
     block_pool_init(&bp, &be, &l, 8);
     prefix_cache_init(&pc, &bp);
     block_hash root;
-    block_hash_root(&root, "s", 1, "m", NULL);
+    root_of(&root, "m", BS, NULL);
 
     /* request x (3 full blocks) finishes first, then y (2 full blocks, other tokens) */
     int32_t tx[12], ty[8];
@@ -247,7 +264,7 @@ START_TEST(reset_evicts_only_free_blocks) {
     block_pool_init(&bp, &be, &l, 8);
     prefix_cache_init(&pc, &bp);
     block_hash root;
-    block_hash_root(&root, "s", 1, "m", NULL);
+    root_of(&root, "m", BS, NULL);
     int32_t t1[8] = {1, 2, 3, 4, 5, 6, 7, 8}, t2[8] = {9, 9, 9, 9, 8, 8, 8, 8};
     req a, b;
     ck_assert(req_start(&a, &pc, &root, t1, 8));
@@ -286,8 +303,8 @@ START_TEST(random_requests_keep_invariants_and_never_leak) {
     block_pool_init(&bp, &be, &l, N_BLOCKS);
     prefix_cache_init(&pc, &bp);
     block_hash roots[2];
-    block_hash_root(&roots[0], "s", 1, "m", NULL);
-    block_hash_root(&roots[1], "s", 1, "m", "salt");
+    root_of(&roots[0], "m", BS, NULL);
+    root_of(&roots[1], "m", BS, "salt");
     live_req live[MAX_LIVE];
     int n_live = 0, n_started = 0, n_hits = 0;
     uint64_t x = 12345;
@@ -351,7 +368,7 @@ int main(void) {
     Suite *s = suite_create("prefix_cache");
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, hashes_match_sha256sum);
-    tcase_add_test(tc, chain_depends_on_prefix_seed_fingerprint_and_salt);
+    tcase_add_test(tc, chain_depends_on_prefix_fingerprint_block_size_and_salt);
     tcase_add_test(tc, lookup_insert_share_and_verify);
     tcase_add_test(tc, eviction_is_lru_deepest_first_and_calls_the_hook);
     tcase_add_test(tc, reset_evicts_only_free_blocks);

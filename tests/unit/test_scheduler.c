@@ -341,8 +341,9 @@ START_TEST(running_request_shares_its_prefix) {
     /* the shared blocks have two holders */
     block_hash h[62];
     block_hash root;
-    uint64_t seed = 7;
-    block_hash_root(&root, &seed, sizeof seed, e.m->fingerprint, NULL);
+    block_hash ns;
+    block_hash_namespace(&ns, e.m->fingerprint, 16);
+    block_hash_root(&root, &ns, NULL);
     block_hash_chain(&root, a, 992, 16, h);
     for (int i = 0; i < 62; i++) {
         int id = prefix_cache_find(pc, &h[i]);
