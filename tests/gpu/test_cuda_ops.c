@@ -1040,6 +1040,9 @@ int main(void) {
      * 0 and a chunk over a long cached prefix, split across SMs */
     static const int pre_prefix[] = {0, 2000};
     static const int pre_new[] = {700, 200};
+    /* the Gemma 2/3 fixtures' prompts (5, 37, 70 tokens from 0) and a decode step after them */
+    static const int gem_prefix[] = {0, 0, 0}, gem_new[] = {5, 37, 70};
+    static const int gemd_prefix[] = {20, 52, 85}, gemd_new[] = {1, 1, 1};
     int n64 = 64, dec64_prefix[64], dec64_new[64];
     for (int i = 0; i < n64; i++) dec64_prefix[i] = (int)(rng_next(&r) % 2048), dec64_new[i] = 1;
     const attn_case cases[] = {
@@ -1072,6 +1075,20 @@ int main(void) {
          50.0f, 0.0625f},
         {"attention softcap 5 hd64 GQA7 scale 0.3", 14, 2, 64, 16, 3, g7_prefix, g7_new, 0, 5.0f,
          0.3f},
+        /* the Gemma 2/3 fixtures' attention: head dim 32 (the generic kernel), GQA2, window 24,
+         * query_pre_attn_scalar 24 (scale 24^-0.5, not hd^-0.5), Gemma 2's soft cap 50 */
+        {"attention window 24 scale 0.204 mixed GQA2 hd32", 4, 2, 32, 16, 6, mix_prefix, mix_new,
+         24, 0.0f, 0.20412415f},
+        {"attention window 24 scale 0.204 decode GQA2 hd32", 4, 2, 32, 16, 12, dec_prefix, dec_new,
+         24, 0.0f, 0.20412415f},
+        {"attention window 24 scale 0.204 gemma prompts hd32", 4, 2, 32, 16, 3, gem_prefix, gem_new,
+         24, 0.0f, 0.20412415f},
+        {"attention window 24 scale 0.204 gemma decode hd32", 4, 2, 32, 16, 3, gemd_prefix,
+         gemd_new, 24, 0.0f, 0.20412415f},
+        {"attention window 24 softcap 50 scale 0.204 gemma prompts hd32", 4, 2, 32, 16, 3,
+         gem_prefix, gem_new, 24, 50.0f, 0.20412415f},
+        {"attention global scale 0.204 gemma prompts hd32", 4, 2, 32, 16, 3, gem_prefix, gem_new, 0,
+         0.0f, 0.20412415f},
         {"attention prefill 700 + chunk 200 GQA4", 32, 8, 128, 16, 2, pre_prefix, pre_new, 0, 0.0f,
          0.0f},
     };
