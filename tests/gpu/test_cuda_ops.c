@@ -683,13 +683,18 @@ static void test_matmul_fp8(backend *be, backend *cpu, rng *r, int n, int k, int
     rms = sqrt(rms / ((double)n * m));
     char name[64];
     snprintf(name, sizeof name, "matmul fp8 n=%d k=%d m=%d%s", n, k, m, bias ? " +bias" : "");
-    check(name, got, ref, (size_t)n * m, 2e-3 * rms, 1e-2);
+    /* n > 8 rounds each dequantized weight to bf16: 2^-9/sqrt(3) relative per product, which
+     * does not cancel in the sum; the H200 measured rel-L2 2.3e-3 there (1.7e-3 for bf16 weights,
+     * exact in the reference) and a worst element 7.2e-3 * rms from zero, so 1.2e-2 * rms (5
+     * sigma of that error) near zero; the GEMV path (n <= 8) keeps the bf16 matmul's 2e-3 */
+    double atol = (n > 8 ? 1.2e-2 : 2e-3) * rms;
+    check(name, got, ref, (size_t)n * m, atol, 1e-2);
     void *cx = upload(cpu, x, (size_t)n * k), *cw = upload_w(cpu, w, (size_t)m * k);
     void *cb = bias ? upload_w(cpu, b, (size_t)m) : NULL;
     void *cout = cpu->ops->dev_alloc(cpu, (size_t)n * m * 4);
     cpu->ops->matmul(cpu, cout, cx, cw, cb, n, k, m);
     float *cg = download(cpu, cout, (size_t)n * m);
-    check_cpu(name, got, cg, (size_t)n * m, 2e-3 * rms, 1e-2);
+    check_cpu(name, got, cg, (size_t)n * m, atol, 1e-2);
     cpu->ops->dev_free(cpu, cx), cpu->ops->dev_free(cpu, cw), cpu->ops->dev_free(cpu, cout);
     if (cb) cpu->ops->dev_free(cpu, cb);
     free(cg);
