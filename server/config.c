@@ -159,7 +159,7 @@ void config_default(kv_config *cfg) {
         .n_threads = 0,
         .http_threads = 4,
         .tokenize_threads = 2,
-        .tokenize_queue = 64,
+        .tokenize_queue = 4096,
         .max_connections = 4096,
         .http_timeout_s = 5,
         .max_connections_per_ip = 1024,

@@ -158,6 +158,9 @@ async def main_async(args):
     rng = random.Random(args.seed)
     flags = ["--device", args.device, "--n-threads", str(args.threads),
              "--max-connections", str(args.idle + args.concurrency + 256),
+             # the idle connections must outlive the rounds (the 5 s idle timeout that closes
+             # them by default is integration_hardening's to check)
+             "--http-timeout-s", "600",
              "--num-gpu-blocks", str(args.blocks), *args.server_flags]
     if args.model:
         srv = kh.Server(*flags, "--model", args.model, model=None, name=args.model)
