@@ -209,6 +209,46 @@ class Stories260K(StructuredCase, unittest.TestCase):
             "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}})
         self.assertEqual((status, out["error"]["param"]), (400, "tool_choice"), out)
 
+    def chat_stream(self, **body):
+        """A streamed chat completion: the parsed chunks of its SSE events ([DONE] dropped)."""
+        body.setdefault("model", self.server.name)
+        body.setdefault("messages", [{"role": "user", "content": "Tell me about a person."}])
+        body["stream"] = True
+        conn = self.server.connect()
+        try:
+            conn.request("POST", "/v1/chat/completions", body=json.dumps(body),
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            self.assertEqual(r.status, 200)
+            text = r.read().decode("utf-8")
+        finally:
+            conn.close()
+        events = [e[len("data: "):] for e in text.split("\n\n") if e.startswith("data: ")]
+        self.assertEqual(events[-1], "[DONE]")
+        return [json.loads(e) for e in events[:-1]]
+
+    def test_tool_choice_named_streamed(self):
+        """The forced call streams as delta.tool_calls whose pieces assemble to the named function
+        and arguments valid for its schema, and the stream ends with finish_reason tool_calls."""
+        params = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+        name = next(iter(params))
+        for seed in range(5):
+            chunks = self.chat_stream(seed=seed, temperature=1.0, max_tokens=200, tools=TOOLS,
+                                      tool_choice={"type": "function",
+                                                   "function": {"name": name}})
+            choices = [c["choices"][0] for c in chunks if c.get("choices")]
+            calls = {}
+            for ch in choices:
+                for tc in ch.get("delta", {}).get("tool_calls") or []:
+                    got = calls.setdefault(tc["index"], {"name": "", "arguments": ""})
+                    fn = tc.get("function", {})
+                    got["name"] += fn.get("name") or ""
+                    got["arguments"] += fn.get("arguments") or ""
+            self.assertEqual(choices[-1]["finish_reason"], "tool_calls", choices[-1])
+            self.assertEqual(len(calls), 1, calls)
+            self.assertEqual(calls[0]["name"], name)
+            validate(self, calls[0]["arguments"], params[name])
+
 
 @h.needs_model
 class Demo(StructuredCase, unittest.TestCase):
