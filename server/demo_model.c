@@ -19,6 +19,10 @@
 #define DEMO_EOS   257
 #define DEMO_VOCAB 320 /* 256 bytes + <s> + </s> + 62 words */
 
+#define DEMO_CHAT_TEMPLATE                                                                         \
+    "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"      \
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+
 static const char *const demo_files[] = {"config.json", "generation_config.json", "tokenizer.json",
                                          "tokenizer_config.json"};
 #define N_DEMO_FILES ((int)(sizeof demo_files / sizeof demo_files[0]))
@@ -121,8 +125,10 @@ static json_t *demo_file(int i) {
     case 2:
         return demo_tokenizer();
     default:
-        return json_pack("{s:s, s:s, s:s, s:i}", "tokenizer_class", "PreTrainedTokenizerFast",
-                         "bos_token", "<s>", "eos_token", "</s>", "model_max_length", 4096);
+        /* a plain role-prefixed chat template, so /v1/chat/completions works on the demo too */
+        return json_pack("{s:s, s:s, s:s, s:i, s:s}", "tokenizer_class", "PreTrainedTokenizerFast",
+                         "bos_token", "<s>", "eos_token", "</s>", "model_max_length", 4096,
+                         "chat_template", DEMO_CHAT_TEMPLATE);
     }
 }
 

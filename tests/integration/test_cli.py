@@ -32,6 +32,17 @@ class Cli(unittest.TestCase):
             # byte-level vocabulary: <s> (256), then one token per byte
             status, _, tok = srv.request("POST", "/tokenize", {"prompt": "Hi!"})
             self.assertEqual(tok["tokens"], [256, ord("H"), ord("i"), ord("!")])
+            # the demo carries a plain chat template, so chat works without --chat-template
+            status, _, chat = srv.request("POST", "/v1/chat/completions", {
+                "model": DEMO_NAME, "max_tokens": 8, "ignore_eos": True,
+                "messages": [{"role": "user", "content": "Hi!"}]})
+            self.assertEqual(status, 200, chat)
+            self.assertEqual(chat["usage"]["completion_tokens"], 8)
+            status, _, tok = srv.request("POST", "/tokenize",
+                                         {"messages": [{"role": "user", "content": "Hi!"}]})
+            self.assertEqual(tok["tokens"][:5], [256] + [ord(c) for c in "user"], tok)
+            status, _, text = srv.request("POST", "/detokenize", {"tokens": tok["tokens"][1:]})
+            self.assertEqual(text["prompt"], "user: Hi!\nassistant: ", text)
             status, events, done = srv.stream({"prompt": "Hello", "max_tokens": 8,
                                                "ignore_eos": True})
             self.assertEqual(status, 200)
