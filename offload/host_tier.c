@@ -46,6 +46,7 @@ struct kv_tier_load {
     bool fetch_finished; /* every fetch back and op2 queued */
     int n, n_ok;         /* blocks asked; leading blocks that will be in place */
     bool layered;
+    bool abandoned; /* the engine stopped polling: its GPU blocks may be another's now */
     double t0;
 };
 
@@ -241,9 +242,12 @@ static void ht_load_fetched(host_tier *x, kv_tier_load *ld) {
         ht_job *j = &ld->fetch[i];
         if (j->job.served_by < 0)
             offload_store_abort(x->o, j->slot);
-        else if (j->idx < ld->n_ok)
+        else if (j->idx < ld->n_ok && !ld->abandoned)
             pairs[k++] = (transfer_pair){j->block, j->slot};
     }
+    /* an abandoned load's GPU blocks were released (and not pinned: only a queued copy pins its
+     * blocks) when the engine gave it up, so they may hold another request's KV by now: the
+     * fetched blocks only join host memory */
     /* the LOAD stream waited for the load's `after` when it was queued */
     if (k > 0) ld->op2 = transfer_load(x->x, pairs, k, NULL);
     free(pairs);
@@ -355,6 +359,7 @@ static bool ht_load_poll(kv_tier *t, kv_tier_load *ld, int *n_loaded) {
 
 static void ht_load_abandon(kv_tier *t, kv_tier_load *ld) {
     host_tier *x = ht(t);
+    ld->abandoned = true;
     if (x->n_abandoned == x->cap_abandoned) {
         x->cap_abandoned = x->cap_abandoned ? 2 * x->cap_abandoned : 8;
         x->abandoned = kv_realloc(x->abandoned, (size_t)x->cap_abandoned * sizeof *x->abandoned);

@@ -850,7 +850,11 @@ enum MHD_Result completion_start_request(http_server *s, struct MHD_Connection *
     bool chat = p->chat;
     c->chat = chat;
     c->tools = p->tools;
-    c->reasoning = chat ? s->opt.reasoning_parser : REASONING_PARSER_NONE;
+    /* a constrained output (forced tool_choice, structured outputs) is held to the constraint
+     * from its first token, so it has no think block: read as reasoning, a deepseek_r1 output
+     * without </think> would all go to reasoning_content (and a forced call be lost) */
+    bool constrained = c->req.forced_tool || c->req.params.constraint;
+    c->reasoning = chat && !constrained ? s->opt.reasoning_parser : REASONING_PARSER_NONE;
     c->srv = s;
     c->metrics = s->metrics;
     c->engine = s->engine;

@@ -167,7 +167,7 @@ static int parse_tools(json_t *root, openai_chat_request *req, openai_error *e) 
         json_t *params = json_object_get(fn, "parameters");
         const char *tname = json_string_value(json_object_get(fn, "name"));
         json_t *ps = params ? json_incref(params) : json_pack("{s:s}", "type", "object");
-        if (name && !strcmp(name, tname)) found = json_incref(ps);
+        if (name && !found && !strcmp(name, tname)) found = json_incref(ps); /* the first */
         json_array_append_new(alts, json_pack("{s:s, s:{s:{s:s}, s:o}, s:[s, s], s:b}", "type",
                                               "object", "properties", "name", "const", tname,
                                               "parameters", ps, "required", "name", "parameters",

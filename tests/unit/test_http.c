@@ -898,6 +898,84 @@ START_TEST(chat_reasoning) {
 }
 END_TEST
 
+/* A forced tool_choice with reasoning_parser deepseek_r1: the constraint holds the output to the
+ * call's JSON from its first token (no think block can come), so the output is the call's
+ * arguments, not reasoning, streamed or not. */
+START_TEST(chat_forced_tool_with_reasoning) {
+    static const char out[] = "{\"x\": 1}";
+    int32_t script[64];
+    int n = (int)strlen(out);
+    for (int i = 0; i < n; i++) script[i] = (unsigned char)out[i];
+    script[n] = BYTE_TOK_EOS;
+    fake_engine_start(&fx.engine, script, n + 1);
+    fx.iface = fake_engine_iface(&fx.engine);
+    metrics_init(&fx.m, "test-model");
+    fx.tok = byte_tokenizer_new();
+    http_server_options opt = {.host = "127.0.0.1",
+                               .port = 0,
+                               .max_body_bytes = 1 << 20,
+                               .n_threads = 2,
+                               .max_connections = 64,
+                               .served_model_name = "test-model",
+                               .tool_call_parser = TOOL_PARSER_AUTO,
+                               .reasoning_parser = REASONING_PARSER_DEEPSEEK_R1};
+    kv_error err;
+    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
+    fx.port = http_server_port(fx.srv);
+    chat_source cs = {.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
+    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    cs.tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
+    ck_assert_ptr_nonnull(cs.tmpl);
+    http_server_set_chat(fx.srv, &cs);
+    http_server_set_model(fx.srv, fx.tok, 512, NULL);
+    const char *body =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": "
+        "\"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", "
+        "\"properties\": {\"x\": {\"type\": \"integer\"}}}}}], \"tool_choice\": {\"type\": "
+        "\"function\", \"function\": {\"name\": \"f\"}}";
+    for (int stream = 0; stream < 2; stream++) {
+        char req[1024];
+        snprintf(req, sizeof req, "%s%s}", body, stream ? ", \"stream\": true" : "");
+        http_reply r;
+        ck_assert_int_eq(http_do(fx.port, "POST", "/v1/chat/completions", "", req, &r), 0);
+        ck_assert_msg(r.status == 200, "%d: %s", r.status, r.body);
+        json_t *parsed = stream ? parse_sse(r.body) : parse_json(r.body);
+        json_t *chunks = stream ? parsed : json_pack("[O]", parsed);
+        json_t *calls = json_array();
+        const char *fin = NULL;
+        char reasoning[256] = "";
+        size_t i;
+        json_t *chunk;
+        json_array_foreach(chunks, i, chunk) {
+            json_t *ch = json_array_get(json_object_get(chunk, "choices"), 0);
+            json_t *msg = json_object_get(ch, stream ? "delta" : "message");
+            const char *rc = json_string_value(json_object_get(msg, "reasoning_content"));
+            if (rc) strncat(reasoning, rc, sizeof reasoning - strlen(reasoning) - 1);
+            if (json_object_get(msg, "tool_calls"))
+                gather_tool_calls(calls, json_object_get(msg, "tool_calls"));
+            if (json_is_string(json_object_get(ch, "finish_reason")))
+                fin = json_string_value(json_object_get(ch, "finish_reason"));
+        }
+        ck_assert_msg(!reasoning[0], "stream %d: the call went out as reasoning: %s", stream,
+                      reasoning);
+        ck_assert_msg(fin && !strcmp(fin, "tool_calls"), "stream %d: finish %s", stream,
+                      fin ? fin : "(none)");
+        ck_assert_int_eq((int)json_array_size(calls), 1);
+        json_t *fn = json_object_get(json_array_get(calls, 0), "function");
+        ck_assert_str_eq(json_string_value(json_object_get(fn, "name")), "f");
+        json_t *args = json_loads(json_string_value(json_object_get(fn, "arguments")), 0, NULL);
+        ck_assert_int_eq(json_integer_value(json_object_get(args, "x")), 1);
+        json_decref(args);
+        json_decref(calls);
+        if (!stream) json_decref(parsed);
+        json_decref(chunks);
+        http_reply_free(&r);
+    }
+    stop_server();
+    chat_template_free(cs.tmpl);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("http");
     TCase *tc = tcase_create("core");
@@ -921,6 +999,7 @@ int main(void) {
     tcase_add_test(tc, shutdown_with_suspended_requests);
     tcase_add_test(tc, chat_tool_calls);
     tcase_add_test(tc, chat_reasoning);
+    tcase_add_test(tc, chat_forced_tool_with_reasoning);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

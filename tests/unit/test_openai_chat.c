@@ -320,6 +320,26 @@ START_TEST(tool_choice_fields) {
 }
 END_TEST
 
+/* Two tools of one name and a tool_choice naming it: the first one's parameters are the schema
+ * (as vLLM picks it), and the other's are not kept (each match took a reference: the earlier
+ * ones leaked, and the last one won). */
+START_TEST(tool_choice_named_twice_takes_the_first) {
+    openai_model_info info = info_for(1024);
+    openai_chat_request req;
+    openai_error e;
+    const char *body =
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": "
+        "\"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", "
+        "\"title\": \"first\"}}}, {\"type\": \"function\", \"function\": {\"name\": \"f\", "
+        "\"parameters\": {\"type\": \"object\", \"title\": \"second\"}}}], \"tool_choice\": "
+        "{\"type\": \"function\", \"function\": {\"name\": \"f\"}}}";
+    ck_assert_int_eq(openai_chat_parse(&info, &chatml, body, strlen(body), false, &req, &e), 0);
+    ck_assert_ptr_nonnull(req.tool_schema);
+    ck_assert_str_eq(json_string_value(json_object_get(req.tool_schema, "title")), "first");
+    openai_chat_request_free(&req);
+}
+END_TEST
+
 /* Writes text to dir/name. */
 static void write_file(const char *dir, const char *name, const char *text) {
     char path[512];
@@ -426,6 +446,7 @@ int main(void) {
     tcase_add_test(tc, completion_request_from_chat);
     tcase_add_test(tc, response_shapes);
     tcase_add_test(tc, tool_choice_fields);
+    tcase_add_test(tc, tool_choice_named_twice_takes_the_first);
     tcase_add_test(tc, template_sources);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
