@@ -90,13 +90,15 @@ struct completion {
     completion *prev, *next;
 };
 
-/* The calls in a chat output: a forced tool_choice reads the output as their JSON, else the
- * model's tool-call format. */
-static int completion_calls(const completion *c, const char *text, size_t n,
+/* The calls in choice `index`'s chat output: a forced tool_choice reads the output as their JSON,
+ * else the model's tool-call format. Their ids derive from the response id and the choice, as the
+ * streamed ones (tool_stream_init), so the n choices of one request never share a call id. */
+static int completion_calls(const completion *c, int index, const char *text, size_t n,
                             tool_parse_result *out) {
-    if (c->req.forced_tool)
-        return openai_forced_tool_calls(c->req.forced_tool, text, n, c->id, out);
-    return tool_parser_parse(c->tools, text, n, c->id, out);
+    char salt[64];
+    snprintf(salt, sizeof salt, "%s-%d", c->id, index);
+    if (c->req.forced_tool) return openai_forced_tool_calls(c->req.forced_tool, text, n, salt, out);
+    return tool_parser_parse(c->tools, text, n, salt, out);
 }
 
 /* ---- small buffers ---- */
@@ -522,7 +524,7 @@ static enum MHD_Result respond_full(completion *c, struct MHD_Connection *conn, 
         const char *text = ch->text ? ch->text + c_off : NULL;
         size_t text_len = ch->text_len - c_off;
         json_t *choice = NULL;
-        if (c->chat && completion_calls(c, text, text_len, &calls) > 0)
+        if (c->chat && completion_calls(c, ch->index, text, text_len, &calls) > 0)
             choice = openai_chat_tool_calls_choice_json(ch->index, calls.content, calls.content_len,
                                                         json_incref(calls.calls), ch->logprobs,
                                                         ch->stop_reason, false);
@@ -619,7 +621,7 @@ static void stream_emit(completion *c) {
         } else if (forced && !ch->done) {
             send = content_len = 0;
         } else if (forced) {
-            n_forced = completion_calls(c, ch->text, ch->text_len, &forced_calls);
+            n_forced = completion_calls(c, ch->index, ch->text, ch->text_len, &forced_calls);
         }
         if (content_len == 0 && !calls.calls && !has_lp && !ch->done && !reasoning) {
             if (tools) ch->text_len = 0; /* the tool stream holds what it did not send */

@@ -205,6 +205,16 @@ class Stories260K(StructuredCase, unittest.TestCase):
             self.assertEqual(ch["finish_reason"], "tool_calls", ch)
             for call in ch["message"]["tool_calls"]:
                 validate(self, call["function"]["arguments"], params[call["function"]["name"]])
+        # n choices: every call has its own id (they derive from the choice, as when streamed)
+        name = next(iter(params))
+        body = {"model": self.server.name, "n": 3, "seed": 1, "temperature": 1.0,
+                "max_tokens": 200, "tools": TOOLS,
+                "messages": [{"role": "user", "content": "Tell me about a person."}],
+                "tool_choice": {"type": "function", "function": {"name": name}}}
+        status, _, out = self.server.request("POST", "/v1/chat/completions", body)
+        self.assertEqual(status, 200, out)
+        ids = [c["message"]["tool_calls"][0]["id"] for c in out["choices"]]
+        self.assertEqual(len(set(ids)), 3, ids)
         status, _, out = self.server.request("POST", "/v1/chat/completions", {
             "model": self.server.name, "messages": [{"role": "user", "content": "x"}],
             "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}})
