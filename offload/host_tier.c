@@ -317,9 +317,10 @@ static void ht_io_poll(host_tier *x) {
             }
         } else {
             offload_read_end(x->o, j->slot);
-            for (int s = 0; s < sj->n_stores; s++) /* (present, or written now) */
-                ht_block_event(x, strcmp(sj->stores[s]->ops->name, "disk") ? "REMOTE" : "DISK",
-                               &sj->h, true);
+            for (int s = 0; s < sj->n_stores; s++) /* present, or written now: not a failed put */
+                if (sj->put_ok[s])
+                    ht_block_event(x, strcmp(sj->stores[s]->ops->name, "disk") ? "REMOTE" : "DISK",
+                                   &sj->h, true);
             x->n_puts_inflight--;
             free(j);
         }

@@ -44,7 +44,7 @@ static void job_run(store_job *j) {
             if (j->stores[i]->ops->get(j->stores[i], &j->h, j->buf, j->bytes)) j->served_by = i;
     } else {
         for (int i = 0; i < j->n_stores; i++) /* each put skips what its store holds */
-            j->stores[i]->ops->put(j->stores[i], &j->h, j->buf, j->bytes);
+            j->put_ok[i] = j->stores[i]->ops->put(j->stores[i], &j->h, j->buf, j->bytes);
     }
     j->seconds = kv_now() - t0;
 }

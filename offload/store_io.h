@@ -20,9 +20,10 @@ typedef struct store_job {
     /* get: tried in order until one has it; put: written to each (skipping where present) */
     kv_block_store *stores[STORE_IO_MAX_STORES];
     int n_stores;
-    int served_by;  /* get: index in stores of the one that had it, -1 = none (out) */
-    double seconds; /* time in the thread (out) */
-    void *user;     /* the caller's */
+    int served_by; /* get: index in stores of the one that had it, -1 = none (out) */
+    bool put_ok[STORE_IO_MAX_STORES]; /* put: stores[i] holds the block now (out) */
+    double seconds;                   /* time in the thread (out) */
+    void *user;                       /* the caller's */
     struct store_job *next;
 } store_job;
 
