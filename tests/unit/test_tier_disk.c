@@ -16,87 +16,26 @@
 #include "offload/block_header.h"
 #include "offload/disk_store.h"
 #include "server/engine/scheduler.h"
-
-#define MAX_OUT 64
+#include "tests/unit/tier_test_engine.h"
 
 static char model_dir[1024];
 static bool have_model;
-
-typedef struct result {
-    int32_t toks[MAX_OUT];
-    int n;
-    bool done;
-    int n_cached_gpu, n_cached_host, n_cached_disk, n_cached_remote;
-} result;
-
-static void on_event(void *user, const engine_event *ev) {
-    result *r = user;
-    if (r->done) return;
-    if (ev->token >= 0 && !ev->is_prompt && r->n < MAX_OUT) r->toks[r->n++] = ev->token;
-    if (ev->finish != KV_FINISH_NONE) {
-        r->done = true;
-        r->n_cached_gpu = ev->n_cached_gpu;
-        r->n_cached_host = ev->n_cached_host;
-        r->n_cached_disk = ev->n_cached_disk;
-        r->n_cached_remote = ev->n_cached_remote;
-    }
-}
-
-typedef struct engine {
-    backend *be;
-    model *m;
-    scheduler *s;
-} engine;
 
 static double host_blocks; /* > 0: the host tier of the next engine_open holds this many blocks */
 
 /* disk_dir NULL: no tiers at all (the reference). */
 static void engine_open(engine *e, const char *disk_dir, double disk_gib) {
-    kv_error err = {{0}};
-    e->be = backend_create("cpu", 1, &err);
-    ck_assert(e->be != NULL);
-    e->m = model_load(model_dir, e->be, &(model_load_options){.max_tokens = 256}, &err);
-    ck_assert_msg(e->m != NULL, "%s", err.msg);
-    scheduler_config c;
-    scheduler_config_default(&c);
-    c.n_gpu_blocks = 64;
-    c.max_num_batched_tokens = 256;
-    c.max_model_len = 512;
+    engine_load(e, model_dir);
     double host_gib = 4.0 / 1024;
     if (host_blocks > 0)
         host_gib = host_blocks * (double)model_kv_layout(e->m, 16).block_bytes * 1.001 /
                    (double)(1ull << 30);
-    if (disk_dir)
-        c.offload = (offload_config){.size_gib = host_gib,
-                                     .policy = OFFLOAD_POLICY_WRITE_THROUGH,
-                                     .chunk_bytes = 1 << 20,
-                                     .disk_path = disk_dir,
-                                     .disk_size_gib = disk_gib};
-    e->s = scheduler_create(e->m, &c, &err);
-    ck_assert_msg(e->s != NULL, "%s", err.msg);
-    scheduler_wait_tier_ready(e->s); /* pinning and the disk scan */
-}
-
-static void engine_close(engine *e) {
-    scheduler_free(e->s);
-    model_free(e->m);
-    backend_destroy(e->be);
-}
-
-static void run(engine *e, const int32_t *prompt, int n, result *res) {
-    memset(res, 0, sizeof *res);
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0;
-    p.max_tokens = 24;
-    p.ignore_eos = true;
-    engine_request req = {
-        .prompt = prompt, .n_prompt = n, .params = &p, .on_event = on_event, .user = res};
-    uint64_t id;
-    kv_error err = {{0}};
-    ck_assert_msg(scheduler_submit(e->s, &req, &id, &err) == ENGINE_SUBMIT_OK, "%s", err.msg);
-    scheduler_run_until_idle(e->s); /* idle includes the puts down to disk */
-    ck_assert(res->done);
+    offload_config off = {.size_gib = host_gib,
+                          .policy = OFFLOAD_POLICY_WRITE_THROUGH,
+                          .chunk_bytes = 1 << 20,
+                          .disk_path = disk_dir,
+                          .disk_size_gib = disk_gib};
+    engine_start(e, disk_dir ? &off : NULL);
 }
 
 static void assert_same(const result *a, const result *b, const char *what) {

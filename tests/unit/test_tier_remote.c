@@ -19,35 +19,12 @@
 
 #include "offload/redis_store.h"
 #include "server/engine/scheduler.h"
-
-#define MAX_OUT 64
+#include "tests/unit/tier_test_engine.h"
 
 static char model_dir[1024];
 static bool have_model;
 static pid_t redis_pid = -1;
 static int redis_port;
-
-typedef struct result {
-    int32_t toks[MAX_OUT];
-    int n;
-    bool done;
-    kv_finish finish;
-    int n_cached_gpu, n_cached_host, n_cached_disk, n_cached_remote;
-} result;
-
-static void on_event(void *user, const engine_event *ev) {
-    result *r = user;
-    if (r->done) return;
-    if (ev->token >= 0 && !ev->is_prompt && r->n < MAX_OUT) r->toks[r->n++] = ev->token;
-    if (ev->finish != KV_FINISH_NONE) {
-        r->done = true;
-        r->finish = ev->finish;
-        r->n_cached_gpu = ev->n_cached_gpu;
-        r->n_cached_host = ev->n_cached_host;
-        r->n_cached_disk = ev->n_cached_disk;
-        r->n_cached_remote = ev->n_cached_remote;
-    }
-}
 
 static int free_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -93,60 +70,16 @@ static void redis_kill(void) {
     redis_pid = -1;
 }
 
-typedef struct engine {
-    backend *be;
-    model *m;
-    scheduler *s;
-} engine;
-
 static void engine_open(engine *e, bool remote) {
-    kv_error err = {{0}};
-    e->be = backend_create("cpu", 1, &err);
-    ck_assert(e->be != NULL);
-    e->m = model_load(model_dir, e->be, &(model_load_options){.max_tokens = 256}, &err);
-    ck_assert_msg(e->m != NULL, "%s", err.msg);
-    scheduler_config c;
-    scheduler_config_default(&c);
-    c.n_gpu_blocks = 64;
-    c.max_num_batched_tokens = 256;
-    c.max_model_len = 512;
+    engine_load(e, model_dir);
     char url[64];
     snprintf(url, sizeof url, "redis://127.0.0.1:%d/0", redis_port);
-    if (remote)
-        c.offload = (offload_config){.size_gib = 4.0 / 1024,
-                                     .policy = OFFLOAD_POLICY_WRITE_THROUGH,
-                                     .chunk_bytes = 1 << 20,
-                                     .remote_url = url,
-                                     .remote_timeout_ms = 500};
-    e->s = scheduler_create(e->m, &c, &err);
-    ck_assert_msg(e->s != NULL, "%s", err.msg);
-    scheduler_wait_tier_ready(e->s);
-}
-
-static void engine_close(engine *e) {
-    scheduler_free(e->s);
-    model_free(e->m);
-    backend_destroy(e->be);
-}
-
-static void submit(engine *e, const int32_t *prompt, int n, result *res) {
-    memset(res, 0, sizeof *res);
-    sampler_params p;
-    sampler_params_default(&p);
-    p.temperature = 0;
-    p.max_tokens = 24;
-    p.ignore_eos = true;
-    engine_request req = {
-        .prompt = prompt, .n_prompt = n, .params = &p, .on_event = on_event, .user = res};
-    uint64_t id;
-    kv_error err = {{0}};
-    ck_assert_msg(scheduler_submit(e->s, &req, &id, &err) == ENGINE_SUBMIT_OK, "%s", err.msg);
-}
-
-static void run(engine *e, const int32_t *prompt, int n, result *res) {
-    submit(e, prompt, n, res);
-    scheduler_run_until_idle(e->s);
-    ck_assert(res->done);
+    offload_config off = {.size_gib = 4.0 / 1024,
+                          .policy = OFFLOAD_POLICY_WRITE_THROUGH,
+                          .chunk_bytes = 1 << 20,
+                          .remote_url = url,
+                          .remote_timeout_ms = 500};
+    engine_start(e, remote ? &off : NULL);
 }
 
 static void assert_same(const result *a, const result *b, const char *what) {
