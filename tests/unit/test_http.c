@@ -23,7 +23,7 @@ typedef struct fixture {
     tokenizer *tok;
     http_server *srv;
     int port;
-    int32_t script[64];
+    int32_t script[256];
 } fixture;
 
 static fixture fx;
@@ -55,6 +55,37 @@ static void stop_server(void) {
     fake_engine_stop(&fx.engine);
     tokenizer_free(fx.tok);
     metrics_free(&fx.m);
+}
+
+/* A server whose fake engine "generates" out (byte tokens, then EOS) under a Hermes chat source
+ * with a plain template, and the given reasoning parser; the caller frees cs->tmpl after
+ * stop_server. */
+static void start_chat_server(const char *out, reasoning_parser_kind reasoning, chat_source *cs) {
+    int n = (int)strlen(out);
+    ck_assert_int_lt(n, (int)(sizeof fx.script / sizeof fx.script[0]));
+    for (int i = 0; i < n; i++) fx.script[i] = (unsigned char)out[i];
+    fx.script[n] = BYTE_TOK_EOS;
+    fake_engine_start(&fx.engine, fx.script, n + 1);
+    fx.iface = fake_engine_iface(&fx.engine);
+    metrics_init(&fx.m, "test-model");
+    fx.tok = byte_tokenizer_new();
+    http_server_options opt = {.host = "127.0.0.1",
+                               .port = 0,
+                               .max_body_bytes = 1 << 20,
+                               .n_threads = 2,
+                               .max_connections = 64,
+                               .served_model_name = "test-model",
+                               .tool_call_parser = TOOL_PARSER_AUTO,
+                               .reasoning_parser = reasoning};
+    kv_error err;
+    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
+    fx.port = http_server_port(fx.srv);
+    *cs = (chat_source){.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
+    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
+    cs->tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
+    ck_assert_ptr_nonnull(cs->tmpl);
+    http_server_set_chat(fx.srv, cs);
+    http_server_set_model(fx.srv, fx.tok, 512, NULL);
 }
 
 static json_t *parse_json(const char *s) {
@@ -721,30 +752,8 @@ static void gather_tool_calls(json_t *acc, json_t *entries) {
 START_TEST(chat_tool_calls) {
     static const char call[] =
         "Ok.<tool_call>{\"name\": \"f\", \"arguments\": {\"x\": 1}}</tool_call>";
-    int32_t script[128];
-    int n = (int)strlen(call);
-    for (int i = 0; i < n; i++) script[i] = (unsigned char)call[i];
-    script[n] = BYTE_TOK_EOS;
-    fake_engine_start(&fx.engine, script, n + 1);
-    fx.iface = fake_engine_iface(&fx.engine);
-    metrics_init(&fx.m, "test-model");
-    fx.tok = byte_tokenizer_new();
-    http_server_options opt = {.host = "127.0.0.1",
-                               .port = 0,
-                               .max_body_bytes = 1 << 20,
-                               .n_threads = 2,
-                               .max_connections = 64,
-                               .served_model_name = "test-model",
-                               .tool_call_parser = TOOL_PARSER_AUTO};
-    kv_error err;
-    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
-    fx.port = http_server_port(fx.srv);
-    chat_source cs = {.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
-    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
-    cs.tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
-    ck_assert_ptr_nonnull(cs.tmpl);
-    http_server_set_chat(fx.srv, &cs);
-    http_server_set_model(fx.srv, fx.tok, 512, NULL);
+    chat_source cs;
+    start_chat_server(call, REASONING_PARSER_NONE, &cs);
     const char *msgs = "\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]";
     const char *tools = "\"tools\": [{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
     const char *extra[] = {"", ", \"tool_choice\": \"none\"", ", \"stream\": true", NULL};
@@ -820,31 +829,8 @@ END_TEST
 START_TEST(chat_reasoning) {
     static const char out[] = "<think>a plan</think>Ok.<tool_call>{\"name\": \"f\", "
                               "\"arguments\": {\"x\": 1}}</tool_call>";
-    int32_t script[160];
-    int n = (int)strlen(out);
-    for (int i = 0; i < n; i++) script[i] = (unsigned char)out[i];
-    script[n] = BYTE_TOK_EOS;
-    fake_engine_start(&fx.engine, script, n + 1);
-    fx.iface = fake_engine_iface(&fx.engine);
-    metrics_init(&fx.m, "test-model");
-    fx.tok = byte_tokenizer_new();
-    http_server_options opt = {.host = "127.0.0.1",
-                               .port = 0,
-                               .max_body_bytes = 1 << 20,
-                               .n_threads = 2,
-                               .max_connections = 64,
-                               .served_model_name = "test-model",
-                               .tool_call_parser = TOOL_PARSER_AUTO,
-                               .reasoning_parser = REASONING_PARSER_DEEPSEEK_R1};
-    kv_error err;
-    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
-    fx.port = http_server_port(fx.srv);
-    chat_source cs = {.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
-    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
-    cs.tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
-    ck_assert_ptr_nonnull(cs.tmpl);
-    http_server_set_chat(fx.srv, &cs);
-    http_server_set_model(fx.srv, fx.tok, 512, NULL);
+    chat_source cs;
+    start_chat_server(out, REASONING_PARSER_DEEPSEEK_R1, &cs);
     const char *body = "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": "
                        "[{\"type\": \"function\", \"function\": {\"name\": \"f\"}}]";
     for (int stream = 0; stream < 2; stream++) {
@@ -903,31 +889,8 @@ END_TEST
  * arguments, not reasoning, streamed or not. */
 START_TEST(chat_forced_tool_with_reasoning) {
     static const char out[] = "{\"x\": 1}";
-    int32_t script[64];
-    int n = (int)strlen(out);
-    for (int i = 0; i < n; i++) script[i] = (unsigned char)out[i];
-    script[n] = BYTE_TOK_EOS;
-    fake_engine_start(&fx.engine, script, n + 1);
-    fx.iface = fake_engine_iface(&fx.engine);
-    metrics_init(&fx.m, "test-model");
-    fx.tok = byte_tokenizer_new();
-    http_server_options opt = {.host = "127.0.0.1",
-                               .port = 0,
-                               .max_body_bytes = 1 << 20,
-                               .n_threads = 2,
-                               .max_connections = 64,
-                               .served_model_name = "test-model",
-                               .tool_call_parser = TOOL_PARSER_AUTO,
-                               .reasoning_parser = REASONING_PARSER_DEEPSEEK_R1};
-    kv_error err;
-    ck_assert(http_server_start(&fx.srv, &opt, &fx.iface, &fx.m, &err) == 0);
-    fx.port = http_server_port(fx.srv);
-    chat_source cs = {.bos_token = "", .eos_token = "", .tool_format = TOOL_PARSER_HERMES};
-    const char tmpl[] = "{% for m in messages %}{{ m.content }}{% endfor %}";
-    cs.tmpl = chat_template_parse(tmpl, strlen(tmpl), &err);
-    ck_assert_ptr_nonnull(cs.tmpl);
-    http_server_set_chat(fx.srv, &cs);
-    http_server_set_model(fx.srv, fx.tok, 512, NULL);
+    chat_source cs;
+    start_chat_server(out, REASONING_PARSER_DEEPSEEK_R1, &cs);
     const char *body =
         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"tools\": [{\"type\": "
         "\"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", "
