@@ -21,15 +21,6 @@ typedef __nv_bfloat16 bf16;
 
 /* ================================ kernels ================================ */
 
-/* A weight load that bypasses L1: each weight byte is read once, x stays there instead. */
-__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 __device__ __forceinline__ float2 bf2_to_f2(uint32_t u) {
     return __bfloat1622float2(*(const __nv_bfloat162 *)&u);
 }

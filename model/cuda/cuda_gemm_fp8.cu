@@ -29,14 +29,6 @@ struct cuda_fp8_table {
 
 /* ================================ kernels ================================ */
 
-__device__ __forceinline__ uint4 fp8_ld_stream(const uint4 *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
 /* 2 e4m3 (the low 16 bits of u) as floats */
 __device__ __forceinline__ float2 e4m3x2_to_f2(uint32_t u) {
     return __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)u, __NV_E4M3)));
@@ -57,7 +49,7 @@ __global__ void __launch_bounds__(FP8_GEMV_WARPS * 32)
 #pragma unroll
     for (int i = 0; i < N; i++) acc[i] = 0;
     for (int c = lane; c < k / 16; c += 32) {
-        uint4 wv = fp8_ld_stream(wr + c);
+        uint4 wv = ld_stream(wr + c);
         const uint32_t wu[4] = {wv.x, wv.y, wv.z, wv.w};
         float wf[16];
 #pragma unroll

@@ -20,6 +20,16 @@ extern "C" {
 
 #include <utility>
 
+/* A weight load that bypasses L1 (the GEMV kernels, bf16 and e4m3): each weight byte is read
+ * once, x stays there instead. */
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
 /* Programmatic dependent launch (sm_90): a kernel launched with cuda_launch(pdl = true) may start
  * while the kernel before it on the stream is still running. Every kernel of this backend
  * therefore calls pdl_wait() before it touches any memory another kernel writes (it returns
