@@ -554,6 +554,7 @@ enum {
     ATTN_K_DECODE_128,
     ATTN_K_PREFILL_128,
     ATTN_K_WGMMA_128,
+    ATTN_K_WGMMA_128_FP8,
 };
 
 /* Launches kernel over one tile list of BM-row tiles, then the combine when it split. On a
@@ -620,9 +621,12 @@ static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size
     attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, k_dec, true, pl->d_tiles,
                      pl->n_small, pl->max_ctx_small);
     if (HD == 128 && ci->attn_path == CUDA_ATTN_HOPPER) /* 2 warpgroups, 64-token K/V tiles */
-        attn_launch_list(ci, p, attn_prefill_wgmma_kernel<64, 2>, 128, 256,
-                         (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024, ATTN_K_WGMMA_128,
-                         false, pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
+        attn_launch_list(ci, p,
+                         p.kv_fp8 ? attn_prefill_wgmma_kernel<64, 2, true>
+                                  : attn_prefill_wgmma_kernel<64, 2, false>,
+                         128, 256, (size_t)(128 + 4 * 64) * 128 * sizeof(bf16) + 1024,
+                         p.kv_fp8 ? ATTN_K_WGMMA_128_FP8 : ATTN_K_WGMMA_128, false,
+                         pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
     else
         attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, k_pre, false,
                          pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);

@@ -5,7 +5,7 @@
 #include "model/cuda/cuda_attention_common.cuh"
 
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-template <int BN, int MIN_BLOCKS>
+template <int BN, int MIN_BLOCKS, bool FP8>
 __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(attn_params) {
     __trap();
 }
@@ -85,7 +85,7 @@ __device__ __forceinline__ void wgmma_rs_m64n128k16_tb(float d[64], const uint32
  * wgmma from shared memory, the online softmax in registers, then O += P V with P from
  * registers (the S accumulator layout is the A fragment layout). K/V rows are gathered from the
  * paged pool by cp.async, double buffered; all 256 threads load. */
-template <int BN, int MIN_BLOCKS>
+template <int BN, int MIN_BLOCKS, bool FP8>
 __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
@@ -130,8 +130,13 @@ __global__ void __launch_bounds__(256, MIN_BLOCKS) attn_prefill_wgmma_kernel(att
             size_t off = (size_t)sblk[st][r] * p.block_bytes +
                          ((size_t)(j % p.block_size) * HD + c * 8) * p.kv_bytes;
             int so = st * KV_BYTES + sw128_off(r, c, BN);
-            attn_kv_chunk(p, sk + so, b.k_base + off, valid, p.k_scale);
-            attn_kv_chunk(p, sv + so, b.v_base + off, valid, p.v_scale);
+            if (FP8) {
+                attn_kv_chunk(p, sk + so, b.k_base + off, valid, p.k_scale);
+                attn_kv_chunk(p, sv + so, b.v_base + off, valid, p.v_scale);
+            } else {
+                cp_async16(sk + so, valid ? b.k_base + off : p.pool, valid);
+                cp_async16(sv + so, valid ? b.v_base + off : p.pool, valid);
+            }
         }
     };
     load_kv(0, b.kv_lo);
