@@ -526,7 +526,7 @@ int http_server_start(http_server **out, const http_server_options *opt,
     const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
     s->port = di ? di->port : opt->port;
     if (http_pool_start(&s->pool, s, opt->n_tokenize_threads > 0 ? opt->n_tokenize_threads : 2,
-                        opt->max_tokenize_queue > 0 ? opt->max_tokenize_queue : 64, err)) {
+                        opt->max_tokenize_queue > 0 ? opt->max_tokenize_queue : 4096, err)) {
         MHD_stop_daemon(s->daemon);
         server_free(s);
         return -1;

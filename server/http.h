@@ -34,7 +34,7 @@ typedef struct http_server_options {
     long long max_body_bytes;    /* larger bodies get 413 */
     int n_threads;               /* polling threads */
     int n_tokenize_threads;      /* workers that parse and tokenize bodies (0 = 2) */
-    int max_tokenize_queue;      /* bodies waiting for a worker; more get 503 (0 = 64) */
+    int max_tokenize_queue;      /* bodies waiting for a worker; more get 503 (0 = 4096) */
     int max_connections;
     int connection_timeout_s;   /* idle or stalled connections close after this (0 = never) */
     int max_connections_per_ip; /* open connections from one client address (0 = no limit) */
