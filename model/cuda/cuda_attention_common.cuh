@@ -1,6 +1,7 @@
 /* Building blocks of the attention kernels (included by cuda_attention.cu and
  * cuda_attention_sm90.cuh only; one translation unit, built for sm_90a): the kernel parameters,
- * what one block works on (tile, KV head, split), the cp.async / ldmatrix / mma.sync primitives,
+ * what one block works on (tile, KV head, split), the ldmatrix primitives (cp.async and mma.sync
+ * are in cuda_internal.h),
  * the Q and paged K/V tile loads and the online softmax of one row. No kernels. */
 #ifndef KVSERVE_CUDA_ATTENTION_COMMON_CUH
 #define KVSERVE_CUDA_ATTENTION_COMMON_CUH
@@ -40,18 +41,6 @@ typedef struct attn_params {
     float *part_lse; /* [n_splits][n_tokens][n_heads], log2 domain */
 } attn_params;
 
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, bool valid) {
-    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    int n = valid ? 16 : 0; /* 0: zero-fill, nothing read */
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() {
-    asm volatile("cp.async.commit_group;\n");
-}
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem) {
     unsigned a = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -63,15 +52,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *sme
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
-}
-
-/* c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate. */
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                          uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, "
-                 "{%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {

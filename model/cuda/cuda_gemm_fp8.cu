@@ -1,18 +1,26 @@
 /* FP8 weights on the CUDA backend (W8A16): a weight is e4m3 values with one f32 scale per output
- * row, in one allocation ([rows * cols] bytes, then the scales). Decode-sized matmuls (n <=
- * CUDA_FP8_GEMV_MAX_N) stream the e4m3 bytes through gemv_fp8_kernel, half the bytes of bf16;
- * larger ones dequantize the weight into a bf16 scratch and take cuda_op_matmul's bf16 path (a
- * pass over the weight, small next to a prefill's GEMM). The backend keeps a sorted table of its
- * FP8 weights so that matmul recognises them by pointer; dev_free forgets them. Not here: FP8
- * activations (a cuBLASLt e4m3 x e4m3 GEMM is the next step). Kernels first, launchers after. */
+ * row, in one allocation ([rows * cols] bytes, then the scales). Three paths, all reading the
+ * e4m3 bytes themselves except the last: n = 1 (a decode step of one sequence) streams them
+ * through gemv_fp8_kernel; 2 <= n <= FP8_MMA_MAX_N (batched decode) through gemm_fp8_mma_kernel,
+ * which turns them into bf16 in registers for mma.sync, exactly (an e4m3 value is a bf16 value),
+ * and splits k across blocks when the rows alone do not fill the GPU; larger n (prefill), or k
+ * not a multiple of 64, dequantizes the weight into a bf16 scratch and takes cuda_op_matmul's
+ * bf16 path (a pass over the weight, small next to a prefill's GEMM). Activations stay bf16.
+ * The backend keeps a sorted table of its FP8 weights so that matmul recognises them by
+ * pointer; dev_free forgets them. Kernels first, launchers after. */
 #include "model/cuda/cuda_internal.h"
 
 #include <stdlib.h>
 
 typedef __nv_bfloat16 bf16;
 
-#define CUDA_FP8_GEMV_MAX_N 8
+#define CUDA_FP8_GEMV_MAX_N 8 /* the GEMV's instances; it takes n = 1, and n <= 8 when k % 64 */
 #define FP8_GEMV_WARPS      4 /* per block, one weight row per warp */
+#define FP8_MMA_MAX_N       64
+#define FP8_MMA_ROWS        128 /* weight rows per block: 4 warps x 32 */
+#define FP8_MMA_BK          64  /* k per pipeline stage */
+#define FP8_MMA_STAGES      4
+#define FP8_MMA_XSTRIDE     72 /* bf16 per staged x row: 64 and 16 bytes against bank conflicts */
 
 struct cuda_fp8_weight {
     const uint8_t *q;    /* [rows * cols] e4m3; also the pointer matmul receives */
@@ -23,8 +31,11 @@ struct cuda_fp8_weight {
 struct cuda_fp8_table {
     cuda_fp8_weight *w; /* sorted by q */
     int n, cap;
-    bf16 *scratch; /* the largest weight, dequantized (matmuls of n > CUDA_FP8_GEMV_MAX_N) */
+    /* the largest weight, dequantized (the bf16 path), or the mma kernel's split-k partial sums
+     * ([splits][n][m] floats, splits <= k / (2 n) so that they fit) */
+    bf16 *scratch;
     size_t scratch_elems;
+    bool mma_smem_set; /* gemm_fp8_mma_kernel's shared-memory limit raised */
 };
 
 /* ================================ kernels ================================ */
@@ -83,6 +94,156 @@ __global__ void __launch_bounds__(FP8_GEMV_WARPS * 32)
     }
 }
 
+/* 4 e4m3 bytes as 2 bf16 pairs (bytes 0, 1 -> *lo, bytes 2, 3 -> *hi), exactly: each byte's
+ * sign, exponent and mantissa bits moved into bf16's give the value times 2^-120 (e4m3
+ * subnormals land on bf16 subnormals), and the multiply by 2^120 is exact. */
+__device__ __forceinline__ void e4m3x4_to_bf16x4(uint32_t w, uint32_t *lo, uint32_t *hi) {
+    const __nv_bfloat162 two120 =
+        __halves2bfloat162(__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80));
+    uint32_t y0 = __byte_perm(w, 0, 0x1404), y1 = __byte_perm(w, 0, 0x3424); /* b << 8 per half */
+    uint32_t r0 = (y0 & 0x80008000u) | ((y0 >> 4) & 0x07f007f0u);
+    uint32_t r1 = (y1 & 0x80008000u) | ((y1 >> 4) & 0x07f007f0u);
+    __nv_bfloat162 v0 = __hmul2(*(const __nv_bfloat162 *)&r0, two120);
+    __nv_bfloat162 v1 = __hmul2(*(const __nv_bfloat162 *)&r1, two120);
+    *lo = *(const uint32_t *)&v0;
+    *hi = *(const uint32_t *)&v1;
+}
+
+/* out[n, m] = (x[n, k] @ q[m, k]^T) * scales[m] (+ bias[m]) for n <= 16 * TM <= FP8_MMA_MAX_N,
+ * k % 64 == 0, on mma.sync m16n8k16 with the tokens as its rows (A) and the weight rows as its
+ * columns (B). A block takes FP8_MMA_ROWS weight rows (a warp 32: four 8-row fragments) and the
+ * chunks [blockIdx.y * chunks, +chunks) of 64 k, which cp.async brings into shared memory
+ * FP8_MMA_STAGES - 1 ahead (weights as [128][64] bytes, x as [16 TM][72] bf16, zero rows past
+ * m and n). Within a chunk the k order is permuted, the same for x and the weights: the lane
+ * that holds k columns 2c, 2c + 1, 2c + 8, 2c + 9 (c = lane % 4) of k-step j takes the chunk's
+ * elements 16c + 4j + 0..3, so it reads 16 contiguous weight bytes and 32 contiguous x bytes per
+ * row for the whole chunk. gridDim.y == 1 writes out; else each block writes its partial sums
+ * to part[blockIdx.y] and fp8_split_sum_kernel finishes. */
+template <int TM>
+__global__ void __launch_bounds__(128)
+    gemm_fp8_mma_kernel(bf16 *out, float *part, const bf16 *x, const uint8_t *q,
+                        const float *scales, const bf16 *bias, int n, int k, int m, int chunks) {
+    constexpr int W_BYTES = FP8_MMA_ROWS * FP8_MMA_BK;
+    constexpr int STAGE = W_BYTES + 16 * TM * FP8_MMA_XSTRIDE * 2;
+    extern __shared__ __align__(16) uint8_t smem[];
+    pdl_wait();
+    pdl_trigger();
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, c = lane % 4, g = lane / 4;
+    const int row0 = blockIdx.x * FP8_MMA_ROWS;
+    const int first = blockIdx.y * chunks;
+    const int nc = min(k / FP8_MMA_BK - first, chunks);
+    auto load = [&](int stage, int chunk) {
+        uint8_t *ws = smem + stage * STAGE;
+        bf16 *xs = (bf16 *)(ws + W_BYTES);
+        size_t k0 = (size_t)chunk * FP8_MMA_BK;
+        for (int i = tid; i < FP8_MMA_ROWS * 4; i += 128) {
+            int r = i / 4, p = i % 4;
+            bool ok = row0 + r < m;
+            cp_async16(ws + r * FP8_MMA_BK + p * 16,
+                       q + (size_t)(ok ? row0 + r : 0) * k + k0 + p * 16, ok);
+        }
+        for (int i = tid; i < 16 * TM * 8; i += 128) {
+            int t = i / 8, p = i % 8;
+            bool ok = t < n;
+            cp_async16(xs + t * FP8_MMA_XSTRIDE + p * 8, x + (size_t)(ok ? t : 0) * k + k0 + p * 8,
+                       ok);
+        }
+    };
+    float acc[4][TM][4];
+#pragma unroll
+    for (int f = 0; f < 4; f++)
+#pragma unroll
+        for (int t = 0; t < TM; t++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[f][t][e] = 0;
+#pragma unroll
+    for (int s = 0; s < FP8_MMA_STAGES - 1; s++) {
+        if (s < nc) load(s, first + s);
+        cp_async_commit();
+    }
+    for (int i = 0; i < nc; i++) {
+        cp_async_wait<FP8_MMA_STAGES - 2>();
+        __syncthreads(); /* chunk i landed; every warp is past chunk i - 1, whose stage refills */
+        if (i + FP8_MMA_STAGES - 1 < nc)
+            load((i + FP8_MMA_STAGES - 1) % FP8_MMA_STAGES, first + i + FP8_MMA_STAGES - 1);
+        cp_async_commit();
+        const uint8_t *ws = smem + (i % FP8_MMA_STAGES) * STAGE;
+        const bf16 *xs = (const bf16 *)(ws + W_BYTES);
+        uint4 wv[4];
+#pragma unroll
+        for (int f = 0; f < 4; f++)
+            wv[f] = *(const uint4 *)(ws + (warp * 32 + f * 8 + g) * FP8_MMA_BK + c * 16);
+        uint32_t xw[TM][2][8]; /* [fragment][token g, g + 8][word]: 16 bf16 of the lane's slice */
+#pragma unroll
+        for (int t = 0; t < TM; t++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const uint4 *src =
+                    (const uint4 *)(xs + (t * 16 + h * 8 + g) * FP8_MMA_XSTRIDE + c * 16);
+                uint4 a = src[0], b = src[1];
+                xw[t][h][0] = a.x, xw[t][h][1] = a.y, xw[t][h][2] = a.z, xw[t][h][3] = a.w;
+                xw[t][h][4] = b.x, xw[t][h][5] = b.y, xw[t][h][6] = b.z, xw[t][h][7] = b.w;
+            }
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t bw[4][2];
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                uint32_t word = j == 0 ? wv[f].x : j == 1 ? wv[f].y : j == 2 ? wv[f].z : wv[f].w;
+                e4m3x4_to_bf16x4(word, &bw[f][0], &bw[f][1]);
+            }
+#pragma unroll
+            for (int t = 0; t < TM; t++) {
+                const uint32_t a[4] = {xw[t][0][2 * j], xw[t][1][2 * j], xw[t][0][2 * j + 1],
+                                       xw[t][1][2 * j + 1]};
+#pragma unroll
+                for (int f = 0; f < 4; f++) mma_16816(acc[f][t], a, bw[f][0], bw[f][1]);
+            }
+        }
+    }
+    /* acc[f][t]: tokens t * 16 + g (elements 0, 1) and + 8 (2, 3); rows r0, r0 + 1 */
+#pragma unroll
+    for (int f = 0; f < 4; f++) {
+        const int r = row0 + warp * 32 + f * 8 + 2 * c;
+#pragma unroll
+        for (int t = 0; t < TM; t++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int tok = t * 16 + h * 8 + g;
+                if (tok >= n) continue;
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    if (r + e >= m) continue;
+                    float v = acc[f][t][2 * h + e];
+                    if (gridDim.y > 1) {
+                        part[((size_t)blockIdx.y * n + tok) * m + r + e] = v;
+                    } else {
+                        v *= scales[r + e];
+                        if (bias) v += __bfloat162float(bias[r + e]);
+                        out[(size_t)tok * m + r + e] = __float2bfloat16(v);
+                    }
+                }
+            }
+    }
+}
+
+/* out[i] = bf16(sum over the splits of part[s][i] * scales[row] (+ bias[row])), i over [n, m] */
+__global__ void fp8_split_sum_kernel(bf16 *out, const float *part, const float *scales,
+                                     const bf16 *bias, int splits, int n, int m) {
+    pdl_wait();
+    pdl_trigger();
+    const size_t total = (size_t)n * m;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = 0;
+        for (int s = 0; s < splits; s++) v += part[(size_t)s * total + i];
+        int r = (int)(i % (size_t)m);
+        v *= scales[r];
+        if (bias) v += __bfloat162float(bias[r]);
+        out[i] = __float2bfloat16(v);
+    }
+}
+
 /* dst[r, c] = bf16(q[r, c] * scales[r]), 2 elements per thread step (cols % 16 == 0) */
 __global__ void fp8_dequant_kernel(bf16 *dst, const uint8_t *q, const float *scales, int cols,
                                    size_t n) {
@@ -112,6 +273,55 @@ static int fp8_find(const cuda_fp8_table *t, const void *p) {
     return -1;
 }
 
+template <int TM> static size_t fp8_mma_smem() {
+    return (size_t)FP8_MMA_STAGES * (FP8_MMA_ROWS * FP8_MMA_BK + 16 * TM * FP8_MMA_XSTRIDE * 2);
+}
+template <int TM> static void fp8_mma_smem_limit() {
+    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<TM>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)fp8_mma_smem<TM>()));
+}
+
+/* gemm_fp8_mma_kernel over n <= FP8_MMA_MAX_N rows: k split over enough blocks to give the GPU
+ * two per SM when the weight's rows do not (each split at least 2 chunks, and at most
+ * k / (2 n) splits: their partial sums fit the scratch of a weight this size). */
+static void fp8_mma(cuda_impl *ci, cudaStream_t s, bf16 *out, const bf16 *x,
+                    const cuda_fp8_weight *fw, const bf16 *bias, int n) {
+    const int k = fw->cols, m = fw->rows, n_chunks = k / FP8_MMA_BK;
+    const int row_blocks = (m + FP8_MMA_ROWS - 1) / FP8_MMA_ROWS;
+    int splits = 1;
+    if (row_blocks < ci->n_sms) {
+        splits = (2 * ci->n_sms + row_blocks - 1) / row_blocks;
+        splits = splits < n_chunks / 2 ? splits : n_chunks / 2;
+        splits = splits < k / (2 * n) ? splits : k / (2 * n);
+        splits = splits > 1 ? splits : 1;
+    }
+    const int chunks = (n_chunks + splits - 1) / splits;
+    splits = (n_chunks + chunks - 1) / chunks;
+    float *part = splits > 1 ? (float *)ci->fp8->scratch : NULL;
+    dim3 grid((unsigned)row_blocks, (unsigned)splits), block(128);
+    const int tm = (n + 15) / 16;
+    switch (tm) {
+#define FP8_MMA_CASE(TM)                                                                           \
+    case TM:                                                                                       \
+        cuda_launch(ci->pdl, s, gemm_fp8_mma_kernel<TM>, grid, block, fp8_mma_smem<TM>(), out,     \
+                    part, x, fw->q, fw->scales, bias, n, k, m, chunks);                            \
+        break;
+        FP8_MMA_CASE(1)
+        FP8_MMA_CASE(2)
+        FP8_MMA_CASE(3)
+        FP8_MMA_CASE(4)
+#undef FP8_MMA_CASE
+    }
+    if (splits > 1) {
+        size_t total = (size_t)n * (size_t)m;
+        int blocks = (int)((total + 255) / 256);
+        blocks = blocks < 4 * ci->n_sms ? blocks : 4 * ci->n_sms;
+        cuda_launch(ci->pdl, s, fp8_split_sum_kernel, dim3((unsigned)blocks), dim3(256), 0, out,
+                    part, fw->scales, bias, splits, n, m);
+    }
+}
+
 void *cuda_weight_upload_fp8(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
                              size_t cols) {
     cuda_impl *ci = cuda_impl_of(be);
@@ -133,6 +343,13 @@ void *cuda_weight_upload_fp8(backend *be, const uint8_t *q, const float *row_sca
     memmove(t->w + at + 1, t->w + at, (size_t)(t->n - at) * sizeof *t->w);
     t->w[at] = cuda_fp8_weight{d, (const float *)(d + qbytes), (int)rows, (int)cols};
     t->n++;
+    if (!t->mma_smem_set) {
+        fp8_mma_smem_limit<1>();
+        fp8_mma_smem_limit<2>();
+        fp8_mma_smem_limit<3>();
+        fp8_mma_smem_limit<4>();
+        t->mma_smem_set = true;
+    }
     if (rows * cols > t->scratch_elems) { /* set-up time: no recording reads it yet */
         if (t->scratch) CUDA_CHECK(cudaFree(t->scratch));
         CUDA_CHECK(cudaMalloc((void **)&t->scratch, rows * cols * sizeof(bf16)));
@@ -167,6 +384,10 @@ bool cuda_matmul_fp8(backend *be, void *out, const void *x, const void *w, const
     KV_CHECK(fw->rows == m && fw->cols == k);
     cudaStream_t s = cuda_compute_stream(be);
     bool aligned = ((uintptr_t)x & 15) == 0;
+    if (n >= 2 && n <= FP8_MMA_MAX_N && k % FP8_MMA_BK == 0 && aligned) {
+        fp8_mma(ci, s, (bf16 *)out, (const bf16 *)x, fw, (const bf16 *)bias, n);
+        return true;
+    }
     if (n <= CUDA_FP8_GEMV_MAX_N && aligned) {
         dim3 grid((unsigned)((m + FP8_GEMV_WARPS - 1) / FP8_GEMV_WARPS)),
             block(FP8_GEMV_WARPS * 32);

@@ -5,6 +5,7 @@
  *
  *   bench_decode_ops --model DIR [--device cuda|cpu] [--load-format dummy|safetensors]
  *                    [--batches 1,8,64] [--ctx 1024] [--reps 20] [--copy-mib 1024] [--out F.md]
+ *                    [--quantization auto|fp8] [--kv-cache-dtype auto|fp8]
  *
  * How the per-op times are taken: the ops table of the backend is swapped for one whose entries
  * record an event before and after the real op. Ahead of each profiled step a queue of large
@@ -71,6 +72,7 @@ typedef struct profiler {
     const backend_ops *real;
     backend_ops wrapped;
     const hf_config *cfg;
+    bool fp8_weights; /* projections hold e4m3 (1 byte per weight); lm_head stays as loaded */
     bool on;
     int n_tokens, n_out;
     double kv_tokens; /* sum of seq_len over the batch */
@@ -157,8 +159,11 @@ static void w_matmul(backend *be, void *out, const void *x, const void *w, const
         kind = K_MM_DOWN;
     else if (k == dim && m == c->vocab_size)
         kind = K_MM_LM_HEAD;
-    double bytes = ((double)n * k + (double)n * m + (bias ? m : 0)) * act_es(be) +
-                   (double)m * k * (double)kv_dtype_size(be->weight_dtype);
+    double wes = prof_of_bench->fp8_weights && kind != K_MM_LM_HEAD
+                     ? 1.0
+                     : (double)kv_dtype_size(be->weight_dtype);
+    double bytes =
+        ((double)n * k + (double)n * m + (bias ? m : 0)) * act_es(be) + (double)m * k * wes;
     prof_begin(be, kind, bytes);
     prof_of_bench->real->matmul(be, out, x, w, bias, n, k, m);
     prof_end(be);
@@ -228,6 +233,8 @@ static void prof_collect(backend *be, profiler *p) {
 
 typedef struct args {
     const char *model, *device, *out;
+    const char *kv_dtype; /* --kv-cache-dtype */
+    bool fp8_weights;     /* --quantization fp8 (online FP8 weights) */
     model_load_format format;
     int batches[MAX_LIST], n_batches;
     int ctx, reps, copy_mib, block_size;
@@ -281,6 +288,10 @@ static int parse_args(args *a, int argc, char **argv) {
             a->copy_mib = atoi(v);
         else if (strcmp(k, "--block-size") == 0)
             a->block_size = atoi(v);
+        else if (strcmp(k, "--quantization") == 0 && (!strcmp(v, "auto") || !strcmp(v, "fp8")))
+            a->fp8_weights = strcmp(v, "fp8") == 0;
+        else if (strcmp(k, "--kv-cache-dtype") == 0)
+            a->kv_dtype = v;
         else
             goto bad;
     }
@@ -288,7 +299,8 @@ static int parse_args(args *a, int argc, char **argv) {
 bad:
     fprintf(stderr, "usage: bench_decode_ops --model DIR [--device cuda|cpu] [--load-format "
                     "dummy|safetensors] [--batches 1,8,64] [--ctx 1024] [--reps 20] "
-                    "[--copy-mib 1024] [--out FILE.md]\n");
+                    "[--copy-mib 1024] [--out FILE.md] [--quantization auto|fp8] "
+                    "[--kv-cache-dtype auto|fp8]\n");
     return -1;
 }
 
@@ -382,7 +394,11 @@ int main(int argc, char **argv) {
     for (int i = 0; i < a.n_batches; i++)
         max_batch = a.batches[i] > max_batch ? a.batches[i] : max_batch;
     llama_model m;
-    if (llama_load(&m, be, a.model, a.format, max_batch < 64 ? 64 : max_batch, NULL, NULL, &err)) {
+    model_load_options lo = {.format = a.format,
+                             .max_tokens = max_batch < 64 ? 64 : max_batch,
+                             .quantize_fp8 = a.fp8_weights};
+    if ((a.kv_dtype && backend_set_kv_cache_dtype(be, a.kv_dtype, &err)) ||
+        llama_load_opts(&m, be, a.model, &lo, &err)) {
         fprintf(stderr, "bench_decode_ops: %s\n", err.msg);
         backend_destroy(be);
         return 1;
@@ -400,7 +416,7 @@ int main(int argc, char **argv) {
         (double)c->vocab_size * c->hidden_size * (double)kv_dtype_size(be->weight_dtype);
     int n_fill = (int)(0.020 * copy_gbs * 1e9 / 2 / lm_bytes) + 1;
 
-    profiler prof = {.real = be->ops, .wrapped = *be->ops, .cfg = c};
+    profiler prof = {.real = be->ops, .wrapped = *be->ops, .cfg = c, .fp8_weights = a.fp8_weights};
     prof.wrapped.step_begin = w_step_begin, prof.wrapped.embed = w_embed;
     prof.wrapped.rmsnorm = w_rmsnorm, prof.wrapped.add_rmsnorm = w_add_rmsnorm;
     prof.wrapped.add = w_add, prof.wrapped.matmul = w_matmul, prof.wrapped.rope = w_rope;
@@ -414,7 +430,8 @@ int main(int argc, char **argv) {
     for (int f = 0; f < 2; f++)
         if (fs[f])
             fprintf(fs[f],
-                    "### bench_decode_ops: decode step breakdown (%s, context %d)\n\n"
+                    "### bench_decode_ops: decode step breakdown (%s, context %d, weights %s, "
+                    "KV %s)\n\n"
                     "Device copy rate measured in this run: %.0f GB/s (read + write). Per-op "
                     "times from backend events with the device kept busy ahead of the host (its "
                     "device time, not its launch), mean over %d profiled steps; graphs off while "
@@ -423,7 +440,8 @@ int main(int argc, char **argv) {
                     "launch from overlapping one's start with the other's end, so the sum of ops "
                     "can come out above the served step: the gaps are then what PDL and graphs "
                     "already hide.\n\n",
-                    be->name, a.ctx + 1, copy_gbs, a.reps);
+                    be->name, a.ctx + 1, a.fp8_weights ? "fp8" : kv_dtype_name(be->weight_dtype),
+                    kv_dtype_name(be->kv_dtype), copy_gbs, a.reps);
 
     for (int bi = 0; bi < a.n_batches; bi++) {
         int batch = a.batches[bi];
