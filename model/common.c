@@ -254,47 +254,64 @@ double kv_now(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-#define KV_MEMCPY_MIN_PIECE   ((size_t)4 << 20)
-#define KV_MEMCPY_MAX_THREADS 32
+#define KV_PARALLEL_MAX_THREADS 32
+#define KV_MEMCPY_MIN_PIECE     ((size_t)4 << 20)
 
-typedef struct memcpy_piece {
-    char *dst;
-    const char *src;
-    size_t n;
-} memcpy_piece;
+typedef struct parallel_piece {
+    void (*fn)(size_t lo, size_t hi, void *ctx);
+    void *ctx;
+    size_t lo, hi;
+} parallel_piece;
 
-static void *memcpy_piece_run(void *arg) {
-    memcpy_piece *p = arg;
-    memcpy(p->dst, p->src, p->n);
+static void *parallel_piece_run(void *arg) {
+    parallel_piece *p = arg;
+    if (p->lo < p->hi) p->fn(p->lo, p->hi, p->ctx);
     return NULL;
 }
 
-void kv_memcpy_parallel(void *dst, const void *src, size_t n, int n_threads) {
-    size_t k = n / KV_MEMCPY_MIN_PIECE;
-    if (n_threads > KV_MEMCPY_MAX_THREADS) n_threads = KV_MEMCPY_MAX_THREADS;
-    if (k > (size_t)n_threads) k = (size_t)n_threads;
+void kv_parallel_for(size_t n, size_t min_piece, size_t align, int n_threads,
+                     void (*fn)(size_t lo, size_t hi, void *ctx), void *ctx) {
+    size_t k = min_piece ? n / min_piece : n;
+    if (n_threads > KV_PARALLEL_MAX_THREADS) n_threads = KV_PARALLEL_MAX_THREADS;
+    if (k > (size_t)(n_threads > 1 ? n_threads : 1)) k = (size_t)(n_threads > 1 ? n_threads : 1);
     if (k < 2) {
-        memcpy(dst, src, n);
+        if (n) fn(0, n, ctx);
         return;
     }
-    memcpy_piece pieces[KV_MEMCPY_MAX_THREADS];
-    pthread_t tid[KV_MEMCPY_MAX_THREADS];
-    bool started[KV_MEMCPY_MAX_THREADS] = {false};
-    size_t per = ((n + k - 1) / k + 4095) / 4096 * 4096; /* page-aligned pieces: no page shared */
+    if (align < 1) align = 1;
+    parallel_piece pieces[KV_PARALLEL_MAX_THREADS];
+    pthread_t tid[KV_PARALLEL_MAX_THREADS];
+    bool started[KV_PARALLEL_MAX_THREADS] = {false};
+    size_t per = ((n + k - 1) / k + align - 1) / align * align;
     for (size_t i = 0; i < k; i++) {
-        size_t off = i * per < n ? i * per : n;
-        size_t len = n - off < per ? n - off : per;
-        pieces[i] = (memcpy_piece){(char *)dst + off, (const char *)src + off, len};
+        size_t lo = i * per < n ? i * per : n;
+        pieces[i] = (parallel_piece){fn, ctx, lo, n - lo < per ? n : lo + per};
     }
     for (size_t i = 1; i < k; i++)
-        started[i] = pthread_create(&tid[i], NULL, memcpy_piece_run, &pieces[i]) == 0;
-    memcpy_piece_run(&pieces[0]);
+        started[i] = pthread_create(&tid[i], NULL, parallel_piece_run, &pieces[i]) == 0;
+    parallel_piece_run(&pieces[0]);
     for (size_t i = 1; i < k; i++) {
         if (started[i])
             pthread_join(tid[i], NULL);
         else
-            memcpy_piece_run(&pieces[i]);
+            parallel_piece_run(&pieces[i]);
     }
+}
+
+typedef struct memcpy_job {
+    char *dst;
+    const char *src;
+} memcpy_job;
+
+static void memcpy_range(size_t lo, size_t hi, void *ctx) {
+    memcpy_job *j = ctx;
+    memcpy(j->dst + lo, j->src + lo, hi - lo);
+}
+
+void kv_memcpy_parallel(void *dst, const void *src, size_t n, int n_threads) {
+    memcpy_job j = {dst, src};
+    /* page-aligned pieces: no page shared */
+    kv_parallel_for(n, KV_MEMCPY_MIN_PIECE, 4096, n_threads, memcpy_range, &j);
 }
 
 int kv_copy_threads(void) {

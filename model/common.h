@@ -86,6 +86,11 @@ char *kv_read_file(const char *path, size_t max_bytes, size_t *len, kv_error *er
 /* Monotonic clock in seconds. */
 double kv_now(void);
 
+/* fn(lo, hi, ctx) over [0, n) split into pieces of at least min_piece (a multiple of align, but
+ * the last) on up to n_threads threads, the caller one of them; in the caller alone when that
+ * leaves fewer than 2 pieces, and a piece whose thread does not start runs on the caller. */
+void kv_parallel_for(size_t n, size_t min_piece, size_t align, int n_threads,
+                     void (*fn)(size_t lo, size_t hi, void *ctx), void *ctx);
 /* memcpy of n bytes split over up to n_threads threads (the caller is one of them; pieces of at
  * least 4 MiB), for large host copies such as weights out of a file mapping into a pinned
  * staging buffer, which one thread does at a fraction of the memory bandwidth (page faults of the

@@ -28,7 +28,7 @@ typedef struct llama_loader {
     safetensors_model st;
     void *staging; /* host bytes for stacking, staging_cap bytes */
     size_t staging_cap;
-    bool quantize_fp8;  /* the quantization: fp8 knob (fp8_quantize_rows) */
+    bool quantize_fp8;  /* the quantization: fp8 knob (fp8_quantize) */
     size_t done, total; /* device bytes uploaded / to upload */
     void (*progress)(size_t done, size_t total, void *ctx);
     void *progress_ctx;
@@ -274,30 +274,43 @@ static int fp8_dequantize(loader *ld, const char *name, const safetensors_tensor
     return 0;
 }
 
-/* The `quantization: fp8` knob on a weight that is not FP8 in the checkpoint: each row of w
- * [rows, cols] becomes e4m3(w / s) * s with s = max |row| / 448 (per output channel, as vLLM's
- * online FP8), in place. The backends have no FP8 GEMM yet, so the values are kept in f32 /
- * bf16: the accuracy of FP8 weights, not yet their bytes. */
-static void fp8_quantize_rows(float *w, size_t rows, size_t cols) {
-    for (size_t r = 0; r < rows; r++) {
-        float *row = w + r * cols, mx = 0;
-        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
-        if (mx == 0) continue;
-        float s = mx / 448.0f;
-        for (size_t k = 0; k < cols; k++) row[k] = kv_e4m3_to_f32(kv_f32_to_e4m3(row[k] / s)) * s;
+/* Per-row FP8 quantization, s[r] = max |row| / 448 (per output channel, as vLLM's online FP8;
+ * 1 for a zero row), on threads (kv_parallel_for over rows: one thread quantizes ~0.15 G
+ * weights/s, 60 s for an 8B model). src is rows x cols of dtype dt. With q, writes
+ * q[r, :] = e4m3(row / s[r]) and s; without, (the CPU backend, which keeps f32) replaces the f32
+ * src in place by e4m3(row / s) * s: the accuracy of FP8 weights, not their bytes. */
+typedef struct fp8_quantize_job {
+    void *src;
+    kv_dtype dt;
+    size_t cols;
+    uint8_t *q;
+    float *s;
+} fp8_quantize_job;
+
+static void fp8_quantize_range(size_t lo, size_t hi, void *ctx) {
+    const fp8_quantize_job *j = ctx;
+    size_t es = kv_dtype_size(j->dt), cols = j->cols;
+    float *row = j->q ? kv_malloc(cols * sizeof *row) : NULL;
+    for (size_t r = lo; r < hi; r++) {
+        float *f = j->q ? row : (float *)j->src + r * cols;
+        if (j->q) kv_convert_to_f32(row, (const char *)j->src + r * cols * es, j->dt, cols);
+        float mx = 0;
+        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(f[k]));
+        float s = mx > 0 ? mx / 448.0f : 1.0f;
+        if (j->q) {
+            j->s[r] = s;
+            for (size_t k = 0; k < cols; k++) j->q[r * cols + k] = kv_f32_to_e4m3(f[k] / s);
+        } else if (mx > 0) {
+            for (size_t k = 0; k < cols; k++) f[k] = kv_e4m3_to_f32(kv_f32_to_e4m3(f[k] / s)) * s;
+        }
     }
+    free(row);
 }
 
-/* Per-row e4m3 of w [rows, cols] (f32): q[r, :] = e4m3(w[r, :] / s[r]), s[r] = max |row| / 448
- * (1 for a zero row), as fp8_quantize_rows. */
-static void fp8_quantize_to(const float *w, size_t rows, size_t cols, uint8_t *q, float *s) {
-    for (size_t r = 0; r < rows; r++) {
-        const float *row = w + r * cols;
-        float mx = 0;
-        for (size_t k = 0; k < cols; k++) mx = fmaxf(mx, fabsf(row[k]));
-        s[r] = mx > 0 ? mx / 448.0f : 1.0f;
-        for (size_t k = 0; k < cols; k++) q[r * cols + k] = kv_f32_to_e4m3(row[k] / s[r]);
-    }
+static void fp8_quantize(void *src, kv_dtype dt, size_t rows, size_t cols, uint8_t *q, float *s) {
+    fp8_quantize_job j = {src, dt, cols, q, s};
+    size_t min_rows = (((size_t)1 << 20) + cols - 1) / cols; /* pieces of >= 1 M weights */
+    kv_parallel_for(rows, min_rows, 1, kv_copy_threads(), fp8_quantize_range, &j);
 }
 
 /* The stacked parts as e4m3 bytes q[n] and one scale per row (the backend's FP8 weights):
@@ -313,10 +326,7 @@ static int fp8_pack(loader *ld, int n_parts, char names[][128], const safetensor
             if (rc) return rc;
             memcpy(q, t->data, t->n_elems);
         } else {
-            float *f = kv_malloc(t->n_elems * sizeof *f);
-            kv_convert_to_f32(f, t->data, t->dtype, t->n_elems);
-            fp8_quantize_to(f, rows, cols, q, rs);
-            free(f);
+            fp8_quantize((void *)t->data, t->dtype, rows, cols, q, rs);
         }
         q += t->n_elems, rs += rows;
     }
@@ -342,15 +352,13 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
     if (ld->format == MODEL_LOAD_DUMMY && dev_fp8 && ld->quantize_fp8) {
         kv_dtype dt = be->weight_dtype;
         void *raw = kv_malloc(n * kv_dtype_size(dt));
-        float *f = kv_malloc(n * sizeof *f);
         weight_dummy_to(ld, n, WEIGHT_RANDOM, raw); /* the values weight_dummy would upload */
-        kv_convert_to_f32(f, raw, dt, n);
         uint8_t *q = kv_malloc(n);
         float *rs = kv_malloc(n_rows * sizeof *rs);
-        fp8_quantize_to(f, n_rows, (size_t)cols, q, rs);
+        fp8_quantize(raw, dt, n_rows, (size_t)cols, q, rs);
         dev = be->ops->weight_upload_fp8(be, q, rs, n_rows, (size_t)cols);
         dev_bytes = n + n_rows * sizeof(float);
-        free(raw), free(f), free(q), free(rs);
+        free(raw), free(q), free(rs);
     } else if (ld->format == MODEL_LOAD_DUMMY) {
         dev = weight_dummy(ld, n, init);
     } else {
@@ -406,7 +414,8 @@ static void *weight_load(loader *ld, int n_parts, char names[][128], const int64
                                       parts[i]->n_elems);
                 at += parts[i]->n_elems * kv_dtype_size(dt);
             }
-            if (quantize) fp8_quantize_rows(ld->staging, n / (size_t)cols, (size_t)cols);
+            if (quantize)
+                fp8_quantize(ld->staging, KV_DTYPE_F32, n / (size_t)cols, (size_t)cols, NULL, NULL);
             dev = be->ops->weight_upload(be, ld->staging, dt, n);
         }
     }

@@ -34,6 +34,10 @@ void cuda_archs_no_code_error(kv_error *err, const char *archs, int dev, const c
 /* Events recorded from now on can be timed with event_elapsed (off by default: timing events
  * cost more to record). */
 void cuda_backend_set_event_timing(backend *be, bool on);
+/* Benchmarks: the FP8-weight mma path's tuning (model/cuda/cuda_gemm_fp8.cu): variant 0-3 (k per
+ * stage x pipeline stages: 64 x 4, 64 x 8, 128 x 3, 128 x 5), split-k target in blocks per SM,
+ * and the smallest row count it takes (below it: the GEMV). Defaults 0, 2, 2. */
+void cuda_backend_set_fp8_mma(backend *be, int variant, int blocks_per_sm, int min_n);
 
 #ifdef __cplusplus
 }

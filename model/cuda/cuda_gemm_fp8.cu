@@ -18,9 +18,7 @@ typedef __nv_bfloat16 bf16;
 #define FP8_GEMV_WARPS      4 /* per block, one weight row per warp */
 #define FP8_MMA_MAX_N       64
 #define FP8_MMA_ROWS        128 /* weight rows per block: 4 warps x 32 */
-#define FP8_MMA_BK          64  /* k per pipeline stage */
-#define FP8_MMA_STAGES      4
-#define FP8_MMA_XSTRIDE     72 /* bf16 per staged x row: 64 and 16 bytes against bank conflicts */
+#define FP8_MMA_BK          64  /* k per pipeline stage (the default variant; k % 64 == 0) */
 
 struct cuda_fp8_weight {
     const uint8_t *q;    /* [rows * cols] e4m3; also the pointer matmul receives */
@@ -36,6 +34,9 @@ struct cuda_fp8_table {
     bf16 *scratch;
     size_t scratch_elems;
     bool mma_smem_set; /* gemm_fp8_mma_kernel's shared-memory limit raised */
+    /* the mma path's tuning (cuda_backend_set_fp8_mma): variant of fp8_mma_variants, split-k
+     * target in blocks per SM, smallest n it takes (below: the GEMV) */
+    int mma_variant, mma_blocks_per_sm, mma_min_n;
 };
 
 /* ================================ kernels ================================ */
@@ -110,43 +111,46 @@ __device__ __forceinline__ void e4m3x4_to_bf16x4(uint32_t w, uint32_t *lo, uint3
 }
 
 /* out[n, m] = (x[n, k] @ q[m, k]^T) * scales[m] (+ bias[m]) for n <= 16 * TM <= FP8_MMA_MAX_N,
- * k % 64 == 0, on mma.sync m16n8k16 with the tokens as its rows (A) and the weight rows as its
+ * k % BK == 0, on mma.sync m16n8k16 with the tokens as its rows (A) and the weight rows as its
  * columns (B). A block takes FP8_MMA_ROWS weight rows (a warp 32: four 8-row fragments) and the
- * chunks [blockIdx.y * chunks, +chunks) of 64 k, which cp.async brings into shared memory
- * FP8_MMA_STAGES - 1 ahead (weights as [128][64] bytes, x as [16 TM][72] bf16, zero rows past
- * m and n). Within a chunk the k order is permuted, the same for x and the weights: the lane
- * that holds k columns 2c, 2c + 1, 2c + 8, 2c + 9 (c = lane % 4) of k-step j takes the chunk's
+ * chunks [blockIdx.y * chunks, +chunks) of BK k, which cp.async brings into shared memory
+ * STAGES - 1 ahead (weights as [128][BK] bytes, x as [16 TM][BK + 8] bf16, zero rows past m and
+ * n). Within each 64 k of a chunk the k order is permuted, the same for x and the weights: the
+ * lane that holds k columns 2c, 2c + 1, 2c + 8, 2c + 9 (c = lane % 4) of k-step j takes the
  * elements 16c + 4j + 0..3, so it reads 16 contiguous weight bytes and 32 contiguous x bytes per
- * row for the whole chunk. gridDim.y == 1 writes out; else each block writes its partial sums
- * to part[blockIdx.y] and fp8_split_sum_kernel finishes. */
-template <int TM>
+ * row for four k-steps. Bank conflicts: x rows are 16 bytes longer than their data; with BK 128
+ * the two 64-byte halves of odd weight rows are stored swapped, so that rows g and g + 1 (read
+ * in one phase) fall on different banks. gridDim.y == 1 writes out; else each block writes its
+ * partial sums to part[blockIdx.y] and fp8_split_sum_kernel finishes. */
+template <int TM, int BK, int STAGES>
 __global__ void __launch_bounds__(128)
     gemm_fp8_mma_kernel(bf16 *out, float *part, const bf16 *x, const uint8_t *q,
                         const float *scales, const bf16 *bias, int n, int k, int m, int chunks) {
-    constexpr int W_BYTES = FP8_MMA_ROWS * FP8_MMA_BK;
-    constexpr int STAGE = W_BYTES + 16 * TM * FP8_MMA_XSTRIDE * 2;
+    static_assert(BK == 64 || BK == 128, "BK");
+    constexpr int W_BYTES = FP8_MMA_ROWS * BK, XSTR = BK + 8;
+    constexpr int STAGE = W_BYTES + 16 * TM * XSTR * 2;
     extern __shared__ __align__(16) uint8_t smem[];
     pdl_wait();
     pdl_trigger();
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, c = lane % 4, g = lane / 4;
     const int row0 = blockIdx.x * FP8_MMA_ROWS;
     const int first = blockIdx.y * chunks;
-    const int nc = min(k / FP8_MMA_BK - first, chunks);
+    const int nc = min(k / BK - first, chunks);
     auto load = [&](int stage, int chunk) {
         uint8_t *ws = smem + stage * STAGE;
         bf16 *xs = (bf16 *)(ws + W_BYTES);
-        size_t k0 = (size_t)chunk * FP8_MMA_BK;
-        for (int i = tid; i < FP8_MMA_ROWS * 4; i += 128) {
-            int r = i / 4, p = i % 4;
+        size_t k0 = (size_t)chunk * BK;
+        for (int i = tid; i < FP8_MMA_ROWS * (BK / 16); i += 128) {
+            int r = i / (BK / 16), p = i % (BK / 16);
+            int sp = BK == 128 ? p ^ ((r & 1) << 2) : p; /* odd rows: halves swapped */
             bool ok = row0 + r < m;
-            cp_async16(ws + r * FP8_MMA_BK + p * 16,
-                       q + (size_t)(ok ? row0 + r : 0) * k + k0 + p * 16, ok);
-        }
-        for (int i = tid; i < 16 * TM * 8; i += 128) {
-            int t = i / 8, p = i % 8;
-            bool ok = t < n;
-            cp_async16(xs + t * FP8_MMA_XSTRIDE + p * 8, x + (size_t)(ok ? t : 0) * k + k0 + p * 8,
+            cp_async16(ws + r * BK + sp * 16, q + (size_t)(ok ? row0 + r : 0) * k + k0 + p * 16,
                        ok);
+        }
+        for (int i = tid; i < 16 * TM * (BK / 8); i += 128) {
+            int t = i / (BK / 8), p = i % (BK / 8);
+            bool ok = t < n;
+            cp_async16(xs + t * XSTR + p * 8, x + (size_t)(ok ? t : 0) * k + k0 + p * 8, ok);
         }
     };
     float acc[4][TM][4];
@@ -157,47 +161,54 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[f][t][e] = 0;
 #pragma unroll
-    for (int s = 0; s < FP8_MMA_STAGES - 1; s++) {
+    for (int s = 0; s < STAGES - 1; s++) {
         if (s < nc) load(s, first + s);
         cp_async_commit();
     }
     for (int i = 0; i < nc; i++) {
-        cp_async_wait<FP8_MMA_STAGES - 2>();
+        cp_async_wait<STAGES - 2>();
         __syncthreads(); /* chunk i landed; every warp is past chunk i - 1, whose stage refills */
-        if (i + FP8_MMA_STAGES - 1 < nc)
-            load((i + FP8_MMA_STAGES - 1) % FP8_MMA_STAGES, first + i + FP8_MMA_STAGES - 1);
+        if (i + STAGES - 1 < nc) load((i + STAGES - 1) % STAGES, first + i + STAGES - 1);
         cp_async_commit();
-        const uint8_t *ws = smem + (i % FP8_MMA_STAGES) * STAGE;
+        const uint8_t *ws = smem + (i % STAGES) * STAGE;
         const bf16 *xs = (const bf16 *)(ws + W_BYTES);
-        uint4 wv[4];
 #pragma unroll
-        for (int f = 0; f < 4; f++)
-            wv[f] = *(const uint4 *)(ws + (warp * 32 + f * 8 + g) * FP8_MMA_BK + c * 16);
-        uint32_t xw[TM][2][8]; /* [fragment][token g, g + 8][word]: 16 bf16 of the lane's slice */
-#pragma unroll
-        for (int t = 0; t < TM; t++)
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const uint4 *src =
-                    (const uint4 *)(xs + (t * 16 + h * 8 + g) * FP8_MMA_XSTRIDE + c * 16);
-                uint4 a = src[0], b = src[1];
-                xw[t][h][0] = a.x, xw[t][h][1] = a.y, xw[t][h][2] = a.z, xw[t][h][3] = a.w;
-                xw[t][h][4] = b.x, xw[t][h][5] = b.y, xw[t][h][6] = b.z, xw[t][h][7] = b.w;
-            }
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            uint32_t bw[4][2];
+        for (int sc = 0; sc < BK / 64; sc++) {
+            uint4 wv[4];
 #pragma unroll
             for (int f = 0; f < 4; f++) {
-                uint32_t word = j == 0 ? wv[f].x : j == 1 ? wv[f].y : j == 2 ? wv[f].z : wv[f].w;
-                e4m3x4_to_bf16x4(word, &bw[f][0], &bw[f][1]);
+                const int r = warp * 32 + f * 8 + g, half = BK == 128 ? sc ^ (r & 1) : 0;
+                wv[f] = *(const uint4 *)(ws + r * BK + half * 64 + c * 16);
             }
+            uint32_t xw[TM][2][8]; /* [fragment][token g, g + 8][word]: the lane's 16 bf16 */
 #pragma unroll
-            for (int t = 0; t < TM; t++) {
-                const uint32_t a[4] = {xw[t][0][2 * j], xw[t][1][2 * j], xw[t][0][2 * j + 1],
-                                       xw[t][1][2 * j + 1]};
+            for (int t = 0; t < TM; t++)
 #pragma unroll
-                for (int f = 0; f < 4; f++) mma_16816(acc[f][t], a, bw[f][0], bw[f][1]);
+                for (int h = 0; h < 2; h++) {
+                    const uint4 *src =
+                        (const uint4 *)(xs + (t * 16 + h * 8 + g) * XSTR + sc * 64 + c * 16);
+                    uint4 a = src[0], b = src[1];
+                    xw[t][h][0] = a.x, xw[t][h][1] = a.y, xw[t][h][2] = a.z, xw[t][h][3] = a.w;
+                    xw[t][h][4] = b.x, xw[t][h][5] = b.y, xw[t][h][6] = b.z, xw[t][h][7] = b.w;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                uint32_t bw[4][2];
+#pragma unroll
+                for (int f = 0; f < 4; f++) {
+                    uint32_t word = j == 0   ? wv[f].x
+                                    : j == 1 ? wv[f].y
+                                    : j == 2 ? wv[f].z
+                                             : wv[f].w;
+                    e4m3x4_to_bf16x4(word, &bw[f][0], &bw[f][1]);
+                }
+#pragma unroll
+                for (int t = 0; t < TM; t++) {
+                    const uint32_t a[4] = {xw[t][0][2 * j], xw[t][1][2 * j], xw[t][0][2 * j + 1],
+                                           xw[t][1][2 * j + 1]};
+#pragma unroll
+                    for (int f = 0; f < 4; f++) mma_16816(acc[f][t], a, bw[f][0], bw[f][1]);
+                }
             }
         }
     }
@@ -273,45 +284,86 @@ static int fp8_find(const cuda_fp8_table *t, const void *p) {
     return -1;
 }
 
-template <int TM> static size_t fp8_mma_smem() {
-    return (size_t)FP8_MMA_STAGES * (FP8_MMA_ROWS * FP8_MMA_BK + 16 * TM * FP8_MMA_XSTRIDE * 2);
+template <int TM, int BK, int ST> static size_t fp8_mma_smem() {
+    return (size_t)ST * (FP8_MMA_ROWS * BK + 16 * TM * (BK + 8) * 2);
 }
-template <int TM> static void fp8_mma_smem_limit() {
-    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<TM>,
+template <int BK, int ST> static void fp8_mma_smem_limits() {
+    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<1, BK, ST>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    (int)fp8_mma_smem<TM>()));
+                                    (int)fp8_mma_smem<1, BK, ST>()));
+    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<2, BK, ST>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)fp8_mma_smem<2, BK, ST>()));
+    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<3, BK, ST>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)fp8_mma_smem<3, BK, ST>()));
+    CUDA_CHECK(cudaFuncSetAttribute(gemm_fp8_mma_kernel<4, BK, ST>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    (int)fp8_mma_smem<4, BK, ST>()));
+}
+static void fp8_mma_smem_set(void) {
+    fp8_mma_smem_limits<64, 4>();
+    fp8_mma_smem_limits<64, 8>();
+    fp8_mma_smem_limits<128, 3>();
+    fp8_mma_smem_limits<128, 5>();
 }
 
-/* gemm_fp8_mma_kernel over n <= FP8_MMA_MAX_N rows: k split over enough blocks to give the GPU
- * two per SM when the weight's rows do not (each split at least 2 chunks, and at most
- * k / (2 n) splits: their partial sums fit the scratch of a weight this size). */
-static void fp8_mma(cuda_impl *ci, cudaStream_t s, bf16 *out, const bf16 *x,
-                    const cuda_fp8_weight *fw, const bf16 *bias, int n) {
-    const int k = fw->cols, m = fw->rows, n_chunks = k / FP8_MMA_BK;
-    const int row_blocks = (m + FP8_MMA_ROWS - 1) / FP8_MMA_ROWS;
-    int splits = 1;
-    if (row_blocks < ci->n_sms) {
-        splits = (2 * ci->n_sms + row_blocks - 1) / row_blocks;
-        splits = splits < n_chunks / 2 ? splits : n_chunks / 2;
-        splits = splits < k / (2 * n) ? splits : k / (2 * n);
-        splits = splits > 1 ? splits : 1;
-    }
-    const int chunks = (n_chunks + splits - 1) / splits;
-    splits = (n_chunks + chunks - 1) / chunks;
-    float *part = splits > 1 ? (float *)ci->fp8->scratch : NULL;
-    dim3 grid((unsigned)row_blocks, (unsigned)splits), block(128);
-    const int tm = (n + 15) / 16;
+template <int BK, int ST>
+static void fp8_mma_launch(cuda_impl *ci, cudaStream_t s, dim3 grid, int tm, bf16 *out, float *part,
+                           const bf16 *x, const cuda_fp8_weight *fw, const bf16 *bias, int n,
+                           int chunks) {
+    dim3 block(128);
     switch (tm) {
 #define FP8_MMA_CASE(TM)                                                                           \
     case TM:                                                                                       \
-        cuda_launch(ci->pdl, s, gemm_fp8_mma_kernel<TM>, grid, block, fp8_mma_smem<TM>(), out,     \
-                    part, x, fw->q, fw->scales, bias, n, k, m, chunks);                            \
+        cuda_launch(ci->pdl, s, gemm_fp8_mma_kernel<TM, BK, ST>, grid, block,                      \
+                    fp8_mma_smem<TM, BK, ST>(), out, part, x, fw->q, fw->scales, bias, n,          \
+                    fw->cols, fw->rows, chunks);                                                   \
         break;
         FP8_MMA_CASE(1)
         FP8_MMA_CASE(2)
         FP8_MMA_CASE(3)
         FP8_MMA_CASE(4)
 #undef FP8_MMA_CASE
+    }
+}
+
+/* gemm_fp8_mma_kernel over n <= FP8_MMA_MAX_N rows: k split over enough blocks to give the GPU
+ * mma_blocks_per_sm per SM when the weight's rows do not (each split at least 2 chunks, and at
+ * most k / (2 n) splits: their partial sums fit the scratch of a weight this size). */
+static void fp8_mma(cuda_impl *ci, cudaStream_t s, bf16 *out, const bf16 *x,
+                    const cuda_fp8_weight *fw, const bf16 *bias, int n) {
+    const cuda_fp8_table *t = ci->fp8;
+    const int k = fw->cols, m = fw->rows;
+    int variant = t->mma_variant >= 2 && k % 128 != 0 ? 0 : t->mma_variant;
+    const int bk = variant >= 2 ? 128 : 64, n_chunks = k / bk;
+    const int row_blocks = (m + FP8_MMA_ROWS - 1) / FP8_MMA_ROWS;
+    const int target = t->mma_blocks_per_sm * ci->n_sms;
+    int splits = 1;
+    if (row_blocks < target) {
+        splits = (target + row_blocks - 1) / row_blocks;
+        splits = splits < n_chunks / 2 ? splits : n_chunks / 2;
+        splits = splits < k / (2 * n) ? splits : k / (2 * n);
+        splits = splits > 1 ? splits : 1;
+    }
+    const int chunks = (n_chunks + splits - 1) / splits;
+    splits = (n_chunks + chunks - 1) / chunks;
+    float *part = splits > 1 ? (float *)t->scratch : NULL;
+    dim3 grid((unsigned)row_blocks, (unsigned)splits);
+    const int tm = (n + 15) / 16;
+    switch (variant) {
+    case 0:
+        fp8_mma_launch<64, 4>(ci, s, grid, tm, out, part, x, fw, bias, n, chunks);
+        break;
+    case 1:
+        fp8_mma_launch<64, 8>(ci, s, grid, tm, out, part, x, fw, bias, n, chunks);
+        break;
+    case 2:
+        fp8_mma_launch<128, 3>(ci, s, grid, tm, out, part, x, fw, bias, n, chunks);
+        break;
+    default:
+        fp8_mma_launch<128, 5>(ci, s, grid, tm, out, part, x, fw, bias, n, chunks);
+        break;
     }
     if (splits > 1) {
         size_t total = (size_t)n * (size_t)m;
@@ -322,12 +374,27 @@ static void fp8_mma(cuda_impl *ci, cudaStream_t s, bf16 *out, const bf16 *x,
     }
 }
 
+static cuda_fp8_table *fp8_table(cuda_impl *ci) {
+    if (!ci->fp8) {
+        ci->fp8 = (cuda_fp8_table *)kv_calloc(1, sizeof *ci->fp8);
+        ci->fp8->mma_blocks_per_sm = 2;
+        ci->fp8->mma_min_n = 2;
+    }
+    return ci->fp8;
+}
+
+void cuda_backend_set_fp8_mma(backend *be, int variant, int blocks_per_sm, int min_n) {
+    cuda_fp8_table *t = fp8_table(cuda_impl_of(be));
+    t->mma_variant = variant < 0 ? 0 : variant > 3 ? 3 : variant;
+    t->mma_blocks_per_sm = blocks_per_sm < 1 ? 1 : blocks_per_sm;
+    t->mma_min_n = min_n < 2 ? 2 : min_n;
+}
+
 void *cuda_weight_upload_fp8(backend *be, const uint8_t *q, const float *row_scales, size_t rows,
                              size_t cols) {
     cuda_impl *ci = cuda_impl_of(be);
     KV_CHECK(!ci->capturing && rows > 0 && cols % 16 == 0 && rows < INT32_MAX && cols < INT32_MAX);
-    if (!ci->fp8) ci->fp8 = (cuda_fp8_table *)kv_calloc(1, sizeof *ci->fp8);
-    cuda_fp8_table *t = ci->fp8;
+    cuda_fp8_table *t = fp8_table(ci);
     size_t qbytes = (rows * cols + 15) / 16 * 16;
     uint8_t *d = (uint8_t *)be->ops->dev_alloc(be, qbytes + rows * sizeof(float));
     cudaStream_t s = cuda_compute_stream(be);
@@ -344,10 +411,7 @@ void *cuda_weight_upload_fp8(backend *be, const uint8_t *q, const float *row_sca
     t->w[at] = cuda_fp8_weight{d, (const float *)(d + qbytes), (int)rows, (int)cols};
     t->n++;
     if (!t->mma_smem_set) {
-        fp8_mma_smem_limit<1>();
-        fp8_mma_smem_limit<2>();
-        fp8_mma_smem_limit<3>();
-        fp8_mma_smem_limit<4>();
+        fp8_mma_smem_set();
         t->mma_smem_set = true;
     }
     if (rows * cols > t->scratch_elems) { /* set-up time: no recording reads it yet */
@@ -384,7 +448,7 @@ bool cuda_matmul_fp8(backend *be, void *out, const void *x, const void *w, const
     KV_CHECK(fw->rows == m && fw->cols == k);
     cudaStream_t s = cuda_compute_stream(be);
     bool aligned = ((uintptr_t)x & 15) == 0;
-    if (n >= 2 && n <= FP8_MMA_MAX_N && k % FP8_MMA_BK == 0 && aligned) {
+    if (n >= ci->fp8->mma_min_n && n <= FP8_MMA_MAX_N && k % FP8_MMA_BK == 0 && aligned) {
         fp8_mma(ci, s, (bf16 *)out, (const bf16 *)x, fw, (const bf16 *)bias, n);
         return true;
     }

@@ -4,7 +4,9 @@
  * prefix) at Llama-3.1-8B shapes (32 heads, 8 KV heads, head_dim 128, block 16), reported as
  * GB/s or TFLOP/s next to those ceilings, on both attention paths where the device has both
  * (Hopper: wgmma prefill; portable: the sm_80+ mma.sync kernels), with the portable one's speed
- * as a fraction of the Hopper one's. Random data throughout; medians of event timings. */
+ * as a fraction of the Hopper one's. `bench_kernels fp8mm`: the FP8-weight matmul paths and their
+ * tuning variants at the projection shapes, against bf16 weights. Random data throughout;
+ * medians of event timings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -91,6 +93,80 @@ typedef struct gemm_ctx {
 static void run_gemm(bench *b, void *ctx, int rep) {
     gemm_ctx *g = ctx;
     b->be->ops->matmul(b->be, g->out, g->x, g->w, NULL, g->n, g->k, g->m);
+}
+
+/* ---- FP8 weights ---- */
+#define FP8MM_COPIES 16 /* weight copies rotated through, so that L2 does not hold the weight */
+
+typedef struct fp8mm_ctx {
+    void *x, *out, *w[FP8MM_COPIES];
+    int copies, n, k, m;
+} fp8mm_ctx;
+
+static void run_fp8mm(bench *b, void *ctx, int rep) {
+    fp8mm_ctx *g = ctx;
+    b->be->ops->matmul(b->be, g->out, g->x, g->w[rep % g->copies], NULL, g->n, g->k, g->m);
+}
+
+/* copies of one random weight [m, k] (e4m3 with row scales when fp8, else bf16), at least
+ * 256 MiB together */
+static int fp8mm_weights(bench *b, fp8mm_ctx *g, bool fp8) {
+    size_t bytes = (size_t)g->m * g->k * (fp8 ? 1 : 2);
+    int copies = (int)(((size_t)256 << 20) / bytes) + 1;
+    g->copies = copies < 2 ? 2 : copies > FP8MM_COPIES ? FP8MM_COPIES : copies;
+    uint8_t *q = fp8 ? kv_malloc(bytes) : NULL;
+    float *sc = fp8 ? kv_malloc((size_t)g->m * sizeof *sc) : NULL;
+    for (size_t i = 0; fp8 && i < bytes; i++) {
+        b->rng ^= b->rng << 13, b->rng ^= b->rng >> 7, b->rng ^= b->rng << 17;
+        q[i] = (uint8_t)(b->rng >> 56);
+        if ((q[i] & 0x7f) == 0x7f) q[i] = 0; /* no NaN */
+    }
+    for (int j = 0; fp8 && j < g->m; j++) sc[j] = 1.0f / 448.0f;
+    for (int c = 0; c < g->copies; c++)
+        g->w[c] = fp8 ? b->be->ops->weight_upload_fp8(b->be, q, sc, (size_t)g->m, (size_t)g->k)
+                      : rand_dev(b, bytes);
+    free(q), free(sc);
+    return g->copies;
+}
+
+/* FP8-weight matmuls at Llama-3.1-8B's projection shapes, n = 1..64 rows: each variant of the
+ * mma path (cuda_backend_set_fp8_mma) and the GEMV, as GB/s of weight bytes and % of the copy
+ * rate, next to the bf16 weights' matmul (GEMV or cuBLASLt) of the same shape. */
+static void bench_fp8mm(bench *b, double copy_gbs) {
+    backend *be = b->be;
+    static const int shapes[4][2] = {{4096, 6144}, {4096, 4096}, {4096, 28672}, {14336, 4096}};
+    static const int ns[7] = {1, 2, 4, 8, 16, 32, 64};
+    static const int cfg[9][3] = {{0, 2, 2}, {1, 2, 2}, {2, 2, 2}, {3, 2, 2}, {0, 4, 2},
+                                  {1, 4, 2}, {2, 4, 2}, {3, 1, 2}, {0, 2, 9}};
+    printf("-- FP8 weights: matmul ms (GB/s of weights, %% of copy %.0f GB/s); configs: "
+           "variant/blocks per SM/min n (min n 9: the GEMV up to 8)\n",
+           copy_gbs);
+    for (int si = 0; si < 4; si++) {
+        fp8mm_ctx f = {.k = shapes[si][0], .m = shapes[si][1]}, h = f;
+        fp8mm_weights(b, &f, true);
+        fp8mm_weights(b, &h, false);
+        f.x = h.x = rand_dev(b, (size_t)64 * f.k * 2);
+        f.out = h.out = be->ops->dev_alloc(be, (size_t)64 * f.m * 2);
+        for (int ni = 0; ni < 7; ni++) {
+            f.n = h.n = ns[ni];
+            double tb = time_median(b, run_fp8mm, &h, 50);
+            printf("k=%-5d m=%-5d n=%-2d  bf16 %7.4f ms (%4.0f%%)", f.k, f.m, f.n, tb * 1e3,
+                   100 * (double)f.m * f.k * 2 / tb / 1e9 / copy_gbs);
+            for (int c = 0; c < 9; c++) {
+                if (f.n == 1 && c > 0) break; /* n = 1 is the GEMV whatever the config */
+                cuda_backend_set_fp8_mma(be, cfg[c][0], cfg[c][1], cfg[c][2]);
+                double t = time_median(b, run_fp8mm, &f, 50);
+                printf(" | %d/%d/%d %7.4f (%4.0f%%)", cfg[c][0], cfg[c][1], cfg[c][2], t * 1e3,
+                       100 * (double)f.m * f.k / t / 1e9 / copy_gbs);
+            }
+            printf("\n");
+            fflush(stdout);
+        }
+        cuda_backend_set_fp8_mma(be, 0, 2, 2);
+        for (int c = 0; c < f.copies; c++) be->ops->dev_free(be, f.w[c]);
+        for (int c = 0; c < h.copies; c++) be->ops->dev_free(be, h.w[c]);
+        be->ops->dev_free(be, f.x), be->ops->dev_free(be, f.out);
+    }
 }
 
 /* ---- attention ---- */
@@ -194,7 +270,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     double copy_gbs = 2998, gemm_tf = 782; /* measured on the H100 (run 5), when skipped */
-    if (all) {
+    if (all || strcmp(only, "fp8mm") == 0) {
         copy_ctx c = {.bytes = (size_t)1 << 30};
         c.a = rand_dev(&b, c.bytes);
         c.b = rand_dev(&b, c.bytes);
@@ -231,6 +307,12 @@ int main(int argc, char **argv) {
                 be->ops->dev_free(be, v.x), be->ops->dev_free(be, v.w),
                     be->ops->dev_free(be, v.out);
             }
+    }
+
+    if (strcmp(only, "fp8mm") == 0) {
+        bench_fp8mm(&b, copy_gbs);
+        be->ops->destroy(be);
+        return 0;
     }
 
     /* the attention cases on each path the device has (Hopper first, where it is one), then
