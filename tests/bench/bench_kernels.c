@@ -5,8 +5,9 @@
  * GB/s or TFLOP/s next to those ceilings, on both attention paths where the device has both
  * (Hopper: wgmma prefill; portable: the sm_80+ mma.sync kernels), with the portable one's speed
  * as a fraction of the Hopper one's. `bench_kernels fp8mm`: the FP8-weight matmul paths and their
- * tuning variants at the projection shapes, against bf16 weights. Random data throughout;
- * medians of event timings. */
+ * tuning variants at the projection shapes, against bf16 weights (`bench_kernels fp8mm K M N V B
+ * MIN_N`: one shape and config, V -1 for bf16 weights, e.g. under a profiler). Random data
+ * throughout; medians of event timings. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -309,6 +310,21 @@ int main(int argc, char **argv) {
             }
     }
 
+    if (strcmp(only, "fp8mm") == 0 && argc >= 8) { /* one shape and config (for a profiler) */
+        fp8mm_ctx f = {.k = atoi(argv[2]), .m = atoi(argv[3]), .n = atoi(argv[4])};
+        bool bf16 = atoi(argv[5]) < 0;
+        fp8mm_weights(&b, &f, !bf16);
+        f.x = rand_dev(&b, (size_t)f.n * f.k * 2);
+        f.out = be->ops->dev_alloc(be, (size_t)f.n * f.m * 2);
+        if (!bf16) cuda_backend_set_fp8_mma(be, atoi(argv[5]), atoi(argv[6]), atoi(argv[7]));
+        double t = time_median(&b, run_fp8mm, &f, 20);
+        double bytes = (double)f.m * f.k * (bf16 ? 2 : 1);
+        printf("k=%d m=%d n=%d config %s/%s/%s: %.4f ms, %.0f GB/s of weights (%.0f%% of copy)\n",
+               f.k, f.m, f.n, argv[5], argv[6], argv[7], t * 1e3, bytes / t / 1e9,
+               100 * bytes / t / 1e9 / copy_gbs);
+        be->ops->destroy(be);
+        return 0;
+    }
     if (strcmp(only, "fp8mm") == 0) {
         bench_fp8mm(&b, copy_gbs);
         be->ops->destroy(be);
