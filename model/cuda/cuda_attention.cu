@@ -19,7 +19,7 @@
 
 /* Prefill-shaped tiles. Grid (tile, kv head, split); each of the NW warps owns 16 * WM rows; all
  * warps share the K/V tiles, double-buffered through cp.async. */
-template <int HD, int WM, int NW>
+template <int HD, int WM, int NW, bool FP8>
 __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
     }
     __syncthreads();
     attn_load_q<HD, BM, THREADS>(p, b, sq);
-    attn_load_kv<HD, THREADS>(p, b, sk, sv, sblk[0], b.kv_lo);
+    attn_load_kv<HD, THREADS, FP8>(p, b, sk, sv, sblk[0], b.kv_lo);
     cp_async_commit();
 
     float o[WM][HD / 8][4];
@@ -63,8 +63,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
         const int j0 = b.kv_lo + it * BN;
         if (it + 1 < n_iter) {
             int st = (it + 1) & 1;
-            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
-                                      j0 + BN);
+            attn_load_kv<HD, THREADS, FP8>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
+                                           j0 + BN);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -208,7 +208,8 @@ __global__ void __launch_bounds__(NW * 32) attn_prefill_kernel(attn_params p) {
  * Grid (tile, kv head, split). The 4 warps share the 16 rows and split each 64-token K/V tile
  * by columns, so one tile's math takes a quarter of the time a single warp would need; their
  * partial softmax states are merged through shared memory at the end. */
-template <int HD> __global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
+template <int HD, bool FP8>
+__global__ void __launch_bounds__(128) attn_decode_kernel(attn_params p) {
     pdl_wait();
     pdl_trigger();
     constexpr int BM = 16, BN = ATTN_BN, THREADS = 128, NW = 4, RED = HD + 4;
@@ -232,7 +233,7 @@ template <int HD> __global__ void __launch_bounds__(128) attn_decode_kernel(attn
     }
     __syncthreads();
     attn_load_q<HD, BM, THREADS>(p, b, sq);
-    attn_load_kv<HD, THREADS>(p, b, sk, sv, sblk[0], b.kv_lo);
+    attn_load_kv<HD, THREADS, FP8>(p, b, sk, sv, sblk[0], b.kv_lo);
     cp_async_commit();
 
     float o[HD / 8][4];
@@ -248,8 +249,8 @@ template <int HD> __global__ void __launch_bounds__(128) attn_decode_kernel(attn
         const int j0 = b.kv_lo + it * BN;
         if (it + 1 < n_iter) {
             int st = (it + 1) & 1;
-            attn_load_kv<HD, THREADS>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
-                                      j0 + BN);
+            attn_load_kv<HD, THREADS, FP8>(p, b, sk + st * BN * HD, sv + st * BN * HD, sblk[st],
+                                           j0 + BN);
             cp_async_commit();
             cp_async_wait<1>();
         } else {
@@ -555,6 +556,10 @@ enum {
     ATTN_K_PREFILL_128,
     ATTN_K_WGMMA_128,
     ATTN_K_WGMMA_128_FP8,
+    ATTN_K_DECODE_64_FP8,
+    ATTN_K_PREFILL_64_FP8,
+    ATTN_K_DECODE_128_FP8,
+    ATTN_K_PREFILL_128_FP8,
 };
 
 /* Launches kernel over one tile list of BM-row tiles, then the combine when it split. On a
@@ -603,23 +608,30 @@ template <int HD>
 static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size) {
     const cuda_attn_plan *pl = &ci->plan;
     const cuda_step *st = &ci->step;
-    const int k_dec = HD == 128 ? ATTN_K_DECODE_128 : ATTN_K_DECODE_64;
-    const int k_pre = HD == 128 ? ATTN_K_PREFILL_128 : ATTN_K_PREFILL_64;
+    const bool f8 = p.kv_fp8;
+    const int k_dec = HD == 128 ? (f8 ? ATTN_K_DECODE_128_FP8 : ATTN_K_DECODE_128)
+                                : (f8 ? ATTN_K_DECODE_64_FP8 : ATTN_K_DECODE_64);
+    const int k_pre = HD == 128 ? (f8 ? ATTN_K_PREFILL_128_FP8 : ATTN_K_PREFILL_128)
+                                : (f8 ? ATTN_K_PREFILL_64_FP8 : ATTN_K_PREFILL_64);
+    void (*decode_k)(attn_params) =
+        f8 ? attn_decode_kernel<HD, true> : attn_decode_kernel<HD, false>;
+    void (*prefill_k)(attn_params) =
+        f8 ? attn_prefill_kernel<HD, 2, 4, true> : attn_prefill_kernel<HD, 2, 4, false>;
     const size_t smem_dec = (size_t)(16 + 4 * ATTN_BN) * HD * sizeof(bf16);
     const size_t smem_pre = (size_t)(128 + 4 * ATTN_BN) * HD * sizeof(bf16);
     if (st->pure_decode) {
         int bound = st->max_blocks * block_size;
         if (p.group <= 16)
-            attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, k_dec, true, NULL,
-                             st->n_seqs, bound);
+            attn_launch_list(ci, p, decode_k, 16, 128, smem_dec, k_dec, true, NULL, st->n_seqs,
+                             bound);
         else
-            attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, k_pre, true,
-                             NULL, st->n_seqs, bound);
+            attn_launch_list(ci, p, prefill_k, 128, 128, smem_pre, k_pre, true, NULL, st->n_seqs,
+                             bound);
         return;
     }
     if (ci->plan.group != p.group) attn_plan_build(ci, p.group);
-    attn_launch_list(ci, p, attn_decode_kernel<HD>, 16, 128, smem_dec, k_dec, true, pl->d_tiles,
-                     pl->n_small, pl->max_ctx_small);
+    attn_launch_list(ci, p, decode_k, 16, 128, smem_dec, k_dec, true, pl->d_tiles, pl->n_small,
+                     pl->max_ctx_small);
     if (HD == 128 && ci->attn_path == CUDA_ATTN_HOPPER) /* 2 warpgroups, 64-token K/V tiles */
         attn_launch_list(ci, p,
                          p.kv_fp8 ? attn_prefill_wgmma_kernel<64, 2, true>
@@ -628,7 +640,7 @@ static void attn_launch_plan(cuda_impl *ci, const attn_params &p, int block_size
                          p.kv_fp8 ? ATTN_K_WGMMA_128_FP8 : ATTN_K_WGMMA_128, false,
                          pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
     else
-        attn_launch_list(ci, p, attn_prefill_kernel<HD, 2, 4>, 128, 128, smem_pre, k_pre, false,
+        attn_launch_list(ci, p, prefill_k, 128, 128, smem_pre, k_pre, false,
                          pl->d_tiles + pl->n_small, pl->n_large, pl->max_ctx_large);
 }
 

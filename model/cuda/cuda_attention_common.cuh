@@ -168,18 +168,45 @@ __device__ __forceinline__ void attn_kv_chunk(const attn_params &p, void *smem, 
 
 /* K and V rows j0 .. j0 + BN - 1 into one stage; blk holds their block ids (read a tile ahead,
  * so these copies never wait on the block table). Rows past kv_hi are zero-filled: V must be
- * finite where P is 0. */
-template <int HD, int THREADS>
+ * finite where P is 0. A bf16 pool (FP8 false) is copied by cp.async; an e4m3 pool is read into
+ * registers, every load of the tile first so that they wait one latency together, then
+ * dequantized and stored, which completes at once (the caller's cp.async waits and barriers
+ * cover it the same way). FP8 is a template parameter so that the bf16 kernels carry none of
+ * the e4m3 registers. */
+template <int HD, int THREADS, bool FP8>
 __device__ __forceinline__ void attn_load_kv(const attn_params &p, const attn_block &b, bf16 *sk,
                                              bf16 *sv, const int *blk, int j0) {
     constexpr int CH = HD / 8;
-    for (int idx = threadIdx.x; idx < ATTN_BN * CH; idx += THREADS) {
-        int r = idx / CH, c = idx % CH, j = j0 + r;
-        bool valid = j < b.kv_hi;
-        size_t off =
-            (size_t)blk[r] * p.block_bytes + ((size_t)(j % p.block_size) * HD + c * 8) * p.kv_bytes;
-        attn_kv_chunk(p, sk + swz<HD>(r, c), b.k_base + off, valid, p.k_scale);
-        attn_kv_chunk(p, sv + swz<HD>(r, c), b.v_base + off, valid, p.v_scale);
+    if constexpr (FP8) {
+        constexpr int PER = (ATTN_BN * CH + THREADS - 1) / THREADS;
+        uint2 kr[PER], vr[PER];
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int idx = threadIdx.x + i * THREADS, r = idx / CH, c = idx % CH;
+            kr[i] = vr[i] = make_uint2(0, 0);
+            if (idx < ATTN_BN * CH && j0 + r < b.kv_hi) {
+                size_t off = (size_t)blk[r] * p.block_bytes +
+                             (size_t)((j0 + r) % p.block_size) * HD + (size_t)c * 8;
+                kr[i] = *(const uint2 *)(b.k_base + off);
+                vr[i] = *(const uint2 *)(b.v_base + off);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            int idx = threadIdx.x + i * THREADS, r = idx / CH, c = idx % CH;
+            if (idx >= ATTN_BN * CH) break;
+            *(uint4 *)(sk + swz<HD>(r, c)) = fp8x8_to_bf16x8(kr[i], p.k_scale);
+            *(uint4 *)(sv + swz<HD>(r, c)) = fp8x8_to_bf16x8(vr[i], p.v_scale);
+        }
+    } else {
+        for (int idx = threadIdx.x; idx < ATTN_BN * CH; idx += THREADS) {
+            int r = idx / CH, c = idx % CH, j = j0 + r;
+            bool valid = j < b.kv_hi;
+            size_t off = (size_t)blk[r] * p.block_bytes +
+                         ((size_t)(j % p.block_size) * HD + c * 8) * p.kv_bytes;
+            attn_kv_chunk(p, sk + swz<HD>(r, c), b.k_base + off, valid, p.k_scale);
+            attn_kv_chunk(p, sv + swz<HD>(r, c), b.v_base + off, valid, p.v_scale);
+        }
     }
 }
 

@@ -152,7 +152,7 @@ typedef enum cuda_attn_path {
 } cuda_attn_path;
 
 /* Attention kernel variants whose shared-memory limit and occupancy are set on first use. */
-enum { CUDA_ATTN_N_KERNELS = 8 };
+enum { CUDA_ATTN_N_KERNELS = 12 };
 
 typedef struct cuda_impl {
     int device;
